@@ -1,0 +1,58 @@
+"""One family of errors, rooted at :class:`HPTError`.
+
+Every error a user can cause derives from :class:`HPTError`, so ``except HPTError`` catches all of
+them, and each also derives from the matching built-in (``ValueError``, ``RuntimeError``) so code
+written against the built-ins keeps working.
+"""
+
+from __future__ import annotations
+
+
+class HPTError(Exception):
+    """Base class of every error raised by lightning-hpt."""
+
+
+class SearchSpaceError(HPTError, ValueError):
+    """A domain or search space is invalid (raised at construction, before any trial runs)."""
+
+
+class ConfigurationError(HPTError, ValueError):
+    """An argument of the search is invalid or inconsistent with another one."""
+
+
+class StorageError(HPTError, RuntimeError):
+    """The study database cannot be opened, read or written."""
+
+
+class StudyMismatchError(StorageError):
+    """An existing study was opened with a different space, monitor or direction."""
+
+
+class DatabaseLockedError(StorageError):
+    """The database stayed locked by another process past the retry limit."""
+
+
+class MetricNotFoundError(HPTError, KeyError):
+    """The monitored metric was never logged by the trial."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TrialPickleError(ConfigurationError):
+    """Trial code cannot be sent to a worker process."""
+
+
+class SearchPreempted(SystemExit):
+    """Raised in the driver when it receives SIGTERM (cluster pre-emption).
+
+    It derives from ``SystemExit`` with code 143 (128 + SIGTERM), so a script that does not
+    catch it exits with the status a scheduler expects from a terminated job.
+    """
+
+    def __init__(self, message: str = "pre-empted (SIGTERM)") -> None:
+        super().__init__(143)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

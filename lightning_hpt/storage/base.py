@@ -1,0 +1,132 @@
+"""The Storage interface: the single source of truth of a study."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_hpt.space import SearchSpace
+from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
+
+__all__ = ["Storage", "StudyInfo"]
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What defines a study; stored once, compared when the study is opened again."""
+
+    name: str
+    space: SearchSpace
+    direction: Direction
+    monitor: str
+    strategy: str
+    seed: int | None = None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Storage(ABC):
+    """Stores studies and their trials.
+
+    Within one search only the driver process writes. Several drivers (on several machines) may
+    share a study: every write is one transaction, and trial numbers are allocated atomically.
+    All methods raise :class:`~lightning_hpt.exceptions.StorageError` (or a subclass) on failure.
+    """
+
+    #: where the data lives, passwords masked; safe to print.
+    url: str
+
+    @abstractmethod
+    def open_study(self, info: StudyInfo, *, allow_changes: bool = False) -> StudyInfo:
+        """Create the study, or open the existing one of the same name.
+
+        An existing study must have the same space, monitor and direction (and strategy), else
+        :class:`~lightning_hpt.exceptions.StudyMismatchError` says what differs and how to start
+        a new study; ``allow_changes=True`` accepts the stored study as it is and returns it.
+        The stored seed and attrs are kept. Returns the stored study.
+        """
+
+    @abstractmethod
+    def load_study(self, name: str) -> StudyInfo:
+        """The stored study; ``StorageError`` listing the known studies if there is none of that name."""
+
+    @abstractmethod
+    def study_names(self) -> list[str]:
+        """Names of all studies in this storage."""
+
+    @abstractmethod
+    def trials(self, study: str) -> list[TrialRecord]:
+        """Every trial of the study, ordered by number."""
+
+    def history(self, study: str, max_steps: int | None = None) -> History:
+        """A frozen :class:`History` of the study."""
+        info = self.load_study(study)
+        return History(info.space, info.direction, tuple(self.trials(study)), info.seed, max_steps)
+
+    @abstractmethod
+    def create_trial(
+        self,
+        study: str,
+        params: Mapping[str, Any],
+        *,
+        state: TrialState = TrialState.RUNNING,
+        max_trials: int | None = None,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> TrialRecord | None:
+        """Add a trial with the next free number (atomically), RUNNING or QUEUED.
+
+        A RUNNING trial gets ``started_at``, ``host``, ``pid`` and ``attempt=1``. Returns ``None``
+        (and writes nothing) when the study already has ``max_trials`` trials of any state.
+        """
+
+    @abstractmethod
+    def claim_queued(self, study: str, *, host: str | None = None, pid: int | None = None) -> TrialRecord | None:
+        """Atomically move the lowest-numbered QUEUED trial to RUNNING (``attempt += 1``); ``None`` if none."""
+
+    @abstractmethod
+    def report(self, study: str, number: int, step: int, value: float) -> None:
+        """Store (or overwrite) the intermediate value of a RUNNING trial at ``step``; refresh its heartbeat."""
+
+    @abstractmethod
+    def heartbeat(self, study: str, numbers: Sequence[int]) -> None:
+        """Mark these RUNNING trials as alive now."""
+
+    @abstractmethod
+    def finish_trial(
+        self,
+        study: str,
+        number: int,
+        *,
+        state: TrialState,
+        value: float | None = None,
+        best_step: int | None = None,
+        error: str | None = None,
+        checkpoint: str | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> TrialRecord:
+        """Record the end of a trial (COMPLETE, PRUNED or FAILED); ``attrs`` are merged into the trial's."""
+
+    @abstractmethod
+    def requeue_trial(self, study: str, number: int) -> TrialRecord:
+        """Put a RUNNING or FAILED trial back in the queue under the same number and params.
+
+        The previous attempt (error, times, host, pid, last step) is appended to
+        ``attrs["attempts"]``; its value, error and intermediate values are cleared.
+        """
+
+    @abstractmethod
+    def set_trial_attrs(self, study: str, number: int, attrs: Mapping[str, Any]) -> None:
+        """Merge ``attrs`` (JSON data) into the trial's attrs."""
+
+    @abstractmethod
+    def set_study_attrs(self, study: str, attrs: Mapping[str, Any]) -> None:
+        """Merge ``attrs`` (JSON data) into the study's attrs."""
+
+    @abstractmethod
+    def last_heartbeat(self, study: str, number: int) -> float | None:
+        """POSIX time of the trial's last heartbeat (or start), ``None`` if never."""
+
+    def close(self) -> None:
+        """Release connections."""

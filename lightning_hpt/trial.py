@@ -1,0 +1,149 @@
+"""Trial records and the frozen history handed to strategies and pruners."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.space import SearchSpace
+
+__all__ = ["TrialState", "Direction", "TrialRecord", "History"]
+
+
+class TrialState(str, Enum):
+    """Life cycle of a trial: ``QUEUED -> RUNNING -> COMPLETE | PRUNED | FAILED``."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    FAILED = "FAILED"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED)
+
+
+class Direction(str, Enum):
+    """Whether a larger or a smaller monitored value is better."""
+
+    MINIMIZE = "min"
+    MAXIMIZE = "max"
+
+    @classmethod
+    def parse(cls, mode: str | Direction) -> Direction:
+        if isinstance(mode, Direction):
+            return mode
+        aliases = {"min": cls.MINIMIZE, "minimize": cls.MINIMIZE, "max": cls.MAXIMIZE, "maximize": cls.MAXIMIZE}
+        if not isinstance(mode, str) or mode.lower() not in aliases:
+            raise ConfigurationError(f"mode must be 'min' or 'max', got mode={mode!r}")
+        return aliases[mode.lower()]
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether ``a`` is strictly better than ``b``."""
+        return a < b if self is Direction.MINIMIZE else a > b
+
+    @property
+    def worst(self) -> float:
+        return math.inf if self is Direction.MINIMIZE else -math.inf
+
+
+# Reasons stored in ``TrialRecord.error`` that mean "the process stopped", not "the config is bad".
+INTERRUPTED = "interrupted"
+PREEMPTED = "pre-empted"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as stored; frozen.
+
+    Attributes:
+        number: the trial's number in its study, from 0, unique.
+        params: the configuration, ``{name: value}``.
+        state: see :class:`TrialState`.
+        value: the best monitored value over the trial's epochs (``None`` unless COMPLETE or PRUNED).
+        intermediate: monitored value per step ``{step: value}``; steps are validation runs, counted
+            from 0 (one per epoch by default).
+        best_step: the step at which ``value`` was reached.
+        error: why the trial failed (``None`` otherwise).
+        checkpoint: path of the best step's checkpoint, if kept.
+        started_at, finished_at: POSIX timestamps (seconds).
+        host, pid: where the trial ran.
+        attempt: how many times this trial number was started (interrupted trials are retried in place).
+        attrs: extra JSON data (fold values, test metrics, ...).
+    """
+
+    number: int
+    params: Mapping[str, Any]
+    state: TrialState
+    value: float | None = None
+    intermediate: Mapping[int, float] = field(default_factory=dict)
+    best_step: int | None = None
+    error: str | None = None
+    checkpoint: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    attempt: int = 0
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @property
+    def last_step(self) -> int | None:
+        return max(self.intermediate) if self.intermediate else None
+
+
+@dataclass(frozen=True)
+class History:
+    """What strategies and pruners see: the space, the direction and every trial; read-only.
+
+    Attributes:
+        space: the study's search space.
+        direction: whether the monitored value is minimized or maximized.
+        trials: every trial of the study ordered by number, RUNNING and QUEUED ones included.
+        seed: the study's seed (``None``: unseeded).
+        max_steps: the most steps (validation runs) a trial can have, if known (``trainer.max_epochs``);
+            pruners use it as their maximum resource.
+    """
+
+    space: SearchSpace
+    direction: Direction
+    trials: tuple[TrialRecord, ...] = ()
+    seed: int | None = None
+    max_steps: int | None = None
+
+    @property
+    def next_number(self) -> int:
+        """The number the next new trial will get."""
+        return max((t.number for t in self.trials), default=-1) + 1
+
+    def with_state(self, *states: TrialState) -> list[TrialRecord]:
+        return [t for t in self.trials if t.state in states]
+
+    @property
+    def completed(self) -> list[TrialRecord]:
+        """COMPLETE trials with a finite value."""
+        return [t for t in self.trials if t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+
+    @property
+    def pending(self) -> list[TrialRecord]:
+        """Trials that are RUNNING or QUEUED: proposed but without a final value yet."""
+        return self.with_state(TrialState.RUNNING, TrialState.QUEUED)
+
+    def best(self) -> TrialRecord | None:
+        """The COMPLETE trial with the best value (lowest number on ties), or ``None``."""
+        best = None
+        for t in self.completed:
+            if best is None or self.direction.better(t.value, best.value):
+                best = t
+        return best
