@@ -192,6 +192,8 @@ class Float(Domain):
         values = self.values()
         if values is not None:
             return values[min(int(u * len(values)), len(values) - 1)]
+        if u in (0.0, 1.0):  # exact ends: exp(log(x)) is not always x
+            return self.low if u == 0.0 else self.high
         if self.log:
             v = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
         else:
@@ -408,7 +410,8 @@ class SearchSpace(Mapping[str, Domain]):
         """The full product of every domain's grid; the first name varies slowest.
 
         Args:
-            points: grid points for continuous domains: one number for all, or per name.
+            points: grid points: one number for every continuous domain, or a dict per name (which
+                may also thin a discrete domain). Discrete domains otherwise use all their values.
         """
         if isinstance(points, Mapping):
             unknown = sorted(set(points) - set(self._domains))
@@ -416,9 +419,10 @@ class SearchSpace(Mapping[str, Domain]):
                 raise SearchSpaceError(f"grid points given for unknown parameters {unknown}; known: {sorted(self._domains)}")
         axes = []
         for name, d in self._domains.items():
-            p = points.get(name) if isinstance(points, Mapping) else points
+            # one number applies to continuous domains; a dict entry to any domain it names
+            p = points.get(name) if isinstance(points, Mapping) else (points if d.values() is None else None)
             try:
-                axes.append(d.grid(p if d.values() is None or p is not None else None))
+                axes.append(d.grid(p))
             except SearchSpaceError as e:
                 raise SearchSpaceError(f"parameter {name!r}: {e}") from None
         names = list(self._domains)

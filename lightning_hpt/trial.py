@@ -147,3 +147,21 @@ class History:
             if best is None or self.direction.better(t.value, best.value):
                 best = t
         return best
+
+    def add(
+        self, params: Mapping[str, Any], value: float | None = None, state: TrialState = TrialState.COMPLETE, **fields: Any
+    ) -> History:
+        """A new History with one more trial (the next number); for ask/tell loops without storage.
+
+        Example:
+            >>> from lightning_hpt import Float, RandomStrategy, SearchSpace
+            >>> h = History(SearchSpace({"x": Float(0, 1)}), Direction.MINIMIZE, seed=0)
+            >>> for _ in range(3):
+            ...     params = RandomStrategy().ask(h)[0]
+            ...     h = h.add(params, value=(params["x"] - 0.3) ** 2)
+            >>> len(h.completed)
+            3
+        """
+        self.space.validate(params)
+        record = TrialRecord(self.next_number, dict(params), state, value=value, **fields)
+        return History(self.space, self.direction, (*self.trials, record), self.seed, self.max_steps)

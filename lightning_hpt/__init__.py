@@ -1,0 +1,36 @@
+"""lightning-hpt: hyperparameter search for PyTorch Lightning."""
+
+from lightning_hpt.exceptions import (
+    ConfigurationError,
+    DatabaseLockedError,
+    HPTError,
+    MetricNotFoundError,
+    SearchPreempted,
+    SearchSpaceError,
+    StorageError,
+    StudyMismatchError,
+)
+from lightning_hpt.search import HyperparameterSearch
+from lightning_hpt.result import SearchResult
+from lightning_hpt.space import Categorical, Float, Int, SearchSpace
+from lightning_hpt.strategies import GridStrategy, RandomStrategy, SobolStrategy, Strategy
+from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HyperparameterSearch", "SearchResult",
+    "Float", "Int", "Categorical", "SearchSpace",
+    "Strategy", "GridStrategy", "RandomStrategy", "SobolStrategy", "BayesianStrategy",
+    "TrialState", "TrialRecord", "History", "Direction",
+    "HPTError", "SearchSpaceError", "ConfigurationError", "StorageError", "StudyMismatchError",
+    "DatabaseLockedError", "MetricNotFoundError", "SearchPreempted",
+]
+
+
+def __getattr__(name: str):  # BoTorch is imported only when the Bayesian strategy is used
+    if name == "BayesianStrategy":
+        from lightning_hpt.strategies.bayesian import BayesianStrategy
+
+        return BayesianStrategy
+    raise AttributeError(f"module 'lightning_hpt' has no attribute {name!r}")

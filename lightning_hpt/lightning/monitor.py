@@ -1,0 +1,122 @@
+"""The Lightning callback inside every trial: reports each validation result, applies pruning."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Protocol
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+
+from lightning_hpt.trial import Direction
+
+__all__ = ["TrialReporter", "TrialMonitor", "metric_value"]
+
+log = logging.getLogger(__name__)
+
+
+class TrialReporter(Protocol):
+    """The channel from a running trial to the driver."""
+
+    def report(self, step: int, value: float) -> bool:
+        """Send the monitored value of validation run ``step`` (0-based); True means: stop this trial."""
+        ...
+
+
+def metric_value(name: str, value: Any) -> float:
+    """A logged metric as a float: one-element tensors, numpy scalars and numbers are accepted.
+
+    Raises:
+        TypeError: naming the metric and its type, for anything else.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"metric {name!r} must have one element, got a tensor of shape {tuple(value.shape)}")
+        return float(value.detach().cpu().item())
+    if isinstance(value, (np.ndarray, np.generic)) and np.size(value) == 1 and np.issubdtype(np.asarray(value).dtype, np.number):
+        return float(np.asarray(value).item())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"metric {name!r} must be a number or a one-element tensor, got {type(value).__name__}: {value!r}")
+
+
+class _MonitorLogic:
+    """Behaves like ``EarlyStopping``: skips the sanity check, decides on rank 0, broadcasts, sets ``should_stop``.
+
+    It never raises from a hook: a problem (missing metric, wrong type) is kept in ``error`` and the
+    trial is stopped; the runner turns it into a FAILED record.
+
+    Attributes:
+        values: monitored value per step (validation run, from 0).
+        best_value, best_step: the best finite value and its step.
+        pruned: whether the driver asked this trial to stop.
+        error: the exception that ended the trial from inside the callback, if any.
+    """
+
+    def __init__(self, monitor: str, direction: Direction, reporter: TrialReporter | None = None) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.direction = direction
+        self.reporter = reporter
+        self.values: dict[int, float] = {}
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.pruned = False
+        self.error: BaseException | None = None
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        try:
+            self._check(trainer)
+        except Exception as e:  # never raise from a hook: stop the trial and let the runner report it
+            self.error = e
+            trainer.should_stop = True
+
+    def _check(self, trainer: Any) -> None:
+        from lightning_hpt.exceptions import MetricNotFoundError
+
+        metrics = trainer.callback_metrics
+        if self.monitor not in metrics:
+            logged = sorted(metrics)
+            raise MetricNotFoundError(
+                f"the monitored metric {self.monitor!r} was not logged; the metrics logged are {logged}."
+                f" Log it with self.log({self.monitor!r}, ...) in validation_step, or set monitor= to one of these"
+            )
+        value = metric_value(self.monitor, metrics[self.monitor])
+        step = len(self.values)
+        self.values[step] = value
+        if math.isfinite(value) and (self.best_value is None or self.direction.better(value, self.best_value)):
+            self.best_value, self.best_step = value, step
+        stop = False
+        if trainer.is_global_zero and self.reporter is not None:
+            try:
+                stop = bool(self.reporter.report(step, value))
+            except Exception:  # a broken channel must not kill the trial; it just is not pruned
+                log.exception("reporting step %d of the trial failed; it continues unpruned", step)
+        # every rank takes rank 0's decision, so DDP ranks stop together
+        stop = bool(trainer.strategy.broadcast(stop, src=0))
+        if stop:
+            self.pruned = True
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"values": dict(self.values), "best_value": self.best_value, "best_step": self.best_step}
+
+
+class TrialMonitor(_MonitorLogic, L.Callback):
+    """The trial's monitor for ``lightning.pytorch`` trainers.
+
+    Example:
+        >>> from lightning_hpt.trial import Direction
+        >>> cb = TrialMonitor("val_acc", Direction.MAXIMIZE)  # Trainer(callbacks=[cb])
+    """
+
+
+def monitor_class(namespace: Any) -> type:
+    """The monitor class for a Lightning namespace (``lightning.pytorch`` or ``pytorch_lightning``)."""
+    if namespace is L:
+        return TrialMonitor
+    return type("TrialMonitor", (_MonitorLogic, namespace.Callback), {"__doc__": TrialMonitor.__doc__})

@@ -1,0 +1,272 @@
+"""Build one trial from its configuration, fit it, and collect the outcome; runs wherever the trial runs."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import inspect
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, SearchPreempted
+from lightning_hpt.lightning.config import is_lightning_class, namespace_of, patch_optimizer, split_params
+from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
+from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
+
+__all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "run_trial", "trial_seed"]
+
+log = logging.getLogger(__name__)
+_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+
+
+def trial_seed(seed: int | None, number: int) -> int:
+    """The seed handed to ``seed_everything`` for trial ``number``: a pure function of ``(seed, number)``."""
+    import numpy as np
+
+    base = 0 if seed is None else int(seed) & 0xFFFFFFFF
+    return int(np.random.SeedSequence([base, number]).generate_state(1)[0] % (2**31 - 1))
+
+
+@dataclass(frozen=True)
+class TrialBuild:
+    """What every trial of a search is built from (the same for all trials); picklable if its parts are.
+
+    Attributes:
+        model: a LightningModule class (``model.*`` parameters are its init arguments) or a
+            factory ``config -> LightningModule`` where ``config`` is ``{"model": {...}, "data": {...},
+            "trainer": {...}, "optimizer": {...}}``.
+        datamodule: a LightningDataModule class, a factory ``config -> LightningDataModule``, an
+            instance (then no ``data.*`` parameters), or ``None`` (the module has its own loaders).
+        trainer_kwargs: passed to every trial's Trainer (``trainer.*`` parameters override them).
+        monitor: the validation metric the search optimizes.
+        direction: minimize or maximize ``monitor``.
+        patience: ``EarlyStopping`` patience in validation runs; ``None`` disables early stopping.
+        checkpoint: keep the best step's checkpoint (``<trial dir>/checkpoints/best.ckpt``).
+        quiet: silence Lightning's progress bar, model summary and info logs inside the trial.
+    """
+
+    model: Any
+    datamodule: Any = None
+    trainer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    monitor: str = "val_loss"
+    direction: Direction = Direction.MINIMIZE
+    patience: int | None = 5
+    checkpoint: bool = True
+    quiet: bool = True
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial to run: its number, configuration, seed and directory."""
+
+    build: TrialBuild
+    number: int
+    params: Mapping[str, Any]
+    seed: int | None
+    trial_dir: str
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a finished trial sends back to the driver; plain data only.
+
+    Attributes:
+        state: COMPLETE, PRUNED or FAILED.
+        value: the best finite monitored value (``None`` when FAILED).
+        best_step: the step (validation run) of ``value``.
+        intermediate: every reported value ``{step: value}``.
+        checkpoint: path of the best step's checkpoint, if kept.
+        error: why it failed.
+        fatal: every further trial would fail the same way (the metric is never logged).
+        interrupted: ``"interrupted"`` (Ctrl+C) or ``"pre-empted"`` (SIGTERM) if the trial was stopped
+            from outside; the driver records it and stops the search.
+        metrics: the last logged metrics, as floats.
+    """
+
+    state: TrialState
+    value: float | None = None
+    best_step: int | None = None
+    intermediate: Mapping[int, float] = field(default_factory=dict)
+    checkpoint: str | None = None
+    error: str | None = None
+    fatal: bool = False
+    interrupted: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+def _build(factory: Any, kwargs: dict[str, Any], config: dict[str, Any], kind: str, arg: str) -> Any:
+    if is_lightning_class(factory, kind):
+        try:
+            return factory(**kwargs)
+        except TypeError as e:
+            params = inspect.signature(factory).parameters
+            raise ConfigurationError(
+                f"{arg}={factory.__name__} cannot be built with {sorted(kwargs)}: {e}; its init arguments are {list(params)}"
+            ) from e
+    obj = factory(config)
+    if not is_lightning_class(type(obj), kind):
+        raise ConfigurationError(f"the {arg} factory must return a {kind}, got {type(obj).__name__}")
+    return obj
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*(number of training batches|log_every_n_steps).*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+
+
+def _loggers(pl: Any, trial_dir: str, params: Mapping[str, Any]) -> list:
+    loggers = [pl.loggers.CSVLogger(save_dir=trial_dir, name="", version="")]
+    with contextlib.suppress(ImportError, ModuleNotFoundError):
+        import tensorboard  # noqa: F401  (TensorBoard logs only when it is installed)
+
+        loggers.append(pl.loggers.TensorBoardLogger(save_dir=trial_dir, name="", version="tb", default_hp_metric=False))
+    for lg in loggers:
+        lg.log_hyperparams(dict(params))
+    return loggers
+
+
+def _describe(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
+        return f"out of memory: {text}"
+    return text
+
+
+def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutcome:
+    """Build the model, datamodule and Trainer of one trial, fit, and return its outcome.
+
+    Never raises for what the trial does: exceptions (``SystemExit`` included), out-of-memory and
+    non-finite metrics become a FAILED outcome with the reason. A Ctrl+C or SIGTERM becomes an
+    outcome with ``interrupted`` set, after restoring the SIGINT handler Lightning replaces.
+    """
+    b = job.build
+    shutil.rmtree(job.trial_dir, ignore_errors=True)  # a retried trial starts clean
+    Path(job.trial_dir).mkdir(parents=True, exist_ok=True)
+    sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    monitor = None
+    trainer = model = dm = None
+    error: BaseException | None = None
+    interrupted: str | None = None
+    try:
+        with _quiet(b.quiet):
+            sections = split_params(job.params)
+            config = {k: dict(v) for k, v in sections.items()}
+            pl = namespace_of(b.model) if inspect.isclass(b.model) else None
+            from lightning.fabric.utilities.seed import seed_everything
+
+            seed_everything(trial_seed(job.seed, job.number), workers=True, verbose=False)
+            model = _build(b.model, sections["model"], config, "LightningModule", "model")
+            pl = pl or namespace_of(model)
+            if b.datamodule is not None and not is_lightning_class(type(b.datamodule), "LightningDataModule"):
+                dm = _build(b.datamodule, sections["data"], config, "LightningDataModule", "datamodule")
+            else:
+                dm = b.datamodule
+            patch_optimizer(model, sections["optimizer"])
+            monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
+            trainer = _make_trainer(pl, b, job, sections["trainer"], monitor)
+            trainer.fit(model, datamodule=dm)
+    except SearchPreempted as e:
+        interrupted, error = PREEMPTED, e
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Lightning turns Ctrl+C into SystemExit(1) and SIGTERM into SIGTERMException
+        if trainer is not None and trainer.interrupted or isinstance(e, KeyboardInterrupt):
+            interrupted = PREEMPTED if type(e).__name__ == "SIGTERMException" else INTERRUPTED
+        error = e
+    except Exception as e:
+        error = e
+        log.debug("trial %d raised:\n%s", job.number, traceback.format_exc())
+    finally:
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)  # Lightning leaves SIGINT ignored after an interrupt
+    outcome = _outcome(job, monitor, trainer, error, interrupted)
+    del trainer, model, dm, monitor
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    return outcome
+
+
+def _make_trainer(pl: Any, b: TrialBuild, job: TrialJob, overrides: dict[str, Any], monitor: Any) -> Any:
+    kwargs: dict[str, Any] = {"enable_progress_bar": not b.quiet, "enable_model_summary": not b.quiet}
+    kwargs.update(b.trainer_kwargs)
+    kwargs.update(overrides)
+    user_callbacks = kwargs.pop("callbacks", None) or []
+    if not isinstance(user_callbacks, (list, tuple)):
+        user_callbacks = [user_callbacks]
+    # each trial gets its own copies: callbacks keep state (EarlyStopping's wait count, ...)
+    callbacks = [monitor, *copy.deepcopy(list(user_callbacks))]
+    mode = "min" if b.direction is Direction.MINIMIZE else "max"
+    if b.patience is not None:
+        callbacks.append(pl.callbacks.EarlyStopping(b.monitor, patience=b.patience, mode=mode, strict=False, check_finite=True))
+    if b.checkpoint:
+        callbacks.append(pl.callbacks.ModelCheckpoint(
+            dirpath=os.path.join(job.trial_dir, "checkpoints"), filename="best", monitor=b.monitor, mode=mode,
+            save_top_k=1, save_last=False, enable_version_counter=False,
+        ))
+    kwargs.setdefault("enable_checkpointing", b.checkpoint)
+    if "logger" not in kwargs:
+        kwargs["logger"] = _loggers(pl, job.trial_dir, job.params)
+    kwargs["default_root_dir"] = job.trial_dir
+    try:
+        return pl.Trainer(callbacks=callbacks, **kwargs)
+    except TypeError as e:
+        raise ConfigurationError(f"the Trainer rejected trainer_kwargs/trainer.* parameters {sorted(kwargs)}: {e}") from e
+
+
+def _outcome(job: TrialJob, monitor: Any, trainer: Any, error: BaseException | None, interrupted: str | None) -> TrialOutcome:
+    values = dict(monitor.values) if monitor is not None else {}
+    metrics: dict[str, float] = {}
+    if trainer is not None:
+        for k, v in trainer.callback_metrics.items():
+            with contextlib.suppress(Exception):
+                metrics[k] = float(v)
+    ckpt = os.path.join(job.trial_dir, "checkpoints", "best.ckpt")
+    ckpt = ckpt if os.path.exists(ckpt) else None
+    common = {"intermediate": values, "metrics": metrics}
+    if interrupted:
+        return TrialOutcome(TrialState.FAILED, error=f"{interrupted}: {type(error).__name__}", interrupted=interrupted, **common)
+    if monitor is not None and monitor.error is not None:
+        error = monitor.error
+    if error is not None:
+        return TrialOutcome(TrialState.FAILED, error=_describe(error), fatal=isinstance(error, MetricNotFoundError), **common)
+    if not values:
+        logged = sorted(metrics)
+        err = MetricNotFoundError(
+            f"the monitored metric {job.build.monitor!r} was never logged in a validation run; the metrics logged are"
+            f" {logged}. Log it with self.log({job.build.monitor!r}, ...) in validation_step"
+        )
+        return TrialOutcome(TrialState.FAILED, error=_describe(err), fatal=True, **common)
+    bad = [(s, v) for s, v in values.items() if not math.isfinite(v)]
+    if bad:
+        s, v = bad[0]
+        return TrialOutcome(TrialState.FAILED, error=f"non-finite: {job.build.monitor} was {v} at step {s}", **common)
+    state = TrialState.PRUNED if monitor.pruned else TrialState.COMPLETE
+    return TrialOutcome(state, value=monitor.best_value, best_step=monitor.best_step, checkpoint=ckpt, **common)

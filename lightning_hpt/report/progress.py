@@ -1,0 +1,52 @@
+"""Plain progress lines: one per finished trial, readable in a terminal and in CI logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO
+
+from lightning_hpt.trial import TrialRecord
+
+__all__ = ["LineProgress"]
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else repr(v)
+
+
+class LineProgress:
+    """Writes a line when the search starts, one per finished trial, and the summary at the end.
+
+    Args:
+        stream: where to write (standard output by default).
+        enabled: ``False`` writes nothing.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, enabled: bool = True) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self._t0 = time.monotonic()
+
+    def _write(self, line: str) -> None:
+        if self.enabled:
+            stream = self.stream or sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
+
+    def start(self, study: str, n_trials: int | None, done: int, storage_url: str) -> None:
+        self._t0 = time.monotonic()
+        total = "?" if n_trials is None else n_trials
+        self._write(f"study {study!r}: {done}/{total} trials done, storage {storage_url}")
+
+    def trial_finished(self, t: TrialRecord, best: TrialRecord | None, monitor: str, done: int, total: int | None) -> None:
+        value = f"{monitor}={t.value:.4g}" if t.value is not None else (t.error or "")[:160]
+        best_txt = f" | best {best.value:.4g} (#{best.number})" if best is not None else ""
+        params = ", ".join(f"{k.split('.', 1)[-1]}={_fmt(v)}" for k, v in t.params.items())
+        dur = f"{t.duration:.1f}s" if t.duration is not None else "?"
+        total_txt = "?" if total is None else total
+        self._write(f"[{done}/{total_txt}] trial {t.number} {t.state.value:<8} {value} steps={len(t.intermediate)} {dur}"
+                    f"{best_txt} | {params}")
+
+    def end(self, summary: str) -> None:
+        self._write(f"finished in {time.monotonic() - self._t0:.1f}s\n{summary}")

@@ -1,0 +1,70 @@
+"""Grid search: every combination of the domains' grid values, each tried once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.strategies.base import Strategy, params_key
+from lightning_hpt.trial import History
+
+__all__ = ["GridStrategy"]
+
+
+class GridStrategy(Strategy):
+    """Proposes the full product of the domains' grids, in a fixed order, skipping tried points.
+
+    Configurations of every existing trial (finished, running or queued) are skipped, so a
+    resumed or shared search continues the grid; ``ask`` returns ``[]`` once every point has
+    a trial, which ends the search even if ``n_trials`` is larger.
+
+    Args:
+        points: grid points for continuous ``Float`` domains: one number for all, or a dict per
+            name. Discrete domains (``Int``, stepped ``Float``, ``Categorical``) use all their values
+            unless a number is given for them in the dict.
+        shuffle: visit the grid in a random order drawn from ``seed`` (useful with a budget
+            smaller than the grid).
+        seed: the shuffle's seed; the study's seed when ``None``.
+
+    Example:
+        >>> from lightning_hpt import Categorical, Int, SearchSpace
+        >>> from lightning_hpt.trial import Direction, History
+        >>> h = History(SearchSpace({"model.n": Int(1, 2), "data.bs": Categorical([32, 64])}), Direction.MAXIMIZE)
+        >>> GridStrategy().ask(h, 4)
+        [{'model.n': 1, 'data.bs': 32}, {'model.n': 1, 'data.bs': 64}, {'model.n': 2, 'data.bs': 32}, {'model.n': 2, 'data.bs': 64}]
+    """
+
+    name = "grid"
+
+    def __init__(self, points: int | Mapping[str, int] | None = None, shuffle: bool = False, seed: int | None = None):
+        super().__init__(seed)
+        if points is not None and not isinstance(points, Mapping):
+            if isinstance(points, bool) or not isinstance(points, int) or points < 1:
+                raise ConfigurationError(f"GridStrategy: points must be a positive int or a dict of them, got points={points!r}")
+        self.points = dict(points) if isinstance(points, Mapping) else points
+        self.shuffle = shuffle
+
+    def grid(self, history: History) -> list[dict[str, Any]]:
+        """The whole grid in visiting order."""
+        grid = history.space.grid(self.points)
+        if self.shuffle:
+            seed = self.effective_seed(history)
+            order = np.random.default_rng(seed).permutation(len(grid))
+            grid = [grid[i] for i in order]
+        return grid
+
+    def ask(self, history: History, n: int = 1) -> list[dict[str, Any]]:
+        tried = {params_key(dict(t.params)) for t in history.trials}
+        out = []
+        for params in self.grid(history):
+            if len(out) == n:
+                break
+            if params_key(params) not in tried:
+                out.append(params)
+        return out
+
+    def __repr__(self) -> str:
+        return f"GridStrategy(points={self.points!r}, shuffle={self.shuffle!r}, seed={self.seed!r})"

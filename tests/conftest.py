@@ -1,0 +1,101 @@
+"""Tiny real Lightning models and data for tests: a few batches, CPU, seconds per search."""
+
+from __future__ import annotations
+
+import os
+
+import lightning.pytorch as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.set_num_threads(1)
+
+
+class TinyData(L.LightningDataModule):
+    """64 training and 32 validation points of a noisy linear function."""
+
+    def __init__(self, batch_size: int = 32, n: int = 64) -> None:
+        super().__init__()
+        self.batch_size, self.n = batch_size, n
+
+    def setup(self, stage: str | None = None) -> None:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(self.n + 32, 4, generator=g)
+        y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(self.n + 32, generator=g)
+        self.train_set = TensorDataset(x[: self.n], y[: self.n, None])
+        self.val_set = TensorDataset(x[self.n :], y[self.n :, None])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=32)
+
+
+class TinyModel(L.LightningModule):
+    """A small regressor; the keyword arguments after ``hidden`` make it misbehave on purpose.
+
+    Args:
+        lr, hidden: tunable.
+        val_schedule: log these fixed val_loss values, one per epoch, instead of the real loss.
+        fail_at_epoch: raise RuntimeError in training_step at that epoch.
+        nan_at_epoch: the logged val_loss is NaN from that epoch on.
+        interrupt_at_epoch: raise KeyboardInterrupt in training_step at that epoch.
+        oom_at_epoch: raise torch.cuda.OutOfMemoryError in training_step at that epoch.
+        log_name: name under which the validation loss is logged.
+        marker: a file written at the first training step (lets a test know a trial is running).
+        sleep: seconds to sleep per training step (lets a test kill it mid-trial).
+    """
+
+    def __init__(self, lr: float = 0.05, hidden: int = 8, val_schedule: list | None = None, fail_at_epoch: int | None = None,
+                 nan_at_epoch: int | None = None, interrupt_at_epoch: int | None = None, oom_at_epoch: int | None = None,
+                 log_name: str = "val_loss", marker: str | None = None, sleep: float = 0.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        h, epoch = self.hparams, self.current_epoch
+        if h.marker and not os.path.exists(h.marker):
+            open(h.marker, "w").close()
+        if h.sleep:
+            import time
+
+            time.sleep(h.sleep)
+        if h.fail_at_epoch is not None and epoch >= h.fail_at_epoch:
+            raise RuntimeError("boom: a bug in training_step")
+        if h.interrupt_at_epoch is not None and epoch >= h.interrupt_at_epoch:
+            raise KeyboardInterrupt
+        if h.oom_at_epoch is not None and epoch >= h.oom_at_epoch:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        h, epoch = self.hparams, self.current_epoch
+        if h.val_schedule is not None:
+            loss = torch.tensor(float(h.val_schedule[min(epoch, len(h.val_schedule) - 1)]))
+        if h.nan_at_epoch is not None and epoch >= h.nan_at_epoch:
+            loss = torch.tensor(float("nan"))
+        self.log(h.log_name, loss)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+FAST = {"accelerator": "cpu", "devices": 1, "max_epochs": 2, "logger": False, "num_sanity_val_steps": 0}
+
+
+@pytest.fixture
+def fast_trainer() -> dict:
+    """Trainer arguments for quick CPU trials (no loggers: they are tested separately)."""
+    return dict(FAST)
