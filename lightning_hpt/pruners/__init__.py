@@ -1,0 +1,52 @@
+"""Pruners: when a running trial stops early. Each is a pure function of the stored history."""
+
+from __future__ import annotations
+
+from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.pruners.base import Pruner
+from lightning_hpt.pruners.hyperband import HyperbandPruner
+from lightning_hpt.pruners.median import MedianPruner
+from lightning_hpt.pruners.nop import NopPruner
+from lightning_hpt.pruners.successive_halving import SuccessiveHalvingPruner
+
+__all__ = [
+    "PRUNERS",
+    "HyperbandPruner",
+    "MedianPruner",
+    "NopPruner",
+    "Pruner",
+    "SuccessiveHalvingPruner",
+    "make_pruner",
+]
+
+#: the names ``make_pruner`` accepts, each with its default pruner.
+PRUNERS = {"none": NopPruner, "median": MedianPruner, "asha": SuccessiveHalvingPruner, "hyperband": HyperbandPruner}
+
+
+def make_pruner(spec: str | Pruner | None) -> Pruner:
+    """The pruner for ``HyperparameterSearch(pruner=spec)``.
+
+    Args:
+        spec: ``None`` (no pruning), a :class:`Pruner`, or one of the names ``"none"``,
+            ``"median"``, ``"asha"``, ``"hyperband"`` (any case), which give that pruner with its
+            default arguments.
+
+    Example:
+        >>> make_pruner("asha")
+        SuccessiveHalvingPruner(min_resource=1, reduction_factor=3, min_early_stopping_rate=0, max_resource=None)
+    """
+    if spec is None:
+        return NopPruner()
+    if isinstance(spec, Pruner):
+        return spec
+    valid = ", ".join(repr(name) for name in PRUNERS)
+    if isinstance(spec, type) and issubclass(spec, Pruner):
+        raise ConfigurationError(f"pruner={spec.__name__} is a class; pass an instance such as {spec.__name__}()")
+    if not isinstance(spec, str):
+        raise ConfigurationError(
+            f"pruner must be None, a Pruner or one of {valid}; got pruner={spec!r} of type {type(spec).__name__}"
+        )
+    cls = PRUNERS.get(spec.strip().lower())
+    if cls is None:
+        raise ConfigurationError(f"unknown pruner={spec!r}; use one of {valid}, None, or a Pruner object")
+    return cls()

@@ -1,0 +1,71 @@
+"""Median stopping: prune a trial whose best value so far is worse than the median of the others."""
+
+from __future__ import annotations
+
+from lightning_hpt.pruners._common import check_int, is_finite, others, previous_step, score
+from lightning_hpt.pruners.base import Pruner
+from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
+
+__all__ = ["MedianPruner"]
+
+
+class MedianPruner(Pruner):
+    """Prunes a trial whose best value so far is worse than the median, at the same step, of the others.
+
+    The others are the COMPLETE, PRUNED and RUNNING trials that recorded a value at the step
+    being judged (FAILED ones are ignored); their NaN or infinite values count as the worst
+    possible. A NaN or infinite value of the judged trial prunes it at once, warm-up or not: a
+    diverged run does not come back.
+
+    Args:
+        n_startup_trials: no pruning until this many trials are COMPLETE.
+        n_warmup_steps: no pruning before this step (steps are validation runs, counted from 0;
+            one per epoch by default), so a trial is first judged at step ``n_warmup_steps``.
+        interval_steps: judge at steps ``n_warmup_steps + k * interval_steps`` only; a trial that
+            skipped such a step is judged at the first step it recorded after it.
+
+    Example:
+        >>> MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+        MedianPruner(n_startup_trials=5, n_warmup_steps=2, interval_steps=1)
+    """
+
+    name = "median"
+
+    def __init__(self, n_startup_trials: int = 5, n_warmup_steps: int = 0, interval_steps: int = 1) -> None:
+        cls = type(self).__name__
+        self.n_startup_trials = check_int(cls, "n_startup_trials", n_startup_trials, 0, "use 0 to prune from the start")
+        self.n_warmup_steps = check_int(cls, "n_warmup_steps", n_warmup_steps, 0, "use 0 to judge from the first step")
+        self.interval_steps = check_int(cls, "interval_steps", interval_steps, 1, "use 1 to judge at every step")
+
+    def should_prune(self, history: History, trial: TrialRecord) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        if not is_finite(trial.intermediate[step]):
+            return True
+        completed = sum(t.state is TrialState.COMPLETE for t in others(history, trial))
+        if completed < self.n_startup_trials or step < self.n_warmup_steps:
+            return False
+        # The judging step at or below ``step``; judge only if this is the first value recorded since it.
+        due = step - (step - self.n_warmup_steps) % self.interval_steps
+        if previous_step(trial, step) >= due:
+            return False
+
+        direction = history.direction
+        rivals = sorted(
+            score(t.intermediate[step], direction) for t in others(history, trial) if step in t.intermediate
+        )
+        if not rivals:
+            return False
+        half = len(rivals) // 2
+        median = rivals[half] if len(rivals) % 2 else (rivals[half - 1] + rivals[half]) / 2
+        # The best value so far, not the latest: one noisy validation run should not end a good trial.
+        finite = [v for v in trial.intermediate.values() if is_finite(v)]
+        best = min(finite) if direction is Direction.MINIMIZE else max(finite)
+        return direction.better(median, best)
+
+    def __repr__(self) -> str:
+        return (
+            f"MedianPruner(n_startup_trials={self.n_startup_trials}, n_warmup_steps={self.n_warmup_steps},"
+            f" interval_steps={self.interval_steps})"
+        )

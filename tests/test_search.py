@@ -1,0 +1,244 @@
+"""End-to-end searches with real Lightning training on tiny data."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+
+import pytest
+import torch
+
+from conftest import TinyData, TinyModel
+from lightning_hpt import (
+    Categorical,
+    ConfigurationError,
+    Float,
+    HyperparameterSearch,
+    Int,
+    MetricNotFoundError,
+    SearchSpaceError,
+    StudyMismatchError,
+    TrialState,
+)
+
+SPACE = {"model.lr": Float(0.01, 0.2, log=True), "model.hidden": Int(4, 16)}
+
+
+def make(tmp_path, fast_trainer, space=SPACE, **kw):
+    kw.setdefault("n_trials", 3)
+    kw.setdefault("seed", 0)
+    kw.setdefault("verbose", False)
+    return HyperparameterSearch(TinyModel, TinyData, space, monitor="val_loss", mode="min", root=tmp_path,
+                                trainer_kwargs={**fast_trainer, **kw.pop("trainer", {})}, **kw)
+
+
+def test_random_search_end_to_end(tmp_path, fast_trainer):
+    result = make(tmp_path, fast_trainer, space={**SPACE, "data.batch_size": Categorical([16, 32])}).run()
+    assert [t.number for t in result.trials] == [0, 1, 2]
+    assert all(t.state is TrialState.COMPLETE for t in result.trials)
+    for t in result.trials:
+        assert math.isfinite(t.value) and t.value == min(t.intermediate.values())
+        assert t.intermediate[t.best_step] == t.value
+        assert os.path.exists(t.checkpoint) and os.path.dirname(os.path.dirname(t.checkpoint)) == str(tmp_path / "default" / f"trial_{t.number}")
+        assert t.host and t.pid == os.getpid() and t.finished_at >= t.started_at
+    assert result.best_value == min(t.value for t in result.trials)
+    model = result.load_best_model()
+    assert isinstance(model, TinyModel) and model.hparams.hidden == result.best_params["model.hidden"]
+    df = result.to_dataframe()
+    assert list(df["number"]) == [0, 1, 2] and "params.model.lr" in df
+    assert "Best trial #" in str(result) and f"{result.best_value:.6g}" in str(result)
+    assert (tmp_path / "studies.db").exists()
+
+
+def test_value_is_best_epoch_not_last(tmp_path, fast_trainer):
+    # val_schedule is a list, not a search domain, so a factory passes it
+    search = HyperparameterSearch(lambda cfg: TinyModel(val_schedule=[0.5, 0.2, 0.9], **cfg["model"]), TinyData,
+                                  {"model.hidden": Int(4, 8)}, monitor="val_loss", root=tmp_path, n_trials=1,
+                                  trainer_kwargs={**fast_trainer, "max_epochs": 3}, verbose=False)
+    t = search.run().trials[0]
+    assert t.intermediate == {0: 0.5, 1: pytest.approx(0.2), 2: pytest.approx(0.9)}
+    assert t.value == pytest.approx(0.2) and t.best_step == 1
+    ckpt = torch.load(t.checkpoint, weights_only=True)
+    assert ckpt["epoch"] == 1  # the checkpoint kept is the best epoch's
+
+
+def test_grid_runs_once_and_stops_when_exhausted(tmp_path, fast_trainer):
+    space = {"model.hidden": Int(4, 5), "data.batch_size": Categorical([16, 32])}
+    result = make(tmp_path, fast_trainer, space=space, strategy="grid", n_trials=10).run()
+    assert len(result.trials) == 4 and result.stopped_reason == "grid strategy exhausted"
+    again = make(tmp_path, fast_trainer, space=space, strategy="grid", n_trials=10).run()
+    assert len(again.trials) == 4  # resumed: nothing runs twice
+    seen = {(t.params["model.hidden"], t.params["data.batch_size"]) for t in again.trials}
+    assert seen == {(4, 16), (4, 32), (5, 16), (5, 32)}
+
+
+def test_resume_continues_seeded_sequence(tmp_path, fast_trainer):
+    """RELIABILITY row 5: 2 trials + resume to 4 equals 4 uninterrupted trials."""
+    whole = make(tmp_path / "a", fast_trainer, n_trials=4).run()
+    make(tmp_path / "b", fast_trainer, n_trials=2).run()
+    resumed = make(tmp_path / "b", fast_trainer, n_trials=4).run()
+    assert [t.params for t in resumed.trials] == [t.params for t in whole.trials]
+    assert [t.value for t in resumed.trials] == pytest.approx([t.value for t in whole.trials])
+
+
+def test_changed_study_is_refused(tmp_path, fast_trainer):
+    """RELIABILITY row 14."""
+    make(tmp_path, fast_trainer, n_trials=1).run()
+    changed = {**SPACE, "model.hidden": Int(4, 32)}
+    with pytest.raises(StudyMismatchError, match="model.hidden"):
+        make(tmp_path, fast_trainer, space=changed, n_trials=2).run()
+    with pytest.raises(StudyMismatchError, match="direction"):
+        HyperparameterSearch(TinyModel, TinyData, SPACE, monitor="val_loss", mode="max", root=tmp_path, n_trials=2,
+                             trainer_kwargs=fast_trainer, verbose=False).run()
+    result = make(tmp_path, fast_trainer, space=changed, n_trials=2, allow_changes=True).run()
+    assert len(result.trials) == 2 and all(t.params["model.hidden"] <= 16 for t in result.trials)
+
+
+def test_failures_are_recorded_and_the_search_goes_on(tmp_path, fast_trainer):
+    """Exceptions, out-of-memory and NaN metrics become FAILED records (RELIABILITY rows 8 and 10)."""
+    modes = ["fail", "oom", "nan", "ok"]
+
+    def factory(cfg):
+        mode = cfg["model"].pop("mode")
+        extra = {"fail": {"fail_at_epoch": 1}, "oom": {"oom_at_epoch": 0}, "nan": {"nan_at_epoch": 1}, "ok": {}}[mode]
+        return TinyModel(**cfg["model"], **extra)
+
+    result = HyperparameterSearch(factory, TinyData, {"model.mode": Categorical(modes)}, strategy="grid", root=tmp_path,
+                                  trainer_kwargs=fast_trainer, verbose=False, patience=None).run()
+    by_mode = {t.params["model.mode"]: t for t in result.trials}
+    assert by_mode["fail"].state is TrialState.FAILED and "RuntimeError: boom" in by_mode["fail"].error
+    assert by_mode["fail"].intermediate == {0: pytest.approx(by_mode["fail"].intermediate[0])}  # epoch 0 was kept
+    assert by_mode["oom"].state is TrialState.FAILED and by_mode["oom"].error.startswith("out of memory")
+    assert by_mode["nan"].state is TrialState.FAILED and by_mode["nan"].error.startswith("non-finite")
+    assert by_mode["nan"].value is None and math.isnan(by_mode["nan"].intermediate[1])
+    assert by_mode["ok"].state is TrialState.COMPLETE
+    assert result.best_trial.params["model.mode"] == "ok"
+
+
+def test_missing_metric_stops_the_search(tmp_path, fast_trainer):
+    """RELIABILITY row 11: the first trial fails naming the logged metrics; no further trial runs."""
+    search = make(tmp_path, fast_trainer, n_trials=5)
+    search.monitor = "val_acc"
+    search.build = search.build.__class__(**{**search.build.__dict__, "monitor": "val_acc"})
+    with pytest.raises(MetricNotFoundError, match=r"'val_acc' was not logged.*\['train_loss', 'val_loss'\]"):
+        search.run()
+    trials = search.trials
+    assert len(trials) == 1 and trials[0].state is TrialState.FAILED and "val_acc" in trials[0].error
+
+
+def test_keyboard_interrupt_in_training_is_recorded(tmp_path, fast_trainer):
+    """RELIABILITY row 2 (in-process): FAILED 'interrupted', handler restored, KeyboardInterrupt raised."""
+    before = signal.getsignal(signal.SIGINT)
+    search = HyperparameterSearch(lambda cfg: TinyModel(interrupt_at_epoch=1, **cfg["model"]), TinyData, SPACE,
+                                  root=tmp_path, n_trials=3, trainer_kwargs=fast_trainer, verbose=False)
+    with pytest.raises(KeyboardInterrupt):
+        search.run()
+    assert signal.getsignal(signal.SIGINT) is before
+    (t,) = search.trials
+    assert t.state is TrialState.FAILED and t.error.startswith("interrupted")
+    # resuming reruns the interrupted trial under the same number
+    search.build = search.build.__class__(**{**search.build.__dict__, "model": TinyModel})
+    result = search.run()
+    assert [t.number for t in result.trials] == [0, 1, 2]
+    assert all(t.state is TrialState.COMPLETE for t in result.trials)
+    assert result.trials[0].attrs["attempts"][0]["error"].startswith("interrupted")
+    assert result.trials[0].attempt == 2
+
+
+def test_callback_error_is_recorded(tmp_path, fast_trainer):
+    """RELIABILITY row 22: a user callback raising in on_train_end fails the trial; nothing stays RUNNING."""
+    import lightning.pytorch as L
+
+    class Broken(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            raise ValueError("callback bug")
+
+    result = make(tmp_path, fast_trainer, n_trials=2, trainer={"callbacks": [Broken()]}).run()
+    assert [t.state for t in result.trials] == [TrialState.FAILED] * 2
+    assert all("ValueError: callback bug" in t.error and len(t.intermediate) == 2 for t in result.trials)
+
+
+def test_optimizer_parameters_override_a_hard_coded_optimizer(tmp_path, fast_trainer):
+    seen = []
+
+    class Spy(TinyModel):
+        def on_train_start(self):
+            opt = self.trainer.optimizers[0]
+            seen.append((type(opt).__name__, opt.param_groups[0]["lr"], opt.param_groups[0].get("weight_decay")))
+
+    space = {"optimizer.lr": Categorical([0.03]), "optimizer.weight_decay": Categorical([0.001])}
+    HyperparameterSearch(Spy, TinyData, space, root=tmp_path, n_trials=1, trainer_kwargs=fast_trainer, verbose=False).run()
+    space2 = {"optimizer.class_path": Categorical(["torch.optim.AdamW"]), "optimizer.lr": Categorical([0.02])}
+    HyperparameterSearch(Spy, TinyData, space2, root=tmp_path, study_name="b", n_trials=1, trainer_kwargs=fast_trainer,
+                         verbose=False).run()
+    assert seen == [("SGD", 0.03, 0.001), ("AdamW", 0.02, 0.01)]
+
+
+def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
+    fast_trainer.pop("logger")
+    result = make(tmp_path, fast_trainer, space={"trainer.max_epochs": Int(1, 3), "model.lr": Float(0.01, 0.1)},
+                  n_trials=2).run()
+    for t in result.trials:
+        assert len(t.intermediate) == t.params["trainer.max_epochs"]
+        assert (tmp_path / "default" / f"trial_{t.number}" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"space": {"model.lr": {"type": "float", "low": 1.0, "high": 0.1}}}, SearchSpaceError, "low < high"),
+        ({"space": {"lr": Float(0.1, 1.0)}}, ConfigurationError, r"parameter 'lr' must start with one of the sections"),
+        ({"space": {"data.batch_size": Int(8, 16)}, "datamodule": TinyData()}, ConfigurationError, "datamodule is an instance"),
+        ({"trainer_kwargs": {"max_epoch": 2}}, ConfigurationError, r"'max_epoch' is not an argument of Trainer.*max_epochs"),
+        ({"mode": "maximise"}, ConfigurationError, "mode must be 'min' or 'max'"),
+        ({"n_trials": 0}, ConfigurationError, "n_trials must be a positive integer"),
+        ({"study_name": "../evil"}, SearchSpaceError, "study_name '../evil' is invalid"),
+        ({"study_name": ""}, SearchSpaceError, "study_name must not be empty"),
+        ({"strategy": "tpe"}, ConfigurationError, "strategy must be one of"),
+        ({"model": torch.nn.Linear}, ConfigurationError, "model must be a LightningModule class"),
+        ({"patience": 0}, ConfigurationError, "patience must be a positive integer or None"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, kwargs, error, match):
+    """RELIABILITY rows 13 and 23: typed errors at construction, and no study or file is written."""
+    args = {"model": TinyModel, "datamodule": TinyData, "space": SPACE, "root": tmp_path / "runs", **kwargs}
+    with pytest.raises(error, match=match):
+        HyperparameterSearch(**args)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_enqueued_configurations_run_first_once(tmp_path, fast_trainer):
+    good = {"model.lr": 0.1, "model.hidden": 8}
+    result = make(tmp_path, fast_trainer, n_trials=2, enqueue=[good]).run()
+    assert result.trials[0].params == good
+    result = make(tmp_path, fast_trainer, n_trials=3, enqueue=[good]).run()
+    assert sum(t.params == good for t in result.trials) == 1
+
+
+def test_ask_tell_without_training(tmp_path):
+    search = HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=4, seed=1, verbose=False)
+    for _ in range(3):
+        t = search.ask()
+        search.tell(t.number, (t.params["model.lr"] - 0.05) ** 2, intermediate={0: 1.0})
+    assert search.tell(search.ask().number, float("nan")).state is TrialState.FAILED
+    with pytest.raises(ConfigurationError, match="n_trials reached"):
+        search.ask()
+    res = search.result()
+    assert len(res.trials) == 4 and res.best_value == min(t.value for t in res.trials[:3])
+    assert res.trials[0].intermediate == {0: 1.0}
+
+
+def test_foreign_database_is_not_touched(tmp_path, fast_trainer):
+    """RELIABILITY row 15: a SQLite file with unrelated tables is refused, not written into."""
+    db = tmp_path / "other.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE customers (id INTEGER)")
+    con.commit()
+    con.close()
+    with pytest.raises(Exception, match="other.db"):
+        make(tmp_path, fast_trainer, storage=f"sqlite:///{db}").run()
+    con = sqlite3.connect(db)
+    assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["customers"]
+    con.close()
