@@ -1,0 +1,83 @@
+"""The in-trial callback: reporting per validation run, pruning through Lightning, metric types."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TinyData, TinyModel
+from lightning_hpt import Categorical, HyperparameterSearch, Int, TrialState
+from lightning_hpt.lightning.monitor import metric_value
+from lightning_hpt.pruners import MedianPruner, SuccessiveHalvingPruner
+
+CURVES = {"good": [0.5, 0.4, 0.3, 0.2], "mid": [0.8, 0.7, 0.6, 0.5], "bad": [2.0, 1.9, 1.8, 1.7]}
+
+
+def curve_factory(cfg):
+    kind = cfg["model"].pop("curve")
+    return TinyModel(val_schedule=CURVES[kind], **cfg["model"])
+
+
+def _search(tmp_path, fast_trainer, pruner, choices, **trainer):
+    return HyperparameterSearch(
+        curve_factory, TinyData, {"model.curve": Categorical(choices), "model.hidden": Int(4, 5)}, strategy="grid",
+        pruner=pruner, root=tmp_path, trainer_kwargs={**fast_trainer, "max_epochs": 4, **trainer}, patience=None,
+        verbose=False,
+    )
+
+
+def test_asha_prunes_bad_trials_during_training(tmp_path, fast_trainer):
+    result = _search(tmp_path, fast_trainer, SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+                     ["good", "mid", "bad"]).run()
+    by = {(t.params["model.curve"], t.params["model.hidden"]): t for t in result.trials}
+    assert by[("good", 4)].state is TrialState.COMPLETE and len(by[("good", 4)].intermediate) == 4
+    pruned = [t for t in result.trials if t.state is TrialState.PRUNED]
+    assert pruned and all(t.params["model.curve"] != "good" for t in pruned)
+    for t in pruned:  # cut short, with the best value so far and its step
+        assert len(t.intermediate) < 4
+        assert t.value == pytest.approx(min(t.intermediate.values())) and t.intermediate[t.best_step] == t.value
+    assert result.best_trial.params["model.curve"] == "good"
+
+
+def test_median_pruner_by_name_and_sanity_check_skipped(tmp_path, fast_trainer):
+    result = _search(tmp_path, fast_trainer, MedianPruner(n_startup_trials=1), ["good", "bad"],
+                     num_sanity_val_steps=2).run()
+    good = [t for t in result.trials if t.params["model.curve"] == "good"]
+    # the sanity check is not a step: steps are exactly the epochs' validation runs
+    assert all(sorted(t.intermediate) == [0, 1, 2, 3] for t in good)
+    assert [t.state for t in result.trials if t.params["model.curve"] == "bad"] == [TrialState.PRUNED] * 2
+
+
+def test_several_validation_runs_per_epoch(tmp_path, fast_trainer):
+    search = HyperparameterSearch(TinyModel, TinyData, {"model.hidden": Int(4, 5)}, root=tmp_path, n_trials=1,
+                                  trainer_kwargs={**fast_trainer, "val_check_interval": 0.5}, verbose=False)
+    (t,) = search.run().trials
+    assert sorted(t.intermediate) == [0, 1, 2, 3]  # 2 epochs x 2 validation runs
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(torch.tensor(0.5), 0.5), (torch.tensor([0.25]), 0.25), (np.float32(1.5), 1.5), (np.array([2.0]), 2.0), (3, 3.0)],
+)
+def test_metric_values_accepted(value, expected):
+    """RELIABILITY row 12: one-element tensors and numpy scalars are numbers."""
+    assert metric_value("val_acc", value) == expected
+
+
+@pytest.mark.parametrize("value", ["0.5", torch.tensor([0.1, 0.2]), np.array(["a"]), None, True])
+def test_metric_values_refused_with_name_and_type(value):
+    with pytest.raises(TypeError, match=r"metric 'val_acc' must"):
+        metric_value("val_acc", value)
+
+
+def test_wrongly_typed_logged_metric_fails_the_trial_clearly(tmp_path, fast_trainer):
+    class Stringy(TinyModel):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", torch.tensor([1.0, 2.0]))
+
+    search = HyperparameterSearch(Stringy, TinyData, {"model.hidden": Int(4, 5)}, root=tmp_path, n_trials=2,
+                                  trainer_kwargs=fast_trainer, verbose=False)
+    result = search.run()
+    assert [t.state for t in result.trials] == [TrialState.FAILED] * 2
+    assert all("val_loss" in t.error for t in result.trials)
