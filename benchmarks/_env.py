@@ -1,0 +1,24 @@
+"""Machine and version facts printed with every benchmark's figures."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+
+
+def describe() -> str:
+    def v(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "-"
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {v('torch')}, "
+            f"lightning {v('lightning')}, botorch {v('botorch')}, gpytorch {v('gpytorch')}, sqlalchemy {v('sqlalchemy')}")
