@@ -324,6 +324,7 @@ class HyperparameterSearch:
             SearchPreempted: after SIGTERM, likewise ("pre-empted"); exits with status 143 if uncaught.
             MetricNotFoundError: when the first trials never log ``monitor``.
         """
+        self.executor.start(self.build)  # refuses unpicklable trial code before anything is written
         storage = self._open()
         self._recover(storage)
         for params in self._enqueue:

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import Future
 
 from lightning_hpt.lightning.monitor import TrialReporter
-from lightning_hpt.lightning.runner import TrialJob, TrialOutcome
+from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 
 __all__ = ["Executor"]
 
@@ -22,6 +22,10 @@ class Executor(ABC):
     @abstractmethod
     def max_concurrency(self) -> int:
         """How many trials can run at the same time."""
+
+    def start(self, build: TrialBuild) -> None:
+        """Called once before the first trial of a search: check that ``build`` can reach the workers
+        (e.g. that it pickles) and start them. Raises ``ConfigurationError`` before any trial runs."""
 
     @abstractmethod
     def submit(self, job: TrialJob, reporter: TrialReporter) -> Future[TrialOutcome]:

@@ -1,0 +1,49 @@
+"""Where studies live: the :class:`Storage` interface and its SQL implementation.
+
+Example:
+    >>> storage = open_storage("runs/mnist/study.db")          # a SQLite file
+    >>> storage = open_storage("postgresql+psycopg://user@db-host/hpt")  # several drivers, several machines
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lightning_hpt.exceptions import StorageError
+from lightning_hpt.storage.base import Storage, StudyInfo
+from lightning_hpt.storage.sql import SCHEMA_VERSION, SQLStorage
+
+__all__ = ["SCHEMA_VERSION", "SQLStorage", "Storage", "StudyInfo", "open_storage"]
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def open_storage(url_or_storage: Storage | str | os.PathLike[str], **kwargs: Any) -> Storage:
+    """The storage named by ``url_or_storage``.
+
+    Args:
+        url_or_storage: a :class:`Storage` (returned as it is), a SQLAlchemy URL
+            (``"sqlite:///runs/study.db"``, ``"postgresql+psycopg://user:password@host/db"``), or a
+            filesystem path ending in ``.db`` (``.sqlite``, ``.sqlite3``), which means a SQLite file.
+        **kwargs: passed to :class:`SQLStorage` (``lock_timeout``, ``retries``, ``engine_kwargs``).
+
+    Raises:
+        StorageError: the argument is none of these, or the database cannot be opened.
+    """
+    if isinstance(url_or_storage, Storage):
+        if kwargs:
+            raise StorageError(
+                f"open_storage got a Storage object and also options {sorted(kwargs)}; configure the object itself"
+            )
+        return url_or_storage
+    if isinstance(url_or_storage, (str, os.PathLike)):
+        text = os.fspath(url_or_storage)
+        if isinstance(text, str) and "://" in text:
+            return SQLStorage(text, **kwargs)
+        if isinstance(text, str) and text.lower().endswith(_SQLITE_SUFFIXES):
+            return SQLStorage("sqlite:///" + os.path.abspath(os.path.expanduser(text)), **kwargs)
+    raise StorageError(
+        f"storage must be a Storage object, a database URL such as 'sqlite:///runs/study.db' or"
+        f" 'postgresql+psycopg://user@host/dbname', or a file path ending in .db; got {url_or_storage!r}"
+    )
