@@ -1,16 +1,23 @@
-"""What a search found: the best trial, every trial, and the best model."""
+"""What a search found: the best trial, every trial, the best model, and its score on held-out data."""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.trial import Direction, TrialRecord, TrialState
 
 __all__ = ["SearchResult"]
+
+log = logging.getLogger(__name__)
+
+#: relative gap between validation and test score above which the summary warns of overfitting the search.
+GAP_WARNING = 0.05
 
 
 @dataclass(frozen=True)
@@ -22,7 +29,7 @@ class SearchResult:
         monitor: the metric that was optimized.
         direction: minimized or maximized.
         trials: every trial of the study (not only this run's), by number.
-        stopped_reason: why the search ended ("n_trials reached", "grid exhausted", "timeout", ...).
+        stopped_reason: why the search ended ("n_trials reached", "grid strategy exhausted", "timeout", ...).
     """
 
     study: str
@@ -31,6 +38,7 @@ class SearchResult:
     trials: Sequence[TrialRecord]
     stopped_reason: str = ""
     _search: Any = None
+    _extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best_trial(self) -> TrialRecord | None:
@@ -57,7 +65,18 @@ class SearchResult:
 
     @property
     def best_checkpoint(self) -> str | None:
+        """The best trial's best-epoch checkpoint (with cross-validation: the best fold's)."""
         return self._best().checkpoint
+
+    @property
+    def test_metrics(self) -> Mapping[str, float] | None:
+        """The metrics of the last :meth:`test`, or those stored with the best trial."""
+        return self._extra.get("test") or self._best().attrs.get("test") if self.best_trial else None
+
+    @property
+    def refit_model(self) -> Any:
+        """The model of :meth:`refit` (``HyperparameterSearch(refit=True)`` calls it), else ``None``."""
+        return self._extra.get("refit_model")
 
     def counts(self) -> dict[str, int]:
         """Number of trials per state."""
@@ -65,6 +84,11 @@ class SearchResult:
         for t in self.trials:
             out[t.state.value] += 1
         return {k: v for k, v in out.items() if v}
+
+    def _search_or_raise(self, what: str) -> Any:
+        if self._search is None:
+            raise ConfigurationError(f"{what} needs the result of HyperparameterSearch.run() (it knows the model and data)")
+        return self._search
 
     def load_best_model(self, map_location: str = "cpu") -> Any:
         """Rebuild the best trial's model from its configuration and load its best checkpoint.
@@ -74,17 +98,13 @@ class SearchResult:
         """
         import torch
 
-        from lightning_hpt.lightning.config import patch_optimizer, split_params
-        from lightning_hpt.lightning.runner import _build
+        from lightning_hpt.lightning.runner import build_parts
 
+        search = self._search_or_raise("load_best_model")
         best = self._best()
-        if self._search is None:
-            raise ConfigurationError("load_best_model needs the result of HyperparameterSearch.run() (it knows the model)")
         if not best.checkpoint:
             raise HPTError(f"trial {best.number} kept no checkpoint (checkpoint=False); rerun it with checkpoint=True")
-        sections = split_params(best.params)
-        model = _build(self._search.model, sections["model"], sections, "LightningModule", "model")
-        patch_optimizer(model, sections["optimizer"])
+        model, _ = build_parts(search.build, best.params)
         try:
             ckpt = torch.load(best.checkpoint, map_location=map_location, weights_only=True)
         except Exception as e:
@@ -92,12 +112,114 @@ class SearchResult:
         model.load_state_dict(ckpt["state_dict"])
         return model.eval()
 
+    def _trainer(self, search: Any, best: TrialRecord, **kwargs: Any) -> Any:
+        from lightning_hpt.lightning.config import namespace_of, split_params
+
+        pl = namespace_of(search.model) if isinstance(search.model, type) else namespace_of(object)
+        keep = ("accelerator", "devices", "precision", "strategy", "num_nodes", "deterministic", "gradient_clip_val",
+                "gradient_clip_algorithm", "accumulate_grad_batches", "callbacks")
+        args = {k: v for k, v in search.trainer_kwargs.items() if k in keep}
+        args.update(split_params(best.params)["trainer"])
+        args.update(kwargs)
+        if "callbacks" in args:
+            import copy
+
+            args["callbacks"] = copy.deepcopy(list(args["callbacks"]))
+        return pl.Trainer(enable_progress_bar=False, enable_model_summary=False, **args)
+
+    def _epochs(self, search: Any, best: TrialRecord) -> int:
+        """Epochs that reached the best trial's best score (the mean over folds with cross-validation)."""
+        runs = best.attrs.get("runs") or [{"best_step": best.best_step}]
+        steps = sum((r.get("best_step") or 0) + 1 for r in runs) / len(runs)
+        every = search.trainer_kwargs.get("check_val_every_n_epoch", 1) or 1
+        interval = search.trainer_kwargs.get("val_check_interval", 1.0)
+        per_epoch = 1 / interval if isinstance(interval, float) and 0 < interval < 1 else 1
+        return max(1, math.ceil(steps * every / per_epoch))
+
+    def refit(self, max_epochs: int | None = None) -> Any:
+        """Retrain the best configuration on training plus validation data and return the model.
+
+        The DataModule must have ``cv_dataset()`` (the train+validation data; see
+        :class:`~lightning_hpt.KFoldDataModule`). It trains for as many epochs as the best trial
+        needed to reach its best score, unless ``max_epochs`` is given, with no validation; the
+        model is saved to ``<root>/<study>/refit/model.ckpt`` and recorded in the study.
+        """
+        from lightning.fabric.utilities.seed import seed_everything
+
+        from lightning_hpt.lightning.folds import full_view
+        from lightning_hpt.lightning.runner import build_parts, trial_seed
+
+        search = self._search_or_raise("refit")
+        best = self._best()
+        model, dm = build_parts(search.build, best.params)
+        view = full_view(dm)
+        epochs = max_epochs or self._epochs(search, best)
+        seed_everything(trial_seed(search.seed, best.number), workers=True, verbose=False)
+        out_dir = os.path.join(search.root, self.study, "refit")
+        trainer = self._trainer(search, best, max_epochs=epochs, logger=False, enable_checkpointing=False,
+                                num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=out_dir)
+        trainer.fit(model, datamodule=view)
+        path = os.path.join(out_dir, "model.ckpt")
+        trainer.save_checkpoint(path)
+        search.storage.set_study_attrs(self.study, {"refit": {"trial": best.number, "epochs": epochs, "checkpoint": path}})
+        self._extra["refit_model"] = model.eval()
+        self._extra["refit_checkpoint"] = path
+        return model
+
+    def test(self, model: Any = None) -> dict[str, float]:
+        """Run ``Trainer.test`` with the DataModule's test split and store the metrics with the best trial.
+
+        Args:
+            model: the model to test; by default the refit model if there is one, else the best
+                trial's best checkpoint (:meth:`load_best_model`).
+
+        Returns:
+            The logged test metrics, e.g. ``{"test_acc": 0.97}``. A warning is logged when the
+            test score is far from the validation score (the search overfit the validation set).
+        """
+        from lightning_hpt.lightning.runner import build_parts
+
+        search = self._search_or_raise("test")
+        best = self._best()
+        which = "given model" if model is not None else ("refit model" if self.refit_model is not None else "best checkpoint")
+        model = model if model is not None else (self.refit_model or self.load_best_model())
+        _, dm = build_parts(search.build, best.params)
+        if dm is None or not callable(getattr(dm, "test_dataloader", None)):
+            raise ConfigurationError("test() needs a datamodule with a test_dataloader() (the held-out test split)")
+        trainer = self._trainer(search, best, logger=False, enable_checkpointing=False)
+        out = trainer.test(model, datamodule=dm, verbose=False)
+        metrics = {k: float(v) for k, v in (out[0] if out else {}).items()}
+        search.storage.set_trial_attrs(self.study, best.number, {"test": metrics, "tested": which})
+        self._extra["test"] = metrics
+        gap = self.test_gap()
+        if gap is not None and gap > GAP_WARNING:
+            log.warning("%s", self._gap_text())
+        return metrics
+
+    def _test_twin(self) -> tuple[str, float] | None:
+        metrics = self.test_metrics or {}
+        name = self.monitor.replace("val", "test", 1) if "val" in self.monitor else f"test_{self.monitor}"
+        return (name, metrics[name]) if name in metrics else None
+
+    def test_gap(self) -> float | None:
+        """Relative gap ``|validation - test| / |validation|`` of the monitored metric, if tested."""
+        twin = self._test_twin()
+        if twin is None:
+            return None
+        val = self._best().value
+        return abs(val - twin[1]) / max(abs(val), 1e-12)
+
+    def _gap_text(self) -> str:
+        name, test = self._test_twin()  # type: ignore[misc]
+        return (f"warning: {self.monitor}={self.best_value:.4g} but {name}={test:.4g} ({100 * self.test_gap():.1f}% apart):"
+                " the search may have overfit the validation set; consider cross-validation (cv=5) or more data")
+
     def to_dataframe(self) -> Any:
         """One row per trial: number, state, value, duration, params (``params.<name>``), error. Needs pandas."""
         try:
             import pandas as pd
         except ImportError:
-            raise ImportError("to_dataframe needs pandas: pip install pandas") from None
+            raise ImportError("to_dataframe needs pandas: pip install 'lightning-hpt[pandas]'") from None
         rows = []
         for t in self.trials:
             row = {"number": t.number, "state": t.state.value, "value": t.value, "best_step": t.best_step,
@@ -113,9 +235,17 @@ class SearchResult:
         best = self.best_trial
         if best is None:
             lines.append("No COMPLETE trial.")
-        else:
-            lines.append(f"Best trial #{best.number}: {self.monitor}={best.value:.6g} at step {best.best_step}")
-            lines += [f"  {k} = {v!r}" for k, v in best.params.items()]
-            if best.checkpoint:
-                lines.append(f"  checkpoint: {best.checkpoint}")
+            return "\n".join(lines)
+        spread = f" (mean of {len(best.attrs['runs'])} runs, std {best.attrs['std']:.3g})" if "std" in best.attrs else ""
+        lines.append(f"Best trial #{best.number}: {self.monitor}={best.value:.6g}{spread} at step {best.best_step}")
+        lines += [f"  {k} = {v!r}" for k, v in best.params.items()]
+        if best.checkpoint:
+            lines.append(f"  checkpoint: {best.checkpoint}")
+        twin = self._test_twin()
+        if twin is not None:
+            lines.append(f"  validation {self.monitor}={best.value:.4g} | test {twin[0]}={twin[1]:.4g}")
+            if (self.test_gap() or 0) > GAP_WARNING:
+                lines.append("  " + self._gap_text())
+        elif self.test_metrics:
+            lines.append("  test: " + ", ".join(f"{k}={v:.4g}" for k, v in self.test_metrics.items()))
         return "\n".join(lines)

@@ -19,6 +19,7 @@ from typing import Any
 from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, SearchPreempted
 from lightning_hpt.executors import Executor, LocalExecutor
 from lightning_hpt.lightning.config import check_keys, is_lightning_class, namespace_of
+from lightning_hpt.lightning.folds import CrossValidation
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.pruners import Pruner, make_pruner
 from lightning_hpt.report.progress import LineProgress
@@ -116,6 +117,11 @@ class HyperparameterSearch:
         allow_changes: continue a stored study even if the space, monitor, direction or strategy
             given here differ (the stored definition wins).
         enqueue: configurations to try first (known good ones); each is added once per study.
+        cv: k-fold cross-validation (a number of folds or a :class:`CrossValidation`): each trial trains
+            one run per fold of the DataModule's ``cv_dataset()`` and scores the mean.
+        repeats: runs per configuration (per fold) with different seeds; the score is their mean.
+        refit: after the search, retrain the best configuration on training plus validation data
+            (``result.refit()``); the model is ``result.refit_model``.
         verbose: print a line per finished trial and a summary.
         stale_after: seconds without heartbeat after which another host's RUNNING trial counts as dead.
 
@@ -148,6 +154,9 @@ class HyperparameterSearch:
         retry_interrupted: bool = True,
         allow_changes: bool = False,
         enqueue: Sequence[Mapping[str, Any]] = (),
+        cv: int | CrossValidation | None = None,
+        repeats: int = 1,
+        refit: bool = False,
         verbose: bool = True,
         stale_after: float = 300.0,
     ) -> None:
@@ -180,7 +189,14 @@ class HyperparameterSearch:
             raise ConfigurationError(f"timeout must be a positive number of seconds or None, got timeout={timeout!r}")
         self.timeout = timeout
         self.root = Path(root).resolve()
-        self.build = TrialBuild(model, datamodule, self.trainer_kwargs, monitor, self.direction, patience, checkpoint, True)
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ConfigurationError(f"repeats must be a positive integer, got repeats={repeats!r}")
+        self.cv = CrossValidation.parse(cv)
+        if (self.cv is not None or refit) and datamodule is None:
+            raise ConfigurationError("cv and refit need a datamodule with a cv_dataset() method; datamodule is None")
+        self.refit = refit
+        self.build = TrialBuild(model, datamodule, self.trainer_kwargs, monitor, self.direction, patience, checkpoint, True,
+                                self.cv, repeats)
         self.executor = executor or LocalExecutor()
         self.retry_interrupted = retry_interrupted
         self.allow_changes = allow_changes
@@ -308,7 +324,7 @@ class HyperparameterSearch:
         for step, value in sorted(outcome.intermediate.items()):
             if step not in reporter.stored:  # values the channel did not carry (it failed, or the executor batches)
                 storage.report(self.study_name, rec.number, step, value)
-        attrs = {"metrics": dict(outcome.metrics)} if outcome.metrics else None
+        attrs = {**outcome.attrs, "metrics": dict(outcome.metrics)} if outcome.metrics or outcome.attrs else None
         return storage.finish_trial(self.study_name, rec.number, state=outcome.state, value=outcome.value,
                                     best_step=outcome.best_step, error=outcome.error, checkpoint=outcome.checkpoint,
                                     attrs=attrs)
@@ -376,6 +392,8 @@ class HyperparameterSearch:
         finally:
             stop_beat.set()
         result = self.result(reason or "done")
+        if self.refit and result.best_trial is not None:
+            result.refit()
         progress.end(str(result))
         return result
 

@@ -26,6 +26,16 @@ class TinyData(L.LightningDataModule):
         y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(self.n + 32, generator=g)
         self.train_set = TensorDataset(x[: self.n], y[: self.n, None])
         self.val_set = TensorDataset(x[self.n :], y[self.n :, None])
+        self.all_set = TensorDataset(x, y[:, None])
+        xt = torch.randn(32, 4, generator=g)
+        self.test_set = TensorDataset(xt, (xt @ torch.tensor([1.0, -2.0, 0.5, 3.0]))[:, None])
+
+    def cv_dataset(self):
+        """Training plus validation data, for cross-validation and refitting."""
+        return self.all_set
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=32)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
@@ -47,11 +57,13 @@ class TinyModel(L.LightningModule):
         log_name: name under which the validation loss is logged.
         marker: a file written at the first training step (lets a test know a trial is running).
         sleep: seconds to sleep per training step (lets a test kill it mid-trial).
+        test_penalty: added to the test loss (a model that does much worse on the test split).
     """
 
     def __init__(self, lr: float = 0.05, hidden: int = 8, val_schedule: list | None = None, fail_at_epoch: int | None = None,
                  nan_at_epoch: int | None = None, interrupt_at_epoch: int | None = None, oom_at_epoch: int | None = None,
-                 log_name: str = "val_loss", marker: str | None = None, sleep: float = 0.0) -> None:
+                 log_name: str = "val_loss", marker: str | None = None, sleep: float = 0.0,
+                 test_penalty: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -87,6 +99,10 @@ class TinyModel(L.LightningModule):
         if h.nan_at_epoch is not None and epoch >= h.nan_at_epoch:
             loss = torch.tensor(float("nan"))
         self.log(h.log_name, loss)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", nn.functional.mse_loss(self(x), y) + self.hparams.get("test_penalty", 0.0))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)

@@ -23,21 +23,23 @@ import torch
 
 from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, SearchPreempted
 from lightning_hpt.lightning.config import is_lightning_class, namespace_of, patch_optimizer, split_params
+from lightning_hpt.lightning.folds import CrossValidation, MeanReporter, fold_view
 from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
 
-__all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "run_trial", "trial_seed"]
+__all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "run_trial", "build_parts", "trial_seed"]
 
 log = logging.getLogger(__name__)
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
 
 
-def trial_seed(seed: int | None, number: int) -> int:
-    """The seed handed to ``seed_everything`` for trial ``number``: a pure function of ``(seed, number)``."""
+def trial_seed(seed: int | None, number: int, repeat: int = 0) -> int:
+    """The seed handed to ``seed_everything`` for trial ``number`` (and its ``repeat``): a pure function of them."""
     import numpy as np
 
     base = 0 if seed is None else int(seed) & 0xFFFFFFFF
-    return int(np.random.SeedSequence([base, number]).generate_state(1)[0] % (2**31 - 1))
+    key = [base, number] if repeat == 0 else [base, number, repeat]
+    return int(np.random.SeedSequence(key).generate_state(1)[0] % (2**31 - 1))
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class TrialBuild:
         patience: ``EarlyStopping`` patience in validation runs; ``None`` disables early stopping.
         checkpoint: keep the best step's checkpoint (``<trial dir>/checkpoints/best.ckpt``).
         quiet: silence Lightning's progress bar, model summary and info logs inside the trial.
+        cv: k-fold cross-validation: each trial trains one run per fold (see ``lightning.folds``).
+        repeats: runs per fold with different seeds, for noisy objectives; the score is the mean.
     """
 
     model: Any
@@ -66,17 +70,28 @@ class TrialBuild:
     patience: int | None = 5
     checkpoint: bool = True
     quiet: bool = True
+    cv: CrossValidation | None = None
+    repeats: int = 1
+
+    @property
+    def runs(self) -> list[tuple[int, int]]:
+        """The ``(fold, repeat)`` runs of one trial; ``[(0, 0)]`` without folds or repeats."""
+        return [(f, r) for r in range(self.repeats) for f in range(self.cv.k if self.cv else 1)]
 
 
 @dataclass(frozen=True)
 class TrialJob:
-    """One trial to run: its number, configuration, seed and directory."""
+    """One trial to run: its number, configuration, seed and directory.
+
+    ``part`` is ``(fold, repeat)`` for one run of a cross-validated or repeated trial, else ``None``.
+    """
 
     build: TrialBuild
     number: int
     params: Mapping[str, Any]
     seed: int | None
     trial_dir: str
+    part: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,7 @@ class TrialOutcome:
         interrupted: ``"interrupted"`` (Ctrl+C) or ``"pre-empted"`` (SIGTERM) if the trial was stopped
             from outside; the driver records it and stops the search.
         metrics: the last logged metrics, as floats.
+        attrs: extra data stored with the trial (per-fold values, ...).
     """
 
     state: TrialState
@@ -105,6 +121,7 @@ class TrialOutcome:
     fatal: bool = False
     interrupted: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _build(factory: Any, kwargs: dict[str, Any], config: dict[str, Any], kind: str, arg: str) -> Any:
@@ -120,6 +137,19 @@ def _build(factory: Any, kwargs: dict[str, Any], config: dict[str, Any], kind: s
     if not is_lightning_class(type(obj), kind):
         raise ConfigurationError(f"the {arg} factory must return a {kind}, got {type(obj).__name__}")
     return obj
+
+
+def build_parts(b: TrialBuild, params: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The model (with the trial's ``optimizer.*`` settings) and the datamodule of one configuration."""
+    sections = split_params(params)
+    config = {k: dict(v) for k, v in sections.items()}
+    model = _build(b.model, sections["model"], config, "LightningModule", "model")
+    if b.datamodule is not None and not is_lightning_class(type(b.datamodule), "LightningDataModule"):
+        dm = _build(b.datamodule, sections["data"], config, "LightningDataModule", "datamodule")
+    else:
+        dm = b.datamodule
+    patch_optimizer(model, sections["optimizer"])
+    return model, dm
 
 
 @contextlib.contextmanager
@@ -169,6 +199,8 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     """
     b = job.build
     shutil.rmtree(job.trial_dir, ignore_errors=True)  # a retried trial starts clean
+    if job.part is None and len(b.runs) > 1:
+        return run_parts(job, reporter)
     Path(job.trial_dir).mkdir(parents=True, exist_ok=True)
     sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     monitor = None
@@ -178,18 +210,15 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     try:
         with _quiet(b.quiet):
             sections = split_params(job.params)
-            config = {k: dict(v) for k, v in sections.items()}
             pl = namespace_of(b.model) if inspect.isclass(b.model) else None
             from lightning.fabric.utilities.seed import seed_everything
 
-            seed_everything(trial_seed(job.seed, job.number), workers=True, verbose=False)
-            model = _build(b.model, sections["model"], config, "LightningModule", "model")
+            fold, repeat = job.part or (0, 0)
+            seed_everything(trial_seed(job.seed, job.number, repeat), workers=True, verbose=False)
+            model, dm = build_parts(b, job.params)
             pl = pl or namespace_of(model)
-            if b.datamodule is not None and not is_lightning_class(type(b.datamodule), "LightningDataModule"):
-                dm = _build(b.datamodule, sections["data"], config, "LightningDataModule", "datamodule")
-            else:
-                dm = b.datamodule
-            patch_optimizer(model, sections["optimizer"])
+            if b.cv is not None:
+                dm = fold_view(dm, fold, b.cv)
             monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
             trainer = _make_trainer(pl, b, job, sections["trainer"], monitor)
             trainer.fit(model, datamodule=dm)
@@ -270,3 +299,45 @@ def _outcome(job: TrialJob, monitor: Any, trainer: Any, error: BaseException | N
         return TrialOutcome(TrialState.FAILED, error=f"non-finite: {job.build.monitor} was {v} at step {s}", **common)
     state = TrialState.PRUNED if monitor.pruned else TrialState.COMPLETE
     return TrialOutcome(state, value=monitor.best_value, best_step=monitor.best_step, checkpoint=ckpt, **common)
+
+
+def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
+    """Run every fold/repeat of a trial in turn; the trial's value is the mean of the runs' best values.
+
+    Steps continue across runs and carry the running mean (see :class:`MeanReporter`), so pruning
+    acts on the mean so far; a pruned or failed run ends the trial.
+    """
+    import statistics
+    from dataclasses import replace
+
+    b = job.build
+    done: list[float] = []
+    runs: list[dict[str, Any]] = []
+    sent: dict[int, float] = {}
+    last: TrialOutcome | None = None
+    for fold, repeat in b.runs:
+        name = f"fold_{fold}" if b.repeats == 1 else (f"repeat_{repeat}" if b.cv is None else f"fold_{fold}_repeat_{repeat}")
+        channel = MeanReporter(reporter, done, len(sent), b.direction)
+        last = run_trial(replace(job, part=(fold, repeat), trial_dir=os.path.join(job.trial_dir, name)), channel)
+        sent.update(channel.sent)
+        runs.append({"fold": fold, "repeat": repeat, "state": last.state.value, "value": last.value,
+                     "best_step": last.best_step, "steps": len(last.intermediate), "checkpoint": last.checkpoint})
+        if last.state is not TrialState.COMPLETE:
+            break
+        done.append(last.value)
+    attrs = {"runs": runs}
+    if len(done) > 1:
+        attrs["std"] = statistics.stdev(done)
+    assert last is not None
+    common = {"intermediate": sent, "metrics": last.metrics, "attrs": attrs}
+    if last.state is TrialState.FAILED:
+        where = f"run {len(runs) - 1} (fold {runs[-1]['fold']}, repeat {runs[-1]['repeat']})"
+        return TrialOutcome(TrialState.FAILED, error=f"{where}: {last.error}", fatal=last.fatal, interrupted=last.interrupted, **common)
+    finite = [(s, v) for s, v in sent.items() if math.isfinite(v)]
+    best_step, value = min(finite, key=lambda sv: sv[1] if b.direction is Direction.MINIMIZE else -sv[1]) if finite else (None, None)
+    if last.state is TrialState.PRUNED:
+        return TrialOutcome(TrialState.PRUNED, value=value, best_step=best_step, **common)
+    best_run = min((r for r in runs if r["value"] is not None),
+                   key=lambda r: r["value"] if b.direction is Direction.MINIMIZE else -r["value"])
+    return TrialOutcome(TrialState.COMPLETE, value=statistics.fmean(done), best_step=max(sent),
+                        checkpoint=best_run["checkpoint"], **common)

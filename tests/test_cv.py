@@ -1,0 +1,123 @@
+"""Guards against overfitting the search: cross-validation, repeated seeds, held-out test, refit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from conftest import TinyData, TinyModel
+from lightning_hpt import ConfigurationError, Float, HyperparameterSearch, Int, TrialState
+from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
+from lightning_hpt.pruners import MedianPruner
+
+SPACE = {"model.lr": Float(0.01, 0.2, log=True), "model.hidden": Int(4, 16)}
+
+
+def test_splits_partition_the_data():
+    for train, val in CrossValidation(k=4, seed=1).splits(22):
+        assert not set(train) & set(val) and sorted(train + val) == list(range(22))
+    vals = [v for _, v in CrossValidation(k=4, seed=1).splits(22)]
+    assert sorted(i for v in vals for i in v) == list(range(22))
+    assert CrossValidation(k=4, seed=1).splits(22) == CrossValidation(k=4, seed=1).splits(22)
+    assert CrossValidation(k=4, seed=1).splits(22) != CrossValidation(k=4, seed=2).splits(22)
+
+
+def test_stratified_folds_keep_class_shares():
+    targets = [0] * 30 + [1] * 10
+    for _, val in CrossValidation(k=5, stratify=True).splits(40, targets):
+        assert sum(targets[i] for i in val) == 2 and len(val) == 8
+
+
+@pytest.mark.parametrize(("cv", "match"), [(1, "k must be an integer >= 2"), ("5", "cv must be None, a number of folds")])
+def test_bad_cv(cv, match):
+    with pytest.raises(ConfigurationError, match=match):
+        CrossValidation.parse(cv)
+
+
+def test_cross_validated_trials_score_the_mean(tmp_path, fast_trainer):
+    result = HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=2, cv=3, seed=0,
+                                  trainer_kwargs=fast_trainer, verbose=False).run()
+    for t in result.trials:
+        runs = t.attrs["runs"]
+        assert [r["fold"] for r in runs] == [0, 1, 2] and t.state is TrialState.COMPLETE
+        assert t.value == pytest.approx(statistics.fmean(r["value"] for r in runs))
+        assert t.attrs["std"] == pytest.approx(statistics.stdev(r["value"] for r in runs))
+        assert sorted(t.intermediate) == list(range(6))  # 3 folds x 2 epochs, steps continue
+        assert t.intermediate[5] == pytest.approx(t.value)  # the last report is the mean over folds
+        assert all(os.path.isdir(tmp_path / "default" / f"trial_{t.number}" / f"fold_{f}") for f in range(3))
+    assert "mean of 3 runs" in str(result)
+
+
+def test_folds_differ_and_repeats_use_different_seeds(tmp_path, fast_trainer):
+    result = HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=1, repeats=3, seed=0,
+                                  trainer_kwargs=fast_trainer, verbose=False).run()
+    values = [r["value"] for r in result.trials[0].attrs["runs"]]
+    assert len(values) == 3 and len(set(values)) == 3
+    assert result.trials[0].value == pytest.approx(statistics.fmean(values))
+
+
+def test_pruning_acts_on_the_running_mean(tmp_path, fast_trainer):
+    def factory(cfg):
+        return TinyModel(val_schedule=[5.0] if cfg["model"]["hidden"] == 16 else [0.1], **cfg["model"])
+
+    search = HyperparameterSearch(factory, TinyData, {"model.hidden": Int(4, 16, step=12)}, strategy="grid", root=tmp_path,
+                                  cv=3, pruner=MedianPruner(n_startup_trials=1), trainer_kwargs=fast_trainer, verbose=False)
+    good, bad = search.run().trials
+    assert good.state is TrialState.COMPLETE and bad.state is TrialState.PRUNED
+    assert len(bad.attrs["runs"]) == 1 and len(bad.intermediate) < len(good.intermediate)
+
+
+def test_held_out_test_and_overfit_warning(tmp_path, fast_trainer, caplog):
+    result = HyperparameterSearch(lambda cfg: TinyModel(test_penalty=100.0, **cfg["model"]), TinyData, SPACE, root=tmp_path,
+                                  n_trials=2, trainer_kwargs=fast_trainer, verbose=False).run()
+    with caplog.at_level(logging.WARNING):
+        metrics = result.test()
+    assert set(metrics) == {"test_loss"} and metrics["test_loss"] > 100
+    assert "overfit the validation set" in caplog.text and "overfit the validation set" in str(result)
+    assert f"test test_loss={metrics['test_loss']:.4g}" in str(result)
+    stored = next(t for t in HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=2).trials
+                  if t.number == result.best_trial.number)
+    assert stored.attrs["test"] == metrics and stored.attrs["tested"] == "best checkpoint"
+
+
+def test_refit_on_train_plus_validation(tmp_path, fast_trainer):
+    seen = []
+
+    class Counting(TinyModel):
+        def on_train_epoch_start(self):
+            seen.append(sum(len(b[0]) for b in self.trainer.train_dataloader))
+
+    result = HyperparameterSearch(Counting, TinyData, SPACE, root=tmp_path, n_trials=1, refit=True,
+                                  trainer_kwargs=fast_trainer, verbose=False).run()
+    assert seen[:2] == [64, 64] and seen[-1] == 96  # trials train on 64 items; the refit on all 96
+    assert isinstance(result.refit_model, Counting)
+    assert os.path.exists(tmp_path / "default" / "refit" / "model.ckpt")
+    assert result.test()["test_loss"] >= 0 and result.test_metrics is not None
+
+
+def test_refit_needs_cv_dataset(tmp_path, fast_trainer):
+    class NoCV(TinyData):
+        cv_dataset = None
+
+    result = HyperparameterSearch(TinyModel, NoCV, SPACE, root=tmp_path, n_trials=1, trainer_kwargs=fast_trainer,
+                                  verbose=False).run()
+    with pytest.raises(ConfigurationError, match="refit needs a DataModule with a cv_dataset"):
+        result.refit()
+
+
+def test_kfold_datamodule_wraps_any_dataset(tmp_path, fast_trainer):
+    x = torch.randn(60, 4)
+    ds = TensorDataset(x, x.sum(1, keepdim=True))
+
+    def data(cfg):
+        return KFoldDataModule(ds, test_dataset=ds, **cfg["data"])
+
+    result = HyperparameterSearch(TinyModel, data, {"data.batch_size": Int(8, 16, step=8)}, strategy="grid", cv=2,
+                                  root=tmp_path, trainer_kwargs=fast_trainer, verbose=False).run()
+    assert [t.state for t in result.trials] == [TrialState.COMPLETE] * 2
+    assert result.test()["test_loss"] >= 0
