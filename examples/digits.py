@@ -3,6 +3,7 @@
 Run:
     python examples/digits.py                    # 12 trials, random search
     python examples/digits.py --strategy bayes --n-trials 20 --pruner asha
+    python examples/digits.py --cv 5 --test     # 5-fold cross-validation, then the winner on the test split
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_hpt import Categorical, Float, HyperparameterSearch, Int
+from lightning_hpt import Categorical, CrossValidation, Float, HyperparameterSearch, Int
 
 
 class DigitsDataModule(L.LightningDataModule):
@@ -40,6 +41,14 @@ class DigitsDataModule(L.LightningDataModule):
         self.train_set = TensorDataset(x[:n_train], y[:n_train])
         self.val_set = TensorDataset(x[n_train:n_train + n_val], y[n_train:n_train + n_val])
         self.test_set = TensorDataset(x[n_train + n_val:], y[n_train + n_val:])
+        self.cv_set = TensorDataset(x[:n_train + n_val], y[:n_train + n_val])
+
+    def cv_dataset(self) -> TensorDataset:
+        """Training plus validation data: folds for cross-validation, all of it for a refit."""
+        return self.cv_set
+
+    def cv_targets(self) -> torch.Tensor:
+        return self.cv_set.tensors[1]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
@@ -113,17 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="hpt_runs")
     p.add_argument("--storage", default=None, help="SQLAlchemy URL (default: SQLite under --root)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cv", type=int, default=None, help="k-fold cross-validation inside each trial")
+    p.add_argument("--test", action="store_true", help="refit the winner on train+val and score it on the test split")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # tiny model: one thread is fastest and leaves the other cores free
     search = HyperparameterSearch(
         model=DigitsMLP, datamodule=DigitsDataModule, space=SPACE, monitor="val_acc", mode="max",
         strategy=args.strategy, pruner=args.pruner, n_trials=args.n_trials, seed=args.seed, study_name=args.study,
         root=args.root, storage=args.storage, trainer_kwargs={"accelerator": "cpu", "devices": 1, "log_every_n_steps": 5},
-        patience=3,
+        patience=3, cv=args.cv and CrossValidation(args.cv, stratify=True), refit=args.test,
     )
     result = search.run()
     best = result.best_trial
     print(f"\nbest val_acc {best.value:.4f} (trial {best.number}); checkpoint: {best.checkpoint}")
+    if args.test:
+        print(f"test_acc of the refit winner: {result.test()['test_acc']:.4f}")
+        print(result)
     return 0
 
 

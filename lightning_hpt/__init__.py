@@ -10,6 +10,8 @@ from lightning_hpt.exceptions import (
     StorageError,
     StudyMismatchError,
 )
+from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
+from lightning_hpt.pruners import HyperbandPruner, MedianPruner, NopPruner, Pruner, SuccessiveHalvingPruner
 from lightning_hpt.search import HyperparameterSearch
 from lightning_hpt.result import SearchResult
 from lightning_hpt.space import Categorical, Float, Int, SearchSpace
@@ -22,6 +24,8 @@ __all__ = [
     "HyperparameterSearch", "SearchResult",
     "Float", "Int", "Categorical", "SearchSpace",
     "Strategy", "GridStrategy", "RandomStrategy", "SobolStrategy", "BayesianStrategy",
+    "Pruner", "NopPruner", "MedianPruner", "SuccessiveHalvingPruner", "HyperbandPruner",
+    "CrossValidation", "KFoldDataModule",
     "TrialState", "TrialRecord", "History", "Direction",
     "HPTError", "SearchSpaceError", "ConfigurationError", "StorageError", "StudyMismatchError",
     "DatabaseLockedError", "MetricNotFoundError", "SearchPreempted",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError, HPTError
+from lightning_hpt.lightning.runner import quiet_lightning
 from lightning_hpt.trial import Direction, TrialRecord, TrialState
 
 __all__ = ["SearchResult"]
@@ -156,11 +157,12 @@ class SearchResult:
         epochs = max_epochs or self._epochs(search, best)
         seed_everything(trial_seed(search.seed, best.number), workers=True, verbose=False)
         out_dir = os.path.join(search.root, self.study, "refit")
-        trainer = self._trainer(search, best, max_epochs=epochs, logger=False, enable_checkpointing=False,
-                                num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=out_dir)
-        trainer.fit(model, datamodule=view)
         path = os.path.join(out_dir, "model.ckpt")
-        trainer.save_checkpoint(path)
+        with quiet_lightning(True):
+            trainer = self._trainer(search, best, max_epochs=epochs, logger=False, enable_checkpointing=False,
+                                    num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=out_dir)
+            trainer.fit(model, datamodule=view)
+            trainer.save_checkpoint(path)
         search.storage.set_study_attrs(self.study, {"refit": {"trial": best.number, "epochs": epochs, "checkpoint": path}})
         self._extra["refit_model"] = model.eval()
         self._extra["refit_checkpoint"] = path
@@ -186,8 +188,9 @@ class SearchResult:
         _, dm = build_parts(search.build, best.params)
         if dm is None or not callable(getattr(dm, "test_dataloader", None)):
             raise ConfigurationError("test() needs a datamodule with a test_dataloader() (the held-out test split)")
-        trainer = self._trainer(search, best, logger=False, enable_checkpointing=False)
-        out = trainer.test(model, datamodule=dm, verbose=False)
+        with quiet_lightning(True):
+            trainer = self._trainer(search, best, logger=False, enable_checkpointing=False)
+            out = trainer.test(model, datamodule=dm, verbose=False)
         metrics = {k: float(v) for k, v in (out[0] if out else {}).items()}
         search.storage.set_trial_attrs(self.study, best.number, {"test": metrics, "tested": which})
         self._extra["test"] = metrics

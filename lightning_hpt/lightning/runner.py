@@ -153,7 +153,7 @@ def build_parts(b: TrialBuild, params: Mapping[str, Any]) -> tuple[Any, Any]:
 
 
 @contextlib.contextmanager
-def _quiet(enabled: bool) -> Iterator[None]:
+def quiet_lightning(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
@@ -208,7 +208,7 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     error: BaseException | None = None
     interrupted: str | None = None
     try:
-        with _quiet(b.quiet):
+        with quiet_lightning(b.quiet):
             sections = split_params(job.params)
             pl = namespace_of(b.model) if inspect.isclass(b.model) else None
             from lightning.fabric.utilities.seed import seed_everything
