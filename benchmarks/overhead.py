@@ -55,7 +55,7 @@ def direct(n: int, root: str, like_for_like: bool) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def search(n: int, root: str, study: str) -> tuple[float, list[float]]:
+def search(n: int, root: str, study: str, probe: bool = False) -> tuple[float, list[float]]:
     rss: list[float] = []
 
     class Probe(DigitsMLP):
@@ -63,7 +63,7 @@ def search(n: int, root: str, study: str) -> tuple[float, list[float]]:
             gc.collect()
             rss.append(rss_mb())
 
-    s = HyperparameterSearch(Probe, DigitsDataModule, {"model.hidden_dim": Categorical([64]), "data.batch_size": Categorical([64])},
+    s = HyperparameterSearch(Probe if probe else DigitsMLP, DigitsDataModule, {"model.hidden_dim": Categorical([64]), "data.batch_size": Categorical([64])},
                              monitor="val_acc", mode="max", strategy="random", n_trials=n, root=root, study_name=study,
                              trainer_kwargs=TRAINER, verbose=False, seed=0)
     t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def main() -> None:
         bare = direct(args.trials, root, False)
         like = direct(args.trials, root, True)
         per_trial, _ = search(args.trials, root, "overhead")
-        _, rss = search(args.leak_trials, root, "leak")
+        _, rss = search(args.leak_trials, root, "leak", probe=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"machine: {describe()}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import gc
 import inspect
 import logging
 import os
@@ -355,6 +356,10 @@ class HyperparameterSearch:
         stop_beat = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(storage, running, stop_beat), daemon=True)
         beat.start()
+        # Objects that exist now (imported libraries) outlive the search: keep them out of the full
+        # collection after each trial, which otherwise costs ~0.25 s a trial with torch and Lightning loaded.
+        gc.collect()
+        gc.freeze()
         try:
             with _sigterm_raises():
                 while True:
@@ -391,6 +396,7 @@ class HyperparameterSearch:
             raise
         finally:
             stop_beat.set()
+            gc.unfreeze()
         result = self.result(reason or "done")
         if self.refit and result.best_trial is not None:
             result.refit()
