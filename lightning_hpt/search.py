@@ -23,6 +23,7 @@ from lightning_hpt.lightning.config import check_keys, is_lightning_class, names
 from lightning_hpt.lightning.folds import CrossValidation
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.pruners import Pruner, make_pruner
+from lightning_hpt.report.board import StudyBoard
 from lightning_hpt.report.progress import LineProgress
 from lightning_hpt.result import SearchResult
 from lightning_hpt.space import Domain, SearchSpace, validate_name
@@ -347,6 +348,7 @@ class HyperparameterSearch:
         for params in self._enqueue:
             self.enqueue(params)
         progress = LineProgress(enabled=self.verbose)
+        board = StudyBoard(self.root / self.study_name / "tensorboard", self.monitor)
         finished = lambda: sum(t.state.is_finished for t in storage.trials(self.study_name))  # noqa: E731
         progress.start(self.study_name, self.n_trials, finished(), storage.url)
         t0 = time.monotonic()
@@ -384,6 +386,7 @@ class HyperparameterSearch:
                         started.discard(rec.number)
                         history = self._history(storage)
                         progress.trial_finished(final, history.best(), self.monitor, finished(), self.n_trials)
+                        board.trial_finished(final, history.best())
                         if outcome.interrupted == PREEMPTED:
                             raise SearchPreempted()
                         if outcome.interrupted:
@@ -396,6 +399,7 @@ class HyperparameterSearch:
             raise
         finally:
             stop_beat.set()
+            board.close()
             gc.unfreeze()
         result = self.result(reason or "done")
         if self.refit and result.best_trial is not None:

@@ -242,3 +242,20 @@ def test_foreign_database_is_not_touched(tmp_path, fast_trainer):
     con = sqlite3.connect(db)
     assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["customers"]
     con.close()
+
+
+def test_tensorboard_hparams_and_study_curve(tmp_path, fast_trainer):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fast_trainer.pop("logger")
+    result = make(tmp_path, fast_trainer, n_trials=2).run()
+    trial_tb = EventAccumulator(str(tmp_path / "default" / "trial_0" / "tb"))
+    trial_tb.Reload()
+    assert "hp/val_loss" in trial_tb.Tags()["scalars"]
+    assert trial_tb.Scalars("hp/val_loss")[-1].value == pytest.approx(result.trials[0].value)
+    assert "_hparams_/session_start_info" in trial_tb.PluginTagToContent("hparams")  # what the HParams view reads
+    study_tb = EventAccumulator(str(tmp_path / "default" / "tensorboard"))
+    study_tb.Reload()
+    best = [e.value for e in study_tb.Scalars("best_val_loss")]
+    assert best == pytest.approx([result.trials[0].value, min(t.value for t in result.trials)])

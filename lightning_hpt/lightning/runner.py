@@ -183,6 +183,19 @@ def _loggers(pl: Any, trial_dir: str, params: Mapping[str, Any]) -> list:
     return loggers
 
 
+def _log_hparams(trainer: Any, params: Mapping[str, Any], monitor: str, best: float | None) -> None:
+    """Give TensorBoard's HParams view each trial's parameters with its best value."""
+    if best is None:
+        return
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "TensorBoardLogger":
+            try:
+                lg.log_hyperparams(dict(params), {f"hp/{monitor}": best})
+                lg.finalize("success")
+            except Exception:  # logging must not fail a finished trial
+                log.warning("could not write the trial's hyperparameters to TensorBoard", exc_info=True)
+
+
 def _describe(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}"
     if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
@@ -222,6 +235,7 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
             monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
             trainer = _make_trainer(pl, b, job, sections["trainer"], monitor)
             trainer.fit(model, datamodule=dm)
+            _log_hparams(trainer, job.params, b.monitor, monitor.best_value)
     except SearchPreempted as e:
         interrupted, error = PREEMPTED, e
     except (KeyboardInterrupt, SystemExit) as e:
