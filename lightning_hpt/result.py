@@ -91,27 +91,39 @@ class SearchResult:
             raise ConfigurationError(f"{what} needs the result of HyperparameterSearch.run() (it knows the model and data)")
         return self._search
 
+    def _ranked(self) -> list[TrialRecord]:
+        done = [t for t in self.trials if t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+        return sorted(done, key=lambda t: (t.value if self.direction is Direction.MINIMIZE else -t.value, t.number))
+
     def load_best_model(self, map_location: str = "cpu") -> Any:
         """Rebuild the best trial's model from its configuration and load its best checkpoint.
 
         The checkpoint is read with ``torch.load(weights_only=True)``: checkpoints are pickles, and
-        nothing but tensors and plain data is ever unpickled.
+        nothing but tensors and plain data is ever unpickled. If the best trial's checkpoint is
+        missing or unreadable (a truncated file, say), the next best trial's is used, with a warning.
         """
         import torch
 
         from lightning_hpt.lightning.runner import build_parts
 
         search = self._search_or_raise("load_best_model")
-        best = self._best()
-        if not best.checkpoint:
-            raise HPTError(f"trial {best.number} kept no checkpoint (checkpoint=False); rerun it with checkpoint=True")
-        model, _ = build_parts(search.build, best.params)
-        try:
-            ckpt = torch.load(best.checkpoint, map_location=map_location, weights_only=True)
-        except Exception as e:
-            raise HPTError(f"cannot load the checkpoint {best.checkpoint!r} of trial {best.number}: {e}") from e
-        model.load_state_dict(ckpt["state_dict"])
-        return model.eval()
+        self._best()
+        problems = []
+        for t in self._ranked():
+            if not t.checkpoint:
+                problems.append(f"trial {t.number}: no checkpoint kept")
+                continue
+            try:
+                ckpt = torch.load(t.checkpoint, map_location=map_location, weights_only=True)
+                model, _ = build_parts(search.build, t.params)
+                model.load_state_dict(ckpt["state_dict"])
+            except Exception as e:
+                problems.append(f"trial {t.number}: cannot load {t.checkpoint!r}: {type(e).__name__}: {e}")
+                log.warning("%s; falling back to the next best trial", problems[-1])
+                continue
+            return model.eval()
+        raise HPTError("no COMPLETE trial has a readable checkpoint: " + "; ".join(problems)
+                       + ". Keep checkpoints with checkpoint=True, or rebuild the winner with result.refit()")
 
     def _trainer(self, search: Any, best: TrialRecord, **kwargs: Any) -> Any:
         from lightning_hpt.lightning.config import namespace_of, split_params

@@ -283,6 +283,15 @@ class HyperparameterSearch:
                 log.info("trial %d was interrupted (%s): it runs again with the same configuration", t.number, t.error)
                 storage.requeue_trial(self.study_name, t.number)
 
+    @staticmethod
+    def _check_checkpoints(trials: Sequence[TrialRecord]) -> None:
+        """Warn (never fail) about finished trials whose checkpoint is missing or truncated."""
+        import zipfile
+
+        for t in trials:
+            if t.state is TrialState.COMPLETE and t.checkpoint and not (os.path.exists(t.checkpoint) and zipfile.is_zipfile(t.checkpoint)):
+                log.warning("the checkpoint of trial %d (%s) is missing or truncated; load_best_model() skips it", t.number, t.checkpoint)
+
     def enqueue(self, params: Mapping[str, Any]) -> TrialRecord | None:
         """Add a configuration to try before the strategy's proposals (once: a known one is not added again)."""
         self.space.validate(params)
@@ -345,6 +354,7 @@ class HyperparameterSearch:
         self.executor.start(self.build)  # refuses unpicklable trial code before anything is written
         storage = self._open()
         self._recover(storage)
+        self._check_checkpoints(storage.trials(self.study_name))
         for params in self._enqueue:
             self.enqueue(params)
         progress = LineProgress(enabled=self.verbose)

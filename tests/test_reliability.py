@@ -1,0 +1,137 @@
+"""RELIABILITY.md rows that need many trials, real kills, or a broken file: 4, 9, 16, 17."""
+
+from __future__ import annotations
+
+import errno
+import gc
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, TinyData, TinyModel
+from lightning_hpt import Float, HyperparameterSearch, Int, TrialState
+from lightning_hpt.storage import open_storage
+
+SCRIPT = Path(__file__).parent / "scripts" / "slow_search.py"
+SPACE = {"model.lr": Float(0.01, 0.2, log=True), "model.hidden": Int(4, 16)}
+
+
+def _trials(root: Path):
+    try:
+        return open_storage(f"sqlite:///{root / 'studies.db'}").trials("default")
+    except Exception:
+        return []
+
+
+@pytest.mark.slow
+def test_kill_and_resume_soak(tmp_path):
+    """Row 4 (and issue 9's soak): SIGKILL, SIGINT and SIGTERM at random moments, then resume, until done."""
+    n, rng = 12, random.Random(4)
+    signals = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
+    progress, cycles = [], 0
+    while True:
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path), str(n), "0.02"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if cycles < 6:
+            time.sleep(rng.uniform(4.0, 7.0))  # start-up (imports) takes a few seconds; then trials run
+            if proc.poll() is None:
+                proc.send_signal(signals[cycles % 3])
+        code = proc.wait(timeout=300)
+        cycles += 1
+        trials = _trials(tmp_path)
+        done = {t.number for t in trials if t.state is TrialState.COMPLETE}
+        assert not progress or progress[-1] <= done, "a finished trial was lost"
+        progress.append(done)
+        if code == 0:
+            break
+        assert cycles < 20, "the study did not finish"
+    trials = _trials(tmp_path)
+    assert [t.number for t in trials] == list(range(n)) and all(t.state is TrialState.COMPLETE for t in trials)
+    assert cycles > 3  # the run really was interrupted several times
+    # the best result is that of an uninterrupted run with the same seed
+    clean = HyperparameterSearch(lambda cfg: TinyModel(sleep=0.02, **cfg["model"]), TinyData, SPACE, root=tmp_path / "clean",
+                                 n_trials=n, seed=0, trainer_kwargs=FAST, verbose=False).run()
+    assert [t.params for t in trials] == [t.params for t in clean.trials]
+    best = min(trials, key=lambda t: t.value)
+    assert best.number == clean.best_trial.number and best.value == pytest.approx(clean.best_value, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_no_leaks_over_50_trials(tmp_path):
+    """Row 9: models and Trainers are freed after each trial; open files and host memory stay flat."""
+    refs, fds, rss = [], [], []
+
+    class Probe(TinyModel):
+        def on_fit_end(self):
+            refs.append((weakref.ref(self), weakref.ref(self.trainer)))
+
+    def sample(trial_count):
+        gc.collect()
+        fds.append(len(os.listdir("/proc/self/fd")))
+        with open("/proc/self/status") as f:
+            rss.append(next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024)
+
+    search = HyperparameterSearch(Probe, TinyData, SPACE, root=tmp_path, n_trials=5, seed=0,
+                                  trainer_kwargs=dict(FAST), verbose=False)
+    search.run()
+    sample(5)
+    search.n_trials = 50
+    search.run()
+    sample(50)
+    gc.collect()
+    assert len(refs) == 50 and all(m() is None and t() is None for m, t in refs)
+    assert fds[1] <= fds[0] + 2, fds
+    assert rss[1] - rss[0] < 50, rss
+
+
+def test_disk_full_while_saving_a_checkpoint(tmp_path, monkeypatch):
+    """Row 16: the real ENOSPC reaches the user (the trial's error); the previous checkpoint stays intact."""
+    import torch
+    from lightning.fabric.plugins.io import torch_io
+
+    original, calls = torch_io._atomic_save, []
+
+    def failing(checkpoint, path):
+        calls.append(path)
+        if len(calls) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        original(checkpoint, path)
+
+    monkeypatch.setattr(torch_io, "_atomic_save", failing)
+    factory = lambda cfg: TinyModel(val_schedule=[0.5, 0.2, 0.1], **cfg["model"])  # noqa: E731  every epoch is a new best
+    search = HyperparameterSearch(factory, TinyData, SPACE, root=tmp_path, n_trials=1, verbose=False,
+                                  trainer_kwargs={**FAST, "max_epochs": 3})
+    (t,) = search.run().trials
+    assert t.state is TrialState.FAILED and "No space left on device" in t.error
+    ckpt = tmp_path / "default" / "trial_0" / "checkpoints" / "best.ckpt"
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 0  # the first save, untouched
+
+
+def test_truncated_checkpoint_never_aborts_the_study(tmp_path, caplog):
+    """Row 17: a truncated checkpoint is reported; resume goes on; load_best_model falls back to the next valid one."""
+    search = HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=3, seed=0, trainer_kwargs=FAST,
+                                  verbose=False)
+    first = search.run()
+    truncated = {first.best_trial.number}
+    with open(first.best_trial.checkpoint, "r+b") as f:
+        f.truncate(100)
+    with caplog.at_level(logging.WARNING):
+        search.n_trials = 4
+        result = search.run()  # resume: warns, and runs trial 3
+        assert len(result.trials) == 4 and f"checkpoint of trial {first.best_trial.number}" in caplog.text
+        if result.best_trial.number not in truncated:  # make sure the overall best is broken too
+            truncated.add(result.best_trial.number)
+            with open(result.best_trial.checkpoint, "r+b") as f:
+                f.truncate(100)
+        model = result.load_best_model()
+    assert "falling back to the next best trial" in caplog.text
+    valid = sorted((t for t in result.trials if t.number not in truncated), key=lambda t: t.value)[0]
+    assert model.hparams.hidden == valid.params["model.hidden"] and model.hparams.lr == valid.params["model.lr"]
