@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import operator
 import os
 import random
 import socket
@@ -43,6 +41,28 @@ from sqlalchemy.pool import StaticPool
 from lightning_hpt.exceptions import DatabaseLockedError, HPTError, SearchSpaceError, StorageError, StudyMismatchError
 from lightning_hpt.space import SearchSpace, validate_name
 from lightning_hpt.storage.base import Storage, StudyInfo
+from lightning_hpt.storage.sql_schema import (
+    FINISHED,
+    META,
+    METADATA,
+    SCHEMA_VERSION,
+    STUDIES,
+    TRIALS,
+    VALUES,
+    RowValues,
+    check_int,
+    classify,
+    decode_float,
+    differences,
+    dumps,
+    enable_wal,
+    encode_float,
+    hint,
+    orig_message,
+    sqlite_begin,
+    sqlite_connect,
+    to_record,
+)
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
 __all__ = ["SCHEMA_VERSION", "SQLStorage"]
@@ -50,151 +70,8 @@ __all__ = ["SCHEMA_VERSION", "SQLStorage"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
 #: Version of the table layout; a database written by a newer layout is refused, never rewritten.
-SCHEMA_VERSION = 1
-
-_meta = sa.MetaData()
-META = sa.Table(
-    "hpt_meta", _meta, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text, nullable=False)
-)
-STUDIES = sa.Table(
-    "hpt_studies",
-    _meta,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(128), nullable=False, unique=True),
-    sa.Column("space", sa.Text, nullable=False),
-    sa.Column("direction", sa.String(8), nullable=False),
-    sa.Column("monitor", sa.Text, nullable=False),
-    sa.Column("strategy", sa.Text, nullable=False),
-    sa.Column("seed", sa.BigInteger),
-    sa.Column("attrs", sa.Text, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-)
-TRIALS = sa.Table(
-    "hpt_trials",
-    _meta,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("study_id", sa.Integer, sa.ForeignKey("hpt_studies.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("number", sa.Integer, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("params", sa.Text, nullable=False),
-    sa.Column("value", sa.Float),
-    sa.Column("value_nonfinite", sa.String(4)),  # "nan", "inf", "-inf"; then value is NULL
-    sa.Column("best_step", sa.Integer),
-    sa.Column("error", sa.Text),
-    sa.Column("checkpoint", sa.Text),
-    sa.Column("started_at", sa.Float),
-    sa.Column("finished_at", sa.Float),
-    sa.Column("host", sa.String(255)),
-    sa.Column("pid", sa.Integer),
-    sa.Column("heartbeat_at", sa.Float),
-    sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("attrs", sa.Text, nullable=False),
-    sa.Column("token", sa.String(32)),  # lets a retried create_trial find its own committed row
-    sa.UniqueConstraint("study_id", "number", name="hpt_trials_study_number"),
-    sa.Index("hpt_trials_study_state", "study_id", "state"),
-)
-VALUES = sa.Table(
-    "hpt_trial_values",
-    _meta,
-    sa.Column("trial_id", sa.Integer, sa.ForeignKey("hpt_trials.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("step", sa.Integer, primary_key=True),
-    sa.Column("value", sa.Float),
-    sa.Column("nonfinite", sa.String(4)),
-)
-
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED)
-# OperationalErrors that retrying cannot cure: report them at once.
-_PERMANENT = (
-    "disk is full", "disk full", "no space left", "not a database", "no such table", "no such column",
-    "readonly", "read-only", "unable to open", "syntax error", "malformed", "authentication", "does not exist",
-)  # fmt: skip
-_LOCKED = ("database is locked", "database table is locked", "database schema is locked", "lock timeout")
-_TRANSIENT_PG = ("could not serialize", "deadlock detected")
-
-
-def _encode_float(value: float | None, what: str) -> tuple[float | None, str | None]:
-    """``(value, flag)`` columns: finite values as they are, NaN and inf as ``NULL`` plus a flag."""
-    if value is None:
-        return None, None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise StorageError(f"{what} must be a number, got {value!r} of type {type(value).__name__}") from None
-    if math.isfinite(v):
-        return v, None
-    return None, "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-
-
-def _decode_float(value: float | None, flag: str | None) -> float | None:
-    return float(flag) if flag else value
-
-
-def _json_default(obj: Any) -> Any:
-    item = getattr(obj, "item", None)  # numpy scalars and one-element tensors
-    if callable(item):
-        try:
-            return item()
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    raise TypeError(f"{obj!r} of type {type(obj).__name__} is not JSON data")
-
-
-def _dumps(obj: Any, what: str, *, allow_nan: bool = True) -> str:
-    try:
-        return json.dumps(obj, default=_json_default, allow_nan=allow_nan)
-    except (TypeError, ValueError) as e:
-        raise StorageError(
-            f"{what} must be JSON data (dicts with string keys, lists, str, finite numbers, bool, None), but {e};"
-            " convert the value to one of these types before storing it"
-        ) from None
-
-
-def _check_int(value: Any, what: str, minimum: int = 0) -> int:
-    try:
-        number = operator.index(value)  # int and numpy integers, not floats
-    except TypeError:
-        number = None
-    if isinstance(value, bool) or number is None or number < minimum:
-        raise StorageError(f"{what} must be an integer >= {minimum}, got {what}={value!r}")
-    return number
-
-
-def _classify(e: BaseException) -> str:
-    """``locked``, ``transient``, ``conflict`` or ``fatal``: what the retry loop does with an error."""
-    if not isinstance(e, sa_exc.DBAPIError):
-        return "fatal"
-    msg = str(e.orig).lower()
-    if any(m in msg for m in _LOCKED):
-        return "locked"
-    if isinstance(e, sa_exc.IntegrityError):
-        return "conflict"
-    if e.connection_invalidated or any(m in msg for m in _TRANSIENT_PG):
-        return "transient"
-    if isinstance(e, sa_exc.OperationalError) and not any(m in msg for m in _PERMANENT):
-        return "transient"
-    return "fatal"
-
-
-def _hint(msg: str) -> str:
-    msg = msg.lower()
-    if "full" in msg or "no space" in msg:
-        return "free disk space (or move the study to another disk) and resume: the records already stored are intact"
-    if "not a database" in msg or "malformed" in msg:
-        return (
-            "the file is not a SQLite database or it is corrupt; it was left unchanged: pass the path of a new"
-            " .db file, or restore this one from a backup"
-        )
-    if "unable to open" in msg:
-        return "check that the path is a file (not a directory) in a directory you can write to"
-    return "check that the database is reachable and writable"
-
-
-def _orig_message(e: BaseException) -> str:
-    orig = getattr(e, "orig", None) or e
-    return f"{type(orig).__name__}: {str(orig).strip()}"
-
-
 class SQLStorage(Storage):
     """A :class:`~lightning_hpt.storage.base.Storage` in a SQL database (SQLite or PostgreSQL).
 
@@ -228,7 +105,7 @@ class SQLStorage(Storage):
         if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not lock_timeout > 0:
             raise StorageError(f"lock_timeout must be a positive number of seconds, got lock_timeout={lock_timeout!r}")
         self.lock_timeout = float(lock_timeout)
-        self.retries = _check_int(retries, "retries")
+        self.retries = check_int(retries, "retries")
         self._engine_kwargs = dict(engine_kwargs or {})
         self._url = self._normalise_url(url)
         self._setup()
@@ -334,8 +211,8 @@ class SQLStorage(Storage):
         except (sa_exc.ArgumentError, TypeError) as e:
             raise StorageError(f"cannot open {self.url}: {e}; check the URL and engine_kwargs") from None
         if self._sqlite:
-            event.listen(engine, "connect", _sqlite_connect)
-            event.listen(engine, "begin", _sqlite_begin)
+            event.listen(engine, "connect", sqlite_connect)
+            event.listen(engine, "begin", sqlite_begin)
         return engine
 
     def close(self) -> None:
@@ -370,7 +247,7 @@ class SQLStorage(Storage):
             except HPTError:
                 raise
             except (sa_exc.SQLAlchemyError, OSError) as e:
-                kind = _classify(e)
+                kind = classify(e)
                 elapsed = time.monotonic() - start
                 if kind == "locked":
                     if elapsed >= self.lock_timeout:
@@ -385,11 +262,11 @@ class SQLStorage(Storage):
                     failures += 1
                     delay = 0.05 * 2**failures
                     log.warning("retrying after a database error while trying to %s in %s: %s", what, self.url,
-                                self._mask(_orig_message(e)))  # fmt: skip
+                                self._mask(orig_message(e)))  # fmt: skip
                 else:
-                    detail = self._mask(_orig_message(e))
+                    detail = self._mask(orig_message(e))
                     retried = f" (after {failures} retries)" if failures else ""
-                    raise StorageError(f"could not {what} in {self._where}{retried}: {detail}; {_hint(detail)}") from e
+                    raise StorageError(f"could not {what} in {self._where}{retried}: {detail}; {hint(detail)}") from e
                 time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: do not wake in step with the other writer
                 attempt += 1
 
@@ -404,7 +281,7 @@ class SQLStorage(Storage):
         if status == "empty":
             self._txn("create the study tables", self._initialise, write=True, engine=engine)
         if self._sqlite and not self._memory:
-            self._retry("switch the database to WAL mode", lambda a: _enable_wal(engine))
+            self._retry("switch the database to WAL mode", lambda a: enable_wal(engine))
 
     def _inspect(self, conn: Connection) -> str:
         inspector = sa.inspect(conn)
@@ -437,7 +314,7 @@ class SQLStorage(Storage):
             )
         if version < SCHEMA_VERSION:
             raise StorageError(f"{damaged} schema_version={version} is older than {SCHEMA_VERSION}; {fix}")
-        missing = sorted(set(_meta.tables) - ours)
+        missing = sorted(set(METADATA.tables) - ours)
         if missing:
             raise StorageError(f"{damaged} is missing tables {missing}: it is damaged; {fix}")
         return "ok"
@@ -447,7 +324,7 @@ class SQLStorage(Storage):
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7235890)"))
         if self._inspect(conn) == "ok":  # another process created them while we waited for the lock
             return
-        _meta.create_all(conn)
+        METADATA.create_all(conn)
         conn.execute(
             sa.insert(META),
             [
@@ -462,12 +339,12 @@ class SQLStorage(Storage):
         validate_name(info.name, "study name")
         given = StudyInfo(
             info.name, SearchSpace(info.space), Direction.parse(info.direction), str(info.monitor),
-            str(info.strategy), None if info.seed is None else _check_int(info.seed, "seed"), dict(info.attrs),
+            str(info.strategy), None if info.seed is None else check_int(info.seed, "seed"), dict(info.attrs),
         )  # fmt: skip
         row = {
             "name": given.name, "space": given.space.to_json(), "direction": given.direction.value,
             "monitor": given.monitor, "strategy": given.strategy, "seed": given.seed,
-            "attrs": _dumps(given.attrs, "study attrs"), "created_at": time.time(),
+            "attrs": dumps(given.attrs, "study attrs"), "created_at": time.time(),
         }  # fmt: skip
 
         def fn(conn: Connection, attempt: int) -> StudyInfo:
@@ -477,7 +354,7 @@ class SQLStorage(Storage):
                 return given
             stored = self._info(found)
             if not allow_changes:
-                diffs = _differences(stored, given)
+                diffs = differences(stored, given)
                 if diffs:
                     raise StudyMismatchError(
                         f"study {given.name!r} in {self._where} was created with a different setup: "
@@ -497,12 +374,12 @@ class SQLStorage(Storage):
         return self._txn("list the studies", lambda c, a: list(c.execute(q).scalars()), write=False)
 
     def set_study_attrs(self, study: str, attrs: Mapping[str, Any]) -> None:
-        _dumps(dict(attrs), "study attrs")  # fail before touching the database
+        dumps(dict(attrs), "study attrs")  # fail before touching the database
 
         def fn(conn: Connection, attempt: int) -> None:
             row = self._study(conn, study, lock=True)
             merged = {**json.loads(row.attrs), **attrs}
-            conn.execute(sa.update(STUDIES).where(STUDIES.c.id == row.id).values(attrs=_dumps(merged, "study attrs")))
+            conn.execute(sa.update(STUDIES).where(STUDIES.c.id == row.id).values(attrs=dumps(merged, "study attrs")))
 
         self._txn(f"set attrs of study {study!r}", fn, write=True)
 
@@ -548,9 +425,9 @@ class SQLStorage(Storage):
             .order_by(VALUES.c.trial_id, VALUES.c.step)
         )
         for trial_id, step, value, flag in conn.execute(q):  # one query for every trial's curve
-            steps.setdefault(trial_id, {})[step] = _decode_float(value, flag)
+            steps.setdefault(trial_id, {})[step] = decode_float(value, flag)
         rows = conn.execute(sa.select(TRIALS).where(TRIALS.c.study_id == study_id).order_by(TRIALS.c.number))
-        return [_record(r, steps.get(r.id, {})) for r in rows]
+        return [to_record(r, steps.get(r.id, {})) for r in rows]
 
     def last_heartbeat(self, study: str, number: int) -> float | None:
         def fn(conn: Connection, attempt: int) -> float | None:
@@ -560,7 +437,7 @@ class SQLStorage(Storage):
         return self._txn(f"read the heartbeat of trial {number} of study {study!r}", fn, write=False)
 
     def _trial(self, conn: Connection, study: str, number: int, *, lock: bool = False) -> sa.Row:
-        _check_int(number, "trial number")
+        check_int(number, "trial number")
         q = sa.select(TRIALS).join(STUDIES, STUDIES.c.id == TRIALS.c.study_id)
         q = q.where(STUDIES.c.name == study, TRIALS.c.number == number)
         row = conn.execute(q.with_for_update(of=TRIALS) if lock else q).first()
@@ -573,7 +450,7 @@ class SQLStorage(Storage):
 
     def _steps(self, conn: Connection, trial_id: int) -> dict[int, float]:
         q = sa.select(VALUES.c.step, VALUES.c.value, VALUES.c.nonfinite).where(VALUES.c.trial_id == trial_id)
-        return {step: _decode_float(v, f) for step, v, f in conn.execute(q.order_by(VALUES.c.step))}
+        return {step: decode_float(v, f) for step, v, f in conn.execute(q.order_by(VALUES.c.step))}
 
     # ------------------------------------------------------------------ trials: writing
 
@@ -591,8 +468,8 @@ class SQLStorage(Storage):
         if state not in (TrialState.RUNNING, TrialState.QUEUED):
             raise StorageError(f"a new trial must be RUNNING or QUEUED, got state={state.value!r}")
         if max_trials is not None:
-            _check_int(max_trials, "max_trials")
-        params_json = _dumps(dict(params), "params", allow_nan=False)
+            check_int(max_trials, "max_trials")
+        params_json = dumps(dict(params), "params", allow_nan=False)
         token = uuid.uuid4().hex
         running = state is TrialState.RUNNING
         now = time.time()
@@ -604,7 +481,7 @@ class SQLStorage(Storage):
                     sa.select(TRIALS).where(TRIALS.c.study_id == study_id, TRIALS.c.token == token)
                 ).first()
                 if row is not None:
-                    return _record(row, {})
+                    return to_record(row, {})
             count, top = conn.execute(
                 sa.select(sa.func.count(), sa.func.max(TRIALS.c.number)).where(TRIALS.c.study_id == study_id)
             ).one()
@@ -619,7 +496,7 @@ class SQLStorage(Storage):
                 "attempt": 1 if running else 0, "attrs": "{}", "token": token,
             }  # fmt: skip
             conn.execute(sa.insert(TRIALS).values(**values))
-            return _record(_Row(values), {})
+            return to_record(RowValues(values), {})
 
         return self._txn(f"create a trial in study {study!r}", fn, write=True)
 
@@ -636,13 +513,13 @@ class SQLStorage(Storage):
                 "heartbeat_at": now, "host": host or socket.gethostname(), "pid": pid or os.getpid(),
             }  # fmt: skip
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
-            return _record(_Row({**row._asdict(), **changes}), self._steps(conn, row.id))
+            return to_record(RowValues({**row._asdict(), **changes}), self._steps(conn, row.id))
 
         return self._txn(f"claim a queued trial of study {study!r}", fn, write=True)
 
     def report(self, study: str, number: int, step: int, value: float) -> None:
-        _check_int(step, "step")
-        v, flag = _encode_float(value, f"the value reported at step {step}")
+        check_int(step, "step")
+        v, flag = encode_float(value, f"the value reported at step {step}")
 
         def fn(conn: Connection, attempt: int) -> None:
             row = self._trial(conn, study, number, lock=True)
@@ -659,7 +536,7 @@ class SQLStorage(Storage):
         self._txn(f"report step {step} of trial {number} of study {study!r}", fn, write=True)
 
     def heartbeat(self, study: str, numbers: Sequence[int]) -> None:
-        numbers = [_check_int(n, "trial number") for n in numbers]
+        numbers = [check_int(n, "trial number") for n in numbers]
         if not numbers:
             return
 
@@ -687,20 +564,20 @@ class SQLStorage(Storage):
         attrs: Mapping[str, Any] | None = None,
     ) -> TrialRecord:
         state = TrialState(state)
-        if state not in _FINISHED:
+        if state not in FINISHED:
             raise StorageError(f"finish_trial needs state COMPLETE, PRUNED or FAILED, got state={state.value!r}")
-        v, flag = _encode_float(value, "value")
+        v, flag = encode_float(value, "value")
         if best_step is not None:
-            _check_int(best_step, "best_step")
+            check_int(best_step, "best_step")
         extra = dict(attrs or {})
-        _dumps(extra, "trial attrs")
+        dumps(extra, "trial attrs")
 
         def fn(conn: Connection, attempt: int) -> TrialRecord:
             row = self._trial(conn, study, number, lock=True)
-            if row.state in {s.value for s in _FINISHED}:
+            if row.state in {s.value for s in FINISHED}:
                 same = row.state == state.value and (row.value, row.value_nonfinite) == (v, flag)
                 if attempt and same:  # our own commit, retried after its answer was lost
-                    return _record(row, self._steps(conn, row.id))
+                    return to_record(row, self._steps(conn, row.id))
                 raise StorageError(
                     f"trial {number} of study {study!r} is already {row.state}; a finished trial is not overwritten"
                     " (requeue_trial puts a FAILED trial back in the queue)"
@@ -709,10 +586,10 @@ class SQLStorage(Storage):
                 "state": state.value, "value": v, "value_nonfinite": flag, "best_step": best_step,
                 "error": None if error is None else str(error),
                 "checkpoint": None if checkpoint is None else os.fspath(checkpoint), "finished_at": time.time(),
-                "attrs": _dumps({**json.loads(row.attrs), **extra}, "trial attrs"),
+                "attrs": dumps({**json.loads(row.attrs), **extra}, "trial attrs"),
             }  # fmt: skip
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
-            return _record(_Row({**row._asdict(), **changes}), self._steps(conn, row.id))
+            return to_record(RowValues({**row._asdict(), **changes}), self._steps(conn, row.id))
 
         return self._txn(f"finish trial {number} of study {study!r}", fn, write=True)
 
@@ -734,100 +611,19 @@ class SQLStorage(Storage):
                 ("value", "value_nonfinite", "best_step", "error", "checkpoint", "started_at", "finished_at", "host",
                  "pid", "heartbeat_at"),
             )  # fmt: skip
-            changes.update(state=TrialState.QUEUED.value, attrs=_dumps(attrs, "trial attrs"))
+            changes.update(state=TrialState.QUEUED.value, attrs=dumps(attrs, "trial attrs"))
             conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id))
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
-            return _record(_Row({**row._asdict(), **changes}), {})
+            return to_record(RowValues({**row._asdict(), **changes}), {})
 
         return self._txn(f"requeue trial {number} of study {study!r}", fn, write=True)
 
     def set_trial_attrs(self, study: str, number: int, attrs: Mapping[str, Any]) -> None:
-        _dumps(dict(attrs), "trial attrs")
+        dumps(dict(attrs), "trial attrs")
 
         def fn(conn: Connection, attempt: int) -> None:
             row = self._trial(conn, study, number, lock=True)
-            merged = _dumps({**json.loads(row.attrs), **attrs}, "trial attrs")
+            merged = dumps({**json.loads(row.attrs), **attrs}, "trial attrs")
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(attrs=merged))
 
         self._txn(f"set attrs of trial {number} of study {study!r}", fn, write=True)
-
-
-class _Row:
-    """Attribute access over a dict, so freshly written values build a record like a fetched row."""
-
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self.__dict__.update(values)
-
-
-def _record(row: Any, intermediate: dict[int, float]) -> TrialRecord:
-    return TrialRecord(
-        number=row.number,
-        params=json.loads(row.params),
-        state=TrialState(row.state),
-        value=_decode_float(row.value, row.value_nonfinite),
-        intermediate=intermediate,
-        best_step=row.best_step,
-        error=row.error,
-        checkpoint=row.checkpoint,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        host=row.host,
-        pid=row.pid,
-        attempt=row.attempt,
-        attrs=json.loads(row.attrs),
-    )
-
-
-def _differences(stored: StudyInfo, given: StudyInfo) -> list[str]:
-    """What differs between a stored study and the one asked for, in words; order of parameters ignored."""
-    diffs = []
-    old, new = stored.space.to_dict(), given.space.to_dict()
-    added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
-    if added:
-        diffs.append(f"parameters added to the space: {added}")
-    if removed:
-        diffs.append(f"parameters removed from the space: {removed}")
-    for name in sorted(set(old) & set(new)):
-        if old[name] != new[name]:
-            diffs.append(f"parameter {name!r} changed from {old[name]} to {new[name]}")
-    for field in ("monitor", "direction", "strategy"):
-        a, b = getattr(stored, field), getattr(given, field)
-        if a != b:
-            a, b = getattr(a, "value", a), getattr(b, "value", b)
-            diffs.append(f"{field} changed from {a!r} to {b!r}")
-    return diffs
-
-
-def _sqlite_connect(dbapi_conn: Any, record: Any) -> None:
-    # We emit BEGIN ourselves (see _sqlite_begin): the sqlite3 module's implicit transactions would
-    # start reads without a lock and upgrade to a write lock mid-transaction, which deadlocks.
-    dbapi_conn.isolation_level = None
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA foreign_keys = ON")
-    # In WAL mode NORMAL never corrupts the file and loses nothing when a process is killed; only a
-    # power cut can drop the last commits. It saves an fsync on every report.
-    cursor.execute("PRAGMA synchronous = NORMAL")
-    cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    # IMMEDIATE takes the write lock at BEGIN, so a writer waits (busy timeout) before reading
-    # anything and never has to abort half-way through a read-then-write transaction.
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("hpt_write") else "BEGIN")
-
-
-def _enable_wal(engine: Engine) -> None:
-    # Only after the schema check: a foreign or newer database must not be changed, not even its journal mode.
-    # It runs outside any transaction (SQLite refuses to change the journal mode inside one), so on a
-    # raw connection; its errors are wrapped like SQLAlchemy's so the retry loop understands them.
-    raw = engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
-        if str(mode).lower() != "wal":
-            cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.close()
-    except engine.dialect.loaded_dbapi.Error as e:
-        raise sa_exc.OperationalError("PRAGMA journal_mode = WAL", None, e) from e
-    finally:
-        raw.close()

@@ -1,0 +1,245 @@
+"""The tables of a study database, value encoding, and the database-specific hooks of :mod:`.sql`.
+
+Parameter and metric names are stored as data (JSON text), never as table or column names.
+Non-finite values (NaN, inf) are stored as ``NULL`` plus a flag, so they round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+from lightning_hpt.exceptions import StorageError
+from lightning_hpt.storage.base import StudyInfo
+from lightning_hpt.trial import TrialRecord, TrialState
+
+SCHEMA_VERSION = 1
+
+METADATA = sa.MetaData()
+META = sa.Table(
+    "hpt_meta", METADATA, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text, nullable=False)
+)
+STUDIES = sa.Table(
+    "hpt_studies",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("space", sa.Text, nullable=False),
+    sa.Column("direction", sa.String(8), nullable=False),
+    sa.Column("monitor", sa.Text, nullable=False),
+    sa.Column("strategy", sa.Text, nullable=False),
+    sa.Column("seed", sa.BigInteger),
+    sa.Column("attrs", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+TRIALS = sa.Table(
+    "hpt_trials",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_id", sa.Integer, sa.ForeignKey("hpt_studies.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("value_nonfinite", sa.String(4)),  # "nan", "inf", "-inf"; then value is NULL
+    sa.Column("best_step", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("checkpoint", sa.Text),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("heartbeat_at", sa.Float),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("attrs", sa.Text, nullable=False),
+    sa.Column("token", sa.String(32)),  # lets a retried create_trial find its own committed row
+    sa.UniqueConstraint("study_id", "number", name="hpt_trials_study_number"),
+    sa.Index("hpt_trials_study_state", "study_id", "state"),
+)
+VALUES = sa.Table(
+    "hpt_trial_values",
+    METADATA,
+    sa.Column("trial_id", sa.Integer, sa.ForeignKey("hpt_trials.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True),
+    sa.Column("value", sa.Float),
+    sa.Column("nonfinite", sa.String(4)),
+)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED)
+# OperationalErrors that retrying cannot cure: report them at once.
+PERMANENT = (
+    "disk is full", "disk full", "no space left", "not a database", "no such table", "no such column",
+    "readonly", "read-only", "unable to open", "syntax error", "malformed", "authentication", "does not exist",
+)  # fmt: skip
+LOCKED = ("database is locked", "database table is locked", "database schema is locked", "lock timeout")
+TRANSIENT_PG = ("could not serialize", "deadlock detected")
+
+
+def encode_float(value: float | None, what: str) -> tuple[float | None, str | None]:
+    """``(value, flag)`` columns: finite values as they are, NaN and inf as ``NULL`` plus a flag."""
+    if value is None:
+        return None, None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise StorageError(f"{what} must be a number, got {value!r} of type {type(value).__name__}") from None
+    if math.isfinite(v):
+        return v, None
+    return None, "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def decode_float(value: float | None, flag: str | None) -> float | None:
+    return float(flag) if flag else value
+
+
+def json_default(obj: Any) -> Any:
+    item = getattr(obj, "item", None)  # numpy scalars and one-element tensors
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise TypeError(f"{obj!r} of type {type(obj).__name__} is not JSON data")
+
+
+def dumps(obj: Any, what: str, *, allow_nan: bool = True) -> str:
+    try:
+        return json.dumps(obj, default=json_default, allow_nan=allow_nan)
+    except (TypeError, ValueError) as e:
+        raise StorageError(
+            f"{what} must be JSON data (dicts with string keys, lists, str, finite numbers, bool, None), but {e};"
+            " convert the value to one of these types before storing it"
+        ) from None
+
+
+def check_int(value: Any, what: str, minimum: int = 0) -> int:
+    try:
+        number = operator.index(value)  # int and numpy integers, not floats
+    except TypeError:
+        number = None
+    if isinstance(value, bool) or number is None or number < minimum:
+        raise StorageError(f"{what} must be an integer >= {minimum}, got {what}={value!r}")
+    return number
+
+
+def classify(e: BaseException) -> str:
+    """``locked``, ``transient``, ``conflict`` or ``fatal``: what the retry loop does with an error."""
+    if not isinstance(e, sa_exc.DBAPIError):
+        return "fatal"
+    msg = str(e.orig).lower()
+    if any(m in msg for m in LOCKED):
+        return "locked"
+    if isinstance(e, sa_exc.IntegrityError):
+        return "conflict"
+    if e.connection_invalidated or any(m in msg for m in TRANSIENT_PG):
+        return "transient"
+    if isinstance(e, sa_exc.OperationalError) and not any(m in msg for m in PERMANENT):
+        return "transient"
+    return "fatal"
+
+
+def hint(msg: str) -> str:
+    msg = msg.lower()
+    if "full" in msg or "no space" in msg:
+        return "free disk space (or move the study to another disk) and resume: the records already stored are intact"
+    if "not a database" in msg or "malformed" in msg:
+        return (
+            "the file is not a SQLite database or it is corrupt; it was left unchanged: pass the path of a new"
+            " .db file, or restore this one from a backup"
+        )
+    if "unable to open" in msg:
+        return "check that the path is a file (not a directory) in a directory you can write to"
+    return "check that the database is reachable and writable"
+
+
+def orig_message(e: BaseException) -> str:
+    orig = getattr(e, "orig", None) or e
+    return f"{type(orig).__name__}: {str(orig).strip()}"
+
+
+class RowValues:
+    """Attribute access over a dict, so freshly written values build a record like a fetched row."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def to_record(row: Any, intermediate: dict[int, float]) -> TrialRecord:
+    return TrialRecord(
+        number=row.number,
+        params=json.loads(row.params),
+        state=TrialState(row.state),
+        value=decode_float(row.value, row.value_nonfinite),
+        intermediate=intermediate,
+        best_step=row.best_step,
+        error=row.error,
+        checkpoint=row.checkpoint,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        host=row.host,
+        pid=row.pid,
+        attempt=row.attempt,
+        attrs=json.loads(row.attrs),
+    )
+
+
+def differences(stored: StudyInfo, given: StudyInfo) -> list[str]:
+    """What differs between a stored study and the one asked for, in words; order of parameters ignored."""
+    diffs = []
+    old, new = stored.space.to_dict(), given.space.to_dict()
+    added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    if added:
+        diffs.append(f"parameters added to the space: {added}")
+    if removed:
+        diffs.append(f"parameters removed from the space: {removed}")
+    for name in sorted(set(old) & set(new)):
+        if old[name] != new[name]:
+            diffs.append(f"parameter {name!r} changed from {old[name]} to {new[name]}")
+    for field in ("monitor", "direction", "strategy"):
+        a, b = getattr(stored, field), getattr(given, field)
+        if a != b:
+            a, b = getattr(a, "value", a), getattr(b, "value", b)
+            diffs.append(f"{field} changed from {a!r} to {b!r}")
+    return diffs
+
+
+def sqlite_connect(dbapi_conn: Any, record: Any) -> None:
+    # We emit BEGIN ourselves (see sqlite_begin): the sqlite3 module's implicit transactions would
+    # start reads without a lock and upgrade to a write lock mid-transaction, which deadlocks.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    # In WAL mode NORMAL never corrupts the file and loses nothing when a process is killed; only a
+    # power cut can drop the last commits. It saves an fsync on every report.
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock at BEGIN, so a writer waits (busy timeout) before reading
+    # anything and never has to abort half-way through a read-then-write transaction.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("hpt_write") else "BEGIN")
+
+
+def enable_wal(engine: Engine) -> None:
+    # Only after the schema check: a foreign or newer database must not be changed, not even its journal mode.
+    # It runs outside any transaction (SQLite refuses to change the journal mode inside one), so on a
+    # raw connection; its errors are wrapped like SQLAlchemy's so the retry loop understands them.
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+    except engine.dialect.loaded_dbapi.Error as e:
+        raise sa_exc.OperationalError("PRAGMA journal_mode = WAL", None, e) from e
+    finally:
+        raw.close()
