@@ -24,7 +24,8 @@ from lightning_hpt.lightning.folds import CrossValidation
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.pruners import Pruner, make_pruner
 from lightning_hpt.report.board import StudyBoard
-from lightning_hpt.report.progress import LineProgress
+from lightning_hpt.report.live import make_progress
+from lightning_hpt.report.table import trials_table
 from lightning_hpt.result import SearchResult
 from lightning_hpt.space import Domain, SearchSpace, validate_name
 from lightning_hpt.storage import Storage, StudyInfo, open_storage
@@ -42,13 +43,15 @@ _ACTIVE: set[tuple[str, str, int]] = set()  # (storage url, study, number) of tr
 class _Reporter:
     """Driver side of a trial's reporting channel: stores each value and asks the pruner."""
 
-    def __init__(self, search: HyperparameterSearch, storage: Storage, number: int) -> None:
-        self.search, self.storage, self.number = search, storage, number
+    def __init__(self, search: HyperparameterSearch, storage: Storage, number: int, progress: Any = None) -> None:
+        self.search, self.storage, self.number, self.progress = search, storage, number, progress
         self.stored: set[int] = set()
 
     def report(self, step: int, value: float) -> bool:
         self.storage.report(self.search.study_name, self.number, step, value)
         self.stored.add(step)
+        if self.progress is not None:
+            self.progress.trial_reported(self.number, step, value)
         pruner = self.search.pruner
         if pruner.name == "none":
             return False
@@ -124,7 +127,8 @@ class HyperparameterSearch:
         repeats: runs per configuration (per fold) with different seeds; the score is their mean.
         refit: after the search, retrain the best configuration on training plus validation data
             (``result.refit()``); the model is ``result.refit_model``.
-        verbose: print a line per finished trial and a summary.
+        verbose: ``True``/``"auto"``: a live display on a terminal, a line per finished trial otherwise
+            (CI logs, ``nohup``); ``"live"``/``"lines"`` force one; ``False``: silent.
         stale_after: seconds without heartbeat after which another host's RUNNING trial counts as dead.
 
     Example:
@@ -159,7 +163,7 @@ class HyperparameterSearch:
         cv: int | CrossValidation | None = None,
         repeats: int = 1,
         refit: bool = False,
-        verbose: bool = True,
+        verbose: bool | str = True,
         stale_after: float = 300.0,
     ) -> None:
         if space is None:
@@ -205,6 +209,7 @@ class HyperparameterSearch:
         self._enqueue = [dict(p) for p in enqueue]
         for p in self._enqueue:
             self.space.validate(p)
+        make_progress(verbose)  # validates it
         self.verbose = verbose
         self.stale_after = stale_after
         self._storage_spec = storage if storage is not None else f"sqlite:///{self.root / 'studies.db'}"
@@ -357,10 +362,11 @@ class HyperparameterSearch:
         self._check_checkpoints(storage.trials(self.study_name))
         for params in self._enqueue:
             self.enqueue(params)
-        progress = LineProgress(enabled=self.verbose)
+        progress = make_progress(self.verbose)
         board = StudyBoard(self.root / self.study_name / "tensorboard", self.monitor)
         finished = lambda: sum(t.state.is_finished for t in storage.trials(self.study_name))  # noqa: E731
-        progress.start(self.study_name, self.n_trials, finished(), storage.url)
+        progress.start(self.study_name, self.n_trials, finished(), storage.url, monitor=self.monitor,
+                       trials=storage.trials(self.study_name))
         t0 = time.monotonic()
         running: dict[Future, tuple[TrialRecord, _Reporter]] = {}
         reason: str | None = None
@@ -381,9 +387,10 @@ class HyperparameterSearch:
                     if reason is None and free > 0:
                         recs, reason = self._next_trials(storage, free)
                         for rec in recs:
-                            reporter = _Reporter(self, storage, rec.number)
+                            reporter = _Reporter(self, storage, rec.number, progress)
                             _ACTIVE.add((storage.url, self.study_name, rec.number))
                             started.add(rec.number)
+                            progress.trial_started(rec)  # before submit: the in-process executor blocks
                             running[self.executor.submit(self._job(rec), reporter)] = (rec, reporter)
                     if not running:
                         break
@@ -410,11 +417,12 @@ class HyperparameterSearch:
         finally:
             stop_beat.set()
             board.close()
+            progress.close()
             gc.unfreeze()
         result = self.result(reason or "done")
         if self.refit and result.best_trial is not None:
             result.refit()
-        progress.end(str(result))
+        progress.end(str(result), trials_table(result.trials, self.monitor, self.direction, top=10))
         return result
 
     def _abandon(self, storage: Storage, started: set[int], error: BaseException) -> None:

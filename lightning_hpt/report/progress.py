@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import IO
 
 from lightning_hpt.trial import TrialRecord
@@ -17,6 +18,9 @@ def _fmt(v: object) -> str:
 
 class LineProgress:
     """Writes a line when the search starts, one per finished trial, and the summary at the end.
+
+    The display for logs and non-interactive terminals; :class:`~lightning_hpt.report.live.LiveProgress`
+    has the same interface.
 
     Args:
         stream: where to write (standard output by default).
@@ -34,10 +38,18 @@ class LineProgress:
             stream.write(line + "\n")
             stream.flush()
 
-    def start(self, study: str, n_trials: int | None, done: int, storage_url: str) -> None:
+    def start(self, study: str, n_trials: int | None, done: int, storage_url: str, *, monitor: str | None = None,
+              trials: Sequence[TrialRecord] | None = None) -> None:
+        """The search starts with ``done`` trials already finished (``monitor`` and ``trials`` are for live displays)."""
         self._t0 = time.monotonic()
         total = "?" if n_trials is None else n_trials
         self._write(f"study {study!r}: {done}/{total} trials done, storage {storage_url}")
+
+    def trial_started(self, record: TrialRecord) -> None:
+        """A trial was submitted; lines are written only when trials finish."""
+
+    def trial_reported(self, number: int, step: int, value: float) -> None:
+        """A running trial reported a value; lines are written only when trials finish."""
 
     def trial_finished(self, t: TrialRecord, best: TrialRecord | None, monitor: str, done: int, total: int | None) -> None:
         value = f"{monitor}={t.value:.4g}" if t.value is not None else (t.error or "")[:160]
@@ -48,5 +60,9 @@ class LineProgress:
         self._write(f"[{done}/{total_txt}] trial {t.number} {t.state.value:<8} {value} steps={len(t.intermediate)} {dur}"
                     f"{best_txt} | {params}")
 
-    def end(self, summary: str) -> None:
-        self._write(f"finished in {time.monotonic() - self._t0:.1f}s\n{summary}")
+    def end(self, summary: str, table: str | None = None) -> None:
+        """The search is over: the elapsed time, the summary and, if given, the table of top trials."""
+        self._write(f"finished in {time.monotonic() - self._t0:.1f}s\n{summary}" + (f"\n\n{table}" if table else ""))
+
+    def close(self) -> None:
+        """Nothing to restore for plain lines (the live display restores the terminal here)."""

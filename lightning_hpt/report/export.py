@@ -1,0 +1,159 @@
+"""Export every trial, with its per-epoch values, to CSV or JSON.
+
+Example:
+    >>> export_trials(storage.trials("mnist"), "mnist_trials.csv")   # doctest: +SKIP
+    >>> export_trials(storage.trials("mnist"), "mnist_trials.json")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.trial import TrialRecord
+
+__all__ = ["export_trials", "trial_to_dict", "write_text_atomic"]
+
+_FORMATS = (".csv", ".json")
+
+
+def _finite(value: float | None) -> float | None:
+    # strict JSON has no NaN or Infinity: a non-finite number is written as null
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy of stored data (attrs, params): non-finite floats become ``None``."""
+    if isinstance(obj, float):
+        return _finite(obj)
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def trial_to_dict(t: TrialRecord) -> dict[str, Any]:
+    """One trial as plain JSON data; ``intermediate`` maps the step (as text) to its value.
+
+    Non-finite numbers (a NaN loss, say) are ``None``: strict JSON has no NaN.
+    """
+    return {
+        "number": t.number,
+        "state": t.state.value,
+        "value": _finite(t.value),
+        "best_step": t.best_step,
+        "params": _plain(dict(t.params)),
+        "intermediate": {str(step): _finite(v) for step, v in sorted(t.intermediate.items())},
+        "error": t.error,
+        "checkpoint": t.checkpoint,
+        "started_at": t.started_at,
+        "finished_at": t.finished_at,
+        "duration_s": t.duration,
+        "host": t.host,
+        "pid": t.pid,
+        "attempt": t.attempt,
+        "attrs": _plain(dict(t.attrs)),
+    }
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``.
+
+    A reader (or a crash, or a full disk) never sees a half-written file: the old one stays
+    intact until the new one is complete.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        # mkstemp makes the file private (0600); a report or export is meant to be shared like any file
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _csv_text(trials: Sequence[TrialRecord]) -> str:
+    names: list[str] = []
+    steps: set[int] = set()
+    for t in trials:
+        names.extend(n for n in t.params if n not in names)
+        steps.update(t.intermediate)
+    step_cols = sorted(steps)
+    header = ["number", "state", "value", "best_step", "epochs", "duration_s", "started_at", "finished_at",
+              *(f"params.{n}" for n in names), *(f"step_{s}" for s in step_cols), "error"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for t in sorted(trials, key=lambda t: t.number):
+        writer.writerow([
+            t.number, t.state.value, _cell(t.value), _cell(t.best_step), len(t.intermediate), _cell(t.duration),
+            _cell(t.started_at), _cell(t.finished_at),
+            *(_cell(t.params.get(n)) for n in names),
+            *(_cell(t.intermediate.get(s)) for s in step_cols),
+            _cell(t.error),
+        ])
+    return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    # an empty cell means "none"; floats keep every digit (repr), so a reader gets the stored number back
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)  # nan, inf, -inf: what pandas reads back
+    return value
+
+
+def export_trials(trials: Sequence[TrialRecord], path: str | os.PathLike[str]) -> Path:
+    """Write every trial, with its per-epoch values, to a CSV or JSON file chosen by the suffix.
+
+    - ``.csv``: one row per trial, by number: ``number, state, value, best_step, epochs, duration_s,
+      started_at, finished_at``, one ``params.<name>`` column per parameter, one ``step_<k>`` column
+      per validation run ``k`` (empty where a trial has no value at that step, e.g. pruned early),
+      and ``error``. Empty cells mean "none"; non-finite values are written ``nan``/``inf``.
+    - ``.json``: a list of objects (see :func:`trial_to_dict`): params and ``intermediate``
+      (``{"<step>": value}``) are nested; non-finite values are ``null`` (strict JSON).
+
+    Times are POSIX seconds; ``duration_s`` is in seconds. The file is written atomically (a
+    temporary file renamed over the target), so it can be refreshed while someone reads it.
+
+    Args:
+        trials: the trials to export, for example ``storage.trials(study)``.
+        path: the file to write; its suffix (``.csv`` or ``.json``, any case) picks the format.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigurationError: the suffix is neither ``.csv`` nor ``.json``.
+    """
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in _FORMATS:
+        raise ConfigurationError(
+            f"export_trials chooses the format by the file suffix, which must be one of {list(_FORMATS)};"
+            f" got path={os.fspath(path)!r}; name the file e.g. 'trials.csv' or 'trials.json'"
+        )
+    ordered = sorted(trials, key=lambda t: t.number)
+    if suffix == ".csv":
+        text = _csv_text(ordered)
+    else:
+        text = json.dumps([trial_to_dict(t) for t in ordered], indent=2, allow_nan=False) + "\n"
+    write_text_atomic(target, text)
+    return target

@@ -1,0 +1,227 @@
+"""One self-contained HTML report of a study: summary, every trial, and every plot.
+
+The file needs nothing else to be viewed: styles are inline and plots are embedded as base64 PNG,
+so it opens offline, can be mailed or archived, and makes no network request. It reads the study
+as it is stored now, so it works on a running study as well as a finished one.
+
+Example:
+    >>> write_report(open_storage("hpt_runs/studies.db"), "mnist", "mnist_report.html")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightning_hpt.exceptions import HPTError
+from lightning_hpt.report.export import write_text_atomic
+from lightning_hpt.report.table import format_duration, format_value, param_labels, rank_trials
+from lightning_hpt.trial import Direction, TrialRecord, TrialState
+
+if TYPE_CHECKING:  # storage sits on the same floor as report: only its interface is used, never imported
+    from lightning_hpt.storage.base import Storage, StudyInfo
+
+__all__ = ["render_report", "write_report"]
+
+log = logging.getLogger(__name__)
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1100px;
+       padding: 0 1rem; color: #222; line-height: 1.4; }
+h1 { margin-bottom: .2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2rem; margin-top: 2rem; }
+.meta { color: #555; font-size: .9rem; }
+table { border-collapse: collapse; font-size: .85rem; }
+th, td { border-bottom: 1px solid #e4e4e4; padding: .25rem .6rem; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.trials { display: block; overflow-x: auto; }
+.state-COMPLETE { color: #1565c0; } .state-PRUNED { color: #c46200; } .state-FAILED { color: #c62828; }
+.state-RUNNING { color: #2e7d32; } .state-QUEUED { color: #777; }
+.error { color: #a33; max-width: 28rem; overflow-wrap: anywhere; }
+.counts span { display: inline-block; margin-right: 1.2rem; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: .85rem; }
+.note { color: #666; font-style: italic; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _counts(trials: Sequence[TrialRecord]) -> dict[TrialState, int]:
+    out = {s: 0 for s in TrialState}
+    for t in trials:
+        out[t.state] += 1
+    return out
+
+
+def _best(trials: Sequence[TrialRecord], direction: Direction) -> TrialRecord | None:
+    best = None
+    for t in trials:
+        scored = t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+        if scored and (best is None or direction.better(t.value, best.value)):
+            best = t
+    return best
+
+
+def _summary(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
+    counts = _counts(trials)
+    spans = "".join(f"<span class='state-{s.value}'>{s.value.lower()}: <b>{n}</b></span>" for s, n in counts.items() if n)
+    parts = [f"<p class='counts'>{len(trials)} trials &mdash; {spans or 'none yet'}</p>"]
+    durations = [t.duration for t in trials if t.duration is not None]
+    if durations:
+        parts.append(f"<p>Trial time: {_e(format_duration(sum(durations)))} in all,"
+                     f" {_e(format_duration(sum(durations) / len(durations)))} per finished trial on average.</p>")
+    best = _best(trials, info.direction)
+    if best is None:
+        parts.append("<p class='note'>No COMPLETE trial yet.</p>")
+        return "\n".join(parts)
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(format_value(v) if isinstance(v, float) else repr(v))}</td></tr>"
+                   for k, v in best.params.items())
+    parts.append(f"<p>Best trial <b>#{best.number}</b>: <b>{_e(info.monitor)} = {_e(f'{best.value:.6g}')}</b>"
+                 f" at validation run {_e(best.best_step)}.</p>")
+    parts.append(f"<table class='best'>{rows}</table>")
+    if best.checkpoint:
+        parts.append(f"<p>Checkpoint: <code>{_e(best.checkpoint)}</code></p>")
+    return "\n".join(parts)
+
+
+def _trials_table(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
+    if not trials:
+        return "<p class='note'>No trials yet.</p>"
+    names: list[str] = []
+    for t in trials:
+        names.extend(n for n in t.params if n not in names)
+    labels = param_labels(names)
+    head = "".join(f"<th title='{_e(n)}'>{_e(labels[n])}</th>" for n in names)
+    out = [(f"<table class='trials'><thead><tr><th>#</th><th>state</th><th>{_e(info.monitor)}</th>{head}"
+            "<th>epochs</th><th>duration</th><th>error</th></tr></thead><tbody>")]
+    for t in rank_trials(trials, info.direction):
+        cells = "".join(f"<td>{_e(format_value(t.params.get(n)))}</td>" for n in names)
+        error = (t.error or "")[:300]
+        out.append(f"<tr><td class='num'>{t.number}</td><td class='state-{t.state.value}'>{t.state.value}</td>"
+                   f"<td class='num'>{_e(format_value(t.value))}</td>{cells}<td class='num'>{len(t.intermediate)}</td>"
+                   f"<td class='num'>{_e(format_duration(t.duration))}</td><td class='error'>{_e(error)}</td></tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _plots(info: StudyInfo, trials: Sequence[TrialRecord]) -> list[tuple[str, str, Callable[[], Any]]]:
+    """``(title, caption, make figure)`` for every plot of the report."""
+    from lightning_hpt.report import plots
+    from lightning_hpt.report.importance import IMPORTANCE_METHOD, param_importance
+
+    d, m, space = info.direction, info.monitor, info.space
+    return [
+        ("Optimization history", ("Each trial's value and the best so far; pruned trials are triangles, failed ones"
+                                  " crosses on the bottom edge."), lambda: plots.plot_history(trials, d, monitor=m)),
+        ("Learning curves", "The monitored value per validation run; pruned trials are dashed and end with a cross.",
+         lambda: plots.plot_learning_curves(trials, d, monitor=m)),
+        ("Parallel coordinates", "One line per completed trial across every parameter and the value.",
+         lambda: plots.plot_parallel_coordinates(trials, d, space=space, monitor=m)),
+        ("Slices", "The value of every completed trial against each parameter.",
+         lambda: plots.plot_slices(trials, d, space=space, monitor=m)),
+        ("Parameter importance", f"Method: {IMPORTANCE_METHOD}.",
+         lambda: plots.plot_importance(param_importance(trials, space), method=None)),
+    ]
+
+
+def _figures(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "<p class='note'>Plots need matplotlib: <code>pip install 'lightning-hpt[plot]'</code>.</p>"
+    from lightning_hpt.report.plots import figure_png
+
+    out = []
+    for title, caption, make in _plots(info, trials):
+        try:
+            png = figure_png(make())
+        except HPTError as e:  # not enough data for this plot yet: say so instead of failing the report
+            out.append(f"<h3>{_e(title)}</h3><p class='note'>{_e(e)}</p>")
+            continue
+        except Exception as e:  # one plot must not cost the whole report; the log keeps the traceback
+            log.warning("the %s plot of study %r failed", title, info.name, exc_info=True)
+            out.append(f"<h3>{_e(title)}</h3><p class='note'>This plot failed: {_e(type(e).__name__)}: {_e(e)}</p>")
+            continue
+        data = base64.b64encode(png).decode("ascii")
+        out.append(f"<figure><h3>{_e(title)}</h3><img alt='{_e(title)}' src='data:image/png;base64,{data}'>"
+                   f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return "\n".join(out)
+
+
+def render_report(info: StudyInfo, trials: Sequence[TrialRecord], *, storage_url: str = "") -> str:
+    """The report of a study as one HTML document (see :func:`write_report`).
+
+    Args:
+        info: the study's definition (``storage.load_study(name)``).
+        trials: its trials (``storage.trials(name)``).
+        storage_url: where the study lives, shown in the header (give a masked URL).
+    """
+    direction = "lower is better" if info.direction is Direction.MINIMIZE else "higher is better"
+    running = sum(t.state is TrialState.RUNNING for t in trials)
+    status = f"running ({running} trial{'s' if running != 1 else ''} in progress)" if running else "no trial running"
+    now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    seed = "" if info.seed is None else f" &middot; seed {_e(info.seed)}"
+    where = f" &middot; storage <code>{_e(storage_url)}</code>" if storage_url else ""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Study {_e(info.name)} &ndash; lightning-hpt report</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>Study <code>{_e(info.name)}</code></h1>
+<p class="meta">monitor <b>{_e(info.monitor)}</b> ({direction}) &middot; strategy {_e(info.strategy)}{seed}
+&middot; {len(info.space)} parameters{where}<br>{_e(status)} &middot; report written {_e(now)}</p>
+<section id="summary">
+<h2>Summary</h2>
+{_summary(info, trials)}
+</section>
+<section id="plots">
+<h2>Plots</h2>
+{_figures(info, trials)}
+</section>
+<section id="trials">
+<h2>All trials (best first)</h2>
+{_trials_table(info, trials)}
+</section>
+</body>
+</html>
+"""
+
+
+def write_report(storage: Storage, study: str, path: str | os.PathLike[str]) -> Path:
+    """Write the HTML report of ``study`` to ``path``: summary, every trial, and every plot.
+
+    The file is self-contained (plots embedded as base64 PNG, no network access needed to view
+    it) and written atomically, so it can be refreshed while a browser shows it. The study may
+    be running: the report shows it as stored at that moment. Plots need the ``plot`` extra
+    (matplotlib); without it the report says so and keeps the summary and the table.
+
+    Args:
+        storage: where the study lives (``open_storage(url)``).
+        study: the study's name.
+        path: the HTML file to write.
+
+    Returns:
+        The path written.
+
+    Raises:
+        StorageError: the study does not exist (the message lists those that do) or cannot be read.
+    """
+    info = storage.load_study(study)
+    trials = storage.trials(study)
+    target = Path(path)
+    write_text_atomic(target, render_report(info, trials, storage_url=getattr(storage, "url", "")))
+    return target

@@ -1,0 +1,143 @@
+"""Plain-text tables of trials: the summary at the end of a search and ``lightning-hpt show``.
+
+Example:
+    >>> print(trials_table(storage.trials("mnist"), "val_acc", Direction.MAXIMIZE, top=5))  # doctest: +SKIP
+      #  state     val_acc  lr        hidden  epochs  duration
+      7  COMPLETE  0.9812   0.003162  128     20      41.2s
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.trial import Direction, TrialRecord, TrialState
+
+__all__ = ["format_duration", "format_value", "param_labels", "rank_trials", "trials_table"]
+
+# Ranking when best first: finished trials with a value before those without one.
+_STATE_RANK = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2, TrialState.QUEUED: 3,
+               TrialState.FAILED: 4}
+_MAX_CELL = 24
+
+
+def format_value(value: Any) -> str:
+    """A compact text form of a parameter or metric value (4 significant digits for floats)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``"41.2s"``, ``"3m05s"`` or ``"2h03m"``; ``"-"`` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def param_labels(names: Sequence[str]) -> dict[str, str]:
+    """Short column labels: ``model.lr`` becomes ``lr`` unless another parameter would get the same label."""
+    short = {n: n.split(".", 1)[-1] for n in names}
+    counts: dict[str, int] = {}
+    for label in short.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {n: (label if counts[label] == 1 else n) for n, label in short.items()}
+
+
+def _sort_value(t: TrialRecord, direction: Direction) -> float:
+    if t.value is None or not math.isfinite(t.value):
+        return math.inf
+    return t.value if direction is Direction.MINIMIZE else -t.value
+
+
+def rank_trials(trials: Sequence[TrialRecord], direction: Direction) -> list[TrialRecord]:
+    """Trials best first: COMPLETE by value, then PRUNED by value, then RUNNING, QUEUED and FAILED ones.
+
+    Ties (and trials without a value) keep the order of their numbers.
+    """
+    direction = Direction.parse(direction)
+    return sorted(trials, key=lambda t: (_STATE_RANK.get(t.state, 5), _sort_value(t, direction), t.number))
+
+
+def _param_names(trials: Sequence[TrialRecord]) -> list[str]:
+    names: list[str] = []
+    for t in trials:
+        names.extend(n for n in t.params if n not in names)
+    return names
+
+
+def _cell(text: str) -> str:
+    text = " ".join(text.split())  # one line per row, whatever the value holds
+    return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
+
+
+def _render(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def trials_table(
+    trials: Sequence[TrialRecord],
+    monitor: str,
+    direction: Direction | str,
+    top: int | None = None,
+) -> str:
+    """A plain-text table of trials, one row each.
+
+    Columns: trial number, state, the monitored value (the trial's best epoch), one column per
+    parameter, epochs (validation runs reported, ``len(intermediate)``) and duration.
+
+    Args:
+        trials: the trials to show, for example ``storage.trials(study)``.
+        monitor: the metric's name, used as the value column's header.
+        direction: ``Direction`` or ``"min"``/``"max"``; decides what "best" means.
+        top: show only the ``top`` best trials, best first; ``None`` shows every trial by number.
+
+    Returns:
+        The table as lines of text (no trailing newline); ``"(no trials)"`` when there are none.
+
+    Raises:
+        ConfigurationError: ``top`` is not a positive integer.
+    """
+    direction = Direction.parse(direction)
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        raise ConfigurationError(f"top must be a positive integer or None (every trial), got top={top!r}")
+    if not trials:
+        return "(no trials)"
+    if top is None:
+        chosen = sorted(trials, key=lambda t: t.number)
+    else:
+        chosen = rank_trials(trials, direction)[:top]
+    names = _param_names(chosen)
+    labels = param_labels(names)
+    header = ["#", "state", monitor, *(labels[n] for n in names), "epochs", "duration"]
+    rows = []
+    for t in chosen:
+        params: Mapping[str, Any] = t.params
+        rows.append([
+            str(t.number),
+            t.state.value,
+            format_value(t.value),
+            *(_cell(format_value(params.get(n))) for n in names),
+            str(len(t.intermediate)),
+            format_duration(t.duration),
+        ])
+    right = {0, 2, len(header) - 2, len(header) - 1}
+    return _render(header, rows, right)
