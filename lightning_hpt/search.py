@@ -21,7 +21,7 @@ from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, Se
 from lightning_hpt.executors import Executor, LocalExecutor
 from lightning_hpt.lightning.config import check_keys, is_lightning_class, namespace_of
 from lightning_hpt.lightning.folds import CrossValidation
-from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
+from lightning_hpt.lightning.runner import TrialBuild, TrialBuilder, TrialJob, TrialOutcome
 from lightning_hpt.pruners import Pruner, make_pruner
 from lightning_hpt.report.board import StudyBoard
 from lightning_hpt.report.live import make_progress
@@ -169,7 +169,9 @@ class HyperparameterSearch:
         if space is None:
             raise ConfigurationError("space is required: a dict such as {'model.lr': Float(1e-4, 1e-1, log=True)}")
         self.space = SearchSpace(space)
-        check_keys(self.space)
+        builds_trials = isinstance(model, TrialBuilder)  # a whole-trial builder checks its own keys
+        if not builds_trials:
+            check_keys(self.space)
         self.study_name = validate_name(study_name, "study_name")
         self.direction = Direction.parse(mode)
         if not isinstance(monitor, str) or not monitor:
@@ -178,7 +180,8 @@ class HyperparameterSearch:
         self._check_model(model, datamodule)
         self.model, self.datamodule = model, datamodule
         self.trainer_kwargs = dict(trainer_kwargs or {})
-        self._check_trainer_keys(model)
+        if not builds_trials:
+            self._check_trainer_keys(model)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ConfigurationError(f"seed must be an integer or None, got seed={seed!r}")
         self.seed = seed
@@ -364,7 +367,7 @@ class HyperparameterSearch:
             self.enqueue(params)
         progress = make_progress(self.verbose)
         board = StudyBoard(self.root / self.study_name / "tensorboard", self.monitor)
-        finished = lambda: sum(t.state.is_finished for t in storage.trials(self.study_name))  # noqa: E731
+        finished = lambda: sum(t.state.is_finished for t in storage.trials(self.study_name))
         progress.start(self.study_name, self.n_trials, finished(), storage.url, monitor=self.monitor,
                        trials=storage.trials(self.study_name))
         t0 = time.monotonic()

@@ -14,10 +14,10 @@ import signal
 import threading
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -27,7 +27,7 @@ from lightning_hpt.lightning.folds import CrossValidation, MeanReporter, fold_vi
 from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
 
-__all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "run_trial", "build_parts", "trial_seed"]
+__all__ = ["TrialBuild", "TrialBuilder", "TrialJob", "TrialOutcome", "build_parts", "run_trial", "trial_seed"]
 
 log = logging.getLogger(__name__)
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
@@ -40,6 +40,22 @@ def trial_seed(seed: int | None, number: int, repeat: int = 0) -> int:
     base = 0 if seed is None else int(seed) & 0xFFFFFFFF
     key = [base, number] if repeat == 0 else [base, number, repeat]
     return int(np.random.SeedSequence(key).generate_state(1)[0] % (2**31 - 1))
+
+
+@runtime_checkable
+class TrialBuilder(Protocol):
+    """Builds a whole trial itself (model, datamodule and Trainer), e.g. through a project's LightningCLI.
+
+    Passed as ``HyperparameterSearch(model=builder)``; parameter names are then the builder's own
+    (config paths), and it must add ``callbacks`` (the search's monitor, EarlyStopping, checkpoint)
+    to the Trainer it makes.
+    """
+
+    namespace: Any  # lightning.pytorch or pytorch_lightning
+
+    def build_trial(self, job: TrialJob, callbacks: list[Any]) -> tuple[Any, Any, Any]:
+        """``(model, datamodule, trainer)`` for ``job``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -222,18 +238,22 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     interrupted: str | None = None
     try:
         with quiet_lightning(b.quiet):
-            sections = split_params(job.params)
             pl = namespace_of(b.model) if inspect.isclass(b.model) else None
             from lightning.fabric.utilities.seed import seed_everything
 
             fold, repeat = job.part or (0, 0)
             seed_everything(trial_seed(job.seed, job.number, repeat), workers=True, verbose=False)
-            model, dm = build_parts(b, job.params)
-            pl = pl or namespace_of(model)
-            if b.cv is not None:
-                dm = fold_view(dm, fold, b.cv)
-            monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
-            trainer = _make_trainer(pl, b, job, sections["trainer"], monitor)
+            if isinstance(b.model, TrialBuilder):  # the builder makes the whole trial (LightningCLI projects)
+                pl = b.model.namespace
+                monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
+                model, dm, trainer = b.model.build_trial(job, search_callbacks(pl, b, job, monitor))
+            else:
+                model, dm = build_parts(b, job.params)
+                pl = pl or namespace_of(model)
+                if b.cv is not None:
+                    dm = fold_view(dm, fold, b.cv)
+                monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
+                trainer = _make_trainer(pl, b, job, split_params(job.params)["trainer"], monitor)
             trainer.fit(model, datamodule=dm)
             _log_hparams(trainer, job.params, b.monitor, monitor.best_value)
     except SearchPreempted as e:
@@ -257,15 +277,9 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     return outcome
 
 
-def _make_trainer(pl: Any, b: TrialBuild, job: TrialJob, overrides: dict[str, Any], monitor: Any) -> Any:
-    kwargs: dict[str, Any] = {"enable_progress_bar": not b.quiet, "enable_model_summary": not b.quiet}
-    kwargs.update(b.trainer_kwargs)
-    kwargs.update(overrides)
-    user_callbacks = kwargs.pop("callbacks", None) or []
-    if not isinstance(user_callbacks, (list, tuple)):
-        user_callbacks = [user_callbacks]
-    # each trial gets its own copies: callbacks keep state (EarlyStopping's wait count, ...)
-    callbacks = [monitor, *copy.deepcopy(list(user_callbacks))]
+def search_callbacks(pl: Any, b: TrialBuild, job: TrialJob, monitor: Any) -> list[Any]:
+    """The callbacks every trial gets from the search: its monitor, EarlyStopping and the best-step checkpoint."""
+    callbacks = [monitor]
     mode = "min" if b.direction is Direction.MINIMIZE else "max"
     if b.patience is not None:
         callbacks.append(pl.callbacks.EarlyStopping(b.monitor, patience=b.patience, mode=mode, strict=False, check_finite=True))
@@ -274,6 +288,19 @@ def _make_trainer(pl: Any, b: TrialBuild, job: TrialJob, overrides: dict[str, An
             dirpath=os.path.join(job.trial_dir, "checkpoints"), filename="best", monitor=b.monitor, mode=mode,
             save_top_k=1, save_last=False, enable_version_counter=False,
         ))
+    return callbacks
+
+
+def _make_trainer(pl: Any, b: TrialBuild, job: TrialJob, overrides: dict[str, Any], monitor: Any) -> Any:
+    kwargs: dict[str, Any] = {"enable_progress_bar": not b.quiet, "enable_model_summary": not b.quiet}
+    kwargs.update(b.trainer_kwargs)
+    kwargs.update(overrides)
+    user_callbacks = kwargs.pop("callbacks", None) or []
+    if not isinstance(user_callbacks, (list, tuple)):
+        user_callbacks = [user_callbacks]
+    # each trial gets its own copies: callbacks keep state (EarlyStopping's wait count, ...)
+    monitor, *ours = search_callbacks(pl, b, job, monitor)
+    callbacks = [monitor, *copy.deepcopy(list(user_callbacks)), *ours]
     kwargs.setdefault("enable_checkpointing", b.checkpoint)
     if "logger" not in kwargs:
         kwargs["logger"] = _loggers(pl, job.trial_dir, job.params)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
+from lightning_hpt.report.table import param_labels
 from lightning_hpt.trial import TrialRecord
 
 __all__ = ["LineProgress"]
@@ -54,7 +55,8 @@ class LineProgress:
     def trial_finished(self, t: TrialRecord, best: TrialRecord | None, monitor: str, done: int, total: int | None) -> None:
         value = f"{monitor}={t.value:.4g}" if t.value is not None else (t.error or "")[:160]
         best_txt = f" | best {best.value:.4g} (#{best.number})" if best is not None else ""
-        params = ", ".join(f"{k.split('.', 1)[-1]}={_fmt(v)}" for k, v in t.params.items())
+        labels = param_labels(list(t.params))
+        params = ", ".join(f"{labels[k]}={_fmt(v)}" for k, v in t.params.items())
         dur = f"{t.duration:.1f}s" if t.duration is not None else "?"
         total_txt = "?" if total is None else total
         self._write(f"[{done}/{total_txt}] trial {t.number} {t.state.value:<8} {value} steps={len(t.intermediate)} {dur}"

@@ -48,8 +48,8 @@ def format_duration(seconds: float | None) -> str:
 
 
 def param_labels(names: Sequence[str]) -> dict[str, str]:
-    """Short column labels: ``model.lr`` becomes ``lr`` unless another parameter would get the same label."""
-    short = {n: n.split(".", 1)[-1] for n in names}
+    """Short labels: ``model.lr`` (or ``model.init_args.lr``) becomes ``lr`` unless another parameter would get the same label."""
+    short = {n: ".".join(p for p in n.split(".") if p != "init_args").split(".", 1)[-1] for n in names}
     counts: dict[str, int] = {}
     for label in short.values():
         counts[label] = counts.get(label, 0) + 1

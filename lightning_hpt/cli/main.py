@@ -1,0 +1,135 @@
+"""The ``lightning-hpt`` command (also ``python -m lightning_hpt``): search, show, best, report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+from lightning_hpt.exceptions import ConfigurationError, HPTError, SearchPreempted, SearchSpaceError, StudyMismatchError
+
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS = {
+    "search": "run or resume a study: lightning-hpt search --config fit.yaml --config search.yaml",
+    "show": "a table of a study's trials: lightning-hpt show STUDY [--top N]",
+    "best": "the best trial's full config, ready for fit: lightning-hpt best STUDY [-o best.yaml]",
+    "report": "an HTML report of a study: lightning-hpt report STUDY [-o report.html]",
+}
+
+USAGE = "usage: lightning-hpt {search,show,best,report} ...\n\n" + "\n".join(
+    f"  {name:<7} {text}" for name, text in COMMANDS.items()
+) + (
+    "\n\nsearch takes the configs LightningCLI's fit takes plus a search: section, and --cli, --model_class,"
+    "\n--datamodule_class for projects with their own LightningCLI subclass or fixed classes;"
+    "\nlightning-hpt search --help lists every option. The other commands find the study with --storage,"
+    "\n--root, or --config with the search section the search ran with.\n"
+)
+
+
+def _study_parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"lightning-hpt {command}", description=COMMANDS[command])
+    p.add_argument("study", nargs="?", help="the study's name (default: search.study_name of --config, or the only study)")
+    p.add_argument("--storage", help="the study database: a SQLAlchemy URL or a .db path (default: ROOT/studies.db)")
+    p.add_argument("--root", help="the search's root directory (default: hpt_runs)")
+    p.add_argument("-c", "--config", action="append", default=[], help="a YAML file with the search: section (repeatable)")
+    if command == "show":
+        p.add_argument("--top", type=int, default=None, help="only the N best trials, best first")
+    if command in ("best", "report"):
+        p.add_argument("-o", "--output", help="the file to write (best: standard output by default;"
+                                              " report: ROOT/STUDY/report.html)")
+    return p
+
+
+def _study_command(command: str, argv: Sequence[str], out: IO[str]) -> int:
+    from lightning_hpt.cli.study import best_config, locate, open_study, short_params, write_text
+    from lightning_hpt.report.table import trials_table
+    from lightning_hpt.result import SearchResult
+
+    args = _study_parser(command).parse_args(list(argv))
+    loc = locate(args.study, args.storage, args.root, args.config)
+    storage, study = open_study(loc)
+    info = storage.load_study(study)
+    result = SearchResult(study, info.monitor, info.direction, tuple(storage.trials(study)))
+    if command == "show":
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in result.counts().items()) or "no trials"
+        out.write(f"study {study!r}: {len(result.trials)} trials ({counts}); {info.monitor} ({info.direction.value});"
+                  f" storage {storage.url}\n")
+        out.write(trials_table(short_params(result.trials), info.monitor, info.direction, top=args.top) + "\n")
+        best = result.best_trial
+        if best is not None:
+            out.write(f"best: trial {best.number}, {info.monitor}={best.value:.6g}\n")
+        return 0
+    if command == "best":
+        best = result.best_trial
+        if best is None:
+            raise HPTError(f"study {study!r} has no COMPLETE trial yet; states: {result.counts()}")
+        text = best_config(loc.root, study, best)
+        if args.output:
+            out.write(f"best config (trial {best.number}): {write_text(args.output, text)}\n")
+        else:
+            out.write(text)
+        return 0
+    try:
+        from lightning_hpt.report.html import write_report
+    except ImportError as e:
+        raise HPTError(f"report needs lightning_hpt.report.html, which this installation lacks ({e})") from None
+    path = write_report(storage, study, args.output or loc.root / study / "report.html")
+    out.write(f"report: {path}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, *, cli_class: type | None = None, cli_args: Sequence[Any] = (),
+         cli_kwargs: Mapping[str, Any] | None = None, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+    """Run one ``lightning-hpt`` command; returns the exit status.
+
+    Args:
+        argv: the command and its arguments; ``None`` (the command itself): ``sys.argv[1:]``, with the
+            working directory put on the Python path and warnings logged to standard error.
+        cli_class, cli_args, cli_kwargs: the LightningCLI to build trials with, as
+            :class:`~lightning_hpt.cli.SearchCLI` passes them; otherwise ``search`` reads ``--cli``,
+            ``--model_class`` and ``--datamodule_class``.
+        stdout, stderr: where output and errors go.
+
+    Returns:
+        0 on success; 2 for an invalid configuration (nothing ran); 1 when the search or a command
+        failed; 130 after Ctrl+C; 143 after SIGTERM.
+    """
+    if argv is None:  # run as the command: class_path entries name the project's modules, as under python -m
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    if not argv or argv[0] in ("-h", "--help"):
+        out.write(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        err.write(f"lightning-hpt: error: unknown command {command!r}; the commands are {list(COMMANDS)}\n\n{USAGE}")
+        return 2
+    try:
+        if command == "search":
+            from lightning_hpt.cli.run import run_search
+
+            run_search(rest, cli_class=cli_class, cli_args=cli_args, cli_kwargs=cli_kwargs, stream=out)
+            return 0
+        return _study_command(command, rest, out)
+    except KeyboardInterrupt:
+        err.write("lightning-hpt: interrupted; the running trial is recorded: run the same command to resume\n")
+        return 130
+    except SearchPreempted as e:
+        err.write(f"lightning-hpt: {e}; the running trial is recorded: run the same command to resume\n")
+        return 143
+    except SystemExit as e:  # argument parsers exit after --help, --print_config and usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except (ConfigurationError, SearchSpaceError, StudyMismatchError) as e:
+        err.write(f"lightning-hpt {command}: error: {e}\n")
+        return 2
+    except (HPTError, ImportError) as e:
+        err.write(f"lightning-hpt {command}: error: {e}\n")
+        return 1

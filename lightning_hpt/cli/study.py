@@ -1,0 +1,120 @@
+"""Reading a finished or running study: where it is stored, its trials table, its best config."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from lightning_hpt.cli.builder import TRIAL_CONFIG
+from lightning_hpt.cli.parsing import load_yaml, short_key
+from lightning_hpt.exceptions import ConfigurationError, HPTError
+from lightning_hpt.storage import Storage, open_storage
+from lightning_hpt.trial import TrialRecord
+
+__all__ = ["StudyLocation", "best_config", "locate", "short_params", "trial_dir", "write_text"]
+
+
+@dataclass(frozen=True)
+class StudyLocation:
+    """Where a study is: its storage (URL or path), the trials' root directory and its name."""
+
+    storage: str
+    root: Path
+    study: str | None
+
+
+def locate(study: str | None, storage: str | None, root: str | None, configs: Sequence[str]) -> StudyLocation:
+    """Find a study from flags, falling back on the ``search:`` section of config files, then on defaults.
+
+    Args:
+        study, storage, root: given on the command line (``None``: not given).
+        configs: YAML files whose ``search:`` section names ``study_name``, ``storage`` and ``root``.
+    """
+    from_files: dict[str, str] = {}
+    for path in configs:
+        try:
+            data = load_yaml(Path(path).read_text())
+        except OSError as e:
+            raise ConfigurationError(f"--config {path!r} cannot be read: {e}") from None
+        section = data.get("search") if isinstance(data, dict) else None
+        if isinstance(section, dict):
+            from_files.update({k: section[k] for k in ("study_name", "storage", "root") if section.get(k) is not None})
+    root_dir = Path(root or from_files.get("root") or "hpt_runs").resolve()
+    spec = storage or from_files.get("storage")
+    if spec is None:
+        db = root_dir / "studies.db"
+        if not db.exists():
+            raise ConfigurationError(
+                f"no study database at {db}: give --storage URL, --root DIR (the search's root), or --config with the"
+                " search section the search ran with"
+            )
+        spec = f"sqlite:///{db}"
+    return StudyLocation(str(spec), root_dir, study or from_files.get("study_name"))
+
+
+def open_study(loc: StudyLocation) -> tuple[Storage, str]:
+    """The storage and the study's name; with no name given, the storage's only study.
+
+    Raises:
+        StorageError: the study does not exist (the message lists those that do).
+        ConfigurationError: no name given and the storage has several studies.
+    """
+    storage = open_storage(loc.storage)
+    if loc.study is not None:
+        storage.load_study(loc.study)  # a missing study is refused with the list of known ones
+        return storage, loc.study
+    names = storage.study_names()
+    if len(names) != 1:
+        raise ConfigurationError(f"give the study's name: the storage {storage.url} holds the studies {names}")
+    return storage, names[0]
+
+
+def short_params(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The trials with display names: ``model.init_args.lr`` shown as ``model.lr`` where that is unambiguous."""
+    names = {k for t in trials for k in t.params}
+    shorts = [short_key(k) for k in names]
+    label = {k: short_key(k) if shorts.count(short_key(k)) == 1 else k for k in names}
+    return [replace(t, params={label[k]: v for k, v in t.params.items()}) for t in trials]
+
+
+def trial_dir(root: Path, study: str, trial: TrialRecord) -> Path:
+    """The trial's directory: where its checkpoint is, else ``<root>/<study>/trial_<number>``."""
+    if trial.checkpoint:
+        return Path(trial.checkpoint).parent.parent
+    return root / study / f"trial_{trial.number}"
+
+
+def best_config(root: Path, study: str, trial: TrialRecord) -> str:
+    """The config ``trial`` ran with (``<trial dir>/config.yaml``), ready for ``fit --config``.
+
+    It is the user's config with the trial's parameters and its ``seed_everything``; ``fit``
+    with it trains the trial's model again.
+    """
+    path = trial_dir(root, study, trial) / TRIAL_CONFIG
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise HPTError(
+            f"trial {trial.number}'s config is not readable at {path} ({e.strerror}): its directory is on the machine"
+            " that ran it, or was removed; give --root with the directory the search ran in"
+        ) from None
+    value = f"{trial.value:.6g}" if trial.value is not None else "-"
+    return f"# study {study!r}, trial {trial.number}: value {value}\n{text}"
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary file renamed), creating the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
