@@ -12,7 +12,7 @@ import torch
 
 from lightning_hpt.exceptions import ConfigurationError
 
-__all__ = ["SECTIONS", "split_params", "check_keys", "is_lightning_class", "patch_optimizer"]
+__all__ = ["SECTIONS", "check_keys", "is_lightning_class", "patch_optimizer", "split_params"]
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.trial import Direction
 
-__all__ = ["CrossValidation", "KFoldDataModule", "fold_view", "full_view", "MeanReporter"]
+__all__ = ["CrossValidation", "KFoldDataModule", "MeanReporter", "fold_view", "full_view"]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 
 from lightning_hpt.trial import Direction
 
-__all__ = ["TrialReporter", "TrialMonitor", "metric_value"]
+__all__ = ["TrialMonitor", "TrialReporter", "metric_value"]
 
 log = logging.getLogger(__name__)
 
