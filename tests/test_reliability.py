@@ -135,3 +135,43 @@ def test_truncated_checkpoint_never_aborts_the_study(tmp_path, caplog):
     assert "falling back to the next best trial" in caplog.text
     valid = sorted((t for t in result.trials if t.number not in truncated), key=lambda t: t.value)[0]
     assert model.hparams.hidden == valid.params["model.hidden"] and model.hparams.lr == valid.params["model.lr"]
+
+
+class _Evil:
+    """Unpickling this would run code: a checkpoint holding it must never be loaded."""
+
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/hpt_evil_marker",))
+
+
+def test_checkpoints_are_loaded_weights_only(tmp_path, caplog):
+    """Security: a checkpoint carrying a pickled object is refused, never executed, and never re-read unsafely."""
+    import torch
+
+    marker = Path("/tmp/hpt_evil_marker")
+    marker.unlink(missing_ok=True)
+    search = HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=1, trainer_kwargs=FAST, verbose=False)
+    result = search.run()
+    ckpt = torch.load(result.best_checkpoint, weights_only=True)
+    ckpt["payload"] = _Evil()
+    torch.save(ckpt, result.best_checkpoint)
+    with caplog.at_level(logging.WARNING), pytest.raises(Exception, match="no COMPLETE trial has a readable checkpoint"):
+        result.load_best_model()
+    assert not marker.exists() and "weights_only" in caplog.text.replace("Weights only", "weights_only")
+
+
+def test_hostile_values_are_stored_as_data(tmp_path):
+    """Security: parameter values that look like SQL are stored and read back as plain data."""
+    from lightning_hpt import Categorical
+
+    hostile = "x'); DROP TABLE hpt_trials; --"
+
+    def factory(cfg):
+        cfg["model"].pop("tag")
+        return TinyModel(**cfg["model"])
+
+    search = HyperparameterSearch(factory, TinyData, {"model.tag": Categorical([hostile]), "model.hidden": Int(4, 5)},
+                                  root=tmp_path, n_trials=2, trainer_kwargs=FAST, verbose=False)
+    result = search.run()
+    assert [t.params["model.tag"] for t in result.trials] == [hostile, hostile]
+    assert len(_trials(tmp_path)) == 2

@@ -81,3 +81,20 @@ def test_signal_records_the_running_trial(tmp_path, sig, code, reason):
     assert not [t for t in trials if t.state is TrialState.RUNNING]
     failed = [t for t in trials if t.state is TrialState.FAILED]
     assert len(failed) == 1 and failed[0].error.startswith(reason), failed
+
+
+def test_second_ctrl_c_exits_at_once(tmp_path):
+    """Row 2: a second Ctrl+C while the first is being handled ends the driver without waiting; nothing stays RUNNING."""
+    proc = _start(tmp_path, 3, sleep=0.2)
+    _wait_running(tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0 and time.monotonic() - t0 < 30
+    # whatever the second signal cut short, the next start recovers the study and finishes it
+    proc = _start(tmp_path, 3, sleep=0.0)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert [t.state for t in _trials(tmp_path)] == [TrialState.COMPLETE] * 3
