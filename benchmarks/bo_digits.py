@@ -1,0 +1,114 @@
+"""Bayesian optimization on real Lightning trials: best validation accuracy on digits after N trials.
+
+    python benchmarks/bo_digits.py [--seeds 5] [--trials 20] [--epochs 10]
+
+BayesianStrategy and RandomStrategy through HyperparameterSearch, and Optuna's
+TPESampler(multivariate=True) driving the same Lightning model (when optuna is installed), on the
+same space, budget and seeds. Every trial trains at most ``--epochs`` epochs with EarlyStopping
+(patience 3) and is scored by its best epoch. Prints the table and writes results/bo_digits.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import lightning.pytorch as L
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _env import describe  # noqa: E402
+from tasks import factories, space  # noqa: E402
+
+from lightning_hpt import HyperparameterSearch  # noqa: E402
+from lightning_hpt.lightning.runner import trial_seed  # noqa: E402
+
+
+def ours(strategy: str, seed: int, trials: int, epochs: int, root: str) -> float:
+    model, data = factories("digits")
+    result = HyperparameterSearch(model, data, space(), monitor="val_acc", mode="max", strategy=strategy, n_trials=trials,
+                                  seed=seed, root=root, study_name=f"{strategy}_{seed}", patience=3, checkpoint=False,
+                                  trainer_kwargs={"accelerator": "cpu", "devices": 1, "max_epochs": epochs, "logger": False},
+                                  verbose=False).run()
+    return result.best_value
+
+
+class Best(L.Callback):
+    """The best val_acc over the validation runs of one fit."""
+
+    value = 0.0
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.value = max(self.value, float(trainer.callback_metrics["val_acc"]))
+
+
+def tpe(seed: int, trials: int, epochs: int) -> float | None:
+    try:
+        import optuna
+    except ImportError:
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    model_f, data_f = factories("digits")
+
+    def objective(trial):
+        p = {"lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True), "num_layers": trial.suggest_int("num_layers", 1, 3),
+             "hidden_dim": trial.suggest_int("hidden_dim", 16, 256, log=True), "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+             "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)}
+        bs = trial.suggest_categorical("batch_size", [32, 64, 128])
+        L.seed_everything(trial_seed(seed, trial.number), verbose=False)
+        best = Best()
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False,
+                            callbacks=[L.callbacks.EarlyStopping("val_acc", mode="max", patience=3), best])
+        trainer.fit(model_f({"model": p}), datamodule=data_f({"data": {"batch_size": bs}}))
+        return best.value  # the best epoch, as our trials are scored
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(multivariate=True, seed=seed))
+    study.optimize(objective, n_trials=trials)
+    return study.best_value
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=10)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    root = tempfile.mkdtemp(prefix="hpt_bo_digits_")
+    rows: dict[str, list[float]] = {"bayes": [], "random": [], "optuna TPE (multivariate)": []}
+    seconds: dict[str, float] = dict.fromkeys(rows, 0.0)
+    for seed in range(args.seeds):
+        for name in rows:
+            t0 = time.perf_counter()
+            v = tpe(seed, args.trials, args.epochs) if name.startswith("optuna") else ours(name, seed, args.trials, args.epochs, root)
+            if v is not None:
+                rows[name].append(v)
+                seconds[name] += time.perf_counter() - t0
+            print(f"seed {seed} {name:28s} best val_acc {v}", flush=True)
+    print(f"\nmachine: {describe()}")
+    print(f"digits MLP, {args.trials} trials x <= {args.epochs} epochs, {args.seeds} seeds\n")
+    print("| method | median best val_acc | mean | min | max | s per search |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, vs in rows.items():
+        if vs:
+            print(f"| {name} | {statistics.median(vs):.4f} | {statistics.fmean(vs):.4f} | {min(vs):.4f} | {max(vs):.4f} |"
+                  f" {seconds[name] / len(vs):.0f} |")
+    os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), exist_ok=True)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bo_digits.json"), "w") as f:
+        json.dump({"machine": describe(), "args": vars(args), "best": rows, "seconds": seconds}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
