@@ -10,6 +10,7 @@ from lightning_hpt.exceptions import (
     StorageError,
     StudyMismatchError,
 )
+from lightning_hpt.executors import Executor, LocalExecutor, ProcessExecutor
 from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
 from lightning_hpt.pruners import HyperbandPruner, MedianPruner, NopPruner, Pruner, SuccessiveHalvingPruner
 from lightning_hpt.search import HyperparameterSearch
@@ -26,15 +27,20 @@ __all__ = [
     "Strategy", "GridStrategy", "RandomStrategy", "SobolStrategy", "BayesianStrategy",
     "Pruner", "NopPruner", "MedianPruner", "SuccessiveHalvingPruner", "HyperbandPruner",
     "CrossValidation", "KFoldDataModule",
+    "Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor",
     "TrialState", "TrialRecord", "History", "Direction",
     "HPTError", "SearchSpaceError", "ConfigurationError", "StorageError", "StudyMismatchError",
     "DatabaseLockedError", "MetricNotFoundError", "SearchPreempted",
 ]
 
 
-def __getattr__(name: str):  # BoTorch is imported only when the Bayesian strategy is used
+def __getattr__(name: str):  # BoTorch and Ray are imported only when used
     if name == "BayesianStrategy":
         from lightning_hpt.strategies.bayesian import BayesianStrategy
 
         return BayesianStrategy
+    if name == "RayExecutor":
+        from lightning_hpt.executors.ray import RayExecutor
+
+        return RayExecutor
     raise AttributeError(f"module 'lightning_hpt' has no attribute {name!r}")

@@ -28,6 +28,10 @@ class StudyMismatchError(StorageError):
     """An existing study was opened with a different space, monitor or direction."""
 
 
+class DuplicateTrialError(StorageError):
+    """The study already has a trial with this configuration (another driver created it first)."""
+
+
 class DatabaseLockedError(StorageError):
     """The database stayed locked by another process past the retry limit."""
 

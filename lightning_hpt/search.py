@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
-from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, SearchPreempted
+from lightning_hpt.exceptions import ConfigurationError, DuplicateTrialError, MetricNotFoundError, SearchPreempted
 from lightning_hpt.executors import Executor, LocalExecutor
 from lightning_hpt.lightning.config import check_keys, is_lightning_class, namespace_of
 from lightning_hpt.lightning.folds import CrossValidation
@@ -306,7 +306,10 @@ class HyperparameterSearch:
         storage = self._open()
         if any(params_key(dict(t.params)) == params_key(dict(params)) for t in storage.trials(self.study_name)):
             return None
-        return storage.create_trial(self.study_name, params, state=TrialState.QUEUED)
+        try:  # another driver may enqueue the same configuration at the same moment
+            return storage.create_trial(self.study_name, params, state=TrialState.QUEUED, unique=True)
+        except DuplicateTrialError:
+            return None
 
     # --- running ------------------------------------------------------------------------------
     def _next_trials(self, storage: Storage, k: int) -> tuple[list[TrialRecord], str | None]:
@@ -319,21 +322,32 @@ class HyperparameterSearch:
             out.append(rec)
         if len(out) == k:
             return out, None
-        history = self._history(storage)
-        if self.n_trials is not None and len(history.trials) >= self.n_trials:
-            return out, "n_trials reached"
-        want = k - len(out)
-        if self.n_trials is not None:
-            want = min(want, self.n_trials - len(history.trials))
-        proposals = self.strategy.ask(history, want)
-        if not proposals:
-            return out, f"{self.strategy.name} strategy exhausted"
-        for params in proposals:
-            rec = storage.create_trial(self.study_name, params, max_trials=self.n_trials, host=HOST, pid=os.getpid())
-            if rec is None:
+        # another driver sharing the study may create the same grid point first: ask again with the new history
+        # (this ends: each refusal means the point now exists, and the grid is finite)
+        unique = self.strategy.name == "grid"
+        while True:
+            history = self._history(storage)
+            if self.n_trials is not None and len(history.trials) >= self.n_trials:
                 return out, "n_trials reached"
-            out.append(rec)
-        return out, None
+            want = k - len(out)
+            if self.n_trials is not None:
+                want = min(want, self.n_trials - len(history.trials))
+            proposals = self.strategy.ask(history, want)
+            if not proposals:
+                return out, f"{self.strategy.name} strategy exhausted"
+            for params in proposals:
+                try:
+                    rec = storage.create_trial(self.study_name, params, max_trials=self.n_trials, host=HOST,
+                                               pid=os.getpid(), unique=unique)  # fmt: skip
+                except DuplicateTrialError:
+                    break
+                if rec is None:
+                    return out, "n_trials reached"
+                out.append(rec)
+            else:
+                return out, None
+            if len(out) == k:
+                return out, None
 
     def _job(self, rec: TrialRecord) -> TrialJob:
         trial_dir = self.root / self.study_name / f"trial_{rec.number}"
@@ -421,6 +435,7 @@ class HyperparameterSearch:
             stop_beat.set()
             board.close()
             progress.close()
+            self.executor.shutdown()  # idle workers would otherwise hold their memory until exit
             gc.unfreeze()
         result = self.result(reason or "done")
         if self.refit and result.best_trial is not None:
@@ -437,8 +452,6 @@ class HyperparameterSearch:
                                      error=f"{why}: the search stopped ({type(error).__name__})")
             _ACTIVE.discard((storage.url, self.study_name, number))
         started.clear()
-        with contextlib.suppress(Exception):
-            self.executor.shutdown()
 
     def _heartbeat(self, storage: Storage, running: dict, stop: threading.Event, every: float = 30.0) -> None:
         while not stop.wait(every):

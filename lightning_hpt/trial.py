@@ -11,7 +11,12 @@ from typing import Any
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.space import SearchSpace
 
-__all__ = ["TrialState", "Direction", "TrialRecord", "History"]
+__all__ = ["TrialState", "Direction", "TrialRecord", "History", "params_key"]
+
+
+def params_key(params: Mapping[str, Any]) -> tuple:
+    """A hashable, type-aware key of a configuration (``1``, ``1.0`` and ``True`` differ)."""
+    return tuple(sorted((k, type(v).__name__, v) for k, v in params.items()))
 
 
 class TrialState(str, Enum):

@@ -1,6 +1,19 @@
 """Where trials run: in-process (default), worker processes, Ray."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from lightning_hpt.executors.base import Executor
 from lightning_hpt.executors.local import LocalExecutor
+from lightning_hpt.executors.process import ProcessExecutor
 
-__all__ = ["Executor", "LocalExecutor"]
+__all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor"]
+
+
+def __getattr__(name: str) -> Any:  # Ray is an extra: imported only when RayExecutor is asked for
+    if name == "RayExecutor":
+        from lightning_hpt.executors.ray import RayExecutor
+
+        return RayExecutor
+    raise AttributeError(f"module 'lightning_hpt.executors' has no attribute {name!r}")

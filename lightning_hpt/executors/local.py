@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
+from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.executors._channel import launches_subprocesses
 from lightning_hpt.executors.base import Executor
 from lightning_hpt.lightning.monitor import TrialReporter
-from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, run_trial
+from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome, run_trial
 
 __all__ = ["LocalExecutor"]
 
@@ -21,6 +23,14 @@ class LocalExecutor(Executor):
     @property
     def max_concurrency(self) -> int:
         return 1
+
+    def start(self, build: TrialBuild) -> None:
+        if launches_subprocesses(build):
+            raise ConfigurationError(
+                f"trainer_kwargs={dict(build.trainer_kwargs)} train each trial on several processes (DDP), which Lightning"
+                " starts by re-running the current command: in-process, that is this whole search on every rank. Run"
+                " trials in worker processes: executor=ProcessExecutor(gpus_per_trial=k) (CPU: ProcessExecutor(devices=[]))"
+            )
 
     def submit(self, job: TrialJob, reporter: TrialReporter) -> Future[TrialOutcome]:
         future: Future[TrialOutcome] = Future()

@@ -227,7 +227,8 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     outcome with ``interrupted`` set, after restoring the SIGINT handler Lightning replaces.
     """
     b = job.build
-    shutil.rmtree(job.trial_dir, ignore_errors=True)  # a retried trial starts clean
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        shutil.rmtree(job.trial_dir, ignore_errors=True)  # a retried trial starts clean (once, not per DDP rank)
     if job.part is None and len(b.runs) > 1:
         return run_parts(job, reporter)
     Path(job.trial_dir).mkdir(parents=True, exist_ok=True)

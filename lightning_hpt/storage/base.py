@@ -74,8 +74,14 @@ class Storage(ABC):
         max_trials: int | None = None,
         host: str | None = None,
         pid: int | None = None,
+        unique: bool = False,
     ) -> TrialRecord | None:
         """Add a trial with the next free number (atomically), RUNNING or QUEUED.
+
+        With ``unique=True`` a configuration the study already has (any state; same names, values
+        and value types) is refused with :class:`~lightning_hpt.exceptions.DuplicateTrialError`, in
+        the same transaction that allocates the number: drivers that share a study and propose the
+        same grid point at the same moment create it once.
 
         A RUNNING trial gets ``started_at``, ``host``, ``pid`` and ``attempt=1``. Returns ``None``
         (and writes nothing) when the study already has ``max_trials`` trials of any state.

@@ -38,7 +38,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from lightning_hpt.exceptions import DatabaseLockedError, HPTError, SearchSpaceError, StorageError, StudyMismatchError
+from lightning_hpt.exceptions import (
+    DatabaseLockedError, DuplicateTrialError, HPTError, SearchSpaceError, StorageError, StudyMismatchError,
+)
 from lightning_hpt.space import SearchSpace, validate_name
 from lightning_hpt.storage.base import Storage, StudyInfo
 from lightning_hpt.storage.sql_schema import (
@@ -63,7 +65,7 @@ from lightning_hpt.storage.sql_schema import (
     sqlite_connect,
     to_record,
 )
-from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
+from lightning_hpt.trial import Direction, History, TrialRecord, TrialState, params_key
 
 __all__ = ["SCHEMA_VERSION", "SQLStorage"]
 
@@ -463,6 +465,7 @@ class SQLStorage(Storage):
         max_trials: int | None = None,
         host: str | None = None,
         pid: int | None = None,
+        unique: bool = False,
     ) -> TrialRecord | None:
         state = TrialState(state)
         if state not in (TrialState.RUNNING, TrialState.QUEUED):
@@ -487,6 +490,14 @@ class SQLStorage(Storage):
             ).one()
             if max_trials is not None and count >= max_trials:
                 return None
+            if unique:  # under the study's write lock: no other driver can insert between this check and ours
+                key = params_key(json.loads(params_json))
+                q = sa.select(TRIALS.c.number, TRIALS.c.params).where(TRIALS.c.study_id == study_id)
+                for number, text in conn.execute(q):
+                    if params_key(json.loads(text)) == key:
+                        raise DuplicateTrialError(
+                            f"study {study!r} already has trial {number} with params {json.loads(params_json)}"
+                        )
             values = {
                 "study_id": study_id, "number": 0 if top is None else top + 1, "state": state.value,
                 "params": params_json, "value": None, "value_nonfinite": None, "best_step": None, "error": None,
@@ -627,3 +638,4 @@ class SQLStorage(Storage):
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(attrs=merged))
 
         self._txn(f"set attrs of trial {number} of study {study!r}", fn, write=True)
+

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from lightning_hpt.exceptions import ConfigurationError
-from lightning_hpt.trial import History
+from lightning_hpt.trial import History, params_key
 
 __all__ = ["Strategy", "trial_rng", "params_key"]
 
@@ -22,11 +22,6 @@ def trial_rng(seed: int | None, number: int, salt: int = 0) -> np.random.Generat
     if seed is None:
         return np.random.default_rng()
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(number), int(salt)])
-
-
-def params_key(params: dict[str, Any]) -> tuple:
-    """A hashable, type-aware key of a configuration (``1``, ``1.0`` and ``True`` differ)."""
-    return tuple(sorted((k, type(v).__name__, v) for k, v in params.items()))
 
 
 class Strategy(ABC):

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lightning_hpt.exceptions import HPTError, StorageError, StudyMismatchError
+from lightning_hpt.exceptions import DuplicateTrialError, HPTError, StorageError, StudyMismatchError
 from lightning_hpt.space import Categorical, Float, Int, SearchSpace
 from lightning_hpt.storage.base import Storage, StudyInfo
 from lightning_hpt.trial import Direction, History, TrialState
@@ -183,6 +183,14 @@ class StorageContract:
         with pytest.raises(StorageError, match="JSON"):
             storage.create_trial(study, {"x": math.nan})
         assert storage.trials(study) == []
+
+    def test_unique_create_refuses_a_known_configuration(self, storage: Storage, study: str) -> None:
+        storage.create_trial(study, PARAMS)
+        with pytest.raises(DuplicateTrialError, match="already has trial 0"):
+            storage.create_trial(study, dict(PARAMS), state=TrialState.QUEUED, unique=True)
+        # the same values of another type are another configuration
+        other = storage.create_trial(study, {**PARAMS, "model.layers": 2.0}, unique=True)
+        assert other is not None and other.number == 1 and len(storage.trials(study)) == 2
 
     def test_claim_queued_takes_the_lowest_number_once(self, storage: Storage, study: str) -> None:
         storage.create_trial(study, PARAMS)  # RUNNING: never claimed

@@ -1,0 +1,117 @@
+"""Trials per minute on the digits task: in-process vs ProcessExecutor (2 workers) vs RayExecutor (2 CPUs).
+
+    python benchmarks/parallel.py [--trials 24] [--epochs 4] [--modes local,process,ray]
+
+Every mode runs the same seeded random search (same configurations, same epochs), each trial on one
+torch thread. "Search" is the wall time of ``search.run()`` including starting the workers (or Ray);
+"steady" first runs one untimed trial in every worker (imports, first Trainer) and times the trials alone. The machine is shared: rerun when it
+is quiet, and compare modes from the same run. To tell what the machine allowed at that moment, it
+first times a plain torch loop in one process, then in two at once ("raw scaling": 2.0x on idle
+cores). Prints the figures; writes nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _env import describe  # noqa: E402
+from digits import SPACE, DigitsDataModule, DigitsMLP  # noqa: E402
+
+from lightning_hpt import HyperparameterSearch  # noqa: E402
+from lightning_hpt.executors import LocalExecutor, ProcessExecutor  # noqa: E402
+
+_SPIN = "import time,torch;torch.set_num_threads(1);x=torch.randn(256,256);t=time.perf_counter()\n" \
+        "for _ in range(3000): x@x\nprint(time.perf_counter()-t)"
+
+
+def raw_scaling() -> float:
+    """Throughput of two single-threaded torch processes at once relative to one: what parallelism the CPUs give now."""
+    def spin(n: int) -> float:
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        return max(float(p.communicate()[0]) for p in procs)
+
+    one = spin(1)
+    return 2 * one / spin(2)
+
+
+def executor(mode: str):
+    if mode == "local":
+        return LocalExecutor()
+    if mode == "process":
+        return ProcessExecutor(workers=2, devices=[], threads_per_worker=1)
+    from lightning_hpt.executors import RayExecutor
+
+    return RayExecutor({"cpu": 1}, init_kwargs={"num_cpus": 2, "log_to_driver": False})
+
+
+def search(ex, trials: int, epochs: int, root: str, study: str, seed: int = 0) -> HyperparameterSearch:
+    space = {k: v for k, v in SPACE.items() if k != "trainer.max_epochs"}
+    return HyperparameterSearch(DigitsMLP, DigitsDataModule, space, monitor="val_acc", mode="max", n_trials=trials,
+                                seed=seed, root=root, study_name=study, patience=None, executor=ex, verbose=False,
+                                trainer_kwargs={"accelerator": "cpu", "devices": 1, "max_epochs": epochs,
+                                                "log_every_n_steps": 5})  # fmt: skip
+
+
+def measure(mode: str, trials: int, epochs: int, root: str, steady: bool) -> dict:
+    ex = executor(mode)
+    if steady:
+        search(ex, ex.max_concurrency if mode != "ray" else 2, 1, root, f"{mode}_warmup", seed=1).run()
+    s = search(ex, trials, epochs, root, f"{mode}_{'steady' if steady else 'cold'}")
+    t0 = time.perf_counter()
+    result = s.run()
+    wall = time.perf_counter() - t0
+    ex.shutdown()
+    done = [t for t in result.trials if t.duration is not None]
+    assert len(result.trials) == trials and all(t.state.value == "COMPLETE" for t in result.trials), result
+    return {"wall": wall, "per_min": 60 * trials / wall, "trial_s": statistics.mean(t.duration for t in done)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--modes", default="local,process,ray")
+    args = p.parse_args()
+    torch.set_num_threads(1)  # the in-process trials: one thread, like each worker's
+    print(describe())
+    print(f"load average before: {os.getloadavg()}")
+    print(f"raw scaling of 2 torch processes now: {raw_scaling():.2f}x")
+    print(f"{args.trials} digits trials of {args.epochs} epochs, one torch thread each\n")
+    root = tempfile.mkdtemp(prefix="hpt-parallel-")
+    rows = {}
+    try:
+        for mode in args.modes.split(","):
+            for steady in (False, True):
+                if mode == "local" and steady:
+                    continue  # nothing to start
+                r = measure(mode, args.trials, args.epochs, root, steady)
+                rows[(mode, steady)] = r
+                label = f"{mode}{' (steady)' if steady else ''}"
+                print(f"{label:18s} {r['wall']:7.1f} s  {r['per_min']:6.1f} trials/min  mean trial {r['trial_s']:.2f} s"
+                      f"  load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    base = rows.get(("local", False))
+    if base:
+        print()
+        for (mode, steady), r in rows.items():
+            if mode != "local":
+                print(f"{mode}{' (steady)' if steady else ''}: {r['per_min'] / base['per_min']:.2f}x in-process throughput")
+    print(f"raw scaling of 2 torch processes now: {raw_scaling():.2f}x; load average {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""Trials as Ray tasks, on this machine or an existing Ray cluster (the ``ray`` extra).
+
+Ray is the engine: it places each trial where its resources are free (``{"cpu": 2, "gpu": 0.5}``),
+sets ``CUDA_VISIBLE_DEVICES``, and retries a trial whose worker or node died (``max_retries``).
+Reports reach the driver through a small Ray actor, so no port has to be opened between the
+machines: the trial's reporter asks the actor, the driver takes the question from the actor, calls
+the search's reporter and sends the decision back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from lightning_hpt.exceptions import ConfigurationError, TrialPickleError
+from lightning_hpt.executors._channel import ReporterRegistry, check_picklable, failed_outcome, launches_subprocesses
+from lightning_hpt.executors.base import Executor
+from lightning_hpt.lightning.monitor import TrialReporter
+from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome, run_trial
+
+__all__ = ["RayExecutor"]
+
+log = logging.getLogger(__name__)
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_NICENESS = "RAY_worker_niceness"
+_FROZEN = False  # whether this Ray worker process froze its long-lived objects
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigurationError(
+            "RayExecutor needs Ray, which is not installed: pip install 'lightning-hpt[ray]'"
+        ) from None
+    return ray
+
+
+def _broker_class() -> type:
+    """The report broker, defined here so that Ray pickles it by value: its actor imports neither torch nor Lightning."""
+    import asyncio
+    import itertools
+
+    class ReportBroker:
+        """A Ray actor between trials and the driver: holds each report until the driver's decision comes."""
+
+        def __init__(self) -> None:
+            self._queue: asyncio.Queue = asyncio.Queue()
+            self._waiting: dict[int, asyncio.Future] = {}
+            self._ids = itertools.count()
+
+        async def report(self, key: str, step: int, value: float) -> bool:
+            rid = next(self._ids)
+            self._waiting[rid] = asyncio.get_running_loop().create_future()
+            await self._queue.put((rid, key, step, value))
+            return await self._waiting[rid]
+
+        async def take(self, timeout: float) -> list[tuple[int, str, int, float]]:
+            """The reports waiting for a decision; waits up to ``timeout`` seconds for the first."""
+            try:
+                first = await asyncio.wait_for(self._queue.get(), timeout)
+            except asyncio.TimeoutError:
+                return []
+            out = [first]
+            while not self._queue.empty():
+                out.append(self._queue.get_nowait())
+            return out
+
+        async def decide(self, rid: int, stop: bool) -> None:
+            future = self._waiting.pop(rid, None)
+            if future is not None and not future.done():
+                future.set_result(stop)
+
+    return ReportBroker
+
+
+class _RayReporter:
+    """The trial's reporter inside a Ray task: asks the broker actor and waits for the driver's answer."""
+
+    def __init__(self, broker: Any, key: str) -> None:
+        self.broker, self.key = broker, key
+
+    def report(self, step: int, value: float) -> bool:
+        import ray
+
+        return bool(ray.get(self.broker.report.remote(self.key, int(step), float(value))))
+
+
+def _run_remote(job: TrialJob, build: TrialBuild, broker: Any, key: str, threads: int) -> TrialOutcome:
+    """The Ray task of one trial (``build`` arrives from the object store, shared by every trial)."""
+    global _FROZEN
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    if not _FROZEN:  # see worker._freeze: the full collection after each trial is then cheap
+        gc.collect()
+        gc.freeze()
+        _FROZEN = True
+    return run_trial(dataclasses.replace(job, build=build), _RayReporter(broker, key))
+
+
+def _load_check(build: Any) -> None:
+    """Runs once a Ray worker has loaded the trial code (its argument); fails if it cannot."""
+
+
+def _prestart(build: Any) -> None:
+    """Holds a trial's resources for a moment once the trial code is loaded, so that Ray starts (and warms)
+    as many worker processes as trials run at once before the first trial needs them."""
+    import time
+
+    import lightning_hpt.lightning.runner  # noqa: F401  (torch and Lightning: the slow part of a first trial)
+
+    time.sleep(1.0)
+
+
+@dataclass
+class _Running:
+    number: int
+    key: str
+    future: Future
+    started: float
+    timed_out: bool = False
+
+
+class RayExecutor(Executor):
+    """Runs each trial as a Ray task with its own resources, on a local Ray or an existing cluster.
+
+    Args:
+        resources_per_trial: what one trial needs: ``{"cpu": 2, "gpu": 0.5}``; other keys are Ray
+            custom resources (``"memory"`` is bytes). Fractional GPUs pack trials on one GPU.
+        address: the cluster to join (``"auto"``, ``"ray://head:10001"``); ``None`` starts a local Ray
+            unless one is already initialized in this process.
+        max_concurrency: trials at once; default: what the cluster's resources allow when started.
+        max_retries: times Ray reruns a trial whose worker process or node died (same number and
+            configuration); after that it is FAILED. Exceptions in the trial are never retried.
+        trial_timeout: seconds a trial may run before its task is cancelled (force) and FAILED ("timeout").
+        max_trials_per_worker: a Ray worker process runs at most this many trials (``None``: reuse it;
+            GPU trials get a fresh process each, Ray's default).
+        init_kwargs: extra arguments for ``ray.init`` when this executor starts Ray. The dashboard
+            stays off unless asked for, and never listens beyond 127.0.0.1.
+
+    Remote clusters: connect with ``address="ray://head:10001"`` (or run the driver on the head with
+    ``"auto"``), keep the cluster's ports on a private network, and enable Ray's token
+    authentication (``RAY_AUTH_MODE=token``) where others share it. Every node must have this
+    package and the trial code installed (or use ``init_kwargs={"runtime_env": ...}``).
+
+    Example:
+        >>> executor = RayExecutor({"cpu": 2, "gpu": 0.5}, address="auto")  # doctest: +SKIP
+        >>> HyperparameterSearch(MyModel, MyData, space, executor=executor).run()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        resources_per_trial: Mapping[str, float] | None = None,
+        *,
+        address: str | None = None,
+        max_concurrency: int | None = None,
+        max_retries: int = 0,
+        trial_timeout: float | None = None,
+        max_trials_per_worker: int | None = None,
+        init_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        resources = dict(resources_per_trial or {"cpu": 1})
+        for name, amount in resources.items():
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0 or not math.isfinite(amount):
+                raise ConfigurationError(
+                    f"RayExecutor: resources_per_trial[{name!r}] must be a non-negative number, got {amount!r}"
+                    " (e.g. resources_per_trial={'cpu': 2, 'gpu': 0.5})"
+                )
+        for name, value in (("max_concurrency", max_concurrency), ("max_trials_per_worker", max_trials_per_worker)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigurationError(f"RayExecutor: {name} must be a positive integer or None, got {name}={value!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"RayExecutor: max_retries must be an integer >= 0, got max_retries={max_retries!r}")
+        if trial_timeout is not None and not (isinstance(trial_timeout, (int, float)) and trial_timeout > 0):
+            raise ConfigurationError(f"RayExecutor: trial_timeout must be a positive number of seconds, got {trial_timeout!r}")
+        init = dict(init_kwargs or {})
+        host = str(init.get("dashboard_host", "127.0.0.1"))
+        if host not in _LOOPBACK:
+            raise ConfigurationError(
+                f"RayExecutor: init_kwargs['dashboard_host']={host!r} would expose Ray's dashboard beyond this machine;"
+                " use '127.0.0.1' and reach it through an SSH tunnel"
+            )
+        self.resources, self.address, self.max_retries = resources, address, max_retries
+        self.trial_timeout, self.max_trials_per_worker, self.init_kwargs = trial_timeout, max_trials_per_worker, init
+        self._max = max_concurrency
+        self._registry = ReporterRegistry()
+        self._running: dict[Any, _Running] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._started = False
+        self._owns_ray = False
+        self._warm = False
+        self._builds: list[tuple[TrialBuild, Any]] = []
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._max or 1
+
+    def _options(self) -> dict[str, Any]:
+        r = dict(self.resources)
+        opts: dict[str, Any] = {"num_cpus": r.pop("cpu", 1), "num_gpus": r.pop("gpu", 0)}
+        if "memory" in r:
+            opts["memory"] = r.pop("memory")
+        if r:
+            opts["resources"] = r
+        return opts
+
+    def start(self, build: TrialBuild) -> None:
+        """Check the trial code, start (or join) Ray and the report channel.
+
+        Raises:
+            ConfigurationError: Ray is missing, or the Trainer would start DDP ranks itself.
+            TrialPickleError: naming what cannot be pickled or loaded by a Ray worker.
+        """
+        ray = _import_ray()
+        if launches_subprocesses(build):
+            raise ConfigurationError(
+                f"trainer_kwargs={dict(build.trainer_kwargs)} start DDP ranks by re-running the current command, which"
+                " a Ray task cannot do; run DDP trials with ProcessExecutor(gpus_per_trial=k) on each machine, or give"
+                " each trial one device here"
+            )
+        check_picklable(build, ray.cloudpickle.dumps, "Ray workers")
+        with self._lock:
+            if not self._started or self._closed.is_set():
+                self._start_ray(ray)
+        try:
+            ray.get(self._check.remote(self._build_ref(build)), timeout=600)
+            if not self._warm:
+                warm = ray.remote(_prestart).options(**self._options())
+                ray.get([warm.remote(self._build_ref(build)) for _ in range(self.max_concurrency)], timeout=600)
+                self._warm = True
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[-1]
+            raise TrialPickleError(
+                f"the trial code pickles, but a Ray worker cannot load it ({type(e).__name__}: {first}); install the"
+                " module that defines it on every node, or ship it with init_kwargs={'runtime_env': {'py_modules': [...]}}"
+            ) from e
+
+    def _start_ray(self, ray: Any) -> None:
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "dashboard_host": "127.0.0.1", **self.init_kwargs}
+            ours = False
+            if self.address is None:
+                if "runtime_env" not in kwargs:  # local workers import what this process imports (its sys.path)
+                    paths = [os.path.abspath(p or os.getcwd()) for p in sys.path]
+                    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
+                # Ray runs its workers at niceness 15; trials are the work here, so they run at normal priority
+                ours = _NICENESS not in os.environ
+                if ours:
+                    os.environ[_NICENESS] = "0"
+            try:
+                ray.init(address=self.address, **kwargs)
+            finally:
+                if ours:
+                    os.environ.pop(_NICENESS, None)
+            self._owns_ray = True
+        self._closed = threading.Event()
+        opts = self._options()
+        max_calls = self.max_trials_per_worker if self.max_trials_per_worker is not None else (1 if opts["num_gpus"] else 0)
+        self._task = ray.remote(max_calls=max_calls)(_run_remote)
+        self._check = ray.remote(num_cpus=0)(_load_check)
+        self._broker = ray.remote(_broker_class()).options(num_cpus=0).remote()
+        if self._max is None:
+            total = ray.cluster_resources()
+            need = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], **opts.get("resources", {})}
+            fits = [int(total.get(k, 0) // v) for k, v in need.items() if v > 0]
+            self._max = max(1, min(fits)) if fits else 1
+        self._threads = [threading.Thread(target=self._collect, name="hpt-ray-collect", daemon=True),
+                         threading.Thread(target=self._relay, name="hpt-ray-relay", daemon=True)]  # fmt: skip
+        for t in self._threads:
+            t.start()
+        self._started = True
+
+    def _build_ref(self, build: TrialBuild) -> Any:
+        import ray
+
+        for known, ref in self._builds:
+            if known is build:
+                return ref
+        ref = ray.put(build)
+        self._builds.append((build, ref))
+        return ref
+
+    def submit(self, job: TrialJob, reporter: TrialReporter) -> Future[TrialOutcome]:
+        """Start ``job`` as a Ray task; the future completes when it ends (never with an exception)."""
+        if not self._started or self._closed.is_set():
+            self.start(job.build)
+        future: Future[TrialOutcome] = Future()
+        key = self._registry.register(reporter)
+        opts = {**self._options(), "max_retries": self.max_retries, "retry_exceptions": False}
+        threads = max(1, int(opts["num_cpus"]))
+        ref = self._task.options(**opts).remote(dataclasses.replace(job, build=None), self._build_ref(job.build),
+                                                self._broker, key, threads)  # fmt: skip
+        with self._lock:
+            self._running[ref] = _Running(job.number, key, future, time.monotonic())
+        return future
+
+    def _collect(self) -> None:
+        """Complete the futures of finished tasks; cancel the ones past ``trial_timeout``."""
+        import ray
+
+        while not self._closed.is_set():
+            with self._lock:
+                refs = list(self._running)
+            if not refs:
+                time.sleep(0.1)
+                continue
+            try:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.2)
+            except Exception:  # Ray is shutting down
+                if self._closed.is_set():
+                    return
+                log.exception("waiting for Ray tasks failed")
+                time.sleep(0.5)
+                continue
+            for ref in ready:
+                with self._lock:
+                    run = self._running.pop(ref)
+                self._registry.unregister(run.key)
+                if not run.future.done():
+                    run.future.set_result(self._outcome(ray, ref, run))
+            now = time.monotonic()
+            for ref, run in list(self._running.items()):
+                if self.trial_timeout is not None and not run.timed_out and now - run.started > self.trial_timeout:
+                    run.timed_out = True
+                    self._registry.unregister(run.key)
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
+
+    def _outcome(self, ray: Any, ref: Any, run: _Running) -> TrialOutcome:
+        try:
+            return ray.get(ref)
+        except Exception as e:
+            if run.timed_out:
+                return failed_outcome(f"timeout: trial {run.number} ran longer than trial_timeout={self.trial_timeout:g} s;"
+                                      " its Ray task was cancelled")  # fmt: skip
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            retried = f" after {self.max_retries} retries" if self.max_retries else ""
+            if isinstance(e, ray.exceptions.OutOfMemoryError):
+                return failed_outcome(f"out of memory: Ray's memory monitor killed the worker of trial {run.number}{retried}")
+            return failed_outcome(f"worker died: trial {run.number}'s Ray task failed{retried} ({type(e).__name__}: {first})")
+
+    def _relay(self) -> None:
+        """Carry reports from the broker actor to the search's reporters, in this (the driver) process."""
+        import ray
+
+        while not self._closed.is_set():
+            try:
+                requests = ray.get(self._broker.take.remote(0.5))
+            except Exception:
+                if self._closed.is_set():
+                    return
+                log.exception("the Ray report channel failed; retrying")
+                time.sleep(1.0)
+                continue
+            for rid, key, step, value in requests:
+                self._broker.decide.remote(rid, self._registry.call(key, step, value))
+
+    def shutdown(self) -> None:
+        """Cancel running trials (FAILED "interrupted"), stop the channel, and stop Ray if this executor started it."""
+        if not self._started or self._closed.is_set():
+            return
+        ray = _import_ray()
+        self._closed.set()
+        with self._lock:
+            running, self._running = dict(self._running), {}
+        for ref, run in running.items():
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+            self._registry.unregister(run.key)
+            if not run.future.done():
+                run.future.set_result(failed_outcome("interrupted: the executor was shut down"))
+        for t in self._threads:
+            t.join(timeout=5.0)
+        with contextlib.suppress(Exception):
+            ray.kill(self._broker)
+        self._builds.clear()
+        self._warm = False
+        if self._owns_ray:
+            ray.shutdown()
+            self._owns_ray = False
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"RayExecutor({self.resources!r}, address={self.address!r}, max_concurrency={self._max!r})"
