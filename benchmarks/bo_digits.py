@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _env import describe  # noqa: E402
-from tasks import factories, space  # noqa: E402
+from tasks import factories, space, suggest  # noqa: E402
 
 from lightning_hpt import HyperparameterSearch  # noqa: E402
 from lightning_hpt.lightning.runner import trial_seed  # noqa: E402
@@ -59,10 +59,7 @@ def tpe(seed: int, trials: int, epochs: int) -> float | None:
     model_f, data_f = factories("digits")
 
     def objective(trial):
-        p = {"lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True), "num_layers": trial.suggest_int("num_layers", 1, 3),
-             "hidden_dim": trial.suggest_int("hidden_dim", 16, 256, log=True), "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-             "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)}
-        bs = trial.suggest_categorical("batch_size", [32, 64, 128])
+        p, bs = suggest(trial)
         L.seed_everything(trial_seed(seed, trial.number), verbose=False)
         best = Best()
         trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_progress_bar=False,

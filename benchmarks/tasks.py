@@ -91,3 +91,11 @@ def factories(task: str):
         return TabularData(name=task, **cfg["data"])
 
     return model, data
+
+
+def suggest(trial) -> tuple[dict, int]:
+    """The same space for an Optuna trial: (model arguments, batch size)."""
+    p = {"lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True), "num_layers": trial.suggest_int("num_layers", 1, 3),
+         "hidden_dim": trial.suggest_int("hidden_dim", 16, 256, log=True), "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+         "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)}
+    return p, trial.suggest_categorical("batch_size", [32, 64, 128])
