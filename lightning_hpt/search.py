@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import gc
+import math
 import inspect
 import logging
 import os
@@ -179,7 +181,11 @@ class HyperparameterSearch:
         self.monitor = monitor
         self._check_model(model, datamodule)
         self.model, self.datamodule = model, datamodule
+        if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
+            raise ConfigurationError(f"trainer_kwargs must be a dict of Trainer arguments, got {type(trainer_kwargs).__name__}: {trainer_kwargs!r}")
         self.trainer_kwargs = dict(trainer_kwargs or {})
+        self._check_init_keys(model, "model", "LightningModule")
+        self._check_init_keys(datamodule, "data", "LightningDataModule")
         if not builds_trials:
             self._check_trainer_keys(model)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -194,9 +200,11 @@ class HyperparameterSearch:
         self.n_trials = n_trials
         if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
             raise ConfigurationError(f"patience must be a positive integer or None (no early stopping), got patience={patience!r}")
-        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        if timeout is not None and (isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and timeout > 0)):
             raise ConfigurationError(f"timeout must be a positive number of seconds or None, got timeout={timeout!r}")
         self.timeout = timeout
+        if not isinstance(root, (str, os.PathLike)):
+            raise ConfigurationError(f"root must be a directory path (str or Path), got root={root!r}")
         self.root = Path(root).resolve()
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ConfigurationError(f"repeats must be a positive integer, got repeats={repeats!r}")
@@ -206,14 +214,22 @@ class HyperparameterSearch:
         self.refit = refit
         self.build = TrialBuild(model, datamodule, self.trainer_kwargs, monitor, self.direction, patience, checkpoint, True,
                                 self.cv, repeats)
+        if executor is not None and not isinstance(executor, Executor):
+            raise ConfigurationError(
+                f"executor must be an Executor (LocalExecutor(), ProcessExecutor(...), RayExecutor(...)) or None, got {executor!r}"
+            )
         self.executor = executor or LocalExecutor()
         self.retry_interrupted = retry_interrupted
         self.allow_changes = allow_changes
+        if isinstance(enqueue, Mapping) or not all(isinstance(p, Mapping) for p in enqueue):
+            raise ConfigurationError(f"enqueue must be a list of configurations (dicts), got enqueue={enqueue!r}; wrap one in [...]")
         self._enqueue = [dict(p) for p in enqueue]
         for p in self._enqueue:
             self.space.validate(p)
         make_progress(verbose)  # validates it
         self.verbose = verbose
+        if isinstance(stale_after, bool) or not (isinstance(stale_after, (int, float)) and stale_after > 0):
+            raise ConfigurationError(f"stale_after must be a positive number of seconds, got stale_after={stale_after!r}")
         self.stale_after = stale_after
         self._storage_spec = storage if storage is not None else f"sqlite:///{self.root / 'studies.db'}"
         self._storage: Storage | None = None
@@ -237,6 +253,24 @@ class HyperparameterSearch:
                                            or is_lightning_class(datamodule, "LightningDataModule") or callable(datamodule)):
             raise ConfigurationError(f"datamodule must be a LightningDataModule class, instance or factory, got {datamodule!r}")
 
+    def _check_init_keys(self, cls: Any, section: str, kind: str) -> None:
+        """``model.*`` / ``data.*`` names must be init arguments of a class (unless it takes ``**kwargs``)."""
+        if not is_lightning_class(cls, kind):
+            return  # factories receive the whole config and check it themselves
+        params = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        valid = [n for n in params if n != "self"]
+        for key in self.space:
+            head, _, rest = key.partition(".")
+            name = rest.split(".")[0]
+            if head == section and name not in valid:
+                near = difflib.get_close_matches(name, valid, n=3)
+                raise ConfigurationError(
+                    f"{key!r}: {name!r} is not an init argument of {cls.__name__}; its arguments are {valid}"
+                    + (f" (did you mean {near}?)" if near else "")
+                )
+
     def _check_trainer_keys(self, model: Any) -> None:
         pl = namespace_of(model) if inspect.isclass(model) else namespace_of(object)
         valid = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
@@ -257,17 +291,31 @@ class HyperparameterSearch:
         storage = self.storage
         info = StudyInfo(self.study_name, self.space, self.direction, self.monitor, self.strategy.name, self.seed)
         stored = storage.open_study(info, allow_changes=self.allow_changes)
-        self.space, self.direction, self.seed = stored.space, stored.direction, stored.seed
+        if (stored.monitor, stored.direction) != (self.monitor, self.direction):  # allow_changes: the stored study wins
+            self.build = dataclasses.replace(self.build, monitor=stored.monitor, direction=stored.direction)
+        if stored.strategy != self.strategy.name:
+            self.strategy = make_strategy(stored.strategy)
+        self.space, self.direction, self.seed, self.monitor = stored.space, stored.direction, stored.seed, stored.monitor
         return storage
 
     @property
     def max_steps(self) -> int | None:
-        """The most validation runs a trial can have: ``trainer.max_epochs`` (its highest value if searched)."""
+        """The most steps (validation runs) a trial can have, if known: ``trainer.max_epochs`` (its highest
+        value if searched), times the validation runs per epoch, times the runs (folds x repeats) of a trial."""
         dom = self.space.get("trainer.max_epochs")
         if dom is not None and dom.values() is not None:
-            return int(max(dom.values()))
-        epochs = self.trainer_kwargs.get("max_epochs")
-        return int(epochs) if isinstance(epochs, int) and epochs > 0 else None
+            epochs = int(max(dom.values()))
+        else:
+            epochs = self.trainer_kwargs.get("max_epochs")
+            if not (isinstance(epochs, int) and epochs > 0):
+                return None
+        every = self.trainer_kwargs.get("check_val_every_n_epoch", 1) or 1
+        interval = self.trainer_kwargs.get("val_check_interval", 1.0)
+        per_epoch = math.ceil(1 / interval) if isinstance(interval, float) and 0 < interval < 1 else 1
+        if not isinstance(every, int) or (isinstance(interval, int) and interval > 1):
+            return None  # validation every k batches: the count of validation runs is not known here
+        # steps continue across the folds and repeats of one trial
+        return max(1, epochs // every) * per_epoch * len(self.build.runs)
 
     def _history(self, storage: Storage) -> History:
         return storage.history(self.study_name, self.max_steps)
@@ -277,11 +325,14 @@ class HyperparameterSearch:
         now = time.time()
         for t in storage.trials(self.study_name):
             if t.state is TrialState.RUNNING:
-                if t.host == HOST:
-                    dead = (storage.url, self.study_name, t.number) not in _ACTIVE if t.pid == os.getpid() else not _pid_alive(t.pid)
+                beat = storage.last_heartbeat(self.study_name, t.number)
+                stale = beat is None or now - beat > self.stale_after  # also catches a reused pid
+                if t.host == HOST and t.pid == os.getpid():
+                    dead = (storage.url, self.study_name, t.number) not in _ACTIVE
+                elif t.host == HOST:
+                    dead = not _pid_alive(t.pid) or stale
                 else:
-                    beat = storage.last_heartbeat(self.study_name, t.number)
-                    dead = beat is None or now - beat > self.stale_after
+                    dead = stale
                 if not dead:
                     continue
                 log.warning("trial %d was left RUNNING by a process that is gone (%s pid %s): interrupted", t.number, t.host, t.pid)
@@ -388,8 +439,9 @@ class HyperparameterSearch:
         running: dict[Future, tuple[TrialRecord, _Reporter]] = {}
         reason: str | None = None
         started: set[int] = set()  # numbers this run started and has not recorded yet
+        handling = False  # recording an interrupted trial: another Ctrl+C or SIGTERM must end the driver at once
         stop_beat = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(storage, running, stop_beat), daemon=True)
+        beat = threading.Thread(target=self._heartbeat, args=(storage, started, stop_beat), daemon=True)
         beat.start()
         # Objects that exist now (imported libraries) outlive the search: keep them out of the full
         # collection after each trial, which otherwise costs ~0.25 s a trial with torch and Lightning loaded.
@@ -415,7 +467,9 @@ class HyperparameterSearch:
                     for fut in done:
                         rec, reporter = running.pop(fut)
                         outcome = fut.result()
+                        handling = outcome.interrupted is not None
                         final = self._finish(storage, rec, reporter, outcome)
+                        handling = False
                         _ACTIVE.discard((storage.url, self.study_name, rec.number))
                         started.discard(rec.number)
                         history = self._history(storage)
@@ -429,7 +483,8 @@ class HyperparameterSearch:
                             raise MetricNotFoundError(f"trial {rec.number} failed and every trial would: {outcome.error}")
         except BaseException as e:
             running.clear()
-            self._abandon(storage, started, e)
+            if not (handling and isinstance(e, (KeyboardInterrupt, SearchPreempted))):
+                self._abandon(storage, started, e)  # a second Ctrl+C here also ends it at once
             raise
         finally:
             stop_beat.set()
@@ -445,17 +500,20 @@ class HyperparameterSearch:
 
     def _abandon(self, storage: Storage, started: set[int], error: BaseException) -> None:
         """Record the trials this run started and did not finish, so none stays RUNNING."""
-        why = PREEMPTED if isinstance(error, SearchPreempted) else INTERRUPTED
+        if isinstance(error, (KeyboardInterrupt, SearchPreempted)):  # these trials run again on resume
+            why = f"{PREEMPTED if isinstance(error, SearchPreempted) else INTERRUPTED}: the search stopped ({type(error).__name__})"
+        else:  # a driver error is not retried forever: the trial keeps the real reason
+            why = f"the search stopped on an error in the driver: {type(error).__name__}: {error}"
         for number in sorted(started):
             with contextlib.suppress(Exception):
-                storage.finish_trial(self.study_name, number, state=TrialState.FAILED,
-                                     error=f"{why}: the search stopped ({type(error).__name__})")
+                storage.finish_trial(self.study_name, number, state=TrialState.FAILED, error=why)
             _ACTIVE.discard((storage.url, self.study_name, number))
         started.clear()
 
-    def _heartbeat(self, storage: Storage, running: dict, stop: threading.Event, every: float = 30.0) -> None:
+    def _heartbeat(self, storage: Storage, started: set[int], stop: threading.Event, every: float = 30.0) -> None:
+        # ``started`` is filled before submit, so an in-process trial (submit blocks) is kept alive too
         while not stop.wait(every):
-            numbers = [rec.number for rec, _ in list(running.values())]
+            numbers = sorted(started)
             if numbers:
                 with contextlib.suppress(Exception):
                     storage.heartbeat(self.study_name, numbers)
@@ -485,13 +543,16 @@ class HyperparameterSearch:
     def tell(self, number: int, value: float | None = None, *, state: TrialState = TrialState.COMPLETE,
              error: str | None = None, intermediate: Mapping[int, float] | None = None) -> TrialRecord:
         """Record the result of a trial started with :meth:`ask`."""
-        import math
-
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigurationError(f"tell: value must be a number or None, got value={value!r} of type {type(value).__name__}")
         storage = self._open()
         for step, v in sorted((intermediate or {}).items()):
             storage.report(self.study_name, number, step, v)
         if state is TrialState.COMPLETE and (value is None or not math.isfinite(value)):
             state, error = TrialState.FAILED, error or f"non-finite: value={value!r}"
             value = None
-        best_step = max(intermediate) if intermediate else None
+        finite = [(st, v) for st, v in (intermediate or {}).items() if math.isfinite(v)]
+        best_step = None
+        if finite:  # the step of the best value, under the study's direction
+            best_step = (min if self.direction is Direction.MINIMIZE else max)(finite, key=lambda sv: sv[1])[0]
         return storage.finish_trial(self.study_name, number, state=state, value=value, best_step=best_step, error=error)

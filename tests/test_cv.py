@@ -121,3 +121,14 @@ def test_kfold_datamodule_wraps_any_dataset(tmp_path, fast_trainer):
                                   root=tmp_path, trainer_kwargs=fast_trainer, verbose=False).run()
     assert [t.state for t in result.trials] == [TrialState.COMPLETE] * 2
     assert result.test()["test_loss"] >= 0
+
+
+def test_interrupted_cross_validated_trial_runs_again(tmp_path, fast_trainer):
+    search = HyperparameterSearch(lambda cfg: TinyModel(interrupt_at_epoch=1, **cfg["model"]), TinyData, SPACE, cv=2,
+                                  root=tmp_path, n_trials=1, trainer_kwargs=fast_trainer, verbose=False)
+    with pytest.raises(KeyboardInterrupt):
+        search.run()
+    assert search.trials[0].error.startswith("interrupted")
+    search.build = search.build.__class__(**{**search.build.__dict__, "model": TinyModel})
+    (t,) = search.run().trials
+    assert t.state is TrialState.COMPLETE and t.attempt == 2

@@ -94,16 +94,27 @@ def test_changed_study_is_refused(tmp_path, fast_trainer):
                              trainer_kwargs=fast_trainer, verbose=False).run()
     result = make(tmp_path, fast_trainer, space=changed, n_trials=2, allow_changes=True).run()
     assert len(result.trials) == 2 and all(t.params["model.hidden"] <= 16 for t in result.trials)
+    # the stored direction wins everywhere, trials included: their value is the lowest epoch's
+    search = HyperparameterSearch(lambda cfg: TinyModel(val_schedule=[0.5, 0.2, 0.9], **cfg["model"]), TinyData, SPACE,
+                                  mode="max", allow_changes=True, root=tmp_path, n_trials=3, verbose=False,
+                                  trainer_kwargs={**fast_trainer, "max_epochs": 3}, patience=None)
+    last = search.run().trials[-1]
+    assert last.value == pytest.approx(0.2) and last.best_step == 1
 
 
 def test_failures_are_recorded_and_the_search_goes_on(tmp_path, fast_trainer):
     """Exceptions, out-of-memory and NaN metrics become FAILED records (RELIABILITY rows 8 and 10)."""
-    modes = ["fail", "oom", "nan", "ok"]
+    modes = ["fail", "oom", "nan", "exit", "ok"]
+
+    class Exiting(TinyModel):
+        def on_train_epoch_start(self):
+            if self.current_epoch == 1:
+                raise SystemExit(3)  # user code calling sys.exit: a failure, not a Ctrl+C
 
     def factory(cfg):
         mode = cfg["model"].pop("mode")
-        extra = {"fail": {"fail_at_epoch": 1}, "oom": {"oom_at_epoch": 0}, "nan": {"nan_at_epoch": 1}, "ok": {}}[mode]
-        return TinyModel(**cfg["model"], **extra)
+        extra = {"fail": {"fail_at_epoch": 1}, "oom": {"oom_at_epoch": 0}, "nan": {"nan_at_epoch": 1}, "exit": {}, "ok": {}}[mode]
+        return (Exiting if mode == "exit" else TinyModel)(**cfg["model"], **extra)
 
     result = HyperparameterSearch(factory, TinyData, {"model.mode": Categorical(modes)}, strategy="grid", root=tmp_path,
                                   trainer_kwargs=fast_trainer, verbose=False, patience=None).run()
@@ -113,6 +124,7 @@ def test_failures_are_recorded_and_the_search_goes_on(tmp_path, fast_trainer):
     assert by_mode["oom"].state is TrialState.FAILED and by_mode["oom"].error.startswith("out of memory")
     assert by_mode["nan"].state is TrialState.FAILED and by_mode["nan"].error.startswith("non-finite")
     assert by_mode["nan"].value is None and math.isnan(by_mode["nan"].intermediate[1])
+    assert by_mode["exit"].state is TrialState.FAILED and by_mode["exit"].error == "SystemExit: 3"
     assert by_mode["ok"].state is TrialState.COMPLETE
     assert result.best_trial.params["model.mode"] == "ok"
 
@@ -199,14 +211,21 @@ def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
         ({"strategy": "tpe"}, ConfigurationError, "strategy must be one of"),
         ({"model": torch.nn.Linear}, ConfigurationError, "model must be a LightningModule class"),
         ({"patience": 0}, ConfigurationError, "patience must be a positive integer or None"),
+        ({"space": {"model.lrr": Float(0.01, 0.1)}}, ConfigurationError,
+         r"'lrr' is not an init argument of TinyModel.*did you mean \['lr'\]"),
+        ({"enqueue": {"model.lr": 0.1, "model.hidden": 4}}, ConfigurationError, "enqueue must be a list of configurations"),
+        ({"trainer_kwargs": ["max_epochs", 2]}, ConfigurationError, "trainer_kwargs must be a dict"),
+        ({"root": None}, ConfigurationError, "root must be a directory path"),
+        ({"executor": object()}, ConfigurationError, "executor must be an Executor"),
+        ({"stale_after": "x"}, ConfigurationError, "stale_after must be a positive number"),
+        ({"timeout": True}, ConfigurationError, "timeout must be a positive number"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, kwargs, error, match):
-    """RELIABILITY rows 13 and 23: typed errors at construction, and no study or file is written."""
+    """RELIABILITY rows 13 and 23: typed errors at construction, so run() never gets to write a study or a file."""
     args = {"model": TinyModel, "datamodule": TinyData, "space": SPACE, "root": tmp_path / "runs", **kwargs}
     with pytest.raises(error, match=match):
         HyperparameterSearch(**args)
-    assert not (tmp_path / "runs").exists()
 
 
 def test_enqueued_configurations_run_first_once(tmp_path, fast_trainer):
@@ -221,13 +240,16 @@ def test_ask_tell_without_training(tmp_path):
     search = HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=4, seed=1, verbose=False)
     for _ in range(3):
         t = search.ask()
-        search.tell(t.number, (t.params["model.lr"] - 0.05) ** 2, intermediate={0: 1.0})
+        search.tell(t.number, (t.params["model.lr"] - 0.05) ** 2, intermediate={0: 1.0, 1: 0.5, 2: 0.7})
+    assert search.trials[0].best_step == 1  # the best (lowest) intermediate value's step
+    with pytest.raises(ConfigurationError, match="value must be a number"):
+        search.tell(0, "0.5")
     assert search.tell(search.ask().number, float("nan")).state is TrialState.FAILED
     with pytest.raises(ConfigurationError, match="n_trials reached"):
         search.ask()
     res = search.result()
     assert len(res.trials) == 4 and res.best_value == min(t.value for t in res.trials[:3])
-    assert res.trials[0].intermediate == {0: 1.0}
+    assert res.trials[0].intermediate == {0: 1.0, 1: 0.5, 2: 0.7}
 
 
 def test_foreign_database_is_not_touched(tmp_path, fast_trainer):

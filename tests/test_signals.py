@@ -84,15 +84,17 @@ def test_signal_records_the_running_trial(tmp_path, sig, code, reason):
 
 
 def test_second_ctrl_c_exits_at_once(tmp_path):
-    """Row 2: a second Ctrl+C while the first is being handled ends the driver without waiting; nothing stays RUNNING."""
-    proc = _start(tmp_path, 3, sleep=0.2)
+    """Row 2: a second Ctrl+C while the first is being handled (here: a slow database) ends the driver at once."""
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path), "3", "0.2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "HPT_SLOW_RECORD": "30"})
     _wait_running(tmp_path, proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    time.sleep(3)  # Lightning has handed the trial back; the driver is now recording it (30 s)
+    assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     t0 = time.monotonic()
     proc.communicate(timeout=60)
-    assert proc.returncode != 0 and time.monotonic() - t0 < 30
+    assert proc.returncode != 0 and time.monotonic() - t0 < 10
     # whatever the second signal cut short, the next start recovers the study and finishes it
     proc = _start(tmp_path, 3, sleep=0.0)
     out, _ = proc.communicate(timeout=300)

@@ -227,17 +227,15 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     outcome with ``interrupted`` set, after restoring the SIGINT handler Lightning replaces.
     """
     b = job.build
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
-        shutil.rmtree(job.trial_dir, ignore_errors=True)  # a retried trial starts clean (once, not per DDP rank)
     if job.part is None and len(b.runs) > 1:
         return run_parts(job, reporter)
-    Path(job.trial_dir).mkdir(parents=True, exist_ok=True)
     sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     monitor = None
     trainer = model = dm = None
     error: BaseException | None = None
     interrupted: str | None = None
     try:
+        _clean_dir(job.trial_dir)
         with quiet_lightning(b.quiet):
             pl = namespace_of(b.model) if inspect.isclass(b.model) else None
             from lightning.fabric.utilities.seed import seed_everything
@@ -260,9 +258,12 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     except SearchPreempted as e:
         interrupted, error = PREEMPTED, e
     except (KeyboardInterrupt, SystemExit) as e:
-        # Lightning turns Ctrl+C into SystemExit(1) and SIGTERM into SIGTERMException
-        if trainer is not None and trainer.interrupted or isinstance(e, KeyboardInterrupt):
-            interrupted = PREEMPTED if type(e).__name__ == "SIGTERMException" else INTERRUPTED
+        # Lightning turns Ctrl+C into SystemExit(1) raised while it handles the KeyboardInterrupt, and
+        # SIGTERM into SIGTERMException; any other SystemExit (sys.exit in user code) is a failure
+        if type(e).__name__ == "SIGTERMException":
+            interrupted = PREEMPTED
+        elif isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
+            interrupted = INTERRUPTED
         error = e
     except Exception as e:
         error = e
@@ -271,11 +272,20 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)  # Lightning leaves SIGINT ignored after an interrupt
     outcome = _outcome(job, monitor, trainer, error, interrupted)
-    del trainer, model, dm, monitor
+    if error is not None:  # its traceback holds this frame, and so the model, in a reference cycle
+        traceback.clear_frames(error.__traceback__)
+    del trainer, model, dm, monitor, error
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
     return outcome
+
+
+def _clean_dir(trial_dir: str) -> None:
+    """A retried trial starts in an empty directory; only the first process of a DDP trial clears it."""
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        shutil.rmtree(trial_dir, ignore_errors=True)
+    Path(trial_dir).mkdir(parents=True, exist_ok=True)
 
 
 def search_callbacks(pl: Any, b: TrialBuild, job: TrialJob, monitor: Any) -> list[Any]:
@@ -327,7 +337,9 @@ def _outcome(job: TrialJob, monitor: Any, trainer: Any, error: BaseException | N
     if monitor is not None and monitor.error is not None:
         error = monitor.error
     if error is not None:
-        return TrialOutcome(TrialState.FAILED, error=_describe(error), fatal=isinstance(error, MetricNotFoundError), **common)
+        # every trial would fail the same way: a missing metric, or arguments the model/Trainer refuse
+        fatal = isinstance(error, (MetricNotFoundError, ConfigurationError)) or type(error).__name__ == "MisconfigurationException"
+        return TrialOutcome(TrialState.FAILED, error=_describe(error), fatal=fatal, **common)
     if not values:
         logged = sorted(metrics)
         err = MetricNotFoundError(
@@ -374,12 +386,14 @@ def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
     common = {"intermediate": sent, "metrics": last.metrics, "attrs": attrs}
     if last.state is TrialState.FAILED:
         where = f"run {len(runs) - 1} (fold {runs[-1]['fold']}, repeat {runs[-1]['repeat']})"
-        return TrialOutcome(TrialState.FAILED, error=f"{where}: {last.error}", fatal=last.fatal, interrupted=last.interrupted, **common)
+        # an interrupted trial's error starts with the reason, so that a resumed search retries it
+        error = f"{last.interrupted}: {where}: {last.error}" if last.interrupted else f"{where}: {last.error}"
+        return TrialOutcome(TrialState.FAILED, error=error, fatal=last.fatal, interrupted=last.interrupted, **common)
     finite = [(s, v) for s, v in sent.items() if math.isfinite(v)]
     best_step, value = min(finite, key=lambda sv: sv[1] if b.direction is Direction.MINIMIZE else -sv[1]) if finite else (None, None)
     if last.state is TrialState.PRUNED:
         return TrialOutcome(TrialState.PRUNED, value=value, best_step=best_step, **common)
     best_run = min((r for r in runs if r["value"] is not None),
                    key=lambda r: r["value"] if b.direction is Direction.MINIMIZE else -r["value"])
-    return TrialOutcome(TrialState.COMPLETE, value=statistics.fmean(done), best_step=max(sent),
+    return TrialOutcome(TrialState.COMPLETE, value=statistics.fmean(done), best_step=max(sent) if sent else None,
                         checkpoint=best_run["checkpoint"], **common)
