@@ -108,6 +108,14 @@ class TinyModel(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for driver subprocesses: Ctrl+C raises KeyboardInterrupt there, even when the tests run
+    where SIGINT is ignored (a shell's background job inherits SIG_IGN, and Python then keeps it)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 FAST = {"accelerator": "cpu", "devices": 1, "max_epochs": 2, "logger": False, "num_sanity_val_steps": 0}
 
 

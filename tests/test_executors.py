@@ -15,6 +15,7 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import default_sigint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -235,7 +236,7 @@ def test_pruning_through_a_search(tmp_path):
 
 # --------------------------------------------------------------------------------------------- driver signals
 def _start_driver(root: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, str(root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen([sys.executable, __file__, str(root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=default_sigint,
                             text=True, start_new_session=True)  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, TinyData, TinyModel
+from conftest import FAST, TinyData, TinyModel, default_sigint
 from lightning_hpt import Float, HyperparameterSearch, Int, TrialState
 from lightning_hpt.storage import open_storage
 
@@ -38,7 +38,7 @@ def test_kill_and_resume_soak(tmp_path):
     signals = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
     progress, cycles = [], 0
     while True:
-        proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path), str(n), "0.02"],
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path), str(n), "0.02"], preexec_fn=default_sigint,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if cycles < 6:
             time.sleep(rng.uniform(4.0, 7.0))  # start-up (imports) takes a few seconds; then trials run

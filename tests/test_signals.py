@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import default_sigint
 
 from lightning_hpt.storage import open_storage
 from lightning_hpt.trial import TrialState
@@ -29,7 +30,7 @@ def _trials(root: Path):
 
 
 def _start(root: Path, n_trials: int, sleep: float = 0.1) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(SCRIPT), str(root), str(n_trials), str(sleep)],
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(root), str(n_trials), str(sleep)], preexec_fn=default_sigint,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -85,7 +86,7 @@ def test_signal_records_the_running_trial(tmp_path, sig, code, reason):
 
 def test_second_ctrl_c_exits_at_once(tmp_path):
     """Row 2: a second Ctrl+C while the first is being handled (here: a slow database) ends the driver at once."""
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path), "3", "0.2"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path), "3", "0.2"], stdout=subprocess.PIPE, preexec_fn=default_sigint,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "HPT_SLOW_RECORD": "30"})
     _wait_running(tmp_path, proc)
     proc.send_signal(signal.SIGINT)
