@@ -475,6 +475,7 @@ class HyperparameterSearch:
                         history = self._history(storage)
                         progress.trial_finished(final, history.best(), self.monitor, finished(), self.n_trials)
                         board.trial_finished(final, history.best())
+                        gc.freeze()  # what outlived this trial (lazy imports, caches) stays out of the next collections
                         if outcome.interrupted == PREEMPTED:
                             raise SearchPreempted()
                         if outcome.interrupted:
