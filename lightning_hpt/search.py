@@ -117,7 +117,9 @@ class HyperparameterSearch:
             from ``(seed, trial number)``.
         patience: ``EarlyStopping`` patience inside each trial, in validation runs; ``None`` disables it.
         checkpoint: keep each trial's best-epoch checkpoint.
-        executor: where trials run; in-process, one at a time, by default.
+        executor: where trials run; in-process, one at a time, by default. An executor passed in keeps
+            its workers after ``run()`` (for another run); call its ``shutdown()`` when done. A stopped
+            search (Ctrl+C, SIGTERM, an error) always shuts it down.
         timeout: seconds after which no new trial starts.
         retry_interrupted: rerun, under the same number, trials stopped by Ctrl+C, SIGTERM or a
             killed driver (else they stay FAILED).
@@ -218,6 +220,7 @@ class HyperparameterSearch:
             raise ConfigurationError(
                 f"executor must be an Executor (LocalExecutor(), ProcessExecutor(...), RayExecutor(...)) or None, got {executor!r}"
             )
+        self._owns_executor = executor is None
         self.executor = executor or LocalExecutor()
         self.retry_interrupted = retry_interrupted
         self.allow_changes = allow_changes
@@ -486,12 +489,14 @@ class HyperparameterSearch:
             running.clear()
             if not (handling and isinstance(e, (KeyboardInterrupt, SearchPreempted))):
                 self._abandon(storage, started, e)  # a second Ctrl+C here also ends it at once
+            self.executor.shutdown()  # no worker outlives a stopped search
             raise
         finally:
             stop_beat.set()
             board.close()
             progress.close()
-            self.executor.shutdown()  # idle workers would otherwise hold their memory until exit
+            if self._owns_executor:  # an executor passed in is the caller's: it can serve another run()
+                self.executor.shutdown()
             gc.unfreeze()
         result = self.result(reason or "done")
         if self.refit and result.best_trial is not None:
