@@ -9,8 +9,9 @@ How a proposal is made, every time from the history alone:
 2. Until ``n_initial`` observations exist, configurations come from a scrambled Sobol design:
    point number ``trial number`` of the sequence seeded with the study's seed.
 3. Afterwards a GP (:mod:`lightning_hpt.strategies._gp`) is fitted on the observations with
-   power-transformed, standardized outcomes, and a BoTorch acquisition (log noisy expected
-   improvement by default) is maximized: L-BFGS-B on the continuous dimensions, alternating with
+   power-transformed, standardized outcomes, and an acquisition is maximized: log noisy expected
+   improvement by default, in closed form given quasi-random samples of the incumbent
+   (:mod:`lightning_hpt.strategies._acquisition`), or a BoTorch Monte Carlo acquisition: L-BFGS-B on the continuous dimensions, alternating with
    a neighbourhood search over the allowed values of integers, stepped floats and categories.
    A maximizer that decodes to a configuration already tried is replaced by the best new one.
 4. A batch (``n > 1``) is built greedily: every chosen configuration, and every RUNNING or
@@ -39,6 +40,7 @@ strategy logs a warning and proposes quasi-random configurations instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import statistics
@@ -159,7 +161,8 @@ class BayesianStrategy(Strategy):
             seeded random sample of the rest, which keeps proposal time bounded in long studies.
         num_restarts: L-BFGS-B starting points of the acquisition optimization.
         raw_samples: candidate points screened to choose those starting points.
-        mc_samples: quasi-Monte-Carlo samples of the MC acquisitions.
+        mc_samples: quasi-Monte-Carlo samples of the incumbent (``"lognei"``, and ``"logei"`` with
+            pending points) or of the joint posterior (``"ucb"``, ``"pi"``).
 
     Example:
         >>> from lightning_hpt.space import Float, SearchSpace
@@ -382,18 +385,19 @@ class BayesianStrategy(Strategy):
         pending: torch.Tensor | None,
         torch_seed: int,
     ) -> Any:
-        from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
         from botorch.acquisition.monte_carlo import qProbabilityOfImprovement, qUpperConfidenceBound
         from botorch.sampling import SobolQMCNormalSampler
 
-        sampler = SobolQMCNormalSampler(torch.Size([self.mc_samples]), seed=torch_seed)
+        from lightning_hpt.strategies._acquisition import LogConditionalEI, prune_baseline
+
         if self.acquisition == "lognei":
-            return qLogNoisyExpectedImprovement(
-                model, x_obs, sampler=sampler, X_pending=pending, prune_baseline=True, cache_root=False
-            )
-        best = float(model.train_y.max())  # the model's (transformed) outcome scale
+            baseline = prune_baseline(model, x_obs, seed=torch_seed)
+            return LogConditionalEI(model, baseline, samples=self.mc_samples, seed=torch_seed, X_pending=pending)
         if self.acquisition == "logei":
-            return qLogExpectedImprovement(model, best, sampler=sampler, X_pending=pending)
+            best_f = float(model.train_y.max())  # the model's (transformed) outcome scale
+            return LogConditionalEI(model, best_f=best_f, samples=self.mc_samples, seed=torch_seed, X_pending=pending)
+        sampler = SobolQMCNormalSampler(torch.Size([self.mc_samples]), seed=torch_seed)
+        best = float(model.train_y.max())
         if self.acquisition == "ucb":
             return qUpperConfidenceBound(model, _UCB_BETA, sampler=sampler, X_pending=pending)
         tau = 1e-3 * float(model.train_y.std().clamp_min(1e-9))
@@ -443,6 +447,16 @@ class BayesianStrategy(Strategy):
         return pool[int(torch.argmax(values))]
 
 
+@functools.cache
+def _threadpools() -> Any:
+    """threadpoolctl's view of the loaded thread pools (found once: finding them reads /proc)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - installed with BoTorch
+        return None
+    return ThreadpoolController()
+
+
 def _blas_threads(threads: int) -> contextlib.AbstractContextManager:
     """Limit the BLAS thread pools (SciPy's L-BFGS-B, NumPy) like torch's.
 
@@ -450,11 +464,10 @@ def _blas_threads(threads: int) -> contextlib.AbstractContextManager:
     torch's and a training process for the same cores, each call costs milliseconds instead of
     microseconds.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - installed with BoTorch
+    controller = _threadpools()
+    if controller is None:  # pragma: no cover
         return contextlib.nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
+    return controller.limit(limits=threads, user_api="blas")
 
 
 def _pending_points(history: History, enc: _Encoding) -> torch.Tensor | None:
