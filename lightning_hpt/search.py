@@ -49,6 +49,11 @@ class _Reporter:
         self.search, self.storage, self.number, self.progress = search, storage, number, progress
         self.stored: set[int] = set()
 
+    @property
+    def answers(self) -> bool:
+        """Whether :meth:`report` can answer "stop": only with a pruner (channels need not wait otherwise)."""
+        return self.search.pruner.name != "none"
+
     def report(self, step: int, value: float) -> bool:
         self.storage.report(self.search.study_name, self.number, step, value)
         self.stored.add(step)
@@ -60,6 +65,9 @@ class _Reporter:
         history = self.search._history(self.storage)
         trial = next(t for t in history.trials if t.number == self.number)
         return bool(pruner.should_prune(history, trial))
+
+
+_MAX_REFUSALS = 5  # proposals refused in a row because other drivers added trials first
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -376,9 +384,12 @@ class HyperparameterSearch:
             out.append(rec)
         if len(out) == k:
             return out, None
-        # another driver sharing the study may create the same grid point first: ask again with the new history
-        # (this ends: each refusal means the point now exists, and the grid is finite)
+        # Another driver sharing the study may add a trial between our read and our write: then the proposal
+        # (made for the number that trial took, e.g. the same seeded random draw, a grid point it now has, or
+        # a model blind to it) is refused and made again from the new history. After a few refusals in a row
+        # (many busy drivers) proposals are written under any free number, as grid points still uniquely.
         unique = self.strategy.name == "grid"
+        refusals = 0
         while True:
             history = self._history(storage)
             if self.n_trials is not None and len(history.trials) >= self.n_trials:
@@ -389,11 +400,13 @@ class HyperparameterSearch:
             proposals = self.strategy.ask(history, want)
             if not proposals:
                 return out, f"{self.strategy.name} strategy exhausted"
-            for params in proposals:
+            for i, params in enumerate(proposals):
+                number = history.next_number + i if refusals < _MAX_REFUSALS else None
                 try:
                     rec = storage.create_trial(self.study_name, params, max_trials=self.n_trials, host=HOST,
-                                               pid=os.getpid(), unique=unique)  # fmt: skip
+                                               pid=os.getpid(), unique=unique, number=number)  # fmt: skip
                 except DuplicateTrialError:
+                    refusals += 1
                     break
                 if rec is None:
                     return out, "n_trials reached"

@@ -281,3 +281,11 @@ def test_tensorboard_hparams_and_study_curve(tmp_path, fast_trainer):
     study_tb.Reload()
     best = [e.value for e in study_tb.Scalars("best_val_loss")]
     assert best == pytest.approx([result.trials[0].value, min(t.value for t in result.trials)])
+
+
+def test_the_driver_reporter_answers_only_with_a_pruner(tmp_path, fast_trainer):
+    # channels between processes skip the round trip for a reporter that never answers "stop"
+    from lightning_hpt.search import _Reporter
+
+    assert _Reporter(make(tmp_path, fast_trainer), None, 0, None).answers is False
+    assert _Reporter(make(tmp_path, fast_trainer, pruner="median"), None, 0, None).answers is True

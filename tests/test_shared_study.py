@@ -24,7 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from lightning_hpt import Categorical, Float, HyperparameterSearch, Int, TrialState  # noqa: E402
 from lightning_hpt.storage import open_storage  # noqa: E402
+from lightning_hpt.space import SearchSpace  # noqa: E402
 from lightning_hpt.strategies import GridStrategy, RandomStrategy  # noqa: E402
+from lightning_hpt.strategies.base import trial_rng  # noqa: E402
 from lightning_hpt.testing.executor import TRAINER, ContractData, ContractModel  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -93,6 +95,14 @@ def test_no_grid_point_runs_twice(shared):
     points = Counter((t.params["model.hidden"], t.params["model.lr"]) for t in grid_trials)
     assert set(points) == {(h, lr) for h in (4, 5, 6) for lr in (0.02, 0.05)}
     assert max(points.values()) == 1, points
+
+
+
+def test_seeded_random_trials_are_distinct_and_follow_the_seed(shared):
+    # a proposal made for a number another driver took first is made again: trial k gets draw k
+    random_trials, _ = shared
+    space = SearchSpace({"model.lr": Float(0.01, 0.1, log=True)})
+    assert [dict(t.params) for t in random_trials] == [space.sample(trial_rng(0, k)) for k in range(N_RANDOM)]
 
 
 if __name__ == "__main__":

@@ -60,13 +60,17 @@ def _broker_class() -> type:
             self._waiting: dict[int, asyncio.Future] = {}
             self._ids = itertools.count()
 
+        async def post(self, key: str, step: int, value: float) -> None:
+            """A report whose trial does not wait for a decision (no pruner: the answer is always "go on")."""
+            await self._queue.put((None, key, step, value))
+
         async def report(self, key: str, step: int, value: float) -> bool:
             rid = next(self._ids)
             self._waiting[rid] = asyncio.get_running_loop().create_future()
             await self._queue.put((rid, key, step, value))
             return await self._waiting[rid]
 
-        async def take(self, timeout: float) -> list[tuple[int, str, int, float]]:
+        async def take(self, timeout: float) -> list[tuple[int | None, str, int, float]]:
             """The reports waiting for a decision; waits up to ``timeout`` seconds for the first."""
             try:
                 first = await asyncio.wait_for(self._queue.get(), timeout)
@@ -86,18 +90,27 @@ def _broker_class() -> type:
 
 
 class _RayReporter:
-    """The trial's reporter inside a Ray task: asks the broker actor and waits for the driver's answer."""
+    """The trial's reporter inside a Ray task: asks the broker actor and waits for the driver's answer.
 
-    def __init__(self, broker: Any, key: str) -> None:
-        self.broker, self.key = broker, key
+    When the driver's reporter never answers "stop" (``answers`` False: the search has no pruner),
+    the report is posted without waiting: the trial does not stall on a round trip through the
+    actor and the driver every epoch. Posted values still reach the study as the trial runs, and
+    the trial's outcome carries every value in case one arrives after the trial ended.
+    """
+
+    def __init__(self, broker: Any, key: str, answers: bool = True) -> None:
+        self.broker, self.key, self.answers = broker, key, answers
 
     def report(self, step: int, value: float) -> bool:
         import ray
 
+        if not self.answers:
+            self.broker.post.remote(self.key, int(step), float(value))
+            return False
         return bool(ray.get(self.broker.report.remote(self.key, int(step), float(value))))
 
 
-def _run_remote(job: TrialJob, build: TrialBuild, broker: Any, key: str, threads: int) -> TrialOutcome:
+def _run_remote(job: TrialJob, build: TrialBuild, broker: Any, key: str, threads: int, answers: bool = True) -> TrialOutcome:
     """The Ray task of one trial (``build`` arrives from the object store, shared by every trial)."""
     global _FROZEN
     if threads > 0:
@@ -108,7 +121,7 @@ def _run_remote(job: TrialJob, build: TrialBuild, broker: Any, key: str, threads
         gc.collect()
         gc.freeze()
         _FROZEN = True
-    return run_trial(dataclasses.replace(job, build=build), _RayReporter(broker, key))
+    return run_trial(dataclasses.replace(job, build=build), _RayReporter(broker, key, answers))
 
 
 def _load_check(build: Any) -> None:
@@ -303,8 +316,9 @@ class RayExecutor(Executor):
         key = self._registry.register(reporter)
         opts = {**self._options(), "max_retries": self.max_retries, "retry_exceptions": False}
         threads = max(1, int(opts["num_cpus"]))
+        answers = bool(getattr(reporter, "answers", True))
         ref = self._task.options(**opts).remote(dataclasses.replace(job, build=None), self._build_ref(job.build),
-                                                self._broker, key, threads)  # fmt: skip
+                                                self._broker, key, threads, answers)  # fmt: skip
         with self._lock:
             self._running[ref] = _Running(job.number, key, future, time.monotonic())
         return future
@@ -320,7 +334,10 @@ class RayExecutor(Executor):
                 time.sleep(0.1)
                 continue
             try:
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.2)
+                # back as soon as one trial ends (a slot is free), then take any others that ended too
+                ready, rest = ray.wait(refs, num_returns=1, timeout=0.2)
+                if ready and rest:
+                    ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             except Exception:  # Ray is shutting down
                 if self._closed.is_set():
                     return
@@ -368,7 +385,9 @@ class RayExecutor(Executor):
                 time.sleep(1.0)
                 continue
             for rid, key, step, value in requests:
-                self._broker.decide.remote(rid, self._registry.call(key, step, value))
+                stop = self._registry.call(key, step, value)
+                if rid is not None:  # None: posted, nobody waits for the decision
+                    self._broker.decide.remote(rid, stop)
 
     def shutdown(self) -> None:
         """Cancel running trials (FAILED "interrupted"), stop the channel, and stop Ray if this executor started it."""

@@ -18,7 +18,12 @@ log = logging.getLogger(__name__)
 
 
 class TrialReporter(Protocol):
-    """The channel from a running trial to the driver."""
+    """The channel from a running trial to the driver.
+
+    A reporter may also have an ``answers`` attribute: False when :meth:`report` never returns
+    True (the search has no pruner), so that a channel between processes or machines may send the
+    report without waiting for the answer. Without the attribute, channels wait.
+    """
 
     def report(self, step: int, value: float) -> bool:
         """Send the monitored value of validation run ``step`` (0-based); True means: stop this trial."""

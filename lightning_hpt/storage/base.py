@@ -75,6 +75,7 @@ class Storage(ABC):
         host: str | None = None,
         pid: int | None = None,
         unique: bool = False,
+        number: int | None = None,
     ) -> TrialRecord | None:
         """Add a trial with the next free number (atomically), RUNNING or QUEUED.
 
@@ -82,6 +83,11 @@ class Storage(ABC):
         and value types) is refused with :class:`~lightning_hpt.exceptions.DuplicateTrialError`, in
         the same transaction that allocates the number: drivers that share a study and propose the
         same grid point at the same moment create it once.
+
+        With ``number`` (the number the caller's proposal was made for: ``History.next_number`` of
+        the history it read) the trial is created only if that is still the next free number, else
+        :class:`~lightning_hpt.exceptions.DuplicateTrialError`: another driver added a trial since,
+        and the caller should propose again from the new history.
 
         A RUNNING trial gets ``started_at``, ``host``, ``pid`` and ``attempt=1``. Returns ``None``
         (and writes nothing) when the study already has ``max_trials`` trials of any state.

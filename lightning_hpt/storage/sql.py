@@ -466,8 +466,11 @@ class SQLStorage(Storage):
         host: str | None = None,
         pid: int | None = None,
         unique: bool = False,
+        number: int | None = None,
     ) -> TrialRecord | None:
         state = TrialState(state)
+        if number is not None:
+            check_int(number, "number")
         if state not in (TrialState.RUNNING, TrialState.QUEUED):
             raise StorageError(f"a new trial must be RUNNING or QUEUED, got state={state.value!r}")
         if max_trials is not None:
@@ -490,13 +493,18 @@ class SQLStorage(Storage):
             ).one()
             if max_trials is not None and count >= max_trials:
                 return None
+            if number is not None and number != (0 if top is None else top + 1):
+                raise DuplicateTrialError(
+                    f"study {study!r} already has trial number {number}: another driver added a trial since this"
+                    " proposal was made"
+                )
             if unique:  # under the study's write lock: no other driver can insert between this check and ours
                 key = params_key(json.loads(params_json))
                 q = sa.select(TRIALS.c.number, TRIALS.c.params).where(TRIALS.c.study_id == study_id)
-                for number, text in conn.execute(q):
+                for other, text in conn.execute(q):
                     if params_key(json.loads(text)) == key:
                         raise DuplicateTrialError(
-                            f"study {study!r} already has trial {number} with params {json.loads(params_json)}"
+                            f"study {study!r} already has trial {other} with params {json.loads(params_json)}"
                         )
             values = {
                 "study_id": study_id, "number": 0 if top is None else top + 1, "state": state.value,

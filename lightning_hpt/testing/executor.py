@@ -194,6 +194,18 @@ class ExecutorContract:
         assert out.state is TrialState.PRUNED, out.error
         assert sorted(out.intermediate) == [0, 1] and [c[0] for c in reporter.calls] == [0, 1]
 
+    def test_reports_to_a_reporter_that_never_answers_stop(self, executor: Executor, root: Path) -> None:
+        # answers=False (no pruner) lets a channel send reports without waiting for the answer; a value
+        # may then arrive after the trial ended and be dropped, but the outcome carries every value
+        reporter = RecordingReporter()
+        reporter.answers = False  # type: ignore[attr-defined]
+        out = self.run(executor, self.job(root, 3, lr=0.05, **{"trainer.max_epochs": 3}), reporter)
+        assert out.state is TrialState.COMPLETE, out.error
+        assert sorted(out.intermediate) == [0, 1, 2]
+        steps = [c[0] for c in reporter.calls]
+        assert steps == sorted(set(steps)) and set(steps) <= {0, 1, 2}  # in order, never twice
+        assert all(out.intermediate[s] == pytest.approx(v) for s, v, _ in reporter.calls)
+
     def test_exception_in_the_trial_becomes_failed(self, executor: Executor, root: Path) -> None:
         out = self.run(executor, self.job(root, 2, fail_at_epoch=1))
         assert out.state is TrialState.FAILED and "RuntimeError: boom" in out.error

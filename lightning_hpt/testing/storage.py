@@ -192,6 +192,14 @@ class StorageContract:
         other = storage.create_trial(study, {**PARAMS, "model.layers": 2.0}, unique=True)
         assert other is not None and other.number == 1 and len(storage.trials(study)) == 2
 
+    def test_create_with_an_expected_number_refuses_a_stale_one(self, storage: Storage, study: str) -> None:
+        assert storage.create_trial(study, PARAMS, number=0).number == 0
+        # a proposal made from a history read before trial 0 existed is refused, and writes nothing
+        with pytest.raises(DuplicateTrialError, match="already has trial number 0"):
+            storage.create_trial(study, {**PARAMS, "model.layers": 3}, number=0)
+        assert [t.number for t in storage.trials(study)] == [0]
+        assert storage.create_trial(study, PARAMS, number=1).number == 1
+
     def test_claim_queued_takes_the_lowest_number_once(self, storage: Storage, study: str) -> None:
         storage.create_trial(study, PARAMS)  # RUNNING: never claimed
         for lr in (0.001, 0.002):
