@@ -1,13 +1,13 @@
 """Trials per minute on the digits task: in-process vs ProcessExecutor (2 workers) vs RayExecutor (2 CPUs).
 
-    python benchmarks/parallel.py [--trials 24] [--epochs 4] [--modes local,process,ray]
+    python benchmarks/parallel.py [--trials 24] [--epochs 4] [--modes local,process,ray] [--repeats 3]
 
 Every mode runs the same seeded random search (same configurations, same epochs), each trial on one
 torch thread. "Search" is the wall time of ``search.run()`` including starting the workers (or Ray);
-"steady" first runs one untimed trial in every worker (imports, first Trainer) and times the trials alone. The machine is shared: rerun when it
-is quiet, and compare modes from the same run. To tell what the machine allowed at that moment, it
-first times a plain torch loop in one process, then in two at once ("raw scaling": 2.0x on idle
-cores). Prints the figures; writes nothing else.
+"steady" first runs one untimed trial in every worker (imports, first Trainer) and times the trials alone. The machine is shared: the modes run
+in interleaved rounds and medians are reported, so that a busy moment does not favour one mode.
+To tell what the machine allowed, each round first times a plain torch loop in one process, then
+in two at once ("raw scaling": 2.0x on idle cores). Prints the figures; writes nothing else.
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ def search(ex, trials: int, epochs: int, root: str, study: str, seed: int = 0) -
                                                 "log_every_n_steps": 5})  # fmt: skip
 
 
-def measure(mode: str, trials: int, epochs: int, root: str, steady: bool) -> dict:
+def measure(mode: str, trials: int, epochs: int, root: str, steady: bool, tag: str = "") -> dict:
     ex = executor(mode)
     if steady:
-        search(ex, ex.max_concurrency if mode != "ray" else 2, 1, root, f"{mode}_warmup", seed=1).run()
-    s = search(ex, trials, epochs, root, f"{mode}_{'steady' if steady else 'cold'}")
+        search(ex, ex.max_concurrency if mode != "ray" else 2, 1, root, f"{mode}_warmup{tag}", seed=1).run()
+    s = search(ex, trials, epochs, root, f"{mode}_{'steady' if steady else 'cold'}{tag}")
     t0 = time.perf_counter()
     result = s.run()
     wall = time.perf_counter() - t0
@@ -83,33 +83,34 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--modes", default="local,process,ray")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of every mode, interleaved; medians are reported")
     args = p.parse_args()
     torch.set_num_threads(1)  # the in-process trials: one thread, like each worker's
     print(describe())
-    print(f"load average before: {os.getloadavg()}")
-    print(f"raw scaling of 2 torch processes now: {raw_scaling():.2f}x")
-    print(f"{args.trials} digits trials of {args.epochs} epochs, one torch thread each\n")
+    print(f"{args.trials} digits trials of {args.epochs} epochs, one torch thread each, {args.repeats} rounds\n")
     root = tempfile.mkdtemp(prefix="hpt-parallel-")
-    rows = {}
+    rows: dict[tuple[str, bool], list[float]] = {}
     try:
-        for mode in args.modes.split(","):
-            for steady in (False, True):
-                if mode == "local" and steady:
-                    continue  # nothing to start
-                r = measure(mode, args.trials, args.epochs, root, steady)
-                rows[(mode, steady)] = r
-                label = f"{mode}{' (steady)' if steady else ''}"
-                print(f"{label:18s} {r['wall']:7.1f} s  {r['per_min']:6.1f} trials/min  mean trial {r['trial_s']:.2f} s"
-                      f"  load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+        for round_ in range(args.repeats):
+            print(f"round {round_ + 1}: raw scaling of 2 torch processes now {raw_scaling():.2f}x, load {os.getloadavg()[0]:.1f}")
+            for mode in args.modes.split(","):
+                for steady in (False, True):
+                    if mode == "local" and steady:
+                        continue  # nothing to start
+                    r = measure(mode, args.trials, args.epochs, root, steady, f"r{round_}")
+                    rows.setdefault((mode, steady), []).append(r["per_min"])
+                    label = f"{mode}{' (steady)' if steady else ''}"
+                    print(f"  {label:18s} {r['wall']:7.1f} s  {r['per_min']:6.1f} trials/min  mean trial {r['trial_s']:.2f} s"
+                          f"  load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    base = rows.get(("local", False))
-    if base:
-        print()
-        for (mode, steady), r in rows.items():
-            if mode != "local":
-                print(f"{mode}{' (steady)' if steady else ''}: {r['per_min'] / base['per_min']:.2f}x in-process throughput")
-    print(f"raw scaling of 2 torch processes now: {raw_scaling():.2f}x; load average {os.getloadavg()}")
+    base = statistics.median(rows[("local", False)]) if ("local", False) in rows else None
+    print("\n| mode | trials/min (median) | all rounds | vs in-process |\n| --- | --- | --- | --- |")
+    for (mode, steady), values in rows.items():
+        median = statistics.median(values)
+        ratio = f"{median / base:.2f}x" if base else "-"
+        label = f"{mode}{' (steady)' if steady else ''}"
+        print(f"| {label} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {ratio} |")
     return 0
 
 

@@ -91,26 +91,28 @@ class LogConditionalEI(AcquisitionFunction):
             best = best.clamp_min(self.best_f)
         self._best = best
 
-    def forward(self, X: Tensor) -> Tensor:
-        """Acquisition values of ``b x 1 x d`` points, ``b``."""
-        if X.shape[-2] != 1:
-            raise ValueError(f"LogConditionalEI evaluates single points (b x 1 x d), got {tuple(X.shape)}")
+    def _moments(self, x: Tensor) -> tuple[Tensor, ...]:
+        """At ``b x d`` points: the conditional means ``b x S`` and variance ``b``, and the parts of their gradients."""
         gp = self.gp
-        x = X[..., 0, :]
-        kx = gp._k(x, gp.train_x)  # b x n
+        kx, dkx = _kernel_and_slope(gp, x, gp.train_x)  # b x n
         mean = kx @ gp._alpha
         v = torch.linalg.solve_triangular(gp._chol, kx.T, upper=False)  # n x b
         var = gp.outputscale - v.pow(2).sum(0)
         if self._points is None:
-            means = mean.unsqueeze(-1)  # b x 1
-        else:
-            cross = gp._k(x, self._points) - v.T @ self._v_points  # b x k
-            a = torch.linalg.solve_triangular(self._chol_points, cross.T, upper=False).T  # b x k
-            means = mean.unsqueeze(-1) + a @ self._z  # b x S
-            var = var - a.pow(2).sum(-1)
-        sigma = var.clamp_min(1e-12 * gp.outputscale).sqrt().unsqueeze(-1)
+            return mean.unsqueeze(-1), var, v, dkx, None, None
+        kp, dkp = _kernel_and_slope(gp, x, self._points)
+        cross = kp - v.T @ self._v_points  # b x k: posterior covariance with the sampled points
+        a = torch.linalg.solve_triangular(self._chol_points, cross.T, upper=False).T  # b x k
+        return mean.unsqueeze(-1) + a @ self._z, var - a.pow(2).sum(-1), v, dkx, a, dkp
+
+    def forward(self, X: Tensor) -> Tensor:
+        """Acquisition values of ``b x 1 x d`` points, ``b``."""
+        if X.shape[-2] != 1:
+            raise ValueError(f"LogConditionalEI evaluates single points (b x 1 x d), got {tuple(X.shape)}")
+        means, var, *_ = self._moments(X[..., 0, :])
+        sigma = var.clamp_min(1e-12 * self.gp.outputscale).sqrt().unsqueeze(-1)
         log_ei = _log_ei_helper((means - self._best) / sigma) + sigma.log()
-        return torch.logsumexp(log_ei, dim=-1) - math.log(log_ei.shape[-1]) + math.log(gp.y_std)
+        return torch.logsumexp(log_ei, dim=-1) - math.log(log_ei.shape[-1]) + math.log(self.gp.y_std)
 
     @torch.no_grad()
     def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,19 +123,7 @@ class LogConditionalEI(AcquisitionFunction):
         hundred small operations, which would cost most of an acquisition optimization.
         """
         gp = self.gp
-        kx, dkx = _kernel_and_slope(gp, x, gp.train_x)  # b x n
-        mean = kx @ gp._alpha
-        v = torch.linalg.solve_triangular(gp._chol, kx.T, upper=False)  # n x b
-        var = gp.outputscale - v.pow(2).sum(0)
-        if self._points is None:
-            means = mean.unsqueeze(-1)
-            a = None
-        else:
-            kp, dkp = _kernel_and_slope(gp, x, self._points)
-            cross = kp - v.T @ self._v_points
-            a = torch.linalg.solve_triangular(self._chol_points, cross.T, upper=False).T  # b x k
-            means = mean.unsqueeze(-1) + a @ self._z
-            var = var - a.pow(2).sum(-1)
+        means, var, v, dkx, a, dkp = self._moments(x)
         floor = 1e-12 * gp.outputscale
         sigma = var.clamp_min(floor).sqrt().unsqueeze(-1)  # b x 1
         u = (means - self._best) / sigma  # b x S
@@ -143,8 +133,8 @@ class LogConditionalEI(AcquisitionFunction):
         w = torch.softmax(h, dim=-1)
         g = torch.exp(log_Phi(u) - log_ei)  # d log_ei / du
         g1 = (w * g).sum(-1) / sigma[:, 0]  # b
-        q = ((w * (1 - g * u)).sum(-1) / sigma[:, 0].pow(2)) * (var > floor)  # d value / d var * -2... see below
-        # d value = g1 dmean + gz . da + q/2 dvar, with dvar = -2 v.dv - 2 a.da
+        q = ((w * (1 - g * u)).sum(-1) / sigma[:, 0].pow(2)) * (var > floor)  # 2 d value / d var
+        # d value = g1 dmean + gz . da + q/2 dvar, with dvar = -2 v.dv - 2 a.da and da, dv linear in dk
         coef_x = g1.unsqueeze(-1) * gp._alpha  # b x n, times dk(x, X)
         back = q.unsqueeze(-1) * v.T  # b x n, times dv
         grad = torch.zeros_like(x)
@@ -160,7 +150,8 @@ class LogConditionalEI(AcquisitionFunction):
 
 def _kernel_and_slope(gp: LightGP, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """``k(x, y)`` (``b x m``) and ``-(5/3) s (1 + r) exp(-r)``, the factor of its gradient in ``x``."""
-    r = (5.0 * _sq_dist(x, y, gp.lengthscale, gp.cat_mask)).sqrt()
+    # sqrt is not differentiable at 0 (forward may run under autograd); the kernel is, so keep off 0
+    r = (5.0 * _sq_dist(x, y, gp.lengthscale, gp.cat_mask)).clamp_min(1e-30).sqrt()
     e = torch.exp(-r) * gp.outputscale
     return (1.0 + r + r.pow(2) / 3.0) * e, -(5.0 / 3.0) * (1.0 + r) * e
 
