@@ -374,8 +374,12 @@ class HyperparameterSearch:
             return None
 
     # --- running ------------------------------------------------------------------------------
-    def _next_trials(self, storage: Storage, k: int) -> tuple[list[TrialRecord], str | None]:
-        """Up to ``k`` trials to start now (queued first, then new proposals), and why there are none."""
+    def _next_trials(self, storage: Storage, k: int, history: History | None = None) -> tuple[list[TrialRecord], str | None]:
+        """Up to ``k`` trials to start now (queued first, then new proposals), and why there are none.
+
+        ``history``: the study as just read, if it was (saves reading it again); a stale one only
+        costs a refused proposal, made again from a fresh read.
+        """
         out: list[TrialRecord] = []
         while len(out) < k:
             rec = storage.claim_queued(self.study_name, host=HOST, pid=os.getpid())
@@ -391,7 +395,7 @@ class HyperparameterSearch:
         unique = self.strategy.name == "grid"
         refusals = 0
         while True:
-            history = self._history(storage)
+            history = history if history is not None and not refusals else self._history(storage)
             if self.n_trials is not None and len(history.trials) >= self.n_trials:
                 return out, "n_trials reached"
             want = k - len(out)
@@ -448,9 +452,10 @@ class HyperparameterSearch:
             self.enqueue(params)
         progress = make_progress(self.verbose)
         board = StudyBoard(self.root / self.study_name / "tensorboard", self.monitor)
-        finished = lambda: sum(t.state.is_finished for t in storage.trials(self.study_name))
-        progress.start(self.study_name, self.n_trials, finished(), storage.url, monitor=self.monitor,
-                       trials=storage.trials(self.study_name))
+        trials = storage.trials(self.study_name)
+        progress.start(self.study_name, self.n_trials, sum(t.state.is_finished for t in trials), storage.url,
+                       monitor=self.monitor, trials=trials)  # fmt: skip
+        history: History | None = None  # the study as read after the last finished trial
         t0 = time.monotonic()
         running: dict[Future, tuple[TrialRecord, _Reporter]] = {}
         reason: str | None = None
@@ -470,7 +475,8 @@ class HyperparameterSearch:
                         reason = "timeout"
                     free = self.executor.max_concurrency - len(running)
                     if reason is None and free > 0:
-                        recs, reason = self._next_trials(storage, free)
+                        recs, reason = self._next_trials(storage, free, history)
+                        history = None
                         for rec in recs:
                             reporter = _Reporter(self, storage, rec.number, progress)
                             _ACTIVE.add((storage.url, self.study_name, rec.number))
@@ -488,8 +494,9 @@ class HyperparameterSearch:
                         handling = False
                         _ACTIVE.discard((storage.url, self.study_name, rec.number))
                         started.discard(rec.number)
-                        history = self._history(storage)
-                        progress.trial_finished(final, history.best(), self.monitor, finished(), self.n_trials)
+                        history = self._history(storage)  # one read serves the display and the next proposals
+                        progress.trial_finished(final, history.best(), self.monitor,
+                                                sum(t.state.is_finished for t in history.trials), self.n_trials)
                         board.trial_finished(final, history.best())
                         gc.freeze()  # what outlived this trial (lazy imports, caches) stays out of the next collections
                         if outcome.interrupted == PREEMPTED:
