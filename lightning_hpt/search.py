@@ -10,6 +10,7 @@ import math
 import inspect
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -67,7 +68,7 @@ class _Reporter:
         return bool(pruner.should_prune(history, trial))
 
 
-_MAX_REFUSALS = 5  # proposals refused in a row because other drivers added trials first
+_BACKOFF = random.Random()  # its own generator: the pauses never touch the global random state
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -390,8 +391,8 @@ class HyperparameterSearch:
             return out, None
         # Another driver sharing the study may add a trial between our read and our write: then the proposal
         # (made for the number that trial took, e.g. the same seeded random draw, a grid point it now has, or
-        # a model blind to it) is refused and made again from the new history. After a few refusals in a row
-        # (many busy drivers) proposals are written under any free number, as grid points still uniquely.
+        # a model blind to it) is refused and made again from the new history. Every refusal means another
+        # driver made progress, so this ends; a short random pause after each breaks up drivers in lockstep.
         unique = self.strategy.name == "grid"
         refusals = 0
         while True:
@@ -405,12 +406,12 @@ class HyperparameterSearch:
             if not proposals:
                 return out, f"{self.strategy.name} strategy exhausted"
             for i, params in enumerate(proposals):
-                number = history.next_number + i if refusals < _MAX_REFUSALS else None
                 try:
                     rec = storage.create_trial(self.study_name, params, max_trials=self.n_trials, host=HOST,
-                                               pid=os.getpid(), unique=unique, number=number)  # fmt: skip
+                                               pid=os.getpid(), unique=unique, number=history.next_number + i)  # fmt: skip
                 except DuplicateTrialError:
                     refusals += 1
+                    time.sleep(_BACKOFF.uniform(0.0, min(0.05 * refusals, 0.5)))
                     break
                 if rec is None:
                     return out, "n_trials reached"
