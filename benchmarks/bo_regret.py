@@ -16,7 +16,7 @@ written to ``results/bo_regret.json`` and ``results/bo_regret.png``.
 
 Usage::
 
-    python benchmarks/bo_regret.py --seeds 10 --trials 40          # run what is missing, summarize
+    python benchmarks/bo_regret.py --seeds 20 --trials 40          # run what is missing, summarize
     python benchmarks/bo_regret.py --methods bayes gp --seeds 10    # a subset (e.g. one per process)
     python benchmarks/bo_regret.py --summary-only                   # tables and plot from stored runs
     python benchmarks/bo_regret.py --digits                         # the real Lightning comparison (not yet)
@@ -275,7 +275,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--runs-file", type=Path, default=RESULTS / "bo_regret_runs.jsonl")
     parser.add_argument("--summary-only", action="store_true")
