@@ -493,10 +493,11 @@ class SQLStorage(Storage):
             ).one()
             if max_trials is not None and count >= max_trials:
                 return None
-            if number is not None and number != (0 if top is None else top + 1):
+            free = 0 if top is None else top + 1
+            if number is not None and number != free:
                 raise DuplicateTrialError(
-                    f"study {study!r} already has trial number {number}: another driver added a trial since this"
-                    " proposal was made"
+                    f"the next free trial number of study {study!r} is {free}, not {number}: another driver added a"
+                    " trial since this proposal was made"
                 )
             if unique:  # under the study's write lock: no other driver can insert between this check and ours
                 key = params_key(json.loads(params_json))
@@ -507,7 +508,7 @@ class SQLStorage(Storage):
                             f"study {study!r} already has trial {other} with params {json.loads(params_json)}"
                         )
             values = {
-                "study_id": study_id, "number": 0 if top is None else top + 1, "state": state.value,
+                "study_id": study_id, "number": free, "state": state.value,
                 "params": params_json, "value": None, "value_nonfinite": None, "best_step": None, "error": None,
                 "checkpoint": None, "started_at": now if running else None, "finished_at": None,
                 "host": (host or socket.gethostname()) if running else host,
