@@ -396,7 +396,8 @@ def maximize_acqf(
     Starting points are the best of a scrambled Sobol set and of perturbations of ``x_best``
     (the optimum usually lies near the best observations). From each, continuous dims are
     optimized by L-BFGS-B and finite dims (integers, stepped floats, categories) by a discrete
-    neighbourhood search, alternating until no finite dim moves. Finite dims only ever hold their allowed values, so nothing is rounded after the fact.
+    neighbourhood search, alternating until no finite dim moves. Finite dims only ever hold
+    their allowed values, so nothing is rounded after the fact.
 
     Args:
         acq: a BoTorch acquisition function of ``b x 1 x d`` points.

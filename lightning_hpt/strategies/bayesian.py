@@ -9,10 +9,11 @@ How a proposal is made, every time from the history alone:
 2. Until ``n_initial`` observations exist, configurations come from a scrambled Sobol design:
    point number ``trial number`` of the sequence seeded with the study's seed.
 3. Afterwards a GP (:mod:`lightning_hpt.strategies._gp`) is fitted on the observations with
-   power-transformed, standardized outcomes, and an acquisition is maximized: log noisy expected
-   improvement by default, in closed form given quasi-random samples of the incumbent
-   (:mod:`lightning_hpt.strategies._acquisition`), or a BoTorch Monte Carlo acquisition: L-BFGS-B on the continuous dimensions, alternating with
-   a neighbourhood search over the allowed values of integers, stepped floats and categories.
+   power-transformed, standardized outcomes, and an acquisition is maximized (log noisy expected
+   improvement by default, in closed form given quasi-random samples of the incumbent, see
+   :mod:`lightning_hpt.strategies._acquisition`; or a BoTorch Monte Carlo acquisition): L-BFGS-B
+   on the continuous dimensions, alternating with a neighbourhood search over the allowed values
+   of integers, stepped floats and categories.
    A maximizer that decodes to a configuration already tried is replaced by the best new one.
 4. A batch (``n > 1``) is built greedily: every chosen configuration, and every RUNNING or
    QUEUED trial, is a pending point of the acquisition, so parallel workers get different,
