@@ -78,15 +78,9 @@ class LogConditionalEI(AcquisitionFunction):
             self._points = None
             self._best = torch.tensor([self.best_f], dtype=torch.float64)
             return
-        points = torch.cat(parts)
-        self._points = points
-        self._v_points = torch.linalg.solve_triangular(gp._chol, gp._k(gp.train_x, points), upper=False)
-        mean = gp._k(points, gp.train_x) @ gp._alpha
-        cov = gp._k(points, points) - self._v_points.T @ self._v_points
-        self._chol_points = _cholesky(0.5 * (cov + cov.T) + 1e-9 * gp.outputscale * torch.eye(len(points)))
-        z = draw_sobol_normal_samples(len(points), self.samples, dtype=torch.float64, seed=self.seed).T  # k x S
-        self._z = z
-        best = (mean.unsqueeze(-1) + self._chol_points @ z).max(0).values  # S
+        self._points = torch.cat(parts)
+        self._v_points, self._chol_points, self._z, draws = _joint_samples(gp, self._points, self.samples, self.seed)
+        best = draws.max(0).values  # S
         if self.best_f is not None:
             best = best.clamp_min(self.best_f)
         self._best = best
@@ -162,18 +156,26 @@ def _slope_grad(gp: LightGP, x: Tensor, y: Tensor, c: Tensor) -> Tensor:
     return grad.masked_fill(gp.cat_mask, 0.0)
 
 
+def _joint_samples(gp: LightGP, points: Tensor, samples: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Quasi-random joint posterior draws of the latent function at ``k`` points.
+
+    Returns ``L^-1 k(X, points)`` (``n x k``), the Cholesky factor of the posterior covariance
+    (``k x k``), the standard normal draws ``z`` (``k x S``) and the draws themselves (``k x S``).
+    """
+    v = torch.linalg.solve_triangular(gp._chol, gp._k(gp.train_x, points), upper=False)
+    mean = gp._k(points, gp.train_x) @ gp._alpha
+    cov = gp._k(points, points) - v.T @ v
+    chol = _cholesky(0.5 * (cov + cov.T) + 1e-9 * gp.outputscale * torch.eye(len(points)))
+    z = draw_sobol_normal_samples(len(points), samples, dtype=torch.float64, seed=seed).T
+    return v, chol, z, mean.unsqueeze(-1) + chol @ z
+
+
 def prune_baseline(model: LightGP, x: Tensor, samples: int = 512, seed: int = 0) -> Tensor:
     """The observed points that are the best in at least one joint posterior sample (at most 32).
 
     Points that are certainly worse than another never hold the incumbent and only cost time.
     """
-    gp = model
-    v = torch.linalg.solve_triangular(gp._chol, gp._k(gp.train_x, x), upper=False)
-    mean = gp._k(x, gp.train_x) @ gp._alpha
-    cov = gp._k(x, x) - v.T @ v
-    chol = _cholesky(0.5 * (cov + cov.T) + 1e-9 * gp.outputscale * torch.eye(len(x)))
-    z = draw_sobol_normal_samples(len(x), samples, dtype=torch.float64, seed=seed).T
-    winners = (mean.unsqueeze(-1) + chol @ z).argmax(0)
+    winners = _joint_samples(model, x, samples, seed)[3].argmax(0)
     counts = torch.bincount(winners, minlength=len(x))
     keep = torch.argsort(counts, descending=True)[: min(_MAX_BASELINE, int((counts > 0).sum()))]
     return x[torch.sort(keep).values]
