@@ -22,3 +22,16 @@ def describe() -> str:
         pass
     return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {v('torch')}, "
             f"lightning {v('lightning')}, botorch {v('botorch')}, gpytorch {v('gpytorch')}, sqlalchemy {v('sqlalchemy')}")
+
+
+def quiet_single_thread() -> None:
+    """One torch thread and no Lightning chatter or warnings: how every in-process benchmark trains."""
+    import logging
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)

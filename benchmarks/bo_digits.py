@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 
 import lightning.pytorch as L
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env import describe  # noqa: E402
+from _env import describe, quiet_single_thread  # noqa: E402
 from tasks import factories, space, suggest  # noqa: E402
 
 from lightning_hpt import HyperparameterSearch  # noqa: E402
@@ -79,10 +76,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--epochs", type=int, default=10)
     args = p.parse_args()
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_single_thread()
     root = tempfile.mkdtemp(prefix="hpt_bo_digits_")
     rows: dict[str, list[float]] = {"bayes": [], "random": [], "optuna TPE (multivariate)": []}
     seconds: dict[str, float] = dict.fromkeys(rows, 0.0)

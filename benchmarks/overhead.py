@@ -18,12 +18,11 @@ import tempfile
 import time
 
 import lightning.pytorch as L
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _env import describe  # noqa: E402
+from _env import describe, quiet_single_thread  # noqa: E402
 from digits import DigitsDataModule, DigitsMLP  # noqa: E402
 
 from lightning_hpt import Categorical, HyperparameterSearch  # noqa: E402
@@ -76,13 +75,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--leak-trials", type=int, default=50)
     args = p.parse_args()
-    torch.set_num_threads(1)
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_single_thread()
     root = tempfile.mkdtemp(prefix="hpt_overhead_")
     try:
         direct(2, root, True)  # warm-up: imports, first-call costs

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 
 import lightning.pytorch as L
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env import describe  # noqa: E402
+from _env import describe, quiet_single_thread  # noqa: E402
 from tasks import factories, space, suggest  # noqa: E402
 
 from lightning_hpt import HyperparameterSearch, TrialState  # noqa: E402
@@ -97,10 +94,7 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["digits", "cancer"])
     p.add_argument("--strategies", nargs="+", default=["random", "bayes"])
     args = p.parse_args()
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_single_thread()
     rows = []
     root = tempfile.mkdtemp(prefix="hpt_pruning_")
     for task in args.tasks:
