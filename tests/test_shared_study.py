@@ -83,11 +83,12 @@ def shared(request, tmp_path_factory):
 
 def test_numbers_are_unique_and_n_trials_is_global(shared):
     random_trials, grid_trials = shared
-    assert [t.number for t in random_trials] == list(range(N_RANDOM))  # n_trials counts every driver's trials
-    assert [t.number for t in grid_trials] == list(range(len(grid_trials)))
+    seen = [(t.number, t.state.value, t.pid, t.error) for t in random_trials + grid_trials]  # shown on failure
+    assert [t.number for t in random_trials] == list(range(N_RANDOM)), seen  # n_trials counts every driver's trials
+    assert [t.number for t in grid_trials] == list(range(len(grid_trials))), seen
     for trials in (random_trials, grid_trials):
-        assert all(t.state is TrialState.COMPLETE for t in trials)
-    assert len({t.pid for t in random_trials + grid_trials}) > 1  # more than one driver did run trials
+        assert all(t.state is TrialState.COMPLETE for t in trials), seen
+    assert len({t.pid for t in random_trials + grid_trials}) > 1, seen  # more than one driver did run trials
 
 
 def test_no_grid_point_runs_twice(shared):
