@@ -3,7 +3,8 @@
 Every driver runs the same command against one database, as on a cluster (a SLURM array job):
 trial numbers must be unique and without gaps, ``n_trials`` counts the whole study, and no
 configuration runs twice. The drivers wait for each other before they start, and their strategies
-pause between reading the history and returning, so that they do ask at the same moment.
+pause between reading the history and returning, so that they do ask at the same moment. A trial
+lasts longer than a proposal, so that while one driver trains, the others take the next numbers.
 
 Run as a script, this file is one such driver: ``python test_shared_study.py URL STUDY ROOT READY_DIR N``.
 """
@@ -34,6 +35,13 @@ N_RANDOM = 8
 GRID = {"model.hidden": Int(4, 6), "model.lr": Categorical([0.02, 0.05])}  # 6 points
 
 
+class SlowModel(ContractModel):
+    """Trains for about 0.8 s (2 steps of 0.4 s): longer than a refused driver takes to propose again."""
+
+    def __init__(self, lr: float = 0.05, hidden: int = 8) -> None:
+        super().__init__(lr=lr, hidden=hidden, sleep=0.4)
+
+
 class SlowGridStrategy(GridStrategy):
     """The grid, asked slowly: widens the moment between reading the history and creating the trial."""
 
@@ -53,9 +61,9 @@ class SlowRandomStrategy(RandomStrategy):
 def _drive(url: str, study: str, root: str) -> None:
     common = {"monitor": "val_loss", "root": root, "storage": url, "seed": 0, "verbose": False, "patience": None,
               "trainer_kwargs": {**TRAINER, "max_epochs": 1}}  # fmt: skip
-    HyperparameterSearch(ContractModel, ContractData, {"model.lr": Float(0.01, 0.1, log=True)}, study_name=f"{study}_random",
+    HyperparameterSearch(SlowModel, ContractData, {"model.lr": Float(0.01, 0.1, log=True)}, study_name=f"{study}_random",
                          strategy=SlowRandomStrategy(), n_trials=N_RANDOM, **common).run()  # fmt: skip
-    HyperparameterSearch(ContractModel, ContractData, GRID, study_name=f"{study}_grid", strategy=SlowGridStrategy(),
+    HyperparameterSearch(SlowModel, ContractData, GRID, study_name=f"{study}_grid", strategy=SlowGridStrategy(),
                          n_trials=None, **common).run()  # fmt: skip
 
 
