@@ -312,3 +312,35 @@ def test_ray_refuses_ddp_and_public_dashboards(local_ray):
         RayExecutor(init_kwargs={"dashboard_host": "0.0.0.0"})
     with pytest.raises(ConfigurationError, match="DDP ranks.*ProcessExecutor"):
         RayExecutor().start(contract_build(strategy="ddp", devices=2))
+
+
+class _Remote:
+    """Stands in for a Ray actor method: ``.remote(*args)`` records the call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def remote(self, *args):
+        self.calls.append(args)
+
+
+def test_ray_reports_without_a_pruner_go_in_batches_at_most_every_interval():
+    # each message to the report actor costs CPU that trials lose: with nobody to answer "stop",
+    # values are held and sent together at most once per interval (the outcome carries them all anyway)
+    from lightning_hpt.executors.ray import _RayReporter
+
+    broker = types.SimpleNamespace(post=_Remote())
+    held = _RayReporter(broker, "k", answers=False, every=3600.0)
+    assert [held.report(step, 1.0 / (step + 1)) for step in range(3)] == [False] * 3
+    assert broker.post.calls == []  # within the interval: nothing sent yet
+    eager = _RayReporter(broker, "k", answers=False, every=0.0)
+    eager.report(0, 0.5)
+    eager.report(1, 0.25)
+    assert broker.post.calls == [("k", [(0, 0.5)]), ("k", [(1, 0.25)])]
+    broker.post.calls.clear()
+    timed = _RayReporter(broker, "k", answers=False, every=0.2)
+    timed.report(0, 3.0)  # the interval counts from the trial's start
+    time.sleep(0.25)
+    timed.report(1, 2.0)  # the interval has passed: both values go in one message
+    timed.report(2, 1.0)
+    assert broker.post.calls == [("k", [(0, 3.0), (1, 2.0)])]

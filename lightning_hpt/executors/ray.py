@@ -60,9 +60,10 @@ def _broker_class() -> type:
             self._waiting: dict[int, asyncio.Future] = {}
             self._ids = itertools.count()
 
-        async def post(self, key: str, step: int, value: float) -> None:
-            """A report whose trial does not wait for a decision (no pruner: the answer is always "go on")."""
-            await self._queue.put((None, key, step, value))
+        async def post(self, key: str, values: list[tuple[int, float]]) -> None:
+            """Reports whose trial does not wait for a decision (no pruner: the answer is always "go on")."""
+            for step, value in values:
+                await self._queue.put((None, key, step, value))
 
         async def report(self, key: str, step: int, value: float) -> bool:
             rid = next(self._ids)
@@ -93,19 +94,26 @@ class _RayReporter:
     """The trial's reporter inside a Ray task: asks the broker actor and waits for the driver's answer.
 
     When the driver's reporter never answers "stop" (``answers`` False: the search has no pruner),
-    the report is posted without waiting: the trial does not stall on a round trip through the
-    actor and the driver every epoch. Posted values still reach the study as the trial runs, and
-    the trial's outcome carries every value in case one arrives after the trial ended.
+    reports are posted without waiting, at most one message every ``every`` seconds: the trial does
+    not stall on a round trip through the actor and the driver each epoch, and short epochs do not
+    keep the actor busy (each message costs a few milliseconds of CPU that trials would lose).
+    Values held back go with the next message, and the trial's outcome carries every value, so
+    none is lost when the trial ends first.
     """
 
-    def __init__(self, broker: Any, key: str, answers: bool = True) -> None:
-        self.broker, self.key, self.answers = broker, key, answers
+    def __init__(self, broker: Any, key: str, answers: bool = True, every: float = 1.0) -> None:
+        self.broker, self.key, self.answers, self.every = broker, key, answers, every
+        self._held: list[tuple[int, float]] = []
+        self._posted = time.monotonic()
 
     def report(self, step: int, value: float) -> bool:
         import ray
 
         if not self.answers:
-            self.broker.post.remote(self.key, int(step), float(value))
+            self._held.append((int(step), float(value)))
+            if time.monotonic() - self._posted >= self.every:
+                self.broker.post.remote(self.key, self._held)
+                self._held, self._posted = [], time.monotonic()
             return False
         return bool(ray.get(self.broker.report.remote(self.key, int(step), float(value))))
 
