@@ -13,9 +13,10 @@ import torch
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.space import Categorical, Float, Int, SearchSpace
 from lightning_hpt.strategies import _gp
-from lightning_hpt.testing.strategy import StrategyContract
+from lightning_hpt.strategies._encoding import _Encoding
 from lightning_hpt.strategies.base import params_key
-from lightning_hpt.strategies.bayesian import ACQUISITIONS, BayesianStrategy, _Encoding
+from lightning_hpt.strategies.bayesian import ACQUISITIONS, BayesianStrategy
+from lightning_hpt.testing.strategy import StrategyContract
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
 MIXED = SearchSpace(
