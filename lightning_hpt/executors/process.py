@@ -42,6 +42,7 @@ from lightning_hpt.executors._channel import (
     pickle_dumps,
     refers_to_main,
 )
+from lightning_hpt.executors._slots import Slot, plan_slots
 from lightning_hpt.executors.base import Executor
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
@@ -73,32 +74,6 @@ class _Worker:
     trials: int = 0
     builds: set[int] = field(default_factory=set)
     task: _Task | None = None
-
-
-@dataclass(frozen=True)
-class _Slot:
-    index: int
-    gpus: str | None  # CUDA_VISIBLE_DEVICES of its worker; None on CPU
-    threads: int
-
-
-def _usable_cores() -> int:
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _visible_gpus() -> list[str]:
-    """The GPUs this process may use, as names for ``CUDA_VISIBLE_DEVICES``; counted without starting CUDA."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # no CUDA build, no driver
-        return []
 
 
 def _main_spec() -> str | None:
@@ -171,7 +146,7 @@ class ProcessExecutor(Executor):
         self.trial_timeout, self.max_trials_per_worker = trial_timeout, max_trials_per_worker
         self.start_timeout, self.terminate_grace = float(start_timeout), float(terminate_grace)
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
-        self._slots = self._plan(workers, devices, gpus_per_trial, trials_per_gpu, threads_per_worker)
+        self._slots = plan_slots(workers, devices, gpus_per_trial, trials_per_gpu, threads_per_worker)
         #: per trial number: where it ran and its worker after it: ``pid``, ``gpus``, ``slot``, ``seconds`` and
         #: ``cpu_seconds`` (wall and CPU time of the trial), ``rss_mb``, ``fds``, and where CUDA was used
         #: ``cuda_allocated`` and ``cuda_reserved`` (bytes)
@@ -189,47 +164,6 @@ class ProcessExecutor(Executor):
         self._started = False
         ref = weakref.ref(self)
         atexit.register(lambda: (e := ref()) is not None and e.shutdown())
-
-    # ------------------------------------------------------------------ planning
-    @staticmethod
-    def _plan(workers: int | None, devices: Sequence[int] | None, per_trial: int, per_gpu: int,
-              threads: int | None) -> list[_Slot]:  # fmt: skip
-        visible = _visible_gpus()
-        if devices is None:
-            chosen = visible
-        else:
-            if isinstance(devices, (str, int)) or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in devices):
-                raise ConfigurationError(
-                    f"ProcessExecutor: devices must be a list of GPU indices such as [0, 1], or [] for CPU only; got devices={devices!r}"
-                )
-            bad = [d for d in devices if d >= len(visible)]
-            if bad:
-                raise ConfigurationError(
-                    f"ProcessExecutor: devices={list(devices)} names GPUs {bad}, but {len(visible)} are visible"
-                    f" (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); use indices below {len(visible)}"
-                )
-            chosen = [visible[d] for d in devices]
-        groups: list[str] = []
-        if chosen:
-            if len(chosen) % per_trial:
-                raise ConfigurationError(
-                    f"ProcessExecutor: gpus_per_trial={per_trial} must divide the {len(chosen)} GPUs used ({chosen});"
-                    " choose devices= accordingly"
-                )
-            groups = [",".join(chosen[i:i + per_trial]) for i in range(0, len(chosen), per_trial)] * per_gpu
-            groups.sort(key=lambda g: chosen.index(g.split(",")[0]))  # a GPU's trials side by side
-            n = workers or len(groups)
-            if n > len(groups):
-                raise ConfigurationError(
-                    f"ProcessExecutor: workers={n} exceeds the {len(groups)} GPU slots ({len(chosen)} GPUs,"
-                    f" gpus_per_trial={per_trial}, trials_per_gpu={per_gpu}); raise trials_per_gpu or lower workers"
-                )
-            groups = groups[:n]
-        else:
-            n = workers or _usable_cores()
-        cores = _usable_cores()
-        each = threads or max(1, cores // n)
-        return [_Slot(i, groups[i] if groups else None, each) for i in range(n)]
 
     @property
     def max_concurrency(self) -> int:
@@ -337,7 +271,7 @@ class ProcessExecutor(Executor):
         self._workers.clear()
 
     # ------------------------------------------------------------------ the driver side of one slot
-    def _slot_loop(self, slot: _Slot) -> None:
+    def _slot_loop(self, slot: Slot) -> None:
         worker: _Worker | None = None
         spawn_failed = False
         while not self._closed.is_set():
@@ -381,7 +315,7 @@ class ProcessExecutor(Executor):
         if not task.future.done():
             task.future.set_result(result)
 
-    def _spawn(self, slot: _Slot) -> tuple[_Worker | None, str]:
+    def _spawn(self, slot: Slot) -> tuple[_Worker | None, str]:
         """Start a worker for ``slot`` and wait for it to connect; ``(None, why)`` if it does not."""
         assert self._server is not None
         token = secrets.token_hex(8)
@@ -455,7 +389,7 @@ class ProcessExecutor(Executor):
         self._complete(task, ("load", error))
         return error is None
 
-    def _run(self, worker: _Worker, slot: _Slot, task: _Task) -> tuple[TrialOutcome, bool]:
+    def _run(self, worker: _Worker, slot: Slot, task: _Task) -> tuple[TrialOutcome, bool]:
         """Run one trial on ``worker``; returns its outcome and whether the worker can take another."""
         send_build = task.build_key not in worker.builds
         data = self._builds[task.build_key][1] if send_build else None
@@ -490,7 +424,7 @@ class ProcessExecutor(Executor):
         finally:
             worker.task = None
 
-    def _end(self, worker: _Worker, slot: _Slot, grace: float, *, ask: bool = True) -> None:
+    def _end(self, worker: _Worker, slot: Slot, grace: float, *, ask: bool = True) -> None:
         """Stop ``worker`` and every process it started: ask (an idle one), then SIGTERM, then SIGKILL."""
         if ask and worker.conn is not None and worker.proc.poll() is None and grace > 0:
             with contextlib.suppress(OSError):
