@@ -7,7 +7,10 @@ torch thread. "Search" is the wall time of ``search.run()`` including starting t
 "steady" first runs one untimed trial in every worker (imports, first Trainer) and times the trials alone. The machine is shared: the modes run
 in interleaved rounds and medians are reported, so that a busy moment does not favour one mode.
 To tell what the machine allowed, each round first times a plain torch loop in one process, then
-in two at once ("raw scaling": 2.0x on idle cores). Prints the figures; writes nothing else.
+in two at once ("raw scaling": 2.0x on idle cores). Each row also splits the CPU time of the
+driver and every process it started (Linux's /proc): the trials' workers, the driver, and the rest
+(Ray's daemons and report actor), which the machine's noise does not change the way it changes
+wall time. Prints the figures; writes nothing else.
 """
 
 from __future__ import annotations
@@ -46,6 +49,38 @@ def raw_scaling() -> float:
     return 2 * one / spin(2)
 
 
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of this process and its descendants: ``{pid: (command line, seconds)}`` ({} without /proc)."""
+    tick, procs = os.sysconf("SC_CLK_TCK"), {}
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended meanwhile
+            continue
+        procs[int(pid)] = (int(fields[1]), cmd, (int(fields[11]) + int(fields[12])) / tick)  # ppid, cmd, utime + stime
+    ours, grew = {os.getpid()}, True
+    while grew:
+        grew = False
+        for pid, (ppid, _, _) in procs.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    return {pid: procs[pid][1:] for pid in ours if pid in procs}
+
+
+def cpu_split(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds spent between two :func:`cpu_seconds` snapshots: by the trials' workers, the driver, the rest."""
+    out = {"trials": 0.0, "driver": 0.0, "other": 0.0}
+    for pid, (cmd, secs) in after.items():
+        used = secs - before.get(pid, ("", 0.0))[1]
+        worker = "lightning_hpt.executors.worker" in cmd or cmd.startswith(("ray::IDLE", "ray::_run_remote"))
+        out["driver" if pid == os.getpid() else "trials" if worker else "other"] += used
+    return out
+
+
 def executor(mode: str):
     if mode == "local":
         return LocalExecutor()
@@ -69,13 +104,15 @@ def measure(mode: str, trials: int, epochs: int, root: str, steady: bool, tag: s
     if steady:
         search(ex, ex.max_concurrency if mode != "ray" else 2, 1, root, f"{mode}_warmup{tag}", seed=1).run()
     s = search(ex, trials, epochs, root, f"{mode}_{'steady' if steady else 'cold'}{tag}")
+    before = cpu_seconds()
     t0 = time.perf_counter()
     result = s.run()
     wall = time.perf_counter() - t0
+    cpu = cpu_split(before, cpu_seconds())
     ex.shutdown()
     done = [t for t in result.trials if t.duration is not None]
     assert len(result.trials) == trials and all(t.state.value == "COMPLETE" for t in result.trials), result
-    return {"wall": wall, "per_min": 60 * trials / wall, "trial_s": statistics.mean(t.duration for t in done)}
+    return {"wall": wall, "per_min": 60 * trials / wall, "trial_s": statistics.mean(t.duration for t in done), "cpu": cpu}
 
 
 def main() -> int:
@@ -100,8 +137,9 @@ def main() -> int:
                     r = measure(mode, args.trials, args.epochs, root, steady, f"r{round_}")
                     rows.setdefault((mode, steady), []).append(r["per_min"])
                     label = f"{mode}{' (steady)' if steady else ''}"
+                    cpu = ", ".join(f"{k} {v:.1f}" for k, v in r["cpu"].items())
                     print(f"  {label:18s} {r['wall']:7.1f} s  {r['per_min']:6.1f} trials/min  mean trial {r['trial_s']:.2f} s"
-                          f"  load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+                          f"  load {os.getloadavg()[0]:.1f}  CPU s: {cpu}", flush=True)  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
     base = statistics.median(rows[("local", False)]) if ("local", False) in rows else None
