@@ -314,6 +314,18 @@ def test_ray_refuses_ddp_and_public_dashboards(local_ray):
         RayExecutor().start(contract_build(strategy="ddp", devices=2))
 
 
+@pytest.mark.slow
+def test_ray_fails_a_trial_that_the_search_space_makes_ddp(tmp_path, local_ray):
+    from lightning_hpt.executors import RayExecutor
+
+    executor = RayExecutor({"cpu": 1})
+    result = search(tmp_path, executor, {"trainer.devices": Categorical([1, 2])}).run()
+    executor.shutdown()
+    trials = {t.params["trainer.devices"]: t for t in result.trials}
+    assert trials[1].state is TrialState.COMPLETE, trials[1].error
+    assert trials[2].state is TrialState.FAILED and "a Ray task cannot run such a trial" in trials[2].error
+
+
 class _Remote:
     """Stands in for a Ray actor method: ``.remote(*args)`` records the call."""
 

@@ -22,18 +22,18 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
 from lightning_hpt.exceptions import TrialPickleError
 from lightning_hpt.lightning.monitor import TrialReporter
-from lightning_hpt.lightning.runner import TrialBuild, TrialOutcome
+from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.trial import TrialState
 
 __all__ = [
     "KEY_ENV", "ChannelReporter", "ReportServer", "ReporterRegistry", "check_picklable", "describe_exit", "failed_outcome",
-    "launches_subprocesses", "refers_to_main",
+    "launches_subprocesses", "refers_to_main", "trial_launches_subprocesses",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -283,8 +283,8 @@ def launches_subprocesses(build: TrialBuild) -> bool:
     pl = namespace_of(build.model) if isinstance(build.model, type) else namespace_of(object)
     try:
         with quiet_lightning(True):
-            trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                 enable_model_summary=False, **kwargs)  # fmt: skip
+            quiet = {"enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+            trainer = pl.Trainer(logger=False, **{**quiet, **kwargs})
     except Exception:  # e.g. accelerator="gpu" on a driver without one: judge from the arguments
         text = str(strategy).lower()
         many = kwargs.get("devices", "auto") not in (1, "1") or kwargs.get("num_nodes", 1) != 1
@@ -294,3 +294,29 @@ def launches_subprocesses(build: TrialBuild) -> bool:
     environment = getattr(trainer.strategy, "cluster_environment", None)
     external = bool(environment is not None and environment.creates_processes_externally)
     return type(launcher).__name__ == "_SubprocessScriptLauncher" and not external
+
+
+# trainer.* parameters that decide how many processes a trial's Trainer starts
+_PROCESS_KEYS = frozenset({"strategy", "devices", "num_nodes", "accelerator"})
+
+
+def trial_launches_subprocesses(job: TrialJob, executor: str) -> str | None:
+    """Why ``job`` cannot run under ``executor`` because its ``trainer.*`` parameters make it a DDP trial; ``None`` if it can.
+
+    :func:`launches_subprocesses` judges ``trainer_kwargs`` once, before any trial; this judges one
+    trial whose search space sets ``trainer.strategy``, ``trainer.devices``, ... (only those trials:
+    it builds a throwaway Trainer).
+    """
+    from lightning_hpt.lightning.config import split_params
+
+    trainer = split_params(job.params)["trainer"]
+    if not _PROCESS_KEYS & set(trainer) or not launches_subprocesses(
+        replace(job.build, trainer_kwargs={**job.build.trainer_kwargs, **trainer})
+    ):
+        return None
+    return (
+        f"trial {job.number}'s parameters {dict(sorted(trainer.items()))} train it on several processes (DDP), which"
+        f" Lightning starts by re-running the current command; {executor} cannot run such a trial. Run DDP trials with"
+        " executor=ProcessExecutor(gpus_per_trial=k) (CPU: ProcessExecutor(devices=[], workers=cores // k)), or leave"
+        " the strategy and devices out of the search space"
+    )

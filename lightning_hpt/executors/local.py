@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 
 from lightning_hpt.exceptions import ConfigurationError
-from lightning_hpt.executors._channel import launches_subprocesses
+from lightning_hpt.executors._channel import failed_outcome, launches_subprocesses, trial_launches_subprocesses
 from lightning_hpt.executors.base import Executor
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome, run_trial
@@ -34,5 +34,6 @@ class LocalExecutor(Executor):
 
     def submit(self, job: TrialJob, reporter: TrialReporter) -> Future[TrialOutcome]:
         future: Future[TrialOutcome] = Future()
-        future.set_result(run_trial(job, reporter))
+        refused = trial_launches_subprocesses(job, "the in-process LocalExecutor (every rank would run this whole search)")
+        future.set_result(failed_outcome(refused) if refused else run_trial(job, reporter))
         return future

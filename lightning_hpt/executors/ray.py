@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError, TrialPickleError
-from lightning_hpt.executors._channel import ReporterRegistry, check_picklable, failed_outcome, launches_subprocesses
+from lightning_hpt.executors._channel import (
+    ReporterRegistry,
+    check_picklable,
+    failed_outcome,
+    launches_subprocesses,
+    trial_launches_subprocesses,
+)
 from lightning_hpt.executors.base import Executor
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome, run_trial
@@ -321,6 +327,10 @@ class RayExecutor(Executor):
         if not self._started or self._closed.is_set():
             self.start(job.build)
         future: Future[TrialOutcome] = Future()
+        refused = trial_launches_subprocesses(job, "a Ray task")
+        if refused:
+            future.set_result(failed_outcome(refused))
+            return future
         key = self._registry.register(reporter)
         opts = {**self._options(), "max_retries": self.max_retries, "retry_exceptions": False}
         threads = max(1, int(opts["num_cpus"]))
