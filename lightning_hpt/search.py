@@ -23,7 +23,7 @@ from typing import Any
 from lightning_hpt.exceptions import ConfigurationError, DuplicateTrialError, MetricNotFoundError, SearchPreempted
 from lightning_hpt.executors import Executor, LocalExecutor
 from lightning_hpt.lightning.config import check_keys, is_lightning_class, namespace_of
-from lightning_hpt.lightning.folds import CrossValidation
+from lightning_hpt.lightning.folds import CrossValidation, require_cv
 from lightning_hpt.lightning.runner import TrialBuild, TrialBuilder, TrialJob, TrialOutcome
 from lightning_hpt.pruners import Pruner, make_pruner
 from lightning_hpt.report.board import StudyBoard
@@ -222,6 +222,8 @@ class HyperparameterSearch:
         self.cv = CrossValidation.parse(cv)
         if (self.cv is not None or refit) and datamodule is None:
             raise ConfigurationError("cv and refit need a datamodule with a cv_dataset() method; datamodule is None")
+        if (self.cv is not None or refit) and (inspect.isclass(datamodule) or is_lightning_class(type(datamodule), "LightningDataModule")):
+            require_cv(datamodule, "cv=..." if self.cv is not None else "refit=True")  # a factory: checked when built
         self.refit = refit
         self.build = TrialBuild(model, datamodule, self.trainer_kwargs, monitor, self.direction, patience, checkpoint, True,
                                 self.cv, repeats)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import statistics
 
 import pytest
@@ -108,6 +109,12 @@ def test_refit_needs_cv_dataset(tmp_path, fast_trainer):
                                   verbose=False).run()
     with pytest.raises(ConfigurationError, match="refit needs a DataModule with a cv_dataset"):
         result.refit()
+    # asked for up front, a class or an instance without cv_dataset() is refused before any trial
+    for data in (NoCV, NoCV()):
+        for kwargs, what in (({"refit": True}, "refit=True"), ({"cv": 3}, "cv=...")):
+            with pytest.raises(ConfigurationError, match=rf"{re.escape(what)} needs a DataModule .* \(got NoCV\)"):
+                HyperparameterSearch(TinyModel, data, SPACE, root=tmp_path / "up_front", n_trials=1, verbose=False, **kwargs)
+    assert not (tmp_path / "up_front").exists()
 
 
 def test_kfold_datamodule_wraps_any_dataset(tmp_path, fast_trainer):

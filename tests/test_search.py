@@ -129,6 +129,15 @@ def test_failures_are_recorded_and_the_search_goes_on(tmp_path, fast_trainer):
     assert result.best_trial.params["model.mode"] == "ok"
 
 
+def test_a_nan_value_ends_its_trial_at_once_without_pruner_or_early_stopping(tmp_path, fast_trainer):
+    search = HyperparameterSearch(TinyModel, TinyData, {"model.nan_at_epoch": Categorical([1])}, strategy="grid",
+                                  root=tmp_path, trainer_kwargs={**fast_trainer, "max_epochs": 6}, verbose=False,
+                                  patience=None, pruner=None)  # fmt: skip
+    trial = search.run().trials[0]
+    assert trial.state is TrialState.FAILED and trial.error.startswith("non-finite"), trial.error
+    assert sorted(trial.intermediate) == [0, 1]  # epochs 2 to 5 never ran
+
+
 def test_missing_metric_stops_the_search(tmp_path, fast_trainer):
     """RELIABILITY row 11: the first trial fails naming the logged metrics; no further trial runs."""
     search = make(tmp_path, fast_trainer, n_trials=5)

@@ -10,6 +10,7 @@ dataset in a DataModule that follows this protocol.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,11 +127,13 @@ class KFoldDataModule(L.LightningDataModule):
         return DataLoader(self.test_dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
 
-def _require_cv(dm: Any, what: str) -> None:
+def require_cv(dm: Any, what: str) -> None:
+    """Refuse a DataModule (class or instance) without ``cv_dataset()`` for ``what`` (cross-validation, refit)."""
     if dm is None or not callable(getattr(dm, "cv_dataset", None)):
+        name = dm.__name__ if inspect.isclass(dm) else type(dm).__name__
         raise ConfigurationError(
             f"{what} needs a DataModule with a cv_dataset() method returning the train+validation dataset"
-            f" (got {type(dm).__name__}); add that method, or wrap your dataset in lightning_hpt.KFoldDataModule"
+            f" (got {name}); add that method, or wrap your dataset in lightning_hpt.KFoldDataModule"
         )
 
 
@@ -167,7 +170,7 @@ def _view(base: Any, train_idx: list[int] | None, val_idx: list[int] | None, rea
 
 def fold_view(base: Any, fold: int, cv: CrossValidation) -> Any:
     """The DataModule of fold ``fold``: trains on the other folds of ``base.cv_dataset()``, validates on this one."""
-    _require_cv(base, "cross-validation (cv=...)")
+    require_cv(base, "cross-validation (cv=...)")
     base.prepare_data()
     base.setup("fit")
     ds = base.cv_dataset()
@@ -180,7 +183,7 @@ def fold_view(base: Any, fold: int, cv: CrossValidation) -> Any:
 
 def full_view(base: Any) -> Any:
     """A DataModule that trains on all of ``base.cv_dataset()`` (training plus validation data)."""
-    _require_cv(base, "refit")
+    require_cv(base, "refit")
     return _view(base, None, None)
 
 

@@ -101,10 +101,12 @@ class _MonitorLogic:
                 stop = bool(self.reporter.report(step, value))
             except Exception:  # a broken channel must not kill the trial; it just is not pruned
                 log.exception("reporting step %d of the trial failed; it continues unpruned", step)
-        # every rank takes rank 0's decision, so DDP ranks stop together
-        stop = bool(trainer.strategy.broadcast(stop, src=0))
+        # every rank takes rank 0's decisions, so DDP ranks stop together; a NaN or infinite value ends
+        # the trial at once even without a pruner or EarlyStopping (it is FAILED "non-finite" anyway)
+        stop, broken = trainer.strategy.broadcast((stop, not math.isfinite(value)), src=0)
         if stop:
             self.pruned = True
+        if stop or broken:
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
