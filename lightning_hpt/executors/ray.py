@@ -113,14 +113,14 @@ class _RayReporter:
         self._posted = time.monotonic()
 
     def report(self, step: int, value: float) -> bool:
-        import ray
-
         if not self.answers:
             self._held.append((int(step), float(value)))
             if time.monotonic() - self._posted >= self.every:
                 self.broker.post.remote(self.key, self._held)
                 self._held, self._posted = [], time.monotonic()
             return False
+        import ray
+
         return bool(ray.get(self.broker.report.remote(self.key, int(step), float(value))))
 
 
