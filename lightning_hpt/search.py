@@ -220,10 +220,11 @@ class HyperparameterSearch:
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ConfigurationError(f"repeats must be a positive integer, got repeats={repeats!r}")
         self.cv = CrossValidation.parse(cv)
-        if (self.cv is not None or refit) and datamodule is None:
-            raise ConfigurationError("cv and refit need a datamodule with a cv_dataset() method; datamodule is None")
-        if (self.cv is not None or refit) and (inspect.isclass(datamodule) or is_lightning_class(type(datamodule), "LightningDataModule")):
-            require_cv(datamodule, "cv=..." if self.cv is not None else "refit=True")  # a factory: checked when built
+        if self.cv is not None or refit:
+            if datamodule is None:
+                raise ConfigurationError("cv and refit need a datamodule with a cv_dataset() method; datamodule is None")
+            if inspect.isclass(datamodule) or is_lightning_class(type(datamodule), "LightningDataModule"):
+                require_cv(datamodule, "cv=..." if self.cv is not None else "refit=True")  # a factory: checked when built
         self.refit = refit
         self.build = TrialBuild(model, datamodule, self.trainer_kwargs, monitor, self.direction, patience, checkpoint, True,
                                 self.cv, repeats)
