@@ -20,8 +20,10 @@ def describe() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {v('torch')}, "
-            f"lightning {v('lightning')}, botorch {v('botorch')}, gpytorch {v('gpytorch')}, sqlalchemy {v('sqlalchemy')}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {v('torch')}, "
+        f"lightning {v('lightning')}, botorch {v('botorch')}, gpytorch {v('gpytorch')}, sqlalchemy {v('sqlalchemy')}"
+    )
 
 
 def quiet_single_thread() -> None:

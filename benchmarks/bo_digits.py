@@ -30,10 +30,22 @@ from lightning_hpt.lightning.runner import trial_seed  # noqa: E402
 
 def ours(strategy: str, seed: int, trials: int, epochs: int, root: str) -> float:
     model, data = factories("digits")
-    result = HyperparameterSearch(model, data, space(), monitor="val_acc", mode="max", strategy=strategy, n_trials=trials,
-                                  seed=seed, root=root, study_name=f"{strategy}_{seed}", patience=3, checkpoint=False,
-                                  trainer_kwargs={"accelerator": "cpu", "devices": 1, "max_epochs": epochs, "logger": False},
-                                  verbose=False).run()
+    result = HyperparameterSearch(
+        model,
+        data,
+        space(),
+        monitor="val_acc",
+        mode="max",
+        strategy=strategy,
+        n_trials=trials,
+        seed=seed,
+        root=root,
+        study_name=f"{strategy}_{seed}",
+        patience=3,
+        checkpoint=False,
+        trainer_kwargs={"accelerator": "cpu", "devices": 1, "max_epochs": epochs, "logger": False},
+        verbose=False,
+    ).run()
     return result.best_value
 
 
@@ -59,9 +71,16 @@ def tpe(seed: int, trials: int, epochs: int) -> float | None:
         p, bs = suggest(trial)
         L.seed_everything(trial_seed(seed, trial.number), verbose=False)
         best = Best()
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, enable_checkpointing=False,
-                            callbacks=[L.callbacks.EarlyStopping("val_acc", mode="max", patience=3), best])
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=epochs,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            callbacks=[L.callbacks.EarlyStopping("val_acc", mode="max", patience=3), best],
+        )
         trainer.fit(model_f({"model": p}), datamodule=data_f({"data": {"batch_size": bs}}))
         return best.value  # the best epoch, as our trials are scored
 
@@ -83,7 +102,11 @@ def main() -> None:
     for seed in range(args.seeds):
         for name in rows:
             t0 = time.perf_counter()
-            v = tpe(seed, args.trials, args.epochs) if name.startswith("optuna") else ours(name, seed, args.trials, args.epochs, root)
+            v = (
+                tpe(seed, args.trials, args.epochs)
+                if name.startswith("optuna")
+                else ours(name, seed, args.trials, args.epochs, root)
+            )
             if v is not None:
                 rows[name].append(v)
                 seconds[name] += time.perf_counter() - t0
@@ -94,8 +117,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for name, vs in rows.items():
         if vs:
-            print(f"| {name} | {statistics.median(vs):.4f} | {statistics.fmean(vs):.4f} | {min(vs):.4f} | {max(vs):.4f} |"
-                  f" {seconds[name] / len(vs):.0f} |")
+            print(
+                f"| {name} | {statistics.median(vs):.4f} | {statistics.fmean(vs):.4f} | {min(vs):.4f} | {max(vs):.4f} |"
+                f" {seconds[name] / len(vs):.0f} |"
+            )
     os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), exist_ok=True)
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bo_digits.json"), "w") as f:
         json.dump({"machine": describe(), "args": vars(args), "best": rows, "seconds": seconds}, f, indent=1)

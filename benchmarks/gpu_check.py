@@ -34,7 +34,11 @@ from digits import DigitsDataModule, DigitsMLP  # noqa: E402
 from lightning_hpt import Categorical, HyperparameterSearch, Int, TrialState  # noqa: E402
 from lightning_hpt.executors import Executor, LocalExecutor, ProcessExecutor  # noqa: E402
 
-SPACE = {"model.hidden_dim": Int(32, 256, log=True), "model.num_layers": Int(1, 3), "data.batch_size": Categorical([64])}
+SPACE = {
+    "model.hidden_dim": Int(32, 256, log=True),
+    "model.num_layers": Int(1, 3),
+    "data.batch_size": Categorical([64]),
+}
 
 
 class _MemoryProbe:
@@ -61,14 +65,38 @@ def run(root: str, name: str, executor, trials: int, accelerator: str, precision
     trainer = {"accelerator": accelerator, "devices": 1, "max_epochs": epochs, "log_every_n_steps": 5}
     if precision:
         trainer["precision"] = precision
-    search = HyperparameterSearch(DigitsMLP, DigitsDataModule, SPACE, monitor="val_acc", mode="max", n_trials=trials,
-                                  seed=0, root=root, study_name=name, trainer_kwargs=trainer, executor=executor,
-                                  patience=None, verbose=False)  # fmt: skip
+    search = HyperparameterSearch(
+        DigitsMLP,
+        DigitsDataModule,
+        SPACE,
+        monitor="val_acc",
+        mode="max",
+        n_trials=trials,
+        seed=0,
+        root=root,
+        study_name=name,
+        trainer_kwargs=trainer,
+        executor=executor,
+        patience=None,
+        verbose=False,
+    )
     n = executor.max_concurrency
     if n > 1 or isinstance(executor, ProcessExecutor):  # warm every worker up (imports, CUDA context) before the clock
-        HyperparameterSearch(DigitsMLP, DigitsDataModule, SPACE, monitor="val_acc", mode="max", n_trials=n, seed=1,
-                             root=root, study_name=f"{name}_warmup", trainer_kwargs={**trainer, "max_epochs": 1},
-                             executor=executor, patience=None, verbose=False).run()  # fmt: skip
+        HyperparameterSearch(
+            DigitsMLP,
+            DigitsDataModule,
+            SPACE,
+            monitor="val_acc",
+            mode="max",
+            n_trials=n,
+            seed=1,
+            root=root,
+            study_name=f"{name}_warmup",
+            trainer_kwargs={**trainer, "max_epochs": 1},
+            executor=executor,
+            patience=None,
+            verbose=False,
+        ).run()
     t0 = time.perf_counter()
     result = search.run()
     wall = time.perf_counter() - t0
@@ -82,41 +110,53 @@ def main() -> int:
     p.add_argument("--cpu", action="store_true", help="check the script on the CPU")
     args = p.parse_args()
     if not args.cpu and not torch.cuda.is_available():
-        print(f"skipped: no CUDA GPU is available here (torch {torch.__version__}, "
-              f"CUDA build {torch.version.cuda}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+        print(
+            f"skipped: no CUDA GPU is available here (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+        )
         return 0
     accelerator = "cpu" if args.cpu else "gpu"
     print(describe())
     if not args.cpu:
-        print(f"GPU 0: {torch.cuda.get_device_name(0)}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
+        print(
+            f"GPU 0: {torch.cuda.get_device_name(0)}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB"
+        )
     devices = [] if args.cpu else [0]
     root = tempfile.mkdtemp(prefix="hpt-gpu-check-")
     failures = 0
     try:
         # 1. mixed precision in a worker process
-        precisions = ["bf16-mixed"] if args.cpu else ["16-mixed"] + (["bf16-mixed"] if torch.cuda.is_bf16_supported() else [])
+        precisions = (
+            ["bf16-mixed"] if args.cpu else ["16-mixed"] + (["bf16-mixed"] if torch.cuda.is_bf16_supported() else [])
+        )
         for precision in precisions:
             ex = ProcessExecutor(workers=1, devices=devices)
             result, wall, bad = run(root, f"precision_{precision.replace('-', '_')}", ex, 2, accelerator, precision)
             ex.shutdown()
             failures += len(bad)
-            print(f"[1] {precision}: {len(result.trials) - len(bad)}/{len(result.trials)} COMPLETE"
-                  f" (best val_acc {result.best_value:.3f}){'; ' + bad[0].error if bad else ''}")
+            print(
+                f"[1] {precision}: {len(result.trials) - len(bad)}/{len(result.trials)} COMPLETE"
+                f" (best val_acc {result.best_value:.3f}){'; ' + bad[0].error if bad else ''}"
+            )
         # 2. GPU memory after each trial
         if not args.cpu:
             probe = _MemoryProbe()
             _, _, bad = run(root, "memory_local", probe, 4, accelerator, "16-mixed")
             grew = [(b, a) for b, a in probe.pairs if a != b]
             failures += len(bad) + len(grew)
-            print(f"[2] in-process: allocated bytes before/after each trial {probe.pairs}: "
-                  f"{'back to the start' if not grew else 'GREW'}")
+            print(
+                f"[2] in-process: allocated bytes before/after each trial {probe.pairs}: "
+                f"{'back to the start' if not grew else 'GREW'}"
+            )
             ex = ProcessExecutor(workers=1, devices=devices)
             result, _, bad = run(root, "memory_worker", ex, 4, accelerator, "16-mixed")
             ex.shutdown()
             after = [ex.trial_info[t.number].get("cuda_allocated") for t in result.trials]
             failures += len(bad) + (len(set(after)) != 1)
-            print(f"[2] worker: allocated bytes after each trial {after}: "
-                  f"{'flat' if len(set(after)) == 1 else 'NOT FLAT'}")
+            print(
+                f"[2] worker: allocated bytes after each trial {after}: "
+                f"{'flat' if len(set(after)) == 1 else 'NOT FLAT'}"
+            )
         # 3. k small trials sharing one GPU
         base = None
         for k in (1, 2, 4):
@@ -124,7 +164,9 @@ def main() -> int:
                 ex = ProcessExecutor(workers=k, devices=[], threads_per_worker=1)
             else:
                 ex = ProcessExecutor(devices=devices, trials_per_gpu=k)
-            result, wall, bad = run(root, f"share_{k}", ex, max(args.trials, k), accelerator, "16-mixed" if not args.cpu else None)
+            result, wall, bad = run(
+                root, f"share_{k}", ex, max(args.trials, k), accelerator, "16-mixed" if not args.cpu else None
+            )
             ex.shutdown()
             failures += len(bad)
             rate = 60 * len(result.trials) / wall

@@ -42,14 +42,22 @@ def direct(n: int, root: str, like_for_like: bool) -> float:
         L.seed_everything(i, verbose=False)
         d = os.path.join(root, f"direct_{i}")
         if like_for_like:
-            cbs = [L.callbacks.EarlyStopping("val_acc", patience=5, mode="max"),
-                   L.callbacks.ModelCheckpoint(dirpath=os.path.join(d, "checkpoints"), filename="best", monitor="val_acc", mode="max")]
-            loggers = [L.loggers.CSVLogger(d, name="", version=""),
-                       L.loggers.TensorBoardLogger(d, name="", version="tb")]
+            cbs = [
+                L.callbacks.EarlyStopping("val_acc", patience=5, mode="max"),
+                L.callbacks.ModelCheckpoint(
+                    dirpath=os.path.join(d, "checkpoints"), filename="best", monitor="val_acc", mode="max"
+                ),
+            ]
+            loggers = [
+                L.loggers.CSVLogger(d, name="", version=""),
+                L.loggers.TensorBoardLogger(d, name="", version="tb"),
+            ]
             extra = {"callbacks": cbs, "logger": loggers}
         else:
             extra = {"logger": False, "enable_checkpointing": False}
-        trainer = L.Trainer(enable_progress_bar=False, enable_model_summary=False, default_root_dir=d, **TRAINER, **extra)
+        trainer = L.Trainer(
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=d, **TRAINER, **extra
+        )
         trainer.fit(DigitsMLP(hidden_dim=64), datamodule=DigitsDataModule(batch_size=64))
     return (time.perf_counter() - t0) / n
 
@@ -62,9 +70,20 @@ def search(n: int, root: str, study: str, probe: bool = False) -> tuple[float, l
             gc.collect()
             rss.append(rss_mb())
 
-    s = HyperparameterSearch(Probe if probe else DigitsMLP, DigitsDataModule, {"model.hidden_dim": Categorical([64]), "data.batch_size": Categorical([64])},
-                             monitor="val_acc", mode="max", strategy="random", n_trials=n, root=root, study_name=study,
-                             trainer_kwargs=TRAINER, verbose=False, seed=0)
+    s = HyperparameterSearch(
+        Probe if probe else DigitsMLP,
+        DigitsDataModule,
+        {"model.hidden_dim": Categorical([64]), "data.batch_size": Categorical([64])},
+        monitor="val_acc",
+        mode="max",
+        strategy="random",
+        n_trials=n,
+        root=root,
+        study_name=study,
+        trainer_kwargs=TRAINER,
+        verbose=False,
+        seed=0,
+    )
     t0 = time.perf_counter()
     s.run()
     return (time.perf_counter() - t0) / n, rss
@@ -91,11 +110,17 @@ def main() -> None:
     print(f"direct Trainer.fit, like for like:  {like:.3f} s/trial")
     print(f"HyperparameterSearch:               {per_trial:.3f} s/trial")
     over = per_trial - like
-    print(f"search overhead vs like for like:   {over:+.3f} s/trial ({100 * over / like:+.1f}%)  target < 0.2 s and < 10%")
-    print(f"search overhead vs bare Trainer:    {per_trial - bare:+.3f} s/trial ({100 * (per_trial - bare) / bare:+.1f}%)")
+    print(
+        f"search overhead vs like for like:   {over:+.3f} s/trial ({100 * over / like:+.1f}%)  target < 0.2 s and < 10%"
+    )
+    print(
+        f"search overhead vs bare Trainer:    {per_trial - bare:+.3f} s/trial ({100 * (per_trial - bare) / bare:+.1f}%)"
+    )
     k = min(5, len(rss)) - 1
-    print(f"host RSS over {len(rss)} trials: {rss[k]:.1f} MB after trial {k + 1}, {rss[-1]:.1f} MB after trial {len(rss)}"
-          f" (growth {rss[-1] - rss[k]:+.1f} MB; target < 50 MB)")
+    print(
+        f"host RSS over {len(rss)} trials: {rss[k]:.1f} MB after trial {k + 1}, {rss[-1]:.1f} MB after trial {len(rss)}"
+        f" (growth {rss[-1] - rss[k]:+.1f} MB; target < 50 MB)"
+    )
 
 
 if __name__ == "__main__":

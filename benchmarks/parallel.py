@@ -35,12 +35,15 @@ from digits import SPACE, DigitsDataModule, DigitsMLP  # noqa: E402
 from lightning_hpt import HyperparameterSearch  # noqa: E402
 from lightning_hpt.executors import LocalExecutor, ProcessExecutor  # noqa: E402
 
-_SPIN = "import time,torch;torch.set_num_threads(1);x=torch.randn(256,256);t=time.perf_counter()\n" \
-        "for _ in range(3000): x@x\nprint(time.perf_counter()-t)"
+_SPIN = (
+    "import time,torch;torch.set_num_threads(1);x=torch.randn(256,256);t=time.perf_counter()\n"
+    "for _ in range(3000): x@x\nprint(time.perf_counter()-t)"
+)
 
 
 def raw_scaling() -> float:
     """Throughput of two single-threaded torch processes at once relative to one: what parallelism the CPUs give now."""
+
     def spin(n: int) -> float:
         procs = [subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True) for _ in range(n)]
         return max(float(p.communicate()[0]) for p in procs)
@@ -93,10 +96,21 @@ def executor(mode: str):
 
 def search(ex, trials: int, epochs: int, root: str, study: str, seed: int = 0) -> HyperparameterSearch:
     space = {k: v for k, v in SPACE.items() if k != "trainer.max_epochs"}
-    return HyperparameterSearch(DigitsMLP, DigitsDataModule, space, monitor="val_acc", mode="max", n_trials=trials,
-                                seed=seed, root=root, study_name=study, patience=None, executor=ex, verbose=False,
-                                trainer_kwargs={"accelerator": "cpu", "devices": 1, "max_epochs": epochs,
-                                                "log_every_n_steps": 5})  # fmt: skip
+    return HyperparameterSearch(
+        DigitsMLP,
+        DigitsDataModule,
+        space,
+        monitor="val_acc",
+        mode="max",
+        n_trials=trials,
+        seed=seed,
+        root=root,
+        study_name=study,
+        patience=None,
+        executor=ex,
+        verbose=False,
+        trainer_kwargs={"accelerator": "cpu", "devices": 1, "max_epochs": epochs, "log_every_n_steps": 5},
+    )
 
 
 def measure(mode: str, trials: int, epochs: int, root: str, steady: bool, tag: str = "") -> dict:
@@ -112,7 +126,12 @@ def measure(mode: str, trials: int, epochs: int, root: str, steady: bool, tag: s
     ex.shutdown()
     done = [t for t in result.trials if t.duration is not None]
     assert len(result.trials) == trials and all(t.state.value == "COMPLETE" for t in result.trials), result
-    return {"wall": wall, "per_min": 60 * trials / wall, "trial_s": statistics.mean(t.duration for t in done), "cpu": cpu}
+    return {
+        "wall": wall,
+        "per_min": 60 * trials / wall,
+        "trial_s": statistics.mean(t.duration for t in done),
+        "cpu": cpu,
+    }
 
 
 def main() -> int:
@@ -129,7 +148,9 @@ def main() -> int:
     rows: dict[tuple[str, bool], list[float]] = {}
     try:
         for round_ in range(args.repeats):
-            print(f"round {round_ + 1}: raw scaling of 2 torch processes now {raw_scaling():.2f}x, load {os.getloadavg()[0]:.1f}")
+            print(
+                f"round {round_ + 1}: raw scaling of 2 torch processes now {raw_scaling():.2f}x, load {os.getloadavg()[0]:.1f}"
+            )
             for mode in args.modes.split(","):
                 for steady in (False, True):
                     if mode == "local" and steady:
@@ -138,8 +159,11 @@ def main() -> int:
                     rows.setdefault((mode, steady), []).append(r["per_min"])
                     label = f"{mode}{' (steady)' if steady else ''}"
                     cpu = ", ".join(f"{k} {v:.1f}" for k, v in r["cpu"].items())
-                    print(f"  {label:18s} {r['wall']:7.1f} s  {r['per_min']:6.1f} trials/min  mean trial {r['trial_s']:.2f} s"
-                          f"  load {os.getloadavg()[0]:.1f}  CPU s: {cpu}", flush=True)  # fmt: skip
+                    print(
+                        f"  {label:18s} {r['wall']:7.1f} s  {r['per_min']:6.1f} trials/min  mean trial {r['trial_s']:.2f} s"
+                        f"  load {os.getloadavg()[0]:.1f}  CPU s: {cpu}",
+                        flush=True,
+                    )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     base = statistics.median(rows[("local", False)]) if ("local", False) in rows else None

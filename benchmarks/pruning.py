@@ -33,12 +33,29 @@ PRUNERS = [None, "median", "asha", "hyperband"]
 def run_ours(task: str, strategy: str, pruner: str | None, seed: int, trials: int, epochs: int, root: str) -> dict:
     model, data = factories(task)
     t0 = time.perf_counter()
-    result = HyperparameterSearch(model, data, space(), monitor="val_acc", mode="max", strategy=strategy, pruner=pruner,
-                                  n_trials=trials, seed=seed, root=root, study_name=f"{task}_{strategy}_{pruner}_{seed}",
-                                  trainer_kwargs={"accelerator": "cpu", "devices": 1, "max_epochs": epochs, "logger": False},
-                                  patience=None, checkpoint=False, verbose=False).run()
-    return {"epochs": sum(len(t.intermediate) for t in result.trials), "seconds": time.perf_counter() - t0,
-            "best": result.best_value, "pruned": sum(t.state is TrialState.PRUNED for t in result.trials)}
+    result = HyperparameterSearch(
+        model,
+        data,
+        space(),
+        monitor="val_acc",
+        mode="max",
+        strategy=strategy,
+        pruner=pruner,
+        n_trials=trials,
+        seed=seed,
+        root=root,
+        study_name=f"{task}_{strategy}_{pruner}_{seed}",
+        trainer_kwargs={"accelerator": "cpu", "devices": 1, "max_epochs": epochs, "logger": False},
+        patience=None,
+        checkpoint=False,
+        verbose=False,
+    ).run()
+    return {
+        "epochs": sum(len(t.intermediate) for t in result.trials),
+        "seconds": time.perf_counter() - t0,
+        "best": result.best_value,
+        "pruned": sum(t.state is TrialState.PRUNED for t in result.trials),
+    }
 
 
 def run_optuna(task: str, seed: int, trials: int, epochs: int) -> dict | None:
@@ -70,20 +87,35 @@ def run_optuna(task: str, seed: int, trials: int, epochs: int) -> dict | None:
         p, bs = suggest(trial)
         L.seed_everything(trial_seed(seed, trial.number), verbose=False)
         cb = Report(trial)
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[cb],
+        )
         trainer.fit(model_f({"model": p}), datamodule=data_f({"data": {"batch_size": bs}}))
         if cb.pruned:
             raise optuna.TrialPruned()
         return cb.best  # the best epoch, as our trials are scored
 
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(multivariate=True, seed=seed),
-                                pruner=optuna.pruners.SuccessiveHalvingPruner())
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(multivariate=True, seed=seed),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(),
+    )
     t0 = time.perf_counter()
     study.optimize(objective, n_trials=trials)
     best = max(max(t.intermediate_values.values()) for t in study.trials if t.state.name == "COMPLETE")
-    return {"epochs": total["epochs"], "seconds": time.perf_counter() - t0, "best": best,
-            "pruned": sum(t.state.name == "PRUNED" for t in study.trials)}
+    return {
+        "epochs": total["epochs"],
+        "seconds": time.perf_counter() - t0,
+        "best": best,
+        "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+    }
 
 
 def main() -> None:
@@ -108,25 +140,38 @@ def main() -> None:
             rows.append({"task": task, "method": "optuna TPE + successive halving", "runs": runs})
             print(_line(rows[-1]), flush=True)
     print(f"\nmachine: {describe()}")
-    print(f"{args.trials} trials x <= {args.epochs} epochs, medians over {args.seeds} seeds; epochs relative to no pruning\n")
+    print(
+        f"{args.trials} trials x <= {args.epochs} epochs, medians over {args.seeds} seeds; epochs relative to no pruning\n"
+    )
     print("| task | method | epochs trained | % of no pruning | wall time (s) | best val_acc | pruned trials |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        base = next(b for b in rows if b["task"] == r["task"] and b["method"] == r["method"].split(" + ")[0] + " + no pruning") \
-            if "+ " in r["method"] and not r["method"].startswith("optuna") else next(b for b in rows if b["task"] == r["task"])
+        base = (
+            next(
+                b
+                for b in rows
+                if b["task"] == r["task"] and b["method"] == r["method"].split(" + ")[0] + " + no pruning"
+            )
+            if "+ " in r["method"] and not r["method"].startswith("optuna")
+            else next(b for b in rows if b["task"] == r["task"])
+        )
         e = statistics.median(x["epochs"] for x in r["runs"])
         e0 = statistics.median(x["epochs"] for x in base["runs"])
-        print(f"| {r['task']} | {r['method']} | {e:.0f} | {100 * e / e0:.0f}% | "
-              f"{statistics.median(x['seconds'] for x in r['runs']):.0f} | {statistics.median(x['best'] for x in r['runs']):.4f} | "
-              f"{statistics.median(x['pruned'] for x in r['runs']):.0f} |")
+        print(
+            f"| {r['task']} | {r['method']} | {e:.0f} | {100 * e / e0:.0f}% | "
+            f"{statistics.median(x['seconds'] for x in r['runs']):.0f} | {statistics.median(x['best'] for x in r['runs']):.4f} | "
+            f"{statistics.median(x['pruned'] for x in r['runs']):.0f} |"
+        )
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     with open(os.path.join(os.path.dirname(__file__), "results", "pruning.json"), "w") as f:
         json.dump({"machine": describe(), "args": vars(args), "rows": rows}, f, indent=1)
 
 
 def _line(r: dict) -> str:
-    return (f"{r['task']:7s} {r['method']:32s} epochs {statistics.median(x['epochs'] for x in r['runs']):6.0f}  "
-            f"best {statistics.median(x['best'] for x in r['runs']):.4f}  s {statistics.median(x['seconds'] for x in r['runs']):.0f}")
+    return (
+        f"{r['task']:7s} {r['method']:32s} epochs {statistics.median(x['epochs'] for x in r['runs']):6.0f}  "
+        f"best {statistics.median(x['best'] for x in r['runs']):.4f}  s {statistics.median(x['seconds'] for x in r['runs']):.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ class TabularData(L.LightningDataModule):
         mean, std = x[:n_train].mean(0), x[:n_train].std(0) + 1e-6
         x = (x - mean) / std
         self.train_set = TensorDataset(x[:n_train], y[:n_train])
-        self.val_set = TensorDataset(x[n_train:n_train + n_val], y[n_train:n_train + n_val])
+        self.val_set = TensorDataset(x[n_train : n_train + n_val], y[n_train : n_train + n_val])
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
@@ -42,8 +42,15 @@ class TabularData(L.LightningDataModule):
 
 
 class TabularMLP(L.LightningModule):
-    def __init__(self, name: str = "digits", num_layers: int = 2, hidden_dim: int = 64, dropout: float = 0.1,
-                 lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str = "digits",
+        num_layers: int = 2,
+        hidden_dim: int = 64,
+        dropout: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         in_dim, n_classes = {"digits": (64, 10), "cancer": (30, 2)}[name]
@@ -95,7 +102,11 @@ def factories(task: str):
 
 def suggest(trial) -> tuple[dict, int]:
     """The same space for an Optuna trial: (model arguments, batch size)."""
-    p = {"lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True), "num_layers": trial.suggest_int("num_layers", 1, 3),
-         "hidden_dim": trial.suggest_int("hidden_dim", 16, 256, log=True), "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-         "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)}
+    p = {
+        "lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True),
+        "num_layers": trial.suggest_int("num_layers", 1, 3),
+        "hidden_dim": trial.suggest_int("hidden_dim", 16, 256, log=True),
+        "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+    }
     return p, trial.suggest_categorical("batch_size", [32, 64, 128])

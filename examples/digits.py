@@ -39,9 +39,9 @@ class DigitsDataModule(L.LightningDataModule):
         mean, std = x[:n_train].mean(0), x[:n_train].std(0) + 1e-6
         x = (x - mean) / std
         self.train_set = TensorDataset(x[:n_train], y[:n_train])
-        self.val_set = TensorDataset(x[n_train:n_train + n_val], y[n_train:n_train + n_val])
-        self.test_set = TensorDataset(x[n_train + n_val:], y[n_train + n_val:])
-        self.cv_set = TensorDataset(x[:n_train + n_val], y[:n_train + n_val])
+        self.val_set = TensorDataset(x[n_train : n_train + n_val], y[n_train : n_train + n_val])
+        self.test_set = TensorDataset(x[n_train + n_val :], y[n_train + n_val :])
+        self.cv_set = TensorDataset(x[: n_train + n_val], y[: n_train + n_val])
 
     def cv_dataset(self) -> TensorDataset:
         """Training plus validation data: folds for cross-validation, all of it for a refit."""
@@ -63,8 +63,14 @@ class DigitsDataModule(L.LightningDataModule):
 class DigitsMLP(L.LightningModule):
     """A multi-layer perceptron whose depth, width, dropout, learning rate and weight decay are tunable."""
 
-    def __init__(self, num_layers: int = 2, hidden_dim: int = 64, dropout: float = 0.1, lr: float = 1e-3,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_layers: int = 2,
+        hidden_dim: int = 64,
+        dropout: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         layers: list[nn.Module] = []
@@ -127,10 +133,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # tiny model: one thread is fastest and leaves the other cores free
     search = HyperparameterSearch(
-        model=DigitsMLP, datamodule=DigitsDataModule, space=SPACE, monitor="val_acc", mode="max",
-        strategy=args.strategy, pruner=args.pruner, n_trials=args.n_trials, seed=args.seed, study_name=args.study,
-        root=args.root, storage=args.storage, trainer_kwargs={"accelerator": "cpu", "devices": 1, "log_every_n_steps": 5},
-        patience=3, cv=args.cv and CrossValidation(args.cv, stratify=True), refit=args.test,
+        model=DigitsMLP,
+        datamodule=DigitsDataModule,
+        space=SPACE,
+        monitor="val_acc",
+        mode="max",
+        strategy=args.strategy,
+        pruner=args.pruner,
+        n_trials=args.n_trials,
+        seed=args.seed,
+        study_name=args.study,
+        root=args.root,
+        storage=args.storage,
+        trainer_kwargs={"accelerator": "cpu", "devices": 1, "log_every_n_steps": 5},
+        patience=3,
+        cv=args.cv and CrossValidation(args.cv, stratify=True),
+        refit=args.test,
     )
     result = search.run()
     best = result.best_trial

@@ -88,11 +88,15 @@ class SearchResult:
 
     def _search_or_raise(self, what: str) -> Any:
         if self._search is None:
-            raise ConfigurationError(f"{what} needs the result of HyperparameterSearch.run() (it knows the model and data)")
+            raise ConfigurationError(
+                f"{what} needs the result of HyperparameterSearch.run() (it knows the model and data)"
+            )
         return self._search
 
     def _ranked(self) -> list[TrialRecord]:
-        done = [t for t in self.trials if t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+        done = [
+            t for t in self.trials if t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+        ]
         return sorted(done, key=lambda t: (t.value if self.direction is Direction.MINIMIZE else -t.value, t.number))
 
     def load_best_model(self, map_location: str = "cpu") -> Any:
@@ -122,15 +126,28 @@ class SearchResult:
                 log.warning("%s; falling back to the next best trial", problems[-1])
                 continue
             return model.eval()
-        raise HPTError("no COMPLETE trial has a readable checkpoint: " + "; ".join(problems)
-                       + ". Keep checkpoints with checkpoint=True, or rebuild the winner with result.refit()")
+        raise HPTError(
+            "no COMPLETE trial has a readable checkpoint: "
+            + "; ".join(problems)
+            + ". Keep checkpoints with checkpoint=True, or rebuild the winner with result.refit()"
+        )
 
     def _trainer(self, search: Any, best: TrialRecord, **kwargs: Any) -> Any:
         from lightning_hpt.lightning.config import namespace_of, split_params
 
         pl = namespace_of(search.model) if isinstance(search.model, type) else namespace_of(object)
-        keep = ("accelerator", "devices", "precision", "strategy", "num_nodes", "deterministic", "gradient_clip_val",
-                "gradient_clip_algorithm", "accumulate_grad_batches", "callbacks")
+        keep = (
+            "accelerator",
+            "devices",
+            "precision",
+            "strategy",
+            "num_nodes",
+            "deterministic",
+            "gradient_clip_val",
+            "gradient_clip_algorithm",
+            "accumulate_grad_batches",
+            "callbacks",
+        )
         args = {k: v for k, v in search.trainer_kwargs.items() if k in keep}
         args.update(split_params(best.params)["trainer"])
         args.update(kwargs)
@@ -171,11 +188,21 @@ class SearchResult:
         out_dir = os.path.join(search.root, self.study, "refit")
         path = os.path.join(out_dir, "model.ckpt")
         with quiet_lightning(True):
-            trainer = self._trainer(search, best, max_epochs=epochs, logger=False, enable_checkpointing=False,
-                                    num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=out_dir)
+            trainer = self._trainer(
+                search,
+                best,
+                max_epochs=epochs,
+                logger=False,
+                enable_checkpointing=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=0,
+                default_root_dir=out_dir,
+            )
             trainer.fit(model, datamodule=view)
             trainer.save_checkpoint(path)
-        search.storage.set_study_attrs(self.study, {"refit": {"trial": best.number, "epochs": epochs, "checkpoint": path}})
+        search.storage.set_study_attrs(
+            self.study, {"refit": {"trial": best.number, "epochs": epochs, "checkpoint": path}}
+        )
         self._extra["refit_model"] = model.eval()
         self._extra["refit_checkpoint"] = path
         return model
@@ -195,7 +222,11 @@ class SearchResult:
 
         search = self._search_or_raise("test")
         best = self._best()
-        which = "given model" if model is not None else ("refit model" if self.refit_model is not None else "best checkpoint")
+        which = (
+            "given model"
+            if model is not None
+            else ("refit model" if self.refit_model is not None else "best checkpoint")
+        )
         model = model if model is not None else (self.refit_model or self.load_best_model())
         _, dm = build_parts(search.build, best.params)
         if dm is None or not callable(getattr(dm, "test_dataloader", None)):
@@ -226,8 +257,10 @@ class SearchResult:
 
     def _gap_text(self) -> str:
         name, test = self._test_twin()  # type: ignore[misc]
-        return (f"warning: {self.monitor}={self.best_value:.4g} but {name}={test:.4g} ({100 * self.test_gap():.1f}% apart):"
-                " the search may have overfit the validation set; consider cross-validation (cv=5) or more data")
+        return (
+            f"warning: {self.monitor}={self.best_value:.4g} but {name}={test:.4g} ({100 * self.test_gap():.1f}% apart):"
+            " the search may have overfit the validation set; consider cross-validation (cv=5) or more data"
+        )
 
     def to_dataframe(self) -> Any:
         """One row per trial: number, state, value, duration, params (``params.<name>``), error. Needs pandas."""
@@ -237,8 +270,14 @@ class SearchResult:
             raise ImportError("to_dataframe needs pandas: pip install 'lightning-hpt[pandas]'") from None
         rows = []
         for t in self.trials:
-            row = {"number": t.number, "state": t.state.value, "value": t.value, "best_step": t.best_step,
-                   "steps": len(t.intermediate), "duration_s": t.duration}
+            row = {
+                "number": t.number,
+                "state": t.state.value,
+                "value": t.value,
+                "best_step": t.best_step,
+                "steps": len(t.intermediate),
+                "duration_s": t.duration,
+            }
             row.update({f"params.{k}": v for k, v in t.params.items()})
             row["error"] = t.error
             rows.append(row)
@@ -251,7 +290,9 @@ class SearchResult:
         if best is None:
             lines.append("No COMPLETE trial.")
             return "\n".join(lines)
-        spread = f" (mean of {len(best.attrs['runs'])} runs, std {best.attrs['std']:.3g})" if "std" in best.attrs else ""
+        spread = (
+            f" (mean of {len(best.attrs['runs'])} runs, std {best.attrs['std']:.3g})" if "std" in best.attrs else ""
+        )
         lines.append(f"Best trial #{best.number}: {self.monitor}={best.value:.6g}{spread} at step {best.best_step}")
         lines += [f"  {k} = {v!r}" for k, v in best.params.items()]
         if best.checkpoint:

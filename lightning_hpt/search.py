@@ -188,12 +188,16 @@ class HyperparameterSearch:
         self.study_name = validate_name(study_name, "study_name")
         self.direction = Direction.parse(mode)
         if not isinstance(monitor, str) or not monitor:
-            raise ConfigurationError(f"monitor must be the name of a logged metric such as 'val_loss', got monitor={monitor!r}")
+            raise ConfigurationError(
+                f"monitor must be the name of a logged metric such as 'val_loss', got monitor={monitor!r}"
+            )
         self.monitor = monitor
         self._check_model(model, datamodule)
         self.model, self.datamodule = model, datamodule
         if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
-            raise ConfigurationError(f"trainer_kwargs must be a dict of Trainer arguments, got {type(trainer_kwargs).__name__}: {trainer_kwargs!r}")
+            raise ConfigurationError(
+                f"trainer_kwargs must be a dict of Trainer arguments, got {type(trainer_kwargs).__name__}: {trainer_kwargs!r}"
+            )
         self.trainer_kwargs = dict(trainer_kwargs or {})
         self._check_init_keys(model, "model", "LightningModule")
         self._check_init_keys(datamodule, "data", "LightningDataModule")
@@ -205,13 +209,19 @@ class HyperparameterSearch:
         self.strategy = make_strategy(strategy, seed=None)
         self.pruner = make_pruner(pruner)
         if n_trials is None and self.strategy.name != "grid":
-            raise ConfigurationError("n_trials=None (run until exhausted) only works with strategy='grid'; give a number")
+            raise ConfigurationError(
+                "n_trials=None (run until exhausted) only works with strategy='grid'; give a number"
+            )
         if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
             raise ConfigurationError(f"n_trials must be a positive integer, got n_trials={n_trials!r}")
         self.n_trials = n_trials
         if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
-            raise ConfigurationError(f"patience must be a positive integer or None (no early stopping), got patience={patience!r}")
-        if timeout is not None and (isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and timeout > 0)):
+            raise ConfigurationError(
+                f"patience must be a positive integer or None (no early stopping), got patience={patience!r}"
+            )
+        if timeout is not None and (
+            isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and timeout > 0)
+        ):
             raise ConfigurationError(f"timeout must be a positive number of seconds or None, got timeout={timeout!r}")
         self.timeout = timeout
         if not isinstance(root, (str, os.PathLike)):
@@ -222,12 +232,26 @@ class HyperparameterSearch:
         self.cv = CrossValidation.parse(cv)
         if self.cv is not None or refit:
             if datamodule is None:
-                raise ConfigurationError("cv and refit need a datamodule with a cv_dataset() method; datamodule is None")
+                raise ConfigurationError(
+                    "cv and refit need a datamodule with a cv_dataset() method; datamodule is None"
+                )
             if inspect.isclass(datamodule) or is_lightning_class(type(datamodule), "LightningDataModule"):
-                require_cv(datamodule, "cv=..." if self.cv is not None else "refit=True")  # a factory: checked when built
+                require_cv(
+                    datamodule, "cv=..." if self.cv is not None else "refit=True"
+                )  # a factory: checked when built
         self.refit = refit
-        self.build = TrialBuild(model, datamodule, self.trainer_kwargs, monitor, self.direction, patience, checkpoint, True,
-                                self.cv, repeats)
+        self.build = TrialBuild(
+            model,
+            datamodule,
+            self.trainer_kwargs,
+            monitor,
+            self.direction,
+            patience,
+            checkpoint,
+            True,
+            self.cv,
+            repeats,
+        )
         if executor is not None and not isinstance(executor, Executor):
             raise ConfigurationError(
                 f"executor must be an Executor (LocalExecutor(), ProcessExecutor(...), RayExecutor(...)) or None, got {executor!r}"
@@ -237,14 +261,18 @@ class HyperparameterSearch:
         self.retry_interrupted = retry_interrupted
         self.allow_changes = allow_changes
         if isinstance(enqueue, Mapping) or not all(isinstance(p, Mapping) for p in enqueue):
-            raise ConfigurationError(f"enqueue must be a list of configurations (dicts), got enqueue={enqueue!r}; wrap one in [...]")
+            raise ConfigurationError(
+                f"enqueue must be a list of configurations (dicts), got enqueue={enqueue!r}; wrap one in [...]"
+            )
         self._enqueue = [dict(p) for p in enqueue]
         for p in self._enqueue:
             self.space.validate(p)
         make_progress(verbose)  # validates it
         self.verbose = verbose
         if isinstance(stale_after, bool) or not (isinstance(stale_after, (int, float)) and stale_after > 0):
-            raise ConfigurationError(f"stale_after must be a positive number of seconds, got stale_after={stale_after!r}")
+            raise ConfigurationError(
+                f"stale_after must be a positive number of seconds, got stale_after={stale_after!r}"
+            )
         self.stale_after = stale_after
         self._storage_spec = storage if storage is not None else f"sqlite:///{self.root / 'studies.db'}"
         self._storage: Storage | None = None
@@ -264,9 +292,14 @@ class HyperparameterSearch:
             )
         if datamodule is None and has_data:
             raise ConfigurationError("data.* parameters need a datamodule class or factory; datamodule is None")
-        if datamodule is not None and not (is_lightning_class(type(datamodule), "LightningDataModule")
-                                           or is_lightning_class(datamodule, "LightningDataModule") or callable(datamodule)):
-            raise ConfigurationError(f"datamodule must be a LightningDataModule class, instance or factory, got {datamodule!r}")
+        if datamodule is not None and not (
+            is_lightning_class(type(datamodule), "LightningDataModule")
+            or is_lightning_class(datamodule, "LightningDataModule")
+            or callable(datamodule)
+        ):
+            raise ConfigurationError(
+                f"datamodule must be a LightningDataModule class, instance or factory, got {datamodule!r}"
+            )
 
     def _check_init_keys(self, cls: Any, section: str, kind: str) -> None:
         """``model.*`` / ``data.*`` names must be init arguments of a class (unless it takes ``**kwargs``)."""
@@ -293,7 +326,9 @@ class HyperparameterSearch:
         for key in given:
             if key not in valid:
                 near = difflib.get_close_matches(key, valid, n=3)
-                raise ConfigurationError(f"{key!r} is not an argument of Trainer (in trainer_kwargs or trainer.*); did you mean {near}?")
+                raise ConfigurationError(
+                    f"{key!r} is not an argument of Trainer (in trainer_kwargs or trainer.*); did you mean {near}?"
+                )
 
     # --- storage ------------------------------------------------------------------------------
     @property
@@ -310,7 +345,12 @@ class HyperparameterSearch:
             self.build = dataclasses.replace(self.build, monitor=stored.monitor, direction=stored.direction)
         if stored.strategy != self.strategy.name:
             self.strategy = make_strategy(stored.strategy)
-        self.space, self.direction, self.seed, self.monitor = stored.space, stored.direction, stored.seed, stored.monitor
+        self.space, self.direction, self.seed, self.monitor = (
+            stored.space,
+            stored.direction,
+            stored.seed,
+            stored.monitor,
+        )
         return storage
 
     @property
@@ -350,10 +390,23 @@ class HyperparameterSearch:
                     dead = stale
                 if not dead:
                     continue
-                log.warning("trial %d was left RUNNING by a process that is gone (%s pid %s): interrupted", t.number, t.host, t.pid)
-                t = storage.finish_trial(self.study_name, t.number, state=TrialState.FAILED,
-                                         error=f"{INTERRUPTED}: the driver process ({t.host} pid {t.pid}) died")
-            if self.retry_interrupted and t.state is TrialState.FAILED and (t.error or "").startswith((INTERRUPTED, PREEMPTED)):
+                log.warning(
+                    "trial %d was left RUNNING by a process that is gone (%s pid %s): interrupted",
+                    t.number,
+                    t.host,
+                    t.pid,
+                )
+                t = storage.finish_trial(
+                    self.study_name,
+                    t.number,
+                    state=TrialState.FAILED,
+                    error=f"{INTERRUPTED}: the driver process ({t.host} pid {t.pid}) died",
+                )
+            if (
+                self.retry_interrupted
+                and t.state is TrialState.FAILED
+                and (t.error or "").startswith((INTERRUPTED, PREEMPTED))
+            ):
                 log.info("trial %d was interrupted (%s): it runs again with the same configuration", t.number, t.error)
                 storage.requeue_trial(self.study_name, t.number)
 
@@ -363,8 +416,16 @@ class HyperparameterSearch:
         import zipfile
 
         for t in trials:
-            if t.state is TrialState.COMPLETE and t.checkpoint and not (os.path.exists(t.checkpoint) and zipfile.is_zipfile(t.checkpoint)):
-                log.warning("the checkpoint of trial %d (%s) is missing or truncated; load_best_model() skips it", t.number, t.checkpoint)
+            if (
+                t.state is TrialState.COMPLETE
+                and t.checkpoint
+                and not (os.path.exists(t.checkpoint) and zipfile.is_zipfile(t.checkpoint))
+            ):
+                log.warning(
+                    "the checkpoint of trial %d (%s) is missing or truncated; load_best_model() skips it",
+                    t.number,
+                    t.checkpoint,
+                )
 
     def enqueue(self, params: Mapping[str, Any]) -> TrialRecord | None:
         """Add a configuration to try before the strategy's proposals (once: a known one is not added again)."""
@@ -378,7 +439,9 @@ class HyperparameterSearch:
             return None
 
     # --- running ------------------------------------------------------------------------------
-    def _next_trials(self, storage: Storage, k: int, history: History | None = None) -> tuple[list[TrialRecord], str | None]:
+    def _next_trials(
+        self, storage: Storage, k: int, history: History | None = None
+    ) -> tuple[list[TrialRecord], str | None]:
         """Up to ``k`` trials to start now (queued first, then new proposals), and why there are none.
 
         ``history``: the study as just read, if it was (saves reading it again); a stale one only
@@ -410,8 +473,15 @@ class HyperparameterSearch:
                 return out, f"{self.strategy.name} strategy exhausted"
             for i, params in enumerate(proposals):
                 try:
-                    rec = storage.create_trial(self.study_name, params, max_trials=self.n_trials, host=HOST,
-                                               pid=os.getpid(), unique=unique, number=history.next_number + i)  # fmt: skip
+                    rec = storage.create_trial(
+                        self.study_name,
+                        params,
+                        max_trials=self.n_trials,
+                        host=HOST,
+                        pid=os.getpid(),
+                        unique=unique,
+                        number=history.next_number + i,
+                    )
                 except DuplicateTrialError:
                     refusals += 1
                     time.sleep(_BACKOFF.uniform(0.0, min(0.05 * refusals, 0.5)))
@@ -433,9 +503,16 @@ class HyperparameterSearch:
             if step not in reporter.stored:  # values the channel did not carry (it failed, or the executor batches)
                 storage.report(self.study_name, rec.number, step, value)
         attrs = {**outcome.attrs, "metrics": dict(outcome.metrics)} if outcome.metrics or outcome.attrs else None
-        return storage.finish_trial(self.study_name, rec.number, state=outcome.state, value=outcome.value,
-                                    best_step=outcome.best_step, error=outcome.error, checkpoint=outcome.checkpoint,
-                                    attrs=attrs)
+        return storage.finish_trial(
+            self.study_name,
+            rec.number,
+            state=outcome.state,
+            value=outcome.value,
+            best_step=outcome.best_step,
+            error=outcome.error,
+            checkpoint=outcome.checkpoint,
+            attrs=attrs,
+        )
 
     def run(self) -> SearchResult:
         """Run (or resume) the study until ``n_trials`` trials are finished, the grid is exhausted or time is up.
@@ -457,8 +534,14 @@ class HyperparameterSearch:
         progress = make_progress(self.verbose)
         board = StudyBoard(self.root / self.study_name / "tensorboard", self.monitor)
         trials = storage.trials(self.study_name)
-        progress.start(self.study_name, self.n_trials, sum(t.state.is_finished for t in trials), storage.url,
-                       monitor=self.monitor, trials=trials)  # fmt: skip
+        progress.start(
+            self.study_name,
+            self.n_trials,
+            sum(t.state.is_finished for t in trials),
+            storage.url,
+            monitor=self.monitor,
+            trials=trials,
+        )
         history: History | None = None  # the study as read after the last finished trial
         t0 = time.monotonic()
         running: dict[Future, tuple[TrialRecord, _Reporter]] = {}
@@ -499,8 +582,13 @@ class HyperparameterSearch:
                         _ACTIVE.discard((storage.url, self.study_name, rec.number))
                         started.discard(rec.number)
                         history = self._history(storage)  # one read serves the display and the next proposals
-                        progress.trial_finished(final, history.best(), self.monitor,
-                                                sum(t.state.is_finished for t in history.trials), self.n_trials)
+                        progress.trial_finished(
+                            final,
+                            history.best(),
+                            self.monitor,
+                            sum(t.state.is_finished for t in history.trials),
+                            self.n_trials,
+                        )
                         board.trial_finished(final, history.best())
                         gc.freeze()  # what outlived this trial (lazy imports, caches) stays out of the next collections
                         if outcome.interrupted == PREEMPTED:
@@ -508,7 +596,9 @@ class HyperparameterSearch:
                         if outcome.interrupted:
                             raise KeyboardInterrupt
                         if outcome.fatal and not history.completed:
-                            raise MetricNotFoundError(f"trial {rec.number} failed and every trial would: {outcome.error}")
+                            raise MetricNotFoundError(
+                                f"trial {rec.number} failed and every trial would: {outcome.error}"
+                            )
         except BaseException as e:
             running.clear()
             if not (handling and isinstance(e, (KeyboardInterrupt, SearchPreempted))):
@@ -570,11 +660,20 @@ class HyperparameterSearch:
             raise ConfigurationError(f"no trial to ask for: {reason}")
         return recs[0]
 
-    def tell(self, number: int, value: float | None = None, *, state: TrialState = TrialState.COMPLETE,
-             error: str | None = None, intermediate: Mapping[int, float] | None = None) -> TrialRecord:
+    def tell(
+        self,
+        number: int,
+        value: float | None = None,
+        *,
+        state: TrialState = TrialState.COMPLETE,
+        error: str | None = None,
+        intermediate: Mapping[int, float] | None = None,
+    ) -> TrialRecord:
         """Record the result of a trial started with :meth:`ask`."""
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ConfigurationError(f"tell: value must be a number or None, got value={value!r} of type {type(value).__name__}")
+            raise ConfigurationError(
+                f"tell: value must be a number or None, got value={value!r} of type {type(value).__name__}"
+            )
         storage = self._open()
         for step, v in sorted((intermediate or {}).items()):
             storage.report(self.study_name, number, step, v)

@@ -46,7 +46,9 @@ def validate_name(name: object, what: str = "parameter name") -> str:
     if not name:
         raise SearchSpaceError(f"{what} must not be empty")
     if len(name) > MAX_NAME_LENGTH:
-        raise SearchSpaceError(f"{what} must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {name[:40]!r}...")
+        raise SearchSpaceError(
+            f"{what} must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {name[:40]!r}..."
+        )
     if not _NAME_RE.match(name):
         raise SearchSpaceError(
             f"{what} {name!r} is invalid: use letters, digits and '_' in dot-separated parts, each starting"
@@ -318,7 +320,9 @@ class Categorical(Domain):
             if isinstance(c, float) and not math.isfinite(c):
                 raise SearchSpaceError(f"Categorical: choices must be finite, got {c!r}")
             if _key(c) in seen:
-                raise SearchSpaceError(f"Categorical: duplicate choice {c!r} in {list(choices)!r}; list each value once")
+                raise SearchSpaceError(
+                    f"Categorical: duplicate choice {c!r} in {list(choices)!r}; list each value once"
+                )
             seen.add(_key(c))
         object.__setattr__(self, "choices", choices)
 
@@ -370,7 +374,9 @@ class SearchSpace(Mapping[str, Domain]):
             if isinstance(domain, Mapping):
                 domain = Domain.from_dict(domain)
             if isinstance(domain, (list, tuple)):
-                raise SearchSpaceError(f"space[{name!r}] is a {type(domain).__name__}; wrap it: Categorical({list(domain)!r})")
+                raise SearchSpaceError(
+                    f"space[{name!r}] is a {type(domain).__name__}; wrap it: Categorical({list(domain)!r})"
+                )
             if not isinstance(domain, Domain):
                 raise SearchSpaceError(
                     f"space[{name!r}] must be a Float, Int or Categorical, got {domain!r};"
@@ -416,7 +422,9 @@ class SearchSpace(Mapping[str, Domain]):
         if isinstance(points, Mapping):
             unknown = sorted(set(points) - set(self._domains))
             if unknown:
-                raise SearchSpaceError(f"grid points given for unknown parameters {unknown}; known: {sorted(self._domains)}")
+                raise SearchSpaceError(
+                    f"grid points given for unknown parameters {unknown}; known: {sorted(self._domains)}"
+                )
         axes = []
         for name, d in self._domains.items():
             # one number applies to continuous domains; a dict entry to any domain it names

@@ -138,7 +138,9 @@ class History:
     @property
     def completed(self) -> list[TrialRecord]:
         """COMPLETE trials with a finite value."""
-        return [t for t in self.trials if t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+        return [
+            t for t in self.trials if t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+        ]
 
     @property
     def pending(self) -> list[TrialRecord]:
@@ -154,7 +156,11 @@ class History:
         return best
 
     def add(
-        self, params: Mapping[str, Any], value: float | None = None, state: TrialState = TrialState.COMPLETE, **fields: Any
+        self,
+        params: Mapping[str, Any],
+        value: float | None = None,
+        state: TrialState = TrialState.COMPLETE,
+        **fields: Any,
     ) -> History:
         """A new History with one more trial (the next number); for ask/tell loops without storage.
 

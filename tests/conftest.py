@@ -60,10 +60,20 @@ class TinyModel(L.LightningModule):
         test_penalty: added to the test loss (a model that does much worse on the test split).
     """
 
-    def __init__(self, lr: float = 0.05, hidden: int = 8, val_schedule: list | None = None, fail_at_epoch: int | None = None,
-                 nan_at_epoch: int | None = None, interrupt_at_epoch: int | None = None, oom_at_epoch: int | None = None,
-                 log_name: str = "val_loss", marker: str | None = None, sleep: float = 0.0,
-                 test_penalty: float = 0.0) -> None:
+    def __init__(
+        self,
+        lr: float = 0.05,
+        hidden: int = 8,
+        val_schedule: list | None = None,
+        fail_at_epoch: int | None = None,
+        nan_at_epoch: int | None = None,
+        interrupt_at_epoch: int | None = None,
+        oom_at_epoch: int | None = None,
+        log_name: str = "val_loss",
+        marker: str | None = None,
+        sleep: float = 0.0,
+        test_penalty: float = 0.0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 1))

@@ -62,8 +62,16 @@ def write(path: Path, data: dict) -> str:
 
 
 def search_section(tmp_path: Path, space: dict | None = None, **kw) -> dict:
-    section = {"space": space or SPACE, "n_trials": 2, "seed": 0, "root": str(tmp_path / "runs"), "verbose": False,
-               "monitor": "val_loss", "mode": "min", **kw}
+    section = {
+        "space": space or SPACE,
+        "n_trials": 2,
+        "seed": 0,
+        "root": str(tmp_path / "runs"),
+        "verbose": False,
+        "monitor": "val_loss",
+        "mode": "min",
+        **kw,
+    }
     return {"search": section}
 
 
@@ -99,19 +107,35 @@ def test_search_builds_trials_with_lightning_cli_and_writes_their_configs(tmp_pa
         assert saved["trainer"]["default_root_dir"] is None  # the saved config is the user's, ready for fit
         ckpt = torch.load(t.checkpoint, weights_only=True)
         assert ckpt["hyper_parameters"]["lr"] == t.params["model.init_args.lr"]
-    best = (tmp_path / "runs" / "default" / "best.yaml")
+    best = tmp_path / "runs" / "default" / "best.yaml"
     assert f"best config (trial {min(done, key=lambda t: t.value).number}): {best}" in out
-    assert yaml.safe_load(best.read_text())["model"]["init_args"]["lr"] == min(done, key=lambda t: t.value).params[
-        "model.init_args.lr"]
+    assert (
+        yaml.safe_load(best.read_text())["model"]["init_args"]["lr"]
+        == min(done, key=lambda t: t.value).params["model.init_args.lr"]
+    )
 
 
 def test_user_callbacks_loggers_and_fixed_seed_are_kept(tmp_path):
     log = tmp_path / "fit_starts.txt"
-    fit = dict(FIT, seed_everything=123, trainer=dict(FIT["trainer"], logger={
-        "class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "csv")}},
-        callbacks=[{"class_path": "test_cli.RecordingCallback", "init_args": {"path": str(log)}}]))
-    code, _, err = run("search", "--config", write(tmp_path / "fit.yaml", fit),
-                       "--config", write(tmp_path / "search.yaml", search_section(tmp_path)))
+    fit = dict(
+        FIT,
+        seed_everything=123,
+        trainer=dict(
+            FIT["trainer"],
+            logger={
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp_path / "csv")},
+            },
+            callbacks=[{"class_path": "test_cli.RecordingCallback", "init_args": {"path": str(log)}}],
+        ),
+    )
+    code, _, err = run(
+        "search",
+        "--config",
+        write(tmp_path / "fit.yaml", fit),
+        "--config",
+        write(tmp_path / "search.yaml", search_section(tmp_path)),
+    )
     assert code == 0, err
     starts = [line.split() for line in log.read_text().splitlines()]
     assert starts == [[str(os.getpid()), str(tmp_path / "runs" / "default" / f"trial_{n}")] for n in (0, 1)]
@@ -124,8 +148,18 @@ def test_user_callbacks_loggers_and_fixed_seed_are_kept(tmp_path):
 
 def test_command_line_overrides_and_print_config(tmp_path, configs, capsys):
     fit, search = configs
-    code, _, _ = run("search", "--config", fit, "--config", search, "--search.n_trials", "7",
-                     "--trainer.max_epochs", "3", "--print_config")
+    code, _, _ = run(
+        "search",
+        "--config",
+        fit,
+        "--config",
+        search,
+        "--search.n_trials",
+        "7",
+        "--trainer.max_epochs",
+        "3",
+        "--print_config",
+    )
     assert code == 0
     merged = yaml.safe_load(capsys.readouterr().out)
     assert merged["search"]["n_trials"] == 7 and merged["search"]["space"] == SPACE
@@ -133,37 +167,64 @@ def test_command_line_overrides_and_print_config(tmp_path, configs, capsys):
     assert not (tmp_path / "runs").exists()  # printing runs nothing
 
 
-@pytest.mark.parametrize(("space", "expected"), [
-    ({"model.lrr": {"type": "float", "low": 0.01, "high": 0.1}}, r"'model.lrr' is not in the config.*'model.lr'"),
-    ({"model.init_args.hiden": {"type": "int", "low": 4, "high": 8}}, r"nearest valid keys: \['model.init_args.hidden'"),
-    ({"optimizer.lr": {"type": "float", "low": 0.01, "high": 0.1}}, r"no optimizer \(it is null\)"),
-    ({"model.hidden": {"type": "float", "low": 4, "high": 16}}, r"space\['model.init_args.hidden'\].*does not fit.*int"),
-    ({"trainer.max_epochs": {"choices": ["two", "three"]}}, r"does not fit the argument's type.*trainer.max_epochs='two'"),
-    ({"model.lr": {"type": "float", "low": 0.1, "high": 0.01}}, r"low < high must hold"),
-])
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ({"model.lrr": {"type": "float", "low": 0.01, "high": 0.1}}, r"'model.lrr' is not in the config.*'model.lr'"),
+        (
+            {"model.init_args.hiden": {"type": "int", "low": 4, "high": 8}},
+            r"nearest valid keys: \['model.init_args.hidden'",
+        ),
+        ({"optimizer.lr": {"type": "float", "low": 0.01, "high": 0.1}}, r"no optimizer \(it is null\)"),
+        (
+            {"model.hidden": {"type": "float", "low": 4, "high": 16}},
+            r"space\['model.init_args.hidden'\].*does not fit.*int",
+        ),
+        (
+            {"trainer.max_epochs": {"choices": ["two", "three"]}},
+            r"does not fit the argument's type.*trainer.max_epochs='two'",
+        ),
+        ({"model.lr": {"type": "float", "low": 0.1, "high": 0.01}}, r"low < high must hold"),
+    ],
+)
 def test_invalid_space_is_refused_before_any_trial(tmp_path, space, expected):
-    code, _, err = run("search", "--config", write(tmp_path / "fit.yaml", FIT),
-                       "--config", write(tmp_path / "search.yaml", search_section(tmp_path, space)))
+    code, _, err = run(
+        "search",
+        "--config",
+        write(tmp_path / "fit.yaml", FIT),
+        "--config",
+        write(tmp_path / "search.yaml", search_section(tmp_path, space)),
+    )
     assert code == 2
     assert re.search(expected, err, flags=re.DOTALL), err
     assert not (tmp_path / "runs").exists()  # no database, no trial directory
 
 
-@pytest.mark.parametrize(("option", "value", "expected"), [
-    ("strategy", "annealing", r"strategy must be one of \['grid', 'random', 'sobol', 'bayes'\].*'annealing'"),
-    ("pruner", "sometimes", r"unknown pruner='sometimes'; use one of 'none', 'median', 'asha', 'hyperband'"),
-    ("strategy", {"name": "grd", "points": 3}, r"unknown strategy name='grd'; use one of \['grid'"),
-    ("executor", "cluster", r"unknown executor name='cluster'; use one of \[.*'local'"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("strategy", "annealing", r"strategy must be one of \['grid', 'random', 'sobol', 'bayes'\].*'annealing'"),
+        ("pruner", "sometimes", r"unknown pruner='sometimes'; use one of 'none', 'median', 'asha', 'hyperband'"),
+        ("strategy", {"name": "grd", "points": 3}, r"unknown strategy name='grd'; use one of \['grid'"),
+        ("executor", "cluster", r"unknown executor name='cluster'; use one of \[.*'local'"),
+    ],
+)
 def test_unknown_plugin_names_are_refused_before_any_trial(tmp_path, option, value, expected):
-    code, _, err = run("search", "--config", write(tmp_path / "fit.yaml", FIT),
-                       "--config", write(tmp_path / "search.yaml", search_section(tmp_path, **{option: value})))
+    code, _, err = run(
+        "search",
+        "--config",
+        write(tmp_path / "fit.yaml", FIT),
+        "--config",
+        write(tmp_path / "search.yaml", search_section(tmp_path, **{option: value})),
+    )
     assert code == 2 and re.search(expected, err), err
     assert not (tmp_path / "runs").exists()
 
 
 def test_yaml_domains():
-    assert domain_from_yaml("k", {"type": "float", "low": "1e-4", "high": 0.1, "log": True}) == Float(1e-4, 0.1, log=True)
+    assert domain_from_yaml("k", {"type": "float", "low": "1e-4", "high": 0.1, "log": True}) == Float(
+        1e-4, 0.1, log=True
+    )
     assert domain_from_yaml("k", {"choices": [32, 64]}) == Categorical([32, 64])
     assert domain_from_yaml("k", [1, 2]) == Categorical([1, 2])
     assert domain_from_yaml("k", {"type": "int", "low": 1, "high": 4}) == Int(1, 4)
@@ -185,8 +246,13 @@ def test_resume_counts_the_study_and_refuses_a_changed_config(tmp_path, configs)
 def test_ctrl_c_in_a_trial_is_recorded_and_exits_130(tmp_path):
     """RELIABILITY row 2 through the command: the trial is FAILED ("interrupted"), the exit status is 130."""
     fit = dict(FIT, model={"class_path": "conftest.TinyModel", "init_args": {"interrupt_at_epoch": 0}})
-    code, _, err = run("search", "--config", write(tmp_path / "fit.yaml", fit),
-                       "--config", write(tmp_path / "search.yaml", search_section(tmp_path)))
+    code, _, err = run(
+        "search",
+        "--config",
+        write(tmp_path / "fit.yaml", fit),
+        "--config",
+        write(tmp_path / "search.yaml", search_section(tmp_path)),
+    )
     assert code == 130 and "run the same command to resume" in err
     (t,) = trials(tmp_path)
     assert t.state is TrialState.FAILED and t.error.startswith("interrupted")
@@ -194,7 +260,9 @@ def test_ctrl_c_in_a_trial_is_recorded_and_exits_130(tmp_path):
 
 def test_show_best_and_report_read_the_study(tmp_path, monkeypatch):
     fit = write(tmp_path / "fit.yaml", FIT)
-    search = write(tmp_path / "search.yaml", search_section(tmp_path, enqueue=[{"model.lr": 0.02, "data.batch_size": 16}]))
+    search = write(
+        tmp_path / "search.yaml", search_section(tmp_path, enqueue=[{"model.lr": 0.02, "data.batch_size": 16}])
+    )
     assert run("search", "--config", fit, "--config", search)[0] == 0
     done = trials(tmp_path)
     assert done[0].params == {"model.init_args.lr": 0.02, "data.init_args.batch_size": 16}  # enqueued: run first
@@ -233,8 +301,15 @@ def test_project_cli_class_applies_its_own_parsing_rules(tmp_path):
     """--cli names the project's LightningCLI subclass: its fixed classes and links apply to every trial."""
     fit = {"model": {"lr": 0.05}, "data": {"batch_size": 8}, "trainer": FIT["trainer"]}
     section = search_section(tmp_path, {"data.batch_size": {"choices": [4, 12]}}, strategy="grid", n_trials=None)
-    code, _, err = run("search", "--cli", "test_cli.LinkedCLI", "--config", write(tmp_path / "fit.yaml", fit),
-                       "--config", write(tmp_path / "search.yaml", section))
+    code, _, err = run(
+        "search",
+        "--cli",
+        "test_cli.LinkedCLI",
+        "--config",
+        write(tmp_path / "fit.yaml", fit),
+        "--config",
+        write(tmp_path / "search.yaml", section),
+    )
     assert code == 0, err
     done = trials(tmp_path)
     assert sorted(t.params["data.batch_size"] for t in done) == [4, 12]
@@ -245,15 +320,22 @@ def test_project_cli_class_applies_its_own_parsing_rules(tmp_path):
 
 def test_search_cli_runs_search_from_the_projects_script(tmp_path):
     section = search_section(tmp_path, {"model.lr": {"choices": [0.01, 0.05]}}, strategy="grid", n_trials=None)
-    cli = SearchCLI(TinyModel, TinyData, trainer_defaults={"num_sanity_val_steps": 0, "logger": False},
-                    args=["search", "--config", write(tmp_path / "search.yaml", section), "--trainer.max_epochs", "1"])
+    cli = SearchCLI(
+        TinyModel,
+        TinyData,
+        trainer_defaults={"num_sanity_val_steps": 0, "logger": False},
+        args=["search", "--config", write(tmp_path / "search.yaml", section), "--trainer.max_epochs", "1"],
+    )
     assert cli.exit_code == 0
     done = trials(tmp_path)
     assert sorted(t.params["model.lr"] for t in done) == [0.01, 0.05]
     assert all(len(t.intermediate) == 1 for t in done)  # the command-line override reached every trial
     with pytest.raises(SystemExit) as e:
-        SearchCLI(TinyModel, TinyData, args=["search", "--config", write(tmp_path / "bad.yaml", search_section(
-            tmp_path, {"model.nope": [1, 2]}))])
+        SearchCLI(
+            TinyModel,
+            TinyData,
+            args=["search", "--config", write(tmp_path / "bad.yaml", search_section(tmp_path, {"model.nope": [1, 2]}))],
+        )
     assert e.value.code == 2
 
 
@@ -261,14 +343,24 @@ def test_search_cli_runs_search_from_the_projects_script(tmp_path):
 def test_scheduler_keys_in_worker_processes(tmp_path):
     """With the runner's build_trial hook: lr_scheduler.* keys, and trials built by the CLI inside worker processes."""
     log = tmp_path / "fit_starts.txt"
-    fit = dict(FIT, optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}},
-               lr_scheduler={"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1}},
-               trainer=dict(FIT["trainer"], callbacks=[{"class_path": "test_cli.RecordingCallback",
-                                                        "init_args": {"path": str(log)}}]))
-    section = search_section(tmp_path, {"lr_scheduler.gamma": {"choices": [0.1, 0.9]}}, strategy="grid", n_trials=None,
-                             executor={"name": "process", "workers": 1, "devices": []})
-    code, _, err = run("search", "--config", write(tmp_path / "fit.yaml", fit),
-                       "--config", write(tmp_path / "search.yaml", section))
+    fit = dict(
+        FIT,
+        optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}},
+        lr_scheduler={"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1}},
+        trainer=dict(
+            FIT["trainer"], callbacks=[{"class_path": "test_cli.RecordingCallback", "init_args": {"path": str(log)}}]
+        ),
+    )
+    section = search_section(
+        tmp_path,
+        {"lr_scheduler.gamma": {"choices": [0.1, 0.9]}},
+        strategy="grid",
+        n_trials=None,
+        executor={"name": "process", "workers": 1, "devices": []},
+    )
+    code, _, err = run(
+        "search", "--config", write(tmp_path / "fit.yaml", fit), "--config", write(tmp_path / "search.yaml", section)
+    )
     assert code == 0, err
     done = trials(tmp_path)
     assert [t.state for t in done] == [TrialState.COMPLETE] * 2
@@ -285,8 +377,19 @@ def test_example_project_search_best_then_fit(tmp_path, monkeypatch):
     monkeypatch.chdir(EXAMPLE)
     monkeypatch.syspath_prepend(str(EXAMPLE))  # as the command does for its working directory
     root = tmp_path / "runs"
-    code, out, err = run("search", "--config", "fit.yaml", "--config", "search.yaml", "--search.n_trials", "2",
-                         "--trainer.max_epochs", "2", "--search.root", str(root))
+    code, out, err = run(
+        "search",
+        "--config",
+        "fit.yaml",
+        "--config",
+        "search.yaml",
+        "--search.n_trials",
+        "2",
+        "--trainer.max_epochs",
+        "2",
+        "--search.root",
+        str(root),
+    )
     assert code == 0 and "best config (trial" in out, err
     storage = open_storage(str(root / "studies.db"))
     done = storage.trials("digits_cli")
@@ -295,14 +398,28 @@ def test_example_project_search_best_then_fit(tmp_path, monkeypatch):
     code, _, err = run("best", "digits_cli", "--root", str(root), "-o", str(tmp_path / "best.yaml"))
     assert code == 0, err
     # the command's entry point in a fresh interpreter reads the same study
-    shown = subprocess.run([sys.executable, "-m", "lightning_hpt", "show", "digits_cli", "--root", str(root)],
-                           check=False, capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "PYTHONPATH": str(EXAMPLE)})
+    shown = subprocess.run(
+        [sys.executable, "-m", "lightning_hpt", "show", "digits_cli", "--root", str(root)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(EXAMPLE)},
+    )
     assert shown.returncode == 0 and "best: trial" in shown.stdout, shown.stderr
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=ARGS_WARNING)  # args= while pytest has command-line arguments
-        cli = LightningCLI(args=["fit", "--config", str(tmp_path / "best.yaml"), "--trainer.default_root_dir",
-                                 str(tmp_path / "fit"), "--trainer.enable_progress_bar", "false"])
+        cli = LightningCLI(
+            args=[
+                "fit",
+                "--config",
+                str(tmp_path / "best.yaml"),
+                "--trainer.default_root_dir",
+                str(tmp_path / "fit"),
+                "--trainer.enable_progress_bar",
+                "false",
+            ]
+        )
     # the best config trains the best trial's model again: same parameters, same seed, same validation curve
     assert cli.model.hparams.hidden_dim == best.params["model.init_args.hidden_dim"]
     assert cli.trainer.optimizers[0].defaults["lr"] == pytest.approx(best.params["optimizer.init_args.lr"])

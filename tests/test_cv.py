@@ -34,15 +34,18 @@ def test_stratified_folds_keep_class_shares():
         assert sum(targets[i] for i in val) == 2 and len(val) == 8
 
 
-@pytest.mark.parametrize(("cv", "match"), [(1, "k must be an integer >= 2"), ("5", "cv must be None, a number of folds")])
+@pytest.mark.parametrize(
+    ("cv", "match"), [(1, "k must be an integer >= 2"), ("5", "cv must be None, a number of folds")]
+)
 def test_bad_cv(cv, match):
     with pytest.raises(ConfigurationError, match=match):
         CrossValidation.parse(cv)
 
 
 def test_cross_validated_trials_score_the_mean(tmp_path, fast_trainer):
-    result = HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=2, cv=3, seed=0,
-                                  trainer_kwargs=fast_trainer, verbose=False).run()
+    result = HyperparameterSearch(
+        TinyModel, TinyData, SPACE, root=tmp_path, n_trials=2, cv=3, seed=0, trainer_kwargs=fast_trainer, verbose=False
+    ).run()
     for t in result.trials:
         runs = t.attrs["runs"]
         assert [r["fold"] for r in runs] == [0, 1, 2] and t.state is TrialState.COMPLETE
@@ -55,8 +58,17 @@ def test_cross_validated_trials_score_the_mean(tmp_path, fast_trainer):
 
 
 def test_folds_differ_and_repeats_use_different_seeds(tmp_path, fast_trainer):
-    result = HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=1, repeats=3, seed=0,
-                                  trainer_kwargs=fast_trainer, verbose=False).run()
+    result = HyperparameterSearch(
+        TinyModel,
+        TinyData,
+        SPACE,
+        root=tmp_path,
+        n_trials=1,
+        repeats=3,
+        seed=0,
+        trainer_kwargs=fast_trainer,
+        verbose=False,
+    ).run()
     values = [r["value"] for r in result.trials[0].attrs["runs"]]
     assert len(values) == 3 and len(set(values)) == 3
     assert result.trials[0].value == pytest.approx(statistics.fmean(values))
@@ -66,23 +78,42 @@ def test_pruning_acts_on_the_running_mean(tmp_path, fast_trainer):
     def factory(cfg):
         return TinyModel(val_schedule=[5.0] if cfg["model"]["hidden"] == 16 else [0.1], **cfg["model"])
 
-    search = HyperparameterSearch(factory, TinyData, {"model.hidden": Int(4, 16, step=12)}, strategy="grid", root=tmp_path,
-                                  cv=3, pruner=MedianPruner(n_startup_trials=1), trainer_kwargs=fast_trainer, verbose=False)
+    search = HyperparameterSearch(
+        factory,
+        TinyData,
+        {"model.hidden": Int(4, 16, step=12)},
+        strategy="grid",
+        root=tmp_path,
+        cv=3,
+        pruner=MedianPruner(n_startup_trials=1),
+        trainer_kwargs=fast_trainer,
+        verbose=False,
+    )
     good, bad = search.run().trials
     assert good.state is TrialState.COMPLETE and bad.state is TrialState.PRUNED
     assert len(bad.attrs["runs"]) == 1 and len(bad.intermediate) < len(good.intermediate)
 
 
 def test_held_out_test_and_overfit_warning(tmp_path, fast_trainer, caplog):
-    result = HyperparameterSearch(lambda cfg: TinyModel(test_penalty=100.0, **cfg["model"]), TinyData, SPACE, root=tmp_path,
-                                  n_trials=2, trainer_kwargs=fast_trainer, verbose=False).run()
+    result = HyperparameterSearch(
+        lambda cfg: TinyModel(test_penalty=100.0, **cfg["model"]),
+        TinyData,
+        SPACE,
+        root=tmp_path,
+        n_trials=2,
+        trainer_kwargs=fast_trainer,
+        verbose=False,
+    ).run()
     with caplog.at_level(logging.WARNING):
         metrics = result.test()
     assert set(metrics) == {"test_loss"} and metrics["test_loss"] > 100
     assert "overfit the validation set" in caplog.text and "overfit the validation set" in str(result)
     assert f"test test_loss={metrics['test_loss']:.4g}" in str(result)
-    stored = next(t for t in HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=2).trials
-                  if t.number == result.best_trial.number)
+    stored = next(
+        t
+        for t in HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=2).trials
+        if t.number == result.best_trial.number
+    )
     assert stored.attrs["test"] == metrics and stored.attrs["tested"] == "best checkpoint"
 
 
@@ -93,8 +124,9 @@ def test_refit_on_train_plus_validation(tmp_path, fast_trainer):
         def on_train_epoch_start(self):
             seen.append(sum(len(b[0]) for b in self.trainer.train_dataloader))
 
-    result = HyperparameterSearch(Counting, TinyData, SPACE, root=tmp_path, n_trials=1, refit=True,
-                                  trainer_kwargs=fast_trainer, verbose=False).run()
+    result = HyperparameterSearch(
+        Counting, TinyData, SPACE, root=tmp_path, n_trials=1, refit=True, trainer_kwargs=fast_trainer, verbose=False
+    ).run()
     assert seen[:2] == [64, 64] and seen[-1] == 96  # trials train on 64 items; the refit on all 96
     assert isinstance(result.refit_model, Counting)
     assert os.path.exists(tmp_path / "default" / "refit" / "model.ckpt")
@@ -105,15 +137,18 @@ def test_refit_needs_cv_dataset(tmp_path, fast_trainer):
     class NoCV(TinyData):
         cv_dataset = None
 
-    result = HyperparameterSearch(TinyModel, NoCV, SPACE, root=tmp_path, n_trials=1, trainer_kwargs=fast_trainer,
-                                  verbose=False).run()
+    result = HyperparameterSearch(
+        TinyModel, NoCV, SPACE, root=tmp_path, n_trials=1, trainer_kwargs=fast_trainer, verbose=False
+    ).run()
     with pytest.raises(ConfigurationError, match="refit needs a DataModule with a cv_dataset"):
         result.refit()
     # asked for up front, a class or an instance without cv_dataset() is refused before any trial
     for data in (NoCV, NoCV()):
         for kwargs, what in (({"refit": True}, "refit=True"), ({"cv": 3}, "cv=...")):
             with pytest.raises(ConfigurationError, match=rf"{re.escape(what)} needs a DataModule .* \(got NoCV\)"):
-                HyperparameterSearch(TinyModel, data, SPACE, root=tmp_path / "up_front", n_trials=1, verbose=False, **kwargs)
+                HyperparameterSearch(
+                    TinyModel, data, SPACE, root=tmp_path / "up_front", n_trials=1, verbose=False, **kwargs
+                )
     assert not (tmp_path / "up_front").exists()
 
 
@@ -124,15 +159,31 @@ def test_kfold_datamodule_wraps_any_dataset(tmp_path, fast_trainer):
     def data(cfg):
         return KFoldDataModule(ds, test_dataset=ds, **cfg["data"])
 
-    result = HyperparameterSearch(TinyModel, data, {"data.batch_size": Int(8, 16, step=8)}, strategy="grid", cv=2,
-                                  root=tmp_path, trainer_kwargs=fast_trainer, verbose=False).run()
+    result = HyperparameterSearch(
+        TinyModel,
+        data,
+        {"data.batch_size": Int(8, 16, step=8)},
+        strategy="grid",
+        cv=2,
+        root=tmp_path,
+        trainer_kwargs=fast_trainer,
+        verbose=False,
+    ).run()
     assert [t.state for t in result.trials] == [TrialState.COMPLETE] * 2
     assert result.test()["test_loss"] >= 0
 
 
 def test_interrupted_cross_validated_trial_runs_again(tmp_path, fast_trainer):
-    search = HyperparameterSearch(lambda cfg: TinyModel(interrupt_at_epoch=1, **cfg["model"]), TinyData, SPACE, cv=2,
-                                  root=tmp_path, n_trials=1, trainer_kwargs=fast_trainer, verbose=False)
+    search = HyperparameterSearch(
+        lambda cfg: TinyModel(interrupt_at_epoch=1, **cfg["model"]),
+        TinyData,
+        SPACE,
+        cv=2,
+        root=tmp_path,
+        n_trials=1,
+        trainer_kwargs=fast_trainer,
+        verbose=False,
+    )
     with pytest.raises(KeyboardInterrupt):
         search.run()
     assert search.trials[0].error.startswith("interrupted")

@@ -43,8 +43,14 @@ class RankModel(ContractModel):
         self.log("val_loss", nn.functional.mse_loss(self(x), y), sync_dist=True)
 
     def on_train_end(self) -> None:
-        record = {"lr": self.hparams.lr, "hidden": self.hparams.hidden, "epochs": self.epochs, "pid": os.getpid(),
-                  "world_size": self.trainer.world_size, "weight_sum": float(sum(p.detach().sum() for p in self.parameters()))}
+        record = {
+            "lr": self.hparams.lr,
+            "hidden": self.hparams.hidden,
+            "epochs": self.epochs,
+            "pid": os.getpid(),
+            "world_size": self.trainer.world_size,
+            "weight_sum": float(sum(p.detach().sum() for p in self.parameters())),
+        }
         Path(self.out_dir, f"rank{self.global_rank}_{self.hparams.lr}.json").write_text(json.dumps(record))
 
 
@@ -65,9 +71,20 @@ def test_ddp_trials_train_one_configuration_on_every_rank(tmp_path):
     out = tmp_path / "ranks"
     out.mkdir()
     space = {"model.lr": Categorical([0.05, 0.02]), "model.out_dir": Categorical([str(out)])}
-    search = HyperparameterSearch(RankModel, ContractData, space, monitor="val_loss", strategy="grid", root=tmp_path,
-                                  seed=0, trainer_kwargs=DDP, pruner=PruneOddAtStep1(), patience=None, verbose=False,
-                                  executor=ProcessExecutor(workers=1, devices=[]))  # fmt: skip
+    search = HyperparameterSearch(
+        RankModel,
+        ContractData,
+        space,
+        monitor="val_loss",
+        strategy="grid",
+        root=tmp_path,
+        seed=0,
+        trainer_kwargs=DDP,
+        pruner=PruneOddAtStep1(),
+        patience=None,
+        verbose=False,
+        executor=ProcessExecutor(workers=1, devices=[]),
+    )
     result = search.run()
     search.executor.shutdown()
     assert [t.number for t in result.trials] == [0, 1]  # one record per trial, not one per rank
@@ -87,17 +104,22 @@ def test_ddp_trials_train_one_configuration_on_every_rank(tmp_path):
 
 def test_ddp_is_recognised_for_the_local_executor(tmp_path):
     """With LocalExecutor a DDP trial would re-run the user's script on every rank: it is recognised."""
-    search = HyperparameterSearch(RankModel, ContractData, {"model.lr": Float(0.01, 0.1)}, root=tmp_path,
-                                  trainer_kwargs=DDP, verbose=False)  # fmt: skip
+    search = HyperparameterSearch(
+        RankModel, ContractData, {"model.lr": Float(0.01, 0.1)}, root=tmp_path, trainer_kwargs=DDP, verbose=False
+    )
     assert launches_subprocesses(search.build)
-    assert not launches_subprocesses(HyperparameterSearch(RankModel, ContractData, {"model.lr": Float(0.01, 0.1)},
-                                                          root=tmp_path, trainer_kwargs=TRAINER).build)
+    assert not launches_subprocesses(
+        HyperparameterSearch(
+            RankModel, ContractData, {"model.lr": Float(0.01, 0.1)}, root=tmp_path, trainer_kwargs=TRAINER
+        ).build
+    )
 
 
 def test_local_executor_refuses_ddp(tmp_path):
     # only start() is called: running the trial in this process is the very thing to avoid (pytest would rerun)
-    search = HyperparameterSearch(RankModel, ContractData, {"model.lr": Float(0.01, 0.1)}, root=tmp_path,
-                                  trainer_kwargs=DDP, verbose=False)  # fmt: skip
+    search = HyperparameterSearch(
+        RankModel, ContractData, {"model.lr": Float(0.01, 0.1)}, root=tmp_path, trainer_kwargs=DDP, verbose=False
+    )
     with pytest.raises(ConfigurationError, match="ProcessExecutor"):
         LocalExecutor().start(search.build)
 
@@ -109,11 +131,23 @@ def test_ddp_from_the_search_space_fails_that_trial_in_process(tmp_path):
     from lightning_hpt.lightning.runner import TrialJob
 
     space = {"model.lr": Categorical([0.05]), "trainer.devices": Categorical([1, 2])}
-    search = HyperparameterSearch(ContractModel, ContractData, space, root=tmp_path, strategy="grid", n_trials=None,
-                                  trainer_kwargs=TRAINER, executor=LocalExecutor(), verbose=False)  # fmt: skip
+    search = HyperparameterSearch(
+        ContractModel,
+        ContractData,
+        space,
+        root=tmp_path,
+        strategy="grid",
+        n_trials=None,
+        trainer_kwargs=TRAINER,
+        executor=LocalExecutor(),
+        verbose=False,
+    )
     job = TrialJob(search.build, 0, {"model.lr": 0.05, "trainer.devices": 2}, 0, str(tmp_path / "t"))
     assert "ProcessExecutor(gpus_per_trial=k)" in trial_launches_subprocesses(job, "LocalExecutor")
-    assert trial_launches_subprocesses(TrialJob(search.build, 1, {"model.lr": 0.05, "trainer.devices": 1}, 0, "t"), "x") is None
+    assert (
+        trial_launches_subprocesses(TrialJob(search.build, 1, {"model.lr": 0.05, "trainer.devices": 1}, 0, "t"), "x")
+        is None
+    )
     trials = {t.params["trainer.devices"]: t for t in search.run().trials}
     assert trials[1].state is TrialState.COMPLETE, trials[1].error
     assert trials[2].state is TrialState.FAILED and "train it on several processes (DDP)" in trials[2].error

@@ -44,8 +44,12 @@ class TestProcessExecutor(ExecutorContract):
 def local_ray():
     """One local Ray for the module (starting Ray takes a while): 2 CPUs, no dashboard."""
     ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'lightning-hpt[ray]' to test RayExecutor")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)}},
+    )
     yield ray
     ray.shutdown()
 
@@ -63,9 +67,20 @@ class TestRayExecutor(ExecutorContract):
 
 def search(tmp_path: Path, executor, space, n_trials=None, **kw) -> HyperparameterSearch:
     kw.setdefault("strategy", "grid")
-    return HyperparameterSearch(ContractModel, ContractData, space, monitor="val_loss", root=tmp_path, n_trials=n_trials,
-                                trainer_kwargs={**TRAINER, **kw.pop("trainer", {})}, executor=executor, verbose=False,
-                                patience=None, seed=0, **kw)  # fmt: skip
+    return HyperparameterSearch(
+        ContractModel,
+        ContractData,
+        space,
+        monitor="val_loss",
+        root=tmp_path,
+        n_trials=n_trials,
+        trainer_kwargs={**TRAINER, **kw.pop("trainer", {})},
+        executor=executor,
+        verbose=False,
+        patience=None,
+        seed=0,
+        **kw,
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -176,8 +191,16 @@ def test_unpicklable_trial_code_is_refused_before_anything_is_written(tmp_path):
         with lock:
             return ContractModel(**config["model"])
 
-    s = HyperparameterSearch(make_model, ContractData, {"model.hidden": Int(4, 8)}, root=tmp_path / "runs", n_trials=2,
-                             trainer_kwargs=TRAINER, executor=ProcessExecutor(workers=1, devices=[]), verbose=False)
+    s = HyperparameterSearch(
+        make_model,
+        ContractData,
+        {"model.hidden": Int(4, 8)},
+        root=tmp_path / "runs",
+        n_trials=2,
+        trainer_kwargs=TRAINER,
+        executor=ProcessExecutor(workers=1, devices=[]),
+        verbose=False,
+    )
     with pytest.raises(TrialPickleError, match=r"model=.*make_model cannot be sent to worker processes.*module level"):
         s.run()
     assert not (tmp_path / "runs").exists()
@@ -228,7 +251,9 @@ def test_pruning_through_a_search(tmp_path):
             return trial.number % 2 == 1 and max(trial.intermediate) >= 1
 
     executor = ProcessExecutor(workers=2, devices=[])
-    result = search(tmp_path, executor, {"model.hidden": Int(4, 7)}, pruner=AfterTwoSteps(), trainer={"max_epochs": 4}).run()
+    result = search(
+        tmp_path, executor, {"model.hidden": Int(4, 7)}, pruner=AfterTwoSteps(), trainer={"max_epochs": 4}
+    ).run()
     executor.shutdown()
     assert [t.state for t in result.trials] == [TrialState.COMPLETE, TrialState.PRUNED] * 2
     assert [len(t.intermediate) for t in result.trials] == [4, 2, 4, 2]
@@ -236,8 +261,14 @@ def test_pruning_through_a_search(tmp_path):
 
 # --------------------------------------------------------------------------------------------- driver signals
 def _start_driver(root: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, str(root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=default_sigint,
-                            text=True, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, __file__, str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=default_sigint,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _worker_pids(root: Path, proc: subprocess.Popen, n: int, limit: float = 180.0) -> list[int]:
@@ -275,7 +306,10 @@ def test_driver_signal_ends_the_workers(tmp_path, sig, code):
 
 if __name__ == "__main__":
     root = Path(sys.argv[1])
-    space = {"model.marker": Categorical([str(root / "marker_0"), str(root / "marker_1")]), "model.sleep": Categorical([0.5])}
+    space = {
+        "model.marker": Categorical([str(root / "marker_0"), str(root / "marker_1")]),
+        "model.sleep": Categorical([0.5]),
+    }
     try:
         search(root, ProcessExecutor(workers=2, devices=[]), space, trainer={"max_epochs": 50}).run()
     except KeyboardInterrupt:
@@ -290,8 +324,11 @@ def test_ray_dead_worker_is_failed_or_retried(tmp_path, local_ray, retries):
     from lightning_hpt.executors import RayExecutor
 
     once = tmp_path / "died_once"
-    space = {"model.die_at_epoch": Categorical([1, 99]), "model.die_how": Categorical(["sigkill"]),
-             "model.die_once": Categorical([str(once)] if retries else [None])}  # fmt: skip
+    space = {
+        "model.die_at_epoch": Categorical([1, 99]),
+        "model.die_how": Categorical(["sigkill"]),
+        "model.die_once": Categorical([str(once)] if retries else [None]),
+    }
     executor = RayExecutor({"cpu": 1}, max_retries=retries)
     result = search(tmp_path, executor, space).run()
     executor.shutdown()

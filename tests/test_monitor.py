@@ -21,15 +21,22 @@ def curve_factory(cfg):
 
 def _search(tmp_path, fast_trainer, pruner, choices, **trainer):
     return HyperparameterSearch(
-        curve_factory, TinyData, {"model.curve": Categorical(choices), "model.hidden": Int(4, 5)}, strategy="grid",
-        pruner=pruner, root=tmp_path, trainer_kwargs={**fast_trainer, "max_epochs": 4, **trainer}, patience=None,
+        curve_factory,
+        TinyData,
+        {"model.curve": Categorical(choices), "model.hidden": Int(4, 5)},
+        strategy="grid",
+        pruner=pruner,
+        root=tmp_path,
+        trainer_kwargs={**fast_trainer, "max_epochs": 4, **trainer},
+        patience=None,
         verbose=False,
     )
 
 
 def test_asha_prunes_bad_trials_during_training(tmp_path, fast_trainer):
-    result = _search(tmp_path, fast_trainer, SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
-                     ["good", "mid", "bad"]).run()
+    result = _search(
+        tmp_path, fast_trainer, SuccessiveHalvingPruner(min_resource=1, reduction_factor=2), ["good", "mid", "bad"]
+    ).run()
     by = {(t.params["model.curve"], t.params["model.hidden"]): t for t in result.trials}
     assert by[("good", 4)].state is TrialState.COMPLETE and len(by[("good", 4)].intermediate) == 4
     pruned = [t for t in result.trials if t.state is TrialState.PRUNED]
@@ -41,8 +48,9 @@ def test_asha_prunes_bad_trials_during_training(tmp_path, fast_trainer):
 
 
 def test_median_pruner_by_name_and_sanity_check_skipped(tmp_path, fast_trainer):
-    result = _search(tmp_path, fast_trainer, MedianPruner(n_startup_trials=1), ["good", "bad"],
-                     num_sanity_val_steps=2).run()
+    result = _search(
+        tmp_path, fast_trainer, MedianPruner(n_startup_trials=1), ["good", "bad"], num_sanity_val_steps=2
+    ).run()
     good = [t for t in result.trials if t.params["model.curve"] == "good"]
     # the sanity check is not a step: steps are exactly the epochs' validation runs
     assert all(sorted(t.intermediate) == [0, 1, 2, 3] for t in good)
@@ -50,8 +58,15 @@ def test_median_pruner_by_name_and_sanity_check_skipped(tmp_path, fast_trainer):
 
 
 def test_several_validation_runs_per_epoch(tmp_path, fast_trainer):
-    search = HyperparameterSearch(TinyModel, TinyData, {"model.hidden": Int(4, 5)}, root=tmp_path, n_trials=1,
-                                  trainer_kwargs={**fast_trainer, "val_check_interval": 0.5}, verbose=False)
+    search = HyperparameterSearch(
+        TinyModel,
+        TinyData,
+        {"model.hidden": Int(4, 5)},
+        root=tmp_path,
+        n_trials=1,
+        trainer_kwargs={**fast_trainer, "val_check_interval": 0.5},
+        verbose=False,
+    )
     (t,) = search.run().trials
     assert sorted(t.intermediate) == [0, 1, 2, 3]  # 2 epochs x 2 validation runs
 
@@ -76,8 +91,15 @@ def test_wrongly_typed_logged_metric_fails_the_trial_clearly(tmp_path, fast_trai
         def validation_step(self, batch, batch_idx):
             self.log("val_loss", torch.tensor([1.0, 2.0]))
 
-    search = HyperparameterSearch(Stringy, TinyData, {"model.hidden": Int(4, 5)}, root=tmp_path, n_trials=2,
-                                  trainer_kwargs=fast_trainer, verbose=False)
+    search = HyperparameterSearch(
+        Stringy,
+        TinyData,
+        {"model.hidden": Int(4, 5)},
+        root=tmp_path,
+        n_trials=2,
+        trainer_kwargs=fast_trainer,
+        verbose=False,
+    )
     result = search.run()
     assert [t.state for t in result.trials] == [TrialState.FAILED] * 2
     assert all("val_loss" in t.error for t in result.trials)

@@ -38,8 +38,12 @@ def test_kill_and_resume_soak(tmp_path):
     signals = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
     progress, cycles = [], 0
     while True:
-        proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path), str(n), "0.02"], preexec_fn=default_sigint,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), str(tmp_path), str(n), "0.02"],
+            preexec_fn=default_sigint,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if cycles < 6:
             time.sleep(rng.uniform(4.0, 7.0))  # start-up (imports) takes a few seconds; then trials run
             if proc.poll() is None:
@@ -57,8 +61,16 @@ def test_kill_and_resume_soak(tmp_path):
     assert [t.number for t in trials] == list(range(n)) and all(t.state is TrialState.COMPLETE for t in trials)
     assert cycles > 3  # the run really was interrupted several times
     # the best result is that of an uninterrupted run with the same seed
-    clean = HyperparameterSearch(lambda cfg: TinyModel(sleep=0.02, **cfg["model"]), TinyData, SPACE, root=tmp_path / "clean",
-                                 n_trials=n, seed=0, trainer_kwargs=FAST, verbose=False).run()
+    clean = HyperparameterSearch(
+        lambda cfg: TinyModel(sleep=0.02, **cfg["model"]),
+        TinyData,
+        SPACE,
+        root=tmp_path / "clean",
+        n_trials=n,
+        seed=0,
+        trainer_kwargs=FAST,
+        verbose=False,
+    ).run()
     assert [t.params for t in trials] == [t.params for t in clean.trials]
     best = min(trials, key=lambda t: t.value)
     assert best.number == clean.best_trial.number and best.value == pytest.approx(clean.best_value, rel=1e-5)
@@ -82,8 +94,9 @@ def test_no_leaks_over_50_trials(tmp_path):
         with open("/proc/self/status") as f:
             rss.append(next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024)
 
-    search = HyperparameterSearch(factory, TinyData, SPACE, root=tmp_path, n_trials=5, seed=0,
-                                  trainer_kwargs=dict(FAST), verbose=False)
+    search = HyperparameterSearch(
+        factory, TinyData, SPACE, root=tmp_path, n_trials=5, seed=0, trainer_kwargs=dict(FAST), verbose=False
+    )
     search.run()
     sample(5)
     search.n_trials = 50
@@ -112,8 +125,9 @@ def test_disk_full_while_saving_a_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LocalFileOpener, "write", failing)
     factory = lambda cfg: TinyModel(val_schedule=[0.5, 0.2, 0.1], **cfg["model"])  # noqa: E731  every epoch is a new best
-    search = HyperparameterSearch(factory, TinyData, SPACE, root=tmp_path, n_trials=1, verbose=False,
-                                  trainer_kwargs={**FAST, "max_epochs": 3})
+    search = HyperparameterSearch(
+        factory, TinyData, SPACE, root=tmp_path, n_trials=1, verbose=False, trainer_kwargs={**FAST, "max_epochs": 3}
+    )
     (t,) = search.run().trials
     assert t.state is TrialState.FAILED and "No space left on device" in t.error
     ckpt = tmp_path / "default" / "trial_0" / "checkpoints" / "best.ckpt"
@@ -122,8 +136,9 @@ def test_disk_full_while_saving_a_checkpoint(tmp_path, monkeypatch):
 
 def test_truncated_checkpoint_never_aborts_the_study(tmp_path, caplog):
     """Row 17: a truncated checkpoint is reported; resume goes on; load_best_model falls back to the next valid one."""
-    search = HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=3, seed=0, trainer_kwargs=FAST,
-                                  verbose=False)
+    search = HyperparameterSearch(
+        TinyModel, TinyData, SPACE, root=tmp_path, n_trials=3, seed=0, trainer_kwargs=FAST, verbose=False
+    )
     first = search.run()
     truncated = {first.best_trial.number}
     with open(first.best_trial.checkpoint, "r+b") as f:
@@ -155,12 +170,17 @@ def test_checkpoints_are_loaded_weights_only(tmp_path, caplog):
 
     marker = Path("/tmp/hpt_evil_marker")
     marker.unlink(missing_ok=True)
-    search = HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=1, trainer_kwargs=FAST, verbose=False)
+    search = HyperparameterSearch(
+        TinyModel, TinyData, SPACE, root=tmp_path, n_trials=1, trainer_kwargs=FAST, verbose=False
+    )
     result = search.run()
     ckpt = torch.load(result.best_checkpoint, weights_only=True)
     ckpt["payload"] = _Evil()
     torch.save(ckpt, result.best_checkpoint)
-    with caplog.at_level(logging.WARNING), pytest.raises(Exception, match="no COMPLETE trial has a readable checkpoint"):
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(Exception, match="no COMPLETE trial has a readable checkpoint"),
+    ):
         result.load_best_model()
     assert not marker.exists() and "weights_only" in caplog.text.replace("Weights only", "weights_only")
 
@@ -175,8 +195,15 @@ def test_hostile_values_are_stored_as_data(tmp_path):
         cfg["model"].pop("tag")
         return TinyModel(**cfg["model"])
 
-    search = HyperparameterSearch(factory, TinyData, {"model.tag": Categorical([hostile]), "model.hidden": Int(4, 5)},
-                                  root=tmp_path, n_trials=2, trainer_kwargs=FAST, verbose=False)
+    search = HyperparameterSearch(
+        factory,
+        TinyData,
+        {"model.tag": Categorical([hostile]), "model.hidden": Int(4, 5)},
+        root=tmp_path,
+        n_trials=2,
+        trainer_kwargs=FAST,
+        verbose=False,
+    )
     result = search.run()
     assert [t.params["model.tag"] for t in result.trials] == [hostile, hostile]
     assert len(_trials(tmp_path)) == 2

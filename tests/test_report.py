@@ -44,8 +44,9 @@ from lightning_hpt.report import (
 )
 from lightning_hpt.storage import StudyInfo, open_storage
 
-SPACE = SearchSpace({"model.lr": Float(1e-4, 1e-1, log=True), "model.hidden": Int(8, 64),
-                     "data.batch_size": Categorical([16, 32, 64])})
+SPACE = SearchSpace(
+    {"model.lr": Float(1e-4, 1e-1, log=True), "model.hidden": Int(8, 64), "data.batch_size": Categorical([16, 32, 64])}
+)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -74,24 +75,38 @@ def synthetic_study(db, n=12, study="demo", seed=0, space=SPACE):
             storage.finish_trial(study, t.number, state=TrialState.FAILED, error="RuntimeError: <script>x</script>")
         else:
             best = min(curve, key=curve.get)
-            storage.finish_trial(study, t.number, state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
-                                 value=curve[best], best_step=best)
+            storage.finish_trial(
+                study,
+                t.number,
+                state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
+                value=curve[best],
+                best_step=best,
+            )
     return storage
 
 
 def record(number, state=TrialState.COMPLETE, value=None, steps=(), **params):
-    return TrialRecord(number, params or {"model.lr": 0.01}, state, value=value,
-                       intermediate={i: v for i, v in enumerate(steps)}, started_at=100.0, finished_at=112.5)
+    return TrialRecord(
+        number,
+        params or {"model.lr": 0.01},
+        state,
+        value=value,
+        intermediate={i: v for i, v in enumerate(steps)},
+        started_at=100.0,
+        finished_at=112.5,
+    )
 
 
 # ------------------------------------------------------------------------------------------ table
 
 
 def test_trials_table_lists_every_trial_and_ranks_top_best_first():
-    trials = [record(0, value=0.5, steps=[0.9, 0.5], **{"model.lr": 0.01, "data.batch_size": 32}),
-              record(1, TrialState.PRUNED, 0.8, [0.8], **{"model.lr": 0.1, "data.batch_size": 64}),
-              record(2, TrialState.FAILED, **{"model.lr": 0.001, "data.batch_size": 16}),
-              record(3, value=0.2, steps=[0.4, 0.3, 0.2], **{"model.lr": 0.003, "data.batch_size": 64})]
+    trials = [
+        record(0, value=0.5, steps=[0.9, 0.5], **{"model.lr": 0.01, "data.batch_size": 32}),
+        record(1, TrialState.PRUNED, 0.8, [0.8], **{"model.lr": 0.1, "data.batch_size": 64}),
+        record(2, TrialState.FAILED, **{"model.lr": 0.001, "data.batch_size": 16}),
+        record(3, value=0.2, steps=[0.4, 0.3, 0.2], **{"model.lr": 0.003, "data.batch_size": 64}),
+    ]
     lines = trials_table(trials, "val_loss", Direction.MINIMIZE).splitlines()
     assert lines[0].split() == ["#", "state", "val_loss", "lr", "batch_size", "epochs", "duration"]
     assert [ln.split()[0] for ln in lines[1:]] == ["0", "1", "2", "3"]  # by number without top
@@ -121,7 +136,9 @@ def test_export_csv_and_json_keep_every_epoch(tmp_path):
     assert [int(r["number"]) for r in rows] == list(range(9))
     for t, row in zip(trials, rows):
         assert row["state"] == t.state.value and int(row["epochs"]) == len(t.intermediate)
-        assert float(row["params.model.lr"]) == t.params["model.lr"] and row["params.data.batch_size"] == str(t.params["data.batch_size"])
+        assert float(row["params.model.lr"]) == t.params["model.lr"] and row["params.data.batch_size"] == str(
+            t.params["data.batch_size"]
+        )
         for step in range(5):
             expected = t.intermediate.get(step)
             if expected is None:
@@ -143,7 +160,8 @@ def test_export_csv_and_json_keep_every_epoch(tmp_path):
     for t, d in zip(trials, data):
         assert d["params"] == dict(t.params) and d["state"] == t.state.value and d["value"] == t.value
         assert {int(k): v for k, v in d["intermediate"].items() if v is not None} == {
-            k: v for k, v in t.intermediate.items() if not math.isnan(v)}
+            k: v for k, v in t.intermediate.items() if not math.isnan(v)
+        }
     assert data[8]["intermediate"] == {"0": None}  # NaN is written as null
     assert oct(path.stat().st_mode & 0o777) == "0o644"
 
@@ -155,8 +173,15 @@ def test_export_csv_and_json_keep_every_epoch(tmp_path):
 
 
 def test_param_importance_ranks_the_two_parameters_that_matter_first():
-    space = SearchSpace({"a": Float(0, 1), "noise1": Float(-3, 3), "b": Float(1e-4, 1, log=True),
-                         "noise2": Int(1, 9), "noise3": Categorical(["x", "y", "z"])})
+    space = SearchSpace(
+        {
+            "a": Float(0, 1),
+            "noise1": Float(-3, 3),
+            "b": Float(1e-4, 1, log=True),
+            "noise2": Int(1, 9),
+            "noise3": Categorical(["x", "y", "z"]),
+        }
+    )
     rng = np.random.default_rng(1)
     trials = []
     for i in range(40):
@@ -230,8 +255,12 @@ def test_plots_show_history_curves_coordinates_slices_and_importance(tmp_path):
     fig = plot_importance({"model.lr": 0.7, "model.hidden": 0.2, "data.batch_size": 0.01}, method="a method")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["batch_size", "hidden", "lr"]
 
-    for name, empty in (("history", plot_history([], "min")), ("curves", plot_learning_curves([], "max")),
-                        ("pc", plot_parallel_coordinates([], "min")), ("slices", plot_slices([], "min", space=SPACE))):
+    for name, empty in (
+        ("history", plot_history([], "min")),
+        ("curves", plot_learning_curves([], "max")),
+        ("pc", plot_parallel_coordinates([], "min")),
+        ("slices", plot_slices([], "min", space=SPACE)),
+    ):
         path = save_figure(empty, tmp_path / f"{name}.png")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -266,9 +295,17 @@ def test_html_report_is_self_contained_and_escaped(tmp_path):
 
 def test_report_and_export_of_a_real_search(tmp_path, fast_trainer):
     pytest.importorskip("matplotlib", reason="plots need the plot extra (matplotlib)")
-    search = HyperparameterSearch(TinyModel, TinyData, {"model.lr": Float(0.01, 0.2, log=True), "model.hidden": Int(4, 16)},
-                                  monitor="val_loss", root=tmp_path, n_trials=4, seed=0, verbose=False,
-                                  trainer_kwargs={**fast_trainer, "max_epochs": 3})
+    search = HyperparameterSearch(
+        TinyModel,
+        TinyData,
+        {"model.lr": Float(0.01, 0.2, log=True), "model.hidden": Int(4, 16)},
+        monitor="val_loss",
+        root=tmp_path,
+        n_trials=4,
+        seed=0,
+        verbose=False,
+        trainer_kwargs={**fast_trainer, "max_epochs": 3},
+    )
     result = search.run()
     storage = open_storage(tmp_path / "studies.db")
     html = write_report(storage, "default", tmp_path / "report.html").read_text()
@@ -300,8 +337,10 @@ def test_without_matplotlib_plots_name_the_extra_and_the_report_keeps_the_rest(t
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
-                    reason="needs a headless browser: apt-get install chromium")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+    reason="needs a headless browser: apt-get install chromium",
+)
 def test_html_report_renders_in_headless_chromium_without_network(tmp_path):
     pytest.importorskip("matplotlib", reason="plots need the plot extra (matplotlib)")
     Image = pytest.importorskip("PIL.Image", reason="reading the screenshot needs pillow (installed with matplotlib)")
@@ -311,8 +350,17 @@ def test_html_report_renders_in_headless_chromium_without_network(tmp_path):
     shot = tmp_path / "shot.png"
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     # a dead proxy: any network request the page made would fail, so what renders came from the file
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--proxy-server=127.0.0.1:9",
-           "--window-size=1200,4800", f"--screenshot={shot}", path.as_uri()]
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--proxy-server=127.0.0.1:9",
+        "--window-size=1200,4800",
+        f"--screenshot={shot}",
+        path.as_uri(),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120, cwd=tmp_path)
     image = Image.open(shot).convert("RGB")
     assert image.size == (1200, 4800)
@@ -383,8 +431,15 @@ def test_live_progress_shows_counts_best_running_trials_and_time_left():
     assert re.search(r"\b2\s+2\s+0\.7345\s+\S+s\s+lr=0\.003, hidden=32", frame), frame  # #2 at epoch 2 (step 1)
     assert "left" not in frame  # no estimate before this run finishes a trial
 
-    done = TrialRecord(2, running.params, TrialState.COMPLETE, value=0.75, intermediate={0: 0.61, 1: 0.7345, 2: 0.75},
-                       started_at=10.0, finished_at=13.0)
+    done = TrialRecord(
+        2,
+        running.params,
+        TrialState.COMPLETE,
+        value=0.75,
+        intermediate={0: 0.61, 1: 0.7345, 2: 0.75},
+        started_at=10.0,
+        finished_at=13.0,
+    )
     progress.trial_finished(done, done, "val_acc", 3, 5)
     time.sleep(0.1)
     frame = plain(buf.getvalue())
@@ -434,7 +489,11 @@ def test_line_progress_accepts_the_live_hooks_and_prints_the_table():
     progress.end("SUMMARY", trials_table([t], "val_loss", "min", top=5))
     progress.close()
     lines = buf.getvalue().splitlines()
-    assert lines[1].startswith("[1/2] trial 0 COMPLETE val_loss=0.5") and lines[-1].split()[:3] == ["0", "COMPLETE", "0.5"]
+    assert lines[1].startswith("[1/2] trial 0 COMPLETE val_loss=0.5") and lines[-1].split()[:3] == [
+        "0",
+        "COMPLETE",
+        "0.5",
+    ]
 
 
 def test_live_progress_follows_real_lightning_trials(tmp_path, fast_trainer):
@@ -454,8 +513,15 @@ def test_live_progress_follows_real_lightning_trials(tmp_path, fast_trainer):
             progress.trial_reported(self.number, step, value)
             return False
 
-    build = TrialBuild(TinyModel, TinyData, {**fast_trainer, "max_epochs": 3}, "val_loss", Direction.MINIMIZE,
-                       patience=None, checkpoint=False)
+    build = TrialBuild(
+        TinyModel,
+        TinyData,
+        {**fast_trainer, "max_epochs": 3},
+        "val_loss",
+        Direction.MINIMIZE,
+        patience=None,
+        checkpoint=False,
+    )
     progress.start("default", 2, 0, "sqlite://", monitor="val_loss")
     for number, lr in enumerate((0.02, 0.05)):
         rec = TrialRecord(number, {"model.lr": lr}, TrialState.RUNNING)
@@ -464,8 +530,9 @@ def test_live_progress_follows_real_lightning_trials(tmp_path, fast_trainer):
         assert outcome.state is TrialState.COMPLETE
         assert [s for n, s, _ in seen if n == number] == [0, 1, 2]
         assert (progress.running[number].step, progress.running[number].value) == seen[-1][1:]
-        final = TrialRecord(number, rec.params, outcome.state, outcome.value, outcome.intermediate,
-                            started_at=0.0, finished_at=1.0)
+        final = TrialRecord(
+            number, rec.params, outcome.state, outcome.value, outcome.intermediate, started_at=0.0, finished_at=1.0
+        )
         progress.trial_finished(final, final, "val_loss", number + 1, 2)
         assert number not in progress.running
     progress.end("done")

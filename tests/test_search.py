@@ -30,8 +30,16 @@ def make(tmp_path, fast_trainer, space=SPACE, **kw):
     kw.setdefault("n_trials", 3)
     kw.setdefault("seed", 0)
     kw.setdefault("verbose", False)
-    return HyperparameterSearch(TinyModel, TinyData, space, monitor="val_loss", mode="min", root=tmp_path,
-                                trainer_kwargs={**fast_trainer, **kw.pop("trainer", {})}, **kw)
+    return HyperparameterSearch(
+        TinyModel,
+        TinyData,
+        space,
+        monitor="val_loss",
+        mode="min",
+        root=tmp_path,
+        trainer_kwargs={**fast_trainer, **kw.pop("trainer", {})},
+        **kw,
+    )
 
 
 def test_random_search_end_to_end(tmp_path, fast_trainer):
@@ -41,7 +49,9 @@ def test_random_search_end_to_end(tmp_path, fast_trainer):
     for t in result.trials:
         assert math.isfinite(t.value) and t.value == min(t.intermediate.values())
         assert t.intermediate[t.best_step] == t.value
-        assert os.path.exists(t.checkpoint) and os.path.dirname(os.path.dirname(t.checkpoint)) == str(tmp_path / "default" / f"trial_{t.number}")
+        assert os.path.exists(t.checkpoint) and os.path.dirname(os.path.dirname(t.checkpoint)) == str(
+            tmp_path / "default" / f"trial_{t.number}"
+        )
         assert t.host and t.pid == os.getpid() and t.finished_at >= t.started_at
     assert result.best_value == min(t.value for t in result.trials)
     model = result.load_best_model()
@@ -54,9 +64,16 @@ def test_random_search_end_to_end(tmp_path, fast_trainer):
 
 def test_value_is_best_epoch_not_last(tmp_path, fast_trainer):
     # val_schedule is a list, not a search domain, so a factory passes it
-    search = HyperparameterSearch(lambda cfg: TinyModel(val_schedule=[0.5, 0.2, 0.9], **cfg["model"]), TinyData,
-                                  {"model.hidden": Int(4, 8)}, monitor="val_loss", root=tmp_path, n_trials=1,
-                                  trainer_kwargs={**fast_trainer, "max_epochs": 3}, verbose=False)
+    search = HyperparameterSearch(
+        lambda cfg: TinyModel(val_schedule=[0.5, 0.2, 0.9], **cfg["model"]),
+        TinyData,
+        {"model.hidden": Int(4, 8)},
+        monitor="val_loss",
+        root=tmp_path,
+        n_trials=1,
+        trainer_kwargs={**fast_trainer, "max_epochs": 3},
+        verbose=False,
+    )
     t = search.run().trials[0]
     assert t.intermediate == {0: 0.5, 1: pytest.approx(0.2), 2: pytest.approx(0.9)}
     assert t.value == pytest.approx(0.2) and t.best_step == 1
@@ -90,14 +107,32 @@ def test_changed_study_is_refused(tmp_path, fast_trainer):
     with pytest.raises(StudyMismatchError, match="model.hidden"):
         make(tmp_path, fast_trainer, space=changed, n_trials=2).run()
     with pytest.raises(StudyMismatchError, match="direction"):
-        HyperparameterSearch(TinyModel, TinyData, SPACE, monitor="val_loss", mode="max", root=tmp_path, n_trials=2,
-                             trainer_kwargs=fast_trainer, verbose=False).run()
+        HyperparameterSearch(
+            TinyModel,
+            TinyData,
+            SPACE,
+            monitor="val_loss",
+            mode="max",
+            root=tmp_path,
+            n_trials=2,
+            trainer_kwargs=fast_trainer,
+            verbose=False,
+        ).run()
     result = make(tmp_path, fast_trainer, space=changed, n_trials=2, allow_changes=True).run()
     assert len(result.trials) == 2 and all(t.params["model.hidden"] <= 16 for t in result.trials)
     # the stored direction wins everywhere, trials included: their value is the lowest epoch's
-    search = HyperparameterSearch(lambda cfg: TinyModel(val_schedule=[0.5, 0.2, 0.9], **cfg["model"]), TinyData, SPACE,
-                                  mode="max", allow_changes=True, root=tmp_path, n_trials=3, verbose=False,
-                                  trainer_kwargs={**fast_trainer, "max_epochs": 3}, patience=None)
+    search = HyperparameterSearch(
+        lambda cfg: TinyModel(val_schedule=[0.5, 0.2, 0.9], **cfg["model"]),
+        TinyData,
+        SPACE,
+        mode="max",
+        allow_changes=True,
+        root=tmp_path,
+        n_trials=3,
+        verbose=False,
+        trainer_kwargs={**fast_trainer, "max_epochs": 3},
+        patience=None,
+    )
     last = search.run().trials[-1]
     assert last.value == pytest.approx(0.2) and last.best_step == 1
 
@@ -113,11 +148,25 @@ def test_failures_are_recorded_and_the_search_goes_on(tmp_path, fast_trainer):
 
     def factory(cfg):
         mode = cfg["model"].pop("mode")
-        extra = {"fail": {"fail_at_epoch": 1}, "oom": {"oom_at_epoch": 0}, "nan": {"nan_at_epoch": 1}, "exit": {}, "ok": {}}[mode]
+        extra = {
+            "fail": {"fail_at_epoch": 1},
+            "oom": {"oom_at_epoch": 0},
+            "nan": {"nan_at_epoch": 1},
+            "exit": {},
+            "ok": {},
+        }[mode]
         return (Exiting if mode == "exit" else TinyModel)(**cfg["model"], **extra)
 
-    result = HyperparameterSearch(factory, TinyData, {"model.mode": Categorical(modes)}, strategy="grid", root=tmp_path,
-                                  trainer_kwargs=fast_trainer, verbose=False, patience=None).run()
+    result = HyperparameterSearch(
+        factory,
+        TinyData,
+        {"model.mode": Categorical(modes)},
+        strategy="grid",
+        root=tmp_path,
+        trainer_kwargs=fast_trainer,
+        verbose=False,
+        patience=None,
+    ).run()
     by_mode = {t.params["model.mode"]: t for t in result.trials}
     assert by_mode["fail"].state is TrialState.FAILED and "RuntimeError: boom" in by_mode["fail"].error
     assert by_mode["fail"].intermediate == {0: pytest.approx(by_mode["fail"].intermediate[0])}  # epoch 0 was kept
@@ -130,9 +179,17 @@ def test_failures_are_recorded_and_the_search_goes_on(tmp_path, fast_trainer):
 
 
 def test_a_nan_value_ends_its_trial_at_once_without_pruner_or_early_stopping(tmp_path, fast_trainer):
-    search = HyperparameterSearch(TinyModel, TinyData, {"model.nan_at_epoch": Categorical([1])}, strategy="grid",
-                                  root=tmp_path, trainer_kwargs={**fast_trainer, "max_epochs": 6}, verbose=False,
-                                  patience=None, pruner=None)  # fmt: skip
+    search = HyperparameterSearch(
+        TinyModel,
+        TinyData,
+        {"model.nan_at_epoch": Categorical([1])},
+        strategy="grid",
+        root=tmp_path,
+        trainer_kwargs={**fast_trainer, "max_epochs": 6},
+        verbose=False,
+        patience=None,
+        pruner=None,
+    )
     trial = search.run().trials[0]
     assert trial.state is TrialState.FAILED and trial.error.startswith("non-finite"), trial.error
     assert sorted(trial.intermediate) == [0, 1]  # epochs 2 to 5 never ran
@@ -152,8 +209,15 @@ def test_missing_metric_stops_the_search(tmp_path, fast_trainer):
 def test_keyboard_interrupt_in_training_is_recorded(tmp_path, fast_trainer):
     """RELIABILITY row 2 (in-process): FAILED 'interrupted', handler restored, KeyboardInterrupt raised."""
     before = signal.getsignal(signal.SIGINT)
-    search = HyperparameterSearch(lambda cfg: TinyModel(interrupt_at_epoch=1, **cfg["model"]), TinyData, SPACE,
-                                  root=tmp_path, n_trials=3, trainer_kwargs=fast_trainer, verbose=False)
+    search = HyperparameterSearch(
+        lambda cfg: TinyModel(interrupt_at_epoch=1, **cfg["model"]),
+        TinyData,
+        SPACE,
+        root=tmp_path,
+        n_trials=3,
+        trainer_kwargs=fast_trainer,
+        verbose=False,
+    )
     with pytest.raises(KeyboardInterrupt):
         search.run()
     assert signal.getsignal(signal.SIGINT) is before
@@ -190,17 +254,21 @@ def test_optimizer_parameters_override_a_hard_coded_optimizer(tmp_path, fast_tra
             seen.append((type(opt).__name__, opt.param_groups[0]["lr"], opt.param_groups[0].get("weight_decay")))
 
     space = {"optimizer.lr": Categorical([0.03]), "optimizer.weight_decay": Categorical([0.001])}
-    HyperparameterSearch(Spy, TinyData, space, root=tmp_path, n_trials=1, trainer_kwargs=fast_trainer, verbose=False).run()
+    HyperparameterSearch(
+        Spy, TinyData, space, root=tmp_path, n_trials=1, trainer_kwargs=fast_trainer, verbose=False
+    ).run()
     space2 = {"optimizer.class_path": Categorical(["torch.optim.AdamW"]), "optimizer.lr": Categorical([0.02])}
-    HyperparameterSearch(Spy, TinyData, space2, root=tmp_path, study_name="b", n_trials=1, trainer_kwargs=fast_trainer,
-                         verbose=False).run()
+    HyperparameterSearch(
+        Spy, TinyData, space2, root=tmp_path, study_name="b", n_trials=1, trainer_kwargs=fast_trainer, verbose=False
+    ).run()
     assert seen == [("SGD", 0.03, 0.001), ("AdamW", 0.02, 0.01)]
 
 
 def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
     fast_trainer.pop("logger")
-    result = make(tmp_path, fast_trainer, space={"trainer.max_epochs": Int(1, 3), "model.lr": Float(0.01, 0.1)},
-                  n_trials=2).run()
+    result = make(
+        tmp_path, fast_trainer, space={"trainer.max_epochs": Int(1, 3), "model.lr": Float(0.01, 0.1)}, n_trials=2
+    ).run()
     for t in result.trials:
         assert len(t.intermediate) == t.params["trainer.max_epochs"]
         assert (tmp_path / "default" / f"trial_{t.number}" / "metrics.csv").exists()
@@ -211,8 +279,16 @@ def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
     [
         ({"space": {"model.lr": {"type": "float", "low": 1.0, "high": 0.1}}}, SearchSpaceError, "low < high"),
         ({"space": {"lr": Float(0.1, 1.0)}}, ConfigurationError, r"parameter 'lr' must start with one of the sections"),
-        ({"space": {"data.batch_size": Int(8, 16)}, "datamodule": TinyData()}, ConfigurationError, "datamodule is an instance"),
-        ({"trainer_kwargs": {"max_epoch": 2}}, ConfigurationError, r"'max_epoch' is not an argument of Trainer.*max_epochs"),
+        (
+            {"space": {"data.batch_size": Int(8, 16)}, "datamodule": TinyData()},
+            ConfigurationError,
+            "datamodule is an instance",
+        ),
+        (
+            {"trainer_kwargs": {"max_epoch": 2}},
+            ConfigurationError,
+            r"'max_epoch' is not an argument of Trainer.*max_epochs",
+        ),
         ({"mode": "maximise"}, ConfigurationError, "mode must be 'min' or 'max'"),
         ({"n_trials": 0}, ConfigurationError, "n_trials must be a positive integer"),
         ({"study_name": "../evil"}, SearchSpaceError, "study_name '../evil' is invalid"),
@@ -220,9 +296,16 @@ def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
         ({"strategy": "tpe"}, ConfigurationError, "strategy must be one of"),
         ({"model": torch.nn.Linear}, ConfigurationError, "model must be a LightningModule class"),
         ({"patience": 0}, ConfigurationError, "patience must be a positive integer or None"),
-        ({"space": {"model.lrr": Float(0.01, 0.1)}}, ConfigurationError,
-         r"'lrr' is not an init argument of TinyModel.*did you mean \['lr'\]"),
-        ({"enqueue": {"model.lr": 0.1, "model.hidden": 4}}, ConfigurationError, "enqueue must be a list of configurations"),
+        (
+            {"space": {"model.lrr": Float(0.01, 0.1)}},
+            ConfigurationError,
+            r"'lrr' is not an init argument of TinyModel.*did you mean \['lr'\]",
+        ),
+        (
+            {"enqueue": {"model.lr": 0.1, "model.hidden": 4}},
+            ConfigurationError,
+            "enqueue must be a list of configurations",
+        ),
         ({"trainer_kwargs": ["max_epochs", 2]}, ConfigurationError, "trainer_kwargs must be a dict"),
         ({"root": None}, ConfigurationError, "root must be a directory path"),
         ({"executor": object()}, ConfigurationError, "executor must be an Executor"),

@@ -59,12 +59,27 @@ class SlowRandomStrategy(RandomStrategy):
 
 
 def _drive(url: str, study: str, root: str) -> None:
-    common = {"monitor": "val_loss", "root": root, "storage": url, "seed": 0, "verbose": False, "patience": None,
-              "trainer_kwargs": {**TRAINER, "max_epochs": 1}}  # fmt: skip
-    HyperparameterSearch(SlowModel, ContractData, {"model.lr": Float(0.01, 0.1, log=True)}, study_name=f"{study}_random",
-                         strategy=SlowRandomStrategy(), n_trials=N_RANDOM, **common).run()  # fmt: skip
-    HyperparameterSearch(SlowModel, ContractData, GRID, study_name=f"{study}_grid", strategy=SlowGridStrategy(),
-                         n_trials=None, **common).run()  # fmt: skip
+    common = {
+        "monitor": "val_loss",
+        "root": root,
+        "storage": url,
+        "seed": 0,
+        "verbose": False,
+        "patience": None,
+        "trainer_kwargs": {**TRAINER, "max_epochs": 1},
+    }
+    HyperparameterSearch(
+        SlowModel,
+        ContractData,
+        {"model.lr": Float(0.01, 0.1, log=True)},
+        study_name=f"{study}_random",
+        strategy=SlowRandomStrategy(),
+        n_trials=N_RANDOM,
+        **common,
+    ).run()
+    HyperparameterSearch(
+        SlowModel, ContractData, GRID, study_name=f"{study}_grid", strategy=SlowGridStrategy(), n_trials=None, **common
+    ).run()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -76,12 +91,21 @@ def shared(request, tmp_path_factory):
     else:
         url, drivers = os.environ.get("HPT_TEST_POSTGRES_URL"), 4
         if not url:
-            pytest.skip("set HPT_TEST_POSTGRES_URL to a PostgreSQL database (CI starts a server) to test shared studies on it")
+            pytest.skip(
+                "set HPT_TEST_POSTGRES_URL to a PostgreSQL database (CI starts a server) to test shared studies on it"
+            )
     study = f"shared_{uuid.uuid4().hex[:8]}"  # the server may be shared with other runs
     ready = root / "ready"
     ready.mkdir()
-    procs = [subprocess.Popen([sys.executable, __file__, url, study, str(root), str(ready), str(drivers)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(drivers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, url, study, str(root), str(ready), str(drivers)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(drivers)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out
@@ -104,7 +128,6 @@ def test_no_grid_point_runs_twice(shared):
     points = Counter((t.params["model.hidden"], t.params["model.lr"]) for t in grid_trials)
     assert set(points) == {(h, lr) for h in (4, 5, 6) for lr in (0.02, 0.05)}
     assert max(points.values()) == 1, points
-
 
 
 def test_seeded_random_trials_are_distinct_and_follow_the_seed(shared):

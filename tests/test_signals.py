@@ -30,8 +30,13 @@ def _trials(root: Path):
 
 
 def _start(root: Path, n_trials: int, sleep: float = 0.1) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(SCRIPT), str(root), str(n_trials), str(sleep)], preexec_fn=default_sigint,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(root), str(n_trials), str(sleep)],
+        preexec_fn=default_sigint,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_running(root: Path, proc: subprocess.Popen, min_complete: int = 0, limit: float = 120.0) -> None:
@@ -70,7 +75,9 @@ def test_sigkill_then_resume(tmp_path):
     assert retried.attrs["attempts"][0]["error"].startswith("interrupted")
 
 
-@pytest.mark.parametrize(("sig", "code", "reason"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "pre-empted")])
+@pytest.mark.parametrize(
+    ("sig", "code", "reason"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "pre-empted")]
+)
 def test_signal_records_the_running_trial(tmp_path, sig, code, reason):
     """Rows 2 and 3: the running trial is FAILED with the reason, never left RUNNING; the exit status says why."""
     proc = _start(tmp_path, 3, sleep=0.2)
@@ -86,8 +93,14 @@ def test_signal_records_the_running_trial(tmp_path, sig, code, reason):
 
 def test_second_ctrl_c_exits_at_once(tmp_path):
     """Row 2: a second Ctrl+C while the first is being handled (here: a slow database) ends the driver at once."""
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path), "3", "0.2"], stdout=subprocess.PIPE, preexec_fn=default_sigint,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "HPT_SLOW_RECORD": "30"})
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(tmp_path), "3", "0.2"],
+        stdout=subprocess.PIPE,
+        preexec_fn=default_sigint,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HPT_SLOW_RECORD": "30"},
+    )
     _wait_running(tmp_path, proc)
     proc.send_signal(signal.SIGINT)
     time.sleep(3)  # Lightning has handed the trial back; the driver is now recording it (30 s)

@@ -49,8 +49,15 @@ def test_categorical_keeps_types_apart():
 
 @pytest.mark.parametrize(
     "domain",
-    [Float(1e-4, 1e-1, log=True), Float(0.0, 1.0), Float(0.0, 0.5, step=0.1), Int(1, 5), Int(16, 512, log=True),
-     Int(0, 12, step=4), Categorical(["adam", "sgd", "rmsprop"])],
+    [
+        Float(1e-4, 1e-1, log=True),
+        Float(0.0, 1.0),
+        Float(0.0, 0.5, step=0.1),
+        Int(1, 5),
+        Int(16, 512, log=True),
+        Int(0, 12, step=4),
+        Categorical(["adam", "sgd", "rmsprop"]),
+    ],
 )
 def test_unit_round_trip_and_sampling(domain):
     rng = np.random.default_rng(0)
@@ -99,12 +106,15 @@ def test_log_grid_is_geometric():
 
 
 def test_space_json_round_trip_and_equality():
-    space = SearchSpace({"model.lr": Float(1e-4, 1e-1, log=True), "model.n": Int(1, 3), "data.bs": Categorical([32, 64])})
+    space = SearchSpace(
+        {"model.lr": Float(1e-4, 1e-1, log=True), "model.n": Int(1, 3), "data.bs": Categorical([32, 64])}
+    )
     again = SearchSpace.from_json(json.dumps(space.to_dict()))
     assert again == space and list(again) == list(space)
     assert SearchSpace({"model.n": Int(1, 3)}) != SearchSpace({"model.n": Int(1, 4)})
-    assert SearchSpace.from_dict({"model.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True},
-                                  "data.bs": {"choices": [32, 64]}})["data.bs"] == Categorical([32, 64])
+    assert SearchSpace.from_dict(
+        {"model.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True}, "data.bs": {"choices": [32, 64]}}
+    )["data.bs"] == Categorical([32, 64])
 
 
 def test_validate_params():

@@ -87,7 +87,9 @@ def test_grid_continuous_needs_points():
 def test_make_strategy_names():
     assert isinstance(make_strategy("random"), RandomStrategy)
     assert isinstance(make_strategy("grid"), GridStrategy)
-    with pytest.raises(ConfigurationError, match=r"strategy must be one of \['grid', 'random', 'sobol', 'bayes'\].*'tpe'"):
+    with pytest.raises(
+        ConfigurationError, match=r"strategy must be one of \['grid', 'random', 'sobol', 'bayes'\].*'tpe'"
+    ):
         make_strategy("tpe")
     with pytest.raises(ConfigurationError, match="points must be a positive int"):
         GridStrategy(points=0)

@@ -80,8 +80,16 @@ class CLITrialBuilder:
             job: the trial; ``job.params`` are full config paths.
             callbacks: the search's callbacks for this trial's Trainer.
         """
-        cls = _trial_cli(self.cli_class, self.config, job.params, self.seed(job.seed, job.number), callbacks,
-                         job.trial_dir, self.quiet, self.namespace)
+        cls = _trial_cli(
+            self.cli_class,
+            self.config,
+            job.params,
+            self.seed(job.seed, job.number),
+            callbacks,
+            job.trial_dir,
+            self.quiet,
+            self.namespace,
+        )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=ARGS_WARNING)
             cli = cls(*self.cli_args, **dict(self.cli_kwargs), args=[], run=False)
@@ -95,8 +103,16 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _trial_cli(cli_class: type, base: Mapping[str, Any], params: Mapping[str, Any], seed: int | None,
-               callbacks: Sequence[Any], trial_dir: str, quiet: bool, pl: Any) -> type:
+def _trial_cli(
+    cli_class: type,
+    base: Mapping[str, Any],
+    params: Mapping[str, Any],
+    seed: int | None,
+    callbacks: Sequence[Any],
+    trial_dir: str,
+    quiet: bool,
+    pl: Any,
+) -> type:
     """A subclass of the user's CLI that parses the trial's config and adds the search's callbacks."""
 
     class TrialCLI(cli_class):  # type: ignore[misc, valid-type]

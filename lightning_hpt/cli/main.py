@@ -20,27 +20,36 @@ COMMANDS = {
     "report": "an HTML report of a study: lightning-hpt report STUDY [-o report.html]",
 }
 
-USAGE = "usage: lightning-hpt {search,show,best,report} ...\n\n" + "\n".join(
-    f"  {name:<7} {text}" for name, text in COMMANDS.items()
-) + (
-    "\n\nsearch takes the configs LightningCLI's fit takes plus a search: section, and --cli, --model_class,"
-    "\n--datamodule_class for projects with their own LightningCLI subclass or fixed classes;"
-    "\nlightning-hpt search --help lists every option. The other commands find the study with --storage,"
-    "\n--root, or --config with the search section the search ran with.\n"
+USAGE = (
+    "usage: lightning-hpt {search,show,best,report} ...\n\n"
+    + "\n".join(f"  {name:<7} {text}" for name, text in COMMANDS.items())
+    + (
+        "\n\nsearch takes the configs LightningCLI's fit takes plus a search: section, and --cli, --model_class,"
+        "\n--datamodule_class for projects with their own LightningCLI subclass or fixed classes;"
+        "\nlightning-hpt search --help lists every option. The other commands find the study with --storage,"
+        "\n--root, or --config with the search section the search ran with.\n"
+    )
 )
 
 
 def _study_parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"lightning-hpt {command}", description=COMMANDS[command])
-    p.add_argument("study", nargs="?", help="the study's name (default: search.study_name of --config, or the only study)")
+    p.add_argument(
+        "study", nargs="?", help="the study's name (default: search.study_name of --config, or the only study)"
+    )
     p.add_argument("--storage", help="the study database: a SQLAlchemy URL or a .db path (default: ROOT/studies.db)")
     p.add_argument("--root", help="the search's root directory (default: hpt_runs)")
-    p.add_argument("-c", "--config", action="append", default=[], help="a YAML file with the search: section (repeatable)")
+    p.add_argument(
+        "-c", "--config", action="append", default=[], help="a YAML file with the search: section (repeatable)"
+    )
     if command == "show":
         p.add_argument("--top", type=int, default=None, help="only the N best trials, best first")
     if command in ("best", "report"):
-        p.add_argument("-o", "--output", help="the file to write (best: standard output by default;"
-                                              " report: ROOT/STUDY/report.html)")
+        p.add_argument(
+            "-o",
+            "--output",
+            help="the file to write (best: standard output by default; report: ROOT/STUDY/report.html)",
+        )
     return p
 
 
@@ -56,8 +65,10 @@ def _study_command(command: str, argv: Sequence[str], out: IO[str]) -> int:
     result = SearchResult(study, info.monitor, info.direction, tuple(storage.trials(study)))
     if command == "show":
         counts = ", ".join(f"{n} {s.lower()}" for s, n in result.counts().items()) or "no trials"
-        out.write(f"study {study!r}: {len(result.trials)} trials ({counts}); {info.monitor} ({info.direction.value});"
-                  f" storage {storage.url}\n")
+        out.write(
+            f"study {study!r}: {len(result.trials)} trials ({counts}); {info.monitor} ({info.direction.value});"
+            f" storage {storage.url}\n"
+        )
         out.write(trials_table(short_params(result.trials), info.monitor, info.direction, top=args.top) + "\n")
         best = result.best_trial
         if best is not None:
@@ -82,8 +93,15 @@ def _study_command(command: str, argv: Sequence[str], out: IO[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None, *, cli_class: type | None = None, cli_args: Sequence[Any] = (),
-         cli_kwargs: Mapping[str, Any] | None = None, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    cli_class: type | None = None,
+    cli_args: Sequence[Any] = (),
+    cli_kwargs: Mapping[str, Any] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
     """Run one ``lightning-hpt`` command; returns the exit status.
 
     Args:

@@ -53,8 +53,12 @@ def require_jsonargparse() -> None:
         )
 
 
-def cli_parser(cli_class: type, cli_args: Sequence[Any] = (), cli_kwargs: Mapping[str, Any] | None = None,
-               fit_arguments: bool = False) -> Any:
+def cli_parser(
+    cli_class: type,
+    cli_args: Sequence[Any] = (),
+    cli_kwargs: Mapping[str, Any] | None = None,
+    fit_arguments: bool = False,
+) -> Any:
     """The parser ``cli_class(*cli_args, **cli_kwargs, run=False)`` would parse with, built but not used.
 
     The CLI is constructed with ``run=False`` (no subcommands: ``fit``'s configuration at the top
@@ -175,9 +179,10 @@ def short_key(key: str) -> str:
 def _section_hint(key: str, base: Mapping[str, Any]) -> str:
     head = key.split(".")[0]
     if head in base and base[head] is None:
-        example = {"optimizer": "optimizer: {class_path: torch.optim.AdamW, init_args: {lr: 0.001}}",
-                   "lr_scheduler": "lr_scheduler: {class_path: torch.optim.lr_scheduler.StepLR, init_args: {step_size: 10}}",
-                   }.get(head, f"{head}: {{class_path: ..., init_args: {{...}}}}")
+        example = {
+            "optimizer": "optimizer: {class_path: torch.optim.AdamW, init_args: {lr: 0.001}}",
+            "lr_scheduler": "lr_scheduler: {class_path: torch.optim.lr_scheduler.StepLR, init_args: {step_size: 10}}",
+        }.get(head, f"{head}: {{class_path: ..., init_args: {{...}}}}")
         return f"; the config has no {head} (it is null): set it in the config you pass to fit, e.g. {example}"
     return ""
 

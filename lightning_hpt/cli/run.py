@@ -99,8 +99,9 @@ def _record_config(search: HyperparameterSearch, base: Mapping[str, Any], cli: s
     storage.set_study_attrs(name, {"cli_config": dict(base), "cli": cli})
 
 
-def parse_search(argv: Sequence[str], cli_class: type, cli_args: Sequence[Any], cli_kwargs: Mapping[str, Any],
-                 meta_flags: bool) -> tuple[Any, SearchSettings, dict[str, Any], Any]:
+def parse_search(
+    argv: Sequence[str], cli_class: type, cli_args: Sequence[Any], cli_kwargs: Mapping[str, Any], meta_flags: bool
+) -> tuple[Any, SearchSettings, dict[str, Any], Any]:
     """Parse ``argv`` with the CLI's parser plus the ``search`` section.
 
     Returns:
@@ -130,8 +131,14 @@ def parse_search(argv: Sequence[str], cli_class: type, cli_args: Sequence[Any], 
     return clean, settings, config, parse_base(clean, config)
 
 
-def run_search(argv: Sequence[str], *, cli_class: type | None = None, cli_args: Sequence[Any] = (),
-               cli_kwargs: Mapping[str, Any] | None = None, stream: IO[str] | None = None) -> SearchResult:
+def run_search(
+    argv: Sequence[str],
+    *,
+    cli_class: type | None = None,
+    cli_args: Sequence[Any] = (),
+    cli_kwargs: Mapping[str, Any] | None = None,
+    stream: IO[str] | None = None,
+) -> SearchResult:
     """Run (or resume) the study that ``argv`` describes: ``--config fit.yaml --config search.yaml ...``.
 
     Args:
@@ -162,11 +169,27 @@ def run_search(argv: Sequence[str], *, cli_class: type | None = None, cli_args: 
     has_data = any(k.startswith("data.") for k in space)
     epochs = (config.get("trainer") or {}).get("max_epochs")
     search = HyperparameterSearch(
-        builder, builder if has_data else None, space, monitor=s.monitor, mode=s.mode, strategy=strategy,
-        pruner=pruner, n_trials=s.n_trials, trainer_kwargs={"max_epochs": epochs} if isinstance(epochs, int) else {},
-        storage=s.storage, study_name=s.study_name, root=s.root, seed=s.seed, patience=s.patience,
-        checkpoint=s.checkpoint, executor=executor, timeout=s.timeout, retry_interrupted=s.retry_interrupted,
-        allow_changes=s.allow_changes, enqueue=enqueue, verbose=s.verbose,
+        builder,
+        builder if has_data else None,
+        space,
+        monitor=s.monitor,
+        mode=s.mode,
+        strategy=strategy,
+        pruner=pruner,
+        n_trials=s.n_trials,
+        trainer_kwargs={"max_epochs": epochs} if isinstance(epochs, int) else {},
+        storage=s.storage,
+        study_name=s.study_name,
+        root=s.root,
+        seed=s.seed,
+        patience=s.patience,
+        checkpoint=s.checkpoint,
+        executor=executor,
+        timeout=s.timeout,
+        retry_interrupted=s.retry_interrupted,
+        allow_changes=s.allow_changes,
+        enqueue=enqueue,
+        verbose=s.verbose,
     )
     _record_config(search, config, f"{cli_class.__module__}.{cli_class.__qualname__}", s.allow_changes)
     result = search.run()
@@ -176,4 +199,3 @@ def run_search(argv: Sequence[str], *, cli_class: type | None = None, cli_args: 
         write_text(path, best_config(search.root, search.study_name, best))
         (stream or sys.stdout).write(f"best config (trial {best.number}): {path}\n")
     return result
-

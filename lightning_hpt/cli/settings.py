@@ -75,17 +75,22 @@ def _import(path: str, what: str) -> Any:
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigurationError(f"{what}: class_path {path!r} cannot be imported ({e}); give an import path such as"
-                                 " 'mypkg.module.MyClass'") from None
+        raise ConfigurationError(
+            f"{what}: class_path {path!r} cannot be imported ({e}); give an import path such as 'mypkg.module.MyClass'"
+        ) from None
 
 
-def _build(what: str, spec: Mapping[str, Any], named: Callable[[str], type | None], base: type, names: list[str]) -> Any:
+def _build(
+    what: str, spec: Mapping[str, Any], named: Callable[[str], type | None], base: type, names: list[str]
+) -> Any:
     spec = dict(spec)
     if "class_path" in spec:
         cls = _import(spec.pop("class_path"), what)
         kwargs = spec.pop("init_args", None) or {}
         if spec:
-            raise ConfigurationError(f"{what}: unknown fields {sorted(spec)} beside class_path; put arguments in init_args")
+            raise ConfigurationError(
+                f"{what}: unknown fields {sorted(spec)} beside class_path; put arguments in init_args"
+            )
     elif "name" in spec:
         name = spec.pop("name")
         cls = named(str(name).strip().lower()) if isinstance(name, str) else None
@@ -93,8 +98,10 @@ def _build(what: str, spec: Mapping[str, Any], named: Callable[[str], type | Non
             raise ConfigurationError(f"unknown {what} name={name!r}; use one of {names}")
         kwargs = spec
     else:
-        raise ConfigurationError(f"{what} must be a name such as {names[0]!r}, {{name: ..., <arguments>}} or"
-                                 f" {{class_path: ..., init_args: {{...}}}}; got {spec!r}")
+        raise ConfigurationError(
+            f"{what} must be a name such as {names[0]!r}, {{name: ..., <arguments>}} or"
+            f" {{class_path: ..., init_args: {{...}}}}; got {spec!r}"
+        )
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigurationError(f"{what}: {cls!r} is not a {base.__name__}")
     try:
@@ -108,7 +115,11 @@ def _strategy_class(name: str) -> type | None:
 
     if name in ("bayes", "bayesian"):
         return strategies.BayesianStrategy  # BoTorch is imported only when used
-    return {"grid": strategies.GridStrategy, "random": strategies.RandomStrategy, "sobol": strategies.SobolStrategy}.get(name)
+    return {
+        "grid": strategies.GridStrategy,
+        "random": strategies.RandomStrategy,
+        "sobol": strategies.SobolStrategy,
+    }.get(name)
 
 
 def make_strategy_spec(spec: str | Mapping[str, Any]) -> Any:

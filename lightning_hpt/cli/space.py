@@ -143,4 +143,3 @@ def space_from_config(raw: Any, base: Mapping[str, Any], parser: Any, base_cfg: 
     space = SearchSpace(domains)
     check_types(parser, base_cfg, space)
     return space
-

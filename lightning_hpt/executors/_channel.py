@@ -32,9 +32,17 @@ from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.trial import TrialState
 
 __all__ = [
-    "KEY_ENV", "ChannelReporter", "ReportServer", "ReporterRegistry", "check_picklable", "describe_exit", "failed_outcome",
-    "launches_subprocesses", "refers_to_main", "trial_launches_subprocesses",
-]  # fmt: skip
+    "KEY_ENV",
+    "ChannelReporter",
+    "ReportServer",
+    "ReporterRegistry",
+    "check_picklable",
+    "describe_exit",
+    "failed_outcome",
+    "launches_subprocesses",
+    "refers_to_main",
+    "trial_launches_subprocesses",
+]
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +219,10 @@ class ChannelReporter:
 def refers_to_main(data: bytes) -> bool:
     """Whether a pickle names something in ``__main__`` (the user's script), which a worker must import first."""
     with contextlib.suppress(Exception):
-        return any(arg == "__main__" or (isinstance(arg, str) and arg.startswith("__main__ "))
-                   for _, arg, _ in pickletools.genops(data))
+        return any(
+            arg == "__main__" or (isinstance(arg, str) and arg.startswith("__main__ "))
+            for _, arg, _ in pickletools.genops(data)
+        )
     return False
 
 
@@ -288,8 +298,11 @@ def launches_subprocesses(build: TrialBuild) -> bool:
     except Exception:  # e.g. accelerator="gpu" on a driver without one: judge from the arguments
         text = str(strategy).lower()
         many = kwargs.get("devices", "auto") not in (1, "1") or kwargs.get("num_nodes", 1) != 1
-        return many and any(s in text for s in ("ddp", "fsdp", "deepspeed")) and not any(
-            s in text for s in ("spawn", "fork", "notebook"))  # fmt: skip
+        return (
+            many
+            and any(s in text for s in ("ddp", "fsdp", "deepspeed"))
+            and not any(s in text for s in ("spawn", "fork", "notebook"))
+        )
     launcher = getattr(trainer.strategy, "launcher", None)
     environment = getattr(trainer.strategy, "cluster_environment", None)
     external = bool(environment is not None and environment.creates_processes_externally)

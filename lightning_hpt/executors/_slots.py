@@ -38,14 +38,17 @@ def _visible_gpus() -> list[str]:
         return []
 
 
-def plan_slots(workers: int | None, devices: Sequence[int] | None, per_trial: int, per_gpu: int,
-               threads: int | None) -> list[Slot]:  # fmt: skip
+def plan_slots(
+    workers: int | None, devices: Sequence[int] | None, per_trial: int, per_gpu: int, threads: int | None
+) -> list[Slot]:
     """The worker slots of a ProcessExecutor: each one's GPUs and torch threads (arguments as its own)."""
     visible = _visible_gpus()
     if devices is None:
         chosen = visible
     else:
-        if isinstance(devices, (str, int)) or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in devices):
+        if isinstance(devices, (str, int)) or any(
+            isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in devices
+        ):
             raise ConfigurationError(
                 f"ProcessExecutor: devices must be a list of GPU indices such as [0, 1], or [] for CPU only; got devices={devices!r}"
             )
@@ -63,7 +66,7 @@ def plan_slots(workers: int | None, devices: Sequence[int] | None, per_trial: in
                 f"ProcessExecutor: gpus_per_trial={per_trial} must divide the {len(chosen)} GPUs used ({chosen});"
                 " choose devices= accordingly"
             )
-        groups = [",".join(chosen[i:i + per_trial]) for i in range(0, len(chosen), per_trial)] * per_gpu
+        groups = [",".join(chosen[i : i + per_trial]) for i in range(0, len(chosen), per_trial)] * per_gpu
         groups.sort(key=lambda g: chosen.index(g.split(",")[0]))  # a GPU's trials side by side
         n = workers or len(groups)
         if n > len(groups):

@@ -34,6 +34,8 @@ class LocalExecutor(Executor):
 
     def submit(self, job: TrialJob, reporter: TrialReporter) -> Future[TrialOutcome]:
         future: Future[TrialOutcome] = Future()
-        refused = trial_launches_subprocesses(job, "the in-process LocalExecutor (every rank would run this whole search)")
+        refused = trial_launches_subprocesses(
+            job, "the in-process LocalExecutor (every rank would run this whole search)"
+        )
         future.set_result(failed_outcome(refused) if refused else run_trial(job, reporter))
         return future

@@ -52,8 +52,19 @@ __all__ = ["ProcessExecutor", "launches_subprocesses"]
 log = logging.getLogger(__name__)
 # set by a launcher or a cluster for *its* processes; a worker is a fresh single process, and Lightning
 # must neither take it for rank k of someone else's job nor wait for ranks that SLURM will not start
-_FOREIGN_VARS = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                 "MASTER_PORT", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "PL_GLOBAL_SEED")  # fmt: skip
+_FOREIGN_VARS = (
+    "LOCAL_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "SLURM_NTASKS",
+    "PL_GLOBAL_SEED",
+)
 
 
 @dataclass
@@ -132,17 +143,27 @@ class ProcessExecutor(Executor):
         terminate_grace: float = 5.0,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker),
-                            ("max_trials_per_worker", max_trials_per_worker)):  # fmt: skip
+        for name, value in (
+            ("workers", workers),
+            ("threads_per_worker", threads_per_worker),
+            ("max_trials_per_worker", max_trials_per_worker),
+        ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigurationError(f"ProcessExecutor: {name} must be a positive integer or None, got {name}={value!r}")
+                raise ConfigurationError(
+                    f"ProcessExecutor: {name} must be a positive integer or None, got {name}={value!r}"
+                )
         for name, value in (("gpus_per_trial", gpus_per_trial), ("trials_per_gpu", trials_per_gpu)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"ProcessExecutor: {name} must be a positive integer, got {name}={value!r}")
-        for name, value in (("trial_timeout", trial_timeout), ("start_timeout", start_timeout),
-                            ("terminate_grace", terminate_grace)):  # fmt: skip
+        for name, value in (
+            ("trial_timeout", trial_timeout),
+            ("start_timeout", start_timeout),
+            ("terminate_grace", terminate_grace),
+        ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigurationError(f"ProcessExecutor: {name} must be a positive number of seconds, got {name}={value!r}")
+                raise ConfigurationError(
+                    f"ProcessExecutor: {name} must be a positive number of seconds, got {name}={value!r}"
+                )
         self.trial_timeout, self.max_trials_per_worker = trial_timeout, max_trials_per_worker
         self.start_timeout, self.terminate_grace = float(start_timeout), float(terminate_grace)
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
@@ -186,8 +207,10 @@ class ProcessExecutor(Executor):
             if not self._started or self._closed.is_set():
                 self._closed = threading.Event()
                 self._server = ReportServer(self._registry, self._on_connect)
-                self._threads = [threading.Thread(target=self._slot_loop, args=(s,), name=f"hpt-slot-{s.index}", daemon=True)
-                                 for s in self._slots]  # fmt: skip
+                self._threads = [
+                    threading.Thread(target=self._slot_loop, args=(s,), name=f"hpt-slot-{s.index}", daemon=True)
+                    for s in self._slots
+                ]
                 self._started = True
                 for t in self._threads:
                     t.start()
@@ -264,8 +287,11 @@ class ProcessExecutor(Executor):
             except queue.Empty:
                 break
             if task is not None and not task.future.done():
-                task.future.set_result(failed_outcome("interrupted: the executor was shut down before the trial started")
-                                       if task.number >= 0 else ("start", "the executor was shut down"))  # fmt: skip
+                task.future.set_result(
+                    failed_outcome("interrupted: the executor was shut down before the trial started")
+                    if task.number >= 0
+                    else ("start", "the executor was shut down")
+                )
         if self._server is not None:
             self._server.close()
         self._workers.clear()
@@ -295,8 +321,12 @@ class ProcessExecutor(Executor):
                 worker, why = self._spawn(slot)
                 spawn_failed = worker is None
                 if worker is None:
-                    self._complete(task, failed_outcome(f"worker process could not start: {why}") if task.number >= 0
-                                   else ("start", why))  # fmt: skip
+                    self._complete(
+                        task,
+                        failed_outcome(f"worker process could not start: {why}")
+                        if task.number >= 0
+                        else ("start", why),
+                    )
                     continue
             if task.number < 0:
                 keep = self._load(worker, task)
@@ -321,15 +351,30 @@ class ProcessExecutor(Executor):
         token = secrets.token_hex(8)
         inbox: queue.Queue = queue.Queue()
         self._hello[token] = inbox
-        cmd = [sys.executable, "-m", "lightning_hpt.executors.worker", "--address", self._server.address,
-               "--token", token, "--threads", str(slot.threads)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "lightning_hpt.executors.worker",
+            "--address",
+            self._server.address,
+            "--token",
+            token,
+            "--threads",
+            str(slot.threads),
+        ]
         if self._main:
             cmd += ["--main", self._main]
         env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_VARS}
         # the workers import what this process imports: its sys.path (the test directory, the script's folder)
         paths = [os.path.abspath(p or os.getcwd()) for p in sys.path]
-        env.update({"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), KEY_ENV: self._server.authkey.hex(),
-                    "OMP_NUM_THREADS": str(slot.threads), "MKL_NUM_THREADS": str(slot.threads)})  # fmt: skip
+        env.update(
+            {
+                "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
+                KEY_ENV: self._server.authkey.hex(),
+                "OMP_NUM_THREADS": str(slot.threads),
+                "MKL_NUM_THREADS": str(slot.threads),
+            }
+        )
         env["CUDA_VISIBLE_DEVICES"] = slot.gpus if slot.gpus is not None else ""
         env.update(self.env)
         try:
@@ -352,7 +397,11 @@ class ProcessExecutor(Executor):
                     break
                 closed = self._closed.is_set()
         self._hello.pop(token, None)
-        why = describe_exit(proc.poll()) if proc.poll() is not None else f"it did not connect within {self.start_timeout:g} s"
+        why = (
+            describe_exit(proc.poll())
+            if proc.poll() is not None
+            else f"it did not connect within {self.start_timeout:g} s"
+        )
         self._end(worker, slot, 0.0)
         log.error("a worker process could not start: %s", why)
         return None, why
@@ -383,7 +432,9 @@ class ProcessExecutor(Executor):
                     raise EOFError
             _, _, error = worker.conn.recv()
         except (EOFError, OSError):
-            self._complete(task, ("load", f"the worker process died while loading it ({describe_exit(worker.proc.wait())})"))
+            self._complete(
+                task, ("load", f"the worker process died while loading it ({describe_exit(worker.proc.wait())})")
+            )
             return False
         worker.builds.add(task.build_key)
         self._complete(task, ("load", error))
@@ -402,7 +453,9 @@ class ProcessExecutor(Executor):
                     _, _, outcome, stats, retire = worker.conn.recv()
                     worker.trials += 1
                     self.trial_info[task.number] = {**stats, "gpus": slot.gpus, "slot": slot.index}
-                    more = not retire and (self.max_trials_per_worker is None or worker.trials < self.max_trials_per_worker)
+                    more = not retire and (
+                        self.max_trials_per_worker is None or worker.trials < self.max_trials_per_worker
+                    )
                     return outcome, more
                 if worker.proc.poll() is not None:
                     raise EOFError
@@ -446,8 +499,10 @@ class ProcessExecutor(Executor):
                 del self._workers[slot.index]
 
     def __repr__(self) -> str:
-        return (f"ProcessExecutor(workers={len(self._slots)}, gpus={[s.gpus for s in self._slots]},"
-                f" threads_per_worker={self._slots[0].threads if self._slots else 0})")  # fmt: skip
+        return (
+            f"ProcessExecutor(workers={len(self._slots)}, gpus={[s.gpus for s in self._slots]},"
+            f" threads_per_worker={self._slots[0].threads if self._slots else 0})"
+        )
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -124,7 +124,9 @@ class _RayReporter:
         return bool(ray.get(self.broker.report.remote(self.key, int(step), float(value))))
 
 
-def _run_remote(job: TrialJob, build: TrialBuild, broker: Any, key: str, threads: int, answers: bool = True) -> TrialOutcome:
+def _run_remote(
+    job: TrialJob, build: TrialBuild, broker: Any, key: str, threads: int, answers: bool = True
+) -> TrialOutcome:
     """The Ray task of one trial (``build`` arrives from the object store, shared by every trial)."""
     global _FROZEN
     if threads > 0:
@@ -201,18 +203,29 @@ class RayExecutor(Executor):
     ) -> None:
         resources = dict(resources_per_trial or {"cpu": 1})
         for name, amount in resources.items():
-            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0 or not math.isfinite(amount):
+            if (
+                isinstance(amount, bool)
+                or not isinstance(amount, (int, float))
+                or amount < 0
+                or not math.isfinite(amount)
+            ):
                 raise ConfigurationError(
                     f"RayExecutor: resources_per_trial[{name!r}] must be a non-negative number, got {amount!r}"
                     " (e.g. resources_per_trial={'cpu': 2, 'gpu': 0.5})"
                 )
         for name, value in (("max_concurrency", max_concurrency), ("max_trials_per_worker", max_trials_per_worker)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigurationError(f"RayExecutor: {name} must be a positive integer or None, got {name}={value!r}")
+                raise ConfigurationError(
+                    f"RayExecutor: {name} must be a positive integer or None, got {name}={value!r}"
+                )
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigurationError(f"RayExecutor: max_retries must be an integer >= 0, got max_retries={max_retries!r}")
+            raise ConfigurationError(
+                f"RayExecutor: max_retries must be an integer >= 0, got max_retries={max_retries!r}"
+            )
         if trial_timeout is not None and not (isinstance(trial_timeout, (int, float)) and trial_timeout > 0):
-            raise ConfigurationError(f"RayExecutor: trial_timeout must be a positive number of seconds, got {trial_timeout!r}")
+            raise ConfigurationError(
+                f"RayExecutor: trial_timeout must be a positive number of seconds, got {trial_timeout!r}"
+            )
         init = dict(init_kwargs or {})
         host = str(init.get("dashboard_host", "127.0.0.1"))
         if host not in _LOOPBACK:
@@ -297,7 +310,9 @@ class RayExecutor(Executor):
             self._owns_ray = True
         self._closed = threading.Event()
         opts = self._options()
-        max_calls = self.max_trials_per_worker if self.max_trials_per_worker is not None else (1 if opts["num_gpus"] else 0)
+        max_calls = (
+            self.max_trials_per_worker if self.max_trials_per_worker is not None else (1 if opts["num_gpus"] else 0)
+        )
         self._task = ray.remote(max_calls=max_calls)(_run_remote)
         self._check = ray.remote(num_cpus=0)(_load_check)
         self._broker = ray.remote(_broker_class()).options(num_cpus=0).remote()
@@ -306,8 +321,10 @@ class RayExecutor(Executor):
             need = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], **opts.get("resources", {})}
             fits = [int(total.get(k, 0) // v) for k, v in need.items() if v > 0]
             self._max = max(1, min(fits)) if fits else 1
-        self._threads = [threading.Thread(target=self._collect, name="hpt-ray-collect", daemon=True),
-                         threading.Thread(target=self._relay, name="hpt-ray-relay", daemon=True)]  # fmt: skip
+        self._threads = [
+            threading.Thread(target=self._collect, name="hpt-ray-collect", daemon=True),
+            threading.Thread(target=self._relay, name="hpt-ray-relay", daemon=True),
+        ]
         for t in self._threads:
             t.start()
         self._started = True
@@ -335,8 +352,9 @@ class RayExecutor(Executor):
         opts = {**self._options(), "max_retries": self.max_retries, "retry_exceptions": False}
         threads = max(1, int(opts["num_cpus"]))
         answers = bool(getattr(reporter, "answers", True))
-        ref = self._task.options(**opts).remote(dataclasses.replace(job, build=None), self._build_ref(job.build),
-                                                self._broker, key, threads, answers)  # fmt: skip
+        ref = self._task.options(**opts).remote(
+            dataclasses.replace(job, build=None), self._build_ref(job.build), self._broker, key, threads, answers
+        )
         with self._lock:
             self._running[ref] = _Running(job.number, key, future, time.monotonic())
         return future
@@ -381,13 +399,19 @@ class RayExecutor(Executor):
             return ray.get(ref)
         except Exception as e:
             if run.timed_out:
-                return failed_outcome(f"timeout: trial {run.number} ran longer than trial_timeout={self.trial_timeout:g} s;"
-                                      " its Ray task was cancelled")  # fmt: skip
+                return failed_outcome(
+                    f"timeout: trial {run.number} ran longer than trial_timeout={self.trial_timeout:g} s;"
+                    " its Ray task was cancelled"
+                )
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             retried = f" after {self.max_retries} retries" if self.max_retries else ""
             if isinstance(e, ray.exceptions.OutOfMemoryError):
-                return failed_outcome(f"out of memory: Ray's memory monitor killed the worker of trial {run.number}{retried}")
-            return failed_outcome(f"worker died: trial {run.number}'s Ray task failed{retried} ({type(e).__name__}: {first})")
+                return failed_outcome(
+                    f"out of memory: Ray's memory monitor killed the worker of trial {run.number}{retried}"
+                )
+            return failed_outcome(
+                f"worker died: trial {run.number}'s Ray task failed{retried} ({type(e).__name__}: {first})"
+            )
 
     def _relay(self) -> None:
         """Carry reports from the broker actor to the search's reporters, in this (the driver) process."""

@@ -54,8 +54,10 @@ def is_lightning_class(obj: Any, name: str) -> bool:
     """Whether ``obj`` is a subclass of ``lightning.pytorch.<name>`` or ``pytorch_lightning.<name>``."""
     if not inspect.isclass(obj):
         return False
-    return any(getattr(base, "__name__", None) == name and base.__module__.split(".")[0] in ("lightning", "pytorch_lightning")
-               for base in inspect.getmro(obj))
+    return any(
+        getattr(base, "__name__", None) == name and base.__module__.split(".")[0] in ("lightning", "pytorch_lightning")
+        for base in inspect.getmro(obj)
+    )
 
 
 def namespace_of(obj: Any) -> Any:
@@ -113,7 +115,9 @@ def patch_optimizer(model: Any, settings: Mapping[str, Any]) -> None:
             found: list = []
             _walk(out, found)
             if any(isinstance(o, torch.optim.lr_scheduler.LRScheduler) for o in found):
-                log.warning("optimizer.class_path=%r replaces the module's optimizer; its LR schedulers are dropped", class_path)
+                log.warning(
+                    "optimizer.class_path=%r replaces the module's optimizer; its LR schedulers are dropped", class_path
+                )
             return cls(model.parameters(), **settings)
         out = original()
         found = []

@@ -48,7 +48,9 @@ class CrossValidation:
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
-            raise ConfigurationError(f"CrossValidation: k must be an integer >= 2, got k={self.k!r}; use cv=None for no folds")
+            raise ConfigurationError(
+                f"CrossValidation: k must be an integer >= 2, got k={self.k!r}; use cv=None for no folds"
+            )
 
     @classmethod
     def parse(cls, cv: int | CrossValidation | None) -> CrossValidation | None:
@@ -61,7 +63,9 @@ class CrossValidation:
     def splits(self, n: int, targets: Sequence[Any] | None = None) -> list[tuple[list[int], list[int]]]:
         """``k`` pairs ``(train indices, validation indices)`` over ``n`` items."""
         if n < self.k:
-            raise ConfigurationError(f"cross-validation with k={self.k} needs at least {self.k} items, the dataset has {n}")
+            raise ConfigurationError(
+                f"cross-validation with k={self.k} needs at least {self.k} items, the dataset has {n}"
+            )
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         folds: list[list[int]] = [[] for _ in range(self.k)]
@@ -79,7 +83,7 @@ class CrossValidation:
         else:
             for j, chunk in enumerate(np.array_split(order, self.k)):
                 folds[j] = [int(i) for i in chunk]
-        return [(sorted(i for f in folds[:j] + folds[j + 1:] for i in f), sorted(folds[j])) for j in range(self.k)]
+        return [(sorted(i for f in folds[:j] + folds[j + 1 :] for i in f), sorted(folds[j])) for j in range(self.k)]
 
 
 def _hashable(y: Any) -> Any:
@@ -98,11 +102,20 @@ class KFoldDataModule(L.LightningDataModule):
         seed: seed of the train/validation shuffle.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int = 32, val_fraction: float = 0.2, test_dataset: Dataset | None = None,
-                 num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int = 32,
+        val_fraction: float = 0.2,
+        test_dataset: Dataset | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
-            raise ConfigurationError(f"KFoldDataModule: val_fraction must be in (0, 1), got val_fraction={val_fraction!r}")
+            raise ConfigurationError(
+                f"KFoldDataModule: val_fraction must be in (0, 1), got val_fraction={val_fraction!r}"
+            )
         self.dataset, self.batch_size, self.val_fraction = dataset, batch_size, val_fraction
         self.test_dataset, self.num_workers, self.seed = test_dataset, num_workers, seed
 
@@ -116,10 +129,17 @@ class KFoldDataModule(L.LightningDataModule):
         return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(Subset(self.dataset, self._split()[0]), batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
+        return DataLoader(
+            Subset(self.dataset, self._split()[0]),
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(Subset(self.dataset, self._split()[1]), batch_size=self.batch_size, num_workers=self.num_workers)
+        return DataLoader(
+            Subset(self.dataset, self._split()[1]), batch_size=self.batch_size, num_workers=self.num_workers
+        )
 
     def test_dataloader(self) -> DataLoader:
         if self.test_dataset is None:
@@ -153,8 +173,13 @@ def _view(base: Any, train_idx: list[int] | None, val_idx: list[int] | None, rea
 
         def _loader(self, idx: list[int] | None, shuffle: bool) -> DataLoader:
             ds = base.cv_dataset()
-            return DataLoader(ds if idx is None else Subset(ds, idx), batch_size=getattr(base, "batch_size", 32), shuffle=shuffle,
-                              num_workers=getattr(base, "num_workers", 0), collate_fn=getattr(base, "collate_fn", None))
+            return DataLoader(
+                ds if idx is None else Subset(ds, idx),
+                batch_size=getattr(base, "batch_size", 32),
+                shuffle=shuffle,
+                num_workers=getattr(base, "num_workers", 0),
+                collate_fn=getattr(base, "collate_fn", None),
+            )
 
         def train_dataloader(self) -> DataLoader:
             return self._loader(train_idx, True)

@@ -40,7 +40,11 @@ def metric_value(name: str, value: Any) -> float:
         if value.numel() != 1:
             raise TypeError(f"metric {name!r} must have one element, got a tensor of shape {tuple(value.shape)}")
         return float(value.detach().cpu().item())
-    if isinstance(value, (np.ndarray, np.generic)) and np.size(value) == 1 and np.issubdtype(np.asarray(value).dtype, np.number):
+    if (
+        isinstance(value, (np.ndarray, np.generic))
+        and np.size(value) == 1
+        and np.issubdtype(np.asarray(value).dtype, np.number)
+    ):
         return float(np.asarray(value).item())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

@@ -293,12 +293,21 @@ def search_callbacks(pl: Any, b: TrialBuild, job: TrialJob, monitor: Any) -> lis
     callbacks = [monitor]
     mode = "min" if b.direction is Direction.MINIMIZE else "max"
     if b.patience is not None:
-        callbacks.append(pl.callbacks.EarlyStopping(b.monitor, patience=b.patience, mode=mode, strict=False, check_finite=True))
+        callbacks.append(
+            pl.callbacks.EarlyStopping(b.monitor, patience=b.patience, mode=mode, strict=False, check_finite=True)
+        )
     if b.checkpoint:
-        callbacks.append(pl.callbacks.ModelCheckpoint(
-            dirpath=os.path.join(job.trial_dir, "checkpoints"), filename="best", monitor=b.monitor, mode=mode,
-            save_top_k=1, save_last=False, enable_version_counter=False,
-        ))
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(
+                dirpath=os.path.join(job.trial_dir, "checkpoints"),
+                filename="best",
+                monitor=b.monitor,
+                mode=mode,
+                save_top_k=1,
+                save_last=False,
+                enable_version_counter=False,
+            )
+        )
     return callbacks
 
 
@@ -319,10 +328,14 @@ def _make_trainer(pl: Any, b: TrialBuild, job: TrialJob, overrides: dict[str, An
     try:
         return pl.Trainer(callbacks=callbacks, **kwargs)
     except TypeError as e:
-        raise ConfigurationError(f"the Trainer rejected trainer_kwargs/trainer.* parameters {sorted(kwargs)}: {e}") from e
+        raise ConfigurationError(
+            f"the Trainer rejected trainer_kwargs/trainer.* parameters {sorted(kwargs)}: {e}"
+        ) from e
 
 
-def _outcome(job: TrialJob, monitor: Any, trainer: Any, error: BaseException | None, interrupted: str | None) -> TrialOutcome:
+def _outcome(
+    job: TrialJob, monitor: Any, trainer: Any, error: BaseException | None, interrupted: str | None
+) -> TrialOutcome:
     values = dict(monitor.values) if monitor is not None else {}
     metrics: dict[str, float] = {}
     if trainer is not None:
@@ -333,12 +346,17 @@ def _outcome(job: TrialJob, monitor: Any, trainer: Any, error: BaseException | N
     ckpt = ckpt if os.path.exists(ckpt) else None
     common = {"intermediate": values, "metrics": metrics}
     if interrupted:
-        return TrialOutcome(TrialState.FAILED, error=f"{interrupted}: {type(error).__name__}", interrupted=interrupted, **common)
+        return TrialOutcome(
+            TrialState.FAILED, error=f"{interrupted}: {type(error).__name__}", interrupted=interrupted, **common
+        )
     if monitor is not None and monitor.error is not None:
         error = monitor.error
     if error is not None:
         # every trial would fail the same way: a missing metric, or arguments the model/Trainer refuse
-        fatal = isinstance(error, (MetricNotFoundError, ConfigurationError)) or type(error).__name__ == "MisconfigurationException"
+        fatal = (
+            isinstance(error, (MetricNotFoundError, ConfigurationError))
+            or type(error).__name__ == "MisconfigurationException"
+        )
         return TrialOutcome(TrialState.FAILED, error=_describe(error), fatal=fatal, **common)
     if not values:
         logged = sorted(metrics)
@@ -370,12 +388,25 @@ def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
     sent: dict[int, float] = {}
     last: TrialOutcome | None = None
     for fold, repeat in b.runs:
-        name = f"fold_{fold}" if b.repeats == 1 else (f"repeat_{repeat}" if b.cv is None else f"fold_{fold}_repeat_{repeat}")
+        name = (
+            f"fold_{fold}"
+            if b.repeats == 1
+            else (f"repeat_{repeat}" if b.cv is None else f"fold_{fold}_repeat_{repeat}")
+        )
         channel = MeanReporter(reporter, done, len(sent), b.direction)
         last = run_trial(replace(job, part=(fold, repeat), trial_dir=os.path.join(job.trial_dir, name)), channel)
         sent.update(channel.sent)
-        runs.append({"fold": fold, "repeat": repeat, "state": last.state.value, "value": last.value,
-                     "best_step": last.best_step, "steps": len(last.intermediate), "checkpoint": last.checkpoint})
+        runs.append(
+            {
+                "fold": fold,
+                "repeat": repeat,
+                "state": last.state.value,
+                "value": last.value,
+                "best_step": last.best_step,
+                "steps": len(last.intermediate),
+                "checkpoint": last.checkpoint,
+            }
+        )
         if last.state is not TrialState.COMPLETE:
             break
         done.append(last.value)
@@ -390,10 +421,19 @@ def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
         error = f"{last.interrupted}: {where}: {last.error}" if last.interrupted else f"{where}: {last.error}"
         return TrialOutcome(TrialState.FAILED, error=error, fatal=last.fatal, interrupted=last.interrupted, **common)
     finite = [(s, v) for s, v in sent.items() if math.isfinite(v)]
-    best_step, value = min(finite, key=lambda sv: sv[1] if b.direction is Direction.MINIMIZE else -sv[1]) if finite else (None, None)
+    best_step, value = (
+        min(finite, key=lambda sv: sv[1] if b.direction is Direction.MINIMIZE else -sv[1]) if finite else (None, None)
+    )
     if last.state is TrialState.PRUNED:
         return TrialOutcome(TrialState.PRUNED, value=value, best_step=best_step, **common)
-    best_run = min((r for r in runs if r["value"] is not None),
-                   key=lambda r: r["value"] if b.direction is Direction.MINIMIZE else -r["value"])
-    return TrialOutcome(TrialState.COMPLETE, value=statistics.fmean(done), best_step=max(sent) if sent else None,
-                        checkpoint=best_run["checkpoint"], **common)
+    best_run = min(
+        (r for r in runs if r["value"] is not None),
+        key=lambda r: r["value"] if b.direction is Direction.MINIMIZE else -r["value"],
+    )
+    return TrialOutcome(
+        TrialState.COMPLETE,
+        value=statistics.fmean(done),
+        best_step=max(sent) if sent else None,
+        checkpoint=best_run["checkpoint"],
+        **common,
+    )

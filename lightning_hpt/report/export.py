@@ -95,19 +95,38 @@ def _csv_text(trials: Sequence[TrialRecord]) -> str:
         names.extend(n for n in t.params if n not in names)
         steps.update(t.intermediate)
     step_cols = sorted(steps)
-    header = ["number", "state", "value", "best_step", "epochs", "duration_s", "started_at", "finished_at",
-              *(f"params.{n}" for n in names), *(f"step_{s}" for s in step_cols), "error"]
+    header = [
+        "number",
+        "state",
+        "value",
+        "best_step",
+        "epochs",
+        "duration_s",
+        "started_at",
+        "finished_at",
+        *(f"params.{n}" for n in names),
+        *(f"step_{s}" for s in step_cols),
+        "error",
+    ]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for t in sorted(trials, key=lambda t: t.number):
-        writer.writerow([
-            t.number, t.state.value, _cell(t.value), _cell(t.best_step), len(t.intermediate), _cell(t.duration),
-            _cell(t.started_at), _cell(t.finished_at),
-            *(_cell(t.params.get(n)) for n in names),
-            *(_cell(t.intermediate.get(s)) for s in step_cols),
-            _cell(t.error),
-        ])
+        writer.writerow(
+            [
+                t.number,
+                t.state.value,
+                _cell(t.value),
+                _cell(t.best_step),
+                len(t.intermediate),
+                _cell(t.duration),
+                _cell(t.started_at),
+                _cell(t.finished_at),
+                *(_cell(t.params.get(n)) for n in names),
+                *(_cell(t.intermediate.get(s)) for s in step_cols),
+                _cell(t.error),
+            ]
+        )
     return out.getvalue()
 
 

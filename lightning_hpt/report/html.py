@@ -74,20 +74,28 @@ def _best(trials: Sequence[TrialRecord], direction: Direction) -> TrialRecord | 
 
 def _summary(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
     counts = _counts(trials)
-    spans = "".join(f"<span class='state-{s.value}'>{s.value.lower()}: <b>{n}</b></span>" for s, n in counts.items() if n)
+    spans = "".join(
+        f"<span class='state-{s.value}'>{s.value.lower()}: <b>{n}</b></span>" for s, n in counts.items() if n
+    )
     parts = [f"<p class='counts'>{len(trials)} trials &mdash; {spans or 'none yet'}</p>"]
     durations = [t.duration for t in trials if t.duration is not None]
     if durations:
-        parts.append(f"<p>Trial time: {_e(format_duration(sum(durations)))} in all,"
-                     f" {_e(format_duration(sum(durations) / len(durations)))} per finished trial on average.</p>")
+        parts.append(
+            f"<p>Trial time: {_e(format_duration(sum(durations)))} in all,"
+            f" {_e(format_duration(sum(durations) / len(durations)))} per finished trial on average.</p>"
+        )
     best = _best(trials, info.direction)
     if best is None:
         parts.append("<p class='note'>No COMPLETE trial yet.</p>")
         return "\n".join(parts)
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(format_value(v) if isinstance(v, float) else repr(v))}</td></tr>"
-                   for k, v in best.params.items())
-    parts.append(f"<p>Best trial <b>#{best.number}</b>: <b>{_e(info.monitor)} = {_e(f'{best.value:.6g}')}</b>"
-                 f" at validation run {_e(best.best_step)}.</p>")
+    rows = "".join(
+        f"<tr><th>{_e(k)}</th><td>{_e(format_value(v) if isinstance(v, float) else repr(v))}</td></tr>"
+        for k, v in best.params.items()
+    )
+    parts.append(
+        f"<p>Best trial <b>#{best.number}</b>: <b>{_e(info.monitor)} = {_e(f'{best.value:.6g}')}</b>"
+        f" at validation run {_e(best.best_step)}.</p>"
+    )
     parts.append(f"<table class='best'>{rows}</table>")
     if best.checkpoint:
         parts.append(f"<p>Checkpoint: <code>{_e(best.checkpoint)}</code></p>")
@@ -102,14 +110,20 @@ def _trials_table(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
         names.extend(n for n in t.params if n not in names)
     labels = param_labels(names)
     head = "".join(f"<th title='{_e(n)}'>{_e(labels[n])}</th>" for n in names)
-    out = [(f"<table class='trials'><thead><tr><th>#</th><th>state</th><th>{_e(info.monitor)}</th>{head}"
-            "<th>epochs</th><th>duration</th><th>error</th></tr></thead><tbody>")]
+    out = [
+        (
+            f"<table class='trials'><thead><tr><th>#</th><th>state</th><th>{_e(info.monitor)}</th>{head}"
+            "<th>epochs</th><th>duration</th><th>error</th></tr></thead><tbody>"
+        )
+    ]
     for t in rank_trials(trials, info.direction):
         cells = "".join(f"<td>{_e(format_value(t.params.get(n)))}</td>" for n in names)
         error = (t.error or "")[:300]
-        out.append(f"<tr><td class='num'>{t.number}</td><td class='state-{t.state.value}'>{t.state.value}</td>"
-                   f"<td class='num'>{_e(format_value(t.value))}</td>{cells}<td class='num'>{len(t.intermediate)}</td>"
-                   f"<td class='num'>{_e(format_duration(t.duration))}</td><td class='error'>{_e(error)}</td></tr>")
+        out.append(
+            f"<tr><td class='num'>{t.number}</td><td class='state-{t.state.value}'>{t.state.value}</td>"
+            f"<td class='num'>{_e(format_value(t.value))}</td>{cells}<td class='num'>{len(t.intermediate)}</td>"
+            f"<td class='num'>{_e(format_duration(t.duration))}</td><td class='error'>{_e(error)}</td></tr>"
+        )
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -121,16 +135,34 @@ def _plots(info: StudyInfo, trials: Sequence[TrialRecord]) -> list[tuple[str, st
 
     d, m, space = info.direction, info.monitor, info.space
     return [
-        ("Optimization history", ("Each trial's value and the best so far; pruned trials are triangles, failed ones"
-                                  " crosses on the bottom edge."), lambda: plots.plot_history(trials, d, monitor=m)),
-        ("Learning curves", "The monitored value per validation run; pruned trials are dashed and end with a cross.",
-         lambda: plots.plot_learning_curves(trials, d, monitor=m)),
-        ("Parallel coordinates", "One line per completed trial across every parameter and the value.",
-         lambda: plots.plot_parallel_coordinates(trials, d, space=space, monitor=m)),
-        ("Slices", "The value of every completed trial against each parameter.",
-         lambda: plots.plot_slices(trials, d, space=space, monitor=m)),
-        ("Parameter importance", f"Method: {IMPORTANCE_METHOD}.",
-         lambda: plots.plot_importance(param_importance(trials, space), method=None)),
+        (
+            "Optimization history",
+            (
+                "Each trial's value and the best so far; pruned trials are triangles, failed ones"
+                " crosses on the bottom edge."
+            ),
+            lambda: plots.plot_history(trials, d, monitor=m),
+        ),
+        (
+            "Learning curves",
+            "The monitored value per validation run; pruned trials are dashed and end with a cross.",
+            lambda: plots.plot_learning_curves(trials, d, monitor=m),
+        ),
+        (
+            "Parallel coordinates",
+            "One line per completed trial across every parameter and the value.",
+            lambda: plots.plot_parallel_coordinates(trials, d, space=space, monitor=m),
+        ),
+        (
+            "Slices",
+            "The value of every completed trial against each parameter.",
+            lambda: plots.plot_slices(trials, d, space=space, monitor=m),
+        ),
+        (
+            "Parameter importance",
+            f"Method: {IMPORTANCE_METHOD}.",
+            lambda: plots.plot_importance(param_importance(trials, space), method=None),
+        ),
     ]
 
 
@@ -153,8 +185,10 @@ def _figures(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
             out.append(f"<h3>{_e(title)}</h3><p class='note'>This plot failed: {_e(type(e).__name__)}: {_e(e)}</p>")
             continue
         data = base64.b64encode(png).decode("ascii")
-        out.append(f"<figure><h3>{_e(title)}</h3><img alt='{_e(title)}' src='data:image/png;base64,{data}'>"
-                   f"<figcaption>{_e(caption)}</figcaption></figure>")
+        out.append(
+            f"<figure><h3>{_e(title)}</h3><img alt='{_e(title)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{_e(caption)}</figcaption></figure>"
+        )
     return "\n".join(out)
 
 

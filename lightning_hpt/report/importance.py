@@ -102,9 +102,11 @@ class _MeanGP:
 
     def __call__(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         with torch.no_grad():
-            parts = [self.model.mean_module(x[i : i + chunk])
-                     + self.model.covar_module(x[i : i + chunk], self.train_x).to_dense() @ self.alpha
-                     for i in range(0, len(x), chunk)]
+            parts = [
+                self.model.mean_module(x[i : i + chunk])
+                + self.model.covar_module(x[i : i + chunk], self.train_x).to_dense() @ self.alpha
+                for i in range(0, len(x), chunk)
+            ]
         return torch.cat(parts)
 
 
@@ -160,8 +162,9 @@ def param_importance(
     try:
         mean = _MeanGP(torch.tensor(rows, dtype=torch.float64), (y - y.mean()) / y.std())
         gen = torch.Generator().manual_seed(seed)
-        base = torch.cat([_draws(dom, torch.rand(samples, generator=gen, dtype=torch.float64))
-                          for dom in space.values()], dim=-1)  # samples x width
+        base = torch.cat(
+            [_draws(dom, torch.rand(samples, generator=gen, dtype=torch.float64)) for dom in space.values()], dim=-1
+        )  # samples x width
         total = float(mean(base).var(unbiased=False))
         scores: dict[str, float] = {}
         for name, col in zip(names, cols):

@@ -92,8 +92,16 @@ class LiveProgress:
         self._t0 = time.monotonic()
 
     # ----------------------------------------------------------------- hooks called by the driver
-    def start(self, study: str, n_trials: int | None, done: int, storage_url: str, *, monitor: str | None = None,
-              trials: Sequence[TrialRecord] | None = None) -> None:
+    def start(
+        self,
+        study: str,
+        n_trials: int | None,
+        done: int,
+        storage_url: str,
+        *,
+        monitor: str | None = None,
+        trials: Sequence[TrialRecord] | None = None,
+    ) -> None:
         """The search starts with ``done`` trials already finished (resumed); ``trials`` fills the counts."""
         from rich.live import Live
 
@@ -105,12 +113,22 @@ class LiveProgress:
                 if t.state in self.counts:
                     self.counts[t.state] += 1
             if self._live is None:
-                self._live = Live(console=self.console, get_renderable=self._render, refresh_per_second=self._refresh,
-                                  transient=True, redirect_stdout=self._redirect, redirect_stderr=self._redirect)
+                self._live = Live(
+                    console=self.console,
+                    get_renderable=self._render,
+                    refresh_per_second=self._refresh,
+                    transient=True,
+                    redirect_stdout=self._redirect,
+                    redirect_stderr=self._redirect,
+                )
                 self._live.start()
                 atexit.register(self.close)  # never leave the terminal's cursor hidden
-        self.console.print(f"study [bold]{study}[/]: {done}/{'?' if n_trials is None else n_trials} trials done,"
-                           f" storage {storage_url}", markup=True, highlight=False)
+        self.console.print(
+            f"study [bold]{study}[/]: {done}/{'?' if n_trials is None else n_trials} trials done,"
+            f" storage {storage_url}",
+            markup=True,
+            highlight=False,
+        )
 
     def trial_started(self, record: TrialRecord) -> None:
         """A trial was submitted (its ``number`` and ``params`` are shown while it runs)."""
@@ -126,8 +144,9 @@ class LiveProgress:
                 run.step, run.value = step, value
         self._redraw()
 
-    def trial_finished(self, t: TrialRecord, best: TrialRecord | None, monitor: str, done: int,
-                       total: int | None) -> None:
+    def trial_finished(
+        self, t: TrialRecord, best: TrialRecord | None, monitor: str, done: int, total: int | None
+    ) -> None:
         """A trial ended; ``best`` is the study's best trial now, ``done`` the finished count."""
         with self._lock:
             self.running.pop(t.number, None)
@@ -141,10 +160,11 @@ class LiveProgress:
         best_txt = f" | best {best.value:.4g} (#{best.number})" if best is not None and best.value is not None else ""
         from rich.text import Text
 
-        line = Text.assemble(f"[{done}/{'?' if total is None else total}] trial {t.number} ",
-                             (f"{t.state.value:<8}", style),
-                             f" {value} epochs={len(t.intermediate)} {format_duration(t.duration)}{best_txt}"
-                             f" | {_params_text(t.params)}")
+        line = Text.assemble(
+            f"[{done}/{'?' if total is None else total}] trial {t.number} ",
+            (f"{t.state.value:<8}", style),
+            f" {value} epochs={len(t.intermediate)} {format_duration(t.duration)}{best_txt} | {_params_text(t.params)}",
+        )
         self.console.print(line, highlight=False)
 
     def end(self, summary: str, table: str | None = None) -> None:
@@ -187,34 +207,60 @@ class LiveProgress:
             elapsed = time.monotonic() - self._t0
             eta = self.eta()
             head = Text.assemble(
-                ("Study ", "bold"), (self.study, "bold cyan"),
+                ("Study ", "bold"),
+                (self.study, "bold cyan"),
                 f"  {self.done}/{'?' if self.total is None else self.total} finished",
-                "  (", (f"{self.counts[TrialState.COMPLETE]} complete", "green"), ", ",
-                (f"{self.counts[TrialState.PRUNED]} pruned", "yellow"), ", ",
-                (f"{self.counts[TrialState.FAILED]} failed", "red"), ")  ",
+                "  (",
+                (f"{self.counts[TrialState.COMPLETE]} complete", "green"),
+                ", ",
+                (f"{self.counts[TrialState.PRUNED]} pruned", "yellow"),
+                ", ",
+                (f"{self.counts[TrialState.FAILED]} failed", "red"),
+                ")  ",
                 (f"{len(self.running)} running", "bold"),
             )
-            clock = f"elapsed {format_duration(elapsed)}" + (f", ~{format_duration(eta)} left" if eta is not None else "")
+            clock = f"elapsed {format_duration(elapsed)}" + (
+                f", ~{format_duration(eta)} left" if eta is not None else ""
+            )
             bar = Table.grid(padding=(0, 1))  # a grid row ends the line, which a bare ProgressBar does not
             if self.total:
-                bar.add_row(ProgressBar(total=self.total, completed=min(self.done, self.total), width=40),
-                            f"{100 * min(self.done, self.total) / self.total:.0f}%", clock)
+                bar.add_row(
+                    ProgressBar(total=self.total, completed=min(self.done, self.total), width=40),
+                    f"{100 * min(self.done, self.total) / self.total:.0f}%",
+                    clock,
+                )
             else:
                 bar.add_row(clock)
             parts: list[Any] = [head, bar]
             if self.best is not None and self.best.value is not None and math.isfinite(self.best.value):
-                parts.append(Text.assemble(("best ", "bold"), f"{self.monitor}={self.best.value:.6g} ",
-                                           (f"(#{self.best.number})", "dim"), f"  {_params_text(self.best.params, 110)}"))
+                parts.append(
+                    Text.assemble(
+                        ("best ", "bold"),
+                        f"{self.monitor}={self.best.value:.6g} ",
+                        (f"(#{self.best.number})", "dim"),
+                        f"  {_params_text(self.best.params, 110)}",
+                    )
+                )
             if self.running:
                 table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
-                for col, justify in (("#", "right"), ("epoch", "right"), (self.monitor, "right"),
-                                     ("time", "right"), ("params", "left")):
+                for col, justify in (
+                    ("#", "right"),
+                    ("epoch", "right"),
+                    (self.monitor, "right"),
+                    ("time", "right"),
+                    ("params", "left"),
+                ):
                     table.add_column(col, justify=justify, no_wrap=col != "params")
                 rows = sorted(self.running.items())
                 for number, run in rows[: self.max_rows]:
                     epoch = "-" if run.step is None else str(run.step + 1)  # steps count from 0, people from 1
-                    table.add_row(str(number), epoch, format_value(run.value),
-                                  format_duration(time.monotonic() - run.started), _params_text(run.record.params))
+                    table.add_row(
+                        str(number),
+                        epoch,
+                        format_value(run.value),
+                        format_duration(time.monotonic() - run.started),
+                        _params_text(run.record.params),
+                    )
                 if len(rows) > self.max_rows:
                     table.add_row("…", "", "", "", f"and {len(rows) - self.max_rows} more running")
                 parts.append(table)

@@ -33,8 +33,13 @@ __all__ = [
     "save_figure",
 ]
 
-_COLORS = {TrialState.COMPLETE: "#1f77b4", TrialState.PRUNED: "#ff7f0e", TrialState.FAILED: "#d62728",
-           TrialState.RUNNING: "#2ca02c", TrialState.QUEUED: "#7f7f7f"}
+_COLORS = {
+    TrialState.COMPLETE: "#1f77b4",
+    TrialState.PRUNED: "#ff7f0e",
+    TrialState.FAILED: "#d62728",
+    TrialState.RUNNING: "#2ca02c",
+    TrialState.QUEUED: "#7f7f7f",
+}
 _BEST = "#9467bd"
 
 
@@ -106,8 +111,17 @@ def plot_history(trials: Sequence[TrialRecord], direction: Direction | str, *, m
     failed = [t.number for t in ordered if t.state is TrialState.FAILED]
     if failed:
         # failed trials have no value: mark them on the bottom edge, in axes coordinates
-        ax.scatter(failed, [0.02] * len(failed), marker="x", s=36, color=_COLORS[TrialState.FAILED],
-                   transform=ax.get_xaxis_transform(), label="failed", zorder=3, clip_on=False)
+        ax.scatter(
+            failed,
+            [0.02] * len(failed),
+            marker="x",
+            s=36,
+            color=_COLORS[TrialState.FAILED],
+            transform=ax.get_xaxis_transform(),
+            label="failed",
+            zorder=3,
+            clip_on=False,
+        )
     ax.set_xlabel("trial number")
     ax.set_ylabel(monitor)
     ax.set_title(f"Optimization history ({'lower' if direction is Direction.MINIMIZE else 'higher'} is better)")
@@ -130,7 +144,11 @@ def plot_learning_curves(trials: Sequence[TrialRecord], direction: Direction | s
         return _empty(fig, ax, "no per-epoch values yet")
     best = None
     for t in curves:
-        if t.state is TrialState.COMPLETE and _finite(t.value) and (best is None or direction.better(t.value, best.value)):
+        if (
+            t.state is TrialState.COMPLETE
+            and _finite(t.value)
+            and (best is None or direction.better(t.value, best.value))
+        ):
             best = t
     labelled: set[TrialState] = set()
     for t in curves:
@@ -144,8 +162,15 @@ def plot_learning_curves(trials: Sequence[TrialRecord], direction: Direction | s
             ax.plot(steps[-1:], ys[-1:], "x", color=_COLORS[TrialState.PRUNED], markersize=7)
     if best is not None:
         steps = sorted(s for s, v in best.intermediate.items() if _finite(v))
-        ax.plot(steps, [best.intermediate[s] for s in steps], "-", color=_BEST, linewidth=2.5,
-                label=f"best (#{best.number})", zorder=4)
+        ax.plot(
+            steps,
+            [best.intermediate[s] for s in steps],
+            "-",
+            color=_BEST,
+            linewidth=2.5,
+            label=f"best (#{best.number})",
+            zorder=4,
+        )
     ax.set_xlabel("validation run (epoch)")
     ax.set_ylabel(monitor)
     ax.set_title("Learning curves (pruned trials dashed, stopped at x)")
@@ -158,7 +183,9 @@ def _scored(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
     return [t for t in sorted(trials, key=lambda t: t.number) if t.state is TrialState.COMPLETE and _finite(t.value)]
 
 
-def _space_of(trials: Sequence[TrialRecord], space: SearchSpace | Mapping[str, Domain] | None) -> dict[str, Domain | None]:
+def _space_of(
+    trials: Sequence[TrialRecord], space: SearchSpace | Mapping[str, Domain] | None
+) -> dict[str, Domain | None]:
     """The domain of each parameter; ``None`` when unknown (no space given), then the values decide."""
     if space is not None:
         return dict(space.items())
@@ -273,7 +300,7 @@ def plot_slices(
     fig = _figure(3.2 * ncols + 0.6, 2.7 * nrows + 0.4)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     scored = _scored(trials)
-    for ax in axes.flat[len(names):]:
+    for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
     if not scored:
         return _empty(fig, axes.flat[0], "no completed trials yet")
@@ -298,8 +325,18 @@ def plot_slices(
             best_x = float(best.params.get(name))
             if getattr(dom, "log", False):
                 ax.set_xscale("log")
-        points = ax.scatter(xs, vals, c=[t.number for t in scored], cmap="viridis", s=22, edgecolors="#333333",
-                            linewidths=0.3, zorder=3, vmin=scored[0].number, vmax=max(scored[-1].number, scored[0].number + 1))
+        points = ax.scatter(
+            xs,
+            vals,
+            c=[t.number for t in scored],
+            cmap="viridis",
+            s=22,
+            edgecolors="#333333",
+            linewidths=0.3,
+            zorder=3,
+            vmin=scored[0].number,
+            vmax=max(scored[-1].number, scored[0].number + 1),
+        )
         ax.scatter([best_x], [best.value], s=120, facecolors="none", edgecolors=_BEST, linewidths=2, zorder=4)
         ax.set_xlabel(labels[name])
         ax.grid(alpha=0.3)

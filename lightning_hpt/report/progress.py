@@ -39,8 +39,16 @@ class LineProgress:
             stream.write(line + "\n")
             stream.flush()
 
-    def start(self, study: str, n_trials: int | None, done: int, storage_url: str, *, monitor: str | None = None,
-              trials: Sequence[TrialRecord] | None = None) -> None:
+    def start(
+        self,
+        study: str,
+        n_trials: int | None,
+        done: int,
+        storage_url: str,
+        *,
+        monitor: str | None = None,
+        trials: Sequence[TrialRecord] | None = None,
+    ) -> None:
         """The search starts with ``done`` trials already finished (``monitor`` and ``trials`` are for live displays)."""
         self._t0 = time.monotonic()
         total = "?" if n_trials is None else n_trials
@@ -52,15 +60,19 @@ class LineProgress:
     def trial_reported(self, number: int, step: int, value: float) -> None:
         """A running trial reported a value; lines are written only when trials finish."""
 
-    def trial_finished(self, t: TrialRecord, best: TrialRecord | None, monitor: str, done: int, total: int | None) -> None:
+    def trial_finished(
+        self, t: TrialRecord, best: TrialRecord | None, monitor: str, done: int, total: int | None
+    ) -> None:
         value = f"{monitor}={t.value:.4g}" if t.value is not None else (t.error or "")[:160]
         best_txt = f" | best {best.value:.4g} (#{best.number})" if best is not None else ""
         labels = param_labels(list(t.params))
         params = ", ".join(f"{labels[k]}={_fmt(v)}" for k, v in t.params.items())
         dur = f"{t.duration:.1f}s" if t.duration is not None else "?"
         total_txt = "?" if total is None else total
-        self._write(f"[{done}/{total_txt}] trial {t.number} {t.state.value:<8} {value} steps={len(t.intermediate)} {dur}"
-                    f"{best_txt} | {params}")
+        self._write(
+            f"[{done}/{total_txt}] trial {t.number} {t.state.value:<8} {value} steps={len(t.intermediate)} {dur}"
+            f"{best_txt} | {params}"
+        )
 
     def end(self, summary: str, table: str | None = None) -> None:
         """The search is over: the elapsed time, the summary and, if given, the table of top trials."""

@@ -18,8 +18,13 @@ from lightning_hpt.trial import Direction, TrialRecord, TrialState
 __all__ = ["format_duration", "format_value", "param_labels", "rank_trials", "trials_table"]
 
 # Ranking when best first: finished trials with a value before those without one.
-_STATE_RANK = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2, TrialState.QUEUED: 3,
-               TrialState.FAILED: 4}
+_STATE_RANK = {
+    TrialState.COMPLETE: 0,
+    TrialState.PRUNED: 1,
+    TrialState.RUNNING: 2,
+    TrialState.QUEUED: 3,
+    TrialState.FAILED: 4,
+}
 _MAX_CELL = 24
 
 
@@ -131,13 +136,15 @@ def trials_table(
     rows = []
     for t in chosen:
         params: Mapping[str, Any] = t.params
-        rows.append([
-            str(t.number),
-            t.state.value,
-            format_value(t.value),
-            *(_cell(format_value(params.get(n))) for n in names),
-            str(len(t.intermediate)),
-            format_duration(t.duration),
-        ])
+        rows.append(
+            [
+                str(t.number),
+                t.state.value,
+                format_value(t.value),
+                *(_cell(format_value(params.get(n))) for n in names),
+                str(len(t.intermediate)),
+                format_duration(t.duration),
+            ]
+        )
     right = {0, 2, len(header) - 2, len(header) - 1}
     return _render(header, rows, right)

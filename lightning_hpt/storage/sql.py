@@ -39,7 +39,12 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from lightning_hpt.exceptions import (
-    DatabaseLockedError, DuplicateTrialError, HPTError, SearchSpaceError, StorageError, StudyMismatchError,
+    DatabaseLockedError,
+    DuplicateTrialError,
+    HPTError,
+    SearchSpaceError,
+    StorageError,
+    StudyMismatchError,
 )
 from lightning_hpt.space import SearchSpace, validate_name
 from lightning_hpt.storage.base import Storage, StudyInfo
@@ -263,8 +268,12 @@ class SQLStorage(Storage):
                 elif (kind == "transient" or (kind == "conflict" and conflicts)) and failures < self.retries:
                     failures += 1
                     delay = 0.05 * 2**failures
-                    log.warning("retrying after a database error while trying to %s in %s: %s", what, self.url,
-                                self._mask(orig_message(e)))  # fmt: skip
+                    log.warning(
+                        "retrying after a database error while trying to %s in %s: %s",
+                        what,
+                        self.url,
+                        self._mask(orig_message(e)),
+                    )
                 else:
                     detail = self._mask(orig_message(e))
                     retried = f" (after {failures} retries)" if failures else ""
@@ -340,14 +349,24 @@ class SQLStorage(Storage):
     def open_study(self, info: StudyInfo, *, allow_changes: bool = False) -> StudyInfo:
         validate_name(info.name, "study name")
         given = StudyInfo(
-            info.name, SearchSpace(info.space), Direction.parse(info.direction), str(info.monitor),
-            str(info.strategy), None if info.seed is None else check_int(info.seed, "seed"), dict(info.attrs),
-        )  # fmt: skip
+            info.name,
+            SearchSpace(info.space),
+            Direction.parse(info.direction),
+            str(info.monitor),
+            str(info.strategy),
+            None if info.seed is None else check_int(info.seed, "seed"),
+            dict(info.attrs),
+        )
         row = {
-            "name": given.name, "space": given.space.to_json(), "direction": given.direction.value,
-            "monitor": given.monitor, "strategy": given.strategy, "seed": given.seed,
-            "attrs": dumps(given.attrs, "study attrs"), "created_at": time.time(),
-        }  # fmt: skip
+            "name": given.name,
+            "space": given.space.to_json(),
+            "direction": given.direction.value,
+            "monitor": given.monitor,
+            "strategy": given.strategy,
+            "seed": given.seed,
+            "attrs": dumps(given.attrs, "study attrs"),
+            "created_at": time.time(),
+        }
 
         def fn(conn: Connection, attempt: int) -> StudyInfo:
             found = conn.execute(sa.select(STUDIES).where(STUDIES.c.name == given.name)).first()
@@ -407,8 +426,9 @@ class SQLStorage(Storage):
     # ------------------------------------------------------------------ trials: reading
 
     def trials(self, study: str) -> list[TrialRecord]:
-        return self._txn(f"read the trials of study {study!r}", lambda c, a: self._trials(c, self._study(c, study).id),
-                         write=False)  # fmt: skip
+        return self._txn(
+            f"read the trials of study {study!r}", lambda c, a: self._trials(c, self._study(c, study).id), write=False
+        )
 
     def history(self, study: str, max_steps: int | None = None) -> History:
         def fn(conn: Connection, attempt: int) -> History:
@@ -508,13 +528,24 @@ class SQLStorage(Storage):
                             f"study {study!r} already has trial {other} with params {json.loads(params_json)}"
                         )
             values = {
-                "study_id": study_id, "number": free, "state": state.value,
-                "params": params_json, "value": None, "value_nonfinite": None, "best_step": None, "error": None,
-                "checkpoint": None, "started_at": now if running else None, "finished_at": None,
+                "study_id": study_id,
+                "number": free,
+                "state": state.value,
+                "params": params_json,
+                "value": None,
+                "value_nonfinite": None,
+                "best_step": None,
+                "error": None,
+                "checkpoint": None,
+                "started_at": now if running else None,
+                "finished_at": None,
                 "host": (host or socket.gethostname()) if running else host,
-                "pid": (pid or os.getpid()) if running else pid, "heartbeat_at": now if running else None,
-                "attempt": 1 if running else 0, "attrs": "{}", "token": token,
-            }  # fmt: skip
+                "pid": (pid or os.getpid()) if running else pid,
+                "heartbeat_at": now if running else None,
+                "attempt": 1 if running else 0,
+                "attrs": "{}",
+                "token": token,
+            }
             conn.execute(sa.insert(TRIALS).values(**values))
             return to_record(RowValues(values), {})
 
@@ -529,9 +560,13 @@ class SQLStorage(Storage):
                 return None
             now = time.time()
             changes = {
-                "state": TrialState.RUNNING.value, "attempt": row.attempt + 1, "started_at": now,
-                "heartbeat_at": now, "host": host or socket.gethostname(), "pid": pid or os.getpid(),
-            }  # fmt: skip
+                "state": TrialState.RUNNING.value,
+                "attempt": row.attempt + 1,
+                "started_at": now,
+                "heartbeat_at": now,
+                "host": host or socket.gethostname(),
+                "pid": pid or os.getpid(),
+            }
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
             return to_record(RowValues({**row._asdict(), **changes}), self._steps(conn, row.id))
 
@@ -603,11 +638,15 @@ class SQLStorage(Storage):
                     " (requeue_trial puts a FAILED trial back in the queue)"
                 )
             changes = {
-                "state": state.value, "value": v, "value_nonfinite": flag, "best_step": best_step,
+                "state": state.value,
+                "value": v,
+                "value_nonfinite": flag,
+                "best_step": best_step,
                 "error": None if error is None else str(error),
-                "checkpoint": None if checkpoint is None else os.fspath(checkpoint), "finished_at": time.time(),
+                "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
+                "finished_at": time.time(),
                 "attrs": dumps({**json.loads(row.attrs), **extra}, "trial attrs"),
-            }  # fmt: skip
+            }
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
             return to_record(RowValues({**row._asdict(), **changes}), self._steps(conn, row.id))
 
@@ -623,14 +662,31 @@ class SQLStorage(Storage):
             last_step = conn.execute(sa.select(sa.func.max(VALUES.c.step)).where(VALUES.c.trial_id == row.id)).scalar()
             attrs = json.loads(row.attrs)
             previous = attrs.get("attempts")
-            attrs["attempts"] = [*(previous if isinstance(previous, list) else []), {
-                "error": row.error, "started_at": row.started_at, "finished_at": row.finished_at,
-                "host": row.host, "pid": row.pid, "last_step": last_step,
-            }]  # fmt: skip
+            attrs["attempts"] = [
+                *(previous if isinstance(previous, list) else []),
+                {
+                    "error": row.error,
+                    "started_at": row.started_at,
+                    "finished_at": row.finished_at,
+                    "host": row.host,
+                    "pid": row.pid,
+                    "last_step": last_step,
+                },
+            ]
             changes = dict.fromkeys(
-                ("value", "value_nonfinite", "best_step", "error", "checkpoint", "started_at", "finished_at", "host",
-                 "pid", "heartbeat_at"),
-            )  # fmt: skip
+                (
+                    "value",
+                    "value_nonfinite",
+                    "best_step",
+                    "error",
+                    "checkpoint",
+                    "started_at",
+                    "finished_at",
+                    "host",
+                    "pid",
+                    "heartbeat_at",
+                ),
+            )
             changes.update(state=TrialState.QUEUED.value, attrs=dumps(attrs, "trial attrs"))
             conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id))
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
@@ -647,4 +703,3 @@ class SQLStorage(Storage):
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(attrs=merged))
 
         self._txn(f"set attrs of trial {number} of study {study!r}", fn, write=True)
-

@@ -75,9 +75,20 @@ VALUES = sa.Table(
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED)
 # OperationalErrors that retrying cannot cure: report them at once.
 PERMANENT = (
-    "disk is full", "disk full", "no space left", "not a database", "no such table", "no such column",
-    "readonly", "read-only", "unable to open", "syntax error", "malformed", "authentication", "does not exist",
-)  # fmt: skip
+    "disk is full",
+    "disk full",
+    "no space left",
+    "not a database",
+    "no such table",
+    "no such column",
+    "readonly",
+    "read-only",
+    "unable to open",
+    "syntax error",
+    "malformed",
+    "authentication",
+    "does not exist",
+)
 LOCKED = ("database is locked", "database table is locked", "database schema is locked", "lock timeout")
 TRANSIENT_PG = ("could not serialize", "deadlock detected")
 

@@ -175,9 +175,7 @@ def _pair_sq_diffs(x: Tensor, cat: Tensor) -> Tensor:
     return torch.where(cat, (diff.abs() > 1e-9).to(x.dtype), diff.pow(2))
 
 
-def _neg_log_posterior(
-    theta: Tensor, d2: Tensor, y: Tensor, ls_loc: float, ls_scale: float
-) -> tuple[float, Tensor]:
+def _neg_log_posterior(theta: Tensor, d2: Tensor, y: Tensor, ls_loc: float, ls_scale: float) -> tuple[float, Tensor]:
     """Negative log marginal likelihood plus negative log prior per point, and its gradient.
 
     ``theta = (log lengthscales, log noise, log signal variance)``; ``d2`` from :func:`_pair_sq_diffs`.
@@ -258,7 +256,9 @@ def fit_gp(x: Tensor, y: Tensor, cat_mask: Tensor, maxiter: int = 100) -> LightG
 
     theta0 = np.clip(theta0, [b[0] for b in bounds], [b[1] for b in bounds])
     # ftol 1e-6: the MAP objective (per point) is flat to that precision long before the default stops
-    result = minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": maxiter, "ftol": 1e-6})
+    result = minimize(
+        fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": maxiter, "ftol": 1e-6}
+    )
     theta = result.x if np.isfinite(result.fun) and result.fun < 1e9 else theta0
     ls = torch.tensor(np.exp(theta[:d]), dtype=torch.float64)
     return LightGP(x, y, cat_mask, ls, float(np.exp(theta[d])), float(np.exp(theta[d + 1])))

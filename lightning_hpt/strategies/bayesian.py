@@ -68,6 +68,8 @@ ACQUISITIONS = ("lognei", "logei", "ucb", "pi")
 _SALT = 0xB0
 _MAX_PENDING = 64  # RUNNING/QUEUED/FAILED points given to the acquisition, most recent first
 _UCB_BETA = 2.0
+
+
 class BayesianStrategy(Strategy):
     """Gaussian-process Bayesian optimization (BoTorch acquisitions on a light exact GP).
 

@@ -43,7 +43,9 @@ class GridStrategy(Strategy):
         super().__init__(seed)
         if points is not None and not isinstance(points, Mapping):
             if isinstance(points, bool) or not isinstance(points, int) or points < 1:
-                raise ConfigurationError(f"GridStrategy: points must be a positive int or a dict of them, got points={points!r}")
+                raise ConfigurationError(
+                    f"GridStrategy: points must be a positive int or a dict of them, got points={points!r}"
+                )
         self.points = dict(points) if isinstance(points, Mapping) else points
         self.shuffle = shuffle
 

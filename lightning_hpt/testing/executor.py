@@ -39,8 +39,15 @@ from lightning_hpt.trial import Direction, TrialState
 
 __all__ = ["ContractData", "ContractModel", "ExecutorContract", "RecordingReporter", "contract_build"]
 
-TRAINER = {"accelerator": "cpu", "devices": 1, "max_epochs": 2, "logger": False, "num_sanity_val_steps": 0,
-           "enable_progress_bar": False, "enable_model_summary": False}  # fmt: skip
+TRAINER = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "max_epochs": 2,
+    "logger": False,
+    "num_sanity_val_steps": 0,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
 
 
 class ContractData(L.LightningDataModule):
@@ -80,9 +87,18 @@ class ContractModel(L.LightningModule):
     (the first index in ``CUDA_VISIBLE_DEVICES``, -1 if none).
     """
 
-    def __init__(self, lr: float = 0.05, hidden: int = 8, fail_at_epoch: int | None = None,
-                 die_at_epoch: int | None = None, die_how: str = "exit", die_once: str | None = None,
-                 hang_at_epoch: int | None = None, sleep: float = 0.0, marker: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        lr: float = 0.05,
+        hidden: int = 8,
+        fail_at_epoch: int | None = None,
+        die_at_epoch: int | None = None,
+        die_how: str = "exit",
+        die_once: str | None = None,
+        hang_at_epoch: int | None = None,
+        sleep: float = 0.0,
+        marker: str | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -115,8 +131,13 @@ class ContractModel(L.LightningModule):
         x, y = batch
         self.log("val_loss", nn.functional.mse_loss(self(x), y))
         visible = (os.environ.get("CUDA_VISIBLE_DEVICES") or "-1").split(",")[0]
-        self.log_dict({"pid": float(os.getpid()), "threads": float(torch.get_num_threads()),
-                       "cuda_visible": float(visible) if visible.lstrip("-").isdigit() else -2.0})  # fmt: skip
+        self.log_dict(
+            {
+                "pid": float(os.getpid()),
+                "threads": float(torch.get_num_threads()),
+                "cuda_visible": float(visible) if visible.lstrip("-").isdigit() else -2.0,
+            }
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
@@ -162,11 +183,17 @@ class ExecutorContract:
         return tmp_path_factory.mktemp("executor")
 
     def job(self, root: Path, number: int, **params: Any) -> TrialJob:
-        return TrialJob(contract_build(), number, {f"model.{k}" if "." not in k else k: v for k, v in params.items()},
-                        0, str(root / f"trial_{number}"))  # fmt: skip
+        return TrialJob(
+            contract_build(),
+            number,
+            {f"model.{k}" if "." not in k else k: v for k, v in params.items()},
+            0,
+            str(root / f"trial_{number}"),
+        )
 
-    def run(self, executor: Executor, job: TrialJob, reporter: RecordingReporter | None = None,
-            timeout: float = 300.0) -> TrialOutcome:  # fmt: skip
+    def run(
+        self, executor: Executor, job: TrialJob, reporter: RecordingReporter | None = None, timeout: float = 300.0
+    ) -> TrialOutcome:
         outcome = executor.submit(job, reporter or RecordingReporter()).result(timeout=timeout)
         assert isinstance(outcome, TrialOutcome), outcome
         return outcome
@@ -183,7 +210,9 @@ class ExecutorContract:
         assert [c[0] for c in reporter.calls] == [0, 1]
         assert {c[2] for c in reporter.calls} == {os.getpid()}  # the reporter runs in the driver process
         assert dict(out.intermediate) == pytest.approx({s: v for s, v, _ in reporter.calls})
-        assert out.value == pytest.approx(min(out.intermediate.values())) and out.intermediate[out.best_step] == out.value
+        assert (
+            out.value == pytest.approx(min(out.intermediate.values())) and out.intermediate[out.best_step] == out.value
+        )
         assert out.checkpoint is not None and Path(out.checkpoint).is_file()
         assert Path(out.checkpoint).resolve().is_relative_to((root / "trial_0").resolve())
         assert (out.metrics["pid"] != os.getpid()) is self.isolates_trials

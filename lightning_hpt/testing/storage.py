@@ -37,9 +37,14 @@ PARAMS = {"model.lr": 0.01, "model.layers": 2, "optimizer": "adam"}
 def study_info(name: str = "study", **changes: object) -> StudyInfo:
     """A small study definition; keyword arguments replace its fields."""
     fields: dict[str, object] = {
-        "name": name, "space": SearchSpace(SPACE), "direction": Direction.MAXIMIZE, "monitor": "val_acc",
-        "strategy": "random", "seed": 7, "attrs": {},
-    }  # fmt: skip
+        "name": name,
+        "space": SearchSpace(SPACE),
+        "direction": Direction.MAXIMIZE,
+        "monitor": "val_acc",
+        "strategy": "random",
+        "seed": 7,
+        "attrs": {},
+    }
     fields.update(changes)
     return StudyInfo(**fields)  # type: ignore[arg-type]
 
@@ -120,8 +125,11 @@ class StorageContract:
         storage.open_study(study_info("alpha"))
         storage.open_study(study_info("beta"))
         assert storage.study_names() == ["alpha", "beta"]
-        for call in (lambda: storage.load_study("gamma"), lambda: storage.trials("gamma"),
-                     lambda: storage.create_trial("gamma", PARAMS)):  # fmt: skip
+        for call in (
+            lambda: storage.load_study("gamma"),
+            lambda: storage.trials("gamma"),
+            lambda: storage.create_trial("gamma", PARAMS),
+        ):
             with pytest.raises(StorageError, match=r"'gamma'.*\['alpha', 'beta'\]"):
                 call()
 
@@ -267,8 +275,15 @@ class StorageContract:
         storage.report(study, n, 0, 0.8)
         storage.report(study, n, 1, 0.9)
         storage.set_trial_attrs(study, n, {"fold": 1, "keep": True})
-        done = storage.finish_trial(study, n, state=TrialState.COMPLETE, value=0.9, best_step=1,
-                                    checkpoint="trial_0/best.ckpt", attrs={"fold": 2, "test_acc": 0.88})  # fmt: skip
+        done = storage.finish_trial(
+            study,
+            n,
+            state=TrialState.COMPLETE,
+            value=0.9,
+            best_step=1,
+            checkpoint="trial_0/best.ckpt",
+            attrs={"fold": 2, "test_acc": 0.88},
+        )
         assert storage.trials(study)[0] == done
         assert (done.state, done.value, done.best_step, done.checkpoint) == (
             TrialState.COMPLETE,
@@ -306,7 +321,12 @@ class StorageContract:
         queued = storage.requeue_trial(study, trial.number)
         assert (queued.number, dict(queued.params), queued.state) == (0, PARAMS, TrialState.QUEUED)
         assert (queued.value, queued.error, queued.best_step, queued.checkpoint, dict(queued.intermediate)) == (
-            None, None, None, None, {})  # fmt: skip
+            None,
+            None,
+            None,
+            None,
+            {},
+        )
         (first,) = queued.attrs["attempts"]
         assert (first["host"], first["pid"], first["last_step"], first["error"]) == ("node-1", 11, 1, None)
         assert first["started_at"] == pytest.approx(trial.started_at)
@@ -349,7 +369,11 @@ class StorageContract:
         history = storage.history(study, max_steps=10)
         assert isinstance(history, History)
         assert (history.space, history.direction, history.seed, history.max_steps) == (
-            SearchSpace(SPACE), Direction.MAXIMIZE, 7, 10)  # fmt: skip
+            SearchSpace(SPACE),
+            Direction.MAXIMIZE,
+            7,
+            10,
+        )
         assert list(history.trials) == storage.trials(study)
         assert [t.number for t in history.trials] == [0, 1, 2, 3]
         assert history.best().number == 2 and [t.number for t in history.pending] == [3]

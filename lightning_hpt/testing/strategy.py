@@ -19,16 +19,23 @@ from lightning_hpt.trial import Direction, History, TrialState
 
 
 def _space() -> SearchSpace:
-    return SearchSpace({
-        "model.lr": Float(1e-4, 1e-1, log=True),
-        "model.num_layers": Int(1, 4),
-        "model.dropout": Float(0.0, 0.5, step=0.1),
-        "data.batch_size": Categorical([16, 32, 64]),
-    })
+    return SearchSpace(
+        {
+            "model.lr": Float(1e-4, 1e-1, log=True),
+            "model.num_layers": Int(1, 4),
+            "model.dropout": Float(0.0, 0.5, step=0.1),
+            "data.batch_size": Categorical([16, 32, 64]),
+        }
+    )
 
 
 def _objective(p: dict) -> float:
-    return (math.log10(p["model.lr"]) + 2) ** 2 + 0.1 * p["model.num_layers"] + p["model.dropout"] + (p["data.batch_size"] == 64)
+    return (
+        (math.log10(p["model.lr"]) + 2) ** 2
+        + 0.1 * p["model.num_layers"]
+        + p["model.dropout"]
+        + (p["data.batch_size"] == 64)
+    )
 
 
 class StrategyContract:

@@ -22,8 +22,16 @@ def factory(cfg):
     return TinyModel(sleep=sleep, **cfg["model"])
 
 
-search = HyperparameterSearch(factory, TinyData, {"model.lr": Float(0.01, 0.2, log=True), "model.hidden": Int(4, 16)},
-                              root=root, n_trials=n_trials, seed=0, trainer_kwargs=FAST, verbose=False)
+search = HyperparameterSearch(
+    factory,
+    TinyData,
+    {"model.lr": Float(0.01, 0.2, log=True), "model.hidden": Int(4, 16)},
+    root=root,
+    n_trials=n_trials,
+    seed=0,
+    trainer_kwargs=FAST,
+    verbose=False,
+)
 slow = float(os.environ.get("HPT_SLOW_RECORD", "0"))
 if slow:  # recording a finished or interrupted trial takes this long (a slow database)
     import time
