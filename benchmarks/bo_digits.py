@@ -21,11 +21,11 @@ import time
 import lightning.pytorch as L
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env import describe, quiet_single_thread  # noqa: E402
-from tasks import factories, space, suggest  # noqa: E402
+from _env import describe, quiet_single_thread
+from tasks import factories, space, suggest
 
-from lightning_hpt import HyperparameterSearch  # noqa: E402
-from lightning_hpt.lightning.runner import trial_seed  # noqa: E402
+from lightning_hpt import HyperparameterSearch
+from lightning_hpt.lightning.runner import trial_seed
 
 
 def ours(strategy: str, seed: int, trials: int, epochs: int, root: str) -> float:

@@ -28,11 +28,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _env import describe  # noqa: E402
-from digits import DigitsDataModule, DigitsMLP  # noqa: E402
+from _env import describe
+from digits import DigitsDataModule, DigitsMLP
 
-from lightning_hpt import Categorical, HyperparameterSearch, Int, TrialState  # noqa: E402
-from lightning_hpt.executors import Executor, LocalExecutor, ProcessExecutor  # noqa: E402
+from lightning_hpt import Categorical, HyperparameterSearch, Int, TrialState
+from lightning_hpt.executors import Executor, LocalExecutor, ProcessExecutor
 
 SPACE = {
     "model.hidden_dim": Int(32, 256, log=True),

@@ -22,10 +22,10 @@ import lightning.pytorch as L
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _env import describe, quiet_single_thread  # noqa: E402
-from digits import DigitsDataModule, DigitsMLP  # noqa: E402
+from _env import describe, quiet_single_thread
+from digits import DigitsDataModule, DigitsMLP
 
-from lightning_hpt import Categorical, HyperparameterSearch  # noqa: E402
+from lightning_hpt import Categorical, HyperparameterSearch
 
 EPOCHS = 5
 TRAINER = {"accelerator": "cpu", "devices": 1, "max_epochs": EPOCHS, "log_every_n_steps": 5}

@@ -29,11 +29,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _env import describe  # noqa: E402
-from digits import SPACE, DigitsDataModule, DigitsMLP  # noqa: E402
+from _env import describe
+from digits import SPACE, DigitsDataModule, DigitsMLP
 
-from lightning_hpt import HyperparameterSearch  # noqa: E402
-from lightning_hpt.executors import LocalExecutor, ProcessExecutor  # noqa: E402
+from lightning_hpt import HyperparameterSearch
+from lightning_hpt.executors import LocalExecutor, ProcessExecutor
 
 _SPIN = (
     "import time,torch;torch.set_num_threads(1);x=torch.randn(256,256);t=time.perf_counter()\n"

@@ -22,10 +22,10 @@ import time
 import lightning.pytorch as L
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env import describe, quiet_single_thread  # noqa: E402
-from tasks import factories, space, suggest  # noqa: E402
+from _env import describe, quiet_single_thread
+from tasks import factories, space, suggest
 
-from lightning_hpt import HyperparameterSearch, TrialState  # noqa: E402
+from lightning_hpt import HyperparameterSearch, TrialState
 
 PRUNERS = [None, "median", "asha", "hyperband"]
 

@@ -13,8 +13,8 @@ from lightning_hpt.exceptions import (
 from lightning_hpt.executors import Executor, LocalExecutor, ProcessExecutor
 from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
 from lightning_hpt.pruners import HyperbandPruner, MedianPruner, NopPruner, Pruner, SuccessiveHalvingPruner
-from lightning_hpt.search import HyperparameterSearch
 from lightning_hpt.result import SearchResult
+from lightning_hpt.search import HyperparameterSearch
 from lightning_hpt.space import Categorical, Float, Int, SearchSpace
 from lightning_hpt.strategies import GridStrategy, RandomStrategy, SobolStrategy, Strategy
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
@@ -22,40 +22,40 @@ from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 __version__ = "0.1.0"
 
 __all__ = [
-    "HyperparameterSearch",
-    "SearchResult",
-    "Float",
-    "Int",
-    "Categorical",
-    "SearchSpace",
-    "Strategy",
-    "GridStrategy",
-    "RandomStrategy",
-    "SobolStrategy",
     "BayesianStrategy",
-    "Pruner",
-    "NopPruner",
-    "MedianPruner",
-    "SuccessiveHalvingPruner",
-    "HyperbandPruner",
-    "CrossValidation",
-    "KFoldDataModule",
-    "Executor",
-    "LocalExecutor",
-    "ProcessExecutor",
-    "RayExecutor",
-    "TrialState",
-    "TrialRecord",
-    "History",
-    "Direction",
-    "HPTError",
-    "SearchSpaceError",
+    "Categorical",
     "ConfigurationError",
-    "StorageError",
-    "StudyMismatchError",
+    "CrossValidation",
     "DatabaseLockedError",
+    "Direction",
+    "Executor",
+    "Float",
+    "GridStrategy",
+    "HPTError",
+    "History",
+    "HyperbandPruner",
+    "HyperparameterSearch",
+    "Int",
+    "KFoldDataModule",
+    "LocalExecutor",
+    "MedianPruner",
     "MetricNotFoundError",
+    "NopPruner",
+    "ProcessExecutor",
+    "Pruner",
+    "RandomStrategy",
+    "RayExecutor",
     "SearchPreempted",
+    "SearchResult",
+    "SearchSpace",
+    "SearchSpaceError",
+    "SobolStrategy",
+    "StorageError",
+    "Strategy",
+    "StudyMismatchError",
+    "SuccessiveHalvingPruner",
+    "TrialRecord",
+    "TrialState",
 ]
 
 

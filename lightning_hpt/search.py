@@ -6,9 +6,9 @@ import contextlib
 import dataclasses
 import difflib
 import gc
-import math
 import inspect
 import logging
+import math
 import os
 import random
 import signal

@@ -28,7 +28,7 @@ import torch
 
 from lightning_hpt.exceptions import SearchSpaceError
 
-__all__ = ["Domain", "Float", "Int", "Categorical", "SearchSpace", "validate_name"]
+__all__ = ["Categorical", "Domain", "Float", "Int", "SearchSpace", "validate_name"]
 
 MAX_NAME_LENGTH = 128
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

@@ -11,7 +11,7 @@ from typing import Any
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.space import SearchSpace
 
-__all__ = ["TrialState", "Direction", "TrialRecord", "History", "params_key"]
+__all__ = ["Direction", "History", "TrialRecord", "TrialState", "params_key"]
 
 
 def params_key(params: Mapping[str, Any]) -> tuple:

@@ -9,9 +9,9 @@ import statistics
 
 import pytest
 import torch
+from conftest import TinyData, TinyModel
 from torch.utils.data import TensorDataset
 
-from conftest import TinyData, TinyModel
 from lightning_hpt import ConfigurationError, Float, HyperparameterSearch, Int, TrialState
 from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
 from lightning_hpt.pruners import MedianPruner

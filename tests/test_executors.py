@@ -19,13 +19,13 @@ from conftest import default_sigint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lightning_hpt import Categorical, HyperparameterSearch, Int, TrialState  # noqa: E402
-from lightning_hpt.exceptions import ConfigurationError, TrialPickleError  # noqa: E402
-from lightning_hpt.executors import LocalExecutor, ProcessExecutor  # noqa: E402
-from lightning_hpt.executors.process import launches_subprocesses  # noqa: E402
-from lightning_hpt.lightning.runner import TrialBuild  # noqa: E402
-from lightning_hpt.storage import open_storage  # noqa: E402
-from lightning_hpt.testing.executor import TRAINER, ContractData, ContractModel, ExecutorContract, contract_build  # noqa: E402
+from lightning_hpt import Categorical, HyperparameterSearch, Int, TrialState
+from lightning_hpt.exceptions import ConfigurationError, TrialPickleError
+from lightning_hpt.executors import LocalExecutor, ProcessExecutor
+from lightning_hpt.executors.process import launches_subprocesses
+from lightning_hpt.lightning.runner import TrialBuild
+from lightning_hpt.storage import open_storage
+from lightning_hpt.testing.executor import TRAINER, ContractData, ContractModel, ExecutorContract, contract_build
 
 
 class TestLocalExecutor(ExecutorContract):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import TinyData, TinyModel
+
 from lightning_hpt import Categorical, HyperparameterSearch, Int, TrialState
 from lightning_hpt.lightning.monitor import metric_value
 from lightning_hpt.pruners import MedianPruner, SuccessiveHalvingPruner

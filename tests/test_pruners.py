@@ -43,7 +43,7 @@ def signed(direction: Direction) -> Callable[[float], float]:
 
 
 def flat(number: int, value: float, n_steps: int, state: TrialState = RUNNING):
-    return record(number, {s: value for s in range(n_steps)}, state)
+    return record(number, dict.fromkeys(range(n_steps), value), state)
 
 
 # ---- the contract, for every pruner ----------------------------------------------------------
@@ -127,7 +127,7 @@ def test_median_respects_warmup_steps() -> None:
 )
 def test_median_judges_every_interval_steps_even_across_gaps(steps: tuple[int, ...], expected: bool) -> None:
     history = make_history(*_median_study(Direction.MINIMIZE))
-    trial = record(10, {s: 2.0 for s in steps})
+    trial = record(10, dict.fromkeys(steps, 2.0))
     assert MedianPruner(n_startup_trials=0, interval_steps=2).should_prune(history, trial) is expected
 
 
@@ -216,8 +216,8 @@ def test_asha_judges_a_rung_that_the_trial_skipped() -> None:
 
 
 def test_asha_max_resource_defaults_to_history_max_steps() -> None:
-    rival = record(0, {s: 0.1 for s in range(9)}, COMPLETE)
-    trial = record(10, {s: 1.0 for s in range(9)} | {0: 0.01, 2: 0.01})  # best at rungs 0 and 1, worse at step 8
+    rival = record(0, dict.fromkeys(range(9), 0.1), COMPLETE)
+    trial = record(10, dict.fromkeys(range(9), 1.0) | {0: 0.01, 2: 0.01})  # best at rungs 0 and 1, worse at step 8
     pruner = SuccessiveHalvingPruner(reduction_factor=3)
     assert pruner.should_prune(make_history(rival, trial, max_steps=None), trial) is True  # rung at step 8
     assert pruner.should_prune(make_history(rival, trial, max_steps=10), trial) is True

@@ -15,8 +15,8 @@ import weakref
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, TinyData, TinyModel, default_sigint
+
 from lightning_hpt import Float, HyperparameterSearch, Int, TrialState
 from lightning_hpt.storage import open_storage
 

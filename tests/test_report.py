@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import TinyData, TinyModel
+
 from lightning_hpt import (
     Categorical,
     ConfigurationError,
@@ -200,7 +200,7 @@ def test_param_importance_ranks_the_two_parameters_that_matter_first():
     assert elapsed < 20, elapsed
 
     flat = [TrialRecord(i, t.params, TrialState.COMPLETE, value=1.0) for i, t in enumerate(trials[:10])]
-    assert param_importance(flat, space) == {n: 0.0 for n in space}
+    assert param_importance(flat, space) == dict.fromkeys(space, 0.0)
     with pytest.raises(HPTError, match=r"at least 4 COMPLETE trials.*got 3"):
         param_importance(trials[:3], space)
 

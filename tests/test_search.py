@@ -9,8 +9,8 @@ import sqlite3
 
 import pytest
 import torch
-
 from conftest import TinyData, TinyModel
+
 from lightning_hpt import (
     Categorical,
     ConfigurationError,

@@ -23,12 +23,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lightning_hpt import Categorical, Float, HyperparameterSearch, Int, TrialState  # noqa: E402
-from lightning_hpt.storage import open_storage  # noqa: E402
-from lightning_hpt.space import SearchSpace  # noqa: E402
-from lightning_hpt.strategies import GridStrategy, RandomStrategy  # noqa: E402
-from lightning_hpt.strategies.base import trial_rng  # noqa: E402
-from lightning_hpt.testing.executor import TRAINER, ContractData, ContractModel  # noqa: E402
+from lightning_hpt import Categorical, Float, HyperparameterSearch, Int, TrialState
+from lightning_hpt.space import SearchSpace
+from lightning_hpt.storage import open_storage
+from lightning_hpt.strategies import GridStrategy, RandomStrategy
+from lightning_hpt.strategies.base import trial_rng
+from lightning_hpt.testing.executor import TRAINER, ContractData, ContractModel
 
 pytestmark = pytest.mark.slow
 N_RANDOM = 8

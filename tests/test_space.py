@@ -74,7 +74,7 @@ def test_unit_round_trip_and_sampling(domain):
 
 def test_discrete_sampling_is_uniform_over_values():
     rng = np.random.default_rng(1)
-    counts = {v: 0 for v in Int(1, 4).values()}
+    counts = dict.fromkeys(Int(1, 4).values(), 0)
     for _ in range(4000):
         counts[Int(1, 4).sample(rng)] += 1
     assert all(900 < c < 1100 for c in counts.values()), counts

@@ -60,7 +60,7 @@ def domain_from_yaml(key: str, spec: Any) -> Domain:
 def representatives(domain: Domain) -> list[Any]:
     """Values that show whether a domain fits an argument's type: its ends and an inner value, or every choice."""
     values = domain.values()
-    if isinstance(domain, Categorical) or values is not None and len(values) <= 3:
+    if isinstance(domain, Categorical) or (values is not None and len(values) <= 3):
         return list(values)
     if values is not None:
         return [values[0], values[-1], values[len(values) // 2]]

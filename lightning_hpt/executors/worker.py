@@ -139,7 +139,7 @@ def _serve(conn: Connection, address: str, key: bytes) -> int:
                 builds[build_key] = pickle.loads(data)
                 _freeze()
                 conn.send(("loaded", build_key, None))
-            except BaseException as e:  # noqa: BLE001 - the error is the answer
+            except BaseException as e:
                 conn.send(("loaded", build_key, f"{type(e).__name__}: {e}"))
             continue
         _, number, job_data, build_key, build_data, report_key = msg
@@ -149,7 +149,7 @@ def _serve(conn: Connection, address: str, key: bytes) -> int:
                 builds[build_key] = pickle.loads(build_data)
                 _freeze()
             job = dataclasses.replace(pickle.loads(job_data), build=builds[build_key])
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             outcome = failed_outcome(f"the trial could not be loaded in its worker process: {type(e).__name__}: {e}")
         else:
             env_before = dict(os.environ)

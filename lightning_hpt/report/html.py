@@ -57,7 +57,7 @@ def _e(value: Any) -> str:
 
 
 def _counts(trials: Sequence[TrialRecord]) -> dict[TrialState, int]:
-    out = {s: 0 for s in TrialState}
+    out = dict.fromkeys(TrialState, 0)
     for t in trials:
         out[t.state] += 1
     return out

@@ -155,7 +155,7 @@ def param_importance(
     names, cols = list(space), _columns(space)
     y = torch.tensor(values, dtype=torch.float64).unsqueeze(-1)
     if not names or float(y.std()) == 0.0:
-        return {n: 0.0 for n in names}
+        return dict.fromkeys(names, 0.0)
     threads = torch.get_num_threads()
     # a report may run beside training trials: one thread avoids oversubscribing the cores (25x slower fits)
     torch.set_num_threads(1)
@@ -176,5 +176,5 @@ def param_importance(
     finally:
         torch.set_num_threads(threads)
     if total <= 0.0:
-        return {n: 0.0 for n in names}
+        return dict.fromkeys(names, 0.0)
     return {n: min(scores[n] / total, 1.0) for n in sorted(names, key=lambda n: -scores[n])}

@@ -85,7 +85,7 @@ class LiveProgress:
         self.study, self.monitor, self.storage_url = "", "value", ""
         self.total: int | None = None
         self.done = 0
-        self.counts = {s: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED)}
+        self.counts = dict.fromkeys((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED), 0)
         self.finished_now = 0  # trials finished by this run: the rate behind the time estimate
         self.best: TrialRecord | None = None
         self.running: dict[int, _Running] = {}

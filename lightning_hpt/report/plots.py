@@ -192,7 +192,7 @@ def _space_of(
     names: list[str] = []
     for t in trials:
         names.extend(n for n in t.params if n not in names)
-    return {n: None for n in names}
+    return dict.fromkeys(names)
 
 
 def _categories(dom: Domain | None, values: Sequence[Any]) -> list[Any] | None:

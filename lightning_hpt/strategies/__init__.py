@@ -10,7 +10,7 @@ from lightning_hpt.strategies.grid import GridStrategy
 from lightning_hpt.strategies.random import RandomStrategy
 from lightning_hpt.strategies.sobol import SobolStrategy
 
-__all__ = ["Strategy", "GridStrategy", "RandomStrategy", "SobolStrategy", "make_strategy", "STRATEGIES"]
+__all__ = ["STRATEGIES", "GridStrategy", "RandomStrategy", "SobolStrategy", "Strategy", "make_strategy"]
 
 STRATEGIES = ("grid", "random", "sobol", "bayes")
 

@@ -10,7 +10,7 @@ import numpy as np
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.trial import History, params_key
 
-__all__ = ["Strategy", "trial_rng", "params_key"]
+__all__ = ["Strategy", "params_key", "trial_rng"]
 
 
 def trial_rng(seed: int | None, number: int, salt: int = 0) -> np.random.Generator:

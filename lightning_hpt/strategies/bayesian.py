@@ -172,7 +172,7 @@ class BayesianStrategy(Strategy):
         if len(y_obs) >= max(n_initial, 2):
             try:
                 proposals = self._model_proposals(history, enc, x_obs, y_obs, seen, n, seed)
-            except Exception as e:  # noqa: BLE001 - numerics must never stop the search
+            except Exception as e:
                 logger.warning(
                     "Bayesian proposal for trial %d failed (%s: %s); using quasi-random configurations instead",
                     history.next_number,

@@ -410,7 +410,7 @@ class StorageContract:
             try:
                 while (t := s.create_trial(study, PARAMS, max_trials=20)) is not None:
                     created.append(t.number)
-            except Exception as e:  # noqa: BLE001 - reported below: a thread's exception would be lost
+            except Exception as e:
                 errors.append(e)
 
         _run_threads(work, handles)
@@ -431,7 +431,7 @@ class StorageContract:
             try:
                 while (t := s.claim_queued(study)) is not None:
                     claimed.append(t.number)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 errors.append(e)
 
         _run_threads(work, handles)

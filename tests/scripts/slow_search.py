@@ -10,9 +10,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from conftest import FAST, TinyData, TinyModel  # noqa: E402
+from conftest import FAST, TinyData, TinyModel
 
-from lightning_hpt import Float, HyperparameterSearch, Int  # noqa: E402
+from lightning_hpt import Float, HyperparameterSearch, Int
 
 root, n_trials = sys.argv[1], int(sys.argv[2])
 sleep = float(sys.argv[3]) if len(sys.argv) > 3 else 0.1
