@@ -199,7 +199,6 @@ def test_a_nan_value_ends_its_trial_at_once_without_pruner_or_early_stopping(tmp
 def test_missing_metric_stops_the_search(tmp_path, fast_trainer):
     """RELIABILITY row 11: the first trial fails naming the logged metrics; no further trial runs."""
     search = make(tmp_path, fast_trainer, n_trials=5)
-    search.monitor = "val_acc"
     search.build = dataclasses.replace(search.build, monitor="val_acc")
     with pytest.raises(MetricNotFoundError, match=r"'val_acc' was not logged.*\['train_loss', 'val_loss'\]"):
         search.run()
@@ -390,7 +389,16 @@ def test_tensorboard_hparams_and_study_curve(tmp_path, fast_trainer):
 def test_the_driver_reporter_answers_only_with_a_pruner(tmp_path, fast_trainer):
     # channels between processes skip the round trip for a reporter that never answers "stop"
     from lightning_hpt.pruners import make_pruner
-    from lightning_hpt.search import _Reporter
+    from lightning_hpt.reporting import StudyReporter
 
-    assert _Reporter(None, "s", make_pruner(None), list, 0).answers is False
-    assert _Reporter(None, "s", make_pruner("median"), list, 0).answers is True
+    assert StudyReporter(None, "s", make_pruner(None), list, 0).answers is False
+    assert StudyReporter(None, "s", make_pruner("median"), list, 0).answers is True
+
+
+def test_reading_trials_writes_nothing(tmp_path, fast_trainer):
+    """Issue 14: .trials is a plain read: before run() it neither creates the study nor rewrites the search."""
+    search = make(tmp_path, fast_trainer, n_trials=1)
+    assert search.trials == [] and search.storage.study_names() == []
+    search.run()
+    search.strategy = strategy = make(tmp_path, fast_trainer).strategy  # not rebuilt by a read
+    assert len(search.trials) == 1 and search.strategy is strategy

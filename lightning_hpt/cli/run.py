@@ -95,7 +95,7 @@ def _record_config(search: HyperparameterSearch, base: Mapping[str, Any], cli: s
                 f"study {name!r} ran with another config (what every trial shares): {_config_changes(stored, base)};"
                 " use a new search.study_name, or search.allow_changes: true to continue it with this config"
             )
-    _ = search.trials  # opens the study: a changed space, monitor, direction or strategy is refused here
+    search.open()  # a changed space, monitor, direction or strategy is refused here
     storage.set_study_attrs(name, {"cli_config": dict(base), "cli": cli})
 
 
