@@ -55,7 +55,7 @@ def next_trials(
     # (made for the number that trial took, e.g. the same seeded random draw, a grid point it now has, or
     # a model blind to it) is refused and made again from the new history. Every refusal means another
     # driver made progress, so this ends; a short random pause after each breaks up drivers in lockstep.
-    unique = strategy.name == "grid"
+    unique = strategy.exhaustive
     refusals = 0
     while True:
         history = history if history is not None and not refusals else read_history()

@@ -44,7 +44,7 @@ class StudyReporter:
     @property
     def answers(self) -> bool:
         """Whether :meth:`report` can answer "stop": only with a pruner (channels need not wait otherwise)."""
-        return self.pruner.name != "none"
+        return self.pruner.active
 
     def report(self, step: int, value: float) -> bool:
         """Store ``value`` at ``step``; True when the pruner stops the trial."""

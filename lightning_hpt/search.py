@@ -172,10 +172,12 @@ class HyperparameterSearch:
             raise ConfigurationError(f"seed must be an integer or None, got seed={seed!r}")
         self.seed = seed
         self.strategy = make_strategy(strategy, seed=None)
+        self._strategy_by_name = isinstance(strategy, str)
         self.pruner = make_pruner(pruner)
-        if n_trials is None and self.strategy.name != "grid":
+        if n_trials is None and not self.strategy.exhaustive:
             raise ConfigurationError(
-                "n_trials=None (run until exhausted) only works with strategy='grid'; give a number"
+                f"n_trials=None (run until exhausted) needs an exhaustive strategy such as 'grid', not"
+                f" {self.strategy.name!r}; give a number"
             )
         _require_positive("n_trials", n_trials, optional=True, none_means="")
         self.n_trials = n_trials
@@ -250,8 +252,15 @@ class HyperparameterSearch:
         stored = storage.open_study(info, allow_changes=self.allow_changes)
         if (stored.monitor, stored.direction) != (self.monitor, self.direction):  # allow_changes: the stored study wins
             self.build = dataclasses.replace(self.build, monitor=stored.monitor, direction=stored.direction)
-        if stored.strategy != self.strategy.name:
+        if stored.strategy != self.strategy.name and self._strategy_by_name:  # allow_changes: the stored one
             self.strategy = make_strategy(stored.strategy)
+        elif stored.strategy != self.strategy.name:  # a configured object is the user's choice: it is kept
+            log.warning(
+                "study %r ran with strategy %r; it continues with the %r given here",
+                self.study_name,
+                stored.strategy,
+                self.strategy,
+            )
         self.space, self.seed = stored.space, stored.seed
         self._opened = True
         return storage
