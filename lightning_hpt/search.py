@@ -18,6 +18,7 @@ from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.lightning.runner import TrialBuild
+from lightning_hpt.lightning.schedule import validation_schedule
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.pruners import Pruner, make_pruner
 from lightning_hpt.recovery import check_checkpoints, recover
@@ -277,11 +278,10 @@ class HyperparameterSearch:
             epochs = trainer.get("max_epochs")
             if not (isinstance(epochs, int) and epochs > 0):
                 return None
-        every = trainer.get("check_val_every_n_epoch", 1) or 1
-        interval = trainer.get("val_check_interval", 1.0)
-        per_epoch = math.ceil(1 / interval) if isinstance(interval, float) and 0 < interval < 1 else 1
-        if not isinstance(every, int) or (isinstance(interval, int) and interval > 1):
+        schedule = validation_schedule(trainer)
+        if schedule is None:
             return None  # validation every k batches: the count of validation runs is not known here
+        every, per_epoch = schedule
         # steps continue across the folds and repeats of one trial
         return max(1, epochs // every) * per_epoch * len(self.build.runs)
 

@@ -12,7 +12,7 @@ import torch
 
 from lightning_hpt.exceptions import ConfigurationError
 
-__all__ = ["SECTIONS", "check_keys", "is_lightning_class", "patch_optimizer", "split_params"]
+__all__ = ["SECTIONS", "check_keys", "is_lightning_class", "nest", "patch_optimizer", "split_params"]
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,16 @@ def split_params(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     Deeper names nest: ``model.encoder.width`` -> ``{"model": {"encoder": {"width": ...}}}``.
     """
     check_keys(params)
-    out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for key, value in params.items():
+    return {**{s: {} for s in SECTIONS}, **nest(params)}
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"model.init_args.lr": 0.1}`` -> ``{"model": {"init_args": {"lr": 0.1}}}``: dotted keys as nested dicts."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
         parts = key.split(".")
-        node = out[parts[0]]
-        for p in parts[1:-1]:
+        node = out
+        for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return out

@@ -14,7 +14,6 @@ import base64
 import datetime as dt
 import html
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_hpt.exceptions import HPTError
 from lightning_hpt.report.export import write_text_atomic
 from lightning_hpt.report.table import format_duration, format_value, param_labels, rank_trials
-from lightning_hpt.trial import Direction, TrialRecord, TrialState
+from lightning_hpt.trial import Direction, TrialRecord, TrialState, best_trial
 
 if TYPE_CHECKING:  # storage sits on the same floor as report: only its interface is used, never imported
     from lightning_hpt.storage.base import Storage, StudyInfo
@@ -63,15 +62,6 @@ def _counts(trials: Sequence[TrialRecord]) -> dict[TrialState, int]:
     return out
 
 
-def _best(trials: Sequence[TrialRecord], direction: Direction) -> TrialRecord | None:
-    best = None
-    for t in trials:
-        scored = t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
-        if scored and (best is None or direction.better(t.value, best.value)):
-            best = t
-    return best
-
-
 def _summary(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
     counts = _counts(trials)
     spans = "".join(
@@ -84,7 +74,7 @@ def _summary(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
             f"<p>Trial time: {_e(format_duration(sum(durations)))} in all,"
             f" {_e(format_duration(sum(durations) / len(durations)))} per finished trial on average.</p>"
         )
-    best = _best(trials, info.direction)
+    best = best_trial(trials, info.direction)
     if best is None:
         parts.append("<p class='note'>No COMPLETE trial yet.</p>")
         return "\n".join(parts)
