@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["launches_subprocesses"]
+__all__ = ["PROCESS_KEYS", "launches_subprocesses"]
+
+#: Trainer arguments that decide how many processes a Trainer starts.
+PROCESS_KEYS = frozenset({"strategy", "devices", "num_nodes", "accelerator"})
 
 #: Trainer arguments a throwaway Trainer is built without: they are objects with side effects
 #: (loggers create directories, callbacks hold state) and do not decide how ranks start.

@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 class TrialReporter(Protocol):
     """The channel from a running trial to the driver.
 
-    A reporter may also have an ``answers`` attribute: False when :meth:`report` never returns
-    True (the search has no pruner), so that a channel between processes or machines may send the
-    report without waiting for the answer. Without the attribute, channels wait.
+    A reporter handed to ``Executor.submit`` also has ``answers``: False when :meth:`report` never
+    returns True (the search has no active pruner), so that a channel between processes or machines
+    may send the report without waiting for the answer.
     """
 
     def report(self, step: int, value: float) -> bool:

@@ -153,6 +153,9 @@ def contract_build(**trainer: Any) -> TrialBuild:
 class RecordingReporter:
     """Records every report with the process and thread that received it; returns True (stop) from ``prune_at``."""
 
+    #: reports wait for the answer (a test sets False, as a search without a pruner does)
+    answers: bool = True
+
     def __init__(self, prune_at: int | None = None) -> None:
         self.prune_at = prune_at
         self.calls: list[tuple[int, float, int]] = []  # (step, value, pid)
@@ -229,7 +232,7 @@ class ExecutorContract:
         # answers=False (no pruner) lets a channel send reports without waiting for the answer; a value
         # may then arrive after the trial ended and be dropped, but the outcome carries every value
         reporter = RecordingReporter()
-        reporter.answers = False  # type: ignore[attr-defined]
+        reporter.answers = False
         out = self.run(executor, self.job(root, 3, lr=0.05, **{"trainer.max_epochs": 3}), reporter)
         assert out.state is TrialState.COMPLETE, out.error
         assert sorted(out.intermediate) == [0, 1, 2]
@@ -250,7 +253,7 @@ class ExecutorContract:
         assert not pending
         outcomes = [f.result() for f in futures]
         assert [o.state for o in outcomes] == [TrialState.COMPLETE] * n
-        for i, (o, r) in enumerate(zip(outcomes, reporters)):
+        for i, (o, r) in enumerate(zip(outcomes, reporters, strict=True)):
             assert [c[0] for c in r.calls] == [0, 1]  # each trial's reports went to its own reporter
             assert dict(o.intermediate) == pytest.approx({s: v for s, v, _ in r.calls})
             assert Path(o.checkpoint).resolve().is_relative_to((root / f"trial_{10 + i}").resolve())
