@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.lightning.compat import is_lightning_class
 
 __all__ = ["SECTIONS", "check_keys", "is_lightning_class", "nest", "patch_optimizer", "split_params"]
 
@@ -53,16 +54,6 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return out
-
-
-def is_lightning_class(obj: Any, name: str) -> bool:
-    """Whether ``obj`` is a subclass of ``lightning.pytorch.<name>`` or ``pytorch_lightning.<name>``."""
-    if not inspect.isclass(obj):
-        return False
-    return any(
-        getattr(base, "__name__", None) == name and base.__module__.split(".")[0] in ("lightning", "pytorch_lightning")
-        for base in inspect.getmro(obj)
-    )
 
 
 def namespace_of(obj: Any) -> Any:
