@@ -26,7 +26,7 @@ GAP_WARNING = 0.05
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The outcome of :meth:`HyperparameterSearch.run`.
+    """What a search found, as its ``run()`` returns it or as :meth:`load` reads it back from storage.
 
     Attributes:
         study: the study's name.
@@ -108,7 +108,7 @@ class SearchResult:
 
     @property
     def refit_model(self) -> Any:
-        """The model of :meth:`refit` (``HyperparameterSearch(refit=True)`` calls it), else ``None``."""
+        """The model of :meth:`refit` (a search created with ``refit=True`` calls it), else ``None``."""
         return self._extra.get("refit_model")
 
     def counts(self) -> dict[str, int]:
@@ -118,7 +118,7 @@ class SearchResult:
     def _builder(self, what: str) -> TrialBuilder:
         if self.builder is None:
             raise ConfigurationError(
-                f"{what} needs the trials' builder: use the result of HyperparameterSearch.run(), or"
+                f"{what} needs the trials' builder: use the result that the search's run() returns, or"
                 " SearchResult.load(storage, study, builder=...)"
             )
         return self.builder
@@ -126,7 +126,7 @@ class SearchResult:
     def _record(self, what: str) -> Storage:
         if self.storage is None or self.root is None:
             raise ConfigurationError(
-                f"{what} needs the study's storage and root directory: use the result of HyperparameterSearch.run(),"
+                f"{what} needs the study's storage and root directory: use the result that the search's run() returns,"
                 " or SearchResult.load(storage, study, builder=..., root=...)"
             )
         return self.storage

@@ -17,7 +17,7 @@ class LocalExecutor(Executor):
     """Runs each trial in the calling process and thread; ``submit`` returns when the trial is done.
 
     Example:
-        >>> executor = LocalExecutor()  # HyperparameterSearch(..., executor=executor)
+        >>> executor = LocalExecutor()  # the default executor of a search
     """
 
     ddp_refusal = (

@@ -117,7 +117,7 @@ class ProcessExecutor(Executor):
         env: extra environment variables for the workers.
 
     Example:
-        >>> executor = ProcessExecutor(devices=[0, 1, 2, 3])  # HyperparameterSearch(..., executor=executor)
+        >>> executor = ProcessExecutor(devices=[0, 1, 2, 3])  # a search's executor=executor: 4 GPUs
         >>> ProcessExecutor(workers=2, devices=[]).max_concurrency   # two CPU trials at a time
         2
     """

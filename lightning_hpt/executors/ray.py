@@ -183,7 +183,7 @@ class RayExecutor(Executor):
 
     Example:
         >>> executor = RayExecutor({"cpu": 2, "gpu": 0.5}, address="auto")  # doctest: +SKIP
-        >>> HyperparameterSearch(MyModel, MyData, space, executor=executor).run()  # doctest: +SKIP
+        >>> # a search created with executor=executor runs its trials as Ray tasks
     """
 
     def __init__(
