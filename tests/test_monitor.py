@@ -162,6 +162,10 @@ def test_a_pytorch_lightning_module_gets_that_flavours_monitor(tmp_path, fast_tr
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=self.lr)
 
+    from lightning_hpt.lightning.config import namespace_of
+    from lightning_hpt.lightning.monitor import monitor_class
+
+    assert namespace_of(Flavoured) is pl and monitor_class(pl) is PLTrialMonitor  # what the runner picks
     assert issubclass(PLTrialMonitor, pl.Callback)
     search = HyperparameterSearch(
         Flavoured,
@@ -173,5 +177,4 @@ def test_a_pytorch_lightning_module_gets_that_flavours_monitor(tmp_path, fast_tr
         verbose=False,
     )
     (t,) = search.run().trials
-    # a pytorch_lightning Trainer refuses lightning.pytorch callbacks (a TypeError): COMPLETE means PL's monitor
     assert t.state is TrialState.COMPLETE and len(t.intermediate) == fast_trainer["max_epochs"], t.error
