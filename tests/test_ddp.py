@@ -19,7 +19,6 @@ from torch import nn
 from lightning_hpt import Categorical, Float, HyperparameterSearch, TrialState
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.executors import LocalExecutor, ProcessExecutor
-from lightning_hpt.executors.process import launches_subprocesses
 from lightning_hpt.pruners.base import Pruner
 from lightning_hpt.testing.executor import TRAINER, ContractData, ContractModel
 
@@ -28,7 +27,7 @@ DDP = {**TRAINER, "strategy": "ddp", "devices": 2, "max_epochs": 4}
 
 
 class RankModel(ContractModel):
-    """Writes, from every rank, the configuration it trained and the epochs it ran to ``<out_dir>/rank<k>_<lr>.json``."""
+    """Writes, from every rank, the configuration it trained and its epochs to ``<out_dir>/rank<k>_<lr>.json``."""
 
     def __init__(self, out_dir: str, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -107,11 +106,11 @@ def test_ddp_is_recognised_for_the_local_executor(tmp_path):
     search = HyperparameterSearch(
         RankModel, ContractData, {"model.lr": Float(0.01, 0.1)}, root=tmp_path, trainer_kwargs=DDP, verbose=False
     )
-    assert launches_subprocesses(search.build)
-    assert not launches_subprocesses(
+    assert search.build.builder.launches_subprocesses()
+    assert not (
         HyperparameterSearch(
             RankModel, ContractData, {"model.lr": Float(0.01, 0.1)}, root=tmp_path, trainer_kwargs=TRAINER
-        ).build
+        ).build.builder.launches_subprocesses()
     )
 
 
@@ -127,8 +126,6 @@ def test_local_executor_refuses_ddp(tmp_path):
 def test_ddp_from_the_search_space_fails_that_trial_in_process(tmp_path):
     # trainer_kwargs are single-process, but trainer.devices=2 makes one trial DDP: that trial is FAILED
     # with the reason before it starts (in-process, every rank would rerun this test), the other trains
-    from lightning_hpt.executors._channel import trial_launches_subprocesses
-    from lightning_hpt.lightning.runner import TrialJob
 
     space = {"model.lr": Categorical([0.05]), "trainer.devices": Categorical([1, 2])}
     search = HyperparameterSearch(
@@ -142,12 +139,10 @@ def test_ddp_from_the_search_space_fails_that_trial_in_process(tmp_path):
         executor=LocalExecutor(),
         verbose=False,
     )
-    job = TrialJob(search.build, 0, {"model.lr": 0.05, "trainer.devices": 2}, 0, str(tmp_path / "t"))
-    assert "ProcessExecutor(gpus_per_trial=k)" in trial_launches_subprocesses(job, "LocalExecutor")
-    assert (
-        trial_launches_subprocesses(TrialJob(search.build, 1, {"model.lr": 0.05, "trainer.devices": 1}, 0, "t"), "x")
-        is None
-    )
+    builder = search.build.builder
+    assert builder.trial_launches_subprocesses({"model.lr": 0.05, "trainer.devices": 2})
+    assert not builder.trial_launches_subprocesses({"model.lr": 0.05, "trainer.devices": 1})
+    assert not builder.trial_launches_subprocesses({"model.lr": 0.05})  # shared settings: judged at start
     trials = {t.params["trainer.devices"]: t for t in search.run().trials}
     assert trials[1].state is TrialState.COMPLETE, trials[1].error
     assert trials[2].state is TrialState.FAILED and "train it on several processes (DDP)" in trials[2].error

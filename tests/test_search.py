@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -104,7 +105,7 @@ def test_changed_study_is_refused(tmp_path, fast_trainer):
     """RELIABILITY row 14."""
     make(tmp_path, fast_trainer, n_trials=1).run()
     changed = {**SPACE, "model.hidden": Int(4, 32)}
-    with pytest.raises(StudyMismatchError, match="model.hidden"):
+    with pytest.raises(StudyMismatchError, match=r"model\.hidden"):
         make(tmp_path, fast_trainer, space=changed, n_trials=2).run()
     with pytest.raises(StudyMismatchError, match="direction"):
         HyperparameterSearch(
@@ -198,8 +199,7 @@ def test_a_nan_value_ends_its_trial_at_once_without_pruner_or_early_stopping(tmp
 def test_missing_metric_stops_the_search(tmp_path, fast_trainer):
     """RELIABILITY row 11: the first trial fails naming the logged metrics; no further trial runs."""
     search = make(tmp_path, fast_trainer, n_trials=5)
-    search.monitor = "val_acc"
-    search.build = search.build.__class__(**{**search.build.__dict__, "monitor": "val_acc"})
+    search.build = dataclasses.replace(search.build, monitor="val_acc")
     with pytest.raises(MetricNotFoundError, match=r"'val_acc' was not logged.*\['train_loss', 'val_loss'\]"):
         search.run()
     trials = search.trials
@@ -224,7 +224,8 @@ def test_keyboard_interrupt_in_training_is_recorded(tmp_path, fast_trainer):
     (t,) = search.trials
     assert t.state is TrialState.FAILED and t.error.startswith("interrupted")
     # resuming reruns the interrupted trial under the same number
-    search.build = search.build.__class__(**{**search.build.__dict__, "model": TinyModel})
+    builder = dataclasses.replace(search.build.builder, model=TinyModel)  # the same study, a model that runs
+    search.build = dataclasses.replace(search.build, builder=builder)
     result = search.run()
     assert [t.number for t in result.trials] == [0, 1, 2]
     assert all(t.state is TrialState.COMPLETE for t in result.trials)
@@ -295,6 +296,16 @@ def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
         ({"study_name": ""}, SearchSpaceError, "study_name must not be empty"),
         ({"strategy": "tpe"}, ConfigurationError, "strategy must be one of"),
         ({"model": torch.nn.Linear}, ConfigurationError, "model must be a LightningModule class"),
+        # an instance is callable, so it used to pass as a factory and fail in trial 0
+        ({"model": TinyModel()}, ConfigurationError, r"got the instance TinyModel\(\.\.\.\).*pass the class"),
+        # a class is callable too: a LightningModule given as datamodule failed in trial 0 (MetricNotFoundError)
+        (
+            {"datamodule": TinyModel},
+            ConfigurationError,
+            "got the class TinyModel .a LightningModule: pass it as model=",
+        ),
+        ({"datamodule": None}, ConfigurationError, "datamodule is None, but TinyModel has no train_dataloader"),
+        ({"builder": TinyModel}, ConfigurationError, "builder must be a TrialBuilder"),
         ({"patience": 0}, ConfigurationError, "patience must be a positive integer or None"),
         (
             {"space": {"model.lrr": Float(0.01, 0.1)}},
@@ -351,7 +362,7 @@ def test_foreign_database_is_not_touched(tmp_path, fast_trainer):
     con.execute("CREATE TABLE customers (id INTEGER)")
     con.commit()
     con.close()
-    with pytest.raises(Exception, match="other.db"):
+    with pytest.raises(Exception, match=r"other\.db"):
         make(tmp_path, fast_trainer, storage=f"sqlite:///{db}").run()
     con = sqlite3.connect(db)
     assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["customers"]
@@ -377,7 +388,81 @@ def test_tensorboard_hparams_and_study_curve(tmp_path, fast_trainer):
 
 def test_the_driver_reporter_answers_only_with_a_pruner(tmp_path, fast_trainer):
     # channels between processes skip the round trip for a reporter that never answers "stop"
-    from lightning_hpt.search import _Reporter
+    from lightning_hpt.pruners import make_pruner
+    from lightning_hpt.reporting import StudyReporter
 
-    assert _Reporter(make(tmp_path, fast_trainer), None, 0, None).answers is False
-    assert _Reporter(make(tmp_path, fast_trainer, pruner="median"), None, 0, None).answers is True
+    assert StudyReporter(None, "s", make_pruner(None), list, 0).answers is False
+    assert StudyReporter(None, "s", make_pruner("median"), list, 0).answers is True
+
+
+def test_reading_trials_writes_nothing(tmp_path, fast_trainer):
+    """Issue 14: .trials is a plain read: before run() it neither creates the study nor rewrites the search."""
+    search = make(tmp_path, fast_trainer, n_trials=1)
+    assert search.trials == [] and search.storage.study_names() == []
+    search.run()
+    search.strategy = strategy = make(tmp_path, fast_trainer).strategy  # not rebuilt by a read
+    assert len(search.trials) == 1 and search.strategy is strategy
+
+
+def test_capabilities_are_attributes_not_names(tmp_path, fast_trainer):
+    """Issue 14: n_trials=None needs Strategy.exhaustive, not the name 'grid'; answers follow Pruner.active."""
+    from lightning_hpt.pruners import NopPruner, Pruner
+    from lightning_hpt.reporting import StudyReporter
+    from lightning_hpt.strategies import GridStrategy
+
+    class Coarse(GridStrategy):
+        name = "coarse-grid"
+
+    search = make(tmp_path, fast_trainer, strategy=Coarse(points=2), n_trials=None)
+    assert search.n_trials is None
+    with pytest.raises(ConfigurationError, match="exhaustive strategy"):
+        make(tmp_path, fast_trainer, n_trials=None)
+
+    class Quiet(NopPruner):
+        name = "quiet"
+
+    class Named(Pruner):
+        name = "none"  # a display name only: it still prunes
+
+        def should_prune(self, history, trial):
+            return True
+
+    assert StudyReporter(None, "s", Quiet(), list, 0).answers is False
+    assert StudyReporter(None, "s", Named(), list, 0).answers is True
+
+
+def test_allow_changes_keeps_a_configured_strategy(tmp_path, fast_trainer):
+    """Issue 14: a study continued with allow_changes kept the stored strategy's name but with default arguments."""
+    from lightning_hpt.strategies import SobolStrategy
+
+    make(tmp_path, fast_trainer).open()  # stored with strategy 'random'
+    sobol = SobolStrategy(seed=3)
+    search = make(tmp_path, fast_trainer, strategy=sobol, allow_changes=True)
+    search.open()
+    assert search.strategy is sobol
+    by_name = make(tmp_path, fast_trainer, strategy="sobol", allow_changes=True)
+    by_name.open()
+    assert by_name.strategy.name == "random"  # a name means the stored study's choice
+
+
+def test_plugins_are_reached_by_name_from_one_registry_each(tmp_path, fast_trainer):
+    """Issue 14: a registered strategy and storage scheme are reachable by name without editing the package."""
+    from lightning_hpt.storage import STORAGES, SQLStorage, open_storage
+    from lightning_hpt.strategies import STRATEGIES, RandomStrategy
+
+    class Mine(RandomStrategy):
+        name = "mine"
+
+    class Local(SQLStorage):
+        def __init__(self, url, **kwargs):
+            super().__init__(f"sqlite:///{tmp_path / url.split('://', 1)[1]}", **kwargs)
+
+    STRATEGIES.register("mine", Mine)
+    STORAGES.register("local", Local)
+    try:
+        search = make(tmp_path, fast_trainer, strategy="mine", storage="local://x.db")
+        assert isinstance(search.strategy, Mine) and isinstance(search.storage, Local)
+        assert isinstance(open_storage("local+v1://y.db"), Local) and (tmp_path / "y.db").exists()
+    finally:
+        STRATEGIES.unregister("mine")
+        STORAGES.unregister("local")

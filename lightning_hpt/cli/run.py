@@ -17,6 +17,7 @@ from lightning_hpt.cli.settings import SearchSettings, make_executor, make_prune
 from lightning_hpt.cli.space import resolve_params, space_from_config
 from lightning_hpt.cli.study import best_config, write_text
 from lightning_hpt.exceptions import ConfigurationError, StudyMismatchError
+from lightning_hpt.lightning.compat import is_lightning_cli
 from lightning_hpt.result import SearchResult
 from lightning_hpt.search import HyperparameterSearch
 
@@ -64,7 +65,7 @@ def _cli_from_flags(argv: Sequence[str]) -> tuple[type, dict[str, Any]]:
         cli_class = import_class(meta["cli"], "cli")
     else:
         from lightning.pytorch.cli import LightningCLI as cli_class
-    if not any(c.__name__ == "LightningCLI" for c in inspect.getmro(cli_class)):
+    if not is_lightning_cli(cli_class):
         raise ConfigurationError(f"--cli={meta['cli']!r} is not a LightningCLI subclass")
     kwargs = {k: import_class(v, k) for k, v in meta.items() if k != "cli"}
     return cli_class, kwargs
@@ -95,7 +96,7 @@ def _record_config(search: HyperparameterSearch, base: Mapping[str, Any], cli: s
                 f"study {name!r} ran with another config (what every trial shares): {_config_changes(stored, base)};"
                 " use a new search.study_name, or search.allow_changes: true to continue it with this config"
             )
-    _ = search.trials  # opens the study: a changed space, monitor, direction or strategy is refused here
+    search.open()  # a changed space, monitor, direction or strategy is refused here
     storage.set_study_attrs(name, {"cli_config": dict(base), "cli": cli})
 
 
@@ -166,18 +167,14 @@ def run_search(
     strategy, pruner = make_strategy_spec(s.strategy), make_pruner_spec(s.pruner)
     executor = make_executor(s.executor)
     builder = CLITrialBuilder(cli_class, tuple(cli_args), cli_kwargs, config, s.quiet)
-    has_data = any(k.startswith("data.") for k in space)
-    epochs = (config.get("trainer") or {}).get("max_epochs")
     search = HyperparameterSearch(
-        builder,
-        builder if has_data else None,
-        space,
+        builder=builder,
+        space=space,
         monitor=s.monitor,
         mode=s.mode,
         strategy=strategy,
         pruner=pruner,
         n_trials=s.n_trials,
-        trainer_kwargs={"max_epochs": epochs} if isinstance(epochs, int) else {},
         storage=s.storage,
         study_name=s.study_name,
         root=s.root,

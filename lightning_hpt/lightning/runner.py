@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
-import inspect
 import logging
 import math
 import os
@@ -13,24 +11,24 @@ import shutil
 import signal
 import threading
 import traceback
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
 from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, SearchPreempted
-from lightning_hpt.lightning.config import is_lightning_class, namespace_of, patch_optimizer, split_params
+from lightning_hpt.lightning import compat
+from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation, MeanReporter, fold_view
 from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
+from lightning_hpt.lightning.quiet import quiet_lightning
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
 
-__all__ = ["TrialBuild", "TrialBuilder", "TrialJob", "TrialOutcome", "build_parts", "run_trial", "trial_seed"]
+__all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "run_trial", "trial_seed"]
 
 log = logging.getLogger(__name__)
-_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
 
 
 def trial_seed(seed: int | None, number: int, repeat: int = 0) -> int:
@@ -42,50 +40,25 @@ def trial_seed(seed: int | None, number: int, repeat: int = 0) -> int:
     return int(np.random.SeedSequence(key).generate_state(1)[0] % (2**31 - 1))
 
 
-@runtime_checkable
-class TrialBuilder(Protocol):
-    """Builds a whole trial itself (model, datamodule and Trainer), e.g. through a project's LightningCLI.
-
-    Passed as ``HyperparameterSearch(model=builder)``; parameter names are then the builder's own
-    (config paths), and it must add ``callbacks`` (the search's monitor, EarlyStopping, checkpoint)
-    to the Trainer it makes.
-    """
-
-    namespace: Any  # lightning.pytorch or pytorch_lightning
-
-    def build_trial(self, job: TrialJob, callbacks: list[Any]) -> tuple[Any, Any, Any]:
-        """``(model, datamodule, trainer)`` for ``job``."""
-        ...
-
-
 @dataclass(frozen=True)
 class TrialBuild:
-    """What every trial of a search is built from (the same for all trials); picklable if its parts are.
+    """What every trial of a search is built from (the same for all trials); picklable if its builder is.
 
     Attributes:
-        model: a LightningModule class (``model.*`` parameters are its init arguments) or a
-            factory ``config -> LightningModule`` where ``config`` is ``{"model": {...}, "data": {...},
-            "trainer": {...}, "optimizer": {...}}``.
-        datamodule: a LightningDataModule class, a factory ``config -> LightningDataModule``, an
-            instance (then no ``data.*`` parameters), or ``None`` (the module has its own loaders).
-        trainer_kwargs: passed to every trial's Trainer (``trainer.*`` parameters override them).
+        builder: makes each trial's model, datamodule and Trainer.
         monitor: the validation metric the search optimizes.
         direction: minimize or maximize ``monitor``.
         patience: ``EarlyStopping`` patience in validation runs; ``None`` disables early stopping.
         checkpoint: keep the best step's checkpoint (``<trial dir>/checkpoints/best.ckpt``).
-        quiet: silence Lightning's progress bar, model summary and info logs inside the trial.
         cv: k-fold cross-validation: each trial trains one run per fold (see ``lightning.folds``).
         repeats: runs per fold with different seeds, for noisy objectives; the score is the mean.
     """
 
-    model: Any
-    datamodule: Any = None
-    trainer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    builder: TrialBuilder
     monitor: str = "val_loss"
     direction: Direction = Direction.MINIMIZE
     patience: int | None = 5
     checkpoint: bool = True
-    quiet: bool = True
     cv: CrossValidation | None = None
     repeats: int = 1
 
@@ -140,71 +113,12 @@ class TrialOutcome:
     attrs: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _build(factory: Any, kwargs: dict[str, Any], config: dict[str, Any], kind: str, arg: str) -> Any:
-    if is_lightning_class(factory, kind):
-        try:
-            return factory(**kwargs)
-        except TypeError as e:
-            params = inspect.signature(factory).parameters
-            raise ConfigurationError(
-                f"{arg}={factory.__name__} cannot be built with {sorted(kwargs)}: {e}; its init arguments are {list(params)}"
-            ) from e
-    obj = factory(config)
-    if not is_lightning_class(type(obj), kind):
-        raise ConfigurationError(f"the {arg} factory must return a {kind}, got {type(obj).__name__}")
-    return obj
-
-
-def build_parts(b: TrialBuild, params: Mapping[str, Any]) -> tuple[Any, Any]:
-    """The model (with the trial's ``optimizer.*`` settings) and the datamodule of one configuration."""
-    sections = split_params(params)
-    config = {k: dict(v) for k, v in sections.items()}
-    model = _build(b.model, sections["model"], config, "LightningModule", "model")
-    if b.datamodule is not None and not is_lightning_class(type(b.datamodule), "LightningDataModule"):
-        dm = _build(b.datamodule, sections["data"], config, "LightningDataModule", "datamodule")
-    else:
-        dm = b.datamodule
-    patch_optimizer(model, sections["optimizer"])
-    return model, dm
-
-
-@contextlib.contextmanager
-def quiet_lightning(enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*(number of training batches|log_every_n_steps).*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        try:
-            yield
-        finally:
-            for lg, lv in zip(loggers, levels):
-                lg.setLevel(lv)
-
-
-def _loggers(pl: Any, trial_dir: str, params: Mapping[str, Any]) -> list:
-    loggers = [pl.loggers.CSVLogger(save_dir=trial_dir, name="", version="")]
-    with contextlib.suppress(ImportError, ModuleNotFoundError):
-        import tensorboard  # noqa: F401  (TensorBoard logs only when it is installed)
-
-        loggers.append(pl.loggers.TensorBoardLogger(save_dir=trial_dir, name="", version="tb", default_hp_metric=False))
-    for lg in loggers:
-        lg.log_hyperparams(dict(params))
-    return loggers
-
-
 def _log_hparams(trainer: Any, params: Mapping[str, Any], monitor: str, best: float | None) -> None:
     """Give TensorBoard's HParams view each trial's parameters with its best value."""
     if best is None:
         return
     for lg in trainer.loggers:
-        if type(lg).__name__ == "TensorBoardLogger":
+        if compat.is_tensorboard_logger(lg):
             try:
                 lg.log_hyperparams(dict(params), {f"hp/{monitor}": best})
                 lg.finalize("success")
@@ -219,6 +133,40 @@ def _describe(e: BaseException) -> str:
     return text
 
 
+@dataclass
+class _Live:
+    """What one run of a trial has built so far; the outcome reads it, then the runner drops it."""
+
+    monitor: Any = None
+    trainer: Any = None
+    model: Any = None
+    datamodule: Any = None
+
+
+def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
+    """Seed, build through the builder (with the search's callbacks), and fit one run of a trial."""
+    from lightning.fabric.utilities.seed import seed_everything
+
+    b = job.build
+    _clean_dir(job.trial_dir)
+    with quiet_lightning(b.builder.quiet):
+        fold, repeat = job.part or (0, 0)
+        seed = trial_seed(job.seed, job.number, repeat)
+        seed_everything(seed, workers=True, verbose=False)
+
+        def callbacks(pl: Any) -> list[Any]:
+            live.monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
+            return search_callbacks(pl, b, job, live.monitor)
+
+        live.model, live.datamodule, live.trainer = b.builder.build(
+            job.params, seed=seed, trial_dir=job.trial_dir, callbacks=callbacks
+        )
+        if b.cv is not None:
+            live.datamodule = fold_view(live.datamodule, fold, b.cv)
+        live.trainer.fit(live.model, datamodule=live.datamodule)
+        _log_hparams(live.trainer, job.params, b.monitor, live.monitor.best_value)
+
+
 def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutcome:
     """Build the model, datamodule and Trainer of one trial, fit, and return its outcome.
 
@@ -226,41 +174,20 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     non-finite metrics become a FAILED outcome with the reason. A Ctrl+C or SIGTERM becomes an
     outcome with ``interrupted`` set, after restoring the SIGINT handler Lightning replaces.
     """
-    b = job.build
-    if job.part is None and len(b.runs) > 1:
+    if job.part is None and len(job.build.runs) > 1:
         return run_parts(job, reporter)
     sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-    monitor = None
-    trainer = model = dm = None
+    live = _Live()
     error: BaseException | None = None
     interrupted: str | None = None
     try:
-        _clean_dir(job.trial_dir)
-        with quiet_lightning(b.quiet):
-            pl = namespace_of(b.model) if inspect.isclass(b.model) else None
-            from lightning.fabric.utilities.seed import seed_everything
-
-            fold, repeat = job.part or (0, 0)
-            seed_everything(trial_seed(job.seed, job.number, repeat), workers=True, verbose=False)
-            if isinstance(b.model, TrialBuilder):  # the builder makes the whole trial (LightningCLI projects)
-                pl = b.model.namespace
-                monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
-                model, dm, trainer = b.model.build_trial(job, search_callbacks(pl, b, job, monitor))
-            else:
-                model, dm = build_parts(b, job.params)
-                pl = pl or namespace_of(model)
-                if b.cv is not None:
-                    dm = fold_view(dm, fold, b.cv)
-                monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
-                trainer = _make_trainer(pl, b, job, split_params(job.params)["trainer"], monitor)
-            trainer.fit(model, datamodule=dm)
-            _log_hparams(trainer, job.params, b.monitor, monitor.best_value)
+        _fit(job, reporter, live)
     except SearchPreempted as e:
         interrupted, error = PREEMPTED, e
     except (KeyboardInterrupt, SystemExit) as e:
         # Lightning turns Ctrl+C into SystemExit(1) raised while it handles the KeyboardInterrupt, and
         # SIGTERM into SIGTERMException; any other SystemExit (sys.exit in user code) is a failure
-        if type(e).__name__ == "SIGTERMException":
+        if compat.is_interrupt_exit(e):
             interrupted = PREEMPTED
         elif isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
             interrupted = INTERRUPTED
@@ -271,10 +198,10 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     finally:
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)  # Lightning leaves SIGINT ignored after an interrupt
-    outcome = _outcome(job, monitor, trainer, error, interrupted)
-    if error is not None:  # its traceback holds this frame, and so the model, in a reference cycle
+    outcome = _outcome(job, live.monitor, live.trainer, error, interrupted)
+    if error is not None:  # its traceback holds the trial's frames, and so the model, in a reference cycle
         traceback.clear_frames(error.__traceback__)
-    del trainer, model, dm, monitor, error
+    del live, error
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
@@ -311,28 +238,6 @@ def search_callbacks(pl: Any, b: TrialBuild, job: TrialJob, monitor: Any) -> lis
     return callbacks
 
 
-def _make_trainer(pl: Any, b: TrialBuild, job: TrialJob, overrides: dict[str, Any], monitor: Any) -> Any:
-    kwargs: dict[str, Any] = {"enable_progress_bar": not b.quiet, "enable_model_summary": not b.quiet}
-    kwargs.update(b.trainer_kwargs)
-    kwargs.update(overrides)
-    user_callbacks = kwargs.pop("callbacks", None) or []
-    if not isinstance(user_callbacks, (list, tuple)):
-        user_callbacks = [user_callbacks]
-    # each trial gets its own copies: callbacks keep state (EarlyStopping's wait count, ...)
-    monitor, *ours = search_callbacks(pl, b, job, monitor)
-    callbacks = [monitor, *copy.deepcopy(list(user_callbacks)), *ours]
-    kwargs.setdefault("enable_checkpointing", b.checkpoint)
-    if "logger" not in kwargs:
-        kwargs["logger"] = _loggers(pl, job.trial_dir, job.params)
-    kwargs["default_root_dir"] = job.trial_dir
-    try:
-        return pl.Trainer(callbacks=callbacks, **kwargs)
-    except TypeError as e:
-        raise ConfigurationError(
-            f"the Trainer rejected trainer_kwargs/trainer.* parameters {sorted(kwargs)}: {e}"
-        ) from e
-
-
 def _outcome(
     job: TrialJob, monitor: Any, trainer: Any, error: BaseException | None, interrupted: str | None
 ) -> TrialOutcome:
@@ -353,10 +258,7 @@ def _outcome(
         error = monitor.error
     if error is not None:
         # every trial would fail the same way: a missing metric, or arguments the model/Trainer refuse
-        fatal = (
-            isinstance(error, (MetricNotFoundError, ConfigurationError))
-            or type(error).__name__ == "MisconfigurationException"
-        )
+        fatal = isinstance(error, (MetricNotFoundError, ConfigurationError)) or compat.is_misconfiguration(error)
         return TrialOutcome(TrialState.FAILED, error=_describe(error), fatal=fatal, **common)
     if not values:
         logged = sorted(metrics)
@@ -373,13 +275,18 @@ def _outcome(
     return TrialOutcome(state, value=monitor.best_value, best_step=monitor.best_step, checkpoint=ckpt, **common)
 
 
+def _run_dir(b: TrialBuild, fold: int, repeat: int) -> str:
+    if b.repeats == 1:
+        return f"fold_{fold}"
+    return f"repeat_{repeat}" if b.cv is None else f"fold_{fold}_repeat_{repeat}"
+
+
 def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
     """Run every fold/repeat of a trial in turn; the trial's value is the mean of the runs' best values.
 
     Steps continue across runs and carry the running mean (see :class:`MeanReporter`), so pruning
     acts on the mean so far; a pruned or failed run ends the trial.
     """
-    import statistics
     from dataclasses import replace
 
     b = job.build
@@ -388,13 +295,9 @@ def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
     sent: dict[int, float] = {}
     last: TrialOutcome | None = None
     for fold, repeat in b.runs:
-        name = (
-            f"fold_{fold}"
-            if b.repeats == 1
-            else (f"repeat_{repeat}" if b.cv is None else f"fold_{fold}_repeat_{repeat}")
-        )
         channel = MeanReporter(reporter, done, len(sent), b.direction)
-        last = run_trial(replace(job, part=(fold, repeat), trial_dir=os.path.join(job.trial_dir, name)), channel)
+        run_dir = os.path.join(job.trial_dir, _run_dir(b, fold, repeat))
+        last = run_trial(replace(job, part=(fold, repeat), trial_dir=run_dir), channel)
         sent.update(channel.sent)
         runs.append(
             {
@@ -410,10 +313,19 @@ def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
         if last.state is not TrialState.COMPLETE:
             break
         done.append(last.value)
-    attrs = {"runs": runs}
+    assert last is not None
+    return _parts_outcome(b, runs, done, sent, last)
+
+
+def _parts_outcome(
+    b: TrialBuild, runs: list[dict[str, Any]], done: list[float], sent: dict[int, float], last: TrialOutcome
+) -> TrialOutcome:
+    """The trial's outcome from its runs: the last one's state, the mean of the completed runs' values."""
+    import statistics
+
+    attrs: dict[str, Any] = {"runs": runs}
     if len(done) > 1:
         attrs["std"] = statistics.stdev(done)
-    assert last is not None
     common = {"intermediate": sent, "metrics": last.metrics, "attrs": attrs}
     if last.state is TrialState.FAILED:
         where = f"run {len(runs) - 1} (fold {runs[-1]['fold']}, repeat {runs[-1]['repeat']})"
