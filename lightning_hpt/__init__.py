@@ -5,10 +5,12 @@ from lightning_hpt.exceptions import (
     DatabaseLockedError,
     HPTError,
     MetricNotFoundError,
+    SearchFailedError,
     SearchPreempted,
     SearchSpaceError,
     StorageError,
     StudyMismatchError,
+    StudyNotFoundError,
 )
 from lightning_hpt.executors import Executor, LocalExecutor, ProcessExecutor
 from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
@@ -45,6 +47,7 @@ __all__ = [
     "Pruner",
     "RandomStrategy",
     "RayExecutor",
+    "SearchFailedError",
     "SearchPreempted",
     "SearchResult",
     "SearchSpace",
@@ -53,6 +56,7 @@ __all__ = [
     "StorageError",
     "Strategy",
     "StudyMismatchError",
+    "StudyNotFoundError",
     "SuccessiveHalvingPruner",
     "TrialRecord",
     "TrialState",

@@ -20,8 +20,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
-from lightning_hpt.exceptions import ConfigurationError, DuplicateTrialError, MetricNotFoundError, SearchPreempted
+from lightning_hpt.checks import check_bool, check_seed, check_writable_dir
+from lightning_hpt.exceptions import (
+    ConfigurationError,
+    DuplicateTrialError,
+    MetricNotFoundError,
+    SearchFailedError,
+    SearchPreempted,
+)
 from lightning_hpt.executors import Executor, LocalExecutor
+from lightning_hpt.failures import fail_fast, no_complete_trial
 from lightning_hpt.lightning.config import check_keys, is_lightning_class, namespace_of
 from lightning_hpt.lightning.folds import CrossValidation, require_cv
 from lightning_hpt.lightning.runner import TrialBuild, TrialBuilder, TrialJob, TrialOutcome
@@ -30,7 +38,7 @@ from lightning_hpt.report.board import StudyBoard
 from lightning_hpt.report.live import make_progress
 from lightning_hpt.report.table import trials_table
 from lightning_hpt.result import SearchResult
-from lightning_hpt.space import Domain, SearchSpace, validate_name
+from lightning_hpt.space import Domain, SearchSpace, validate_study_name
 from lightning_hpt.storage import Storage, StudyInfo, open_storage
 from lightning_hpt.strategies import Strategy, make_strategy
 from lightning_hpt.strategies.base import params_key
@@ -123,7 +131,8 @@ class HyperparameterSearch:
         study_name: the study; running the same name again resumes it.
         root: directory of the trials' files: ``<root>/<study_name>/trial_<number>/``.
         seed: makes the search reproducible: proposals and each trial's ``seed_everything`` derive
-            from ``(seed, trial number)``.
+            from ``(seed, trial number)``; an integer from 0 to 2**32 - 1. A stored study resumed with
+            another seed is refused like a changed space (``allow_changes=True`` keeps the stored one).
         patience: ``EarlyStopping`` patience inside each trial, in validation runs; ``None`` disables it.
         checkpoint: keep each trial's best-epoch checkpoint.
         executor: where trials run; in-process, one at a time, by default. An executor passed in keeps
@@ -132,6 +141,8 @@ class HyperparameterSearch:
         timeout: seconds after which no new trial starts.
         retry_interrupted: rerun, under the same number, trials stopped by Ctrl+C, SIGTERM or a
             killed driver (else they stay FAILED).
+        retry_failed: rerun every FAILED trial of the study under its number (after fixing what made
+            them fail); safe while other drivers run the study: each is rerun once.
         allow_changes: continue a stored study even if the space, monitor, direction or strategy
             given here differ (the stored definition wins).
         enqueue: configurations to try first (known good ones); each is added once per study.
@@ -171,6 +182,7 @@ class HyperparameterSearch:
         executor: Executor | None = None,
         timeout: float | None = None,
         retry_interrupted: bool = True,
+        retry_failed: bool = False,
         allow_changes: bool = False,
         enqueue: Sequence[Mapping[str, Any]] = (),
         cv: int | CrossValidation | None = None,
@@ -185,7 +197,7 @@ class HyperparameterSearch:
         builds_trials = isinstance(model, TrialBuilder)  # a whole-trial builder checks its own keys
         if not builds_trials:
             check_keys(self.space)
-        self.study_name = validate_name(study_name, "study_name")
+        self.study_name = validate_study_name(study_name)
         self.direction = Direction.parse(mode)
         if not isinstance(monitor, str) or not monitor:
             raise ConfigurationError(
@@ -203,9 +215,11 @@ class HyperparameterSearch:
         self._check_init_keys(datamodule, "data", "LightningDataModule")
         if not builds_trials:
             self._check_trainer_keys(model)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ConfigurationError(f"seed must be an integer or None, got seed={seed!r}")
-        self.seed = seed
+        self.seed = check_seed(seed)
+        for name, flag in (("checkpoint", checkpoint), ("retry_interrupted", retry_interrupted), ("refit", refit)):
+            check_bool(flag, name)
+        self.retry_failed = check_bool(retry_failed, "retry_failed")
+        self.allow_changes = check_bool(allow_changes, "allow_changes")
         self.strategy = make_strategy(strategy, seed=None)
         self.pruner = make_pruner(pruner)
         if n_trials is None and self.strategy.name != "grid":
@@ -259,7 +273,6 @@ class HyperparameterSearch:
         self._owns_executor = executor is None
         self.executor = executor or LocalExecutor()
         self.retry_interrupted = retry_interrupted
-        self.allow_changes = allow_changes
         if isinstance(enqueue, Mapping) or not all(isinstance(p, Mapping) for p in enqueue):
             raise ConfigurationError(
                 f"enqueue must be a list of configurations (dicts), got enqueue={enqueue!r}; wrap one in [...]"
@@ -524,10 +537,16 @@ class HyperparameterSearch:
             KeyboardInterrupt: after Ctrl+C, once the running trials are recorded as FAILED ("interrupted").
             SearchPreempted: after SIGTERM, likewise ("pre-empted"); exits with status 143 if uncaught.
             MetricNotFoundError: when the first trials never log ``monitor``.
+            SearchFailedError: when the first trials fail with the same error over different
+                configurations (see :mod:`lightning_hpt.failures`), or when the search ends with no
+                COMPLETE trial (then ``.result`` holds the result); each error is shown once.
         """
         self.executor.start(self.build)  # refuses unpicklable trial code before anything is written
+        check_writable_dir(self.root / self.study_name, f"the trials' directory (root={str(self.root)!r})")
         storage = self._open()
         self._recover(storage)
+        if self.retry_failed:
+            storage.requeue_failed(self.study_name)
         self._check_checkpoints(storage.trials(self.study_name))
         for params in self._enqueue:
             self.enqueue(params)
@@ -595,10 +614,9 @@ class HyperparameterSearch:
                             raise SearchPreempted()
                         if outcome.interrupted:
                             raise KeyboardInterrupt
-                        if outcome.fatal and not history.completed:
-                            raise MetricNotFoundError(
-                                f"trial {rec.number} failed and every trial would: {outcome.error}"
-                            )
+                        stop = fail_fast(history.space, history.trials, final)
+                        if stop is not None:
+                            raise stop
         except BaseException as e:
             running.clear()
             if not (handling and isinstance(e, (KeyboardInterrupt, SearchPreempted))):
@@ -616,11 +634,15 @@ class HyperparameterSearch:
         if self.refit and result.best_trial is not None:
             result.refit()
         progress.end(str(result), trials_table(result.trials, self.monitor, self.direction, top=10))
+        failed = no_complete_trial(result.trials, reason or "done")
+        if failed is not None:
+            raise SearchFailedError(failed, result)
         return result
 
     def _abandon(self, storage: Storage, started: set[int], error: BaseException) -> None:
         """Record the trials this run started and did not finish, so none stays RUNNING."""
-        if isinstance(error, (KeyboardInterrupt, SearchPreempted)):  # these trials run again on resume
+        if isinstance(error, (KeyboardInterrupt, SearchPreempted, SearchFailedError, MetricNotFoundError)):
+            # these trials run again on resume: they were stopped, not at fault
             why = f"{PREEMPTED if isinstance(error, SearchPreempted) else INTERRUPTED}: the search stopped ({type(error).__name__})"
         else:  # a driver error is not retried forever: the trial keeps the real reason
             why = f"the search stopped on an error in the driver: {type(error).__name__}: {error}"

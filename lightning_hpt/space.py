@@ -26,35 +26,55 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_hpt.exceptions import SearchSpaceError
+from lightning_hpt.checks import check_bool
+from lightning_hpt.exceptions import ConfigurationError, HPTError, SearchSpaceError
 
-__all__ = ["Categorical", "Domain", "Float", "Int", "SearchSpace", "validate_name"]
+__all__ = ["Categorical", "Domain", "Float", "Int", "SearchSpace", "validate_name", "validate_study_name"]
 
 MAX_NAME_LENGTH = 128
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def validate_name(name: object, what: str = "parameter name") -> str:
+def validate_name(
+    name: object,
+    what: str = "parameter name",
+    *,
+    error: type[HPTError] = SearchSpaceError,
+    examples: str = "'model.lr' or 'trainer.max_epochs'",
+) -> str:
     """Check a parameter or study name: dotted identifiers, at most 128 characters.
 
     Names flow into database rows and file paths, so anything that could escape a directory
     (``../x``, ``/``, NUL) or be mistaken for a path is refused.
+
+    Args:
+        name: the name to check.
+        what: what the name is, for the message.
+        error: the error to raise.
+        examples: valid names of this kind, for the message.
     """
     if not isinstance(name, str):
-        raise SearchSpaceError(f"{what} must be a string, got {name!r} of type {type(name).__name__}")
+        raise error(f"{what} must be a string, got {name!r} of type {type(name).__name__}")
     if not name:
-        raise SearchSpaceError(f"{what} must not be empty")
+        raise error(f"{what} must not be empty; use a name such as {examples}")
     if len(name) > MAX_NAME_LENGTH:
-        raise SearchSpaceError(
-            f"{what} must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {name[:40]!r}..."
-        )
+        raise error(f"{what} must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {name[:40]!r}...")
     if not _NAME_RE.match(name):
-        raise SearchSpaceError(
+        raise error(
             f"{what} {name!r} is invalid: use letters, digits and '_' in dot-separated parts, each starting"
-            " with a letter or '_' (for example 'model.lr' or 'trainer.max_epochs')"
+            f" with a letter or '_' (for example {examples})"
         )
     return name
+
+
+def validate_study_name(name: object) -> str:
+    """Check a study name (it names a database row and the directory ``<root>/<study>``); see :func:`validate_name`.
+
+    Raises:
+        ConfigurationError: the name is not a dotted identifier of at most 128 characters.
+    """
+    return validate_name(name, "study_name", error=ConfigurationError, examples="'mnist' or 'resnet.lr_sweep'")
 
 
 def _number(value: object, arg: str, cls: str) -> float:
@@ -164,6 +184,7 @@ class Float(Domain):
         low, high = _number(self.low, "low", "Float"), _number(self.high, "high", "Float")
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
+        object.__setattr__(self, "log", check_bool(self.log, "log", SearchSpaceError, owner="Float"))
         _check_range("Float", low, high, self.log)
         if self.step is not None:
             step = _number(self.step, "step", "Float")
@@ -248,6 +269,7 @@ class Int(Domain):
                     continue
                 raise SearchSpaceError(f"Int: {arg} must be an integer, got {arg}={v!r}; use Float for real values")
             object.__setattr__(self, arg, int(v))
+        object.__setattr__(self, "log", check_bool(self.log, "log", SearchSpaceError, owner="Int"))
         _check_range("Int", self.low, self.high, self.log)
         if self.step < 1:
             raise SearchSpaceError(f"Int: step must be >= 1, got step={self.step!r}")

@@ -1,7 +1,7 @@
 """SQLStorage: the storage contract on SQLite (and PostgreSQL when available), and the reliability rows.
 
 The PostgreSQL runs need ``HPT_TEST_POSTGRES_URL`` pointing at a database used only for tests (its
-``hpt_`` tables are dropped before each test), e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/hpt_test``.
+``lightning_hpt`` schema is dropped before each test), e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/hpt_test``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class TestPostgresStorage(StorageContract):
     def make_storage(self) -> Callable[[], Storage]:
         engine = sa.create_engine(SQLStorage(POSTGRES_URL)._url)  # the URL with psycopg chosen as the driver
         with engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS hpt_trial_values, hpt_trials, hpt_studies, hpt_meta CASCADE"))
+            conn.execute(sa.text("DROP SCHEMA IF EXISTS lightning_hpt CASCADE"))
         engine.dispose()
         return lambda: SQLStorage(POSTGRES_URL)
 

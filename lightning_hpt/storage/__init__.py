@@ -12,9 +12,10 @@ from typing import Any
 
 from lightning_hpt.exceptions import StorageError
 from lightning_hpt.storage.base import Storage, StudyInfo
+from lightning_hpt.storage.masking import mask_secrets
 from lightning_hpt.storage.sql import SCHEMA_VERSION, SQLStorage
 
-__all__ = ["SCHEMA_VERSION", "SQLStorage", "Storage", "StudyInfo", "open_storage"]
+__all__ = ["SCHEMA_VERSION", "SQLStorage", "Storage", "StudyInfo", "mask_secrets", "open_storage"]
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
@@ -26,7 +27,8 @@ def open_storage(url_or_storage: Storage | str | os.PathLike[str], **kwargs: Any
         url_or_storage: a :class:`Storage` (returned as it is), a SQLAlchemy URL
             (``"sqlite:///runs/study.db"``, ``"postgresql+psycopg://user:password@host/db"``), or a
             filesystem path ending in ``.db`` (``.sqlite``, ``.sqlite3``), which means a SQLite file.
-        **kwargs: passed to :class:`SQLStorage` (``lock_timeout``, ``retries``, ``engine_kwargs``).
+        **kwargs: passed to :class:`SQLStorage` (``lock_timeout``, ``retries``, ``engine_kwargs``,
+            ``create``: ``False`` to open an existing database only, writing nothing).
 
     Raises:
         StorageError: the argument is none of these, or the database cannot be opened.
@@ -43,7 +45,8 @@ def open_storage(url_or_storage: Storage | str | os.PathLike[str], **kwargs: Any
             return SQLStorage(text, **kwargs)
         if isinstance(text, str) and text.lower().endswith(_SQLITE_SUFFIXES):
             return SQLStorage("sqlite:///" + os.path.abspath(os.path.expanduser(text)), **kwargs)
+    given = mask_secrets(repr(url_or_storage))
     raise StorageError(
         f"storage must be a Storage object, a database URL such as 'sqlite:///runs/study.db' or"
-        f" 'postgresql+psycopg://user@host/dbname', or a file path ending in .db; got {url_or_storage!r}"
+        f" 'postgresql+psycopg://user@host/dbname', or a file path ending in .db; got {given}"
     )
