@@ -124,7 +124,13 @@ def test_a_setting_that_fails_for_one_value_does_not_stop_the_search(tmp_path):
     """Issue: trainer.accelerator: Categorical(["gpu", "cpu"]) without a GPU used to stop at trial 0."""
     trainer = {k: v for k, v in FAST.items() if k != "accelerator"}
     space = {"trainer.accelerator": Categorical(["gpu", "cpu"]), "model.lr": Float(0.01, 0.2, log=True)}
-    s = search(tmp_path, space=space, n_trials=5, trainer_kwargs=trainer, enqueue=[{"trainer.accelerator": "gpu", "model.lr": 0.05}])
+    s = search(
+        tmp_path,
+        space=space,
+        n_trials=5,
+        trainer_kwargs=trainer,
+        enqueue=[{"trainer.accelerator": "gpu", "model.lr": 0.05}],
+    )
     by_state = {}
     for t in s.run().trials:
         by_state.setdefault(t.state, []).append(t.params["trainer.accelerator"])

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from lightning_hpt.exceptions import DatabaseLockedError, StorageError
+from lightning_hpt.exceptions import DatabaseLockedError, StorageError, StudyNotFoundError
 from lightning_hpt.storage import SCHEMA_VERSION, SQLStorage, Storage, open_storage
 from lightning_hpt.storage import sql as sql_module
 from lightning_hpt.testing.storage import PARAMS, StorageContract, study_info
@@ -390,3 +390,119 @@ def test_open_storage_refuses_other_things(bad: object) -> None:
 def test_open_storage_refuses_options_for_an_existing_storage(storage: SQLStorage) -> None:
     with pytest.raises(StorageError, match="lock_timeout"):
         open_storage(storage, lock_timeout=1)
+
+
+# ---------------------------------------------------------------------- readers write nothing
+
+
+@pytest.mark.parametrize("where", ["missing_dir/typo.db", "typo.db"])
+def test_reading_never_creates_a_database(tmp_path: Path, where: str) -> None:
+    """Issue: `lightning-hpt show X --storage missing_dir/typo.db` created the directory and an empty database."""
+    path = tmp_path / where
+    with pytest.raises(StorageError, match=r"no study database at .*typo\.db.*no such file"):
+        open_storage(path, create=False)
+    with pytest.raises(StorageError, match="no study database"):
+        SQLStorage(f"sqlite:///{path}", create=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_reading_an_empty_or_rollback_journal_database_changes_nothing(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(StorageError, match="holds no lightning-hpt studies"):
+        SQLStorage(f"sqlite:///{empty}", create=False)
+    assert _tables(empty) == []
+    db = tmp_path / "study.db"
+    writer = SQLStorage(f"sqlite:///{db}")
+    writer.open_study(study_info())
+    writer.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode = DELETE")  # e.g. a copy made with the sqlite3 shell
+    reader = SQLStorage(f"sqlite:///{db}", create=False)
+    assert reader.study_names() == ["study"]
+    reader.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # not switched to WAL by a reader
+
+
+def test_unknown_study_error_names_the_studies_without_python_advice(storage: SQLStorage) -> None:
+    with pytest.raises(StudyNotFoundError, match=r"no study 'studdy' .*\['study'\]; did you mean \['study'\]") as e:
+        storage.trials("studdy")
+    assert "open_study" not in str(e.value)
+    assert pickle.loads(pickle.dumps(e.value)).args == e.value.args  # crosses process boundaries intact
+
+
+# ---------------------------------------------------------------------- retry and delete
+
+
+def _fail(storage: SQLStorage, error: str = "RuntimeError: boom") -> int:
+    t = storage.create_trial("study", PARAMS)
+    storage.report("study", t.number, 0, 1.0)
+    storage.finish_trial("study", t.number, state=TrialState.FAILED, error=error)
+    return t.number
+
+
+def test_requeue_failed_queues_each_failed_trial_once(storage: SQLStorage) -> None:
+    failed = [_fail(storage), _fail(storage, "interrupted: x")]
+    done = storage.create_trial("study", {**PARAMS, "model.lr": 0.5}).number
+    storage.finish_trial("study", done, state=TrialState.COMPLETE, value=1.0)
+    assert storage.requeue_failed("study") == failed
+    assert storage.requeue_failed("study") == []  # a second driver asking finds nothing left to requeue
+    by_number = {t.number: t for t in storage.trials("study")}
+    assert [by_number[n].state for n in failed] == [TrialState.QUEUED] * 2
+    assert by_number[failed[0]].attrs["attempts"][0]["error"] == "RuntimeError: boom"
+    assert by_number[failed[0]].intermediate == {} and by_number[done].state is TrialState.COMPLETE
+
+
+def test_delete_study_refuses_running_trials_unless_forced(storage: SQLStorage) -> None:
+    storage.open_study(study_info("other"))
+    _fail(storage)
+    running = storage.create_trial("study", {**PARAMS, "model.lr": 0.5})
+    with pytest.raises(StorageError, match=rf"RUNNING trials: trial {running.number} .*force=True"):
+        storage.delete_study("study")
+    assert len(storage.trials("study")) == 2  # refused: nothing deleted
+    assert storage.delete_study("study", force=True) == 2
+    assert storage.study_names() == ["other"]
+    with pytest.raises(StudyNotFoundError):  # a driver still running the study stops at its next write
+        storage.finish_trial("study", running.number, state=TrialState.COMPLETE, value=1.0)
+    with sqlite3.connect(storage._url.database) as conn:  # noqa: SLF001 - the rows themselves
+        assert conn.execute("SELECT count(*) FROM hpt_trials").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM hpt_trial_values").fetchone() == (0,)
+
+
+# ---------------------------------------------------------------------- PostgreSQL: a schema of our own
+
+
+@pytest.mark.skipif(POSTGRES_URL is None, reason="set HPT_TEST_POSTGRES_URL to a test database to run on PostgreSQL")
+def test_postgres_tables_live_in_their_own_schema_beside_other_programs_tables() -> None:
+    """A database that other programs use gets one schema (lightning_hpt, or ?schema=) and no table beside theirs."""
+    admin = sa.create_engine(SQLStorage(POSTGRES_URL)._url)  # noqa: SLF001 - the URL with the driver chosen
+    with admin.begin() as conn:
+        for schema in ("lightning_hpt", "hpt_probe", "hpt_taken"):
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS public.their_orders"))
+        for table in ("hpt_trial_values", "hpt_trials", "hpt_studies", "hpt_meta"):  # from an older test run
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS public.{table} CASCADE"))
+        conn.execute(sa.text("CREATE TABLE public.their_orders (id int)"))
+        conn.execute(sa.text("CREATE SCHEMA hpt_taken"))
+        conn.execute(sa.text("CREATE TABLE hpt_taken.invoices (id int)"))
+    try:
+        SQLStorage(POSTGRES_URL).open_study(study_info())
+        named = sa.make_url(POSTGRES_URL).update_query_dict({"schema": "hpt_probe"}).render_as_string(False)
+        other = SQLStorage(named)
+        assert other.study_names() == [] and "schema=hpt_probe" in other.url
+        with pytest.raises(StorageError, match=r"schema 'hpt_taken'.*belongs to another program.*\['invoices'\]"):
+            SQLStorage(sa.make_url(POSTGRES_URL).update_query_dict({"schema": "hpt_taken"}).render_as_string(False))
+        with pytest.raises(StorageError, match="not a schema name"):
+            SQLStorage(sa.make_url(POSTGRES_URL).update_query_dict({"schema": "x; drop"}).render_as_string(False))
+        with admin.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names(schema="public"))
+            assert "their_orders" in tables and not {t for t in tables if t.startswith("hpt_")}
+            assert "hpt_trials" in sa.inspect(conn).get_table_names(schema="lightning_hpt")
+            assert "hpt_trials" in sa.inspect(conn).get_table_names(schema="hpt_probe")
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS public.their_orders"))
+            for schema in ("hpt_probe", "hpt_taken"):
+                conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        admin.dispose()

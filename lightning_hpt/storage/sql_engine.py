@@ -81,6 +81,11 @@ class SQLDatabase:
                 f"storage url {mask_secrets(url)!r} is not a database URL ({mask_secrets(e)}); use"
                 " 'sqlite:///path/to/study.db' or 'postgresql+psycopg://user@host/dbname'"
             ) from None
+        if u.host and "@" in u.host:  # the driver would quote this "host", the rest of the password in it
+            raise StorageError(
+                f"storage url {mask_secrets(url)!r} has an '@' in its password (or user name): percent-encode it as"
+                " %40 (urllib.parse.quote_plus(password) encodes every special character)"
+            )
         if u.get_backend_name() == "sqlite" and not self._is_memory(u) and "uri" not in u.query:
             path = os.path.abspath(os.path.expanduser(u.database))
             if not self.create and not os.path.isfile(path):
