@@ -156,7 +156,7 @@ def test_retry_failed_reruns_the_failed_trials_under_their_numbers(tmp_path):
         search(tmp_path, broken(flag), n_trials=3).run()
     first = search(tmp_path, broken(flag), n_trials=3).trials
     flag.unlink()  # the cause is fixed
-    with pytest.raises(SearchFailedError, match="no COMPLETE trial.*\n.*\n.*retry_failed=True"):
+    with pytest.raises(SearchFailedError, match=r"no COMPLETE trial.*\n.*\n.*retry_failed=True"):
         search(tmp_path, broken(flag), n_trials=3).run()  # the study is full of failures: it says how to go on
     result = search(tmp_path, broken(flag), n_trials=3, retry_failed=True).run()
     assert [(t.number, t.params, t.state) for t in result.trials] == [

@@ -465,7 +465,7 @@ def test_delete_study_refuses_running_trials_unless_forced(storage: SQLStorage) 
     assert storage.study_names() == ["other"]
     with pytest.raises(StudyNotFoundError):  # a driver still running the study stops at its next write
         storage.finish_trial("study", running.number, state=TrialState.COMPLETE, value=1.0)
-    with sqlite3.connect(storage._url.database) as conn:  # noqa: SLF001 - the rows themselves
+    with sqlite3.connect(storage._url.database) as conn:
         assert conn.execute("SELECT count(*) FROM hpt_trials").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM hpt_trial_values").fetchone() == (0,)
 
@@ -476,7 +476,7 @@ def test_delete_study_refuses_running_trials_unless_forced(storage: SQLStorage) 
 @pytest.mark.skipif(POSTGRES_URL is None, reason="set HPT_TEST_POSTGRES_URL to a test database to run on PostgreSQL")
 def test_postgres_tables_live_in_their_own_schema_beside_other_programs_tables() -> None:
     """A database that other programs use gets one schema (lightning_hpt, or ?schema=) and no table beside theirs."""
-    admin = sa.create_engine(SQLStorage(POSTGRES_URL)._url)  # noqa: SLF001 - the URL with the driver chosen
+    admin = sa.create_engine(SQLStorage(POSTGRES_URL)._url)
     with admin.begin() as conn:
         for schema in ("lightning_hpt", "hpt_probe", "hpt_taken"):
             conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
