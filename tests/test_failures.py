@@ -13,11 +13,21 @@ import pytest
 import torch
 from conftest import FAST, TinyData, TinyModel
 
-from lightning_hpt import Categorical, Float, HyperparameterSearch, Int, SearchFailedError, TrialState
+from lightning_hpt import (
+    Categorical,
+    ConfigurationError,
+    Float,
+    HyperparameterSearch,
+    Int,
+    SearchFailedError,
+    StudyMismatchError,
+    TrialState,
+)
 from lightning_hpt.failures import MIN_FAILURES, error_signature, fail_fast, known_fix, no_complete_trial, short_error
+from lightning_hpt.report.html import render_report
 from lightning_hpt.report.table import trials_table
 from lightning_hpt.space import SearchSpace
-from lightning_hpt.storage import open_storage
+from lightning_hpt.storage import StudyInfo, open_storage
 from lightning_hpt.trial import Direction, TrialRecord
 
 SPACE = {"model.lr": Float(0.01, 0.2, log=True), "model.hidden": Int(4, 16)}
@@ -197,3 +207,52 @@ def test_two_drivers_retrying_one_study_run_each_failed_trial_once(tmp_path):
         assert [a["error"].split(":")[0] for a in t.attrs["attempts"]] == ["RuntimeError"], t.attrs
         assert t.attempt == 2
     assert all("attempts" not in t.attrs for t in trials[3:])
+
+
+# ------------------------------------------------------------------------- refused before anything runs
+
+
+def test_a_resumed_study_with_another_seed_is_refused(tmp_path):
+    """Issue: resuming with a different seed silently kept the stored one; now refused like a changed space."""
+    search(tmp_path, n_trials=1).run()
+    with pytest.raises(StudyMismatchError, match=r"seed changed from 0 to 1.*allow_changes=True"):
+        HyperparameterSearch(
+            TinyModel, TinyData, SPACE, root=tmp_path, seed=1, n_trials=2, trainer_kwargs=dict(FAST), verbose=False
+        ).run()
+    assert len(search(tmp_path, n_trials=1).trials) == 1  # nothing ran
+    resumed = HyperparameterSearch(
+        TinyModel,
+        TinyData,
+        SPACE,
+        root=tmp_path,
+        seed=1,
+        n_trials=2,
+        trainer_kwargs=dict(FAST),
+        verbose=False,
+        allow_changes=True,
+    )
+    resumed.run()
+    assert resumed.seed == 0  # the stored seed wins, as the stored space does
+
+
+@pytest.mark.parametrize("blocker", ["study_is_a_file", "root_is_a_file"])
+def test_a_trials_directory_that_cannot_be_made_is_refused_before_any_record(tmp_path, blocker):
+    """Issue: <root>/<study> as a regular file failed every trial alike, each counting towards n_trials."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    if blocker == "study_is_a_file":
+        (root / "default").write_text("not a directory")
+    else:  # the root itself is a file: <root>/<study> cannot be made
+        root = tmp_path / "file"
+        root.write_text("a file where the root should be")
+    s = search(root, n_trials=2)
+    with pytest.raises(ConfigurationError, match=r"the trials' directory .* regular file, not a directory"):
+        s.run()
+    assert not (tmp_path / "runs" / "studies.db").exists()  # no study, no trial record
+
+
+def test_the_report_shows_a_failed_trials_error_whole():
+    error = "RuntimeError: " + " ".join(f"word{i}" for i in range(120))  # ~900 characters
+    info = StudyInfo("s", SearchSpace(SPACE), Direction.MINIMIZE, "val_loss", "random")
+    html = render_report(info, [TrialRecord(0, {"model.lr": 0.1, "model.hidden": 4}, TrialState.FAILED, error=error)])
+    assert "word119" in html and "word0 " in html
