@@ -435,6 +435,26 @@ def test_unknown_study_error_names_the_studies_without_python_advice(storage: SQ
 # ---------------------------------------------------------------------- retry and delete
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, storage: SQLStorage) -> Iterator[SQLStorage]:
+    """The SQLite storage with its study, or the same on PostgreSQL (when HPT_TEST_POSTGRES_URL is set)."""
+    if request.param == "sqlite":
+        yield storage
+        return
+    if POSTGRES_URL is None:
+        pytest.skip("set HPT_TEST_POSTGRES_URL to a test database to run on PostgreSQL")
+    pg = SQLStorage(POSTGRES_URL)
+    for name in pg.study_names():
+        if name in ("study", "other"):
+            pg.delete_study(name, force=True)
+    pg.open_study(study_info())
+    yield pg
+    for name in pg.study_names():
+        if name in ("study", "other"):
+            pg.delete_study(name, force=True)
+    pg.close()
+
+
 def _fail(storage: SQLStorage, error: str = "RuntimeError: boom") -> int:
     t = storage.create_trial("study", PARAMS)
     storage.report("study", t.number, 0, 1.0)
@@ -442,7 +462,8 @@ def _fail(storage: SQLStorage, error: str = "RuntimeError: boom") -> int:
     return t.number
 
 
-def test_requeue_failed_queues_each_failed_trial_once(storage: SQLStorage) -> None:
+def test_requeue_failed_queues_each_failed_trial_once(backend: SQLStorage) -> None:
+    storage = backend
     failed = [_fail(storage), _fail(storage, "interrupted: x")]
     done = storage.create_trial("study", {**PARAMS, "model.lr": 0.5}).number
     storage.finish_trial("study", done, state=TrialState.COMPLETE, value=1.0)
@@ -454,7 +475,8 @@ def test_requeue_failed_queues_each_failed_trial_once(storage: SQLStorage) -> No
     assert by_number[failed[0]].intermediate == {} and by_number[done].state is TrialState.COMPLETE
 
 
-def test_delete_study_refuses_running_trials_unless_forced(storage: SQLStorage) -> None:
+def test_delete_study_refuses_running_trials_unless_forced(backend: SQLStorage) -> None:
+    storage = backend
     storage.open_study(study_info("other"))
     _fail(storage)
     running = storage.create_trial("study", {**PARAMS, "model.lr": 0.5})
@@ -465,9 +487,12 @@ def test_delete_study_refuses_running_trials_unless_forced(storage: SQLStorage) 
     assert storage.study_names() == ["other"]
     with pytest.raises(StudyNotFoundError):  # a driver still running the study stops at its next write
         storage.finish_trial("study", running.number, state=TrialState.COMPLETE, value=1.0)
-    with sqlite3.connect(storage._url.database) as conn:
-        assert conn.execute("SELECT count(*) FROM hpt_trials").fetchone() == (0,)
-        assert conn.execute("SELECT count(*) FROM hpt_trial_values").fetchone() == (0,)
+    trials, values, studies = sql_module.TRIALS, sql_module.VALUES, sql_module.STUDIES
+    with storage.engine.connect() as conn:  # no row of the study is left behind
+        orphans = sa.select(sa.func.count()).where(trials.c.study_id.not_in(sa.select(studies.c.id)))
+        assert conn.execute(orphans).scalar() == 0
+        orphans = sa.select(sa.func.count()).where(values.c.trial_id.not_in(sa.select(trials.c.id)))
+        assert conn.execute(orphans).scalar() == 0
 
 
 # ---------------------------------------------------------------------- PostgreSQL: a schema of our own

@@ -35,8 +35,8 @@ USAGE = (
 
 
 def _names_a_config(argv: Sequence[str]) -> bool:
-    """Whether ``search`` arguments can describe a search: a config, the model, a search option or help."""
-    starts = ("--config", "-c", "--model", "--search", "--print_config", "-h", "--help")
+    """Whether ``search`` arguments can describe a search: a config, the model, a search option, a CLI or help."""
+    starts = ("--config", "-c", "--model", "--search", "--cli", "--print_config", "-h", "--help")
     return any(arg.startswith(starts) for arg in argv)
 
 
