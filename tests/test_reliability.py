@@ -128,7 +128,7 @@ def test_disk_full_while_saving_a_checkpoint(tmp_path, monkeypatch):
     search = HyperparameterSearch(
         factory, TinyData, SPACE, root=tmp_path, n_trials=1, verbose=False, trainer_kwargs={**FAST, "max_epochs": 3}
     )
-    with pytest.raises(SearchFailedError, match="No space left on device.*\n.*free disk space") as err:
+    with pytest.raises(SearchFailedError, match=r"No space left on device.*\n.*free disk space") as err:
         search.run()  # the only trial failed: no COMPLETE trial
     (t,) = err.value.result.trials
     assert t.state is TrialState.FAILED and "No space left on device" in t.error
