@@ -97,3 +97,20 @@ def test_a_query_string_password_on_a_real_server_is_never_shown(tmp_path, capsy
     assert main(["report", study, "--storage", text, "-o", str(tmp_path / "r.html")]) == 0
     assert SECRET not in (tmp_path / "r.html").read_text()
     storage.delete_study(study)
+
+
+AUTH_URL = os.environ.get("HPT_TEST_POSTGRES_AUTH_URL")
+
+
+@pytest.mark.skipif(AUTH_URL is None, reason="set HPT_TEST_POSTGRES_AUTH_URL to a server that checks passwords")
+@pytest.mark.parametrize("where", ["user part", "query string"])
+def test_a_wrong_password_on_a_real_server_is_never_shown(where: str) -> None:
+    """The server refuses the password; neither it nor the right one appears in the error or its traceback."""
+    url = sa.make_url(AUTH_URL)
+    wrong = url.set(password=SECRET) if where == "user part" else url.set(password=None)
+    if where == "query string":
+        wrong = wrong.update_query_dict({"password": SECRET})
+    with pytest.raises(StorageError, match="password authentication failed") as err:
+        SQLStorage(wrong.render_as_string(hide_password=False), retries=0)
+    assert SECRET not in _everything(err.value) and "***" in str(err.value)
+    assert str(url.password) not in _everything(err.value)
