@@ -143,8 +143,8 @@ class HyperparameterSearch:
             killed driver (else they stay FAILED).
         retry_failed: rerun every FAILED trial of the study under its number (after fixing what made
             them fail); safe while other drivers run the study: each is rerun once.
-        allow_changes: continue a stored study even if the space, monitor, direction or strategy
-            given here differ (the stored definition wins).
+        allow_changes: continue a stored study even if the space, monitor, direction, strategy or
+            seed given here differ (the stored definition wins).
         enqueue: configurations to try first (known good ones); each is added once per study.
         cv: k-fold cross-validation (a number of folds or a :class:`CrossValidation`): each trial trains
             one run per fold of the DataModule's ``cv_dataset()`` and scores the mean.
