@@ -7,9 +7,9 @@ parameters:
 
 - at once, for a failure that cannot depend on them (the monitored metric is never logged);
 - otherwise once at least :data:`MIN_FAILURES` trials failed that way *and* every searched
-  parameter that can take several values took at least two different values among them. A failure caused by one value of a
-  setting (``trainer.accelerator: Categorical(["gpu", "cpu"])`` on a machine without a GPU) never
-  stops the search: the trials with the other value complete.
+  parameter that can take several values took at least two different values among them. A
+  failure caused by one value of a setting (``trainer.accelerator: Categorical(["gpu", "cpu"])``
+  on a machine without a GPU) never stops the search: the trials with the other value complete.
 
 Trials stopped from outside (Ctrl+C, SIGTERM, a killed driver) do not count.
 

@@ -337,7 +337,8 @@ class Categorical(Domain):
             if not isinstance(c, _SCALARS):
                 raise SearchSpaceError(
                     f"Categorical: choices must be str, int, float, bool or None (so the study can be stored),"
-                    f" got {c!r} of type {type(c).__name__}; name classes by their import path, e.g. 'torch.optim.AdamW'"
+                    f" got {c!r} of type {type(c).__name__}; name classes by their import path, e.g."
+                    " 'torch.optim.AdamW'"
                 )
             if isinstance(c, float) and not math.isfinite(c):
                 raise SearchSpaceError(f"Categorical: choices must be finite, got {c!r}")
@@ -385,7 +386,7 @@ class SearchSpace(Mapping[str, Domain]):
 
     def __init__(self, domains: Mapping[str, Domain] | SearchSpace) -> None:
         if isinstance(domains, SearchSpace):
-            domains = domains._domains
+            domains = {name: domains[name] for name in domains}
         if not isinstance(domains, Mapping):
             raise SearchSpaceError(f"space must be a dict of name -> domain, got {type(domains).__name__}")
         if not domains:
@@ -456,7 +457,7 @@ class SearchSpace(Mapping[str, Domain]):
             except SearchSpaceError as e:
                 raise SearchSpaceError(f"parameter {name!r}: {e}") from None
         names = list(self._domains)
-        return [dict(zip(names, combo)) for combo in itertools.product(*axes)]
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
 
     def to_unit(self, params: Mapping[str, Any]) -> torch.Tensor:
         """Encode a configuration as a ``d``-vector (float64) in the unit cube, in key order."""
@@ -468,7 +469,7 @@ class SearchSpace(Mapping[str, Domain]):
         xs = x.tolist() if isinstance(x, torch.Tensor) else list(x)
         if len(xs) != self.dim:
             raise SearchSpaceError(f"from_unit needs a vector of {self.dim} values, got {len(xs)}")
-        return {n: d.from_unit(u) for (n, d), u in zip(self._domains.items(), xs)}
+        return {n: d.from_unit(u) for (n, d), u in zip(self._domains.items(), xs, strict=True)}
 
     def validate(self, params: Mapping[str, Any]) -> None:
         """Raise :class:`SearchSpaceError` unless ``params`` has exactly this space's names and valid values."""

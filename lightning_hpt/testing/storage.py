@@ -119,7 +119,7 @@ class StorageContract:
 
     @pytest.mark.parametrize("name", ["", "../x", "a/b", "nul\x00l", "x" * 200, "has space"])
     def test_bad_study_names_are_refused(self, storage: Storage, name: str) -> None:
-        with pytest.raises(HPTError, match="study.name"):
+        with pytest.raises(HPTError, match=r"study.name"):
             storage.open_study(study_info(name))
         assert storage.study_names() == []
 
