@@ -39,7 +39,7 @@ from lightning_hpt.report.live import make_progress
 from lightning_hpt.report.table import trials_table
 from lightning_hpt.result import SearchResult
 from lightning_hpt.space import Domain, SearchSpace, validate_study_name
-from lightning_hpt.storage import Storage, StudyInfo, open_storage
+from lightning_hpt.storage import Storage, StudyInfo, open_storage, storage_spec
 from lightning_hpt.strategies import Strategy, make_strategy
 from lightning_hpt.strategies.base import params_key
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, History, TrialRecord, TrialState
@@ -287,7 +287,7 @@ class HyperparameterSearch:
                 f"stale_after must be a positive number of seconds, got stale_after={stale_after!r}"
             )
         self.stale_after = stale_after
-        self._storage_spec = storage if storage is not None else f"sqlite:///{self.root / 'studies.db'}"
+        self._storage_spec = storage_spec(storage) if storage is not None else f"sqlite:///{self.root / 'studies.db'}"
         self._storage: Storage | None = None
 
     # --- validation -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from lightning_hpt import (
     MetricNotFoundError,
     SearchFailedError,
     SearchSpaceError,
+    StorageError,
     StudyMismatchError,
     TrialState,
 )
@@ -308,6 +309,12 @@ def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
         ({"retry_failed": "yes"}, ConfigurationError, "retry_failed must be True or False"),
         ({"retry_interrupted": None}, ConfigurationError, "retry_interrupted must be True or False"),
         ({"refit": "false"}, ConfigurationError, "refit must be True or False"),
+        (
+            {"storage": "postgresql+psycopg://u:pw9@h:notaport/db"},
+            StorageError,
+            r"u:\*\*\*@h:notaport.* not a database",
+        ),
+        ({"storage": "runs/study.txt"}, StorageError, "path ending in .db"),
         ({"strategy": "tpe"}, ConfigurationError, "strategy must be one of"),
         ({"model": torch.nn.Linear}, ConfigurationError, "model must be a LightningModule class"),
         ({"patience": 0}, ConfigurationError, "patience must be a positive integer or None"),

@@ -41,10 +41,27 @@ from lightning_hpt.storage.sql_schema import (
     sqlite_connect,
 )
 
-__all__ = ["SQLDatabase"]
+__all__ = ["SQLDatabase", "parse_url"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def parse_url(url: str | URL) -> URL:
+    """The SQLAlchemy URL of ``url``, or :class:`StorageError` quoting it masked (it does not parse)."""
+    try:
+        u = make_url(url)
+    except (sa_exc.ArgumentError, TypeError, ValueError) as e:
+        raise StorageError(
+            f"storage url {mask_secrets(url)!r} is not a database URL ({mask_secrets(e)}); use"
+            " 'sqlite:///path/to/study.db' or 'postgresql+psycopg://user@host/dbname'"
+        ) from None
+    if u.host and "@" in u.host:  # the driver would quote this "host", the rest of the password in it
+        raise StorageError(
+            f"storage url {mask_secrets(url)!r} has an '@' in its password (or user name): percent-encode it as"
+            " %40 (urllib.parse.quote_plus(password) encodes every special character)"
+        )
+    return u
 
 
 class SQLDatabase:
@@ -74,18 +91,7 @@ class SQLDatabase:
     # ------------------------------------------------------------------ connection management
 
     def _normalise_url(self, url: str | URL) -> tuple[URL, str | None]:
-        try:
-            u = make_url(url)
-        except (sa_exc.ArgumentError, TypeError, ValueError) as e:
-            raise StorageError(
-                f"storage url {mask_secrets(url)!r} is not a database URL ({mask_secrets(e)}); use"
-                " 'sqlite:///path/to/study.db' or 'postgresql+psycopg://user@host/dbname'"
-            ) from None
-        if u.host and "@" in u.host:  # the driver would quote this "host", the rest of the password in it
-            raise StorageError(
-                f"storage url {mask_secrets(url)!r} has an '@' in its password (or user name): percent-encode it as"
-                " %40 (urllib.parse.quote_plus(password) encodes every special character)"
-            )
+        u = parse_url(url)
         if u.get_backend_name() == "sqlite" and not self._is_memory(u) and "uri" not in u.query:
             path = os.path.abspath(os.path.expanduser(u.database))
             if not self.create and not os.path.isfile(path):
