@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,54 +26,12 @@ import numpy as np
 import torch
 
 from lightning_hpt.checks import check_bool
-from lightning_hpt.exceptions import ConfigurationError, HPTError, SearchSpaceError
+from lightning_hpt.exceptions import SearchSpaceError
+from lightning_hpt.names import validate_name, validate_study_name
 
 __all__ = ["Categorical", "Domain", "Float", "Int", "SearchSpace", "validate_name", "validate_study_name"]
 
-MAX_NAME_LENGTH = 128
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _SCALARS = (str, int, float, bool, type(None))
-
-
-def validate_name(
-    name: object,
-    what: str = "parameter name",
-    *,
-    error: type[HPTError] = SearchSpaceError,
-    examples: str = "'model.lr' or 'trainer.max_epochs'",
-) -> str:
-    """Check a parameter or study name: dotted identifiers, at most 128 characters.
-
-    Names flow into database rows and file paths, so anything that could escape a directory
-    (``../x``, ``/``, NUL) or be mistaken for a path is refused.
-
-    Args:
-        name: the name to check.
-        what: what the name is, for the message.
-        error: the error to raise.
-        examples: valid names of this kind, for the message.
-    """
-    if not isinstance(name, str):
-        raise error(f"{what} must be a string, got {name!r} of type {type(name).__name__}")
-    if not name:
-        raise error(f"{what} must not be empty; use a name such as {examples}")
-    if len(name) > MAX_NAME_LENGTH:
-        raise error(f"{what} must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {name[:40]!r}...")
-    if not _NAME_RE.match(name):
-        raise error(
-            f"{what} {name!r} is invalid: use letters, digits and '_' in dot-separated parts, each starting"
-            f" with a letter or '_' (for example {examples})"
-        )
-    return name
-
-
-def validate_study_name(name: object) -> str:
-    """Check a study name (it names a database row and the directory ``<root>/<study>``); see :func:`validate_name`.
-
-    Raises:
-        ConfigurationError: the name is not a dotted identifier of at most 128 characters.
-    """
-    return validate_name(name, "study_name", error=ConfigurationError, examples="'mnist' or 'resnet.lr_sweep'")
 
 
 def _number(value: object, arg: str, cls: str) -> float:
