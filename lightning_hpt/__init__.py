@@ -5,10 +5,12 @@ from lightning_hpt.exceptions import (
     DatabaseLockedError,
     HPTError,
     MetricNotFoundError,
+    SearchFailedError,
     SearchPreempted,
     SearchSpaceError,
     StorageError,
     StudyMismatchError,
+    StudyNotFoundError,
 )
 from lightning_hpt.executors import Executor, LocalExecutor, ProcessExecutor
 from lightning_hpt.lightning.builder import TrialBuilder
@@ -48,6 +50,7 @@ __all__ = [
     "Pruner",
     "RandomStrategy",
     "RayExecutor",
+    "SearchFailedError",
     "SearchPreempted",
     "SearchResult",
     "SearchSpace",
@@ -56,6 +59,7 @@ __all__ = [
     "StorageError",
     "Strategy",
     "StudyMismatchError",
+    "StudyNotFoundError",
     "SuccessiveHalvingPruner",
     "TrialBuilder",
     "TrialRecord",

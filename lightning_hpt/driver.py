@@ -9,8 +9,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
-from lightning_hpt.exceptions import MetricNotFoundError, SearchPreempted
+from lightning_hpt.exceptions import SearchPreempted
 from lightning_hpt.executors import Executor
+from lightning_hpt.failures import fail_fast
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.pruners import Pruner
@@ -127,8 +128,9 @@ class StudyDriver:
             raise SearchPreempted()
         if outcome.interrupted:
             raise KeyboardInterrupt
-        if outcome.fatal and not history.completed:
-            raise MetricNotFoundError(f"trial {final.number} failed and every trial would: {outcome.error}")
+        stop = fail_fast(history.space, history.trials, final)
+        if stop is not None:
+            raise stop
 
     def _finish(self, rec: TrialRecord, reporter: StudyReporter, outcome: TrialOutcome) -> TrialRecord:
         for step, value in sorted(outcome.intermediate.items()):

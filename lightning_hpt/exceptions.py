@@ -7,6 +7,8 @@ written against the built-ins keeps working.
 
 from __future__ import annotations
 
+import difflib
+
 
 class HPTError(Exception):
     """Base class of every error raised by lightning-hpt."""
@@ -28,6 +30,24 @@ class StudyMismatchError(StorageError):
     """An existing study was opened with a different space, monitor or direction."""
 
 
+class StudyNotFoundError(StorageError):
+    """The storage has no study of this name (never created, or deleted by another program).
+
+    Attributes:
+        study: the name asked for.
+        known: the studies the storage holds.
+    """
+
+    def __init__(self, study: str, where: str, known: list[str]) -> None:
+        near = difflib.get_close_matches(study, known, n=3)
+        hint = f"; did you mean {near}?" if near else ""
+        super().__init__(f"there is no study {study!r} in {where}; the studies there are {known}{hint}")
+        self.study, self.where, self.known = study, where, known
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, list[str]]]:  # picklable across processes
+        return type(self), (self.study, self.where, self.known)
+
+
 class DuplicateTrialError(StorageError):
     """The study already has a trial with this configuration (another driver created it first)."""
 
@@ -41,6 +61,23 @@ class MetricNotFoundError(HPTError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class SearchFailedError(HPTError, RuntimeError):
+    """The search stopped early, or ended, with no COMPLETE trial; the message shows each error once.
+
+    Raised when the first trials fail with the same error over different configurations (the
+    search stops early, see :mod:`lightning_hpt.failures`), and at the end of a search that has no
+    COMPLETE trial. The CLI exits with status 1.
+
+    Attributes:
+        result: the study's :class:`~lightning_hpt.result.SearchResult` when raised at the end of
+            ``run()``; ``None`` when the search stopped early.
+    """
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class TrialPickleError(ConfigurationError):

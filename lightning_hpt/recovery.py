@@ -17,7 +17,7 @@ import time
 import zipfile
 from collections.abc import Iterable, Sequence
 
-from lightning_hpt.exceptions import SearchPreempted
+from lightning_hpt.exceptions import MetricNotFoundError, SearchFailedError, SearchPreempted
 from lightning_hpt.storage import Storage
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, TrialRecord, TrialState
 
@@ -105,7 +105,8 @@ def check_checkpoints(trials: Sequence[TrialRecord]) -> None:
 
 def abandon(storage: Storage, study: str, numbers: Iterable[int], error: BaseException) -> None:
     """Record the trials a stopped run started and did not finish, so none stays RUNNING."""
-    if isinstance(error, (KeyboardInterrupt, SearchPreempted)):  # these trials run again on resume
+    if isinstance(error, (KeyboardInterrupt, SearchPreempted, SearchFailedError, MetricNotFoundError)):
+        # these trials run again on resume: they were stopped, not at fault
         reason = PREEMPTED if isinstance(error, SearchPreempted) else INTERRUPTED
         why = f"{reason}: the search stopped ({type(error).__name__})"
     else:  # a driver error is not retried forever: the trial keeps the real reason

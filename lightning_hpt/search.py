@@ -11,9 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_hpt.checks import check_bool, check_seed, check_writable_dir
 from lightning_hpt.driver import StudyDriver
-from lightning_hpt.exceptions import ConfigurationError, DuplicateTrialError
+from lightning_hpt.exceptions import ConfigurationError, DuplicateTrialError, SearchFailedError
 from lightning_hpt.executors import Executor, LocalExecutor
+from lightning_hpt.failures import no_complete_trial
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
@@ -27,8 +29,8 @@ from lightning_hpt.report.live import make_progress
 from lightning_hpt.report.table import trials_table
 from lightning_hpt.result import SearchResult
 from lightning_hpt.run_scope import frozen_gc, heartbeat, sigterm_raises
-from lightning_hpt.space import Domain, SearchSpace, validate_name
-from lightning_hpt.storage import Storage, StudyInfo, open_storage
+from lightning_hpt.space import Domain, SearchSpace, validate_study_name
+from lightning_hpt.storage import Storage, StudyInfo, open_storage, storage_spec
 from lightning_hpt.strategies import Strategy, make_strategy
 from lightning_hpt.strategies.base import params_key
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
@@ -101,7 +103,8 @@ class HyperparameterSearch:
         study_name: the study; running the same name again resumes it.
         root: directory of the trials' files: ``<root>/<study_name>/trial_<number>/``.
         seed: makes the search reproducible: proposals and each trial's ``seed_everything`` derive
-            from ``(seed, trial number)``.
+            from ``(seed, trial number)``; an integer from 0 to 2**32 - 1. A stored study resumed with
+            another seed is refused like a changed space (``allow_changes=True`` keeps the stored one).
         patience: ``EarlyStopping`` patience inside each trial, in validation runs; ``None`` disables it.
         checkpoint: keep each trial's best-epoch checkpoint.
         executor: where trials run; in-process, one at a time, by default. An executor passed in keeps
@@ -110,8 +113,10 @@ class HyperparameterSearch:
         timeout: seconds after which no new trial starts.
         retry_interrupted: rerun, under the same number, trials stopped by Ctrl+C, SIGTERM or a
             killed driver (else they stay FAILED).
-        allow_changes: continue a stored study even if the space, monitor, direction or strategy
-            given here differ (the stored definition wins).
+        retry_failed: rerun every FAILED trial of the study under its number (after fixing what made
+            them fail); safe while other drivers run the study: each is rerun once.
+        allow_changes: continue a stored study even if the space, monitor, direction, strategy or
+            seed given here differ (the stored definition wins).
         enqueue: configurations to try first (known good ones); each is added once per study.
         cv: k-fold cross-validation (a number of folds or a :class:`CrossValidation`): each trial trains
             one run per fold of the DataModule's ``cv_dataset()`` and scores the mean.
@@ -150,6 +155,7 @@ class HyperparameterSearch:
         executor: Executor | None = None,
         timeout: float | None = None,
         retry_interrupted: bool = True,
+        retry_failed: bool = False,
         allow_changes: bool = False,
         enqueue: Sequence[Mapping[str, Any]] = (),
         cv: int | CrossValidation | None = None,
@@ -161,7 +167,7 @@ class HyperparameterSearch:
         if space is None:
             raise ConfigurationError("space is required: a dict such as {'model.lr': Float(1e-4, 1e-1, log=True)}")
         self.space = SearchSpace(space)
-        self.study_name = validate_name(study_name, "study_name")
+        self.study_name = validate_study_name(study_name)
         direction = Direction.parse(mode)
         if not isinstance(monitor, str) or not monitor:
             raise ConfigurationError(
@@ -169,9 +175,11 @@ class HyperparameterSearch:
             )
         builder = _trial_builder(model, datamodule, trainer_kwargs, builder)
         builder.check(self.space)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ConfigurationError(f"seed must be an integer or None, got seed={seed!r}")
-        self.seed = seed
+        self.seed = check_seed(seed)
+        for name, flag in (("checkpoint", checkpoint), ("retry_interrupted", retry_interrupted), ("refit", refit)):
+            check_bool(flag, name)
+        self.retry_failed = check_bool(retry_failed, "retry_failed")
+        self.allow_changes = check_bool(allow_changes, "allow_changes")
         self.strategy = make_strategy(strategy, seed=None)
         self._strategy_by_name = isinstance(strategy, str)
         self.pruner = make_pruner(pruner)
@@ -202,7 +210,6 @@ class HyperparameterSearch:
         self._owns_executor = executor is None
         self.executor = executor or LocalExecutor()
         self.retry_interrupted = retry_interrupted
-        self.allow_changes = allow_changes
         if isinstance(enqueue, Mapping) or not all(isinstance(p, Mapping) for p in enqueue):
             raise ConfigurationError(
                 f"enqueue must be a list of configurations (dicts), got enqueue={enqueue!r}; wrap one in [...]"
@@ -214,7 +221,7 @@ class HyperparameterSearch:
         self.verbose = verbose
         _require_positive("stale_after", stale_after, integer=False)
         self.stale_after = stale_after
-        self._storage_spec = storage if storage is not None else f"sqlite:///{self.root / 'studies.db'}"
+        self._storage_spec = storage_spec(storage) if storage is not None else f"sqlite:///{self.root / 'studies.db'}"
         self._storage: Storage | None = None
         self._opened = False
 
@@ -310,6 +317,9 @@ class HyperparameterSearch:
             KeyboardInterrupt: after Ctrl+C, once the running trials are recorded as FAILED ("interrupted").
             SearchPreempted: after SIGTERM, likewise ("pre-empted"); exits with status 143 if uncaught.
             MetricNotFoundError: when the first trials never log ``monitor``.
+            SearchFailedError: when the first trials fail with the same error over different
+                configurations (see :mod:`lightning_hpt.failures`), or when the search ends with no
+                COMPLETE trial (then ``.result`` holds the result); each error is shown once.
 
         While it runs it changes process-wide state, and restores it when it returns (see
         :mod:`lightning_hpt.run_scope`): SIGTERM raises :class:`SearchPreempted` in the main thread,
@@ -318,8 +328,11 @@ class HyperparameterSearch:
         the process-wide :data:`lightning_hpt.recovery.ACTIVE`.
         """
         self.executor.start(self.build)  # refuses unpicklable trial code before anything is written
+        check_writable_dir(self.root / self.study_name, f"the trials' directory (root={str(self.root)!r})")
         storage = self.open()
         recover(storage, self.study_name, stale_after=self.stale_after, retry_interrupted=self.retry_interrupted)
+        if self.retry_failed:
+            storage.requeue_failed(self.study_name)
         check_checkpoints(storage.trials(self.study_name))
         for params in self._enqueue:
             self.enqueue(params)
@@ -358,6 +371,9 @@ class HyperparameterSearch:
         if self.refit and result.best_trial is not None:
             result.refit()
         progress.end(str(result), trials_table(result.trials, self.monitor, self.direction, top=10))
+        failed = no_complete_trial(result.trials, reason or "done")
+        if failed is not None:
+            raise SearchFailedError(failed, result)
         return result
 
     # --- results and ask/tell -------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,35 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_hpt.checks import check_bool
 from lightning_hpt.exceptions import SearchSpaceError
+from lightning_hpt.names import validate_name, validate_study_name
 
-__all__ = ["Categorical", "Domain", "Float", "Int", "SearchSpace", "validate_name"]
+__all__ = ["Categorical", "Domain", "Float", "Int", "SearchSpace", "validate_name", "validate_study_name"]
 
-MAX_NAME_LENGTH = 128
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _SCALARS = (str, int, float, bool, type(None))
-
-
-def validate_name(name: object, what: str = "parameter name") -> str:
-    """Check a parameter or study name: dotted identifiers, at most 128 characters.
-
-    Names flow into database rows and file paths, so anything that could escape a directory
-    (``../x``, ``/``, NUL) or be mistaken for a path is refused.
-    """
-    if not isinstance(name, str):
-        raise SearchSpaceError(f"{what} must be a string, got {name!r} of type {type(name).__name__}")
-    if not name:
-        raise SearchSpaceError(f"{what} must not be empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise SearchSpaceError(
-            f"{what} must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {name[:40]!r}..."
-        )
-    if not _NAME_RE.match(name):
-        raise SearchSpaceError(
-            f"{what} {name!r} is invalid: use letters, digits and '_' in dot-separated parts, each starting"
-            " with a letter or '_' (for example 'model.lr' or 'trainer.max_epochs')"
-        )
-    return name
 
 
 def _number(value: object, arg: str, cls: str) -> float:
@@ -164,6 +141,7 @@ class Float(Domain):
         low, high = _number(self.low, "low", "Float"), _number(self.high, "high", "Float")
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
+        object.__setattr__(self, "log", check_bool(self.log, "log", SearchSpaceError, owner="Float"))
         _check_range("Float", low, high, self.log)
         if self.step is not None:
             step = _number(self.step, "step", "Float")
@@ -248,6 +226,7 @@ class Int(Domain):
                     continue
                 raise SearchSpaceError(f"Int: {arg} must be an integer, got {arg}={v!r}; use Float for real values")
             object.__setattr__(self, arg, int(v))
+        object.__setattr__(self, "log", check_bool(self.log, "log", SearchSpaceError, owner="Int"))
         _check_range("Int", self.low, self.high, self.log)
         if self.step < 1:
             raise SearchSpaceError(f"Int: step must be >= 1, got step={self.step!r}")
@@ -315,7 +294,8 @@ class Categorical(Domain):
             if not isinstance(c, _SCALARS):
                 raise SearchSpaceError(
                     f"Categorical: choices must be str, int, float, bool or None (so the study can be stored),"
-                    f" got {c!r} of type {type(c).__name__}; name classes by their import path, e.g. 'torch.optim.AdamW'"
+                    f" got {c!r} of type {type(c).__name__}; name classes by their import path, e.g."
+                    " 'torch.optim.AdamW'"
                 )
             if isinstance(c, float) and not math.isfinite(c):
                 raise SearchSpaceError(f"Categorical: choices must be finite, got {c!r}")
@@ -363,7 +343,7 @@ class SearchSpace(Mapping[str, Domain]):
 
     def __init__(self, domains: Mapping[str, Domain] | SearchSpace) -> None:
         if isinstance(domains, SearchSpace):
-            domains = domains._domains
+            domains = {name: domains[name] for name in domains}
         if not isinstance(domains, Mapping):
             raise SearchSpaceError(f"space must be a dict of name -> domain, got {type(domains).__name__}")
         if not domains:
@@ -434,7 +414,7 @@ class SearchSpace(Mapping[str, Domain]):
             except SearchSpaceError as e:
                 raise SearchSpaceError(f"parameter {name!r}: {e}") from None
         names = list(self._domains)
-        return [dict(zip(names, combo)) for combo in itertools.product(*axes)]
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
 
     def to_unit(self, params: Mapping[str, Any]) -> torch.Tensor:
         """Encode a configuration as a ``d``-vector (float64) in the unit cube, in key order."""
@@ -446,7 +426,7 @@ class SearchSpace(Mapping[str, Domain]):
         xs = x.tolist() if isinstance(x, torch.Tensor) else list(x)
         if len(xs) != self.dim:
             raise SearchSpaceError(f"from_unit needs a vector of {self.dim} values, got {len(xs)}")
-        return {n: d.from_unit(u) for (n, d), u in zip(self._domains.items(), xs)}
+        return {n: d.from_unit(u) for (n, d), u in zip(self._domains.items(), xs, strict=True)}
 
     def validate(self, params: Mapping[str, Any]) -> None:
         """Raise :class:`SearchSpaceError` unless ``params`` has exactly this space's names and valid values."""

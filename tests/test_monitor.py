@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TinyData, TinyModel
 
-from lightning_hpt import Categorical, HyperparameterSearch, Int, TrialState
+from lightning_hpt import Categorical, HyperparameterSearch, Int, SearchFailedError, TrialState
 from lightning_hpt.lightning.monitor import metric_value
 from lightning_hpt.pruners import MedianPruner, SuccessiveHalvingPruner
 
@@ -100,7 +100,9 @@ def test_wrongly_typed_logged_metric_fails_the_trial_clearly(tmp_path, fast_trai
         trainer_kwargs=fast_trainer,
         verbose=False,
     )
-    result = search.run()
+    with pytest.raises(SearchFailedError, match="no COMPLETE trial") as err:
+        search.run()
+    result = err.value.result
     assert [t.state for t in result.trials] == [TrialState.FAILED] * 2
     assert all("val_loss" in t.error for t in result.trials)
 

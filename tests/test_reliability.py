@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import FAST, TinyData, TinyModel, default_sigint
 
-from lightning_hpt import Float, HyperparameterSearch, Int, TrialState
+from lightning_hpt import Float, HyperparameterSearch, Int, SearchFailedError, TrialState
 from lightning_hpt.storage import open_storage
 
 SCRIPT = Path(__file__).parent / "scripts" / "slow_search.py"
@@ -128,7 +128,9 @@ def test_disk_full_while_saving_a_checkpoint(tmp_path, monkeypatch):
     search = HyperparameterSearch(
         factory, TinyData, SPACE, root=tmp_path, n_trials=1, verbose=False, trainer_kwargs={**FAST, "max_epochs": 3}
     )
-    (t,) = search.run().trials
+    with pytest.raises(SearchFailedError, match=r"No space left on device.*\n.*free disk space") as err:
+        search.run()  # the only trial failed: no COMPLETE trial
+    (t,) = err.value.result.trials
     assert t.state is TrialState.FAILED and "No space left on device" in t.error
     ckpt = tmp_path / "default" / "trial_0" / "checkpoints" / "best.ckpt"
     assert torch.load(ckpt, weights_only=True)["epoch"] == 0  # the first save, untouched

@@ -19,7 +19,9 @@ from lightning_hpt import (
     HyperparameterSearch,
     Int,
     MetricNotFoundError,
+    SearchFailedError,
     SearchSpaceError,
+    StorageError,
     StudyMismatchError,
     TrialState,
 )
@@ -191,7 +193,9 @@ def test_a_nan_value_ends_its_trial_at_once_without_pruner_or_early_stopping(tmp
         patience=None,
         pruner=None,
     )
-    trial = search.run().trials[0]
+    with pytest.raises(SearchFailedError, match="no COMPLETE trial") as err:  # the grid's only trial failed
+        search.run()
+    trial = err.value.result.trials[0]
     assert trial.state is TrialState.FAILED and trial.error.startswith("non-finite"), trial.error
     assert sorted(trial.intermediate) == [0, 1]  # epochs 2 to 5 never ran
 
@@ -241,7 +245,9 @@ def test_callback_error_is_recorded(tmp_path, fast_trainer):
         def on_train_end(self, trainer, pl_module):
             raise ValueError("callback bug")
 
-    result = make(tmp_path, fast_trainer, n_trials=2, trainer={"callbacks": [Broken()]}).run()
+    with pytest.raises(SearchFailedError, match="trials 0, 1: ValueError: callback bug") as err:
+        make(tmp_path, fast_trainer, n_trials=2, trainer={"callbacks": [Broken()]}).run()
+    result = err.value.result
     assert [t.state for t in result.trials] == [TrialState.FAILED] * 2
     assert all("ValueError: callback bug" in t.error and len(t.intermediate) == 2 for t in result.trials)
 
@@ -292,8 +298,24 @@ def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
         ),
         ({"mode": "maximise"}, ConfigurationError, "mode must be 'min' or 'max'"),
         ({"n_trials": 0}, ConfigurationError, "n_trials must be a positive integer"),
-        ({"study_name": "../evil"}, SearchSpaceError, "study_name '../evil' is invalid"),
-        ({"study_name": ""}, SearchSpaceError, "study_name must not be empty"),
+        ({"study_name": "../evil"}, ConfigurationError, r"study_name '../evil' is invalid.*'mnist'"),
+        ({"study_name": ""}, ConfigurationError, "study_name must not be empty"),
+        ({"seed": -1}, ConfigurationError, r"seed must be an integer from 0 to 2\*\*32 - 1.*seed=-1"),
+        ({"seed": 2**32}, ConfigurationError, r"seed must be an integer from 0 to 2\*\*32 - 1"),
+        ({"seed": 1.5}, ConfigurationError, "seed must be an integer.*float"),
+        ({"seed": "3"}, ConfigurationError, "seed must be an integer.*str"),
+        ({"seed": True}, ConfigurationError, "seed must be an integer.*bool"),
+        ({"space": {"model.lr": Float(0.01, 0.1)}, "checkpoint": "no"}, ConfigurationError, "checkpoint must be True"),
+        ({"allow_changes": 1}, ConfigurationError, "allow_changes must be True or False, got allow_changes=1"),
+        ({"retry_failed": "yes"}, ConfigurationError, "retry_failed must be True or False"),
+        ({"retry_interrupted": None}, ConfigurationError, "retry_interrupted must be True or False"),
+        ({"refit": "false"}, ConfigurationError, "refit must be True or False"),
+        (
+            {"storage": "postgresql+psycopg://u:pw9@h:notaport/db"},
+            StorageError,
+            r"u:\*\*\*@h:notaport.* not a database",
+        ),
+        ({"storage": "runs/study.txt"}, StorageError, "path ending in .db"),
         ({"strategy": "tpe"}, ConfigurationError, "strategy must be one of"),
         ({"model": torch.nn.Linear}, ConfigurationError, "model must be a LightningModule class"),
         # an instance is callable, so it used to pass as a factory and fail in trial 0
@@ -327,8 +349,11 @@ def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, kwargs, error, match):
     """RELIABILITY rows 13 and 23: typed errors at construction, so run() never gets to write a study or a file."""
     args = {"model": TinyModel, "datamodule": TinyData, "space": SPACE, "root": tmp_path / "runs", **kwargs}
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match) as err:
         HyperparameterSearch(**args)
+    if "study_name" in kwargs:  # study names as examples, not parameter names
+        assert "model.lr" not in str(err.value) and not isinstance(err.value, SearchSpaceError)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_enqueued_configurations_run_first_once(tmp_path, fast_trainer):

@@ -1,7 +1,7 @@
 """SQLStorage: the storage contract on SQLite (and PostgreSQL when available), and the reliability rows.
 
 The PostgreSQL runs need ``HPT_TEST_POSTGRES_URL`` pointing at a database used only for tests (its
-``hpt_`` tables are dropped before each test), e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/hpt_test``.
+``lightning_hpt`` schema is dropped before each test), e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/hpt_test``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from lightning_hpt.exceptions import DatabaseLockedError, StorageError
+from lightning_hpt.exceptions import DatabaseLockedError, StorageError, StudyNotFoundError
 from lightning_hpt.storage import SCHEMA_VERSION, SQLStorage, Storage, open_storage
 from lightning_hpt.storage import sql as sql_module
 from lightning_hpt.testing.storage import PARAMS, StorageContract, study_info
@@ -51,7 +51,7 @@ class TestPostgresStorage(StorageContract):
     def make_storage(self) -> Callable[[], Storage]:
         engine = sa.create_engine(SQLStorage(POSTGRES_URL)._url)  # the URL with psycopg chosen as the driver
         with engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS hpt_trial_values, hpt_trials, hpt_studies, hpt_meta CASCADE"))
+            conn.execute(sa.text("DROP SCHEMA IF EXISTS lightning_hpt CASCADE"))
         engine.dispose()
         return lambda: SQLStorage(POSTGRES_URL)
 
@@ -390,3 +390,144 @@ def test_open_storage_refuses_other_things(bad: object) -> None:
 def test_open_storage_refuses_options_for_an_existing_storage(storage: SQLStorage) -> None:
     with pytest.raises(StorageError, match="lock_timeout"):
         open_storage(storage, lock_timeout=1)
+
+
+# ---------------------------------------------------------------------- readers write nothing
+
+
+@pytest.mark.parametrize("where", ["missing_dir/typo.db", "typo.db"])
+def test_reading_never_creates_a_database(tmp_path: Path, where: str) -> None:
+    """Issue: `lightning-hpt show X --storage missing_dir/typo.db` created the directory and an empty database."""
+    path = tmp_path / where
+    with pytest.raises(StorageError, match=r"no study database at .*typo\.db.*no such file"):
+        open_storage(path, create=False)
+    with pytest.raises(StorageError, match="no study database"):
+        SQLStorage(f"sqlite:///{path}", create=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_reading_an_empty_or_rollback_journal_database_changes_nothing(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(StorageError, match="holds no lightning-hpt studies"):
+        SQLStorage(f"sqlite:///{empty}", create=False)
+    assert _tables(empty) == []
+    db = tmp_path / "study.db"
+    writer = SQLStorage(f"sqlite:///{db}")
+    writer.open_study(study_info())
+    writer.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode = DELETE")  # e.g. a copy made with the sqlite3 shell
+    reader = SQLStorage(f"sqlite:///{db}", create=False)
+    assert reader.study_names() == ["study"]
+    reader.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # not switched to WAL by a reader
+
+
+def test_unknown_study_error_names_the_studies_without_python_advice(storage: SQLStorage) -> None:
+    with pytest.raises(StudyNotFoundError, match=r"no study 'studdy' .*\['study'\]; did you mean \['study'\]") as e:
+        storage.trials("studdy")
+    assert "open_study" not in str(e.value)
+    assert pickle.loads(pickle.dumps(e.value)).args == e.value.args  # crosses process boundaries intact
+
+
+# ---------------------------------------------------------------------- retry and delete
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, storage: SQLStorage) -> Iterator[SQLStorage]:
+    """The SQLite storage with its study, or the same on PostgreSQL (when HPT_TEST_POSTGRES_URL is set)."""
+    if request.param == "sqlite":
+        yield storage
+        return
+    if POSTGRES_URL is None:
+        pytest.skip("set HPT_TEST_POSTGRES_URL to a test database to run on PostgreSQL")
+    pg = SQLStorage(POSTGRES_URL)
+    for name in pg.study_names():
+        if name in ("study", "other"):
+            pg.delete_study(name, force=True)
+    pg.open_study(study_info())
+    yield pg
+    for name in pg.study_names():
+        if name in ("study", "other"):
+            pg.delete_study(name, force=True)
+    pg.close()
+
+
+def _fail(storage: SQLStorage, error: str = "RuntimeError: boom") -> int:
+    t = storage.create_trial("study", PARAMS)
+    storage.report("study", t.number, 0, 1.0)
+    storage.finish_trial("study", t.number, state=TrialState.FAILED, error=error)
+    return t.number
+
+
+def test_requeue_failed_queues_each_failed_trial_once(backend: SQLStorage) -> None:
+    storage = backend
+    failed = [_fail(storage), _fail(storage, "interrupted: x")]
+    done = storage.create_trial("study", {**PARAMS, "model.lr": 0.5}).number
+    storage.finish_trial("study", done, state=TrialState.COMPLETE, value=1.0)
+    assert storage.requeue_failed("study") == failed
+    assert storage.requeue_failed("study") == []  # a second driver asking finds nothing left to requeue
+    by_number = {t.number: t for t in storage.trials("study")}
+    assert [by_number[n].state for n in failed] == [TrialState.QUEUED] * 2
+    assert by_number[failed[0]].attrs["attempts"][0]["error"] == "RuntimeError: boom"
+    assert by_number[failed[0]].intermediate == {} and by_number[done].state is TrialState.COMPLETE
+
+
+def test_delete_study_refuses_running_trials_unless_forced(backend: SQLStorage) -> None:
+    storage = backend
+    storage.open_study(study_info("other"))
+    _fail(storage)
+    running = storage.create_trial("study", {**PARAMS, "model.lr": 0.5})
+    with pytest.raises(StorageError, match=rf"RUNNING trials: trial {running.number} .*force=True"):
+        storage.delete_study("study")
+    assert len(storage.trials("study")) == 2  # refused: nothing deleted
+    assert storage.delete_study("study", force=True) == 2
+    assert storage.study_names() == ["other"]
+    with pytest.raises(StudyNotFoundError):  # a driver still running the study stops at its next write
+        storage.finish_trial("study", running.number, state=TrialState.COMPLETE, value=1.0)
+    trials, values, studies = sql_module.TRIALS, sql_module.VALUES, sql_module.STUDIES
+    with storage.engine.connect() as conn:  # no row of the study is left behind
+        orphans = sa.select(sa.func.count()).where(trials.c.study_id.not_in(sa.select(studies.c.id)))
+        assert conn.execute(orphans).scalar() == 0
+        orphans = sa.select(sa.func.count()).where(values.c.trial_id.not_in(sa.select(trials.c.id)))
+        assert conn.execute(orphans).scalar() == 0
+
+
+# ---------------------------------------------------------------------- PostgreSQL: a schema of our own
+
+
+@pytest.mark.skipif(POSTGRES_URL is None, reason="set HPT_TEST_POSTGRES_URL to a test database to run on PostgreSQL")
+def test_postgres_tables_live_in_their_own_schema_beside_other_programs_tables() -> None:
+    """A database that other programs use gets one schema (lightning_hpt, or ?schema=) and no table beside theirs."""
+    admin = sa.create_engine(SQLStorage(POSTGRES_URL)._url)
+    with admin.begin() as conn:
+        for schema in ("lightning_hpt", "hpt_probe", "hpt_taken"):
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS public.their_orders"))
+        for table in ("hpt_trial_values", "hpt_trials", "hpt_studies", "hpt_meta"):  # from an older test run
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS public.{table} CASCADE"))
+        conn.execute(sa.text("CREATE TABLE public.their_orders (id int)"))
+        conn.execute(sa.text("CREATE SCHEMA hpt_taken"))
+        conn.execute(sa.text("CREATE TABLE hpt_taken.invoices (id int)"))
+    try:
+        SQLStorage(POSTGRES_URL).open_study(study_info())
+        named = sa.make_url(POSTGRES_URL).update_query_dict({"schema": "hpt_probe"}).render_as_string(False)
+        other = SQLStorage(named)
+        assert other.study_names() == [] and "schema=hpt_probe" in other.url
+        with pytest.raises(StorageError, match=r"schema 'hpt_taken'.*belongs to another program.*\['invoices'\]"):
+            SQLStorage(sa.make_url(POSTGRES_URL).update_query_dict({"schema": "hpt_taken"}).render_as_string(False))
+        with pytest.raises(StorageError, match="not a schema name"):
+            SQLStorage(sa.make_url(POSTGRES_URL).update_query_dict({"schema": "x; drop"}).render_as_string(False))
+        with admin.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names(schema="public"))
+            assert "their_orders" in tables and not {t for t in tables if t.startswith("hpt_")}
+            assert "hpt_trials" in sa.inspect(conn).get_table_names(schema="lightning_hpt")
+            assert "hpt_trials" in sa.inspect(conn).get_table_names(schema="hpt_probe")
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS public.their_orders"))
+            for schema in ("hpt_probe", "hpt_taken"):
+                conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        admin.dispose()

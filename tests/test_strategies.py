@@ -93,3 +93,18 @@ def test_make_strategy_names():
         make_strategy("tpe")
     with pytest.raises(ConfigurationError, match="points must be a positive int"):
         GridStrategy(points=0)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: RandomStrategy(seed=-1), r"seed must be an integer from 0 to 2\*\*32 - 1"),
+        (lambda: GridStrategy(seed=2**32), r"seed must be an integer from 0 to 2\*\*32 - 1"),
+        (lambda: SobolStrategy(seed=1.0), "seed must be an integer"),
+        (lambda: GridStrategy(shuffle="yes"), "GridStrategy: shuffle must be True or False"),
+    ],
+)
+def test_strategy_arguments_are_refused_when_the_strategy_is_made(make, match):
+    """A seed the generators would fold (2**32 acts as 0) or refuse (-1, at the first proposal) is refused at once."""
+    with pytest.raises(ConfigurationError, match=match):
+        make()

@@ -1,4 +1,4 @@
-"""The ``lightning-hpt`` command (also ``python -m lightning_hpt``): search, show, best, report."""
+"""The ``lightning-hpt`` command (also ``python -m lightning_hpt``): search, show, best, report, retry, delete."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS = {
     "search": "run or resume a study: lightning-hpt search --config fit.yaml --config search.yaml",
     "show": "a table of a study's trials: lightning-hpt show STUDY [--top N]",
-    "best": "the best trial's full config, ready for fit: lightning-hpt best STUDY [-o best.yaml]",
+    "best": "the best trial's config, ready for fit: lightning-hpt best STUDY [-o best.yaml] [--format json]",
     "report": "an HTML report of a study: lightning-hpt report STUDY [-o report.html]",
+    "retry": "queue a study's FAILED trials again under their numbers: lightning-hpt retry STUDY",
+    "delete": "delete a study and its trials from the database: lightning-hpt delete STUDY [--force]",
 }
 
 USAGE = (
-    "usage: lightning-hpt {search,show,best,report} ...\n\n"
+    "usage: lightning-hpt {search,show,best,report,retry,delete} ...\n\n"
     + "\n".join(f"  {name:<7} {text}" for name, text in COMMANDS.items())
     + (
         "\n\nsearch takes the configs LightningCLI's fit takes plus a search: section, and --cli, --model_class,"
@@ -32,11 +34,23 @@ USAGE = (
 )
 
 
+def _names_a_config(argv: Sequence[str]) -> bool:
+    """Whether ``search`` arguments can describe a search: a config, the model, a search option, a CLI or help."""
+    starts = ("--config", "-c", "--model", "--search", "--cli", "--print_config", "-h", "--help")
+    return any(arg.startswith(starts) for arg in argv)
+
+
 def _study_parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"lightning-hpt {command}", description=COMMANDS[command])
-    p.add_argument(
-        "study", nargs="?", help="the study's name (default: search.study_name of --config, or the only study)"
-    )
+    if command == "delete":  # never a default: deleting the wrong study cannot be undone
+        p.add_argument("study", help="the study's name")
+        p.add_argument(
+            "--force", action="store_true", help="delete even if trials are RUNNING (their drivers are gone)"
+        )
+    else:
+        p.add_argument(
+            "study", nargs="?", help="the study's name (default: search.study_name of --config, or the only study)"
+        )
     p.add_argument("--storage", help="the study database: a SQLAlchemy URL or a .db path (default: ROOT/studies.db)")
     p.add_argument("--root", help="the search's root directory (default: hpt_runs)")
     p.add_argument(
@@ -50,17 +64,27 @@ def _study_parser(command: str) -> argparse.ArgumentParser:
             "--output",
             help="the file to write (best: standard output by default; report: ROOT/STUDY/report.html)",
         )
+    if command == "best":
+        p.add_argument(
+            "--format",
+            choices=["config", "yaml", "json"],
+            default="config",
+            help="config: the trial's full config for fit (studies run by lightning-hpt search); yaml, json: its"
+            " parameters",
+        )
     return p
 
 
-def _study_command(command: str, argv: Sequence[str], out: IO[str]) -> int:
-    from lightning_hpt.cli.study import best_config, locate, open_study, short_params, write_text
+def _study_command(command: str, argv: Sequence[str], out: IO[str], err: IO[str]) -> int:
+    from lightning_hpt.cli.study import locate, open_study, short_params
     from lightning_hpt.report.table import trials_table
     from lightning_hpt.result import SearchResult
 
     args = _study_parser(command).parse_args(list(argv))
     loc = locate(args.study, args.storage, args.root, args.config)
     storage, study = open_study(loc)
+    if command in ("retry", "delete"):
+        return _change_study(command, args, storage, study, loc.root, out)
     info = storage.load_study(study)
     result = SearchResult(study, info.monitor, info.direction, tuple(storage.trials(study)))
     if command == "show":
@@ -75,21 +99,58 @@ def _study_command(command: str, argv: Sequence[str], out: IO[str]) -> int:
             out.write(f"best: trial {best.number}, {info.monitor}={best.value:.6g}\n")
         return 0
     if command == "best":
-        best = result.best_trial
-        if best is None:
-            raise HPTError(f"study {study!r} has no COMPLETE trial yet; states: {result.counts()}")
-        text = best_config(loc.root, study, best)
-        if args.output:
-            out.write(f"best config (trial {best.number}): {write_text(args.output, text)}\n")
-        else:
-            out.write(text)
-        return 0
+        return _best(args, info, result, loc.root, out, err)
     try:
         from lightning_hpt.report.html import write_report
     except ImportError as e:
         raise HPTError(f"report needs lightning_hpt.report.html, which this installation lacks ({e})") from None
     path = write_report(storage, study, args.output or loc.root / study / "report.html")
     out.write(f"report: {path}\n")
+    return 0
+
+
+def _best(args: argparse.Namespace, info: Any, result: Any, root: Any, out: IO[str], err: IO[str]) -> int:
+    from lightning_hpt.cli.study import best_config, best_params, write_text
+
+    best = result.best_trial
+    if best is None:
+        raise HPTError(
+            f"study {info.name!r} has no COMPLETE trial yet ({result.counts()}); lightning-hpt show {info.name} lists"
+            " each trial's error"
+        )
+    fmt = args.format
+    if fmt == "config" and "cli_config" not in info.attrs:
+        err.write(
+            f"lightning-hpt best: study {info.name!r} was made through the Python API, so its trials have no"
+            " config.yaml (a LightningCLI config) to print; here are the best trial's parameters as YAML instead"
+            " (--format json for JSON)\n"
+        )
+        fmt = "yaml"
+    text = best_config(root, info.name, best) if fmt == "config" else best_params(info, best, fmt)
+    if args.output:
+        what = "config" if fmt == "config" else "parameters"
+        out.write(f"best {what} (trial {best.number}): {write_text(args.output, text)}\n")
+    else:
+        out.write(text)
+    return 0
+
+
+def _change_study(command: str, args: argparse.Namespace, storage: Any, study: str, root: Any, out: IO[str]) -> int:
+    if command == "retry":
+        numbers = storage.requeue_failed(study)
+        if not numbers:
+            out.write(f"study {study!r} has no FAILED trial: nothing to retry\n")
+            return 0
+        out.write(
+            f"study {study!r}: trials {', '.join(map(str, numbers))} are queued again under their numbers; a driver"
+            " running this study picks them up, or run the same lightning-hpt search command to run them\n"
+        )
+        return 0
+    count = storage.delete_study(study, force=args.force)
+    out.write(
+        f"deleted study {study!r} ({count} trials) from {storage.url}; its files under {root / study} were left in"
+        " place (remove them yourself if you no longer need them)\n"
+    )
     return 0
 
 
@@ -114,7 +175,7 @@ def main(
 
     Returns:
         0 on success; 2 for an invalid configuration (nothing ran); 1 when the search or a command
-        failed; 130 after Ctrl+C; 143 after SIGTERM.
+        failed (a search that ends with no COMPLETE trial included); 130 after Ctrl+C; 143 after SIGTERM.
     """
     if argv is None:  # run as the command: class_path entries name the project's modules, as under python -m
         if os.getcwd() not in sys.path:
@@ -126,6 +187,13 @@ def main(
     if not argv or argv[0] in ("-h", "--help"):
         out.write(USAGE)
         return 0 if argv else 2
+    if argv[0] == "search" and cli_class is None and not _names_a_config(argv[1:]):
+        err.write(
+            "lightning-hpt search: error: no config given. Give the project's LightningCLI config and a search:"
+            " section, e.g. lightning-hpt search --config fit.yaml --config search.yaml (the model can also be given"
+            " with --model / --model_class); lightning-hpt search --help lists every option\n"
+        )
+        return 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         err.write(f"lightning-hpt: error: unknown command {command!r}; the commands are {list(COMMANDS)}\n\n{USAGE}")
@@ -136,7 +204,7 @@ def main(
 
             run_search(rest, cli_class=cli_class, cli_args=cli_args, cli_kwargs=cli_kwargs, stream=out)
             return 0
-        return _study_command(command, rest, out)
+        return _study_command(command, rest, out, err)
     except KeyboardInterrupt:
         err.write("lightning-hpt: interrupted; the running trial is recorded: run the same command to resume\n")
         return 130

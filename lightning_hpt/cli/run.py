@@ -184,6 +184,7 @@ def run_search(
         executor=executor,
         timeout=s.timeout,
         retry_interrupted=s.retry_interrupted,
+        retry_failed=s.retry_failed,
         allow_changes=s.allow_changes,
         enqueue=enqueue,
         verbose=s.verbose,

@@ -42,6 +42,8 @@ class SearchSettings:
         checkpoint: keep each trial's best-epoch checkpoint (``checkpoints/best.ckpt``).
         timeout: seconds after which no new trial starts.
         retry_interrupted: rerun trials stopped by Ctrl+C, SIGTERM or a killed driver.
+        retry_failed: rerun the study's FAILED trials under their numbers (after fixing their cause);
+            ``lightning-hpt retry STUDY`` queues them without running a search.
         allow_changes: continue a stored study although its space, monitor, direction, strategy
             or base config differ.
         enqueue: configurations to run first, keys as in ``space``.
@@ -64,6 +66,7 @@ class SearchSettings:
     checkpoint: bool = True
     timeout: float | None = None
     retry_interrupted: bool = True
+    retry_failed: bool = False
     allow_changes: bool = False
     enqueue: list[dict[str, Any]] = field(default_factory=list)
     quiet: bool = True

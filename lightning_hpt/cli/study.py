@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import yaml
+
 from lightning_hpt.cli.builder import TRIAL_CONFIG
 from lightning_hpt.cli.parsing import load_yaml, short_key
 from lightning_hpt.exceptions import ConfigurationError, HPTError
-from lightning_hpt.storage import Storage, open_storage
+from lightning_hpt.storage import Storage, StudyInfo, open_storage
 from lightning_hpt.trial import TrialRecord
 
-__all__ = ["StudyLocation", "best_config", "locate", "short_params", "trial_dir", "write_text"]
+__all__ = ["StudyLocation", "best_config", "best_params", "locate", "short_params", "trial_dir", "write_text"]
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,13 @@ def locate(study: str | None, storage: str | None, root: str | None, configs: Se
 def open_study(loc: StudyLocation) -> tuple[Storage, str]:
     """The storage and the study's name; with no name given, the storage's only study.
 
+    The storage is opened for reading: a database that does not exist is an error, never created.
+
     Raises:
-        StorageError: the study does not exist (the message lists those that do).
+        StorageError: the database or the study does not exist (the message lists the studies that do).
         ConfigurationError: no name given and the storage has several studies.
     """
-    storage = open_storage(loc.storage)
+    storage = open_storage(loc.storage, create=False)
     if loc.study is not None:
         storage.load_study(loc.study)  # a missing study is refused with the list of known ones
         return storage, loc.study
@@ -103,6 +108,24 @@ def best_config(root: Path, study: str, trial: TrialRecord) -> str:
         ) from None
     value = f"{trial.value:.6g}" if trial.value is not None else "-"
     return f"# study {study!r}, trial {trial.number}: value {value}\n{text}"
+
+
+def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
+    """The best trial's parameters, with the study, trial and value, as YAML (``fmt="yaml"``) or JSON.
+
+    This is what a study made through the Python API has to offer in place of a ``config.yaml``:
+    ``params`` are the ``HyperparameterSearch`` space's names and values.
+    """
+    data = {
+        "study": info.name,
+        "trial": trial.number,
+        "monitor": info.monitor,
+        "value": trial.value,
+        "params": dict(trial.params),
+    }
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

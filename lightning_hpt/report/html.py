@@ -43,7 +43,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .trials { display: block; overflow-x: auto; }
 .state-COMPLETE { color: #1565c0; } .state-PRUNED { color: #c46200; } .state-FAILED { color: #c62828; }
 .state-RUNNING { color: #2e7d32; } .state-QUEUED { color: #777; }
-.error { color: #a33; max-width: 28rem; overflow-wrap: anywhere; }
+.error { color: #a33; max-width: 28rem; overflow-wrap: anywhere; white-space: pre-wrap; }
 .counts span { display: inline-block; margin-right: 1.2rem; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .85rem; }
@@ -98,7 +98,7 @@ def _trials_table(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
     ]
     for t in rank_trials(trials, info.direction):
         cells = "".join(f"<td>{_e(format_value(t.params.get(n)))}</td>" for n in names)
-        error = (t.error or "")[:300]
+        error = t.error or ""  # whole: the report is where a failure is read in full
         out.append(
             f"<tr><td class='num'>{t.number}</td><td class='state-{t.state.value}'>{t.state.value}</td>"
             f"<td class='num'>{_e(format_value(t.value))}</td>{cells}<td class='num'>{len(t.intermediate)}</td>"

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError
-from lightning_hpt.trial import Direction, TrialRecord, rank_trials
+from lightning_hpt.failures import short_error
+from lightning_hpt.trial import Direction, TrialRecord, TrialState, rank_trials
 
 __all__ = ["format_duration", "format_value", "param_labels", "rank_trials", "trials_table"]
 
@@ -84,7 +85,8 @@ def trials_table(
     """A plain-text table of trials, one row each.
 
     Columns: trial number, state, the monitored value (the trial's best epoch), one column per
-    parameter, epochs (validation runs reported, ``len(intermediate)``) and duration.
+    parameter, epochs (validation runs reported, ``len(intermediate)``), duration, and, when a
+    shown trial FAILED, its error (shortened at a word boundary).
 
     Args:
         trials: the trials to show, for example ``storage.trials(study)``.
@@ -107,6 +109,7 @@ def trials_table(
     names = _param_names(chosen)
     labels = param_labels(names)
     header = ["#", "state", monitor, *(labels[n] for n in names), "epochs", "duration"]
+    errors = any(t.state is TrialState.FAILED and t.error for t in chosen)
     rows = []
     for t in chosen:
         params: Mapping[str, Any] = t.params
@@ -118,7 +121,10 @@ def trials_table(
                 *(_cell(format_value(params.get(n))) for n in names),
                 str(len(t.intermediate)),
                 format_duration(t.duration),
+                *([short_error(t.error if t.state is TrialState.FAILED else "")] if errors else []),
             ]
         )
     right = {0, 2, len(header) - 2, len(header) - 1}
+    if errors:
+        header.append("error")
     return _render(header, rows, right)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_hpt.exceptions import StorageError
 from lightning_hpt.registry import Registry
 from lightning_hpt.space import SearchSpace
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
@@ -42,10 +43,10 @@ class Storage(ABC):
     def open_study(self, info: StudyInfo, *, allow_changes: bool = False) -> StudyInfo:
         """Create the study, or open the existing one of the same name.
 
-        An existing study must have the same space, monitor and direction (and strategy), else
+        An existing study must have the same space, monitor, direction, strategy and seed, else
         :class:`~lightning_hpt.exceptions.StudyMismatchError` says what differs and how to start
         a new study; ``allow_changes=True`` accepts the stored study as it is and returns it.
-        The stored seed and attrs are kept. Returns the stored study.
+        The stored attrs are kept. Returns the stored study.
         """
 
     @abstractmethod
@@ -128,6 +129,29 @@ class Storage(ABC):
         The previous attempt (error, times, host, pid, last step) is appended to
         ``attrs["attempts"]``; its value, error and intermediate values are cleared.
         """
+
+    def requeue_failed(self, study: str) -> list[int]:
+        """Put every FAILED trial back in the queue (see :meth:`requeue_trial`); returns their numbers.
+
+        Safe while other drivers use the study: each trial is requeued once, whoever asks. This
+        default goes trial by trial; a storage with transactions does it in one.
+        """
+        numbers = []
+        for t in self.trials(study):
+            if t.state is TrialState.FAILED:
+                try:
+                    numbers.append(self.requeue_trial(study, t.number).number)
+                except StorageError:  # another driver requeued (or reran) it first
+                    if next(u for u in self.trials(study) if u.number == t.number).state is TrialState.FAILED:
+                        raise
+        return numbers
+
+    def delete_study(self, study: str, *, force: bool = False) -> int:
+        """Delete the study and its trials; returns how many trials were deleted.
+
+        A study with RUNNING trials (a driver may be using it) is refused unless ``force=True``.
+        """
+        raise StorageError(f"{type(self).__name__} cannot delete studies")
 
     @abstractmethod
     def set_trial_attrs(self, study: str, number: int, attrs: Mapping[str, Any]) -> None:

@@ -20,54 +20,40 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import random
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection
 
 from lightning_hpt.exceptions import (
-    DatabaseLockedError,
     DuplicateTrialError,
-    HPTError,
     SearchSpaceError,
     StorageError,
     StudyMismatchError,
+    StudyNotFoundError,
 )
-from lightning_hpt.space import SearchSpace, validate_name
+from lightning_hpt.space import SearchSpace, validate_study_name
 from lightning_hpt.storage.base import Storage, StudyInfo
+from lightning_hpt.storage.sql_engine import SQLDatabase
 from lightning_hpt.storage.sql_schema import (
     FINISHED,
-    META,
-    METADATA,
     SCHEMA_VERSION,
     STUDIES,
     TRIALS,
     VALUES,
     RowValues,
     check_int,
-    classify,
     decode_float,
     differences,
     dumps,
-    enable_wal,
     encode_float,
-    hint,
-    orig_message,
-    sqlite_begin,
-    sqlite_connect,
     to_record,
 )
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState, params_key
@@ -78,8 +64,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-#: Version of the table layout; a database written by a newer layout is refused, never rewritten.
-class SQLStorage(Storage):
+class SQLStorage(SQLDatabase, Storage):
     """A :class:`~lightning_hpt.storage.base.Storage` in a SQL database (SQLite or PostgreSQL).
 
     Args:
@@ -91,6 +76,12 @@ class SQLStorage(Storage):
         retries: how many times a transient database error (a dropped connection, an I/O hiccup) is
             retried before it is reported.
         engine_kwargs: extra arguments for :func:`sqlalchemy.create_engine`.
+        create: create the database (a SQLite file and its directory, the tables) if it does not exist;
+            ``False`` for readers (``lightning-hpt show``): a missing database is an error and nothing
+            is written, not even the switch of a SQLite file to WAL mode.
+
+    On PostgreSQL the tables live in their own schema, ``lightning_hpt`` (``?schema=name`` in the URL
+    names another), so a database that other programs use gets one schema added and nothing else.
 
     A storage object can be pickled: the copy reconnects lazily in its own process (not for
     in-memory SQLite). After ``fork`` the child opens its own connections too.
@@ -101,253 +92,10 @@ class SQLStorage(Storage):
         []
     """
 
-    def __init__(
-        self,
-        url: str | URL,
-        *,
-        lock_timeout: float = 30.0,
-        retries: int = 3,
-        engine_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not lock_timeout > 0:
-            raise StorageError(f"lock_timeout must be a positive number of seconds, got lock_timeout={lock_timeout!r}")
-        self.lock_timeout = float(lock_timeout)
-        self.retries = check_int(retries, "retries")
-        self._engine_kwargs = dict(engine_kwargs or {})
-        self._url = self._normalise_url(url)
-        self._setup()
-        _ = self.engine  # open now, so a bad file or URL is reported where the storage is created
-
-    # ------------------------------------------------------------------ connection management
-
-    def _normalise_url(self, url: str | URL) -> URL:
-        try:
-            u = make_url(url)
-        except (sa_exc.ArgumentError, TypeError, ValueError) as e:
-            raise StorageError(
-                f"storage url {url!r} is not a database URL ({e}); use 'sqlite:///path/to/study.db' or"
-                " 'postgresql+psycopg://user@host/dbname'"
-            ) from None
-        if u.get_backend_name() == "sqlite" and not self._is_memory(u) and "uri" not in u.query:
-            path = os.path.abspath(os.path.expanduser(u.database))
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            except OSError as e:
-                raise StorageError(f"cannot create the directory of the study database file {path!r}: {e}") from e
-            u = u.set(database=path)
-        # SQLAlchemy's default PostgreSQL driver is psycopg2; use psycopg 3 when that is what is installed.
-        if u.drivername == "postgresql":
-            try:
-                import psycopg2  # noqa: F401
-            except ImportError:
-                u = u.set(drivername="postgresql+psycopg")
-        return u
-
-    @staticmethod
-    def _is_memory(u: URL) -> bool:
-        return u.database in (None, "", ":memory:") or u.query.get("mode") == "memory"
-
-    def _setup(self) -> None:
-        self._engine: Engine | None = None
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._inherited: list[Engine] = []
-        self._sqlite = self._url.get_backend_name() == "sqlite"
-        self._memory = self._sqlite and self._is_memory(self._url)
-        # An in-memory database is one shared connection: threads must take turns with it.
-        self._memory_lock: Any = threading.RLock() if self._memory else contextlib.nullcontext()
-        self.url = self._url.render_as_string(hide_password=True)
-        self._where = f"file {self._url.database!r}" if self._sqlite and not self._memory else self.url
-
-    def __getstate__(self) -> dict[str, Any]:
-        if self._memory:
-            raise StorageError(
-                "an in-memory SQLite storage ('sqlite://') cannot be sent to another process: its data lives in this"
-                " one; use a file, e.g. 'sqlite:///runs/study.db'"
-            )
-        return {"url": self._url, "lock_timeout": self.lock_timeout, "retries": self.retries, "kw": self._engine_kwargs}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._url, self.lock_timeout, self.retries = state["url"], state["lock_timeout"], state["retries"]
-        self._engine_kwargs = state["kw"]
-        self._setup()  # the engine is created on first use, in the new process
-
-    def __repr__(self) -> str:
-        return f"SQLStorage({self.url!r})"
-
-    @property
-    def engine(self) -> Engine:
-        """The SQLAlchemy engine, created on first use in each process; the schema is checked then."""
-        engine = self._engine
-        if engine is not None and self._pid == os.getpid():
-            return engine
-        with self._lock:
-            if self._engine is not None and self._pid != os.getpid():
-                # A forked child must not use (or close) the parent's connections: keep them unused.
-                self._engine.dispose(close=False)
-                self._inherited.append(self._engine)
-                self._engine = None
-            if self._engine is None:
-                engine = self._create_engine()
-                try:
-                    self._check_schema(engine)
-                except BaseException:
-                    engine.dispose()
-                    raise
-                self._engine, self._pid = engine, os.getpid()
-            return self._engine
-
-    def _create_engine(self) -> Engine:
-        kwargs = dict(self._engine_kwargs)
-        if self._sqlite:
-            connect_args = {"timeout": self.lock_timeout, **kwargs.pop("connect_args", {})}
-            if self._memory:
-                connect_args.setdefault("check_same_thread", False)
-                # One shared connection: with a pool, every checkout would be a new, empty database.
-                kwargs.setdefault("poolclass", StaticPool)
-            kwargs["connect_args"] = connect_args
-        else:
-            kwargs.setdefault("pool_pre_ping", True)  # a server restart must not surface as an error
-        try:
-            engine = sa.create_engine(self._url, **kwargs)
-        except (ImportError, sa_exc.NoSuchModuleError) as e:
-            raise StorageError(
-                f"cannot open {self.url}: the database driver is missing ({e}); for PostgreSQL install it with"
-                " pip install 'psycopg[binary]' and use a URL starting with 'postgresql+psycopg://'"
-            ) from None
-        except (sa_exc.ArgumentError, TypeError) as e:
-            raise StorageError(f"cannot open {self.url}: {e}; check the URL and engine_kwargs") from None
-        if self._sqlite:
-            event.listen(engine, "connect", sqlite_connect)
-            event.listen(engine, "begin", sqlite_begin)
-        return engine
-
-    def close(self) -> None:
-        """Release the connections; the storage reconnects if it is used again."""
-        with self._lock:
-            if self._engine is not None and self._pid == os.getpid():
-                self._engine.dispose()
-            self._engine = None
-
-    # ------------------------------------------------------------------ transactions and retries
-
-    def _txn(self, what: str, fn: Callable[[Connection, int], T], *, write: bool, engine: Engine | None = None) -> T:
-        """Run ``fn(conn, attempt)`` in one transaction, retrying lock waits and transient errors."""
-
-        def once(attempt: int) -> T:
-            eng = engine or self.engine  # before the memory lock: self.engine may take self._lock
-            with self._memory_lock, eng.connect() as conn:
-                if write:
-                    conn.execution_options(hpt_write=True)
-                with conn.begin():
-                    return fn(conn, attempt)
-
-        return self._retry(what, once, conflicts=write)
-
-    def _retry(self, what: str, call: Callable[[int], T], *, conflicts: bool = False) -> T:
-        start = time.monotonic()
-        failures = 0
-        attempt = 0
-        while True:
-            try:
-                return call(attempt)
-            except HPTError:
-                raise
-            except (sa_exc.SQLAlchemyError, OSError) as e:
-                kind = classify(e)
-                elapsed = time.monotonic() - start
-                if kind == "locked":
-                    if elapsed >= self.lock_timeout:
-                        raise DatabaseLockedError(
-                            f"the database {self._where} stayed locked by another process for {elapsed:.1f} s"
-                            f" (lock_timeout={self.lock_timeout:g} s) while trying to {what}: let the other program"
-                            " finish, raise lock_timeout, or for many concurrent writers use PostgreSQL"
-                            " (storage='postgresql+psycopg://user@host/dbname')"
-                        ) from e
-                    delay = min(0.02 * 2 ** min(attempt, 6), 1.0, self.lock_timeout - elapsed)
-                elif (kind == "transient" or (kind == "conflict" and conflicts)) and failures < self.retries:
-                    failures += 1
-                    delay = 0.05 * 2**failures
-                    log.warning(
-                        "retrying after a database error while trying to %s in %s: %s",
-                        what,
-                        self.url,
-                        self._mask(orig_message(e)),
-                    )
-                else:
-                    detail = self._mask(orig_message(e))
-                    retried = f" (after {failures} retries)" if failures else ""
-                    raise StorageError(f"could not {what} in {self._where}{retried}: {detail}; {hint(detail)}") from e
-                time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: do not wake in step with the other writer
-                attempt += 1
-
-    def _mask(self, text: str) -> str:
-        password = self._url.password
-        return text.replace(str(password), "***") if password else text
-
-    # ------------------------------------------------------------------ schema
-
-    def _check_schema(self, engine: Engine) -> None:
-        status = self._txn("read the tables", lambda c, a: self._inspect(c), write=False, engine=engine)
-        if status == "empty":
-            self._txn("create the study tables", self._initialise, write=True, engine=engine)
-        if self._sqlite and not self._memory:
-            self._retry("switch the database to WAL mode", lambda a: enable_wal(engine))
-
-    def _inspect(self, conn: Connection) -> str:
-        inspector = sa.inspect(conn)
-        names = set(inspector.get_table_names())
-        if self._sqlite:
-            names |= set(inspector.get_view_names())
-        ours = {n for n in names if n.startswith("hpt_")}
-        if not ours:
-            if names and self._sqlite:  # a server database is shared by design; a file belongs to one program
-                raise StorageError(
-                    f"the database {self._where} belongs to another program (it has tables {sorted(names)[:10]}"
-                    " but none of lightning-hpt's); it was left unchanged: pass the path of a new .db file"
-                )
-            return "empty"
-        damaged = f"the database {self._where} has lightning-hpt tables {sorted(ours)} but"
-        fix = "it was left unchanged; restore it from a backup or pass the path of a new database"
-        if "hpt_meta" not in ours:
-            raise StorageError(f"{damaged} no hpt_meta table with the schema version: it is damaged; {fix}")
-        raw = conn.execute(sa.select(META.c.value).where(META.c.key == "schema_version")).scalar()
-        try:
-            version = int(raw)
-        except (TypeError, ValueError):
-            raise StorageError(
-                f"{damaged} its schema_version is {raw!r}, not an integer: it is damaged; {fix}"
-            ) from None
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"the database {self._where} was written by a newer lightning-hpt (schema_version={version}, this"
-                f" version reads {SCHEMA_VERSION}); it was left unchanged: upgrade lightning-hpt to open it"
-            )
-        if version < SCHEMA_VERSION:
-            raise StorageError(f"{damaged} schema_version={version} is older than {SCHEMA_VERSION}; {fix}")
-        missing = sorted(set(METADATA.tables) - ours)
-        if missing:
-            raise StorageError(f"{damaged} is missing tables {missing}: it is damaged; {fix}")
-        return "ok"
-
-    def _initialise(self, conn: Connection, attempt: int) -> None:
-        if conn.dialect.name == "postgresql":  # two drivers creating the tables at once must not collide
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7235890)"))
-        if self._inspect(conn) == "ok":  # another process created them while we waited for the lock
-            return
-        METADATA.create_all(conn)
-        conn.execute(
-            sa.insert(META),
-            [
-                {"key": "schema_version", "value": str(SCHEMA_VERSION)},
-                {"key": "created_at", "value": repr(time.time())},
-            ],
-        )
-
     # ------------------------------------------------------------------ studies
 
     def open_study(self, info: StudyInfo, *, allow_changes: bool = False) -> StudyInfo:
-        validate_name(info.name, "study name")
+        validate_study_name(info.name)
         given = StudyInfo(
             info.name,
             SearchSpace(info.space),
@@ -381,7 +129,7 @@ class SQLStorage(Storage):
                         f"study {given.name!r} in {self._where} was created with a different setup: "
                         + "; ".join(diffs)
                         + ". To keep both, pass a new study name; to continue the stored study as it is (its stored"
-                        " space, monitor, direction and strategy are used), pass allow_changes=True"
+                        " space, monitor, direction, strategy and seed are used), pass allow_changes=True"
                     )
             return stored
 
@@ -409,9 +157,7 @@ class SQLStorage(Storage):
         row = conn.execute(q.with_for_update() if lock else q).first()  # FOR UPDATE: serialises writers on PostgreSQL
         if row is None:
             known = list(conn.execute(sa.select(STUDIES.c.name).order_by(STUDIES.c.name)).scalars())
-            raise StorageError(
-                f"there is no study {name!r} in {self._where}; known studies: {known}; open it first with open_study"
-            )
+            raise StudyNotFoundError(name, self._where, known)
         return row
 
     def _info(self, row: sa.Row) -> StudyInfo:
@@ -659,40 +405,63 @@ class SQLStorage(Storage):
                 raise StorageError(
                     f"trial {number} of study {study!r} is {row.state}: only RUNNING or FAILED trials can be requeued"
                 )
-            last_step = conn.execute(sa.select(sa.func.max(VALUES.c.step)).where(VALUES.c.trial_id == row.id)).scalar()
-            attrs = json.loads(row.attrs)
-            previous = attrs.get("attempts")
-            attrs["attempts"] = [
-                *(previous if isinstance(previous, list) else []),
-                {
-                    "error": row.error,
-                    "started_at": row.started_at,
-                    "finished_at": row.finished_at,
-                    "host": row.host,
-                    "pid": row.pid,
-                    "last_step": last_step,
-                },
-            ]
-            changes = dict.fromkeys(
-                (
-                    "value",
-                    "value_nonfinite",
-                    "best_step",
-                    "error",
-                    "checkpoint",
-                    "started_at",
-                    "finished_at",
-                    "host",
-                    "pid",
-                    "heartbeat_at",
-                ),
-            )
-            changes.update(state=TrialState.QUEUED.value, attrs=dumps(attrs, "trial attrs"))
-            conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id))
-            conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
-            return to_record(RowValues({**row._asdict(), **changes}), {})
+            return self._requeue(conn, row)
 
         return self._txn(f"requeue trial {number} of study {study!r}", fn, write=True)
+
+    def requeue_failed(self, study: str) -> list[int]:
+        def fn(conn: Connection, attempt: int) -> list[int]:
+            study_id = self._study(conn, study, lock=True).id  # one driver at a time: each trial is requeued once
+            q = sa.select(TRIALS).where(TRIALS.c.study_id == study_id, TRIALS.c.state == TrialState.FAILED.value)
+            return [self._requeue(conn, row).number for row in conn.execute(q.order_by(TRIALS.c.number)).all()]
+
+        return self._txn(f"requeue the FAILED trials of study {study!r}", fn, write=True)
+
+    def delete_study(self, study: str, *, force: bool = False) -> int:
+        def fn(conn: Connection, attempt: int) -> int:
+            study_id = self._study(conn, study, lock=True).id
+            running = conn.execute(
+                sa.select(TRIALS.c.number, TRIALS.c.host, TRIALS.c.pid).where(
+                    TRIALS.c.study_id == study_id, TRIALS.c.state == TrialState.RUNNING.value
+                )
+            ).all()
+            if running and not force:
+                who = ", ".join(f"trial {n} ({h} pid {p})" for n, h, p in running)
+                raise StorageError(
+                    f"study {study!r} in {self._where} has RUNNING trials: {who}; a driver may be using it: stop"
+                    " it first, or delete anyway with force=True (lightning-hpt delete --force) if those processes"
+                    " are gone"
+                )
+            ids = sa.select(TRIALS.c.id).where(TRIALS.c.study_id == study_id).scalar_subquery()
+            conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id.in_(ids)))
+            count = conn.execute(sa.delete(TRIALS).where(TRIALS.c.study_id == study_id)).rowcount
+            conn.execute(sa.delete(STUDIES).where(STUDIES.c.id == study_id))
+            return count
+
+        return self._txn(f"delete study {study!r}", fn, write=True)
+
+    def _requeue(self, conn: Connection, row: sa.Row) -> TrialRecord:
+        """Put a trial (its row locked by the caller) back in the queue; the attempt is kept in its attrs."""
+        last_step = conn.execute(sa.select(sa.func.max(VALUES.c.step)).where(VALUES.c.trial_id == row.id)).scalar()
+        attrs = json.loads(row.attrs)
+        previous = attrs.get("attempts")
+        attrs["attempts"] = [
+            *(previous if isinstance(previous, list) else []),
+            {
+                "error": row.error,
+                "started_at": row.started_at,
+                "finished_at": row.finished_at,
+                "host": row.host,
+                "pid": row.pid,
+                "last_step": last_step,
+            },
+        ]
+        cleared = ("value", "value_nonfinite", "best_step", "error", "checkpoint", "started_at", "finished_at")
+        changes: dict[str, Any] = dict.fromkeys((*cleared, "host", "pid", "heartbeat_at"))
+        changes.update(state=TrialState.QUEUED.value, attrs=dumps(attrs, "trial attrs"))
+        conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id))
+        conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
+        return to_record(RowValues({**row._asdict(), **changes}), {})
 
     def set_trial_attrs(self, study: str, number: int, attrs: Mapping[str, Any]) -> None:
         dumps(dict(attrs), "trial attrs")

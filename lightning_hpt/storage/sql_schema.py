@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,9 @@ from lightning_hpt.storage.base import StudyInfo
 from lightning_hpt.trial import TrialRecord, TrialState
 
 SCHEMA_VERSION = 1
+#: PostgreSQL schema of the tables unless the URL names another (``?schema=name``).
+PG_SCHEMA = "lightning_hpt"
+PG_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 METADATA = sa.MetaData()
 META = sa.Table(
@@ -167,6 +171,11 @@ def hint(msg: str) -> str:
         )
     if "unable to open" in msg:
         return "check that the path is a file (not a directory) in a directory you can write to"
+    if "permission denied for database" in msg or "permission denied for schema" in msg:
+        return (
+            f"the database user may not create or use the tables' schema: ask its owner to run CREATE SCHEMA"
+            f" {PG_SCHEMA} AUTHORIZATION <user>, or name a schema the user can write with ?schema=<name> in the URL"
+        )
     return "check that the database is reachable and writable"
 
 
@@ -213,7 +222,7 @@ def differences(stored: StudyInfo, given: StudyInfo) -> list[str]:
     for name in sorted(set(old) & set(new)):
         if old[name] != new[name]:
             diffs.append(f"parameter {name!r} changed from {old[name]} to {new[name]}")
-    for field in ("monitor", "direction", "strategy"):
+    for field in ("monitor", "direction", "strategy", "seed"):
         a, b = getattr(stored, field), getattr(given, field)
         if a != b:
             a, b = getattr(a, "value", a), getattr(b, "value", b)

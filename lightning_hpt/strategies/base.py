@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.checks import check_seed
 from lightning_hpt.trial import History, params_key
 
 __all__ = ["Strategy", "params_key", "trial_rng"]
@@ -40,9 +40,7 @@ class Strategy(ABC):
     exhaustive: bool = False
 
     def __init__(self, seed: int | None = None) -> None:
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ConfigurationError(f"seed must be an integer or None, got seed={seed!r}")
-        self.seed = seed
+        self.seed = check_seed(seed)  # refused here, not when the first proposal is made
 
     def effective_seed(self, history: History) -> int | None:
         """The strategy's own seed if given, else the study's."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_hpt.checks import check_bool
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.strategies.base import Strategy, params_key
 from lightning_hpt.trial import History
@@ -49,7 +50,7 @@ class GridStrategy(Strategy):
                 f"GridStrategy: points must be a positive int or a dict of them, got points={points!r}"
             )
         self.points = dict(points) if isinstance(points, Mapping) else points
-        self.shuffle = shuffle
+        self.shuffle = check_bool(shuffle, "shuffle", owner="GridStrategy")
 
     def grid(self, history: History) -> list[dict[str, Any]]:
         """The whole grid in visiting order."""

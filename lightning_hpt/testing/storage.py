@@ -83,7 +83,7 @@ class StorageContract:
 
     def test_reopen_keeps_stored_seed_and_attrs(self, storage: Storage) -> None:
         storage.open_study(study_info(seed=1, attrs={"a": 1}))
-        again = storage.open_study(study_info(seed=2, attrs={}))
+        again = storage.open_study(study_info(seed=2, attrs={}), allow_changes=True)
         assert again.seed == 1 and dict(again.attrs) == {"a": 1}
         assert storage.study_names() == ["study"]
 
@@ -101,6 +101,8 @@ class StorageContract:
             ({"monitor": "val_loss"}, r"monitor changed from 'val_acc' to 'val_loss'"),
             ({"direction": Direction.MINIMIZE}, r"direction changed from 'max' to 'min'"),
             ({"strategy": "bayes"}, r"strategy changed from 'random' to 'bayes'"),
+            ({"seed": 8}, r"seed changed from 7 to 8"),
+            ({"seed": None}, r"seed changed from 7 to None"),
         ],
     )
     def test_changed_study_is_refused(self, storage: Storage, change: dict, expected: str) -> None:
@@ -117,7 +119,7 @@ class StorageContract:
 
     @pytest.mark.parametrize("name", ["", "../x", "a/b", "nul\x00l", "x" * 200, "has space"])
     def test_bad_study_names_are_refused(self, storage: Storage, name: str) -> None:
-        with pytest.raises(HPTError, match="study name"):
+        with pytest.raises(HPTError, match=r"study.name"):
             storage.open_study(study_info(name))
         assert storage.study_names() == []
 

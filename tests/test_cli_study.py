@@ -1,0 +1,152 @@
+"""The study commands (show, best, report, retry, delete) and what the command says when a search cannot go on."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import FAST, TinyModel
+
+from lightning_hpt.cli import main
+from lightning_hpt.storage import SQLStorage, open_storage
+from lightning_hpt.testing.storage import PARAMS, study_info
+from lightning_hpt.trial import TrialState
+
+
+class Flaky(TinyModel):
+    """Fails in training_step while the file ``flag`` exists (the bug), and trains normally once it is gone."""
+
+    def __init__(self, flag: str = "", lr: float = 0.05, hidden: int = 8) -> None:
+        super().__init__(lr=lr, hidden=hidden)
+        self.flag = flag
+
+    def training_step(self, batch, batch_idx):
+        if self.flag and Path(self.flag).exists():
+            raise ValueError(f"the bug in {self.flag}, at batch {batch_idx}")
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self(x), y))
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def configs(tmp_path: Path, flag: Path, n_trials: int = 3) -> list[str]:
+    fit = {
+        "model": {"class_path": f"{__name__}.Flaky", "init_args": {"flag": str(flag)}},
+        "data": {"class_path": "conftest.TinyData"},
+        "trainer": {**FAST, "enable_progress_bar": False},
+    }
+    space = {"model.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}, "model.hidden": {"choices": [4, 8]}}
+    search = {"space": space, "n_trials": n_trials, "seed": 0, "root": str(tmp_path / "runs"), "verbose": False}
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(fit))
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump({"search": search}))
+    return ["--config", str(tmp_path / "fit.yaml"), "--config", str(tmp_path / "search.yaml")]
+
+
+def test_search_without_a_config_says_what_to_give():
+    code, _, err = run("search")
+    assert code == 2 and "no config given" in err and "--config fit.yaml --config search.yaml" in err
+    assert "arguments are required" not in err
+
+
+@pytest.mark.parametrize("command", ["show", "best", "report", "retry", "delete"])
+def test_readers_never_create_a_database(tmp_path, monkeypatch, command):
+    """Issue: show X --storage missing_dir/typo.db created the directory and an empty database."""
+    monkeypatch.chdir(tmp_path)
+    for storage in ("missing_dir/typo.db", f"sqlite:///{tmp_path}/missing_dir/typo.db", "typo.db"):
+        code, _, err = run(command, "x", "--storage", storage)
+        assert code == 1 and "no study database at" in err and "typo.db" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_study_is_named_for_a_command_line_user(tmp_path):
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'studies.db'}")
+    storage.open_study(study_info("mnist"))
+    code, _, err = run("show", "mnsit", "--storage", str(tmp_path / "studies.db"))
+    assert code == 1 and "no study 'mnsit'" in err and "['mnist']" in err and "did you mean" in err
+    assert "open_study" not in err
+
+
+def test_best_of_a_python_api_study_says_why_and_writes_its_parameters(tmp_path):
+    """Issue: best on a study made through the Python API blamed a missing directory; it has no config.yaml."""
+    db = tmp_path / "studies.db"
+    storage = SQLStorage(f"sqlite:///{db}")
+    storage.open_study(study_info("api"))
+    t = storage.create_trial("api", PARAMS)
+    storage.finish_trial("api", t.number, state=TrialState.COMPLETE, value=0.9)
+    code, out, err = run("best", "api", "--storage", str(db))
+    assert code == 0 and "made through the Python API" in err and "no config.yaml" in err and "--format json" in err
+    assert yaml.safe_load(out) == {"study": "api", "trial": 0, "monitor": "val_acc", "value": 0.9, "params": PARAMS}
+    code, out, _ = run("best", "api", "--storage", str(db), "--format", "json", "-o", str(tmp_path / "best.json"))
+    assert code == 0 and "best parameters (trial 0)" in out
+    assert json.loads((tmp_path / "best.json").read_text())["params"] == PARAMS
+
+
+def test_failed_search_exits_1_shows_errors_and_goes_on_after_retry(tmp_path):
+    """Issue 13 item 5: exit non-zero with no COMPLETE trial, errors in show, retry reruns under the same numbers."""
+    flag = tmp_path / "bug"
+    flag.touch()
+    args = configs(tmp_path, flag)
+    code, _, err = run("search", *args)
+    assert code == 1 and ("no COMPLETE trial" in err or "failed with this error" in err), err
+    assert err.count("ValueError: the bug in") == 1 and "lightning-hpt retry" in err
+    code, out, _ = run("show", "--config", str(tmp_path / "search.yaml"))
+    header, *rows = out.splitlines()[1:4]
+    assert code == 0 and header.split()[-1] == "error" and all("ValueError: the bug in" in r for r in rows), out
+    flag.unlink()  # the bug is fixed
+    assert run("search", *args)[0] == 1  # the study is full: it still says why, and how to go on
+    code, out, _ = run("retry", "--config", str(tmp_path / "search.yaml"))
+    assert code == 0 and "trials 0, 1, 2 are queued again" in out, out
+    code, out, err = run("search", *args)
+    assert code == 0, err
+    trials = open_storage(tmp_path / "runs" / "studies.db", create=False).trials("default")
+    assert [(t.number, t.state) for t in trials] == [(n, TrialState.COMPLETE) for n in range(3)]
+    _, out, _ = run("retry", "--config", str(tmp_path / "search.yaml"))
+    assert out.endswith("has no FAILED trial: nothing to retry\n")
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import FAST, TinyData, TinyModel
+from lightning_hpt import HyperparameterSearch, Float
+HyperparameterSearch(
+    lambda cfg: TinyModel(sleep=0.2, marker={marker!r}, **cfg["model"]), TinyData, {{"model.lr": Float(0.01, 0.2)}},
+    root={root!r}, study_name="shared", n_trials=2, trainer_kwargs=dict(FAST), verbose=False,
+).run()
+"""
+
+
+def test_delete_is_refused_while_another_driver_runs_the_study(tmp_path):
+    marker = tmp_path / "running"
+    script = DRIVER.format(tests=str(Path(__file__).parent), marker=str(marker), root=str(tmp_path))
+    driver = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    db = str(tmp_path / "studies.db")
+    code, _, err = run("delete", "shared", "--storage", db)
+    assert code == 1 and "has RUNNING trials: trial 0" in err and "--force" in err, err
+    assert run("retry", "shared", "--storage", db)[0] == 0  # nothing FAILED: the running driver is left alone
+    assert driver.wait(timeout=300) == 0, driver.stderr.read()
+    trials = open_storage(db, create=False).trials("shared")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # the driver never noticed
+    code, out, _ = run("delete", "shared", "--storage", db)
+    assert code == 0 and "deleted study 'shared' (2 trials)" in out and "left in place" in out
+    assert (tmp_path / "shared").is_dir()  # the files are the user's to remove
+    code, _, err = run("show", "shared", "--storage", db)
+    assert code == 1 and "no study 'shared'" in err
