@@ -3,7 +3,7 @@
 The rules are those an ordinary trial gets from its callbacks (see ``lightning.runner.search_callbacks``):
 the monitor reports every validation run and applies the driver's pruning decision, a non-finite value
 ends the member, ``EarlyStopping`` (``patience`` runs without a strict improvement) ends it, and the
-best run's weights are kept as ``<trial dir>/checkpoints/best.ckpt``.
+best run's weights are written (once, when the member ends) to ``<trial dir>/checkpoints/best.ckpt``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialJob, TrialOutcome
 from lightning_hpt.trial import Direction, TrialState
 
-__all__ = ["Member", "save_member_checkpoint"]
+__all__ = ["Member", "member_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class Member:
         self.metrics: dict[str, float] = {}
         self._wait = 0
         self._logger: Any = None
+        self._best_checkpoint: dict[str, Any] | None = None
 
     @property
     def direction(self) -> Direction:
@@ -72,9 +73,21 @@ class Member:
         if self._logger is not None:
             self._logger.log_metrics(metrics, step=step)
 
+    def keep(self, checkpoint: dict[str, Any]) -> None:
+        """Hold the best step's checkpoint; it is written once, when the member is closed."""
+        self._best_checkpoint = checkpoint
+
     def close(self) -> None:
+        """Write the kept checkpoint and finish the CSV log."""
+        if self._best_checkpoint is not None:
+            path = self.checkpoint_path
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self._best_checkpoint, f"{path}.tmp")
+            os.replace(f"{path}.tmp", path)
+            self._best_checkpoint = None
         if self._logger is not None:
             self._logger.finalize("success")
+            self._logger = None
 
     def observe(self, logged: dict[str, float]) -> bool:
         """Take one validation run's logged values; True when this step is the best so far (save it)."""
@@ -133,11 +146,11 @@ class Member:
         return TrialOutcome(state, value=self.best_value, best_step=self.best_step, checkpoint=ckpt, **common)
 
 
-def save_member_checkpoint(model: Any, path: str, epoch: int, global_step: int, namespace: Any) -> None:
-    """Save one member's weights as a Lightning checkpoint that ``Model.load_from_checkpoint`` reads.
+def member_checkpoint(model: Any, epoch: int, global_step: int, namespace: Any) -> dict[str, Any]:
+    """One member's weights as a Lightning checkpoint that ``Model.load_from_checkpoint`` reads.
 
-    The tensors are cloned: a member's parameters are views of the group's stacked tensors, and saving a
-    view would write the whole group.
+    The tensors are cloned: a member's parameters are views of the group's stacked tensors (and saving a
+    view would write the whole group). Optimizer states are not included.
     """
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ckpt: dict[str, Any] = {
@@ -154,7 +167,4 @@ def save_member_checkpoint(model: Any, path: str, epoch: int, global_step: int, 
     if hparams:
         ckpt[type(model).CHECKPOINT_HYPER_PARAMS_KEY] = dict(hparams)
     model.on_save_checkpoint(ckpt)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    return ckpt

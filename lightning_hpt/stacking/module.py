@@ -25,7 +25,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from typing_extensions import override
 
 from lightning_hpt.stacking.grouping import StackingRefused
-from lightning_hpt.stacking.members import Member, save_member_checkpoint
+from lightning_hpt.stacking.members import Member, member_checkpoint
+from lightning_hpt.stacking.optim import StackedOptimizer
 
 __all__ = ["stacked_module_class"]
 
@@ -134,7 +135,9 @@ class _StackedLogic:
         self._parts = (_Step(_template(self._members[0])),)  # a tuple: not a submodule, not moved
         self._optimizers: list[torch.optim.Optimizer] = []
         self._grads: list[list[tuple[Tensor, Tensor]]] = []
+        self._vectorized: StackedOptimizer | None = None
         self._logged: list[dict[str, Tensor]] = [{} for _ in self._members]
+        self._member_steps = [0] * len(self._members)
         self._val: list[tuple[dict[str, float], dict[str, Any], float]] = []
 
     # --- the members' views and optimizers ------------------------------------------------------
@@ -160,6 +163,7 @@ class _StackedLogic:
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         self._bind_members()
         self._optimizers = [_one_optimizer(m) for m in self._members]
+        self._vectorized = StackedOptimizer.build(self._optimizers, self._grads)
         return self._optimizers
 
     # --- training ---------------------------------------------------------------------------------
@@ -190,12 +194,16 @@ class _StackedLogic:
         fn = vmap(lambda p, b: self._member_loss(p, b, batch, batch_idx), randomness="different")
         losses, logged = fn(params, buffers)
         self.manual_backward(losses.sum())
+        if self._vectorized is not None:
+            self._vectorized.step(index)
         for j, i in enumerate(active):
-            for stacked, view in self._grads[i]:
-                view.grad = None if stacked.grad is None else stacked.grad[i]
-            self._optimizers[i].step()
-            self._optimizers[i].zero_grad(set_to_none=True)
+            if self._vectorized is None:
+                for stacked, view in self._grads[i]:
+                    view.grad = None if stacked.grad is None else stacked.grad[i]
+                self._optimizers[i].step()
+                self._optimizers[i].zero_grad(set_to_none=True)
             self._logged[i] = {k: v[j].detach() for k, v in logged.items()}
+            self._member_steps[i] += 1
         for p in self.stacked.values():
             p.grad = None
 
@@ -205,11 +213,11 @@ class _StackedLogic:
 
     @override
     def on_train_epoch_end(self) -> None:
-        for i, t in enumerate(self._tracks):
-            t.metrics.update({k: float(v.float().mean()) for k, v in self._logged[i].items()})
-            self._logged[i] = {}
+        for t in self._tracks:
             if not t.ended:
                 t.epoch_done(self.current_epoch + 1)
+                if t.ended:
+                    t.close()
         if not self._active():
             self.trainer.should_stop = True
 
@@ -254,8 +262,9 @@ class _StackedLogic:
             values[name] = float(metric.compute())
             metric.reset()
         track = self._tracks[i]
-        track.log_metrics({**values, "epoch": self.current_epoch}, step=self.current_epoch)
+        train = {k: float(v.float().mean()) for k, v in self._logged[i].items()}  # the last step's values
+        track.log_metrics({**train, **values, "epoch": self.current_epoch}, step=self.current_epoch)
         if track.observe(values) and track.job.build.checkpoint:
-            save_member_checkpoint(
-                self._members[i], track.checkpoint_path, self.current_epoch, self.global_step, self._pl
-            )
+            track.keep(member_checkpoint(self._members[i], self.current_epoch, self._member_steps[i], self._pl))
+        if track.ended:
+            track.close()
