@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
+from dataclasses import replace
 
 import lightning.pytorch as L
 import pytest
@@ -13,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_hpt import Categorical, Float, HyperparameterSearch, Int
 from lightning_hpt.exceptions import ConfigurationError
-from lightning_hpt.lightning.runner import TrialBuild, TrialJob
+from lightning_hpt.lightning.runner import TrialBuild, TrialJob, run_trial
 from lightning_hpt.stacking import StackedExecutor, group_key, run_jobs
 from lightning_hpt.stacking.module import _MemberDropout
 from lightning_hpt.trial import Direction, TrialState
@@ -68,6 +70,16 @@ class Regressor(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+class SGDRegressor(Regressor):
+    def __init__(self, lr: float = 0.05, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay)
+        self.save_hyperparameters()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        h = self.hparams
+        return torch.optim.SGD(self.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
 
 
 class WithBatchNorm(Regressor):
@@ -185,6 +197,26 @@ def _jobs(tmp_path, model, params_list, **build_kw) -> list[TrialJob]:
     return [TrialJob(build, n, p, 0, str(tmp_path / f"trial_{n}")) for n, p in enumerate(params_list)]
 
 
+def _alone(tmp_path, jobs: list[TrialJob]) -> list:
+    return [run_trial(replace(j, trial_dir=str(tmp_path / "alone" / str(j.number)))) for j in jobs]
+
+
+def test_sgd_momentum_and_weight_decay_per_member(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="lightning_hpt.stacking")
+    params = [
+        {"model.lr": 0.02, "model.momentum": 0.0, "model.weight_decay": 0.0, "trainer.max_epochs": 3},
+        {"model.lr": 0.01, "model.momentum": 0.9, "model.weight_decay": 0.01, "trainer.max_epochs": 3},
+        {"model.lr": 0.05, "model.momentum": 0.5, "model.weight_decay": 0.0, "trainer.max_epochs": 2},
+    ]
+    jobs = _jobs(tmp_path, SGDRegressor, params)
+    stacked = run_jobs([(j, None) for j in jobs], per_member=("lr", "momentum", "weight_decay"))
+    assert {tuple(o.attrs["stacked"]["group"]) for o in stacked} == {(0, 1, 2)}
+    assert "3 members: one vectorized update" in caplog.text
+    for a, b in zip(_alone(tmp_path, jobs), stacked, strict=True):
+        assert list(b.intermediate) == list(a.intermediate)
+        assert list(b.intermediate.values()) == pytest.approx(list(a.intermediate.values()), rel=1e-4, abs=1e-6)
+
+
 def test_a_pruned_member_stops_while_the_others_go_on(tmp_path):
     params = [{"model.lr": lr, "trainer.max_epochs": 4} for lr in (0.01, 0.02, 0.05)]
     jobs = _jobs(tmp_path, Regressor, params)
@@ -200,6 +232,9 @@ def test_a_pruned_member_stops_while_the_others_go_on(tmp_path):
     kept = torch.load(outcomes[0].checkpoint, weights_only=True)["state_dict"]
     assert outcomes[0].best_step == 3
     assert all(torch.equal(v, kept[k]) for k, v in INSTANCES[0].state_dict().items())
+    alone = _alone(tmp_path, jobs)  # the other members trained on as they would alone
+    for i in (0, 2):
+        assert list(outcomes[i].intermediate.values()) == pytest.approx(list(alone[i].intermediate.values()), rel=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -29,6 +30,8 @@ from lightning_hpt.stacking.members import Member, member_checkpoint
 from lightning_hpt.stacking.optim import StackedOptimizer
 
 __all__ = ["stacked_module_class"]
+
+log = logging.getLogger(__name__)
 
 
 class _MemberDropout(nn.Module):
@@ -164,6 +167,8 @@ class _StackedLogic:
         self._bind_members()
         self._optimizers = [_one_optimizer(m) for m in self._members]
         self._vectorized = StackedOptimizer.build(self._optimizers, self._grads)
+        how = "one vectorized update" if self._vectorized is not None else "each member's own optimizer step"
+        log.debug("stacked group of %d members: %s", len(self._members), how)
         return self._optimizers
 
     # --- training ---------------------------------------------------------------------------------

@@ -53,10 +53,35 @@ class StackedOptimizer:
     """
 
     def __init__(self, kind: str, stacked: list[Tensor], hyper: list[dict[str, Tensor]], decoupled: list[Tensor]):
-        self.kind, self.stacked, self.hyper, self.decoupled = kind, stacked, hyper, decoupled
+        self.kind, self.stacked = kind, stacked
         k = stacked[0].shape[0]
         self.steps = torch.zeros(k, dtype=torch.float64, device=stacked[0].device)
         self.state = [(torch.zeros_like(p.data), torch.zeros_like(p.data)) for p in stacked]
+        self.hyper = hyper  # per parameter: [K] float64 vectors (bias corrections are computed from them)
+        self.cols = [self._columns(h, d, p) for h, d, p in zip(hyper, decoupled, stacked, strict=True)]
+
+    def _columns(self, hp: dict[str, Tensor], dec: Tensor, like: Tensor) -> dict[str, Tensor]:
+        """The per-member factors of one parameter's update, shaped ``[K, 1, ...]`` in its dtype."""
+
+        def col(v: Tensor) -> Tensor:
+            return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+        wd = hp["weight_decay"]
+        if self.kind == "sgd":
+            return {
+                "lr": col(hp["lr"]),
+                "l2": col(wd),
+                "momentum": col(hp["momentum"]),
+                "keep": col(1 - hp["dampening"]),
+            }
+        return {
+            "decay": col(torch.where(dec, 1 - hp["lr"] * wd, torch.ones_like(wd))),
+            "l2": col(torch.where(dec, torch.zeros_like(wd), wd)),
+            "b1c": col(1 - hp["beta1"]),
+            "beta2": col(hp["beta2"]),
+            "b2c": col(1 - hp["beta2"]),
+            "eps": col(hp["eps"]),
+        }
 
     @classmethod
     def build(
@@ -79,7 +104,10 @@ class StackedOptimizer:
                 columns[j].append(_hyper(group, kind))
                 flags[j].append(type(opt) is torch.optim.AdamW or bool(group.get("decoupled_weight_decay")))
         device = stacked[0].device
-        hyper = [{k: torch.tensor([c[k] for c in col], dtype=torch.float64, device=device) for k in col[0]} for col in columns]
+        hyper = [
+            {k: torch.tensor([c[k] for c in col], dtype=torch.float64, device=device) for k in col[0]}
+            for col in columns
+        ]
         decoupled = [torch.tensor(f, device=device) for f in flags]
         return cls(kind, stacked, hyper, decoupled)
 
@@ -90,11 +118,12 @@ class StackedOptimizer:
             if p.grad is None:
                 continue
             tensors = (p.data, p.grad, *self.state[j])
+            cols, hp = self.cols[j], self.hyper[j]
             if active is not None:  # the ended members' slices stay as they are
                 tensors = tuple(t.index_select(0, active) for t in tensors)
-            hp = self.hyper[j] if active is None else {k: v.index_select(0, active) for k, v in self.hyper[j].items()}
-            dec = self.decoupled[j] if active is None else self.decoupled[j].index_select(0, active)
-            (self._adam if self.kind == "adam" else self._sgd)(*tensors, hp, dec, steps)
+                cols = {k: v.index_select(0, active) for k, v in cols.items()}
+                hp = {k: v.index_select(0, active) for k, v in hp.items()}
+            (self._adam if self.kind == "adam" else self._sgd)(*tensors, cols, hp, steps)
             if active is not None:
                 for target, value in zip((p.data, None, *self.state[j]), tensors, strict=True):
                     if target is not None:
@@ -106,31 +135,37 @@ class StackedOptimizer:
 
     @staticmethod
     def _col(v: Tensor, like: Tensor) -> Tensor:
-        """A ``[K]`` vector shaped to broadcast over ``[K, ...]`` tensors like ``like``."""
         return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
     def _adam(
-        self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: dict[str, Tensor], dec: Tensor, steps: Tensor
+        self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, c: dict[str, Tensor], hp: dict[str, Tensor], steps: Tensor
     ) -> None:
         """In place: ``torch.optim.adam._single_tensor_adam`` with a column of hyperparameters per member."""
-        lr, wd, col = hp["lr"], hp["weight_decay"], self._col
-        if bool((wd != 0).any()):
-            p.mul_(col(torch.where(dec, 1 - lr * wd, torch.ones_like(lr)), p))
-            g = g.add(col(torch.where(dec, torch.zeros_like(wd), wd), p) * p)
-        m.lerp_(g, col(1 - hp["beta1"], p))
-        v.mul_(col(hp["beta2"], p)).add_(g * g * col(1 - hp["beta2"], p))
-        step_size = lr / (1 - hp["beta1"] ** steps)
-        bc2_sqrt = (1 - hp["beta2"] ** steps) ** 0.5
-        denom = v.sqrt().div_(col(bc2_sqrt, p)).add_(col(hp["eps"], p))
-        p.sub_(m / denom * col(step_size, p))
+        if self._any_decay(hp):
+            p.mul_(c["decay"])
+            g = g.addcmul(c["l2"], p)
+        m.lerp_(g, c["b1c"])
+        v.mul_(c["beta2"]).addcmul_(g * c["b2c"], g)
+        step_size = self._col(hp["lr"] / (1 - hp["beta1"] ** steps), p)
+        bc2_sqrt = self._col((1 - hp["beta2"] ** steps) ** 0.5, p)
+        p.addcdiv_(m * step_size, v.sqrt().div_(bc2_sqrt).add_(c["eps"]), value=-1.0)
+
+    @staticmethod
+    def _any_decay(hp: dict[str, Tensor]) -> bool:
+        return bool(hp["weight_decay"].any())
 
     def _sgd(
-        self, p: Tensor, g: Tensor, buf: Tensor, unused: Tensor, hp: dict[str, Tensor], dec: Tensor, steps: Tensor
+        self,
+        p: Tensor,
+        g: Tensor,
+        buf: Tensor,
+        unused: Tensor,
+        c: dict[str, Tensor],
+        hp: dict[str, Tensor],
+        steps: Tensor,
     ) -> None:
         """In place: ``torch.optim.sgd._single_tensor_sgd`` (without Nesterov) with a column per member."""
-        col = self._col
-        g = g + col(hp["weight_decay"], p) * p
-        mom = col(hp["momentum"], p)
-        moved = buf * mom + col(1 - hp["dampening"], p) * g
-        buf.copy_(torch.where(col(steps == 1, p).bool(), g, moved))
-        p.sub_(col(hp["lr"], p) * torch.where(mom != 0, buf, g))
+        g = g.addcmul(c["l2"], p)
+        moved = buf * c["momentum"] + c["keep"] * g
+        buf.copy_(torch.where(self._col(steps == 1, p).bool(), g, moved))
+        p.sub_(c["lr"] * torch.where(c["momentum"] != 0, buf, g))
