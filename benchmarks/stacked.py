@@ -1,6 +1,7 @@
 """Trials per minute of stacked trials (K = 1, 4, 16, 64) against ordinary sequential trials and ProcessExecutor.
 
     nice -n 19 python benchmarks/stacked.py [--tasks mlp,cnn] [--trials 32] [--stacks 1,4,16,64] [--repeats 2]
+    python benchmarks/stacked.py --accelerator gpu --stacks 1,16,64,256 --trials 256   # on a GPU
 
 Every mode runs the same seeded random search on scikit-learn's digits (the digits MLP of
 ``examples/digits.py`` and a small CNN defined here): the same configurations in the same trial
@@ -22,12 +23,14 @@ Writes nothing but its temporary directories.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -96,11 +99,42 @@ class DigitsCNN(L.LightningModule):
 TASKS = {"mlp": DigitsMLP, "cnn": DigitsCNN}
 
 
-def run_mode(task: str, mode: str, trials: int, root: str) -> dict[str, Any]:
+class GpuSampler:
+    """GPU utilization sampled with nvidia-smi every half second while a search runs (GPU runs only)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
+        while not self._stop.wait(0.5):
+            out = subprocess.run(query, capture_output=True, text=True)
+            if out.returncode == 0 and out.stdout.strip():
+                self.samples.append(float(out.stdout.split()[0]))
+
+    def __enter__(self) -> GpuSampler:
+        torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> str:
+        util = statistics.mean(self.samples) if self.samples else float("nan")
+        return f"GPU memory peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB, mean utilization {util:.0f}%"
+
+
+def run_mode(task: str, mode: str, trials: int, root: str, accelerator: str = "cpu") -> dict[str, Any]:
     """One search; its rate, its best value over the first ``trials`` trials and its best value over time."""
     executor: Any = None
     n = trials
-    if mode == "process":
+    if mode == "process" and accelerator == "gpu":
+        executor = ProcessExecutor(devices=[0], trials_per_gpu=4)
+    elif mode == "process":
         executor = ProcessExecutor(workers=2, devices=[], threads_per_worker=1)
     elif mode.startswith("stack-"):
         k = int(mode.split("-")[1])
@@ -116,14 +150,18 @@ def run_mode(task: str, mode: str, trials: int, root: str) -> dict[str, Any]:
         seed=0,
         root=root,
         study_name=f"{task}_{mode}".replace("-", "_"),
-        trainer_kwargs={"accelerator": "cpu", "devices": 1, "log_every_n_steps": 5},
+        trainer_kwargs={"accelerator": accelerator, "devices": 1, "log_every_n_steps": 5},
         patience=3,
         executor=executor,
         verbose=False,
     )
+    gpu = GpuSampler() if accelerator == "gpu" else contextlib.nullcontext()
     t0 = time.time()
-    result = search.run()
+    with gpu:
+        result = search.run()
     wall = time.time() - t0
+    if isinstance(gpu, GpuSampler):
+        print(f"  {task} {mode}: {gpu.summary()}")
     if executor is not None:
         executor.shutdown()
     done = sorted(result.trials, key=lambda t: t.finished_at or 0)
@@ -168,6 +206,7 @@ def main() -> int:
     p.add_argument("--stacks", default="1,4,16,64")
     p.add_argument("--modes", default="sequential,process", help="baselines to run besides the stacked ones")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds of every mode; medians are reported")
+    p.add_argument("--accelerator", default="cpu", help="cpu | gpu (then GPU memory and utilization are printed)")
     args = p.parse_args()
     quiet_single_thread()
     print(describe())
@@ -179,7 +218,7 @@ def main() -> int:
             for mode in modes:
                 root = tempfile.mkdtemp(prefix="hpt_stacked_")
                 try:
-                    rows[mode].append(run_mode(task, mode, args.trials, root))
+                    rows[mode].append(run_mode(task, mode, args.trials, root, args.accelerator))
                 finally:
                     shutil.rmtree(root, ignore_errors=True)
                 print(f"  {task} round {r} {mode}: {rows[mode][-1]['rate']:.1f} trials/min", flush=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import time
+from concurrent.futures import wait
 from dataclasses import replace
 
 import lightning.pytorch as L
@@ -18,6 +20,7 @@ from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, run_trial
 from lightning_hpt.stacking import StackedExecutor, group_key, run_jobs
 from lightning_hpt.stacking.module import _MemberDropout
+from lightning_hpt.testing.executor import ExecutorContract
 from lightning_hpt.trial import Direction, TrialState
 
 INSTANCES: list[L.LightningModule] = []
@@ -277,3 +280,55 @@ def test_dropout_rate_is_each_members_own():
 def test_bad_arguments_are_refused(kwargs, word):
     with pytest.raises(ConfigurationError, match=word):
         StackedExecutor(**kwargs)
+
+
+class TestStackedExecutorContract(ExecutorContract):
+    """The suite every executor passes; each trial here is a group of its own (their structures differ)."""
+
+    def make_executor(self) -> StackedExecutor:
+        return StackedExecutor(stack=2, linger=0.05)
+
+
+def test_shutdown_ends_the_running_group_as_interrupted(tmp_path):
+    from lightning_hpt.testing.executor import ContractModel, RecordingReporter, contract_build
+
+    executor = StackedExecutor(stack=2, linger=0.05)
+    executor.start(contract_build())
+    marker = tmp_path / "started"
+    params = {"model.sleep": 0.2, "model.marker": str(marker), "trainer.max_epochs": 50}
+    jobs = [
+        TrialJob(contract_build(), n, {**params, "model.lr": 0.01 * (n + 1)}, 0, str(tmp_path / f"t{n}"))
+        for n in (0, 1)
+    ]
+    futures = [executor.submit(j, RecordingReporter()) for j in jobs]
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists() and ContractModel
+    t0 = time.monotonic()
+    executor.shutdown()
+    assert time.monotonic() - t0 < 30  # the group stopped at its next step, not after 50 epochs
+    outcomes = [f.result(timeout=1) for f in futures]
+    assert all(o.state is TrialState.FAILED and o.interrupted == "interrupted" for o in outcomes)
+
+
+def test_a_driver_slow_to_refill_the_slots_still_gets_full_groups(tmp_path):
+    # as the search does: it reads the outcomes that are done, records each (slowly, here), then
+    # refills the freed slots; a wait may return only part of a finished group. The next group
+    # waits for every slot to be refilled, even when recording takes longer than ``linger``
+    jobs = _jobs(tmp_path, Regressor, [{"model.lr": 0.01 * (n + 1), "trainer.max_epochs": 1} for n in range(6)])
+    executor = StackedExecutor(stack=3, linger=0.5)
+    executor.start(jobs[0].build)
+    try:
+        first = [executor.submit(j, _PruneAt(None)) for j in jobs[:3]]
+        wait(first, timeout=300)
+        assert first[0].result().state is TrialState.COMPLETE  # the first wait returned one outcome
+        second = [executor.submit(jobs[3], _PruneAt(None))]
+        for f in first[1:]:  # the next wait returned the other two
+            time.sleep(1.0)  # recording the trial before, slowly
+            assert f.result().state is TrialState.COMPLETE
+        second += [executor.submit(j, _PruneAt(None)) for j in jobs[4:]]
+        groups = {tuple(f.result(timeout=300).attrs["stacked"]["group"]) for f in second}
+        assert groups == {(3, 4, 5)}
+    finally:
+        executor.shutdown()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 
 from lightning_hpt.exceptions import ConfigurationError
@@ -20,7 +20,22 @@ from lightning_hpt.trial import INTERRUPTED, TrialState
 __all__ = ["StackedExecutor"]
 
 log = logging.getLogger(__name__)
-_Pending = tuple[TrialJob, TrialReporter, Future]
+_Pending = tuple[TrialJob, TrialReporter, "_Outcome"]
+
+
+class _Outcome(Future):
+    """A trial's future that tells its executor when the driver has read it (and may now submit more)."""
+
+    def __init__(self, on_read: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_read: Callable[[], None] | None = on_read
+
+    def result(self, timeout: float | None = None) -> TrialOutcome:
+        out = super().result(timeout)
+        if self._on_read is not None:
+            self._on_read, on_read = None, self._on_read
+            on_read()
+        return out
 
 
 class StackedExecutor(Executor):
@@ -32,8 +47,9 @@ class StackedExecutor(Executor):
     recorded as its own trial: its values, pruning, early stopping and best checkpoint. Trials that cannot
     be stacked run as ordinary trials, with the reason in the log and in ``attrs["stacked"]["refused"]``.
 
-    The search hands out trials one slot at a time; the executor starts a group when it holds ``stack``
-    trials, or when no trial has arrived for ``linger`` seconds (the search's last, smaller group).
+    The search refills the slots of finished trials once it has recorded them; the executor starts a group
+    when it holds ``stack`` trials, or when every finished trial has been read and no new one has arrived
+    for ``linger`` seconds (the search's last, smaller group).
 
     Args:
         stack: the most trials trained at once (K).
@@ -60,6 +76,7 @@ class StackedExecutor(Executor):
         self._pending: list[_Pending] = []
         self._cond = threading.Condition()
         self._last_submit = 0.0
+        self._unread = 0  # outcomes set but not yet read by the driver
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -79,7 +96,7 @@ class StackedExecutor(Executor):
             self._thread.start()
 
     def submit(self, job: TrialJob, reporter: TrialReporter) -> Future[TrialOutcome]:
-        future: Future[TrialOutcome] = Future()
+        future = _Outcome(self._read)
         if self._thread is None or not self._thread.is_alive():
             self.start(job.build)
         with self._cond:
@@ -88,15 +105,24 @@ class StackedExecutor(Executor):
             self._cond.notify_all()
         return future
 
+    def _read(self) -> None:
+        with self._cond:
+            self._unread -= 1
+            self._last_submit = time.monotonic()
+            self._cond.notify_all()
+
     def _take(self) -> list[_Pending]:
-        """The next group's trials: ``stack`` of them, or fewer after ``linger`` seconds without a new one."""
+        """The next group's trials: ``stack`` of them, or fewer once the driver has no more to hand out."""
         with self._cond:
             while not self._stop.is_set():
                 quiet = time.monotonic() - self._last_submit
-                if len(self._pending) >= self.stack or (self._pending and quiet >= self.linger):
+                # the driver has read every outcome and handed out nothing for ``linger`` seconds: it has no more
+                # now (a driver that never reads its outcomes is given up on after ten times as long)
+                wait = self.linger if self._unread <= 0 else 10 * self.linger + 10
+                if len(self._pending) >= self.stack or (self._pending and quiet >= wait):
                     taken, self._pending = self._pending[: self.stack], self._pending[self.stack :]
                     return taken
-                self._cond.wait(timeout=max(0.01, self.linger - quiet) if self._pending else None)
+                self._cond.wait(timeout=max(0.01, wait - quiet) if self._pending else None)
             return []
 
     def _loop(self) -> None:
@@ -109,6 +135,8 @@ class StackedExecutor(Executor):
             except BaseException as e:  # a bug here must not leave the driver waiting forever
                 log.exception("the stacked executor failed")
                 outcomes = [failed_outcome(f"the stacked executor failed: {type(e).__name__}: {e}")] * len(taken)
+            with self._cond:
+                self._unread += len(taken)
             for (_, _, future), outcome in zip(taken, outcomes, strict=True):
                 future.set_result(outcome)
 
@@ -118,6 +146,7 @@ class StackedExecutor(Executor):
             self._stop.set()
             pending, self._pending = self._pending, []
             self._cond.notify_all()
+        self._unread = 0
         for _, _, future in pending:
             future.set_result(
                 TrialOutcome(TrialState.FAILED, error=f"{INTERRUPTED}: the search stopped", interrupted=INTERRUPTED)

@@ -141,7 +141,7 @@ class _StackedLogic:
         self._vectorized: StackedOptimizer | None = None
         self._logged: list[dict[str, Tensor]] = [{} for _ in self._members]
         self._member_steps = [0] * len(self._members)
-        self._val: list[tuple[dict[str, float], dict[str, Any], float]] = []
+        self._val: list[tuple[dict[str, tuple[float, float]], dict[str, Any]]] = []
 
     # --- the members' views and optimizers ------------------------------------------------------
     def _bind_members(self) -> None:
@@ -173,6 +173,9 @@ class _StackedLogic:
 
     # --- training ---------------------------------------------------------------------------------
     def _active(self) -> list[int]:
+        """The members still training; none once the executor was shut down."""
+        if self._stop is not None and self._stop.is_set():
+            return []
         return [i for i, t in enumerate(self._tracks) if not t.ended]
 
     def _member_loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: Any, idx: int) -> Any:
@@ -188,7 +191,7 @@ class _StackedLogic:
     @override
     def training_step(self, batch: Any, batch_idx: int) -> None:
         active = self._active()
-        if not active or (self._stop is not None and self._stop.is_set()):
+        if not active:
             self.trainer.should_stop = True
             return
         index = torch.tensor(active, device=self.device) if len(active) < len(self._tracks) else None
@@ -229,14 +232,14 @@ class _StackedLogic:
     # --- validation: each member's own validation_step ---------------------------------------------
     @override
     def on_validation_epoch_start(self) -> None:
-        self._val = [({}, {}, 0.0) for _ in self._members]
+        self._val = [({}, {}) for _ in self._members]
         for m in self._members:
             m.eval()
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         for i in self._active():
-            sums, objects, _ = self._val[i]
+            sums, objects = self._val[i]
             logged: dict[str, Any] = {}
             extra: dict[str, Any] = {}
             with torch.no_grad(), _capture_logs(self._members[i], logged, extra):
@@ -261,7 +264,7 @@ class _StackedLogic:
             self.trainer.should_stop = True
 
     def _end_validation(self, i: int) -> None:
-        sums, objects, _ = self._val[i]
+        sums, objects = self._val[i]
         values = {k: v / w for k, (v, w) in sums.items() if w}
         for name, metric in objects.items():
             values[name] = float(metric.compute())
