@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import logging
 import os
 import time
@@ -173,7 +174,9 @@ def test_members_are_stored_and_loaded_as_ordinary_trials(pair):
         assert torch.equal(v, direct.state_dict()[k])
     assert direct.hparams.lr == best.params["model.lr"]
     assert "train_loss" in best.attrs["metrics"] and "val_loss" in best.attrs["metrics"]
-    with open(os.path.join(os.path.dirname(os.path.dirname(best.checkpoint)), "metrics.csv")) as f:
+    trial_dir = os.path.dirname(os.path.dirname(best.checkpoint))
+    assert os.path.isdir(os.path.join(trial_dir, "tb")) is (importlib.util.find_spec("tensorboard") is not None)
+    with open(os.path.join(trial_dir, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [float(r["val_loss"]) for r in rows] == pytest.approx([best.intermediate[s] for s in range(len(rows))])
 

@@ -8,6 +8,7 @@ best run's weights are written (once, when the member ends) to ``<trial dir>/che
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -50,7 +51,7 @@ class Member:
         self.error: BaseException | None = None
         self.metrics: dict[str, float] = {}
         self._wait = 0
-        self._logger: Any = None
+        self._loggers: list[Any] = []
         self._best_checkpoint: dict[str, Any] | None = None
 
     @property
@@ -62,32 +63,42 @@ class Member:
         return os.path.join(self.job.trial_dir, "checkpoints", "best.ckpt")
 
     def open(self, namespace: Any) -> None:
-        """Start the member's trial directory (emptied, as a retried trial's is) and its CSV log."""
-        shutil.rmtree(self.job.trial_dir, ignore_errors=True)
-        Path(self.job.trial_dir).mkdir(parents=True, exist_ok=True)
-        self._logger = namespace.loggers.CSVLogger(save_dir=self.job.trial_dir, name="", version="")
-        self._logger.log_hyperparams(dict(self.job.params))
+        """Start the member's trial directory (emptied, as a retried trial's is) and its loggers.
+
+        As an ordinary trial's: a CSV log, and a TensorBoard log when ``tensorboard`` is installed.
+        """
+        trial_dir = self.job.trial_dir
+        shutil.rmtree(trial_dir, ignore_errors=True)
+        Path(trial_dir).mkdir(parents=True, exist_ok=True)
+        self._loggers = [namespace.loggers.CSVLogger(save_dir=trial_dir, name="", version="")]
+        if importlib.util.find_spec("tensorboard") is not None:
+            tb = namespace.loggers.TensorBoardLogger(save_dir=trial_dir, name="", version="tb", default_hp_metric=False)
+            self._loggers.append(tb)
+        for lg in self._loggers:
+            lg.log_hyperparams(dict(self.job.params))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.metrics.update(metrics)
-        if self._logger is not None:
-            self._logger.log_metrics(metrics, step=step)
+        for lg in self._loggers:
+            lg.log_metrics(metrics, step=step)
 
     def keep(self, checkpoint: dict[str, Any]) -> None:
         """Hold the best step's checkpoint; it is written once, when the member is closed."""
         self._best_checkpoint = checkpoint
 
     def close(self) -> None:
-        """Write the kept checkpoint and finish the CSV log."""
+        """Write the kept checkpoint and finish the logs."""
         if self._best_checkpoint is not None:
             path = self.checkpoint_path
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             torch.save(self._best_checkpoint, f"{path}.tmp")
             os.replace(f"{path}.tmp", path)
             self._best_checkpoint = None
-        if self._logger is not None:
-            self._logger.finalize("success")
-            self._logger = None
+        for lg in self._loggers:
+            if self.best_value is not None and type(lg).__name__ == "TensorBoardLogger":  # the HParams view
+                lg.log_hyperparams(dict(self.job.params), {f"hp/{self.job.build.monitor}": self.best_value})
+            lg.finalize("success")
+        self._loggers = []
 
     def observe(self, logged: dict[str, float]) -> bool:
         """Take one validation run's logged values; True when this step is the best so far (save it)."""
