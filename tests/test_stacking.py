@@ -13,6 +13,7 @@ from dataclasses import replace
 import lightning.pytorch as L
 import pytest
 import torch
+import torchmetrics
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -98,6 +99,27 @@ class DataDependent(Regressor):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
         return loss * 2 if loss > 1e6 else loss  # a Python branch on a tensor
+
+
+class WithScheduler(Regressor):
+    def configure_optimizers(self) -> tuple[list, list]:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1)]
+
+
+class TrainMetric(Regressor):
+    """Updates a torchmetrics metric (state updated in place) inside training_step."""
+
+    def __init__(self, lr: float = 0.05, weight_decay: float = 0.0, hidden: int = 8, dropout: float = 0.0) -> None:
+        super().__init__(lr, weight_decay, hidden, dropout)
+        self.train_mse = torchmetrics.MeanSquaredError()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        out = self(x)
+        self.train_mse(out, y)
+        self.log("train_mse", self.train_mse)
+        return nn.functional.mse_loss(out, y)
 
 
 SPACE = {
@@ -245,7 +267,12 @@ def test_a_pruned_member_stops_while_the_others_go_on(tmp_path):
 
 @pytest.mark.parametrize(
     ("model", "reason"),
-    [(WithBatchNorm, "running statistics"), (DataDependent, "vmap")],
+    [
+        (WithBatchNorm, "running statistics"),
+        (DataDependent, "vmap"),
+        (TrainMetric, "unable to batch"),
+        (WithScheduler, "schedulers"),
+    ],
 )
 def test_a_model_vmap_cannot_run_falls_back_to_ordinary_trials(tmp_path, model, reason):
     params = [{"model.lr": lr, "trainer.max_epochs": 2} for lr in (0.01, 0.05)]

@@ -23,7 +23,7 @@ from lightning_hpt.lightning.runner import (
     run_trial,
     trial_seed,
 )
-from lightning_hpt.stacking.grouping import PER_MEMBER, group_key, refusal, signature
+from lightning_hpt.stacking.grouping import PER_MEMBER, StackingRefused, group_key, refusal, signature
 from lightning_hpt.stacking.members import Member
 from lightning_hpt.stacking.module import stacked_module_class
 from lightning_hpt.trial import INTERRUPTED, TrialState
@@ -156,7 +156,12 @@ def _fit(
     except Exception as e:  # StackingRefused, a vmap refusal, or the trials' own error
         log.debug("stacked group %s raised:\n%s", attrs["stacked"]["group"], traceback.format_exc())
         if not any(t.values for t in tracks):  # nothing reported yet: the trials can still run on their own
-            return _ordinary(items, positions, f"{type(e).__name__}: {e}")
+            reason = f"the stacked group failed before its first validation run ({type(e).__name__}: {e})"
+            if isinstance(e, StackingRefused):
+                reason = str(e)
+            elif "vmap" not in str(e):  # vmap's own messages say so; an error inside a batched op does not
+                reason += "; vmap may be unable to batch an operation of training_step"
+            return _ordinary(items, positions, reason)
         for t in tracks:
             if not t.ended:
                 t.error, t.ended = e, True
