@@ -362,3 +362,17 @@ def test_a_driver_slow_to_refill_the_slots_still_gets_full_groups(tmp_path):
         assert groups == {(3, 4, 5)}
     finally:
         executor.shutdown()
+
+
+def test_early_stopping_ends_each_member_as_it_ends_its_trial_alone(tmp_path):
+    lrs = (0.3, 0.6, 0.02)  # large steps make the validation loss stop improving early
+    params = [{"model.lr": lr, "model.hidden": 4, "trainer.max_epochs": 8} for lr in lrs]
+    jobs = _jobs(tmp_path, Regressor, params)
+    jobs = [replace(j, build=replace(j.build, patience=1)) for j in jobs]
+    stacked = run_jobs([(j, None) for j in jobs])
+    alone = _alone(tmp_path, jobs)
+    assert any(len(o.intermediate) < 8 for o in alone)  # EarlyStopping did end a trial early
+    for a, b in zip(alone, stacked, strict=True):
+        assert b.state is a.state is TrialState.COMPLETE
+        assert list(b.intermediate) == list(a.intermediate)
+        assert list(b.intermediate.values()) == pytest.approx(list(a.intermediate.values()), rel=1e-4, abs=1e-6)
