@@ -1,0 +1,156 @@
+"""An executor that trains up to K trials at once as stacked models, in one background thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+
+from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.executors._channel import failed_outcome, launches_subprocesses
+from lightning_hpt.executors.base import Executor
+from lightning_hpt.lightning.monitor import TrialReporter
+from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
+from lightning_hpt.stacking.group import run_jobs
+from lightning_hpt.stacking.grouping import PER_MEMBER
+from lightning_hpt.trial import INTERRUPTED, TrialState
+
+__all__ = ["StackedExecutor"]
+
+log = logging.getLogger(__name__)
+_Pending = tuple[TrialJob, TrialReporter, "_Outcome"]
+
+
+class _Outcome(Future):
+    """A trial's future that tells its executor when the driver has read it (and may now submit more)."""
+
+    def __init__(self, on_read: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_read: Callable[[], None] | None = on_read
+
+    def result(self, timeout: float | None = None) -> TrialOutcome:
+        out = super().result(timeout)
+        if self._on_read is not None:
+            self._on_read, on_read = None, self._on_read
+            on_read()
+        return out
+
+
+class StackedExecutor(Executor):
+    """Takes up to ``stack`` trials from the search and trains those that share their structure as one model.
+
+    Trials whose structural parameters are equal (every parameter except the per-member ones, see
+    :mod:`lightning_hpt.stacking.grouping`) and whose built models have the same layout form a group; each
+    group is one Lightning fit of a stacked model (``torch.func.vmap`` over the members), and each member is
+    recorded as its own trial: its values, pruning, early stopping and best checkpoint. Trials that cannot
+    be stacked run as ordinary trials, with the reason in the log and in ``attrs["stacked"]["refused"]``.
+
+    The search refills the slots of finished trials once it has recorded them; the executor starts a group
+    when it holds ``stack`` trials, or when every finished trial has been read and no new one has arrived
+    for ``linger`` seconds (the search's last, smaller group).
+
+    Args:
+        stack: the most trials trained at once (K).
+        per_member: ``model.*`` init arguments that may differ inside a group; they must reach the model
+            only through ``configure_optimizers`` or ``nn.Dropout`` modules.
+        linger: seconds to wait for more trials before starting a group smaller than ``stack``.
+
+    Example:
+        >>> executor = StackedExecutor(stack=16)  # HyperparameterSearch(..., executor=executor)
+    """
+
+    def __init__(self, stack: int = 16, per_member: Iterable[str] = PER_MEMBER, linger: float = 1.0) -> None:
+        if not isinstance(stack, int) or isinstance(stack, bool) or stack < 1:
+            raise ConfigurationError(f"stack must be an integer >= 1 (trials trained at once), got stack={stack!r}")
+        if not isinstance(linger, (int, float)) or linger < 0:
+            raise ConfigurationError(f"linger must be a number of seconds >= 0, got linger={linger!r}")
+        names = [per_member] if isinstance(per_member, str) else list(per_member)
+        if not all(isinstance(n, str) and n for n in names):
+            raise ConfigurationError(
+                "per_member must be names of model init arguments, e.g. ('lr', 'dropout'),"
+                f" got per_member={per_member!r}"
+            )
+        self.stack, self.per_member, self.linger = stack, tuple(names), float(linger)
+        self._pending: list[_Pending] = []
+        self._cond = threading.Condition()
+        self._last_submit = 0.0
+        self._unread = 0  # outcomes set but not yet read by the driver
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.stack
+
+    def start(self, build: TrialBuild) -> None:
+        if launches_subprocesses(build):
+            raise ConfigurationError(
+                f"trainer_kwargs={dict(build.trainer_kwargs)} train each trial on several processes (DDP); a"
+                " StackedExecutor trains its groups in this process on one device. Use ProcessExecutor for DDP trials"
+            )
+        self._stop.clear()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="lightning-hpt-stacked", daemon=True)
+            self._thread.start()
+
+    def submit(self, job: TrialJob, reporter: TrialReporter) -> Future[TrialOutcome]:
+        future = _Outcome(self._read)
+        if self._thread is None or not self._thread.is_alive():
+            self.start(job.build)
+        with self._cond:
+            self._pending.append((job, reporter, future))
+            self._last_submit = time.monotonic()
+            self._cond.notify_all()
+        return future
+
+    def _read(self) -> None:
+        with self._cond:
+            self._unread -= 1
+            self._last_submit = time.monotonic()
+            self._cond.notify_all()
+
+    def _take(self) -> list[_Pending]:
+        """The next group's trials: ``stack`` of them, or fewer once the driver has no more to hand out."""
+        with self._cond:
+            while not self._stop.is_set():
+                quiet = time.monotonic() - self._last_submit
+                # the driver has read every outcome and handed out nothing for ``linger`` seconds: it has no more
+                # now (a driver that never reads its outcomes is given up on after ten times as long)
+                wait = self.linger if self._unread <= 0 else 10 * self.linger + 10
+                if len(self._pending) >= self.stack or (self._pending and quiet >= wait):
+                    taken, self._pending = self._pending[: self.stack], self._pending[self.stack :]
+                    return taken
+                self._cond.wait(timeout=max(0.01, wait - quiet) if self._pending else None)
+            return []
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            taken = self._take()
+            if not taken:
+                continue
+            try:
+                outcomes = run_jobs([(j, r) for j, r, _ in taken], self.per_member, self._stop)
+            except BaseException as e:  # a bug here must not leave the driver waiting forever
+                log.exception("the stacked executor failed")
+                outcomes = [failed_outcome(f"the stacked executor failed: {type(e).__name__}: {e}")] * len(taken)
+            with self._cond:
+                self._unread += len(taken)
+            for (_, _, future), outcome in zip(taken, outcomes, strict=True):
+                future.set_result(outcome)
+
+    def shutdown(self) -> None:
+        """Stop the running group (its trials end as interrupted) and the background thread."""
+        with self._cond:
+            self._stop.set()
+            pending, self._pending = self._pending, []
+            self._cond.notify_all()
+        self._unread = 0
+        for _, _, future in pending:
+            future.set_result(
+                TrialOutcome(TrialState.FAILED, error=f"{INTERRUPTED}: the search stopped", interrupted=INTERRUPTED)
+            )
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=60)
+        self._thread = None

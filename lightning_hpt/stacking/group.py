@@ -1,0 +1,176 @@
+"""Run a batch of trial jobs as stacked groups: build, group, fit, and fall back to ordinary trials where refused."""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import threading
+import traceback
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from lightning_hpt.lightning.config import namespace_of, split_params
+from lightning_hpt.lightning.monitor import TrialReporter
+from lightning_hpt.lightning.runner import (
+    TrialBuilder,
+    TrialJob,
+    TrialOutcome,
+    build_parts,
+    quiet_lightning,
+    run_trial,
+    trial_seed,
+)
+from lightning_hpt.stacking.grouping import PER_MEMBER, StackingRefused, group_key, refusal, signature
+from lightning_hpt.stacking.members import Member
+from lightning_hpt.stacking.module import stacked_module_class
+from lightning_hpt.trial import INTERRUPTED, TrialState
+
+__all__ = ["run_jobs"]
+
+log = logging.getLogger(__name__)
+Item = tuple[TrialJob, TrialReporter | None]
+
+
+def run_jobs(
+    items: Sequence[Item], per_member: Iterable[str] = PER_MEMBER, stop: threading.Event | None = None
+) -> list[TrialOutcome]:
+    """The outcomes of ``items`` (in order): trials with equal structure trained as one stacked model each.
+
+    Never raises for what a trial does; a group that cannot be stacked runs as ordinary trials, with
+    the reason in each trial's ``attrs["stacked"]["refused"]``.
+    """
+    per = tuple(per_member)
+    by_key: dict[tuple, list[int]] = defaultdict(list)
+    for pos, (job, _) in enumerate(items):
+        by_key[group_key(job.params, per)].append(pos)
+    outcomes: dict[int, TrialOutcome] = {}
+    for positions in by_key.values():
+        outcomes.update(_run_group([items[p] for p in positions], positions, stop))
+    return [outcomes[p] for p in range(len(items))]
+
+
+def _ordinary(items: Sequence[Item], positions: Sequence[int], reason: str) -> dict[int, TrialOutcome]:
+    log.warning("trials %s run one by one, not stacked: %s", [j.number for j, _ in items], reason)
+    out = {}
+    for pos, (job, reporter) in zip(positions, items, strict=True):
+        outcome = run_trial(job, reporter)
+        out[pos] = replace(outcome, attrs={**outcome.attrs, "stacked": {"refused": reason}})
+    return out
+
+
+def _static_refusal(job: TrialJob) -> str | None:
+    b = job.build
+    if isinstance(b.model, TrialBuilder):
+        return "the trials are built by a TrialBuilder (a LightningCLI project), which makes its own Trainer"
+    if len(b.runs) > 1:
+        return "cross-validation and repeats train one Trainer per fold and repeat"
+    if b.trainer_kwargs.get("callbacks"):
+        return "trainer_kwargs callbacks would see the stacked module instead of each trial's own"
+    return None
+
+
+def _build(items: Sequence[Item]) -> tuple[list[Any], Any]:
+    """Each member built as its own trial would be (its own seed), and the first member's datamodule."""
+    from lightning.fabric.utilities.seed import seed_everything
+
+    models, dms = [], []
+    for job, _ in items:
+        seed_everything(trial_seed(job.seed, job.number), workers=True, verbose=False)
+        model, dm = build_parts(job.build, job.params)
+        models.append(model)
+        dms.append(dm)
+    return models, dms[0]
+
+
+def _run_group(
+    items: Sequence[Item], positions: Sequence[int], stop: threading.Event | None
+) -> dict[int, TrialOutcome]:
+    job0 = items[0][0]
+    reason = _static_refusal(job0)
+    if reason:
+        return _ordinary(items, positions, reason)
+    try:
+        with quiet_lightning(job0.build.quiet):
+            models, dm = _build(items)
+    except Exception as e:  # a trial's own build error: ordinary trials report it each
+        return _ordinary(items, positions, f"building a member raised {type(e).__name__}: {e}")
+    by_sig: dict[tuple, list[int]] = defaultdict(list)
+    for k, m in enumerate(models):
+        by_sig[signature(m)].append(k)
+    out: dict[int, TrialOutcome] = {}
+    for ks in by_sig.values():
+        sub, pos, mods = [items[k] for k in ks], [positions[k] for k in ks], [models[k] for k in ks]
+        pl = namespace_of(mods[0])
+        reason = refusal(mods[0], pl.LightningModule, job0.build.trainer_kwargs)
+        out.update(_ordinary(sub, pos, reason) if reason else _fit(sub, pos, mods, dm, pl, stop))
+    del models, dm
+    gc.collect()
+    return out
+
+
+def _max_epochs(job: TrialJob) -> int | None:
+    value = split_params(job.params)["trainer"].get("max_epochs", job.build.trainer_kwargs.get("max_epochs"))
+    return None if value is None or value < 0 else int(value)
+
+
+def _trainer(pl: Any, job0: TrialJob, max_epochs: int | None) -> Any:
+    b = job0.build
+    kwargs = dict(b.trainer_kwargs)
+    kwargs.update({k: v for k, v in split_params(job0.params)["trainer"].items() if k != "max_epochs"})
+    kwargs.update(
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=job0.trial_dir,
+    )
+    kwargs.pop("callbacks", None)
+    accepted = inspect.signature(pl.Trainer).parameters
+    return pl.Trainer(**{k: v for k, v in kwargs.items() if k in accepted})
+
+
+def _fit(
+    items: Sequence[Item],
+    positions: Sequence[int],
+    models: list[Any],
+    dm: Any,
+    pl: Any,
+    stop: threading.Event | None,
+) -> dict[int, TrialOutcome]:
+    job0 = items[0][0]
+    tracks = [Member(job, reporter, _max_epochs(job)) for job, reporter in items]
+    epochs = [t.max_epochs for t in tracks]
+    attrs = {"stacked": {"group": [j.number for j, _ in items]}}
+    try:
+        with quiet_lightning(job0.build.quiet):
+            for t in tracks:
+                t.open(pl)
+            module = stacked_module_class(pl)(models, tracks, pl, stop)
+            trainer = _trainer(pl, job0, None if None in epochs else max(epochs))  # type: ignore[type-var]
+            trainer.fit(module, datamodule=dm)
+    except Exception as e:  # StackingRefused, a vmap refusal, or the trials' own error
+        log.debug("stacked group %s raised:\n%s", attrs["stacked"]["group"], traceback.format_exc())
+        if not any(t.values for t in tracks):  # nothing reported yet: the trials can still run on their own
+            reason = f"the stacked group failed before its first validation run ({type(e).__name__}: {e})"
+            if isinstance(e, StackingRefused):
+                reason = str(e)
+            elif "vmap" not in str(e):  # vmap's own messages say so; an error inside a batched op does not
+                reason += "; vmap may be unable to batch an operation of training_step"
+            return _ordinary(items, positions, reason)
+        for t in tracks:
+            if not t.ended:
+                t.error, t.ended = e, True
+    finally:
+        for t in tracks:
+            t.close()
+    if stop is not None and stop.is_set():
+        return {
+            p: TrialOutcome(TrialState.FAILED, error=f"{INTERRUPTED}: the search stopped", interrupted=INTERRUPTED)
+            for p in positions
+        }
+    return {p: t.outcome(attrs) for p, t in zip(positions, tracks, strict=True)}

@@ -1,0 +1,113 @@
+"""Which trials may share one stacked model: the per-member rule, the structural check and the refusals.
+
+A group's members must run the same code on tensors of the same shapes; only values that each member
+can carry on its own may differ. That is decided in two steps:
+
+1. By name (:func:`group_key`): a parameter may differ inside a group only if it is per-member:
+   every ``optimizer.*`` parameter (each member has its own optimizer), ``trainer.max_epochs`` (a
+   member ends at its own epoch count) and the ``model.*`` parameters named in ``per_member``
+   (by default learning rate, weight decay, momentum and dropout). Every other parameter is
+   structural and equal within a group.
+2. By building the members (:func:`signature`): same class, same parameter and buffer names, shapes
+   and dtypes, the same modules with the same settings (``nn.Dropout``'s rate excepted). Members
+   whose signatures differ go to different groups.
+
+:func:`refusal` names what a stacked group cannot honour (batch norm statistics, the module's own
+hooks, manual optimization, ...); such trials run as ordinary trials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import nn
+
+from lightning_hpt.exceptions import HPTError
+
+__all__ = ["PER_MEMBER", "StackingRefused", "group_key", "is_per_member", "refusal", "signature"]
+
+#: ``model.*`` init arguments that may differ between the members of a group by default. They must reach
+#: the model only through its optimizer (``configure_optimizers``) or through ``nn.Dropout`` modules.
+PER_MEMBER: tuple[str, ...] = ("lr", "learning_rate", "weight_decay", "momentum", "dropout")
+
+#: LightningModule methods a stacked group calls on each member (overriding them is fine).
+_CALLED = frozenset(
+    {"forward", "training_step", "validation_step", "configure_optimizers", "on_save_checkpoint", "on_load_checkpoint"}
+)
+#: LightningModule methods a stacked group never calls on a member, besides the ``on_*`` hooks.
+_NOT_CALLED = (
+    "setup",
+    "teardown",
+    "configure_callbacks",
+    "configure_gradient_clipping",
+    "configure_model",
+    "optimizer_step",
+    "optimizer_zero_grad",
+    "backward",
+    "lr_scheduler_step",
+    "transfer_batch_to_device",
+)
+#: Trainer arguments that act through automatic optimization, which a stacked group replaces.
+_TRAINER_REFUSED = ("gradient_clip_val", "accumulate_grad_batches")
+
+
+class StackingRefused(HPTError):
+    """A group of trials cannot be trained as one stacked model; the message says why."""
+
+
+def is_per_member(key: str, per_member: Iterable[str] = PER_MEMBER) -> bool:
+    """Whether parameter ``key`` may take a different value in each member of a group."""
+    section, _, name = key.partition(".")
+    if section == "optimizer" or key == "trainer.max_epochs":
+        return True
+    return section == "model" and name in set(per_member)
+
+
+def group_key(params: Mapping[str, Any], per_member: Iterable[str] = PER_MEMBER) -> tuple:
+    """The structural parameters of a configuration: trials with equal keys may be stacked."""
+    per = tuple(per_member)
+    return tuple(sorted((k, type(v).__name__, repr(v)) for k, v in params.items() if not is_per_member(k, per)))
+
+
+def signature(model: nn.Module) -> tuple:
+    """What must be equal between members: class, parameter/buffer layout and module settings."""
+    params = tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in model.named_parameters())
+    buffers = tuple((n, tuple(b.shape), b.dtype) for n, b in model.named_buffers())
+    modules = tuple(
+        (n, type(m).__qualname__, "" if type(m) is nn.Dropout else m.extra_repr()) for n, m in model.named_modules()
+    )
+    return (type(model), params, buffers, modules)
+
+
+def _overridden_hooks(cls: type, base: type) -> list[str]:
+    names = [n for n in dir(base) if n.startswith("on_") or n in _NOT_CALLED]
+    return [n for n in names if n not in _CALLED and getattr(cls, n, None) is not getattr(base, n, None)]
+
+
+def refusal(model: Any, base: type, trainer_kwargs: Mapping[str, Any]) -> str | None:
+    """Why ``model`` (one built member) cannot be stacked, or ``None`` when it can.
+
+    Args:
+        model: a member as built for its trial.
+        base: the ``LightningModule`` class of the Lightning package in use.
+        trainer_kwargs: the Trainer arguments of the group.
+    """
+    if not getattr(model, "automatic_optimization", True):
+        return f"{type(model).__name__} uses manual optimization (automatic_optimization=False)"
+    hooks = _overridden_hooks(type(model), base)
+    if hooks:
+        return f"{type(model).__name__} overrides {', '.join(hooks)}, which a stacked group does not call"
+    for name, m in model.named_modules():
+        if getattr(m, "track_running_stats", False):
+            return (
+                f"module {name!r} ({type(m).__name__}) updates running statistics in training mode, which vmap"
+                " cannot do per member"
+            )
+    all_params = list(model.named_parameters(remove_duplicate=False))
+    if len({id(p) for _, p in all_params}) != len(all_params):
+        return f"{type(model).__name__} shares (ties) parameters between modules"
+    used = [k for k in _TRAINER_REFUSED if trainer_kwargs.get(k) not in (None, 1, 0, 0.0)]
+    if used:
+        return f"trainer arguments {used} act through automatic optimization, which a stacked group replaces"
+    return None

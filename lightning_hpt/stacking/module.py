@@ -1,0 +1,278 @@
+"""One LightningModule that trains K members at once: parameters stacked along a new leading dimension.
+
+Training runs each member's own ``training_step`` under ``torch.func.vmap`` with ``functional_call`` on
+one template copy of the module, so one batch feeds all members in one call. Each member keeps its own
+module object, whose parameters and buffers are *views* of its slice of the stacked tensors, and its own
+optimizer from its own ``configure_optimizers``: learning rate, weight decay, momentum and every other
+optimizer setting are the member's exactly. ``nn.Dropout`` modules of the template read each member's
+rate from a stacked buffer; random draws differ per member (``randomness="different"``). Validation
+calls each member's own ``validation_step`` (its torchmetrics included). A member that has ended is
+left out of the stacked call: it receives no updates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities.data import extract_batch_size
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+from typing_extensions import override
+
+from lightning_hpt.stacking.grouping import StackingRefused
+from lightning_hpt.stacking.members import Member, member_checkpoint
+from lightning_hpt.stacking.optim import StackedOptimizer
+
+__all__ = ["stacked_module_class"]
+
+log = logging.getLogger(__name__)
+
+
+class _MemberDropout(nn.Module):
+    """``nn.Dropout`` whose rate is a (stacked) buffer, so that each member of a vmapped call has its own."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.register_buffer("p", torch.tensor(float(p)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        keep = (torch.rand_like(x) >= self.p).to(x.dtype)
+        return x * keep / (1.0 - self.p).clamp_min(1e-12)
+
+
+class _Step(nn.Module):
+    """Calls ``inner.training_step`` as its forward, so that ``functional_call`` can run it."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, batch: Any, batch_idx: int) -> Any:
+        return self.inner.training_step(batch, batch_idx)
+
+
+@contextlib.contextmanager
+def _capture_logs(module: Any, sink: dict[str, Any], extra: dict[str, Any] | None = None) -> Iterator[None]:
+    """Route ``module.log``/``module.log_dict`` into ``sink`` (name -> value); ``extra`` gets their kwargs."""
+
+    def log(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        sink[name] = value
+        if extra is not None:
+            extra[name] = kwargs
+
+    def log_dict(values: Mapping[str, Any], *args: Any, **kwargs: Any) -> None:
+        for name, value in values.items():
+            log(name, value, **kwargs)
+
+    module.log, module.log_dict = log, log_dict
+    try:
+        yield
+    finally:
+        del module.log, module.log_dict
+
+
+def _set_tensor(module: nn.Module, name: str, value: Tensor) -> None:
+    owner_name, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(owner_name) if owner_name else module, leaf, value)
+
+
+def _template(member: nn.Module) -> nn.Module:
+    """A copy of ``member`` on the meta device, its ``nn.Dropout`` modules replaced by :class:`_MemberDropout`."""
+    base = copy.deepcopy(member)
+    for name, m in list(base.named_modules()):
+        if type(m) is nn.Dropout and name:
+            _set_tensor(base, name, _MemberDropout(m.p))  # type: ignore[arg-type]
+    return base.to("meta")
+
+
+def _dropout_rates(members: Sequence[nn.Module]) -> dict[str, Tensor]:
+    names = [n for n, m in members[0].named_modules() if type(m) is nn.Dropout and n]
+    return {f"{n}.p": torch.tensor([float(m.get_submodule(n).p) for m in members]) for n in names}
+
+
+def _one_optimizer(member: Any) -> torch.optim.Optimizer:
+    out = member.configure_optimizers()
+    if isinstance(out, (list, tuple)) and len(out) == 1:
+        out = out[0]
+    if isinstance(out, Mapping) and set(out) == {"optimizer"}:
+        out = out["optimizer"]
+    if not isinstance(out, torch.optim.Optimizer):
+        raise StackingRefused(
+            f"{type(member).__name__}.configure_optimizers returned {type(out).__name__}; a stacked group needs"
+            " one optimizer without learning-rate schedulers"
+        )
+    return out
+
+
+def stacked_module_class(namespace: Any) -> type:
+    """The stacked LightningModule class for a Lightning package (``lightning.pytorch`` or ``pytorch_lightning``)."""
+    return type("StackedModule", (_StackedLogic, namespace.LightningModule), {"__doc__": _StackedLogic.__doc__})
+
+
+class _StackedLogic:
+    """Trains ``members`` as one model; ``tracks[i]`` decides when member ``i`` ends and records its trial."""
+
+    def __init__(
+        self, members: Sequence[Any], tracks: Sequence[Member], namespace: Any, stop: threading.Event | None = None
+    ) -> None:
+        super().__init__()
+        self._stop = stop
+        self.automatic_optimization = False
+        self._members, self._tracks, self._pl = list(members), list(tracks), namespace
+        params, buffers = stack_module_state(self._members)
+        self.stacked = nn.ParameterDict({k.replace(".", "/"): nn.Parameter(v) for k, v in params.items()})
+        rates = _dropout_rates(self._members)
+        self._dropout_names = set(rates)
+        buffers.update(rates)
+        for k, v in buffers.items():
+            self.register_buffer("buf/" + k.replace(".", "/"), v)
+        self._buffer_names = list(buffers)
+        self._parts = (_Step(_template(self._members[0])),)  # a tuple: not a submodule, not moved
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._grads: list[list[tuple[Tensor, Tensor]]] = []
+        self._vectorized: StackedOptimizer | None = None
+        self._logged: list[dict[str, Tensor]] = [{} for _ in self._members]
+        self._member_steps = [0] * len(self._members)
+        self._val: list[tuple[dict[str, tuple[float, float]], dict[str, Any]]] = []
+
+    # --- the members' views and optimizers ------------------------------------------------------
+    def _bind_members(self) -> None:
+        """Make every member's parameters and buffers views of its slice (after Lightning moved the tensors)."""
+        bufs = dict(self.named_buffers())
+        self._grads = []
+        for i, m in enumerate(self._members):
+            m.to(self.device)
+            pairs = []
+            for k, p in self.stacked.items():
+                view = nn.Parameter(p.data[i], requires_grad=p.requires_grad)
+                _set_tensor(m, k.replace("/", "."), view)
+                pairs.append((p, view))
+            self._grads.append(pairs)
+            for k in self._buffer_names:
+                if k not in self._dropout_names:
+                    _set_tensor(m, k, bufs["buf/" + k.replace(".", "/")][i])
+            m.trainer = self.trainer
+        self._parts[0].inner.trainer = self.trainer
+
+    @override
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        self._bind_members()
+        self._optimizers = [_one_optimizer(m) for m in self._members]
+        self._vectorized = StackedOptimizer.build(self._optimizers, self._grads)
+        how = "one vectorized update" if self._vectorized is not None else "each member's own optimizer step"
+        log.debug("stacked group of %d members: %s", len(self._members), how)
+        return self._optimizers
+
+    # --- training ---------------------------------------------------------------------------------
+    def _active(self) -> list[int]:
+        """The members still training; none once the executor was shut down."""
+        if self._stop is not None and self._stop.is_set():
+            return []
+        return [i for i, t in enumerate(self._tracks) if not t.ended]
+
+    def _member_loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: Any, idx: int) -> Any:
+        step = self._parts[0]
+        logged: dict[str, Any] = {}
+        with _capture_logs(step.inner, logged):
+            out = functional_call(step, (params, buffers), (batch, idx))
+        loss = out["loss"] if isinstance(out, Mapping) else out
+        return loss, {
+            k: v if isinstance(v, Tensor) else torch.as_tensor(v, dtype=loss.dtype) for k, v in logged.items()
+        }
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        active = self._active()
+        if not active:
+            self.trainer.should_stop = True
+            return
+        index = torch.tensor(active, device=self.device) if len(active) < len(self._tracks) else None
+        pick = (lambda t: t) if index is None else (lambda t: t.index_select(0, index))
+        params = {"inner." + k.replace("/", "."): pick(p) for k, p in self.stacked.items()}
+        bufs = dict(self.named_buffers())
+        buffers = {"inner." + k: pick(bufs["buf/" + k.replace(".", "/")]) for k in self._buffer_names}
+        fn = vmap(lambda p, b: self._member_loss(p, b, batch, batch_idx), randomness="different")
+        losses, logged = fn(params, buffers)
+        self.manual_backward(losses.sum())
+        if self._vectorized is not None:
+            self._vectorized.step(index)
+        for j, i in enumerate(active):
+            if self._vectorized is None:
+                for stacked, view in self._grads[i]:
+                    view.grad = None if stacked.grad is None else stacked.grad[i]
+                self._optimizers[i].step()
+                self._optimizers[i].zero_grad(set_to_none=True)
+            self._logged[i] = {k: v[j].detach() for k, v in logged.items()}
+            self._member_steps[i] += 1
+        for p in self.stacked.values():
+            p.grad = None
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        self._parts[0].train()
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        for t in self._tracks:
+            if not t.ended:
+                t.epoch_done(self.current_epoch + 1)
+                if t.ended:
+                    t.close()
+        if not self._active():
+            self.trainer.should_stop = True
+
+    # --- validation: each member's own validation_step ---------------------------------------------
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self._val = [({}, {}) for _ in self._members]
+        for m in self._members:
+            m.eval()
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        for i in self._active():
+            sums, objects = self._val[i]
+            logged: dict[str, Any] = {}
+            extra: dict[str, Any] = {}
+            with torch.no_grad(), _capture_logs(self._members[i], logged, extra):
+                self._members[i].validation_step(batch, batch_idx)
+            for name, value in logged.items():
+                if isinstance(value, Tensor | float | int):
+                    n = extra[name].get("batch_size") or extract_batch_size(batch)
+                    v, w = sums.get(name, (0.0, 0.0))
+                    sums[name] = (v + float(torch.as_tensor(value).float().mean()) * n, w + n)
+                else:  # a torchmetrics Metric: computed and reset at the end of the run, as Lightning does
+                    objects[name] = value
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        for i in self._active():
+            self._end_validation(i)
+        for m in self._members:
+            m.train()
+        if not self._active():
+            self.trainer.should_stop = True
+
+    def _end_validation(self, i: int) -> None:
+        sums, objects = self._val[i]
+        values = {k: v / w for k, (v, w) in sums.items() if w}
+        for name, metric in objects.items():
+            values[name] = float(metric.compute())
+            metric.reset()
+        track = self._tracks[i]
+        train = {k: float(v.float().mean()) for k, v in self._logged[i].items()}  # the last step's values
+        track.log_metrics({**train, **values, "epoch": self.current_epoch}, step=self.current_epoch)
+        if track.observe(values) and track.job.build.checkpoint:
+            track.keep(member_checkpoint(self._members[i], self.current_epoch, self._member_steps[i], self._pl))
+        if track.ended:
+            track.close()

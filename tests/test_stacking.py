@@ -1,0 +1,378 @@
+"""Stacked trials: members of one stacked model behave, and are stored, as ordinary trials."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import logging
+import os
+import time
+from concurrent.futures import wait
+from dataclasses import replace
+
+import lightning.pytorch as L
+import pytest
+import torch
+import torchmetrics
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_hpt import Categorical, Float, HyperparameterSearch, Int
+from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.lightning.runner import TrialBuild, TrialJob, run_trial
+from lightning_hpt.stacking import StackedExecutor, group_key, run_jobs
+from lightning_hpt.stacking.module import _MemberDropout
+from lightning_hpt.testing.executor import ExecutorContract
+from lightning_hpt.trial import Direction, TrialState
+
+INSTANCES: list[L.LightningModule] = []
+
+
+class OrderedData(L.LightningDataModule):
+    """Shuffled batches whose order comes from the loader's own generator: the same in every run."""
+
+    def __init__(self, batch_size: int = 16) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def setup(self, stage: str | None = None) -> None:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(96, 4, generator=g)
+        y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(96, generator=g)
+        self.train_set = TensorDataset(x[:64], y[:64, None])
+        self.val_set = TensorDataset(x[64:], y[64:, None])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True, generator=torch.Generator().manual_seed(1)
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=12)  # 32 points: batches of 12, 12 and 8 (a weighted mean)
+
+
+class Regressor(L.LightningModule):
+    """A small MLP; ``hidden`` is structural, the rest per member."""
+
+    def __init__(self, lr: float = 0.05, weight_decay: float = 0.0, hidden: int = 8, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        INSTANCES.append(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+class SGDRegressor(Regressor):
+    def __init__(self, lr: float = 0.05, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay)
+        self.save_hyperparameters()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        h = self.hparams
+        return torch.optim.SGD(self.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
+
+
+class WithBatchNorm(Regressor):
+    def __init__(self, lr: float = 0.05, weight_decay: float = 0.0, hidden: int = 8, dropout: float = 0.0) -> None:
+        super().__init__(lr, weight_decay, hidden, dropout)
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.BatchNorm1d(hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+
+class DataDependent(Regressor):
+    """Branches on a tensor's value in training_step: vmap refuses it."""
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss * 2 if loss > 1e6 else loss  # a Python branch on a tensor
+
+
+class WithScheduler(Regressor):
+    def configure_optimizers(self) -> tuple[list, list]:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1)]
+
+
+class TrainMetric(Regressor):
+    """Updates a torchmetrics metric (state updated in place) inside training_step."""
+
+    def __init__(self, lr: float = 0.05, weight_decay: float = 0.0, hidden: int = 8, dropout: float = 0.0) -> None:
+        super().__init__(lr, weight_decay, hidden, dropout)
+        self.train_mse = torchmetrics.MeanSquaredError()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        out = self(x)
+        self.train_mse(out, y)
+        self.log("train_mse", self.train_mse)
+        return nn.functional.mse_loss(out, y)
+
+
+SPACE = {
+    "model.lr": Float(0.005, 0.1, log=True),
+    "model.weight_decay": Float(1e-4, 1e-1, log=True),
+    "model.hidden": Categorical([4, 8]),
+    "trainer.max_epochs": Int(2, 4),
+}
+TRAINER = {"accelerator": "cpu", "devices": 1, "log_every_n_steps": 1}
+
+
+def _search(tmp_path, name: str, executor=None, model=Regressor, n_trials: int = 6, **kw) -> HyperparameterSearch:
+    return HyperparameterSearch(
+        model=model,
+        datamodule=OrderedData,
+        space=kw.pop("space", SPACE),
+        monitor="val_loss",
+        mode="min",
+        strategy="random",
+        n_trials=n_trials,
+        seed=3,
+        root=str(tmp_path / name),
+        trainer_kwargs=TRAINER,
+        patience=None,
+        executor=executor,
+        verbose=False,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """The same seeded study run as ordinary trials and as stacked groups of up to 6."""
+    tmp = tmp_path_factory.mktemp("stack")
+    solo = _search(tmp, "solo").run()
+    stacked = _search(tmp, "stacked", executor=StackedExecutor(stack=6, linger=0.2)).run()
+    return solo, stacked
+
+
+def test_each_member_matches_its_trial_run_alone(pair):
+    solo, stacked = pair
+    assert len(stacked.trials) == len(solo.trials) == 6
+    for a, b in zip(solo.trials, stacked.trials, strict=True):
+        assert b.params == a.params and b.state is a.state is TrialState.COMPLETE
+        assert sorted(b.intermediate) == sorted(a.intermediate) == list(range(a.params["trainer.max_epochs"]))
+        for step, value in a.intermediate.items():
+            assert b.intermediate[step] == pytest.approx(value, rel=1e-4, abs=1e-6)
+        assert b.value == pytest.approx(a.value, rel=1e-4) and b.best_step == a.best_step
+    assert stacked.best_trial.number == solo.best_trial.number
+
+
+def test_groups_share_structural_parameters_only(pair):
+    _, stacked = pair
+    groups = {tuple(t.attrs["stacked"]["group"]) for t in stacked.trials}
+    assert sum(len(g) for g in groups) == 6 and len(groups) == 2  # model.hidden takes both of its values
+    by_number = {t.number: t for t in stacked.trials}
+    for g in groups:
+        assert len({by_number[n].params["model.hidden"] for n in g}) == 1
+        assert len({by_number[n].params["model.lr"] for n in g}) == len(g)  # per-member values differ
+    assert group_key({"model.lr": 0.1, "model.hidden": 4, "trainer.max_epochs": 3}) == group_key(
+        {"model.lr": 0.2, "model.hidden": 4, "trainer.max_epochs": 5}
+    )
+
+
+def test_members_are_stored_and_loaded_as_ordinary_trials(pair):
+    solo, stacked = pair
+    best = stacked.best_trial
+    assert best.checkpoint and os.path.exists(best.checkpoint)
+    model = stacked.load_best_model()
+    direct = Regressor.load_from_checkpoint(best.checkpoint)
+    reference = torch.load(solo.best_trial.checkpoint, weights_only=True)["state_dict"]
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, reference[k], rtol=1e-4, atol=1e-6), k
+        assert torch.equal(v, direct.state_dict()[k])
+    assert direct.hparams.lr == best.params["model.lr"]
+    assert "train_loss" in best.attrs["metrics"] and "val_loss" in best.attrs["metrics"]
+    trial_dir = os.path.dirname(os.path.dirname(best.checkpoint))
+    assert os.path.isdir(os.path.join(trial_dir, "tb")) is (importlib.util.find_spec("tensorboard") is not None)
+    with open(os.path.join(trial_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["val_loss"]) for r in rows] == pytest.approx([best.intermediate[s] for s in range(len(rows))])
+
+
+class _PruneAt:
+    def __init__(self, step: int | None) -> None:
+        self.step, self.seen = step, []
+
+    def report(self, step: int, value: float) -> bool:
+        self.seen.append(step)
+        return step == self.step
+
+
+def _jobs(tmp_path, model, params_list, **build_kw) -> list[TrialJob]:
+    build = TrialBuild(
+        model=model,
+        datamodule=OrderedData,
+        trainer_kwargs=TRAINER,
+        monitor="val_loss",
+        direction=Direction.MINIMIZE,
+        patience=None,
+        **build_kw,
+    )
+    return [TrialJob(build, n, p, 0, str(tmp_path / f"trial_{n}")) for n, p in enumerate(params_list)]
+
+
+def _alone(tmp_path, jobs: list[TrialJob]) -> list:
+    return [run_trial(replace(j, trial_dir=str(tmp_path / "alone" / str(j.number)))) for j in jobs]
+
+
+def test_sgd_momentum_and_weight_decay_per_member(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="lightning_hpt.stacking")
+    params = [
+        {"model.lr": 0.02, "model.momentum": 0.0, "model.weight_decay": 0.0, "trainer.max_epochs": 3},
+        {"model.lr": 0.01, "model.momentum": 0.9, "model.weight_decay": 0.01, "trainer.max_epochs": 3},
+        {"model.lr": 0.05, "model.momentum": 0.5, "model.weight_decay": 0.0, "trainer.max_epochs": 2},
+    ]
+    jobs = _jobs(tmp_path, SGDRegressor, params)
+    stacked = run_jobs([(j, None) for j in jobs], per_member=("lr", "momentum", "weight_decay"))
+    assert {tuple(o.attrs["stacked"]["group"]) for o in stacked} == {(0, 1, 2)}
+    assert "3 members: one vectorized update" in caplog.text
+    for a, b in zip(_alone(tmp_path, jobs), stacked, strict=True):
+        assert list(b.intermediate) == list(a.intermediate)
+        assert list(b.intermediate.values()) == pytest.approx(list(a.intermediate.values()), rel=1e-4, abs=1e-6)
+
+
+def test_a_pruned_member_stops_while_the_others_go_on(tmp_path):
+    params = [{"model.lr": lr, "trainer.max_epochs": 4} for lr in (0.01, 0.02, 0.05)]
+    jobs = _jobs(tmp_path, Regressor, params)
+    reporters = [_PruneAt(None), _PruneAt(0), _PruneAt(None)]
+    del INSTANCES[:]
+    outcomes = run_jobs(list(zip(jobs, reporters, strict=True)))
+    assert [o.state for o in outcomes] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    assert reporters[1].seen == [0] and reporters[0].seen == reporters[2].seen == [0, 1, 2, 3]
+    assert list(outcomes[1].intermediate) == [0]
+    pruned = INSTANCES[1]  # the member's own module: its parameters are views of its slice
+    saved = torch.load(outcomes[1].checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in pruned.state_dict().items())  # no update after step 0
+    kept = torch.load(outcomes[0].checkpoint, weights_only=True)["state_dict"]
+    assert outcomes[0].best_step == 3
+    assert all(torch.equal(v, kept[k]) for k, v in INSTANCES[0].state_dict().items())
+    alone = _alone(tmp_path, jobs)  # the other members trained on as they would alone
+    for i in (0, 2):
+        assert list(outcomes[i].intermediate.values()) == pytest.approx(list(alone[i].intermediate.values()), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        (WithBatchNorm, "running statistics"),
+        (DataDependent, "vmap"),
+        (TrainMetric, "unable to batch"),
+        (WithScheduler, "schedulers"),
+    ],
+)
+def test_a_model_vmap_cannot_run_falls_back_to_ordinary_trials(tmp_path, model, reason):
+    params = [{"model.lr": lr, "trainer.max_epochs": 2} for lr in (0.01, 0.05)]
+    outcomes = run_jobs([(j, None) for j in _jobs(tmp_path, model, params)])
+    for o in outcomes:
+        assert o.state is TrialState.COMPLETE and sorted(o.intermediate) == [0, 1]
+        assert reason in o.attrs["stacked"]["refused"]
+
+
+def test_dropout_rate_is_each_members_own():
+    drop = _MemberDropout(0.0).train()
+    rates = torch.tensor([0.0, 0.25, 0.75])
+    x = torch.ones(20000)
+
+    def run(p: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(drop, {"p": p}, (x,))
+
+    out = torch.func.vmap(run, randomness="different")(rates)
+    zeros = (out == 0).float().mean(1)
+    assert zeros.tolist() == pytest.approx([0.0, 0.25, 0.75], abs=0.02)
+    kept = out.sum(1) / len(x)  # inverted dropout keeps the expected value
+    assert kept.tolist() == pytest.approx([1.0, 1.0, 1.0], abs=0.05)
+    assert not torch.equal(out[1] == 0, out[2][: len(x)] == 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        ({"stack": 0}, "stack"),
+        ({"stack": 2.5}, "stack"),
+        ({"linger": -1}, "linger"),
+        ({"per_member": [1]}, "per_member"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, word):
+    with pytest.raises(ConfigurationError, match=word):
+        StackedExecutor(**kwargs)
+
+
+class TestStackedExecutorContract(ExecutorContract):
+    """The suite every executor passes; each trial here is a group of its own (their structures differ)."""
+
+    def make_executor(self) -> StackedExecutor:
+        return StackedExecutor(stack=2, linger=0.05)
+
+
+def test_shutdown_ends_the_running_group_as_interrupted(tmp_path):
+    from lightning_hpt.testing.executor import ContractModel, RecordingReporter, contract_build
+
+    executor = StackedExecutor(stack=2, linger=0.05)
+    executor.start(contract_build())
+    marker = tmp_path / "started"
+    params = {"model.sleep": 0.2, "model.marker": str(marker), "trainer.max_epochs": 50}
+    jobs = [
+        TrialJob(contract_build(), n, {**params, "model.lr": 0.01 * (n + 1)}, 0, str(tmp_path / f"t{n}"))
+        for n in (0, 1)
+    ]
+    futures = [executor.submit(j, RecordingReporter()) for j in jobs]
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists() and ContractModel
+    t0 = time.monotonic()
+    executor.shutdown()
+    assert time.monotonic() - t0 < 30  # the group stopped at its next step, not after 50 epochs
+    outcomes = [f.result(timeout=1) for f in futures]
+    assert all(o.state is TrialState.FAILED and o.interrupted == "interrupted" for o in outcomes)
+
+
+def test_a_driver_slow_to_refill_the_slots_still_gets_full_groups(tmp_path):
+    # as the search does: it reads the outcomes that are done, records each (slowly, here), then
+    # refills the freed slots; a wait may return only part of a finished group. The next group
+    # waits for every slot to be refilled, even when recording takes longer than ``linger``
+    jobs = _jobs(tmp_path, Regressor, [{"model.lr": 0.01 * (n + 1), "trainer.max_epochs": 1} for n in range(6)])
+    executor = StackedExecutor(stack=3, linger=0.5)
+    executor.start(jobs[0].build)
+    try:
+        first = [executor.submit(j, _PruneAt(None)) for j in jobs[:3]]
+        wait(first, timeout=300)
+        assert first[0].result().state is TrialState.COMPLETE  # the first wait returned one outcome
+        second = [executor.submit(jobs[3], _PruneAt(None))]
+        for f in first[1:]:  # the next wait returned the other two
+            time.sleep(1.0)  # recording the trial before, slowly
+            assert f.result().state is TrialState.COMPLETE
+        second += [executor.submit(j, _PruneAt(None)) for j in jobs[4:]]
+        groups = {tuple(f.result(timeout=300).attrs["stacked"]["group"]) for f in second}
+        assert groups == {(3, 4, 5)}
+    finally:
+        executor.shutdown()
+
+
+def test_early_stopping_ends_each_member_as_it_ends_its_trial_alone(tmp_path):
+    lrs = (0.3, 0.6, 0.02)  # large steps make the validation loss stop improving early
+    params = [{"model.lr": lr, "model.hidden": 4, "trainer.max_epochs": 8} for lr in lrs]
+    jobs = _jobs(tmp_path, Regressor, params)
+    jobs = [replace(j, build=replace(j.build, patience=1)) for j in jobs]
+    stacked = run_jobs([(j, None) for j in jobs])
+    alone = _alone(tmp_path, jobs)
+    assert any(len(o.intermediate) < 8 for o in alone)  # EarlyStopping did end a trial early
+    for a, b in zip(alone, stacked, strict=True):
+        assert b.state is a.state is TrialState.COMPLETE
+        assert list(b.intermediate) == list(a.intermediate)
+        assert list(b.intermediate.values()) == pytest.approx(list(a.intermediate.values()), rel=1e-4, abs=1e-6)
