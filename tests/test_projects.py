@@ -93,7 +93,7 @@ def fit_cli(cli_class, *args, config: Path, **kwargs):
 
 
 def test_cli_subclass_mode_with_its_checkpoint_early_stopping_logger_and_scheduler(project):
-    """class_path/init_args; ModelCheckpoint and EarlyStopping on the monitored metric; TensorBoard; ReduceLROnPlateau."""
+    """class_path/init_args; ModelCheckpoint and EarlyStopping on the monitored metric; TensorBoard; a scheduler."""
     where = project("cli_subclass")
     done = hpt("search", "--config", "config.yaml", "--config", "search.yaml", cwd=where)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -308,10 +308,8 @@ def test_script_route_two_copies_on_one_study_with_pruning(project):
     best = min((t for t in trials if t.state is TrialState.COMPLETE), key=lambda t: t.value)
     train = importlib.import_module("train")
     p = best.params
-    metrics = train.main(
-        [f"--lr={p['lr']}", f"--hidden={p['hidden']}", f"--batch_size={p['batch_size']}", "--max_epochs=3"]
-        + [f"--seed={best.number}", "--log_dir=refit"]
-    )
+    args = [f"--lr={p['lr']}", f"--hidden={p['hidden']}", f"--batch_size={p['batch_size']}", "--max_epochs=3"]
+    metrics = train.main([*args, f"--seed={best.number}", "--log_dir=refit"])
     assert metrics[train.MONITOR] == pytest.approx(last(best), abs=1e-5)
 
 
