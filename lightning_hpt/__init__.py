@@ -11,7 +11,9 @@ from lightning_hpt.exceptions import (
     StudyMismatchError,
 )
 from lightning_hpt.executors import Executor, LocalExecutor, ProcessExecutor
+from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
+from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.pruners import HyperbandPruner, MedianPruner, NopPruner, Pruner, SuccessiveHalvingPruner
 from lightning_hpt.result import SearchResult
 from lightning_hpt.search import HyperparameterSearch
@@ -40,6 +42,7 @@ __all__ = [
     "LocalExecutor",
     "MedianPruner",
     "MetricNotFoundError",
+    "ModuleTrialBuilder",
     "NopPruner",
     "ProcessExecutor",
     "Pruner",
@@ -54,6 +57,7 @@ __all__ = [
     "Strategy",
     "StudyMismatchError",
     "SuccessiveHalvingPruner",
+    "TrialBuilder",
     "TrialRecord",
     "TrialState",
 ]

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError, HPTError
-from lightning_hpt.lightning.runner import quiet_lightning
+from lightning_hpt.lightning.builder import TrialBuilder
+from lightning_hpt.lightning.quiet import quiet_lightning
+from lightning_hpt.storage import Storage, open_storage
 from lightning_hpt.trial import Direction, TrialRecord, TrialState
 
 __all__ = ["SearchResult"]
@@ -31,6 +33,14 @@ class SearchResult:
         direction: minimized or maximized.
         trials: every trial of the study (not only this run's), by number.
         stopped_reason: why the search ended ("n_trials reached", "grid strategy exhausted", "timeout", ...).
+        storage: where the study lives (:meth:`refit` and :meth:`test` record what they did there).
+        builder: how the study's trials were built (:meth:`load_best_model`, :meth:`refit`, :meth:`test` need it).
+        root: the directory of the study's files (``<root>/<study>/``; :meth:`refit` saves its model there).
+        seed: the study's seed (:meth:`refit` seeds as the best trial did).
+
+    Example:
+        >>> result = SearchResult.load("runs/studies.db", "mnist", builder=builder, root="runs")  # doctest: +SKIP
+        >>> model = result.load_best_model()  # doctest: +SKIP
     """
 
     study: str
@@ -38,8 +48,33 @@ class SearchResult:
     direction: Direction
     trials: Sequence[TrialRecord]
     stopped_reason: str = ""
-    _search: Any = None
+    storage: Storage | None = None
+    builder: TrialBuilder | None = None
+    root: str | os.PathLike | None = None
+    seed: int | None = None
     _extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls,
+        storage: Storage | str | os.PathLike,
+        study: str,
+        *,
+        builder: TrialBuilder | None = None,
+        root: str | os.PathLike | None = None,
+    ) -> SearchResult:
+        """The result of a stored study, read back (another process may be running it).
+
+        Args:
+            storage: the study's storage, or its URL or ``.db`` path.
+            study: the study's name.
+            builder: how its trials were built; without it the result reads but cannot rebuild models.
+            root: the directory of the study's files, for :meth:`refit`.
+        """
+        storage = open_storage(storage)
+        info = storage.load_study(study)
+        trials = tuple(storage.trials(study))
+        return cls(study, info.monitor, info.direction, trials, "", storage, builder, root, info.seed)
 
     @property
     def best_trial(self) -> TrialRecord | None:
@@ -86,12 +121,21 @@ class SearchResult:
             out[t.state.value] += 1
         return {k: v for k, v in out.items() if v}
 
-    def _search_or_raise(self, what: str) -> Any:
-        if self._search is None:
+    def _builder(self, what: str) -> TrialBuilder:
+        if self.builder is None:
             raise ConfigurationError(
-                f"{what} needs the result of HyperparameterSearch.run() (it knows the model and data)"
+                f"{what} needs the trials' builder: use the result of HyperparameterSearch.run(), or"
+                " SearchResult.load(storage, study, builder=...)"
             )
-        return self._search
+        return self.builder
+
+    def _record(self, what: str) -> Storage:
+        if self.storage is None or self.root is None:
+            raise ConfigurationError(
+                f"{what} needs the study's storage and root directory: use the result of HyperparameterSearch.run(),"
+                " or SearchResult.load(storage, study, builder=..., root=...)"
+            )
+        return self.storage
 
     def _ranked(self) -> list[TrialRecord]:
         done = [
@@ -108,9 +152,7 @@ class SearchResult:
         """
         import torch
 
-        from lightning_hpt.lightning.runner import build_parts
-
-        search = self._search_or_raise("load_best_model")
+        builder = self._builder("load_best_model")
         self._best()
         problems = []
         for t in self._ranked():
@@ -119,7 +161,7 @@ class SearchResult:
                 continue
             try:
                 ckpt = torch.load(t.checkpoint, map_location=map_location, weights_only=True)
-                model, _ = build_parts(search.build, t.params)
+                model = builder.build_model(t.params)
                 model.load_state_dict(ckpt["state_dict"])
             except Exception as e:
                 problems.append(f"trial {t.number}: cannot load {t.checkpoint!r}: {type(e).__name__}: {e}")
@@ -132,37 +174,13 @@ class SearchResult:
             + ". Keep checkpoints with checkpoint=True, or rebuild the winner with result.refit()"
         )
 
-    def _trainer(self, search: Any, best: TrialRecord, **kwargs: Any) -> Any:
-        from lightning_hpt.lightning.config import namespace_of, split_params
-
-        pl = namespace_of(search.model) if isinstance(search.model, type) else namespace_of(object)
-        keep = (
-            "accelerator",
-            "devices",
-            "precision",
-            "strategy",
-            "num_nodes",
-            "deterministic",
-            "gradient_clip_val",
-            "gradient_clip_algorithm",
-            "accumulate_grad_batches",
-            "callbacks",
-        )
-        args = {k: v for k, v in search.trainer_kwargs.items() if k in keep}
-        args.update(split_params(best.params)["trainer"])
-        args.update(kwargs)
-        if "callbacks" in args:
-            import copy
-
-            args["callbacks"] = copy.deepcopy(list(args["callbacks"]))
-        return pl.Trainer(enable_progress_bar=False, enable_model_summary=False, **args)
-
-    def _epochs(self, search: Any, best: TrialRecord) -> int:
+    def _epochs(self, builder: TrialBuilder, best: TrialRecord) -> int:
         """Epochs that reached the best trial's best score (the mean over folds with cross-validation)."""
         runs = best.attrs.get("runs") or [{"best_step": best.best_step}]
         steps = sum((r.get("best_step") or 0) + 1 for r in runs) / len(runs)
-        every = search.trainer_kwargs.get("check_val_every_n_epoch", 1) or 1
-        interval = search.trainer_kwargs.get("val_check_interval", 1.0)
+        trainer = builder.trainer_settings(best.params)
+        every = trainer.get("check_val_every_n_epoch", 1) or 1
+        interval = trainer.get("val_check_interval", 1.0)
         per_epoch = 1 / interval if isinstance(interval, float) and 0 < interval < 1 else 1
         return max(1, math.ceil(steps * every / per_epoch))
 
@@ -177,20 +195,20 @@ class SearchResult:
         from lightning.fabric.utilities.seed import seed_everything
 
         from lightning_hpt.lightning.folds import full_view
-        from lightning_hpt.lightning.runner import build_parts, trial_seed
+        from lightning_hpt.lightning.runner import trial_seed
 
-        search = self._search_or_raise("refit")
+        builder = self._builder("refit")
+        storage = self._record("refit")
         best = self._best()
-        model, dm = build_parts(search.build, best.params)
+        model, dm = builder.build_model(best.params), builder.build_datamodule(best.params)
+        seed_everything(trial_seed(self.seed, best.number), workers=True, verbose=False)
         view = full_view(dm)
-        epochs = max_epochs or self._epochs(search, best)
-        seed_everything(trial_seed(search.seed, best.number), workers=True, verbose=False)
-        out_dir = os.path.join(search.root, self.study, "refit")
+        epochs = max_epochs or self._epochs(builder, best)
+        out_dir = os.path.join(os.fspath(self.root), self.study, "refit")
         path = os.path.join(out_dir, "model.ckpt")
         with quiet_lightning(True):
-            trainer = self._trainer(
-                search,
-                best,
+            trainer = builder.evaluation_trainer(
+                best.params,
                 max_epochs=epochs,
                 logger=False,
                 enable_checkpointing=False,
@@ -200,9 +218,7 @@ class SearchResult:
             )
             trainer.fit(model, datamodule=view)
             trainer.save_checkpoint(path)
-        search.storage.set_study_attrs(
-            self.study, {"refit": {"trial": best.number, "epochs": epochs, "checkpoint": path}}
-        )
+        storage.set_study_attrs(self.study, {"refit": {"trial": best.number, "epochs": epochs, "checkpoint": path}})
         self._extra["refit_model"] = model.eval()
         self._extra["refit_checkpoint"] = path
         return model
@@ -218,9 +234,8 @@ class SearchResult:
             The logged test metrics, e.g. ``{"test_acc": 0.97}``. A warning is logged when the
             test score is far from the validation score (the search overfit the validation set).
         """
-        from lightning_hpt.lightning.runner import build_parts
-
-        search = self._search_or_raise("test")
+        builder = self._builder("test")
+        storage = self._record("test")
         best = self._best()
         which = (
             "given model"
@@ -228,14 +243,14 @@ class SearchResult:
             else ("refit model" if self.refit_model is not None else "best checkpoint")
         )
         model = model if model is not None else (self.refit_model or self.load_best_model())
-        _, dm = build_parts(search.build, best.params)
+        dm = builder.build_datamodule(best.params)
         if dm is None or not callable(getattr(dm, "test_dataloader", None)):
             raise ConfigurationError("test() needs a datamodule with a test_dataloader() (the held-out test split)")
         with quiet_lightning(True):
-            trainer = self._trainer(search, best, logger=False, enable_checkpointing=False)
+            trainer = builder.evaluation_trainer(best.params, logger=False, enable_checkpointing=False)
             out = trainer.test(model, datamodule=dm, verbose=False)
         metrics = {k: float(v) for k, v in (out[0] if out else {}).items()}
-        search.storage.set_trial_attrs(self.study, best.number, {"test": metrics, "tested": which})
+        storage.set_trial_attrs(self.study, best.number, {"test": metrics, "tested": which})
         self._extra["test"] = metrics
         gap = self.test_gap()
         if gap is not None and gap > GAP_WARNING:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
+import functools
 import gc
-import inspect
 import logging
 import math
 import os
@@ -15,16 +14,17 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError, DuplicateTrialError, MetricNotFoundError, SearchPreempted
 from lightning_hpt.executors import Executor, LocalExecutor
-from lightning_hpt.lightning.config import check_keys, is_lightning_class, namespace_of
-from lightning_hpt.lightning.folds import CrossValidation, require_cv
-from lightning_hpt.lightning.runner import TrialBuild, TrialBuilder, TrialJob, TrialOutcome
+from lightning_hpt.lightning.builder import TrialBuilder
+from lightning_hpt.lightning.folds import CrossValidation
+from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
+from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.pruners import Pruner, make_pruner
 from lightning_hpt.report.board import StudyBoard
 from lightning_hpt.report.live import make_progress
@@ -44,28 +44,45 @@ _ACTIVE: set[tuple[str, str, int]] = set()  # (storage url, study, number) of tr
 
 
 class _Reporter:
-    """Driver side of a trial's reporting channel: stores each value and asks the pruner."""
+    """Driver side of a trial's reporting channel: stores each value and asks the pruner.
 
-    def __init__(self, search: HyperparameterSearch, storage: Storage, number: int, progress: Any = None) -> None:
-        self.search, self.storage, self.number, self.progress = search, storage, number, progress
+    Args:
+        storage: the study's storage (the reporter writes each value there).
+        study: the study's name.
+        pruner: decides from the history whether the trial stops.
+        history: reads the study's current :class:`History` (for the pruner).
+        number: the trial's number.
+        progress: the live display, told of each value.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        study: str,
+        pruner: Pruner,
+        history: Callable[[], History],
+        number: int,
+        progress: Any = None,
+    ) -> None:
+        self.storage, self.study, self.pruner, self.history = storage, study, pruner, history
+        self.number, self.progress = number, progress
         self.stored: set[int] = set()
 
     @property
     def answers(self) -> bool:
         """Whether :meth:`report` can answer "stop": only with a pruner (channels need not wait otherwise)."""
-        return self.search.pruner.name != "none"
+        return self.pruner.name != "none"
 
     def report(self, step: int, value: float) -> bool:
-        self.storage.report(self.search.study_name, self.number, step, value)
+        self.storage.report(self.study, self.number, step, value)
         self.stored.add(step)
         if self.progress is not None:
             self.progress.trial_reported(self.number, step, value)
-        pruner = self.search.pruner
-        if pruner.name == "none":
+        if not self.answers:
             return False
-        history = self.search._history(self.storage)
+        history = self.history()
         trial = next(t for t in history.trials if t.number == self.number)
-        return bool(pruner.should_prune(history, trial))
+        return bool(self.pruner.should_prune(history, trial))
 
 
 _BACKOFF = random.Random()  # its own generator: the pauses never touch the global random state
@@ -100,13 +117,40 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _trial_builder(model: Any, datamodule: Any, trainer_kwargs: Any, builder: TrialBuilder | None) -> TrialBuilder:
+    """The search's builder: ``builder`` itself, or one made of ``model``, ``datamodule`` and ``trainer_kwargs``."""
+    if isinstance(model, TrialBuilder):
+        raise ConfigurationError(f"model={model!r} is a TrialBuilder; pass it as builder= (and no model or datamodule)")
+    if builder is None:
+        if model is None:
+            raise ConfigurationError(
+                "model is required: a LightningModule class or a factory config -> LightningModule (or pass builder=)"
+            )
+        if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
+            raise ConfigurationError(
+                "trainer_kwargs must be a dict of Trainer arguments, got"
+                f" {type(trainer_kwargs).__name__}: {trainer_kwargs!r}"
+            )
+        return ModuleTrialBuilder(model, datamodule, dict(trainer_kwargs or {}))
+    if not isinstance(builder, TrialBuilder):
+        raise ConfigurationError(
+            f"builder must be a TrialBuilder (ModuleTrialBuilder, CLITrialBuilder), got builder={builder!r}"
+        )
+    given = [n for n, v in (("model", model), ("datamodule", datamodule), ("trainer_kwargs", trainer_kwargs)) if v]
+    if given:
+        raise ConfigurationError(
+            f"builder= makes every trial, so {given} must not be given as well; give them to the builder instead"
+        )
+    return builder
+
+
 class HyperparameterSearch:
     """Tune a LightningModule's hyperparameters with real Lightning trials, stored in a study that resumes.
 
     Args:
         model: a LightningModule class (``model.*`` parameters are its init arguments) or a factory
             ``config -> LightningModule`` receiving ``{"model": {...}, "data": {...}, "trainer": {...},
-            "optimizer": {...}}``.
+            "optimizer": {...}}``; not an instance (every trial builds its own).
         datamodule: a LightningDataModule class (``data.*`` parameters are its init arguments), a
             factory ``config -> LightningDataModule``, an instance (no ``data.*`` parameters), or ``None``.
         space: ``{"model.lr": Float(1e-4, 1e-1, log=True), ...}``. Keys start with ``model.``, ``data.``,
@@ -119,6 +163,8 @@ class HyperparameterSearch:
         n_trials: trials in the whole study (a resumed study counts those it has); ``None`` with a
             grid runs the whole grid.
         trainer_kwargs: arguments of every trial's Trainer (accelerator, devices, precision, ...).
+        builder: how every trial is built, instead of ``model``, ``datamodule`` and ``trainer_kwargs``
+            (which make a :class:`ModuleTrialBuilder`): e.g. a ``CLITrialBuilder`` for a LightningCLI project.
         storage: a SQLAlchemy URL, a ``.db`` path or a Storage; default ``<root>/studies.db`` (SQLite).
         study_name: the study; running the same name again resumes it.
         root: directory of the trials' files: ``<root>/<study_name>/trial_<number>/``.
@@ -152,10 +198,11 @@ class HyperparameterSearch:
 
     def __init__(
         self,
-        model: Any,
+        model: Any = None,
         datamodule: Any = None,
         space: Mapping[str, Domain] | SearchSpace | None = None,
         *,
+        builder: TrialBuilder | None = None,
         monitor: str = "val_loss",
         mode: str = "min",
         strategy: str | Strategy = "random",
@@ -182,9 +229,6 @@ class HyperparameterSearch:
         if space is None:
             raise ConfigurationError("space is required: a dict such as {'model.lr': Float(1e-4, 1e-1, log=True)}")
         self.space = SearchSpace(space)
-        builds_trials = isinstance(model, TrialBuilder)  # a whole-trial builder checks its own keys
-        if not builds_trials:
-            check_keys(self.space)
         self.study_name = validate_name(study_name, "study_name")
         self.direction = Direction.parse(mode)
         if not isinstance(monitor, str) or not monitor:
@@ -192,17 +236,8 @@ class HyperparameterSearch:
                 f"monitor must be the name of a logged metric such as 'val_loss', got monitor={monitor!r}"
             )
         self.monitor = monitor
-        self._check_model(model, datamodule)
-        self.model, self.datamodule = model, datamodule
-        if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
-            raise ConfigurationError(
-                f"trainer_kwargs must be a dict of Trainer arguments, got {type(trainer_kwargs).__name__}: {trainer_kwargs!r}"
-            )
-        self.trainer_kwargs = dict(trainer_kwargs or {})
-        self._check_init_keys(model, "model", "LightningModule")
-        self._check_init_keys(datamodule, "data", "LightningDataModule")
-        if not builds_trials:
-            self._check_trainer_keys(model)
+        builder = _trial_builder(model, datamodule, trainer_kwargs, builder)
+        builder.check(self.space)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ConfigurationError(f"seed must be an integer or None, got seed={seed!r}")
         self.seed = seed
@@ -231,30 +266,13 @@ class HyperparameterSearch:
             raise ConfigurationError(f"repeats must be a positive integer, got repeats={repeats!r}")
         self.cv = CrossValidation.parse(cv)
         if self.cv is not None or refit:
-            if datamodule is None:
-                raise ConfigurationError(
-                    "cv and refit need a datamodule with a cv_dataset() method; datamodule is None"
-                )
-            if inspect.isclass(datamodule) or is_lightning_class(type(datamodule), "LightningDataModule"):
-                require_cv(
-                    datamodule, "cv=..." if self.cv is not None else "refit=True"
-                )  # a factory: checked when built
+            builder.check_cv("cv=..." if self.cv is not None else "refit=True")
         self.refit = refit
-        self.build = TrialBuild(
-            model,
-            datamodule,
-            self.trainer_kwargs,
-            monitor,
-            self.direction,
-            patience,
-            checkpoint,
-            True,
-            self.cv,
-            repeats,
-        )
+        self.build = TrialBuild(builder, monitor, self.direction, patience, checkpoint, self.cv, repeats)
         if executor is not None and not isinstance(executor, Executor):
             raise ConfigurationError(
-                f"executor must be an Executor (LocalExecutor(), ProcessExecutor(...), RayExecutor(...)) or None, got {executor!r}"
+                "executor must be an Executor (LocalExecutor(), ProcessExecutor(...), RayExecutor(...)) or None,"
+                f" got {executor!r}"
             )
         self._owns_executor = executor is None
         self.executor = executor or LocalExecutor()
@@ -276,59 +294,6 @@ class HyperparameterSearch:
         self.stale_after = stale_after
         self._storage_spec = storage if storage is not None else f"sqlite:///{self.root / 'studies.db'}"
         self._storage: Storage | None = None
-
-    # --- validation -------------------------------------------------------------------------
-    def _check_model(self, model: Any, datamodule: Any) -> None:
-        if not (is_lightning_class(model, "LightningModule") or (callable(model) and not inspect.isclass(model))):
-            raise ConfigurationError(
-                f"model must be a LightningModule class or a factory function config -> LightningModule, got {model!r}"
-            )
-        has_data = any(k.startswith("data.") for k in self.space)
-        if is_lightning_class(type(datamodule), "LightningDataModule") and has_data:
-            keys = [k for k in self.space if k.startswith("data.")]
-            raise ConfigurationError(
-                f"datamodule is an instance, so it cannot take the data.* parameters {keys}; pass the DataModule class"
-                " (or a factory config -> DataModule) instead"
-            )
-        if datamodule is None and has_data:
-            raise ConfigurationError("data.* parameters need a datamodule class or factory; datamodule is None")
-        if datamodule is not None and not (
-            is_lightning_class(type(datamodule), "LightningDataModule")
-            or is_lightning_class(datamodule, "LightningDataModule")
-            or callable(datamodule)
-        ):
-            raise ConfigurationError(
-                f"datamodule must be a LightningDataModule class, instance or factory, got {datamodule!r}"
-            )
-
-    def _check_init_keys(self, cls: Any, section: str, kind: str) -> None:
-        """``model.*`` / ``data.*`` names must be init arguments of a class (unless it takes ``**kwargs``)."""
-        if not is_lightning_class(cls, kind):
-            return  # factories receive the whole config and check it themselves
-        params = inspect.signature(cls.__init__).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return
-        valid = [n for n in params if n != "self"]
-        for key in self.space:
-            head, _, rest = key.partition(".")
-            name = rest.split(".")[0]
-            if head == section and name not in valid:
-                near = difflib.get_close_matches(name, valid, n=3)
-                raise ConfigurationError(
-                    f"{key!r}: {name!r} is not an init argument of {cls.__name__}; its arguments are {valid}"
-                    + (f" (did you mean {near}?)" if near else "")
-                )
-
-    def _check_trainer_keys(self, model: Any) -> None:
-        pl = namespace_of(model) if inspect.isclass(model) else namespace_of(object)
-        valid = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
-        given = list(self.trainer_kwargs) + [k.split(".")[1] for k in self.space if k.startswith("trainer.")]
-        for key in given:
-            if key not in valid:
-                near = difflib.get_close_matches(key, valid, n=3)
-                raise ConfigurationError(
-                    f"{key!r} is not an argument of Trainer (in trainer_kwargs or trainer.*); did you mean {near}?"
-                )
 
     # --- storage ------------------------------------------------------------------------------
     @property
@@ -357,15 +322,16 @@ class HyperparameterSearch:
     def max_steps(self) -> int | None:
         """The most steps (validation runs) a trial can have, if known: ``trainer.max_epochs`` (its highest
         value if searched), times the validation runs per epoch, times the runs (folds x repeats) of a trial."""
+        trainer = self.build.builder.trainer_settings()
         dom = self.space.get("trainer.max_epochs")
         if dom is not None and dom.values() is not None:
             epochs = int(max(dom.values()))
         else:
-            epochs = self.trainer_kwargs.get("max_epochs")
+            epochs = trainer.get("max_epochs")
             if not (isinstance(epochs, int) and epochs > 0):
                 return None
-        every = self.trainer_kwargs.get("check_val_every_n_epoch", 1) or 1
-        interval = self.trainer_kwargs.get("val_check_interval", 1.0)
+        every = trainer.get("check_val_every_n_epoch", 1) or 1
+        interval = trainer.get("val_check_interval", 1.0)
         per_epoch = math.ceil(1 / interval) if isinstance(interval, float) and 0 < interval < 1 else 1
         if not isinstance(every, int) or (isinstance(interval, int) and interval > 1):
             return None  # validation every k batches: the count of validation runs is not known here
@@ -543,6 +509,7 @@ class HyperparameterSearch:
             trials=trials,
         )
         history: History | None = None  # the study as read after the last finished trial
+        read_history = functools.partial(self._history, storage)
         t0 = time.monotonic()
         running: dict[Future, tuple[TrialRecord, _Reporter]] = {}
         reason: str | None = None
@@ -565,7 +532,9 @@ class HyperparameterSearch:
                         recs, reason = self._next_trials(storage, free, history)
                         history = None
                         for rec in recs:
-                            reporter = _Reporter(self, storage, rec.number, progress)
+                            reporter = _Reporter(
+                                storage, self.study_name, self.pruner, read_history, rec.number, progress
+                            )
                             _ACTIVE.add((storage.url, self.study_name, rec.number))
                             started.add(rec.number)
                             progress.trial_started(rec)  # before submit: the in-process executor blocks
@@ -621,7 +590,8 @@ class HyperparameterSearch:
     def _abandon(self, storage: Storage, started: set[int], error: BaseException) -> None:
         """Record the trials this run started and did not finish, so none stays RUNNING."""
         if isinstance(error, (KeyboardInterrupt, SearchPreempted)):  # these trials run again on resume
-            why = f"{PREEMPTED if isinstance(error, SearchPreempted) else INTERRUPTED}: the search stopped ({type(error).__name__})"
+            reason = PREEMPTED if isinstance(error, SearchPreempted) else INTERRUPTED
+            why = f"{reason}: the search stopped ({type(error).__name__})"
         else:  # a driver error is not retried forever: the trial keeps the real reason
             why = f"the search stopped on an error in the driver: {type(error).__name__}: {error}"
         for number in sorted(started):
@@ -646,7 +616,17 @@ class HyperparameterSearch:
 
     def result(self, stopped_reason: str = "") -> SearchResult:
         """The study's current result (also while another process runs it)."""
-        return SearchResult(self.study_name, self.monitor, self.direction, tuple(self.trials), stopped_reason, self)
+        return SearchResult(
+            self.study_name,
+            self.monitor,
+            self.direction,
+            tuple(self.trials),
+            stopped_reason,
+            storage=self.storage,
+            builder=self.build.builder,
+            root=self.root,
+            seed=self.seed,
+        )
 
     def ask(self) -> TrialRecord:
         """Start a trial without running it: queued configurations first, then the strategy's proposal.

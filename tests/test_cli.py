@@ -425,3 +425,38 @@ def test_example_project_search_best_then_fit(tmp_path, monkeypatch):
     assert cli.trainer.optimizers[0].defaults["lr"] == pytest.approx(best.params["optimizer.init_args.lr"])
     assert float(cli.trainer.callback_metrics["val_acc"]) == pytest.approx(best.intermediate[1], abs=1e-6)
     assert float(cli.trainer.callback_metrics["val_loss"]) == pytest.approx(best.attrs["metrics"]["val_loss"], abs=1e-6)
+
+
+def test_cli_result_loads_tests_and_refits_the_best_model(tmp_path, configs):
+    """Issue 14: load_best_model, test and refit work for a CLI search, and for its result read back from storage."""
+    from lightning_hpt.cli import run_search
+    from lightning_hpt.result import SearchResult
+
+    fit, search = configs
+    result = run_search(["--config", fit, "--config", search], stream=io.StringIO())
+    model = result.load_best_model()
+    assert isinstance(model, TinyModel) and model.hparams.lr == result.best_params["model.init_args.lr"]
+    assert result.test()["test_loss"] >= 0
+    refit = result.refit(max_epochs=1)
+    assert isinstance(refit, TinyModel) and (tmp_path / "runs" / "default" / "refit" / "model.ckpt").is_file()
+
+    stored = SearchResult.load(
+        tmp_path / "runs" / "studies.db", "default", builder=result.builder, root=tmp_path / "runs"
+    )
+    assert (
+        stored.best_trial
+        == open_storage(str(tmp_path / "runs" / "studies.db")).trials("default")[stored.best_trial.number]
+    )
+    again = stored.load_best_model()
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(), strict=True))
+    with pytest.raises(Exception, match="needs the trials' builder"):
+        SearchResult.load(tmp_path / "runs" / "studies.db", "default").load_best_model()
+
+
+def test_ddp_in_the_configs_trainer_is_refused_in_process(tmp_path):
+    """Issue 14: the in-process DDP check sees the Trainer the CLI config builds (it saw only trainer_kwargs)."""
+    ddp = {**FIT, "trainer": {**FIT["trainer"], "strategy": "ddp", "devices": 2}}
+    fit = write(tmp_path / "fit.yaml", ddp)
+    code, _, err = run("search", "--config", fit, "--config", write(tmp_path / "s.yaml", search_section(tmp_path)))
+    assert code != 0 and "ProcessExecutor" in err and "'strategy': 'ddp'" in err
+    assert trials(tmp_path) == []  # refused before any trial ran

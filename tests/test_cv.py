@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -187,6 +188,7 @@ def test_interrupted_cross_validated_trial_runs_again(tmp_path, fast_trainer):
     with pytest.raises(KeyboardInterrupt):
         search.run()
     assert search.trials[0].error.startswith("interrupted")
-    search.build = search.build.__class__(**{**search.build.__dict__, "model": TinyModel})
+    builder = dataclasses.replace(search.build.builder, model=TinyModel)  # the same study, a model that runs
+    search.build = dataclasses.replace(search.build, builder=builder)
     (t,) = search.run().trials
     assert t.state is TrialState.COMPLETE and t.attempt == 2

@@ -19,7 +19,6 @@ from torch import nn
 from lightning_hpt import Categorical, Float, HyperparameterSearch, TrialState
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.executors import LocalExecutor, ProcessExecutor
-from lightning_hpt.executors.process import launches_subprocesses
 from lightning_hpt.pruners.base import Pruner
 from lightning_hpt.testing.executor import TRAINER, ContractData, ContractModel
 
@@ -28,7 +27,7 @@ DDP = {**TRAINER, "strategy": "ddp", "devices": 2, "max_epochs": 4}
 
 
 class RankModel(ContractModel):
-    """Writes, from every rank, the configuration it trained and the epochs it ran to ``<out_dir>/rank<k>_<lr>.json``."""
+    """Writes, from every rank, the configuration it trained and its epochs to ``<out_dir>/rank<k>_<lr>.json``."""
 
     def __init__(self, out_dir: str, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -107,11 +106,11 @@ def test_ddp_is_recognised_for_the_local_executor(tmp_path):
     search = HyperparameterSearch(
         RankModel, ContractData, {"model.lr": Float(0.01, 0.1)}, root=tmp_path, trainer_kwargs=DDP, verbose=False
     )
-    assert launches_subprocesses(search.build)
-    assert not launches_subprocesses(
+    assert search.build.builder.launches_subprocesses()
+    assert not (
         HyperparameterSearch(
             RankModel, ContractData, {"model.lr": Float(0.01, 0.1)}, root=tmp_path, trainer_kwargs=TRAINER
-        ).build
+        ).build.builder.launches_subprocesses()
     )
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lightning_hpt import Categorical, HyperparameterSearch, Int, TrialState
 from lightning_hpt.exceptions import ConfigurationError, TrialPickleError
 from lightning_hpt.executors import LocalExecutor, ProcessExecutor
-from lightning_hpt.executors.process import launches_subprocesses
+from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.lightning.runner import TrialBuild
 from lightning_hpt.storage import open_storage
 from lightning_hpt.testing.executor import TRAINER, ContractData, ContractModel, ExecutorContract, contract_build
@@ -126,9 +126,9 @@ def test_bad_arguments_are_refused(monkeypatch, kwargs, match):
 
 
 def test_ddp_trainers_are_recognised():
-    assert not launches_subprocesses(contract_build())
-    assert launches_subprocesses(contract_build(strategy="ddp", devices=2))
-    assert not launches_subprocesses(contract_build(strategy="ddp_spawn", devices=2))
+    assert not contract_build().builder.launches_subprocesses()
+    assert contract_build(strategy="ddp", devices=2).builder.launches_subprocesses()
+    assert not contract_build(strategy="ddp_spawn", devices=2).builder.launches_subprocesses()
 
 
 # --------------------------------------------------------------------------------------------- workers
@@ -215,7 +215,7 @@ def test_code_that_workers_cannot_import_is_refused(tmp_path):
     executor = ProcessExecutor(workers=1, devices=[])
     try:
         with pytest.raises(TrialPickleError, match="cannot load it.*No module named 'hpt_only_in_this_process'"):
-            executor.start(TrialBuild(module.Model, ContractData, TRAINER, "val_loss"))
+            executor.start(TrialBuild(ModuleTrialBuilder(module.Model, ContractData, TRAINER), "val_loss"))
     finally:
         executor.shutdown()
         del sys.modules[module.__name__]

@@ -91,7 +91,7 @@ def record(number, state=TrialState.COMPLETE, value=None, steps=(), **params):
         params or {"model.lr": 0.01},
         state,
         value=value,
-        intermediate={i: v for i, v in enumerate(steps)},
+        intermediate=dict(enumerate(steps)),
         started_at=100.0,
         finished_at=112.5,
     )
@@ -134,7 +134,7 @@ def test_export_csv_and_json_keep_every_epoch(tmp_path):
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["number"]) for r in rows] == list(range(9))
-    for t, row in zip(trials, rows):
+    for t, row in zip(trials, rows, strict=True):
         assert row["state"] == t.state.value and int(row["epochs"]) == len(t.intermediate)
         assert float(row["params.model.lr"]) == t.params["model.lr"] and row["params.data.batch_size"] == str(
             t.params["data.batch_size"]
@@ -157,7 +157,7 @@ def test_export_csv_and_json_keep_every_epoch(tmp_path):
 
     data = json.loads(path.read_text(), parse_constant=no_constants)
     assert [d["number"] for d in data] == list(range(9))
-    for t, d in zip(trials, data):
+    for t, d in zip(trials, data, strict=True):
         assert d["params"] == dict(t.params) and d["state"] == t.state.value and d["value"] == t.value
         assert {int(k): v for k, v in d["intermediate"].items() if v is not None} == {
             k: v for k, v in t.intermediate.items() if not math.isnan(v)
@@ -498,6 +498,7 @@ def test_line_progress_accepts_the_live_hooks_and_prints_the_table():
 
 def test_live_progress_follows_real_lightning_trials(tmp_path, fast_trainer):
     """The hooks fed by real trials as the driver feeds them: a value per epoch, then the record."""
+    from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
     from lightning_hpt.lightning.runner import TrialBuild, TrialJob, run_trial
 
     buf = io.StringIO()
@@ -514,9 +515,7 @@ def test_live_progress_follows_real_lightning_trials(tmp_path, fast_trainer):
             return False
 
     build = TrialBuild(
-        TinyModel,
-        TinyData,
-        {**fast_trainer, "max_epochs": 3},
+        ModuleTrialBuilder(TinyModel, TinyData, {**fast_trainer, "max_epochs": 3}),
         "val_loss",
         Direction.MINIMIZE,
         patience=None,

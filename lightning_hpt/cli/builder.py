@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -9,19 +10,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from lightning_hpt.cli.parsing import ARGS_WARNING, dump_config, layer, parse_base
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.lightning.builder import (
+    EVALUATION_TRAINER_KEYS,
+    CallbackFactory,
+    TrialBuilder,
+    TrialParts,
+    trainer_params,
+)
 from lightning_hpt.lightning.config import namespace_of
-from lightning_hpt.lightning.runner import TrialJob, trial_seed
+from lightning_hpt.space import SearchSpace
 
 __all__ = ["TRIAL_CONFIG", "CLITrialBuilder"]
 
 #: each trial's fully resolved config, in its directory; ``fit --config`` runs it as it is.
 TRIAL_CONFIG = "config.yaml"
+#: what a trial CLI instantiates: the whole ``fit`` run, the model and data only, or them and a refit/test Trainer.
+_TRIAL, _PARTS, _EVALUATION = "trial", "parts", "evaluation"
+
+
+def _instantiate(value: Any) -> Any:
+    """A ``{"class_path": ..., "init_args": {...}}`` value of the config, built; any other value as it is."""
+    if isinstance(value, Mapping) and isinstance(value.get("class_path"), str):
+        module, _, name = value["class_path"].rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+            return cls(**dict(value.get("init_args") or {}))
+        except Exception:  # judged from its name by the DDP check, as a string would be
+            return value["class_path"]
+    return value
 
 
 @dataclass(frozen=True)
-class CLITrialBuilder:
+class CLITrialBuilder(TrialBuilder):
     """Builds whole trials with the project's LightningCLI: same parser, defaults, callbacks and loggers.
 
     Each trial constructs ``cli_class(*cli_args, **cli_kwargs, run=False)`` on the user's resolved
@@ -43,7 +67,7 @@ class CLITrialBuilder:
     Example:
         >>> from lightning.pytorch.cli import LightningCLI
         >>> builder = CLITrialBuilder(LightningCLI, config=config)  # doctest: +SKIP
-        >>> HyperparameterSearch(builder, space=..., ...)  # doctest: +SKIP
+        >>> HyperparameterSearch(builder=builder, space=..., ...)  # doctest: +SKIP
     """
 
     cli_class: type
@@ -53,48 +77,67 @@ class CLITrialBuilder:
     quiet: bool = True
 
     @property
+    @override
     def namespace(self) -> Any:
         """The Lightning package of the CLI (``lightning.pytorch`` or ``pytorch_lightning``)."""
         return namespace_of(self.cli_class)
 
-    def __call__(self, config: Mapping[str, Any]) -> Any:
-        # HyperparameterSearch takes model factories; this object builds whole trials instead (build_trial)
-        raise ConfigurationError(
-            "a CLITrialBuilder builds whole trials with build_trial(job, callbacks); it is not a model factory"
-        )
+    @override
+    def check(self, space: SearchSpace) -> None:
+        sections = sorted(self.config)
+        for key in space:
+            if key.split(".")[0] not in self.config:
+                raise ConfigurationError(
+                    f"parameter {key!r} is not a path of the config; its sections are {sections}"
+                    " (write space keys as the config's own paths, e.g. model.init_args.lr)"
+                )
 
-    def seed(self, seed: int | None, number: int) -> int | None:
-        """The ``seed_everything`` of trial ``number``: ``None`` keeps the config's (an integer, or false).
+    def _seed(self, seed: int) -> int | None:
+        """The ``seed_everything`` of a trial seeded ``seed``: ``None`` keeps the config's (an integer, or false).
 
         An integer in the config is the user's choice for every run, so it is kept (every trial
         then starts from the same seed); ``true`` (a random seed) becomes the trial's own seed.
         """
-        if self.config.get("seed_everything", True) is True:
-            return trial_seed(seed, number)
-        return None
+        return seed if self.config.get("seed_everything", True) is True else None
 
-    def build_trial(self, job: TrialJob, callbacks: Sequence[Any]) -> tuple[Any, Any, Any]:
-        """The model, datamodule (or ``None``) and Trainer of ``job``, built by the CLI.
-
-        Args:
-            job: the trial; ``job.params`` are full config paths.
-            callbacks: the search's callbacks for this trial's Trainer.
-        """
-        cls = _trial_cli(
-            self.cli_class,
-            self.config,
-            job.params,
-            self.seed(job.seed, job.number),
-            callbacks,
-            job.trial_dir,
-            self.quiet,
-            self.namespace,
-        )
+    def _cli(self, params: Mapping[str, Any], mode: str, **options: Any) -> Any:
+        cls = _trial_cli(self.cli_class, self.config, params, mode, self.quiet, self.namespace, **options)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=ARGS_WARNING)
-            cli = cls(*self.cli_args, **dict(self.cli_kwargs), args=[], run=False)
-        Path(job.trial_dir, TRIAL_CONFIG).write_text(dump_config(cli.parser, cli.config))
-        return cli.model, cli.datamodule, cli.trainer
+            return cls(*self.cli_args, **dict(self.cli_kwargs), args=[], run=False)
+
+    @override
+    def build(self, params: Mapping[str, Any], *, seed: int, trial_dir: str, callbacks: CallbackFactory) -> TrialParts:
+        """The model, datamodule (or ``None``) and Trainer of a trial, built by the CLI; ``params`` are config paths.
+
+        The trial's resolved config is written to ``<trial_dir>/config.yaml``.
+        """
+        cli = self._cli(params, _TRIAL, seed=self._seed(seed), callbacks=callbacks(self.namespace), trial_dir=trial_dir)
+        Path(trial_dir, TRIAL_CONFIG).write_text(dump_config(cli.parser, cli.config))
+        return TrialParts(cli.model, cli.datamodule, cli.trainer)
+
+    @override
+    def build_model(self, params: Mapping[str, Any]) -> Any:
+        return self._cli(params, _PARTS).model
+
+    @override
+    def build_datamodule(self, params: Mapping[str, Any]) -> Any:
+        return self._cli(params, _PARTS).datamodule
+
+    @override
+    def trainer_settings(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        trainer = {**(self.config.get("trainer") or {}), **trainer_params(params or {})}
+        return {k: _instantiate(v) for k, v in trainer.items() if v is not None}
+
+    @override
+    def evaluation_trainer(self, params: Mapping[str, Any], **overrides: Any) -> Any:
+        return self._cli(params, _EVALUATION, overrides=overrides).trainer
+
+    @override
+    def describe_trainer(self, params: Mapping[str, Any] | None = None) -> str:
+        keys = ("accelerator", "devices", "num_nodes", "strategy")
+        shown = {k: v for k, v in self.trainer_settings(params).items() if k in keys}
+        return f"the config's trainer settings {shown}"
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -107,20 +150,35 @@ def _trial_cli(
     cli_class: type,
     base: Mapping[str, Any],
     params: Mapping[str, Any],
-    seed: int | None,
-    callbacks: Sequence[Any],
-    trial_dir: str,
+    mode: str,
     quiet: bool,
     pl: Any,
+    *,
+    seed: int | None = None,
+    callbacks: Sequence[Any] = (),
+    trial_dir: str = "",
+    overrides: Mapping[str, Any] | None = None,
 ) -> type:
-    """A subclass of the user's CLI that parses the trial's config and adds the search's callbacks."""
+    """A subclass of the user's CLI that parses the trial's config and builds what ``mode`` asks for.
+
+    ``_TRIAL``: the Trainer with the search's ``callbacks`` in ``trial_dir``; ``_PARTS``: no Trainer;
+    ``_EVALUATION``: a Trainer with the config's :data:`EVALUATION_TRAINER_KEYS` and ``overrides``.
+    """
 
     class TrialCLI(cli_class):  # type: ignore[misc, valid-type]
+        @override
         def parse_arguments(self, parser: Any, args: Any) -> None:
             self.config = layer(parser, parse_base(parser, base), params, seed)
 
+        @override
         def instantiate_trainer(self, **kwargs: Any) -> Any:
             trainer_cfg = self.config_init.get("trainer") or {}
+            if mode == _PARTS:
+                return None
+            if mode == _EVALUATION:
+                kept = {k: trainer_cfg[k] for k in EVALUATION_TRAINER_KEYS if trainer_cfg.get(k) is not None}
+                args = {"enable_progress_bar": False, "enable_model_summary": False, **kept, **(overrides or {})}
+                return self.trainer_class(**args)
             user = _as_list(kwargs.pop("callbacks", None) or trainer_cfg.get("callbacks"))
             ours = list(callbacks)
             if trainer_cfg.get("enable_checkpointing") is False:  # the config turned checkpoints off: keep it so

@@ -166,18 +166,14 @@ def run_search(
     strategy, pruner = make_strategy_spec(s.strategy), make_pruner_spec(s.pruner)
     executor = make_executor(s.executor)
     builder = CLITrialBuilder(cli_class, tuple(cli_args), cli_kwargs, config, s.quiet)
-    has_data = any(k.startswith("data.") for k in space)
-    epochs = (config.get("trainer") or {}).get("max_epochs")
     search = HyperparameterSearch(
-        builder,
-        builder if has_data else None,
-        space,
+        builder=builder,
+        space=space,
         monitor=s.monitor,
         mode=s.mode,
         strategy=strategy,
         pruner=pruner,
         n_trials=s.n_trials,
-        trainer_kwargs={"max_epochs": epochs} if isinstance(epochs, int) else {},
         storage=s.storage,
         study_name=s.study_name,
         root=s.root,

@@ -8,7 +8,8 @@ executor carries the same calls through a Ray actor instead. Both call the drive
 through one :class:`ReporterRegistry`.
 
 It also holds what every executor checks before sending trials away: that the trial code pickles
-(:func:`check_picklable`) and whether its Trainer starts DDP ranks itself (:func:`launches_subprocesses`).
+(:func:`check_picklable`) and whether one trial's parameters make it a DDP trial
+(:func:`trial_launches_subprocesses`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import fields, replace
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
 from lightning_hpt.exceptions import TrialPickleError
 from lightning_hpt.lightning.monitor import TrialReporter
+from lightning_hpt.lightning.builder import trainer_params
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.trial import TrialState
 
@@ -39,7 +40,6 @@ __all__ = [
     "check_picklable",
     "describe_exit",
     "failed_outcome",
-    "launches_subprocesses",
     "refers_to_main",
     "trial_launches_subprocesses",
 ]
@@ -241,19 +241,13 @@ def check_picklable(build: TrialBuild, dumps: Callable[[Any], bytes], where: str
         return dumps(build)
     except Exception as whole:  # find the field (and the trainer argument) that fails, for the message
         culprit, error = "the trial build", whole
-        for f in fields(build):
-            value = getattr(build, f.name)
-            parts = value.items() if f.name == "trainer_kwargs" else [(None, value)]
-            for key, part in parts:
-                try:
-                    dumps(part)
-                except Exception as e:
-                    culprit = f"{f.name}[{key!r}]" if key is not None else f"{f.name}={_short(part)}"
-                    error = e
-                    break
-            else:
-                continue
-            break
+        for name, part in build.builder.parts():
+            try:
+                dumps(part)
+            except Exception as e:
+                culprit = name if name.endswith("]") else f"{name}={_short(part)}"
+                error = e
+                break
         raise TrialPickleError(
             f"{culprit} cannot be sent to {where}: it cannot be pickled ({type(error).__name__}: {error}). Trials run"
             " in other processes, so the model, datamodule and trainer_kwargs must be picklable: define classes and"
@@ -275,40 +269,6 @@ def pickle_dumps(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def launches_subprocesses(build: TrialBuild) -> bool:
-    """Whether a trial's Trainer would start its extra ranks by re-running the current command (DDP).
-
-    That is right in a worker process (the command is the worker, given the same trial) and wrong
-    in a user's script (it would run the whole search again on every rank). Decided by building a
-    throwaway Trainer from ``build.trainer_kwargs`` (it starts nothing); ``trainer.*`` parameters
-    in the search space are not seen.
-    """
-    from lightning_hpt.lightning.config import namespace_of
-    from lightning_hpt.lightning.runner import quiet_lightning
-
-    kwargs = {k: v for k, v in build.trainer_kwargs.items() if k not in ("callbacks", "logger", "plugins")}
-    strategy = kwargs.get("strategy", "auto")
-    if strategy == "auto" and kwargs.get("devices", "auto") in (1, "1", [0]) and kwargs.get("num_nodes", 1) == 1:
-        return False
-    pl = namespace_of(build.model) if isinstance(build.model, type) else namespace_of(object)
-    try:
-        with quiet_lightning(True):
-            quiet = {"enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
-            trainer = pl.Trainer(logger=False, **{**quiet, **kwargs})
-    except Exception:  # e.g. accelerator="gpu" on a driver without one: judge from the arguments
-        text = str(strategy).lower()
-        many = kwargs.get("devices", "auto") not in (1, "1") or kwargs.get("num_nodes", 1) != 1
-        return (
-            many
-            and any(s in text for s in ("ddp", "fsdp", "deepspeed"))
-            and not any(s in text for s in ("spawn", "fork", "notebook"))
-        )
-    launcher = getattr(trainer.strategy, "launcher", None)
-    environment = getattr(trainer.strategy, "cluster_environment", None)
-    external = bool(environment is not None and environment.creates_processes_externally)
-    return type(launcher).__name__ == "_SubprocessScriptLauncher" and not external
-
-
 # trainer.* parameters that decide how many processes a trial's Trainer starts
 _PROCESS_KEYS = frozenset({"strategy", "devices", "num_nodes", "accelerator"})
 
@@ -316,16 +276,12 @@ _PROCESS_KEYS = frozenset({"strategy", "devices", "num_nodes", "accelerator"})
 def trial_launches_subprocesses(job: TrialJob, executor: str) -> str | None:
     """Why ``job`` cannot run under ``executor`` because its ``trainer.*`` parameters make it a DDP trial; ``None`` if it can.
 
-    :func:`launches_subprocesses` judges ``trainer_kwargs`` once, before any trial; this judges one
-    trial whose search space sets ``trainer.strategy``, ``trainer.devices``, ... (only those trials:
-    it builds a throwaway Trainer).
+    ``TrialBuilder.launches_subprocesses()`` judges the shared Trainer settings once, before any trial;
+    this judges one trial whose search space sets ``trainer.strategy``, ``trainer.devices``, ... (only
+    those trials: it builds a throwaway Trainer).
     """
-    from lightning_hpt.lightning.config import split_params
-
-    trainer = split_params(job.params)["trainer"]
-    if not _PROCESS_KEYS & set(trainer) or not launches_subprocesses(
-        replace(job.build, trainer_kwargs={**job.build.trainer_kwargs, **trainer})
-    ):
+    trainer = trainer_params(job.params)
+    if not _PROCESS_KEYS & set(trainer) or not job.build.builder.launches_subprocesses(job.params):
         return None
     return (
         f"trial {job.number}'s parameters {dict(sorted(trainer.items()))} train it on several processes (DDP), which"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 
 from lightning_hpt.exceptions import ConfigurationError
-from lightning_hpt.executors._channel import failed_outcome, launches_subprocesses, trial_launches_subprocesses
+from lightning_hpt.executors._channel import failed_outcome, trial_launches_subprocesses
 from lightning_hpt.executors.base import Executor
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome, run_trial
@@ -25,9 +25,9 @@ class LocalExecutor(Executor):
         return 1
 
     def start(self, build: TrialBuild) -> None:
-        if launches_subprocesses(build):
+        if build.builder.launches_subprocesses():
             raise ConfigurationError(
-                f"trainer_kwargs={dict(build.trainer_kwargs)} train each trial on several processes (DDP), which Lightning"
+                f"{build.builder.describe_trainer()} train each trial on several processes (DDP), which Lightning"
                 " starts by re-running the current command: in-process, that is this whole search on every rank. Run"
                 " trials in worker processes: executor=ProcessExecutor(gpus_per_trial=k) (CPU: ProcessExecutor(devices=[]))"
             )

@@ -38,7 +38,6 @@ from lightning_hpt.executors._channel import (
     check_picklable,
     describe_exit,
     failed_outcome,
-    launches_subprocesses,
     pickle_dumps,
     refers_to_main,
 )
@@ -47,7 +46,7 @@ from lightning_hpt.executors.base import Executor
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 
-__all__ = ["ProcessExecutor", "launches_subprocesses"]
+__all__ = ["ProcessExecutor"]
 
 log = logging.getLogger(__name__)
 # set by a launcher or a cluster for *its* processes; a worker is a fresh single process, and Lightning

@@ -28,7 +28,6 @@ from lightning_hpt.executors._channel import (
     ReporterRegistry,
     check_picklable,
     failed_outcome,
-    launches_subprocesses,
     trial_launches_subprocesses,
 )
 from lightning_hpt.executors.base import Executor
@@ -267,9 +266,9 @@ class RayExecutor(Executor):
             TrialPickleError: naming what cannot be pickled or loaded by a Ray worker.
         """
         ray = _import_ray()
-        if launches_subprocesses(build):
+        if build.builder.launches_subprocesses():
             raise ConfigurationError(
-                f"trainer_kwargs={dict(build.trainer_kwargs)} start DDP ranks by re-running the current command, which"
+                f"{build.builder.describe_trainer()} start DDP ranks by re-running the current command, which"
                 " a Ray task cannot do; run DDP trials with ProcessExecutor(gpus_per_trial=k) on each machine, or give"
                 " each trial one device here"
             )

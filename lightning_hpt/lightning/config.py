@@ -75,7 +75,8 @@ def resolve_class(path: str, arg: str) -> type:
         cls = getattr(importlib.import_module(module or "torch.optim"), name)
     except (ImportError, AttributeError):
         raise ConfigurationError(
-            f"{arg}={path!r} cannot be imported; give an import path such as 'torch.optim.AdamW' or a name in torch.optim"
+            f"{arg}={path!r} cannot be imported; give an import path such as 'torch.optim.AdamW'"
+            " or a name in torch.optim"
         ) from None
     return cls
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
-import inspect
 import logging
 import math
 import os
@@ -13,24 +11,23 @@ import shutil
 import signal
 import threading
 import traceback
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
 from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, SearchPreempted
-from lightning_hpt.lightning.config import is_lightning_class, namespace_of, patch_optimizer, split_params
+from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation, MeanReporter, fold_view
 from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
+from lightning_hpt.lightning.quiet import quiet_lightning
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
 
-__all__ = ["TrialBuild", "TrialBuilder", "TrialJob", "TrialOutcome", "build_parts", "run_trial", "trial_seed"]
+__all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "run_trial", "trial_seed"]
 
 log = logging.getLogger(__name__)
-_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
 
 
 def trial_seed(seed: int | None, number: int, repeat: int = 0) -> int:
@@ -42,50 +39,25 @@ def trial_seed(seed: int | None, number: int, repeat: int = 0) -> int:
     return int(np.random.SeedSequence(key).generate_state(1)[0] % (2**31 - 1))
 
 
-@runtime_checkable
-class TrialBuilder(Protocol):
-    """Builds a whole trial itself (model, datamodule and Trainer), e.g. through a project's LightningCLI.
-
-    Passed as ``HyperparameterSearch(model=builder)``; parameter names are then the builder's own
-    (config paths), and it must add ``callbacks`` (the search's monitor, EarlyStopping, checkpoint)
-    to the Trainer it makes.
-    """
-
-    namespace: Any  # lightning.pytorch or pytorch_lightning
-
-    def build_trial(self, job: TrialJob, callbacks: list[Any]) -> tuple[Any, Any, Any]:
-        """``(model, datamodule, trainer)`` for ``job``."""
-        ...
-
-
 @dataclass(frozen=True)
 class TrialBuild:
-    """What every trial of a search is built from (the same for all trials); picklable if its parts are.
+    """What every trial of a search is built from (the same for all trials); picklable if its builder is.
 
     Attributes:
-        model: a LightningModule class (``model.*`` parameters are its init arguments) or a
-            factory ``config -> LightningModule`` where ``config`` is ``{"model": {...}, "data": {...},
-            "trainer": {...}, "optimizer": {...}}``.
-        datamodule: a LightningDataModule class, a factory ``config -> LightningDataModule``, an
-            instance (then no ``data.*`` parameters), or ``None`` (the module has its own loaders).
-        trainer_kwargs: passed to every trial's Trainer (``trainer.*`` parameters override them).
+        builder: makes each trial's model, datamodule and Trainer.
         monitor: the validation metric the search optimizes.
         direction: minimize or maximize ``monitor``.
         patience: ``EarlyStopping`` patience in validation runs; ``None`` disables early stopping.
         checkpoint: keep the best step's checkpoint (``<trial dir>/checkpoints/best.ckpt``).
-        quiet: silence Lightning's progress bar, model summary and info logs inside the trial.
         cv: k-fold cross-validation: each trial trains one run per fold (see ``lightning.folds``).
         repeats: runs per fold with different seeds, for noisy objectives; the score is the mean.
     """
 
-    model: Any
-    datamodule: Any = None
-    trainer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    builder: TrialBuilder
     monitor: str = "val_loss"
     direction: Direction = Direction.MINIMIZE
     patience: int | None = 5
     checkpoint: bool = True
-    quiet: bool = True
     cv: CrossValidation | None = None
     repeats: int = 1
 
@@ -140,65 +112,6 @@ class TrialOutcome:
     attrs: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _build(factory: Any, kwargs: dict[str, Any], config: dict[str, Any], kind: str, arg: str) -> Any:
-    if is_lightning_class(factory, kind):
-        try:
-            return factory(**kwargs)
-        except TypeError as e:
-            params = inspect.signature(factory).parameters
-            raise ConfigurationError(
-                f"{arg}={factory.__name__} cannot be built with {sorted(kwargs)}: {e}; its init arguments are {list(params)}"
-            ) from e
-    obj = factory(config)
-    if not is_lightning_class(type(obj), kind):
-        raise ConfigurationError(f"the {arg} factory must return a {kind}, got {type(obj).__name__}")
-    return obj
-
-
-def build_parts(b: TrialBuild, params: Mapping[str, Any]) -> tuple[Any, Any]:
-    """The model (with the trial's ``optimizer.*`` settings) and the datamodule of one configuration."""
-    sections = split_params(params)
-    config = {k: dict(v) for k, v in sections.items()}
-    model = _build(b.model, sections["model"], config, "LightningModule", "model")
-    if b.datamodule is not None and not is_lightning_class(type(b.datamodule), "LightningDataModule"):
-        dm = _build(b.datamodule, sections["data"], config, "LightningDataModule", "datamodule")
-    else:
-        dm = b.datamodule
-    patch_optimizer(model, sections["optimizer"])
-    return model, dm
-
-
-@contextlib.contextmanager
-def quiet_lightning(enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*(number of training batches|log_every_n_steps).*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        try:
-            yield
-        finally:
-            for lg, lv in zip(loggers, levels):
-                lg.setLevel(lv)
-
-
-def _loggers(pl: Any, trial_dir: str, params: Mapping[str, Any]) -> list:
-    loggers = [pl.loggers.CSVLogger(save_dir=trial_dir, name="", version="")]
-    with contextlib.suppress(ImportError, ModuleNotFoundError):
-        import tensorboard  # noqa: F401  (TensorBoard logs only when it is installed)
-
-        loggers.append(pl.loggers.TensorBoardLogger(save_dir=trial_dir, name="", version="tb", default_hp_metric=False))
-    for lg in loggers:
-        lg.log_hyperparams(dict(params))
-    return loggers
-
-
 def _log_hparams(trainer: Any, params: Mapping[str, Any], monitor: str, best: float | None) -> None:
     """Give TensorBoard's HParams view each trial's parameters with its best value."""
     if best is None:
@@ -236,23 +149,21 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     interrupted: str | None = None
     try:
         _clean_dir(job.trial_dir)
-        with quiet_lightning(b.quiet):
-            pl = namespace_of(b.model) if inspect.isclass(b.model) else None
+        with quiet_lightning(b.builder.quiet):
             from lightning.fabric.utilities.seed import seed_everything
 
             fold, repeat = job.part or (0, 0)
-            seed_everything(trial_seed(job.seed, job.number, repeat), workers=True, verbose=False)
-            if isinstance(b.model, TrialBuilder):  # the builder makes the whole trial (LightningCLI projects)
-                pl = b.model.namespace
+            seed = trial_seed(job.seed, job.number, repeat)
+            seed_everything(seed, workers=True, verbose=False)
+
+            def callbacks(pl: Any) -> list[Any]:
+                nonlocal monitor
                 monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
-                model, dm, trainer = b.model.build_trial(job, search_callbacks(pl, b, job, monitor))
-            else:
-                model, dm = build_parts(b, job.params)
-                pl = pl or namespace_of(model)
-                if b.cv is not None:
-                    dm = fold_view(dm, fold, b.cv)
-                monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
-                trainer = _make_trainer(pl, b, job, split_params(job.params)["trainer"], monitor)
+                return search_callbacks(pl, b, job, monitor)
+
+            model, dm, trainer = b.builder.build(job.params, seed=seed, trial_dir=job.trial_dir, callbacks=callbacks)
+            if b.cv is not None:
+                dm = fold_view(dm, fold, b.cv)
             trainer.fit(model, datamodule=dm)
             _log_hparams(trainer, job.params, b.monitor, monitor.best_value)
     except SearchPreempted as e:
@@ -309,28 +220,6 @@ def search_callbacks(pl: Any, b: TrialBuild, job: TrialJob, monitor: Any) -> lis
             )
         )
     return callbacks
-
-
-def _make_trainer(pl: Any, b: TrialBuild, job: TrialJob, overrides: dict[str, Any], monitor: Any) -> Any:
-    kwargs: dict[str, Any] = {"enable_progress_bar": not b.quiet, "enable_model_summary": not b.quiet}
-    kwargs.update(b.trainer_kwargs)
-    kwargs.update(overrides)
-    user_callbacks = kwargs.pop("callbacks", None) or []
-    if not isinstance(user_callbacks, (list, tuple)):
-        user_callbacks = [user_callbacks]
-    # each trial gets its own copies: callbacks keep state (EarlyStopping's wait count, ...)
-    monitor, *ours = search_callbacks(pl, b, job, monitor)
-    callbacks = [monitor, *copy.deepcopy(list(user_callbacks)), *ours]
-    kwargs.setdefault("enable_checkpointing", b.checkpoint)
-    if "logger" not in kwargs:
-        kwargs["logger"] = _loggers(pl, job.trial_dir, job.params)
-    kwargs["default_root_dir"] = job.trial_dir
-    try:
-        return pl.Trainer(callbacks=callbacks, **kwargs)
-    except TypeError as e:
-        raise ConfigurationError(
-            f"the Trainer rejected trainer_kwargs/trainer.* parameters {sorted(kwargs)}: {e}"
-        ) from e
 
 
 def _outcome(

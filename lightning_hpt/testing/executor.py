@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_hpt.exceptions import TrialPickleError
 from lightning_hpt.executors.base import Executor
+from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.trial import Direction, TrialState
 
@@ -145,7 +146,8 @@ class ContractModel(L.LightningModule):
 
 def contract_build(**trainer: Any) -> TrialBuild:
     """The build every contract test runs: :class:`ContractModel` on :class:`ContractData`, CPU, 2 epochs."""
-    return TrialBuild(ContractModel, ContractData, {**TRAINER, **trainer}, "val_loss", Direction.MINIMIZE, None, True)
+    builder = ModuleTrialBuilder(ContractModel, ContractData, {**TRAINER, **trainer})
+    return TrialBuild(builder, "val_loss", Direction.MINIMIZE, None, True)
 
 
 class RecordingReporter:
@@ -274,7 +276,7 @@ class ExecutorContract:
         executor = self.make_executor()
         try:
             with pytest.raises(TrialPickleError, match=r"model=.*make_model.*cannot be pickled"):
-                executor.start(TrialBuild(make_model, ContractData, TRAINER, "val_loss"))
+                executor.start(TrialBuild(ModuleTrialBuilder(make_model, ContractData, TRAINER), "val_loss"))
         finally:
             executor.shutdown()
 
