@@ -13,6 +13,7 @@ from lightning_hpt.exceptions import (
 from lightning_hpt.executors import Executor, LocalExecutor, ProcessExecutor
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
+from lightning_hpt.lightning.loggers import TrialLogger
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.pruners import HyperbandPruner, MedianPruner, NopPruner, Pruner, SuccessiveHalvingPruner
 from lightning_hpt.result import SearchResult
@@ -58,6 +59,7 @@ __all__ = [
     "StudyMismatchError",
     "SuccessiveHalvingPruner",
     "TrialBuilder",
+    "TrialLogger",
     "TrialRecord",
     "TrialState",
 ]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
 from lightning_hpt.lightning.loggers import TrialContext, make_logger
 from lightning_hpt.lightning.monitor import monitor_class
 from lightning_hpt.lightning.runner import TrialJob, _describe, _outcome
@@ -43,16 +44,36 @@ __all__ = ["ScriptSearch", "ScriptTrial"]
 GROUP_ENV = "LIGHTNING_HPT_SCRIPT_GROUP"
 
 
-class _ScriptBuilder:
-    """Stands for the user's script where a trial builder is expected: the script builds its own trials."""
+class _ScriptBuilder(TrialBuilder):
+    """The trial builder of a :class:`ScriptSearch`: the user's script builds each trial itself."""
 
-    namespace: Any = None
+    _WHY = "a ScriptSearch's trials are built by the script itself (for trial in search: ...)"
 
-    def __call__(self, config: Mapping[str, Any]) -> Any:
-        raise ConfigurationError("a ScriptSearch's trials are built by the script itself: iterate over the search")
+    @property
+    def namespace(self) -> Any:
+        import lightning.pytorch
 
-    def build_trial(self, job: TrialJob, callbacks: list[Any]) -> tuple[Any, Any, Any]:
-        raise ConfigurationError("a ScriptSearch's trials are built by the script itself: iterate over the search")
+        return lightning.pytorch
+
+    def check(self, space: SearchSpace) -> None:
+        """Any names: the script reads ``trial.params`` itself."""
+
+    def build(self, params: Mapping[str, Any], *, seed: int, trial_dir: str, callbacks: Any) -> TrialParts:
+        raise ConfigurationError(self._WHY)
+
+    def build_model(self, params: Mapping[str, Any]) -> Any:
+        raise ConfigurationError(
+            f"{self._WHY}: build the best model with your own class and load result.best_checkpoint into it"
+        )
+
+    def build_datamodule(self, params: Mapping[str, Any]) -> Any:
+        return None
+
+    def trainer_settings(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {}
+
+    def evaluation_trainer(self, params: Mapping[str, Any], **overrides: Any) -> Any:
+        raise ConfigurationError(f"{self._WHY}: refit or test the best configuration with your own Trainer")
 
 
 def _rank() -> int:
@@ -220,9 +241,15 @@ class ScriptSearch(HyperparameterSearch):
                 f" it takes {list(self._SETTINGS)}"
             )
         super().__init__(
-            _ScriptBuilder(), None, space, monitor=monitor, mode=mode, patience=None, checkpoint=False, verbose=False,
+            space=space,
+            builder=_ScriptBuilder(),
+            monitor=monitor,
+            mode=mode,
+            patience=None,
+            checkpoint=False,
+            verbose=False,
             **kwargs,
-        )  # fmt: skip
+        )
         if max_epochs is not None and (
             isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1
         ):
@@ -289,7 +316,10 @@ class ScriptSearch(HyperparameterSearch):
             raise _Exhausted(f"no trial to ask for: {reason}")
         rec = recs[0]
         storage.set_trial_attrs(self.study_name, rec.number, {"script_group": self._group, "script_index": index})
-        trial = self._trial(rec, _Reporter(self, storage, rec.number))
+        reporter = _Reporter(
+            storage, self.study_name, self.pruner, functools.partial(self._history, storage), rec.number
+        )
+        trial = self._trial(rec, reporter)
         self._open_trials[rec.number] = trial
         _ACTIVE.add((storage.url, self.study_name, rec.number))
         self._start_heartbeat(storage)
@@ -361,8 +391,3 @@ def _torchrun_group() -> str | None:
         return None
     parts = [os.environ.get(k, "") for k in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")]
     return "torchrun:" + ":".join(parts)
-
-
-def for_script(**kwargs: Any) -> ScriptSearch:
-    """``HyperparameterSearch.for_script(...)``: a :class:`ScriptSearch`."""
-    return ScriptSearch(**kwargs)
