@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from lightning_hpt.exceptions import ConfigurationError
 
-__all__ = ["CLICall", "capture_cli"]
+__all__ = ["CLICall", "capture_cli", "cli_scripts"]
 
 
 class CLICall(NamedTuple):
@@ -27,6 +27,28 @@ class _Captured(BaseException):  # not an Exception: a script's own ``except Exc
     def __init__(self, call: CLICall) -> None:
         super().__init__("LightningCLI call captured")
         self.call = call
+
+
+_CAPTURING: list[bool] = []  # non-empty while a script runs under capture_cli
+
+
+def _install(cli: type) -> None:
+    """Give LightningCLI a ``__new__`` that, while capturing, takes the call instead of constructing.
+
+    It stays in place (outside a capture it constructs as usual): CPython cannot give a class its
+    inherited ``object.__new__`` back once ``__new__`` was assigned.
+    """
+    if "__new__" in cli.__dict__:
+        return
+    original = cli.__new__
+
+    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+        if _CAPTURING:
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("args", "run")}
+            raise _Captured(CLICall(cls, args, kwargs))
+        return original(cls) if original is object.__new__ else original(cls, *args, **kwargs)
+
+    cli.__new__ = __new__  # type: ignore[method-assign]
 
 
 def _main_blocks(tree: ast.Module) -> list[ast.stmt]:
@@ -65,15 +87,9 @@ def capture_cli(path: str | os.PathLike) -> CLICall:
     spec = importlib.util.spec_from_file_location(name, script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    had_new = "__new__" in LightningCLI.__dict__
-    original = LightningCLI.__dict__.get("__new__")
-
-    def take(cls: type, *args: Any, **kwargs: Any) -> Any:
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("args", "run")}
-        raise _Captured(CLICall(cls, args, kwargs))
-
+    _install(LightningCLI)
     argv = sys.argv
-    LightningCLI.__new__ = take  # type: ignore[method-assign]
+    _CAPTURING.append(True)
     try:
         sys.argv = [str(script)]
         sys.modules[name] = module  # classes defined in the script are found by reference (pickling, class_path)
@@ -90,10 +106,7 @@ def capture_cli(path: str | os.PathLike) -> CLICall:
         ) from None
     finally:
         sys.argv = argv
-        if had_new:
-            LightningCLI.__new__ = original  # type: ignore[method-assign]
-        else:
-            del LightningCLI.__new__
+        _CAPTURING.pop()
     raise ConfigurationError(
         f"--script={os.fspath(path)!r} ran without constructing a LightningCLI; give the script that calls"
         " LightningCLI(...) (under `if __name__ == '__main__':` or at the top level)"
@@ -108,3 +121,16 @@ def script_flag(argv: Sequence[str]) -> str | None:
         if arg.startswith("--script="):
             return arg.split("=", 1)[1]
     return None
+
+
+def cli_scripts(directory: str | os.PathLike = ".") -> list[str]:
+    """The ``.py`` files in ``directory`` that construct a LightningCLI (to name in a hint), sorted."""
+    out = []
+    for path in sorted(Path(directory).glob("*.py")):
+        try:
+            text = path.read_text(errors="ignore")
+        except OSError:
+            continue
+        if "LightningCLI" in text and ("cli_main" in text or "__main__" in text):
+            out.append(path.name)
+    return out

@@ -28,6 +28,7 @@ __all__ = [
     "parse_base",
     "require_jsonargparse",
     "resolve_key",
+    "script_hint",
     "short_key",
 ]
 
@@ -100,7 +101,7 @@ def cli_parser(
     except (ValueError, KeyError, AttributeError) as e:  # e.g. a link to a model argument without the model class
         raise ConfigurationError(
             f"{name} could not build its parser: {type(e).__name__}: {e}\n"
-            f"(if the project's script passes classes to it: {SCRIPT_HINT})"
+            f"(if the project's script passes classes to it: {script_hint()})"
         ) from None
     raise ConfigurationError(
         f"cli={name} never called parse_arguments; give a LightningCLI subclass that keeps LightningCLI's"
@@ -108,11 +109,12 @@ def cli_parser(
     )
 
 
-#: how to name the script (or classes) of a project whose LightningCLI call is not the plain one.
-SCRIPT_HINT = (
-    "give --script train.py (the script that calls LightningCLI: its classes and subclass apply),"
-    " or --cli/--model_class/--datamodule_class"
-)
+def script_hint(script: str = "train.py") -> str:
+    """How to name the script (or classes) of a project whose LightningCLI call is not the plain one."""
+    return (
+        f"give --script {script} (the script that calls LightningCLI: its classes and subclass apply),"
+        " or --cli/--model_class/--datamodule_class"
+    )
 
 
 def _brief(error: str) -> str:
@@ -128,10 +130,10 @@ def _brief(error: str) -> str:
     return f"{where}: {reasons[-1]}" if reasons else where
 
 
-def parse_args_briefly(parser: Any, argv: Sequence[str], prog: str) -> Any:
+def parse_args_briefly(parser: Any, argv: Sequence[str], prog: str, hint: str | None = None) -> Any:
     """``parser.parse_args(argv)`` whose errors are one or two lines naming the fix, not a usage dump.
 
-    ``--help`` and ``--print_config`` still print and exit.
+    ``--help`` and ``--print_config`` still print and exit. ``hint``: what to do (default: :func:`script_hint`).
 
     Raises:
         ConfigurationError: the arguments or config files do not parse; for a ``model:`` or ``data:``
@@ -139,6 +141,7 @@ def parse_args_briefly(parser: Any, argv: Sequence[str], prog: str) -> Any:
     """
     import argparse
 
+    hint = script_hint() if hint is None else hint
     parser.exit_on_error = False
     try:
         return parser.parse_args(list(argv))
@@ -146,12 +149,13 @@ def parse_args_briefly(parser: Any, argv: Sequence[str], prog: str) -> Any:
         text = str(e)
         head = text.strip().splitlines()[0] if text.strip() else text
         section = next((k for k in ("model", "data") if head.startswith(f'Parser key "{k}"')), None)
-        if section is not None and "Given value type: <class 'dict'>" in text:
+        if hint and section is not None and "Given value type: <class 'dict'>" in text:
             raise ConfigurationError(
                 f"the config's {section}: section has no class_path, so the project's script gives the class;"
-                f" {SCRIPT_HINT}\n({_brief(text)}; see {prog} --help)"
+                f" {hint}\n({_brief(text)}; see {prog} --help)"
             ) from None
-        raise ConfigurationError(f"{_brief(text)}\n(if the project's script passes classes: {SCRIPT_HINT})") from None
+        fix = f"\n(if the project's script passes classes: {hint})" if hint else f" (see {prog} --help)"
+        raise ConfigurationError(f"{_brief(text)}{fix}") from None
 
 
 def dump_config(parser: Any, cfg: Any) -> str:

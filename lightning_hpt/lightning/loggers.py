@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError
 
-__all__ = ["KNOWN_LOGGERS", "TrialContext", "TrialLogger", "finish_loggers", "logger_kwargs", "make_logger"]
+__all__ = [
+    "KNOWN_LOGGERS",
+    "TrialContext",
+    "TrialLogger",
+    "check_logger_spec",
+    "config_loggers",
+    "finish_loggers",
+    "logger_kwargs",
+    "make_logger",
+    "trial_loggers",
+]
 
 #: short names accepted where a logger is named, and the class each stands for.
 KNOWN_LOGGERS = {
@@ -39,8 +51,22 @@ class TrialContext:
 
     @property
     def run_name(self) -> str:
-        """``trial_<number>``: the name of the trial's run in every logger."""
-        return f"trial_{self.number}"
+        """``trial_<number>`` (``trial_<number>/fold_<k>`` for one run of a cross-validated trial)."""
+        return self.part or f"trial_{self.number}"
+
+    part: str = ""
+
+    @classmethod
+    def from_dir(cls, trial_dir: str, params: Mapping[str, Any] | None = None) -> TrialContext:
+        """The context of the trial whose directory is ``trial_dir``: ``<root>/<study>/trial_<n>[/<run>]``."""
+        path = Path(trial_dir)
+        parts = path.parts
+        for i in range(len(parts) - 1, 0, -1):
+            name = parts[i]
+            if name.startswith("trial_") and name[6:].isdigit():
+                part = "/".join(parts[i:]) if i < len(parts) - 1 else ""
+                return cls(parts[i - 1], int(name[6:]), str(path), dict(params or {}), part)
+        return cls(path.parent.name, 0, str(path), dict(params or {}), path.name)
 
 
 def logger_kwargs(cls: Any, kwargs: Mapping[str, Any], ctx: TrialContext, index: int = 0) -> dict[str, Any]:
@@ -159,3 +185,64 @@ def finish_loggers(loggers: Any) -> None:
 
             if wandb.run is not None:
                 wandb.finish()
+
+
+def check_logger_spec(spec: Any) -> None:
+    """Refuse, before anything is written, a ``logger`` Trainer argument that every trial would share.
+
+    Raises:
+        ConfigurationError: for a logger instance (alone or in a list), naming what to pass instead.
+    """
+    for item in spec if isinstance(spec, (list, tuple)) else [spec]:
+        if _is_logger(item):
+            make_logger(item, TrialContext("", 0, ""))  # raises with what to pass instead
+
+
+def trial_loggers(pl: Any, spec: Any, ctx: TrialContext) -> Any:
+    """The ``logger`` Trainer argument of one trial, from the one the project gives for every trial.
+
+    ``None``/``True``: CSV in the trial's directory (and TensorBoard in ``tb/`` when installed);
+    ``False``: none; a name, class, :class:`TrialLogger` or factory (or a list of them): one of each,
+    with this trial's own run.
+    """
+    if spec is False:
+        return False
+    if spec is None or spec is True:
+        specs: list[Any] = ["csv"]
+        with contextlib.suppress(ImportError):
+            import tensorboard  # noqa: F401  (TensorBoard logs only when it is installed)
+
+            specs.append(TrialLogger("tensorboard", default_hp_metric=False))
+    else:
+        specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    seen: dict[str, int] = {}
+    loggers = []
+    for item in specs:
+        key = getattr(getattr(item, "cls", item), "__name__", str(getattr(item, "cls", item)))
+        loggers.append(make_logger(item, ctx, seen.get(key, 0)))
+        seen[key] = seen.get(key, 0) + 1
+    return loggers
+
+
+def config_loggers(value: Any, ctx: TrialContext) -> Any:
+    """A LightningCLI config's ``trainer.logger`` (``class_path``/``init_args`` entries) with this trial's runs."""
+    if not value or value is True:
+        return value
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    seen: dict[str, int] = {}
+    out = []
+    for item in items:
+        path = item.get("class_path") if hasattr(item, "get") else None
+        if not path:
+            out.append(item)
+            continue
+        cls = _logger_class(path)
+        index = seen.get(path, 0)
+        seen[path] = index + 1
+        init = item.get("init_args")
+        args = init.as_dict() if hasattr(init, "as_dict") else dict(init or {})
+        new = logger_kwargs(cls, args, ctx, index)
+        item = item.clone() if hasattr(item, "clone") else dict(item)
+        item["init_args"] = type(init)(**new) if init is not None and hasattr(init, "as_dict") else new
+        out.append(item)
+    return out if isinstance(value, (list, tuple)) else out[0]

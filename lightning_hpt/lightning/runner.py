@@ -20,7 +20,9 @@ import torch
 
 from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, SearchPreempted
 from lightning_hpt.lightning.builder import TrialBuilder
+from lightning_hpt.lightning.callbacks import best_checkpoint
 from lightning_hpt.lightning.folds import CrossValidation, MeanReporter, fold_view
+from lightning_hpt.lightning.loggers import finish_loggers
 from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
 from lightning_hpt.lightning.quiet import quiet_lightning
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
@@ -112,6 +114,16 @@ class TrialOutcome:
     attrs: Mapping[str, Any] = field(default_factory=dict)
 
 
+def _log_params(trainer: Any, params: Mapping[str, Any]) -> None:
+    """Log the trial's parameters to each of its loggers, once, under their full names.
+
+    Builders turn Lightning's own logging of the model's init arguments off
+    (``enable_autolog_hparams=False``), which would log the same values again under short names.
+    """
+    for lg in trainer.loggers:
+        lg.log_hyperparams(dict(params))
+
+
 def _log_hparams(trainer: Any, params: Mapping[str, Any], monitor: str, best: float | None) -> None:
     """Give TensorBoard's HParams view each trial's parameters with its best value."""
     if best is None:
@@ -164,6 +176,7 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
             model, dm, trainer = b.builder.build(job.params, seed=seed, trial_dir=job.trial_dir, callbacks=callbacks)
             if b.cv is not None:
                 dm = fold_view(dm, fold, b.cv)
+            _log_params(trainer, job.params)
             trainer.fit(model, datamodule=dm)
             _log_hparams(trainer, job.params, b.monitor, monitor.best_value)
     except SearchPreempted as e:
@@ -182,6 +195,9 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     finally:
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)  # Lightning leaves SIGINT ignored after an interrupt
+        if trainer is not None:
+            with contextlib.suppress(Exception):  # a W&B run left open would be reused by the next trial
+                finish_loggers(trainer.loggers)
     outcome = _outcome(job, monitor, trainer, error, interrupted)
     if error is not None:  # its traceback holds this frame, and so the model, in a reference cycle
         traceback.clear_frames(error.__traceback__)
@@ -232,7 +248,9 @@ def _outcome(
             with contextlib.suppress(Exception):
                 metrics[k] = float(v)
     ckpt = os.path.join(job.trial_dir, "checkpoints", "best.ckpt")
-    ckpt = ckpt if os.path.exists(ckpt) else None
+    mode = "min" if job.build.direction is Direction.MINIMIZE else "max"
+    # the project's own ModelCheckpoint on the monitored metric replaces the search's (lightning.callbacks)
+    ckpt = ckpt if os.path.exists(ckpt) else best_checkpoint(trainer, job.build.monitor, mode)
     common = {"intermediate": values, "metrics": metrics}
     if interrupted:
         return TrialOutcome(
