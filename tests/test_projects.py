@@ -22,9 +22,8 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from lightning_hpt import Categorical, ConfigurationError, Float, HyperparameterSearch, Int, TrialState
+from lightning_hpt import ConfigurationError, Float, HyperparameterSearch, Int, TrialLogger, TrialState
 from lightning_hpt.cli.parsing import ARGS_WARNING
-from lightning_hpt.lightning.loggers import TrialLogger
 from lightning_hpt.lightning.runner import trial_seed
 from lightning_hpt.storage import open_storage
 
@@ -160,35 +159,34 @@ def api_search(tmp_path: Path, model, datamodule, space, monitor, mode, **kwargs
 
 
 def test_api_with_the_projects_own_checkpoint_early_stopping_and_logger(project, tmp_path):
-    """trainer_kwargs with ModelCheckpoint and EarlyStopping on the monitored metric and a TensorBoardLogger."""
-    project("cli_subclass")
-    cancer = importlib.import_module("cancer")
+    """trainer_kwargs with ModelCheckpoint and EarlyStopping on the monitored metric, a LearningRateMonitor and
+    a TensorBoard logger; a model factory; self.hparams; ReduceLROnPlateau on a metric."""
+    project("cli_custom")
+    wine = importlib.import_module("wine")
     callbacks = [
-        ModelCheckpoint(monitor="val_loss", mode="min"),
-        EarlyStopping(monitor="val_loss", mode="min", patience=3),
+        ModelCheckpoint(monitor="val_acc", mode="max"),
+        EarlyStopping(monitor="val_acc", mode="max", patience=3),
         LearningRateMonitor(),
     ]
     search = api_search(
         tmp_path,
-        cancer.MLPClassifier,
-        cancer.CancerDataModule,
-        {"model.hidden_dim": Int(8, 64, log=True), "data.batch_size": Categorical([16, 32])},
-        "val_loss",
-        "min",
-        trainer_kwargs={
-            "callbacks": callbacks,
-            "logger": TrialLogger(TensorBoardLogger, save_dir="logs", name="cancer"),
-        },
+        lambda config: wine.WineClassifier(13, 3, **config["model"]),
+        wine.WineData,
+        {"model.hidden_dim": Int(8, 64, log=True), "model.lr": Float(1e-3, 5e-2, log=True)},
+        "val_acc",
+        "max",
+        trainer_kwargs={"callbacks": callbacks, "logger": TrialLogger(TensorBoardLogger, save_dir="logs", name="wine")},
     )
     result = search.run()
     complete(result.trials, 3)
     best = result.best_trial
-    assert best.checkpoint and Path(best.checkpoint).is_file()
+    assert best.checkpoint and Path(best.checkpoint).is_file() and "best.ckpt" not in best.checkpoint  # the project's
+    assert not Path("logs").exists()  # the project's TensorBoard folder stays the project's
     L.seed_everything(trial_seed(0, best.number))
-    model = cancer.MLPClassifier(hidden_dim=best.params["model.hidden_dim"])
+    model = wine.WineClassifier(13, 3, hidden_dim=best.params["model.hidden_dim"], lr=best.params["model.lr"])
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False)
-    trainer.fit(model, cancer.CancerDataModule(batch_size=best.params["data.batch_size"]))
-    assert float(trainer.callback_metrics["val_loss"]) == pytest.approx(last(best), abs=1e-5)
+    trainer.fit(model, wine.WineData())
+    assert float(trainer.callback_metrics["val_acc"]) == pytest.approx(last(best), abs=1e-5)
 
 
 def test_api_manual_optimization_gan(project, tmp_path):
@@ -278,8 +276,8 @@ def test_api_every_logger_gets_one_run_per_trial(project, tmp_path):
     for t in result.trials:
         trial_dir = tmp_path / "runs" / "iris_study" / f"trial_{t.number}"
         assert list((trial_dir / "tb").glob("events.out.tfevents.*"))
-        assert (trial_dir / "metrics.csv").is_file()
-        hparams = yaml.safe_load((trial_dir / "hparams.yaml").read_text())
+        assert (trial_dir / "csv" / "metrics.csv").is_file()
+        hparams = yaml.safe_load((trial_dir / "csv" / "hparams.yaml").read_text())
         assert hparams["model.hidden_dim"] == t.params["model.hidden_dim"]
         assert len(list(trial_dir.glob("wandb/offline-run-*"))) == 1
     assert wandb.run is None  # every trial's run was finished

@@ -75,7 +75,7 @@ def test_loop_records_each_trial_with_its_steps_and_the_scripts_checkpoint(tmp_p
         assert sorted(t.intermediate) == [0, 1, 2]
         assert t.value == min(t.intermediate.values()) and t.best_step is not None
         assert t.checkpoint and Path(t.checkpoint).is_file() and "ckpt" in t.checkpoint  # the script's own
-        assert (Path(tmp_path / "runs" / "default" / f"trial_{t.number}") / "metrics.csv").is_file()
+        assert (Path(tmp_path / "runs" / "default" / f"trial_{t.number}") / "csv" / "metrics.csv").is_file()
     result = s.result()
     assert "at step None" not in str(result) and f"at step {result.best_trial.best_step}" in str(result)
 

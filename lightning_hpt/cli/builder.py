@@ -115,7 +115,8 @@ class CLITrialBuilder(TrialBuilder):
         The trial's resolved config is written to ``<trial_dir>/config.yaml``.
         """
         cli = self._cli(params, _TRIAL, seed=self._seed(seed), callbacks=callbacks(self.namespace), trial_dir=trial_dir)
-        Path(trial_dir, TRIAL_CONFIG).write_text(dump_config(cli.parser, cli.config))
+        # the project's loggers as configured, not the trial's runs: `fit --config best.yaml` logs where fit does
+        Path(trial_dir, TRIAL_CONFIG).write_text(dump_config(cli.parser, cli.project_config))
         return TrialParts(cli.model, cli.datamodule, cli.trainer)
 
     @override
@@ -171,8 +172,10 @@ def _trial_cli(
         @override
         def parse_arguments(self, parser: Any, args: Any) -> None:
             self.config = layer(parser, parse_base(parser, base), params, seed)
+            self.project_config = self.config  # what the trial's config.yaml (and best.yaml) holds
             if mode == _TRIAL and self.config.get("trainer.logger"):  # each trial logs its own run
                 ctx = TrialContext.from_dir(trial_dir, params)
+                self.config = self.config.clone()
                 self.config["trainer.logger"] = config_loggers(self.config["trainer.logger"], ctx)
 
         @override

@@ -72,7 +72,7 @@ class TrialContext:
 def logger_kwargs(cls: Any, kwargs: Mapping[str, Any], ctx: TrialContext, index: int = 0) -> dict[str, Any]:
     """``kwargs`` of a logger class with the per-trial settings that give the trial its own run.
 
-    TensorBoard and CSV write under the trial's directory (``tb/`` and the directory itself); W&B
+    TensorBoard and CSV write under the trial's directory (``tb/`` and ``csv/``); W&B
     starts a run named ``trial_<n>`` in the group ``<study>``, its files under the trial's
     directory; MLflow starts a run ``trial_<n>`` in the experiment ``<study>``, tagged with both.
     Any other logger gets the trial's directory as ``save_dir`` and ``trial_<n>`` as ``version``
@@ -87,7 +87,7 @@ def logger_kwargs(cls: Any, kwargs: Mapping[str, Any], ctx: TrialContext, index:
     if name == "TensorBoardLogger":
         out.update(save_dir=ctx.dir, name="", version=f"tb{suffix}")
     elif name == "CSVLogger":
-        out.update(save_dir=ctx.dir, name="", version=f"csv{suffix}" if index else "")
+        out.update(save_dir=ctx.dir, name="", version=f"csv{suffix}")
     elif name == "WandbLogger":
         out.update(save_dir=ctx.dir, name=ctx.run_name, group=ctx.study, job_type="trial")
         out.pop("id", None)
@@ -201,7 +201,7 @@ def check_logger_spec(spec: Any) -> None:
 def trial_loggers(pl: Any, spec: Any, ctx: TrialContext) -> Any:
     """The ``logger`` Trainer argument of one trial, from the one the project gives for every trial.
 
-    ``None``/``True``: CSV in the trial's directory (and TensorBoard in ``tb/`` when installed);
+    ``None``/``True``: CSV in the trial's ``csv/`` (and TensorBoard in ``tb/`` when installed);
     ``False``: none; a name, class, :class:`TrialLogger` or factory (or a list of them): one of each,
     with this trial's own run.
     """
