@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.exceptions import ConfigurationError, StorageError
 from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
 from lightning_hpt.lightning.loggers import TrialContext, make_logger
 from lightning_hpt.lightning.monitor import monitor_class
@@ -307,6 +307,7 @@ class ScriptSearch(HyperparameterSearch):
             for params in self._enqueue:
                 self.enqueue(params)
             self._recovered, self._t0 = True, time.monotonic()
+            storage.set_study_attrs(self.study_name, {f"script_end.{self._group}": None})  # a reused torchrun id
         if self.timeout is not None and time.monotonic() - self._t0 > self.timeout:
             self._end(index)
             raise _Exhausted("no trial to ask for: timeout")
@@ -340,10 +341,14 @@ class ScriptSearch(HyperparameterSearch):
         """The trial rank 0 started as its ``index``-th: waits until rank 0 has created it."""
         storage, deadline = self.storage, time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for t in storage.trials(self.study_name):
+            try:
+                trials, attrs = storage.trials(self.study_name), storage.load_study(self.study_name).attrs
+            except StorageError:  # rank 0 has not created the study yet
+                trials, attrs = [], {}
+            for t in trials:
                 if t.attrs.get("script_group") == self._group and t.attrs.get("script_index") == index:
                     return t
-            end = storage.load_study(self.study_name).attrs.get(f"script_end.{self._group}")
+            end = attrs.get(f"script_end.{self._group}")
             if end is not None and end <= index:
                 raise _Exhausted("no trial to ask for: rank 0 has no more trials")
             time.sleep(0.2)

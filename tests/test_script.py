@@ -136,13 +136,19 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run_script(tmp_path: Path, body: str, name: str = "script.py") -> subprocess.CompletedProcess:
-    path = tmp_path / name
+def run_script(tmp_path: Path, body: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    path = tmp_path / "script.py"
     code = SCRIPT.format(tests=str(ROOT / "tests"), db=str(tmp_path / "s.db"), root=str(tmp_path / "runs"), body=body)
     path.write_text(code)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env, check=False
+        [sys.executable, *launcher, str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
     )
 
 
@@ -162,8 +168,13 @@ def test_ask_without_finish_is_recorded_when_the_script_exits(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_started_by_lightning_runs_each_trial_once_on_every_rank(tmp_path):
-    """Lightning re-runs the script for rank 1: that rank trains rank 0's trials, and only rank 0 writes."""
+@pytest.mark.parametrize(
+    "launcher",
+    [(), ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")],
+    ids=["lightning", "torchrun"],
+)
+def test_ddp_runs_each_trial_once_on_every_rank(tmp_path, launcher):
+    """Lightning re-runs the script for rank 1 (torchrun starts both): rank 1 trains rank 0's trials, rank 0 writes."""
     body = textwrap.dedent(
         """
         import os
@@ -174,7 +185,7 @@ def test_ddp_started_by_lightning_runs_each_trial_once_on_every_rank(tmp_path):
             print("rank", trainer.global_rank, "trial", trial.number, trial.params["lr"], flush=True)
         """
     )
-    done = run_script(tmp_path, body)
+    done = run_script(tmp_path, body, launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = open_storage(str(tmp_path / "s.db")).trials("default")
     assert [t.number for t in trials] == [0, 1]
