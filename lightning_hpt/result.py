@@ -12,8 +12,9 @@ from typing import Any
 from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.quiet import quiet_lightning
+from lightning_hpt.lightning.schedule import validation_schedule
 from lightning_hpt.storage import Storage, open_storage
-from lightning_hpt.trial import Direction, TrialRecord, TrialState
+from lightning_hpt.trial import Direction, TrialRecord, best_trial, count_states, rank_trials
 
 __all__ = ["SearchResult"]
 
@@ -25,7 +26,7 @@ GAP_WARNING = 0.05
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The outcome of :meth:`HyperparameterSearch.run`.
+    """What a search found, as its ``run()`` returns it or as :meth:`load` reads it back from storage.
 
     Attributes:
         study: the study's name.
@@ -78,12 +79,8 @@ class SearchResult:
 
     @property
     def best_trial(self) -> TrialRecord | None:
-        best = None
-        for t in self.trials:
-            if t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
-                if best is None or self.direction.better(t.value, best.value):
-                    best = t
-        return best
+        """The COMPLETE trial with the best finite value (lowest number on ties), or ``None``."""
+        return best_trial(self.trials, self.direction)
 
     def _best(self) -> TrialRecord:
         best = self.best_trial
@@ -111,20 +108,17 @@ class SearchResult:
 
     @property
     def refit_model(self) -> Any:
-        """The model of :meth:`refit` (``HyperparameterSearch(refit=True)`` calls it), else ``None``."""
+        """The model of :meth:`refit` (a search created with ``refit=True`` calls it), else ``None``."""
         return self._extra.get("refit_model")
 
     def counts(self) -> dict[str, int]:
         """Number of trials per state."""
-        out = {s.value: 0 for s in TrialState}
-        for t in self.trials:
-            out[t.state.value] += 1
-        return {k: v for k, v in out.items() if v}
+        return count_states(self.trials)
 
     def _builder(self, what: str) -> TrialBuilder:
         if self.builder is None:
             raise ConfigurationError(
-                f"{what} needs the trials' builder: use the result of HyperparameterSearch.run(), or"
+                f"{what} needs the trials' builder: use the result that the search's run() returns, or"
                 " SearchResult.load(storage, study, builder=...)"
             )
         return self.builder
@@ -132,16 +126,10 @@ class SearchResult:
     def _record(self, what: str) -> Storage:
         if self.storage is None or self.root is None:
             raise ConfigurationError(
-                f"{what} needs the study's storage and root directory: use the result of HyperparameterSearch.run(),"
+                f"{what} needs the study's storage and root directory: use the result that the search's run() returns,"
                 " or SearchResult.load(storage, study, builder=..., root=...)"
             )
         return self.storage
-
-    def _ranked(self) -> list[TrialRecord]:
-        done = [
-            t for t in self.trials if t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
-        ]
-        return sorted(done, key=lambda t: (t.value if self.direction is Direction.MINIMIZE else -t.value, t.number))
 
     def load_best_model(self, map_location: str = "cpu") -> Any:
         """Rebuild the best trial's model from its configuration and load its best checkpoint.
@@ -155,7 +143,7 @@ class SearchResult:
         builder = self._builder("load_best_model")
         self._best()
         problems = []
-        for t in self._ranked():
+        for t in (t for t in rank_trials(self.trials, self.direction) if t.scored):
             if not t.checkpoint:
                 problems.append(f"trial {t.number}: no checkpoint kept")
                 continue
@@ -178,10 +166,7 @@ class SearchResult:
         """Epochs that reached the best trial's best score (the mean over folds with cross-validation)."""
         runs = best.attrs.get("runs") or [{"best_step": best.best_step}]
         steps = sum((r.get("best_step") or 0) + 1 for r in runs) / len(runs)
-        trainer = builder.trainer_settings(best.params)
-        every = trainer.get("check_val_every_n_epoch", 1) or 1
-        interval = trainer.get("val_check_interval", 1.0)
-        per_epoch = 1 / interval if isinstance(interval, float) and 0 < interval < 1 else 1
+        every, per_epoch = validation_schedule(builder.trainer_settings(best.params)) or (1, 1)
         return max(1, math.ceil(steps * every / per_epoch))
 
     def refit(self, max_epochs: int | None = None) -> Any:

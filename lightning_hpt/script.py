@@ -19,10 +19,10 @@ or ``torchrun``) rank 0 asks and reports, the other ranks train the same trials 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import functools
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -34,8 +34,13 @@ from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
 from lightning_hpt.lightning.loggers import TrialContext, make_logger
 from lightning_hpt.lightning.monitor import monitor_class
 from lightning_hpt.lightning.runner import TrialJob, _describe, _outcome
-from lightning_hpt.search import _ACTIVE, HyperparameterSearch, _Reporter
+from lightning_hpt.proposals import next_trials
+from lightning_hpt.recovery import ACTIVE, recover
+from lightning_hpt.reporting import StudyReporter
+from lightning_hpt.run_scope import heartbeat
+from lightning_hpt.search import HyperparameterSearch
 from lightning_hpt.space import Domain, SearchSpace
+from lightning_hpt.storage import Storage
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, TrialRecord, TrialState
 
 __all__ = ["ScriptSearch", "ScriptTrial"]
@@ -264,8 +269,8 @@ class ScriptSearch(HyperparameterSearch):
         if self._leader and self._group is None:
             self._group = uuid.uuid4().hex  # the other ranks of a DDP run started from here inherit it
             os.environ[GROUP_ENV] = self._group
-        self._stop_beat = threading.Event()
-        self._beat: threading.Thread | None = None
+        self._beating = contextlib.ExitStack()
+        self._live: set[int] = set()  # the numbers the heartbeat keeps alive
         atexit.register(self._finish_open)
 
     @property
@@ -301,9 +306,9 @@ class ScriptSearch(HyperparameterSearch):
         index, self._asked = self._asked, self._asked + 1
         if not self._leader:
             return self._trial(self._follow(index), None)
-        storage = self._open()
+        storage = self.open()
         if not self._recovered:
-            self._recover(storage)
+            recover(storage, self.study_name, stale_after=self.stale_after, retry_interrupted=self.retry_interrupted)
             for params in self._enqueue:
                 self.enqueue(params)
             self._recovered, self._t0 = True, time.monotonic()
@@ -311,25 +316,26 @@ class ScriptSearch(HyperparameterSearch):
         if self.timeout is not None and time.monotonic() - self._t0 > self.timeout:
             self._end(index)
             raise _Exhausted("no trial to ask for: timeout")
-        recs, reason = self._next_trials(storage, 1)
+        read = functools.partial(self._history, storage)
+        recs, reason = next_trials(storage, self.study_name, self.strategy, self.n_trials, 1, read)
         if not recs:
             self._end(index)
             raise _Exhausted(f"no trial to ask for: {reason}")
         rec = recs[0]
         storage.set_trial_attrs(self.study_name, rec.number, {"script_group": self._group, "script_index": index})
-        reporter = _Reporter(
-            storage, self.study_name, self.pruner, functools.partial(self._history, storage), rec.number
-        )
+        reporter = StudyReporter(storage, self.study_name, self.pruner, read, rec.number)
         trial = self._trial(rec, reporter)
         self._open_trials[rec.number] = trial
-        _ACTIVE.add((storage.url, self.study_name, rec.number))
-        self._start_heartbeat(storage)
+        ACTIVE.add(storage, self.study_name, rec.number)
+        if not self._live:
+            self._beating.enter_context(heartbeat(storage, self.study_name, self._live))
+        self._live.add(rec.number)
         return trial
 
-    def _trial(self, rec: TrialRecord, reporter: _Reporter | None) -> ScriptTrial:
+    def _trial(self, rec: TrialRecord, reporter: StudyReporter | None) -> ScriptTrial:
         trial_dir = str(self.root / self.study_name / f"trial_{rec.number}")
         job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir)
-        write = functools.partial(self._finish, self.storage)
+        write = functools.partial(_record, self.storage, self.study_name)
         return ScriptTrial(
             _Recorder(job, rec, self.study_name, reporter, write, self._close), self.monitor, self.direction
         )
@@ -356,19 +362,15 @@ class ScriptSearch(HyperparameterSearch):
             f"rank {_rank()} waited {timeout:.0f} s for rank 0's trial {index}; is rank 0 running?"
         )
 
-    def _start_heartbeat(self, storage: Any) -> None:
-        if self._beat is None:
-            numbers = _LiveNumbers(self._open_trials)
-            self._beat = threading.Thread(target=self._heartbeat, args=(storage, numbers, self._stop_beat), daemon=True)
-            self._beat.start()
-
     def _close(self, number: int) -> None:
         self._open_trials.pop(number, None)
-        _ACTIVE.discard((self.storage.url, self.study_name, number))
+        self._live.discard(number)
+        ACTIVE.discard(self.storage, self.study_name, number)
+        if not self._live:
+            self._beating.close()
 
     def _finish_open(self) -> None:
         """At exit: record the trials the script asked for and did not finish (from what their callbacks saw)."""
-        self._stop_beat.set()
         for trial in list(self._open_trials.values()):
             try:
                 trial.finish(reason="the script ended before the trial trained")
@@ -376,18 +378,26 @@ class ScriptSearch(HyperparameterSearch):
                 print(f"lightning-hpt: trial {trial.number} could not be recorded at exit: {_describe(e)}")
 
 
-class _LiveNumbers:
-    """The numbers of the open trials, as the heartbeat thread reads them (``sorted(numbers)``)."""
-
-    def __init__(self, trials: dict[int, ScriptTrial]) -> None:
-        self.trials = trials
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self.trials))
-
-
 class _Exhausted(ConfigurationError):
     """No trial to ask for (``n_trials`` reached, strategy exhausted, time up, or rank 0 done)."""
+
+
+def _record(storage: Storage, study: str, rec: TrialRecord, reporter: StudyReporter, outcome: Any) -> TrialRecord:
+    """Store a finished trial (its values went to storage as reported, through ``reporter``)."""
+    for step, value in sorted(outcome.intermediate.items()):
+        if step not in reporter.stored:
+            storage.report(study, rec.number, step, value)
+    attrs = {**outcome.attrs, "metrics": dict(outcome.metrics)} if outcome.metrics or outcome.attrs else None
+    return storage.finish_trial(
+        study,
+        rec.number,
+        state=outcome.state,
+        value=outcome.value,
+        best_step=outcome.best_step,
+        error=outcome.error,
+        checkpoint=outcome.checkpoint,
+        attrs=attrs,
+    )
 
 
 def _torchrun_group() -> str | None:

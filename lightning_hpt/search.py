@@ -2,119 +2,51 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import gc
 import logging
 import math
 import os
-import random
-import signal
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_hpt.exceptions import ConfigurationError, DuplicateTrialError, MetricNotFoundError, SearchPreempted
+from lightning_hpt.driver import StudyDriver
+from lightning_hpt.exceptions import ConfigurationError, DuplicateTrialError
 from lightning_hpt.executors import Executor, LocalExecutor
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
-from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
+from lightning_hpt.lightning.runner import TrialBuild
+from lightning_hpt.lightning.schedule import validation_schedule
+from lightning_hpt.proposals import next_trials
 from lightning_hpt.pruners import Pruner, make_pruner
+from lightning_hpt.recovery import check_checkpoints, recover
 from lightning_hpt.report.board import StudyBoard
 from lightning_hpt.report.live import make_progress
 from lightning_hpt.report.table import trials_table
 from lightning_hpt.result import SearchResult
+from lightning_hpt.run_scope import frozen_gc, heartbeat, sigterm_raises
 from lightning_hpt.space import Domain, SearchSpace, validate_name
 from lightning_hpt.storage import Storage, StudyInfo, open_storage
 from lightning_hpt.strategies import Strategy, make_strategy
 from lightning_hpt.strategies.base import params_key
-from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, History, TrialRecord, TrialState
+from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
 __all__ = ["HyperparameterSearch"]
 
 log = logging.getLogger(__name__)
-HOST = socket.gethostname()
-_ACTIVE: set[tuple[str, str, int]] = set()  # (storage url, study, number) of trials running in this process
 
 
-class _Reporter:
-    """Driver side of a trial's reporting channel: stores each value and asks the pruner.
-
-    Args:
-        storage: the study's storage (the reporter writes each value there).
-        study: the study's name.
-        pruner: decides from the history whether the trial stops.
-        history: reads the study's current :class:`History` (for the pruner).
-        number: the trial's number.
-        progress: the live display, told of each value.
-    """
-
-    def __init__(
-        self,
-        storage: Storage,
-        study: str,
-        pruner: Pruner,
-        history: Callable[[], History],
-        number: int,
-        progress: Any = None,
-    ) -> None:
-        self.storage, self.study, self.pruner, self.history = storage, study, pruner, history
-        self.number, self.progress = number, progress
-        self.stored: set[int] = set()
-
-    @property
-    def answers(self) -> bool:
-        """Whether :meth:`report` can answer "stop": only with a pruner (channels need not wait otherwise)."""
-        return self.pruner.name != "none"
-
-    def report(self, step: int, value: float) -> bool:
-        self.storage.report(self.study, self.number, step, value)
-        self.stored.add(step)
-        if self.progress is not None:
-            self.progress.trial_reported(self.number, step, value)
-        if not self.answers:
-            return False
-        history = self.history()
-        trial = next(t for t in history.trials if t.number == self.number)
-        return bool(self.pruner.should_prune(history, trial))
-
-
-_BACKOFF = random.Random()  # its own generator: the pauses never touch the global random state
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While the search runs, SIGTERM raises :class:`SearchPreempted` (exit status 143) in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+def _require_positive(
+    name: str, value: Any, *, integer: bool = True, optional: bool = False, none_means: str = " or None"
+) -> None:
+    """Refuse ``value`` unless it is a positive integer (or number), or ``None`` when ``optional``."""
+    kind = (int,) if integer else (int, float)
+    if (value is None and optional) or (not isinstance(value, bool) and isinstance(value, kind) and value > 0):
         return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise SearchPreempted()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    what = "a positive integer" if integer else "a positive number of seconds"
+    raise ConfigurationError(f"{name} must be {what}{none_means if optional else ''}, got {name}={value!r}")
 
 
 def _trial_builder(model: Any, datamodule: Any, trainer_kwargs: Any, builder: TrialBuilder | None) -> TrialBuilder:
@@ -230,45 +162,38 @@ class HyperparameterSearch:
             raise ConfigurationError("space is required: a dict such as {'model.lr': Float(1e-4, 1e-1, log=True)}")
         self.space = SearchSpace(space)
         self.study_name = validate_name(study_name, "study_name")
-        self.direction = Direction.parse(mode)
+        direction = Direction.parse(mode)
         if not isinstance(monitor, str) or not monitor:
             raise ConfigurationError(
                 f"monitor must be the name of a logged metric such as 'val_loss', got monitor={monitor!r}"
             )
-        self.monitor = monitor
         builder = _trial_builder(model, datamodule, trainer_kwargs, builder)
         builder.check(self.space)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ConfigurationError(f"seed must be an integer or None, got seed={seed!r}")
         self.seed = seed
         self.strategy = make_strategy(strategy, seed=None)
+        self._strategy_by_name = isinstance(strategy, str)
         self.pruner = make_pruner(pruner)
-        if n_trials is None and self.strategy.name != "grid":
+        if n_trials is None and not self.strategy.exhaustive:
             raise ConfigurationError(
-                "n_trials=None (run until exhausted) only works with strategy='grid'; give a number"
+                f"n_trials=None (run until exhausted) needs an exhaustive strategy such as 'grid', not"
+                f" {self.strategy.name!r}; give a number"
             )
-        if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
-            raise ConfigurationError(f"n_trials must be a positive integer, got n_trials={n_trials!r}")
+        _require_positive("n_trials", n_trials, optional=True, none_means="")
         self.n_trials = n_trials
-        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
-            raise ConfigurationError(
-                f"patience must be a positive integer or None (no early stopping), got patience={patience!r}"
-            )
-        if timeout is not None and (
-            isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and timeout > 0)
-        ):
-            raise ConfigurationError(f"timeout must be a positive number of seconds or None, got timeout={timeout!r}")
+        _require_positive("patience", patience, optional=True, none_means=" or None (no early stopping)")
+        _require_positive("timeout", timeout, integer=False, optional=True)
         self.timeout = timeout
         if not isinstance(root, (str, os.PathLike)):
             raise ConfigurationError(f"root must be a directory path (str or Path), got root={root!r}")
         self.root = Path(root).resolve()
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-            raise ConfigurationError(f"repeats must be a positive integer, got repeats={repeats!r}")
+        _require_positive("repeats", repeats)
         self.cv = CrossValidation.parse(cv)
         if self.cv is not None or refit:
             builder.check_cv("cv=..." if self.cv is not None else "refit=True")
         self.refit = refit
-        self.build = TrialBuild(builder, monitor, self.direction, patience, checkpoint, self.cv, repeats)
+        self.build = TrialBuild(builder, monitor, direction, patience, checkpoint, self.cv, repeats)
         if executor is not None and not isinstance(executor, Executor):
             raise ConfigurationError(
                 "executor must be an Executor (LocalExecutor(), ProcessExecutor(...), RayExecutor(...)) or None,"
@@ -287,13 +212,21 @@ class HyperparameterSearch:
             self.space.validate(p)
         make_progress(verbose)  # validates it
         self.verbose = verbose
-        if isinstance(stale_after, bool) or not (isinstance(stale_after, (int, float)) and stale_after > 0):
-            raise ConfigurationError(
-                f"stale_after must be a positive number of seconds, got stale_after={stale_after!r}"
-            )
+        _require_positive("stale_after", stale_after, integer=False)
         self.stale_after = stale_after
         self._storage_spec = storage if storage is not None else f"sqlite:///{self.root / 'studies.db'}"
         self._storage: Storage | None = None
+        self._opened = False
+
+    @property
+    def monitor(self) -> str:
+        """The metric the search optimizes (the stored study's, once opened)."""
+        return self.build.monitor
+
+    @property
+    def direction(self) -> Direction:
+        """Whether :attr:`monitor` is minimized or maximized (the stored study's, once opened)."""
+        return self.build.direction
 
     # --- storage ------------------------------------------------------------------------------
     @property
@@ -302,20 +235,35 @@ class HyperparameterSearch:
             self._storage = open_storage(self._storage_spec)
         return self._storage
 
-    def _open(self) -> Storage:
+    def open(self) -> Storage:
+        """Create the study, or open the stored one and check it; once per search object.
+
+        A stored study with another space, monitor, direction or strategy is refused
+        (:class:`StudyMismatchError`), unless ``allow_changes``: then the stored space, monitor and
+        direction are adopted (trials must stay comparable). :meth:`run`, :meth:`ask`, :meth:`tell`
+        and :meth:`enqueue` call it; reading (:attr:`trials`, :meth:`result`) never does.
+
+        Returns:
+            The storage, with the study in it.
+        """
         storage = self.storage
+        if self._opened:
+            return storage
         info = StudyInfo(self.study_name, self.space, self.direction, self.monitor, self.strategy.name, self.seed)
         stored = storage.open_study(info, allow_changes=self.allow_changes)
         if (stored.monitor, stored.direction) != (self.monitor, self.direction):  # allow_changes: the stored study wins
             self.build = dataclasses.replace(self.build, monitor=stored.monitor, direction=stored.direction)
-        if stored.strategy != self.strategy.name:
+        if stored.strategy != self.strategy.name and self._strategy_by_name:  # allow_changes: the stored one
             self.strategy = make_strategy(stored.strategy)
-        self.space, self.direction, self.seed, self.monitor = (
-            stored.space,
-            stored.direction,
-            stored.seed,
-            stored.monitor,
-        )
+        elif stored.strategy != self.strategy.name:  # a configured object is the user's choice: it is kept
+            log.warning(
+                "study %r ran with strategy %r; it continues with the %r given here",
+                self.study_name,
+                stored.strategy,
+                self.strategy,
+            )
+        self.space, self.seed = stored.space, stored.seed
+        self._opened = True
         return storage
 
     @property
@@ -330,73 +278,20 @@ class HyperparameterSearch:
             epochs = trainer.get("max_epochs")
             if not (isinstance(epochs, int) and epochs > 0):
                 return None
-        every = trainer.get("check_val_every_n_epoch", 1) or 1
-        interval = trainer.get("val_check_interval", 1.0)
-        per_epoch = math.ceil(1 / interval) if isinstance(interval, float) and 0 < interval < 1 else 1
-        if not isinstance(every, int) or (isinstance(interval, int) and interval > 1):
+        schedule = validation_schedule(trainer)
+        if schedule is None:
             return None  # validation every k batches: the count of validation runs is not known here
+        every, per_epoch = schedule
         # steps continue across the folds and repeats of one trial
         return max(1, epochs // every) * per_epoch * len(self.build.runs)
 
     def _history(self, storage: Storage) -> History:
         return storage.history(self.study_name, self.max_steps)
 
-    def _recover(self, storage: Storage) -> None:
-        """Trials left RUNNING by a dead driver become FAILED ("interrupted"); interrupted ones are requeued."""
-        now = time.time()
-        for t in storage.trials(self.study_name):
-            if t.state is TrialState.RUNNING:
-                beat = storage.last_heartbeat(self.study_name, t.number)
-                stale = beat is None or now - beat > self.stale_after  # also catches a reused pid
-                if t.host == HOST and t.pid == os.getpid():
-                    dead = (storage.url, self.study_name, t.number) not in _ACTIVE
-                elif t.host == HOST:
-                    dead = not _pid_alive(t.pid) or stale
-                else:
-                    dead = stale
-                if not dead:
-                    continue
-                log.warning(
-                    "trial %d was left RUNNING by a process that is gone (%s pid %s): interrupted",
-                    t.number,
-                    t.host,
-                    t.pid,
-                )
-                t = storage.finish_trial(
-                    self.study_name,
-                    t.number,
-                    state=TrialState.FAILED,
-                    error=f"{INTERRUPTED}: the driver process ({t.host} pid {t.pid}) died",
-                )
-            if (
-                self.retry_interrupted
-                and t.state is TrialState.FAILED
-                and (t.error or "").startswith((INTERRUPTED, PREEMPTED))
-            ):
-                log.info("trial %d was interrupted (%s): it runs again with the same configuration", t.number, t.error)
-                storage.requeue_trial(self.study_name, t.number)
-
-    @staticmethod
-    def _check_checkpoints(trials: Sequence[TrialRecord]) -> None:
-        """Warn (never fail) about finished trials whose checkpoint is missing or truncated."""
-        import zipfile
-
-        for t in trials:
-            if (
-                t.state is TrialState.COMPLETE
-                and t.checkpoint
-                and not (os.path.exists(t.checkpoint) and zipfile.is_zipfile(t.checkpoint))
-            ):
-                log.warning(
-                    "the checkpoint of trial %d (%s) is missing or truncated; load_best_model() skips it",
-                    t.number,
-                    t.checkpoint,
-                )
-
     def enqueue(self, params: Mapping[str, Any]) -> TrialRecord | None:
         """Add a configuration to try before the strategy's proposals (once: a known one is not added again)."""
         self.space.validate(params)
-        storage = self._open()
+        storage = self.open()
         if any(params_key(dict(t.params)) == params_key(dict(params)) for t in storage.trials(self.study_name)):
             return None
         try:  # another driver may enqueue the same configuration at the same moment
@@ -405,81 +300,6 @@ class HyperparameterSearch:
             return None
 
     # --- running ------------------------------------------------------------------------------
-    def _next_trials(
-        self, storage: Storage, k: int, history: History | None = None
-    ) -> tuple[list[TrialRecord], str | None]:
-        """Up to ``k`` trials to start now (queued first, then new proposals), and why there are none.
-
-        ``history``: the study as just read, if it was (saves reading it again); a stale one only
-        costs a refused proposal, made again from a fresh read.
-        """
-        out: list[TrialRecord] = []
-        while len(out) < k:
-            rec = storage.claim_queued(self.study_name, host=HOST, pid=os.getpid())
-            if rec is None:
-                break
-            out.append(rec)
-        if len(out) == k:
-            return out, None
-        # Another driver sharing the study may add a trial between our read and our write: then the proposal
-        # (made for the number that trial took, e.g. the same seeded random draw, a grid point it now has, or
-        # a model blind to it) is refused and made again from the new history. Every refusal means another
-        # driver made progress, so this ends; a short random pause after each breaks up drivers in lockstep.
-        unique = self.strategy.name == "grid"
-        refusals = 0
-        while True:
-            history = history if history is not None and not refusals else self._history(storage)
-            if self.n_trials is not None and len(history.trials) >= self.n_trials:
-                return out, "n_trials reached"
-            want = k - len(out)
-            if self.n_trials is not None:
-                want = min(want, self.n_trials - len(history.trials))
-            proposals = self.strategy.ask(history, want)
-            if not proposals:
-                return out, f"{self.strategy.name} strategy exhausted"
-            for i, params in enumerate(proposals):
-                try:
-                    rec = storage.create_trial(
-                        self.study_name,
-                        params,
-                        max_trials=self.n_trials,
-                        host=HOST,
-                        pid=os.getpid(),
-                        unique=unique,
-                        number=history.next_number + i,
-                    )
-                except DuplicateTrialError:
-                    refusals += 1
-                    time.sleep(_BACKOFF.uniform(0.0, min(0.05 * refusals, 0.5)))
-                    break
-                if rec is None:
-                    return out, "n_trials reached"
-                out.append(rec)
-            else:
-                return out, None
-            if len(out) == k:
-                return out, None
-
-    def _job(self, rec: TrialRecord) -> TrialJob:
-        trial_dir = self.root / self.study_name / f"trial_{rec.number}"
-        return TrialJob(self.build, rec.number, dict(rec.params), self.seed, str(trial_dir))
-
-    def _finish(self, storage: Storage, rec: TrialRecord, reporter: _Reporter, outcome: TrialOutcome) -> TrialRecord:
-        for step, value in sorted(outcome.intermediate.items()):
-            if step not in reporter.stored:  # values the channel did not carry (it failed, or the executor batches)
-                storage.report(self.study_name, rec.number, step, value)
-        attrs = {**outcome.attrs, "metrics": dict(outcome.metrics)} if outcome.metrics or outcome.attrs else None
-        return storage.finish_trial(
-            self.study_name,
-            rec.number,
-            state=outcome.state,
-            value=outcome.value,
-            best_step=outcome.best_step,
-            error=outcome.error,
-            checkpoint=outcome.checkpoint,
-            attrs=attrs,
-        )
-
     def run(self) -> SearchResult:
         """Run (or resume) the study until ``n_trials`` trials are finished, the grid is exhausted or time is up.
 
@@ -490,123 +310,55 @@ class HyperparameterSearch:
             KeyboardInterrupt: after Ctrl+C, once the running trials are recorded as FAILED ("interrupted").
             SearchPreempted: after SIGTERM, likewise ("pre-empted"); exits with status 143 if uncaught.
             MetricNotFoundError: when the first trials never log ``monitor``.
+
+        While it runs it changes process-wide state, and restores it when it returns (see
+        :mod:`lightning_hpt.run_scope`): SIGTERM raises :class:`SearchPreempted` in the main thread,
+        the objects alive at the start are frozen out of garbage collection (``gc.freeze``), and a
+        heartbeat thread keeps this run's trials alive in storage. The trials it runs are listed in
+        the process-wide :data:`lightning_hpt.recovery.ACTIVE`.
         """
         self.executor.start(self.build)  # refuses unpicklable trial code before anything is written
-        storage = self._open()
-        self._recover(storage)
-        self._check_checkpoints(storage.trials(self.study_name))
+        storage = self.open()
+        recover(storage, self.study_name, stale_after=self.stale_after, retry_interrupted=self.retry_interrupted)
+        check_checkpoints(storage.trials(self.study_name))
         for params in self._enqueue:
             self.enqueue(params)
         progress = make_progress(self.verbose)
         board = StudyBoard(self.root / self.study_name / "tensorboard", self.monitor)
         trials = storage.trials(self.study_name)
-        progress.start(
+        finished = sum(t.state.is_finished for t in trials)
+        progress.start(self.study_name, self.n_trials, finished, storage.url, monitor=self.monitor, trials=trials)
+        driver = StudyDriver(
+            storage,
             self.study_name,
-            self.n_trials,
-            sum(t.state.is_finished for t in trials),
-            storage.url,
-            monitor=self.monitor,
-            trials=trials,
+            self.build,
+            self.executor,
+            self.strategy,
+            self.pruner,
+            n_trials=self.n_trials,
+            timeout=self.timeout,
+            root=self.root,
+            seed=self.seed,
+            read_history=functools.partial(self._history, storage),
+            progress=progress,
+            board=board,
         )
-        history: History | None = None  # the study as read after the last finished trial
-        read_history = functools.partial(self._history, storage)
-        t0 = time.monotonic()
-        running: dict[Future, tuple[TrialRecord, _Reporter]] = {}
-        reason: str | None = None
-        started: set[int] = set()  # numbers this run started and has not recorded yet
-        handling = False  # recording an interrupted trial: another Ctrl+C or SIGTERM must end the driver at once
-        stop_beat = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(storage, started, stop_beat), daemon=True)
-        beat.start()
-        # Objects that exist now (imported libraries) outlive the search: keep them out of the full
-        # collection after each trial, which otherwise costs ~0.25 s a trial with torch and Lightning loaded.
-        gc.collect()
-        gc.freeze()
         try:
-            with _sigterm_raises():
-                while True:
-                    if reason is None and self.timeout is not None and time.monotonic() - t0 > self.timeout:
-                        reason = "timeout"
-                    free = self.executor.max_concurrency - len(running)
-                    if reason is None and free > 0:
-                        recs, reason = self._next_trials(storage, free, history)
-                        history = None
-                        for rec in recs:
-                            reporter = _Reporter(
-                                storage, self.study_name, self.pruner, read_history, rec.number, progress
-                            )
-                            _ACTIVE.add((storage.url, self.study_name, rec.number))
-                            started.add(rec.number)
-                            progress.trial_started(rec)  # before submit: the in-process executor blocks
-                            running[self.executor.submit(self._job(rec), reporter)] = (rec, reporter)
-                    if not running:
-                        break
-                    done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        rec, reporter = running.pop(fut)
-                        outcome = fut.result()
-                        handling = outcome.interrupted is not None
-                        final = self._finish(storage, rec, reporter, outcome)
-                        handling = False
-                        _ACTIVE.discard((storage.url, self.study_name, rec.number))
-                        started.discard(rec.number)
-                        history = self._history(storage)  # one read serves the display and the next proposals
-                        progress.trial_finished(
-                            final,
-                            history.best(),
-                            self.monitor,
-                            sum(t.state.is_finished for t in history.trials),
-                            self.n_trials,
-                        )
-                        board.trial_finished(final, history.best())
-                        gc.freeze()  # what outlived this trial (lazy imports, caches) stays out of the next collections
-                        if outcome.interrupted == PREEMPTED:
-                            raise SearchPreempted()
-                        if outcome.interrupted:
-                            raise KeyboardInterrupt
-                        if outcome.fatal and not history.completed:
-                            raise MetricNotFoundError(
-                                f"trial {rec.number} failed and every trial would: {outcome.error}"
-                            )
-        except BaseException as e:
-            running.clear()
-            if not (handling and isinstance(e, (KeyboardInterrupt, SearchPreempted))):
-                self._abandon(storage, started, e)  # a second Ctrl+C here also ends it at once
+            with sigterm_raises(), frozen_gc(), heartbeat(storage, self.study_name, driver.started):
+                reason = driver.loop()
+        except BaseException:
             self.executor.shutdown()  # no worker outlives a stopped search
             raise
         finally:
-            stop_beat.set()
             board.close()
             progress.close()
             if self._owns_executor:  # an executor passed in is the caller's: it can serve another run()
                 self.executor.shutdown()
-            gc.unfreeze()
-        result = self.result(reason or "done")
+        result = self.result(reason)
         if self.refit and result.best_trial is not None:
             result.refit()
         progress.end(str(result), trials_table(result.trials, self.monitor, self.direction, top=10))
         return result
-
-    def _abandon(self, storage: Storage, started: set[int], error: BaseException) -> None:
-        """Record the trials this run started and did not finish, so none stays RUNNING."""
-        if isinstance(error, (KeyboardInterrupt, SearchPreempted)):  # these trials run again on resume
-            reason = PREEMPTED if isinstance(error, SearchPreempted) else INTERRUPTED
-            why = f"{reason}: the search stopped ({type(error).__name__})"
-        else:  # a driver error is not retried forever: the trial keeps the real reason
-            why = f"the search stopped on an error in the driver: {type(error).__name__}: {error}"
-        for number in sorted(started):
-            with contextlib.suppress(Exception):
-                storage.finish_trial(self.study_name, number, state=TrialState.FAILED, error=why)
-            _ACTIVE.discard((storage.url, self.study_name, number))
-        started.clear()
-
-    def _heartbeat(self, storage: Storage, started: set[int], stop: threading.Event, every: float = 30.0) -> None:
-        # ``started`` is filled before submit, so an in-process trial (submit blocks) is kept alive too
-        while not stop.wait(every):
-            numbers = sorted(started)
-            if numbers:
-                with contextlib.suppress(Exception):
-                    storage.heartbeat(self.study_name, numbers)
 
     @staticmethod
     def for_script(space: Mapping[str, Domain] | SearchSpace, **kwargs: Any) -> Any:
@@ -621,8 +373,9 @@ class HyperparameterSearch:
     # --- results and ask/tell -------------------------------------------------------------------
     @property
     def trials(self) -> list[TrialRecord]:
-        """Every trial of the study, as stored now."""
-        return self._open().trials(self.study_name)
+        """Every trial of the study, as stored now (a read: ``[]`` before the study is created)."""
+        storage = self.storage
+        return storage.trials(self.study_name) if self.study_name in storage.study_names() else []
 
     def result(self, stopped_reason: str = "") -> SearchResult:
         """The study's current result (also while another process runs it)."""
@@ -644,8 +397,9 @@ class HyperparameterSearch:
         Raises:
             ConfigurationError: when ``n_trials`` is reached or the strategy is exhausted.
         """
-        storage = self._open()
-        recs, reason = self._next_trials(storage, 1)
+        storage = self.open()
+        read = functools.partial(self._history, storage)
+        recs, reason = next_trials(storage, self.study_name, self.strategy, self.n_trials, 1, read)
         if not recs:
             raise ConfigurationError(f"no trial to ask for: {reason}")
         return recs[0]
@@ -664,7 +418,7 @@ class HyperparameterSearch:
             raise ConfigurationError(
                 f"tell: value must be a number or None, got value={value!r} of type {type(value).__name__}"
             )
-        storage = self._open()
+        storage = self.open()
         for step, v in sorted((intermediate or {}).items()):
             storage.report(self.study_name, number, step, v)
         if state is TrialState.COMPLETE and (value is None or not math.isfinite(value)):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -11,7 +11,16 @@ from typing import Any
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.space import SearchSpace
 
-__all__ = ["Direction", "History", "TrialRecord", "TrialState", "params_key"]
+__all__ = [
+    "Direction",
+    "History",
+    "TrialRecord",
+    "TrialState",
+    "best_trial",
+    "count_states",
+    "params_key",
+    "rank_trials",
+]
 
 
 def params_key(params: Mapping[str, Any]) -> tuple:
@@ -107,6 +116,51 @@ class TrialRecord:
     def last_step(self) -> int | None:
         return max(self.intermediate) if self.intermediate else None
 
+    @property
+    def scored(self) -> bool:
+        """Whether the trial counts for "best": COMPLETE with a finite value."""
+        return self.state is TrialState.COMPLETE and self.value is not None and math.isfinite(self.value)
+
+
+# The order of states when trials are ranked best first: finished trials with a value before the others.
+_STATE_RANK = {
+    TrialState.COMPLETE: 0,
+    TrialState.PRUNED: 1,
+    TrialState.RUNNING: 2,
+    TrialState.QUEUED: 3,
+    TrialState.FAILED: 4,
+}
+
+
+def rank_trials(trials: Iterable[TrialRecord], direction: Direction | str) -> list[TrialRecord]:
+    """Trials best first: COMPLETE by value, then PRUNED by value, then RUNNING, QUEUED and FAILED ones.
+
+    Ties (and trials without a finite value) keep the order of their numbers. The first trial is
+    the best one if it is :attr:`~TrialRecord.scored`; this is the package's only definition of "best".
+    """
+    direction = Direction.parse(direction)
+
+    def key(t: TrialRecord) -> tuple[int, float, int]:
+        finite = t.value is not None and math.isfinite(t.value)
+        value = (t.value if direction is Direction.MINIMIZE else -t.value) if finite else math.inf
+        return _STATE_RANK.get(t.state, 5), value, t.number
+
+    return sorted(trials, key=key)
+
+
+def best_trial(trials: Iterable[TrialRecord], direction: Direction | str) -> TrialRecord | None:
+    """The COMPLETE trial with the best finite value (lowest number on ties), or ``None``."""
+    ranked = rank_trials(trials, direction)
+    return ranked[0] if ranked and ranked[0].scored else None
+
+
+def count_states(trials: Iterable[TrialRecord]) -> dict[str, int]:
+    """Number of trials per state that occurs, in the order of :class:`TrialState`: ``{"COMPLETE": 3, ...}``."""
+    out = dict.fromkeys((s.value for s in TrialState), 0)
+    for t in trials:
+        out[t.state.value] += 1
+    return {k: v for k, v in out.items() if v}
+
 
 @dataclass(frozen=True)
 class History:
@@ -138,9 +192,7 @@ class History:
     @property
     def completed(self) -> list[TrialRecord]:
         """COMPLETE trials with a finite value."""
-        return [
-            t for t in self.trials if t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
-        ]
+        return [t for t in self.trials if t.scored]
 
     @property
     def pending(self) -> list[TrialRecord]:
@@ -149,11 +201,7 @@ class History:
 
     def best(self) -> TrialRecord | None:
         """The COMPLETE trial with the best value (lowest number on ties), or ``None``."""
-        best = None
-        for t in self.completed:
-            if best is None or self.direction.better(t.value, best.value):
-                best = t
-        return best
+        return best_trial(self.trials, self.direction)
 
     def add(
         self,

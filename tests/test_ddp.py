@@ -126,8 +126,6 @@ def test_local_executor_refuses_ddp(tmp_path):
 def test_ddp_from_the_search_space_fails_that_trial_in_process(tmp_path):
     # trainer_kwargs are single-process, but trainer.devices=2 makes one trial DDP: that trial is FAILED
     # with the reason before it starts (in-process, every rank would rerun this test), the other trains
-    from lightning_hpt.executors._channel import trial_launches_subprocesses
-    from lightning_hpt.lightning.runner import TrialJob
 
     space = {"model.lr": Categorical([0.05]), "trainer.devices": Categorical([1, 2])}
     search = HyperparameterSearch(
@@ -141,12 +139,10 @@ def test_ddp_from_the_search_space_fails_that_trial_in_process(tmp_path):
         executor=LocalExecutor(),
         verbose=False,
     )
-    job = TrialJob(search.build, 0, {"model.lr": 0.05, "trainer.devices": 2}, 0, str(tmp_path / "t"))
-    assert "ProcessExecutor(gpus_per_trial=k)" in trial_launches_subprocesses(job, "LocalExecutor")
-    assert (
-        trial_launches_subprocesses(TrialJob(search.build, 1, {"model.lr": 0.05, "trainer.devices": 1}, 0, "t"), "x")
-        is None
-    )
+    builder = search.build.builder
+    assert builder.trial_launches_subprocesses({"model.lr": 0.05, "trainer.devices": 2})
+    assert not builder.trial_launches_subprocesses({"model.lr": 0.05, "trainer.devices": 1})
+    assert not builder.trial_launches_subprocesses({"model.lr": 0.05})  # shared settings: judged at start
     trials = {t.params["trainer.devices"]: t for t in search.run().trials}
     assert trials[1].state is TrialState.COMPLETE, trials[1].error
     assert trials[2].state is TrialState.FAILED and "train it on several processes (DDP)" in trials[2].error

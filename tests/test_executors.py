@@ -214,7 +214,7 @@ def test_code_that_workers_cannot_import_is_refused(tmp_path):
     sys.modules[module.__name__] = module
     executor = ProcessExecutor(workers=1, devices=[])
     try:
-        with pytest.raises(TrialPickleError, match="cannot load it.*No module named 'hpt_only_in_this_process'"):
+        with pytest.raises(TrialPickleError, match=r"cannot load it.*No module named 'hpt_only_in_this_process'"):
             executor.start(TrialBuild(ModuleTrialBuilder(module.Model, ContractData, TRAINER), "val_loss"))
     finally:
         executor.shutdown()
@@ -223,7 +223,8 @@ def test_code_that_workers_cannot_import_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_memory_is_flat_and_workers_recycle(tmp_path):
-    """RELIABILITY row 9: a worker's RSS and open descriptors stay flat over many trials; max_trials_per_worker recycles."""
+    """RELIABILITY row 9: a worker's RSS and open descriptors stay flat over many trials; max_trials_per_worker
+    recycles."""
     executor = ProcessExecutor(workers=1, devices=[])
     result = search(tmp_path, executor, {"model.hidden": Int(4, 17)}, trainer={"max_epochs": 1}).run()
     executor.shutdown()
@@ -347,7 +348,7 @@ def test_ray_refuses_ddp_and_public_dashboards(local_ray):
 
     with pytest.raises(ConfigurationError, match="dashboard"):
         RayExecutor(init_kwargs={"dashboard_host": "0.0.0.0"})
-    with pytest.raises(ConfigurationError, match="DDP ranks.*ProcessExecutor"):
+    with pytest.raises(ConfigurationError, match=r"DDP ranks.*ProcessExecutor"):
         RayExecutor().start(contract_build(strategy="ddp", devices=2))
 
 
@@ -393,3 +394,41 @@ def test_ray_reports_without_a_pruner_go_in_batches_at_most_every_interval():
     timed.report(1, 2.0)  # the interval has passed: both values go in one message
     timed.report(2, 1.0)
     assert broker.post.calls == [("k", [(0, 3.0), (1, 2.0)])]
+
+
+def test_the_executor_contract_lives_in_the_base_class(tmp_path):
+    """Issue 14: an executor that implements only _submit gets the DDP refusals and never-raising submit."""
+    from concurrent.futures import Future
+
+    from lightning_hpt.executors import Executor
+    from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, run_trial
+    from lightning_hpt.testing.executor import RecordingReporter
+
+    class Minimal(Executor):
+        max_concurrency = 1
+
+        def __init__(self) -> None:
+            self.seen: list[bool] = []
+
+        def _submit(self, job, reporter, answers) -> Future[TrialOutcome]:
+            self.seen.append(answers)
+            if job.number == 99:
+                raise OSError("the cluster is gone")
+            future: Future[TrialOutcome] = Future()
+            future.set_result(run_trial(job, reporter))
+            return future
+
+    ex = Minimal()
+    with pytest.raises(ConfigurationError, match="DDP ranks by re-running"):
+        ex.start(contract_build(strategy="ddp", devices=2))
+    ex.start(contract_build())
+    ddp = TrialJob(contract_build(), 0, {"model.lr": 0.05, "trainer.devices": 2}, 0, str(tmp_path / "t0"))
+    out = ex.submit(ddp, RecordingReporter()).result()
+    assert out.state is TrialState.FAILED and "this executor cannot run such a trial" in out.error
+    broken = TrialJob(contract_build(), 99, {"model.lr": 0.05}, 0, str(tmp_path / "t99"))
+    out = ex.submit(broken, RecordingReporter()).result()
+    assert out.state is TrialState.FAILED and "OSError: the cluster is gone" in out.error
+    quiet = RecordingReporter()
+    quiet.answers = False
+    ok = ex.submit(TrialJob(contract_build(), 1, {"model.lr": 0.05}, 0, str(tmp_path / "t1")), quiet).result()
+    assert ok.state is TrialState.COMPLETE and ex.seen == [True, False]

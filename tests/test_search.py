@@ -199,7 +199,6 @@ def test_a_nan_value_ends_its_trial_at_once_without_pruner_or_early_stopping(tmp
 def test_missing_metric_stops_the_search(tmp_path, fast_trainer):
     """RELIABILITY row 11: the first trial fails naming the logged metrics; no further trial runs."""
     search = make(tmp_path, fast_trainer, n_trials=5)
-    search.monitor = "val_acc"
     search.build = dataclasses.replace(search.build, monitor="val_acc")
     with pytest.raises(MetricNotFoundError, match=r"'val_acc' was not logged.*\['train_loss', 'val_loss'\]"):
         search.run()
@@ -390,7 +389,80 @@ def test_tensorboard_hparams_and_study_curve(tmp_path, fast_trainer):
 def test_the_driver_reporter_answers_only_with_a_pruner(tmp_path, fast_trainer):
     # channels between processes skip the round trip for a reporter that never answers "stop"
     from lightning_hpt.pruners import make_pruner
-    from lightning_hpt.search import _Reporter
+    from lightning_hpt.reporting import StudyReporter
 
-    assert _Reporter(None, "s", make_pruner(None), list, 0).answers is False
-    assert _Reporter(None, "s", make_pruner("median"), list, 0).answers is True
+    assert StudyReporter(None, "s", make_pruner(None), list, 0).answers is False
+    assert StudyReporter(None, "s", make_pruner("median"), list, 0).answers is True
+
+
+def test_reading_trials_writes_nothing(tmp_path, fast_trainer):
+    """Issue 14: .trials is a plain read: before run() it neither creates the study nor rewrites the search."""
+    search = make(tmp_path, fast_trainer, n_trials=1)
+    assert search.trials == [] and search.storage.study_names() == []
+    search.run()
+    search.strategy = strategy = make(tmp_path, fast_trainer).strategy  # not rebuilt by a read
+    assert len(search.trials) == 1 and search.strategy is strategy
+
+
+def test_capabilities_are_attributes_not_names(tmp_path, fast_trainer):
+    """Issue 14: n_trials=None needs Strategy.exhaustive, not the name 'grid'; answers follow Pruner.active."""
+    from lightning_hpt.pruners import NopPruner, Pruner
+    from lightning_hpt.reporting import StudyReporter
+    from lightning_hpt.strategies import GridStrategy
+
+    class Coarse(GridStrategy):
+        name = "coarse-grid"
+
+    search = make(tmp_path, fast_trainer, strategy=Coarse(points=2), n_trials=None)
+    assert search.n_trials is None
+    with pytest.raises(ConfigurationError, match="exhaustive strategy"):
+        make(tmp_path, fast_trainer, n_trials=None)
+
+    class Quiet(NopPruner):
+        name = "quiet"
+
+    class Named(Pruner):
+        name = "none"  # a display name only: it still prunes
+
+        def should_prune(self, history, trial):
+            return True
+
+    assert StudyReporter(None, "s", Quiet(), list, 0).answers is False
+    assert StudyReporter(None, "s", Named(), list, 0).answers is True
+
+
+def test_allow_changes_keeps_a_configured_strategy(tmp_path, fast_trainer):
+    """Issue 14: a study continued with allow_changes kept the stored strategy's name but with default arguments."""
+    from lightning_hpt.strategies import SobolStrategy
+
+    make(tmp_path, fast_trainer).open()  # stored with strategy 'random'
+    sobol = SobolStrategy(seed=3)
+    search = make(tmp_path, fast_trainer, strategy=sobol, allow_changes=True)
+    search.open()
+    assert search.strategy is sobol
+    by_name = make(tmp_path, fast_trainer, strategy="sobol", allow_changes=True)
+    by_name.open()
+    assert by_name.strategy.name == "random"  # a name means the stored study's choice
+
+
+def test_plugins_are_reached_by_name_from_one_registry_each(tmp_path, fast_trainer):
+    """Issue 14: a registered strategy and storage scheme are reachable by name without editing the package."""
+    from lightning_hpt.storage import STORAGES, SQLStorage, open_storage
+    from lightning_hpt.strategies import STRATEGIES, RandomStrategy
+
+    class Mine(RandomStrategy):
+        name = "mine"
+
+    class Local(SQLStorage):
+        def __init__(self, url, **kwargs):
+            super().__init__(f"sqlite:///{tmp_path / url.split('://', 1)[1]}", **kwargs)
+
+    STRATEGIES.register("mine", Mine)
+    STORAGES.register("local", Local)
+    try:
+        search = make(tmp_path, fast_trainer, strategy="mine", storage="local://x.db")
+        assert isinstance(search.strategy, Mine) and isinstance(search.storage, Local)
+        assert isinstance(open_storage("local+v1://y.db"), Local) and (tmp_path / "y.db").exists()
+    finally:
+        STRATEGIES.unregister("mine")
+        STORAGES.unregister("local")

@@ -17,13 +17,13 @@ from typing import Any
 import yaml
 
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.lightning.config import nest
 
 __all__ = [
     "cli_parser",
     "config_paths",
     "dump_config",
     "layer",
-    "nest",
     "parse_args_briefly",
     "parse_base",
     "require_jsonargparse",
@@ -171,18 +171,6 @@ def dump_config(parser: Any, cfg: Any) -> str:
 def _parse_over(parser: Any, obj: Mapping[str, Any], base: Any) -> Any:
     # the base namespace is passed by position: its keyword's name changed between jsonargparse releases
     return parser.parse_object(dict(obj), base)
-
-
-def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"model.init_args.lr": 0.1}`` -> ``{"model": {"init_args": {"lr": 0.1}}}``."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return out
 
 
 def parse_base(parser: Any, base: Mapping[str, Any]) -> Any:

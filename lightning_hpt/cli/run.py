@@ -18,6 +18,7 @@ from lightning_hpt.cli.settings import SearchSettings, make_executor, make_prune
 from lightning_hpt.cli.space import resolve_params, space_from_config
 from lightning_hpt.cli.study import best_config, write_text
 from lightning_hpt.exceptions import ConfigurationError, StudyMismatchError
+from lightning_hpt.lightning.compat import is_lightning_cli
 from lightning_hpt.result import SearchResult
 from lightning_hpt.search import HyperparameterSearch
 
@@ -72,7 +73,7 @@ def _cli_from_flags(argv: Sequence[str]) -> tuple[type, tuple[Any, ...], dict[st
         cli_class = import_class(meta["cli"], "cli")
     else:
         from lightning.pytorch.cli import LightningCLI as cli_class
-    if not any(c.__name__ == "LightningCLI" for c in inspect.getmro(cli_class)):
+    if not is_lightning_cli(cli_class):
         raise ConfigurationError(f"--cli={meta['cli']!r} is not a LightningCLI subclass")
     kwargs = {k: import_class(v, k) for k, v in meta.items() if k != "cli"}
     return cli_class, (), kwargs
@@ -103,7 +104,7 @@ def _record_config(search: HyperparameterSearch, base: Mapping[str, Any], cli: s
                 f"study {name!r} ran with another config (what every trial shares): {_config_changes(stored, base)};"
                 " use a new search.study_name, or search.allow_changes: true to continue it with this config"
             )
-    _ = search.trials  # opens the study: a changed space, monitor, direction or strategy is refused here
+    search.open()  # a changed space, monitor, direction or strategy is refused here
     storage.set_study_attrs(name, {"cli_config": dict(base), "cli": cli})
 
 

@@ -110,24 +110,12 @@ def _build(
         raise ConfigurationError(f"{what}: {cls.__name__} does not take the arguments {sorted(kwargs)}: {e}") from None
 
 
-def _strategy_class(name: str) -> type | None:
-    from lightning_hpt import strategies
-
-    if name in ("bayes", "bayesian"):
-        return strategies.BayesianStrategy  # BoTorch is imported only when used
-    return {
-        "grid": strategies.GridStrategy,
-        "random": strategies.RandomStrategy,
-        "sobol": strategies.SobolStrategy,
-    }.get(name)
-
-
 def make_strategy_spec(spec: str | Mapping[str, Any]) -> Any:
     """The Strategy of ``search.strategy``; unknown names are refused with the valid ones."""
     from lightning_hpt.strategies import STRATEGIES, Strategy, make_strategy
 
     if isinstance(spec, Mapping):
-        return _build("strategy", spec, _strategy_class, Strategy, list(STRATEGIES))
+        return _build("strategy", spec, STRATEGIES.get, Strategy, list(STRATEGIES))
     return make_strategy(spec)
 
 
@@ -140,27 +128,19 @@ def make_pruner_spec(spec: str | Mapping[str, Any] | None) -> Any:
     return make_pruner(spec)
 
 
-def _executor_class(name: str) -> type | None:
-    from lightning_hpt import executors
-
-    # executors follow the <Name>Executor convention: process -> ProcessExecutor
-    return getattr(executors, f"{name.title()}Executor", None)
-
-
 def executor_names() -> list[str]:
     """The executors this installation has, by name."""
-    from lightning_hpt import executors
+    from lightning_hpt.executors import EXECUTORS
 
-    names = getattr(executors, "__all__", dir(executors))
-    return sorted(n[: -len("Executor")].lower() for n in names if n.endswith("Executor") and n != "Executor")
+    return sorted(EXECUTORS)
 
 
 def make_executor(spec: str | Mapping[str, Any]) -> Any | None:
     """The Executor of ``search.executor``; ``None`` for ``local`` (the default in-process executor)."""
-    from lightning_hpt.executors import Executor
+    from lightning_hpt.executors import EXECUTORS, Executor
 
     if isinstance(spec, str) and spec.strip().lower() == "local":
         return None
     if isinstance(spec, str):
         spec = {"name": spec}
-    return _build("executor", spec, _executor_class, Executor, executor_names())
+    return _build("executor", spec, EXECUTORS.get, Executor, executor_names())

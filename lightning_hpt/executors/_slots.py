@@ -50,7 +50,8 @@ def plan_slots(
             isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in devices
         ):
             raise ConfigurationError(
-                f"ProcessExecutor: devices must be a list of GPU indices such as [0, 1], or [] for CPU only; got devices={devices!r}"
+                "ProcessExecutor: devices must be a list of GPU indices such as [0, 1], or [] for CPU only;"
+                f" got devices={devices!r}"
             )
         bad = [d for d in devices if d >= len(visible)]
         if bad:

@@ -5,7 +5,7 @@ Each slot owns one worker process at a time, started as its own command
 in its own process group. A slot thread in the driver hands its worker one trial at a time and
 watches it: a worker that dies fails its trial with the exit code or signal and is replaced; a
 trial past ``trial_timeout`` has its worker terminated, then killed. Reports come back over the
-local channel of :mod:`lightning_hpt.executors._channel` and are decided in the driver.
+local channel of :mod:`lightning_hpt.executors.ipc` and are decided in the driver.
 """
 
 from __future__ import annotations
@@ -23,26 +23,20 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError  # not the builtin before Python 3.11
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from typing_extensions import override
+
 from lightning_hpt.exceptions import ConfigurationError, TrialPickleError
-from lightning_hpt.executors._channel import (
-    KEY_ENV,
-    ReporterRegistry,
-    ReportServer,
-    check_picklable,
-    describe_exit,
-    failed_outcome,
-    pickle_dumps,
-    refers_to_main,
-)
+from lightning_hpt.executors._pickling import check_picklable, pickle_dumps, refers_to_main
 from lightning_hpt.executors._slots import Slot, plan_slots
-from lightning_hpt.executors.base import Executor
+from lightning_hpt.executors.base import Executor, describe_exit, failed_outcome
+from lightning_hpt.executors.ipc import KEY_ENV, ReporterRegistry, ReportServer
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 
@@ -123,7 +117,7 @@ class ProcessExecutor(Executor):
         env: extra environment variables for the workers.
 
     Example:
-        >>> search = HyperparameterSearch(MyModel, MyData, space, executor=ProcessExecutor(devices=[0, 1, 2, 3]))  # doctest: +SKIP
+        >>> executor = ProcessExecutor(devices=[0, 1, 2, 3])  # a search's executor=executor: 4 GPUs
         >>> ProcessExecutor(workers=2, devices=[]).max_concurrency   # two CPU trials at a time
         2
     """
@@ -195,13 +189,22 @@ class ProcessExecutor(Executor):
         return [{"gpus": s.gpus, "threads": s.threads} for s in self._slots]
 
     # ------------------------------------------------------------------ life cycle
-    def start(self, build: TrialBuild) -> None:
-        """Check that ``build`` pickles and loads in a fresh worker, and start the workers.
+    #: trials run as the worker's own command: a DDP Trainer re-runs the worker with the same trial
+    runs_ddp = True
+    sends_to = "worker processes"
+
+    @override
+    def dumps(self) -> Callable[[Any], bytes]:
+        return pickle_dumps
+
+    @override
+    def _start(self, build: TrialBuild, data: bytes | None) -> None:
+        """Check that ``build`` loads in a fresh worker, and start the workers.
 
         Raises:
-            TrialPickleError: naming what cannot be pickled or loaded, before any trial runs.
+            TrialPickleError: naming what cannot be loaded, before any trial runs.
         """
-        key = self._register_build(build)
+        key = self._register_build(build, data)
         with self._lock:
             if not self._started or self._closed.is_set():
                 self._closed = threading.Event()
@@ -215,11 +218,11 @@ class ProcessExecutor(Executor):
                     t.start()
         self._check_loads(key)
 
-    def _register_build(self, build: TrialBuild) -> int:
+    def _register_build(self, build: TrialBuild, data: bytes | None = None) -> int:
         for key, (known, _) in self._builds.items():
             if known is build:
                 return key
-        data = check_picklable(build, pickle_dumps, "worker processes")
+        data = data if data is not None else check_picklable(build, pickle_dumps, self.sends_to)
         if refers_to_main(data):
             self._main = _main_spec()
             if self._main is None:
@@ -246,11 +249,12 @@ class ProcessExecutor(Executor):
             )
         if error is not None:
             raise TrialPickleError(
-                f"the trial code pickles, but a fresh worker process cannot load it ({error}); define it in a module the"
-                f" workers can import (they get this process's sys.path and working directory)"
+                f"the trial code pickles, but a fresh worker process cannot load it ({error}); define it in a module"
+                " the workers can import (they get this process's sys.path and working directory)"
             )
 
-    def submit(self, job: TrialJob, reporter: TrialReporter) -> Future[TrialOutcome]:
+    @override
+    def _submit(self, job: TrialJob, reporter: TrialReporter, answers: bool) -> Future[TrialOutcome]:
         """Queue ``job`` for the next free worker; the future completes when it ends (never with an exception)."""
         if not self._started or self._closed.is_set():
             self.start(job.build)
@@ -276,7 +280,7 @@ class ProcessExecutor(Executor):
             _signal_group(w.proc, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 w.proc.wait(timeout=5.0)
-        for t in self._threads:
+        for _ in self._threads:
             self._queue.put(None)
         for t in self._threads:
             t.join(timeout=5.0)
@@ -406,7 +410,7 @@ class ProcessExecutor(Executor):
         return None, why
 
     def _on_connect(self, conn: Connection, hello: tuple) -> None:
-        """A worker greets the driver (``worker``), or Lightning started a DDP rank that asks for its trial (``rank``)."""
+        """A worker greets the driver (``worker``), or a DDP rank Lightning started asks for its trial (``rank``)."""
         if hello[0] == "worker" and hello[1] in self._hello:
             self._hello[hello[1]].put(conn)
             return
@@ -464,8 +468,8 @@ class ProcessExecutor(Executor):
                     self._registry.unregister(task.report_key)
                     self._end(worker, slot, self.terminate_grace, ask=False)
                     return failed_outcome(
-                        f"timeout: trial {task.number} ran longer than trial_timeout={self.trial_timeout:g} s; its worker"
-                        f" was ended ({describe_exit(worker.proc.returncode)})"
+                        f"timeout: trial {task.number} ran longer than trial_timeout={self.trial_timeout:g} s;"
+                        f" its worker was ended ({describe_exit(worker.proc.returncode)})"
                     ), False
         except (EOFError, OSError):
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -18,19 +18,16 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from typing_extensions import override
+
 from lightning_hpt.exceptions import ConfigurationError, TrialPickleError
-from lightning_hpt.executors._channel import (
-    ReporterRegistry,
-    check_picklable,
-    failed_outcome,
-    trial_launches_subprocesses,
-)
-from lightning_hpt.executors.base import Executor
+from lightning_hpt.executors.base import Executor, failed_outcome
+from lightning_hpt.executors.ipc import ReporterRegistry
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome, run_trial
 
@@ -53,7 +50,7 @@ def _import_ray() -> Any:
 
 
 def _broker_class() -> type:
-    """The report broker, defined here so that Ray pickles it by value: its actor imports neither torch nor Lightning."""
+    """The report broker, defined here so that Ray pickles it by value: its actor imports no torch or Lightning."""
     import asyncio
     import itertools
 
@@ -186,7 +183,7 @@ class RayExecutor(Executor):
 
     Example:
         >>> executor = RayExecutor({"cpu": 2, "gpu": 0.5}, address="auto")  # doctest: +SKIP
-        >>> HyperparameterSearch(MyModel, MyData, space, executor=executor).run()  # doctest: +SKIP
+        >>> # a search created with executor=executor runs its trials as Ray tasks
     """
 
     def __init__(
@@ -258,21 +255,25 @@ class RayExecutor(Executor):
             opts["resources"] = r
         return opts
 
-    def start(self, build: TrialBuild) -> None:
-        """Check the trial code, start (or join) Ray and the report channel.
+    ddp_refusal = (
+        "a Ray task cannot do that; run DDP trials with ProcessExecutor(gpus_per_trial=k) on each machine, or give"
+        " each trial one device here"
+    )
+    trial_kind = "a Ray task"
+    sends_to = "Ray workers"
+
+    @override
+    def dumps(self) -> Callable[[Any], bytes]:
+        return _import_ray().cloudpickle.dumps
+
+    @override
+    def _start(self, build: TrialBuild, data: bytes | None) -> None:
+        """Start (or join) Ray and the report channel, and check that a Ray worker loads the trial code.
 
         Raises:
-            ConfigurationError: Ray is missing, or the Trainer would start DDP ranks itself.
-            TrialPickleError: naming what cannot be pickled or loaded by a Ray worker.
+            TrialPickleError: a Ray worker cannot load the trial code.
         """
         ray = _import_ray()
-        if build.builder.launches_subprocesses():
-            raise ConfigurationError(
-                f"{build.builder.describe_trainer()} start DDP ranks by re-running the current command, which"
-                " a Ray task cannot do; run DDP trials with ProcessExecutor(gpus_per_trial=k) on each machine, or give"
-                " each trial one device here"
-            )
-        check_picklable(build, ray.cloudpickle.dumps, "Ray workers")
         with self._lock:
             if not self._started or self._closed.is_set():
                 self._start_ray(ray)
@@ -286,7 +287,8 @@ class RayExecutor(Executor):
             first = (str(e).strip().splitlines() or [""])[-1]
             raise TrialPickleError(
                 f"the trial code pickles, but a Ray worker cannot load it ({type(e).__name__}: {first}); install the"
-                " module that defines it on every node, or ship it with init_kwargs={'runtime_env': {'py_modules': [...]}}"
+                " module that defines it on every node, or ship it with"
+                " init_kwargs={'runtime_env': {'py_modules': [...]}}"
             ) from e
 
     def _start_ray(self, ray: Any) -> None:
@@ -338,19 +340,15 @@ class RayExecutor(Executor):
         self._builds.append((build, ref))
         return ref
 
-    def submit(self, job: TrialJob, reporter: TrialReporter) -> Future[TrialOutcome]:
+    @override
+    def _submit(self, job: TrialJob, reporter: TrialReporter, answers: bool) -> Future[TrialOutcome]:
         """Start ``job`` as a Ray task; the future completes when it ends (never with an exception)."""
         if not self._started or self._closed.is_set():
             self.start(job.build)
         future: Future[TrialOutcome] = Future()
-        refused = trial_launches_subprocesses(job, "a Ray task")
-        if refused:
-            future.set_result(failed_outcome(refused))
-            return future
         key = self._registry.register(reporter)
         opts = {**self._options(), "max_retries": self.max_retries, "retry_exceptions": False}
         threads = max(1, int(opts["num_cpus"]))
-        answers = bool(getattr(reporter, "answers", True))
         ref = self._task.options(**opts).remote(
             dataclasses.replace(job, build=None), self._build_ref(job.build), self._broker, key, threads, answers
         )

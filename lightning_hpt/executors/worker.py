@@ -122,7 +122,8 @@ def _run(job: Any, reporter: Any) -> Any:
 
 def _serve(conn: Connection, address: str, key: bytes) -> int:
     """Rank 0 (or a plain worker): run trials until told to stop, or until the process is not clean."""
-    from lightning_hpt.executors._channel import ChannelReporter, failed_outcome
+    from lightning_hpt.executors.base import failed_outcome
+    from lightning_hpt.executors.ipc import ChannelReporter
     from lightning_hpt.trial import PREEMPTED
 
     builds: dict[int, Any] = {}
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the worker; returns the exit status."""
     args = _parse(argv)
     address = args.address
-    from lightning_hpt.executors._channel import KEY_ENV
+    from lightning_hpt.executors.ipc import KEY_ENV
 
     key = bytes.fromhex(os.environ[KEY_ENV])
     if os.getpgrp() == os.getpid():  # the executor made this worker a group leader: its ranks join the group

@@ -117,6 +117,14 @@ class TrialBuilder(ABC):
         """Whether the Trainer of ``params`` (``None``: shared settings) starts DDP ranks by re-running the command."""
         return compat.launches_subprocesses(self.namespace, self.trainer_settings(params))
 
+    def trial_launches_subprocesses(self, params: Mapping[str, Any]) -> bool:
+        """Whether one trial's own ``trainer.*`` parameters (strategy, devices, ...) make it a DDP trial.
+
+        Only trials whose parameters set :data:`~lightning_hpt.lightning.compat.PROCESS_KEYS` are
+        judged (each costs a throwaway Trainer); the shared settings are :meth:`launches_subprocesses`'.
+        """
+        return bool(compat.PROCESS_KEYS & set(trainer_params(params))) and self.launches_subprocesses(params)
+
     def parts(self) -> list[tuple[str, Any]]:
         """``(name, value)`` of what is pickled with the builder, to name the part that cannot be."""
         if dataclasses.is_dataclass(self):

@@ -7,10 +7,65 @@ release that renames one breaks one place, and its test.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["launches_subprocesses"]
+__all__ = [
+    "PROCESS_KEYS",
+    "is_interrupt_exit",
+    "is_lightning_class",
+    "is_lightning_cli",
+    "is_misconfiguration",
+    "is_tensorboard_logger",
+    "launches_subprocesses",
+]
+
+# Why names and not isinstance: the same Lightning class exists twice, as ``lightning.pytorch.X`` (and
+# ``lightning.fabric.X``) and as ``pytorch_lightning.X`` (``lightning_fabric.X``), and users may pass
+# either flavour. Testing the name (and the top-level package) covers both without importing a
+# flavour the user does not have.
+_FLAVOURS = ("lightning", "pytorch_lightning", "lightning_fabric")
+
+
+def _named(cls: type, name: str) -> bool:
+    return any(
+        getattr(base, "__name__", None) == name and base.__module__.split(".")[0] in _FLAVOURS
+        for base in inspect.getmro(cls)
+    )
+
+
+def is_lightning_class(obj: Any, name: str) -> bool:
+    """Whether ``obj`` is a subclass of Lightning's ``name`` (``"LightningModule"``, ...), in either flavour."""
+    return inspect.isclass(obj) and _named(obj, name)
+
+
+def is_lightning_cli(cls: type) -> bool:
+    """Whether ``cls`` is a ``LightningCLI`` (either flavour's)."""
+    return is_lightning_class(cls, "LightningCLI")
+
+
+def is_interrupt_exit(error: BaseException) -> bool:
+    """Whether Lightning raised ``error`` because the process got SIGTERM (``SIGTERMException``).
+
+    Lightning's signal connector turns SIGTERM into this exception (a ``SystemExit`` subclass in 2.x)
+    in either flavour's own class.
+    """
+    return _named(type(error), "SIGTERMException")
+
+
+def is_misconfiguration(error: BaseException) -> bool:
+    """Whether ``error`` is Lightning's ``MisconfigurationException`` (every trial would fail the same way)."""
+    return _named(type(error), "MisconfigurationException")
+
+
+def is_tensorboard_logger(logger: Any) -> bool:
+    """Whether ``logger`` is Lightning's ``TensorBoardLogger`` (either flavour's)."""
+    return _named(type(logger), "TensorBoardLogger")
+
+
+#: Trainer arguments that decide how many processes a Trainer starts.
+PROCESS_KEYS = frozenset({"strategy", "devices", "num_nodes", "accelerator"})
 
 #: Trainer arguments a throwaway Trainer is built without: they are objects with side effects
 #: (loggers create directories, callbacks hold state) and do not decide how ranks start.

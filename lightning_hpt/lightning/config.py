@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.lightning.compat import is_lightning_class
 
-__all__ = ["SECTIONS", "check_keys", "is_lightning_class", "patch_optimizer", "split_params"]
+__all__ = ["SECTIONS", "check_keys", "is_lightning_class", "nest", "patch_optimizer", "split_params"]
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +41,19 @@ def split_params(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     Deeper names nest: ``model.encoder.width`` -> ``{"model": {"encoder": {"width": ...}}}``.
     """
     check_keys(params)
-    out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for key, value in params.items():
+    return {**{s: {} for s in SECTIONS}, **nest(params)}
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"model.init_args.lr": 0.1}`` -> ``{"model": {"init_args": {"lr": 0.1}}}``: dotted keys as nested dicts."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
         parts = key.split(".")
-        node = out[parts[0]]
-        for p in parts[1:-1]:
+        node = out
+        for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return out
-
-
-def is_lightning_class(obj: Any, name: str) -> bool:
-    """Whether ``obj`` is a subclass of ``lightning.pytorch.<name>`` or ``pytorch_lightning.<name>``."""
-    if not inspect.isclass(obj):
-        return False
-    return any(
-        getattr(base, "__name__", None) == name and base.__module__.split(".")[0] in ("lightning", "pytorch_lightning")
-        for base in inspect.getmro(obj)
-    )
 
 
 def namespace_of(obj: Any) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
+from typing_extensions import override
 
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.trial import Direction
@@ -125,9 +126,10 @@ class KFoldDataModule(L.LightningDataModule):
     def _split(self) -> tuple[list[int], list[int]]:
         n = len(self.dataset)  # type: ignore[arg-type]
         order = np.random.default_rng(self.seed).permutation(n)
-        n_val = max(1, int(round(n * self.val_fraction)))
+        n_val = max(1, round(n * self.val_fraction))
         return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             Subset(self.dataset, self._split()[0]),
@@ -136,11 +138,13 @@ class KFoldDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
             Subset(self.dataset, self._split()[1]), batch_size=self.batch_size, num_workers=self.num_workers
         )
 
+    @override
     def test_dataloader(self) -> DataLoader:
         if self.test_dataset is None:
             raise ConfigurationError("KFoldDataModule has no test_dataset; pass test_dataset= to test the winner")
@@ -164,9 +168,11 @@ def _view(base: Any, train_idx: list[int] | None, val_idx: list[int] | None, rea
     pl = namespace_of(base)
 
     class _View(pl.LightningDataModule):
+        @override
         def prepare_data(self) -> None:
             base.prepare_data()
 
+        @override
         def setup(self, stage: str | None = None) -> None:
             if not ready:  # fold_view already set the base up to count its items
                 base.setup(stage)
@@ -181,12 +187,15 @@ def _view(base: Any, train_idx: list[int] | None, val_idx: list[int] | None, rea
                 collate_fn=getattr(base, "collate_fn", None),
             )
 
+        @override
         def train_dataloader(self) -> DataLoader:
             return self._loader(train_idx, True)
 
+        @override
         def val_dataloader(self) -> Any:
             return self._loader(val_idx, False) if val_idx is not None else []
 
+        @override
         def test_dataloader(self) -> Any:
             return base.test_dataloader()
 

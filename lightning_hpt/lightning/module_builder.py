@@ -110,7 +110,7 @@ class ModuleTrialBuilder(TrialBuilder):
 
     Example:
         >>> builder = ModuleTrialBuilder(MyModel, MyDataModule, {"max_epochs": 5})  # doctest: +SKIP
-        >>> HyperparameterSearch(builder=builder, space=..., ...)  # doctest: +SKIP
+        >>> # a search created with builder=builder builds every trial this way
     """
 
     model: Any

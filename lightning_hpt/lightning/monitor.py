@@ -9,10 +9,11 @@ from typing import Any, Protocol
 import lightning.pytorch as L
 import numpy as np
 import torch
+from typing_extensions import override
 
 from lightning_hpt.trial import Direction
 
-__all__ = ["TrialMonitor", "TrialReporter", "metric_value"]
+__all__ = ["MonitorLogic", "TrialMonitor", "TrialReporter", "metric_value", "monitor_class"]
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +21,9 @@ log = logging.getLogger(__name__)
 class TrialReporter(Protocol):
     """The channel from a running trial to the driver.
 
-    A reporter may also have an ``answers`` attribute: False when :meth:`report` never returns
-    True (the search has no pruner), so that a channel between processes or machines may send the
-    report without waiting for the answer. Without the attribute, channels wait.
+    A reporter handed to ``Executor.submit`` also has ``answers``: False when :meth:`report` never
+    returns True (the search has no active pruner), so that a channel between processes or machines
+    may send the report without waiting for the answer.
     """
 
     def report(self, step: int, value: float) -> bool:
@@ -51,7 +52,7 @@ def metric_value(name: str, value: Any) -> float:
     raise TypeError(f"metric {name!r} must be a number or a one-element tensor, got {type(value).__name__}: {value!r}")
 
 
-class _MonitorLogic:
+class MonitorLogic:
     """Behaves like ``EarlyStopping``: skips the sanity check, decides on rank 0, broadcasts, sets ``should_stop``.
 
     It never raises from a hook: a problem (missing metric, wrong type) is kept in ``error`` and the
@@ -75,6 +76,12 @@ class _MonitorLogic:
         self.pruned = False
         self.error: BaseException | None = None
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor)  # type: ignore[attr-defined]
+
+    @override
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
@@ -113,11 +120,17 @@ class _MonitorLogic:
         if stop or broken:
             trainer.should_stop = True
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"values": dict(self.values), "best_value": self.best_value, "best_step": self.best_step}
 
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.values = {int(k): float(v) for k, v in state_dict["values"].items()}
+        self.best_value, self.best_step = state_dict["best_value"], state_dict["best_step"]
 
-class TrialMonitor(_MonitorLogic, L.Callback):
+
+class TrialMonitor(MonitorLogic, L.Callback):
     """The trial's monitor for ``lightning.pytorch`` trainers.
 
     Example:
@@ -130,4 +143,6 @@ def monitor_class(namespace: Any) -> type:
     """The monitor class for a Lightning namespace (``lightning.pytorch`` or ``pytorch_lightning``)."""
     if namespace is L:
         return TrialMonitor
-    return type("TrialMonitor", (_MonitorLogic, namespace.Callback), {"__doc__": TrialMonitor.__doc__})
+    from lightning_hpt.lightning.monitor_pl import TrialMonitor as PLTrialMonitor  # only with pytorch_lightning
+
+    return PLTrialMonitor

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, SearchPreempted
+from lightning_hpt.lightning import compat
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.callbacks import best_checkpoint
 from lightning_hpt.lightning.folds import CrossValidation, MeanReporter, fold_view
@@ -129,7 +130,7 @@ def _log_hparams(trainer: Any, params: Mapping[str, Any], monitor: str, best: fl
     if best is None:
         return
     for lg in trainer.loggers:
-        if type(lg).__name__ == "TensorBoardLogger":
+        if compat.is_tensorboard_logger(lg):
             try:
                 lg.log_hyperparams(dict(params), {f"hp/{monitor}": best})
                 lg.finalize("success")
@@ -144,6 +145,41 @@ def _describe(e: BaseException) -> str:
     return text
 
 
+@dataclass
+class _Live:
+    """What one run of a trial has built so far; the outcome reads it, then the runner drops it."""
+
+    monitor: Any = None
+    trainer: Any = None
+    model: Any = None
+    datamodule: Any = None
+
+
+def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
+    """Seed, build through the builder (with the search's callbacks), and fit one run of a trial."""
+    from lightning.fabric.utilities.seed import seed_everything
+
+    b = job.build
+    _clean_dir(job.trial_dir)
+    with quiet_lightning(b.builder.quiet):
+        fold, repeat = job.part or (0, 0)
+        seed = trial_seed(job.seed, job.number, repeat)
+        seed_everything(seed, workers=True, verbose=False)
+
+        def callbacks(pl: Any) -> list[Any]:
+            live.monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
+            return search_callbacks(pl, b, job, live.monitor)
+
+        live.model, live.datamodule, live.trainer = b.builder.build(
+            job.params, seed=seed, trial_dir=job.trial_dir, callbacks=callbacks
+        )
+        if b.cv is not None:
+            live.datamodule = fold_view(live.datamodule, fold, b.cv)
+        _log_params(live.trainer, job.params)
+        live.trainer.fit(live.model, datamodule=live.datamodule)
+        _log_hparams(live.trainer, job.params, b.monitor, live.monitor.best_value)
+
+
 def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutcome:
     """Build the model, datamodule and Trainer of one trial, fit, and return its outcome.
 
@@ -151,40 +187,20 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     non-finite metrics become a FAILED outcome with the reason. A Ctrl+C or SIGTERM becomes an
     outcome with ``interrupted`` set, after restoring the SIGINT handler Lightning replaces.
     """
-    b = job.build
-    if job.part is None and len(b.runs) > 1:
+    if job.part is None and len(job.build.runs) > 1:
         return run_parts(job, reporter)
     sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-    monitor = None
-    trainer = model = dm = None
+    live = _Live()
     error: BaseException | None = None
     interrupted: str | None = None
     try:
-        _clean_dir(job.trial_dir)
-        with quiet_lightning(b.builder.quiet):
-            from lightning.fabric.utilities.seed import seed_everything
-
-            fold, repeat = job.part or (0, 0)
-            seed = trial_seed(job.seed, job.number, repeat)
-            seed_everything(seed, workers=True, verbose=False)
-
-            def callbacks(pl: Any) -> list[Any]:
-                nonlocal monitor
-                monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
-                return search_callbacks(pl, b, job, monitor)
-
-            model, dm, trainer = b.builder.build(job.params, seed=seed, trial_dir=job.trial_dir, callbacks=callbacks)
-            if b.cv is not None:
-                dm = fold_view(dm, fold, b.cv)
-            _log_params(trainer, job.params)
-            trainer.fit(model, datamodule=dm)
-            _log_hparams(trainer, job.params, b.monitor, monitor.best_value)
+        _fit(job, reporter, live)
     except SearchPreempted as e:
         interrupted, error = PREEMPTED, e
     except (KeyboardInterrupt, SystemExit) as e:
         # Lightning turns Ctrl+C into SystemExit(1) raised while it handles the KeyboardInterrupt, and
         # SIGTERM into SIGTERMException; any other SystemExit (sys.exit in user code) is a failure
-        if type(e).__name__ == "SIGTERMException":
+        if compat.is_interrupt_exit(e):
             interrupted = PREEMPTED
         elif isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
             interrupted = INTERRUPTED
@@ -195,13 +211,13 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     finally:
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)  # Lightning leaves SIGINT ignored after an interrupt
-        if trainer is not None:
+        if live.trainer is not None:
             with contextlib.suppress(Exception):  # a W&B run left open would be reused by the next trial
-                finish_loggers(trainer.loggers)
-    outcome = _outcome(job, monitor, trainer, error, interrupted)
-    if error is not None:  # its traceback holds this frame, and so the model, in a reference cycle
+                finish_loggers(live.trainer.loggers)
+    outcome = _outcome(job, live.monitor, live.trainer, error, interrupted)
+    if error is not None:  # its traceback holds the trial's frames, and so the model, in a reference cycle
         traceback.clear_frames(error.__traceback__)
-    del trainer, model, dm, monitor, error
+    del live, error
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
@@ -260,10 +276,7 @@ def _outcome(
         error = monitor.error
     if error is not None:
         # every trial would fail the same way: a missing metric, or arguments the model/Trainer refuse
-        fatal = (
-            isinstance(error, (MetricNotFoundError, ConfigurationError))
-            or type(error).__name__ == "MisconfigurationException"
-        )
+        fatal = isinstance(error, (MetricNotFoundError, ConfigurationError)) or compat.is_misconfiguration(error)
         return TrialOutcome(TrialState.FAILED, error=_describe(error), fatal=fatal, **common)
     if not values:
         logged = sorted(metrics)
@@ -280,13 +293,18 @@ def _outcome(
     return TrialOutcome(state, value=monitor.best_value, best_step=monitor.best_step, checkpoint=ckpt, **common)
 
 
+def _run_dir(b: TrialBuild, fold: int, repeat: int) -> str:
+    if b.repeats == 1:
+        return f"fold_{fold}"
+    return f"repeat_{repeat}" if b.cv is None else f"fold_{fold}_repeat_{repeat}"
+
+
 def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
     """Run every fold/repeat of a trial in turn; the trial's value is the mean of the runs' best values.
 
     Steps continue across runs and carry the running mean (see :class:`MeanReporter`), so pruning
     acts on the mean so far; a pruned or failed run ends the trial.
     """
-    import statistics
     from dataclasses import replace
 
     b = job.build
@@ -295,13 +313,9 @@ def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
     sent: dict[int, float] = {}
     last: TrialOutcome | None = None
     for fold, repeat in b.runs:
-        name = (
-            f"fold_{fold}"
-            if b.repeats == 1
-            else (f"repeat_{repeat}" if b.cv is None else f"fold_{fold}_repeat_{repeat}")
-        )
         channel = MeanReporter(reporter, done, len(sent), b.direction)
-        last = run_trial(replace(job, part=(fold, repeat), trial_dir=os.path.join(job.trial_dir, name)), channel)
+        run_dir = os.path.join(job.trial_dir, _run_dir(b, fold, repeat))
+        last = run_trial(replace(job, part=(fold, repeat), trial_dir=run_dir), channel)
         sent.update(channel.sent)
         runs.append(
             {
@@ -317,10 +331,19 @@ def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
         if last.state is not TrialState.COMPLETE:
             break
         done.append(last.value)
-    attrs = {"runs": runs}
+    assert last is not None
+    return _parts_outcome(b, runs, done, sent, last)
+
+
+def _parts_outcome(
+    b: TrialBuild, runs: list[dict[str, Any]], done: list[float], sent: dict[int, float], last: TrialOutcome
+) -> TrialOutcome:
+    """The trial's outcome from its runs: the last one's state, the mean of the completed runs' values."""
+    import statistics
+
+    attrs: dict[str, Any] = {"runs": runs}
     if len(done) > 1:
         attrs["std"] = statistics.stdev(done)
-    assert last is not None
     common = {"intermediate": sent, "metrics": last.metrics, "attrs": attrs}
     if last.state is TrialState.FAILED:
         where = f"run {len(runs) - 1} (fold {runs[-1]['fold']}, repeat {runs[-1]['repeat']})"

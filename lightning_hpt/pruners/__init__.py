@@ -8,6 +8,7 @@ from lightning_hpt.pruners.hyperband import HyperbandPruner
 from lightning_hpt.pruners.median import MedianPruner
 from lightning_hpt.pruners.nop import NopPruner
 from lightning_hpt.pruners.successive_halving import SuccessiveHalvingPruner
+from lightning_hpt.registry import Registry
 
 __all__ = [
     "PRUNERS",
@@ -19,8 +20,12 @@ __all__ = [
     "make_pruner",
 ]
 
-#: the names ``make_pruner`` accepts, each with its default pruner.
-PRUNERS = {"none": NopPruner, "median": MedianPruner, "asha": SuccessiveHalvingPruner, "hyperband": HyperbandPruner}
+#: the pruners reachable by name (``make_pruner``, the CLI's ``search.pruner``), each with its default arguments.
+PRUNERS: Registry[Pruner] = Registry("pruner", Pruner)
+PRUNERS.register("none", NopPruner)
+PRUNERS.register("median", MedianPruner)
+PRUNERS.register("asha", SuccessiveHalvingPruner)
+PRUNERS.register("hyperband", HyperbandPruner)
 
 
 def make_pruner(spec: str | Pruner | None) -> Pruner:
@@ -46,7 +51,7 @@ def make_pruner(spec: str | Pruner | None) -> Pruner:
         raise ConfigurationError(
             f"pruner must be None, a Pruner or one of {valid}; got pruner={spec!r} of type {type(spec).__name__}"
         )
-    cls = PRUNERS.get(spec.strip().lower())
+    cls = PRUNERS.get(spec)
     if cls is None:
         raise ConfigurationError(f"unknown pruner={spec!r}; use one of {valid}, None, or a Pruner object")
     return cls()

@@ -16,8 +16,10 @@ class Pruner(ABC):
     resumed search, or several workers, reach the same decisions.
     """
 
-    #: the name stored with the study and accepted by ``HyperparameterSearch(pruner=...)``.
+    #: the name stored with the study and accepted by ``HyperparameterSearch(pruner=...)``; for display only.
     name: str = "pruner"
+    #: False for a pruner that never stops a trial: reports then need no answer (channels do not wait).
+    active: bool = True
 
     @abstractmethod
     def should_prune(self, history: History, trial: TrialRecord) -> bool:

@@ -93,7 +93,7 @@ class HyperbandPruner(Pruner):
         bracket = _bracket(history.seed, trial.number, budgets)
         mates = tuple(t for t in history.trials if _bracket(history.seed, t.number, budgets) == bracket)
         halving = SuccessiveHalvingPruner(self.min_resource, self.reduction_factor, min_early_stopping_rate=bracket)
-        return halving._decide(dataclasses.replace(history, trials=mates), trial, max_resource)
+        return halving.decide(dataclasses.replace(history, trials=mates), trial, max_resource)
 
     def __repr__(self) -> str:
         return (

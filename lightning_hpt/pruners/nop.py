@@ -18,6 +18,7 @@ class NopPruner(Pruner):
     """
 
     name = "none"
+    active = False
 
     def should_prune(self, history: History, trial: TrialRecord) -> bool:
         # Non-finite values included: a diverged trial is the monitor's business, not this pruner's.

@@ -92,9 +92,10 @@ class SuccessiveHalvingPruner(Pruner):
         return steps
 
     def should_prune(self, history: History, trial: TrialRecord) -> bool:
-        return self._decide(history, trial, self.max_resource if self.max_resource is not None else history.max_steps)
+        return self.decide(history, trial, self.max_resource if self.max_resource is not None else history.max_steps)
 
-    def _decide(self, history: History, trial: TrialRecord, max_resource: int | None) -> bool:
+    def decide(self, history: History, trial: TrialRecord, max_resource: int | None) -> bool:
+        """:meth:`should_prune` with the maximum resource given (Hyperband gives each bracket's)."""
         step = trial.last_step
         if step is None:
             return False

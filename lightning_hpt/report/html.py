@@ -14,7 +14,6 @@ import base64
 import datetime as dt
 import html
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_hpt.exceptions import HPTError
 from lightning_hpt.report.export import write_text_atomic
 from lightning_hpt.report.table import format_duration, format_value, param_labels, rank_trials
-from lightning_hpt.trial import Direction, TrialRecord, TrialState
+from lightning_hpt.trial import Direction, TrialRecord, TrialState, best_trial, count_states
 
 if TYPE_CHECKING:  # storage sits on the same floor as report: only its interface is used, never imported
     from lightning_hpt.storage.base import Storage, StudyInfo
@@ -56,27 +55,8 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _counts(trials: Sequence[TrialRecord]) -> dict[TrialState, int]:
-    out = dict.fromkeys(TrialState, 0)
-    for t in trials:
-        out[t.state] += 1
-    return out
-
-
-def _best(trials: Sequence[TrialRecord], direction: Direction) -> TrialRecord | None:
-    best = None
-    for t in trials:
-        scored = t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
-        if scored and (best is None or direction.better(t.value, best.value)):
-            best = t
-    return best
-
-
 def _summary(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
-    counts = _counts(trials)
-    spans = "".join(
-        f"<span class='state-{s.value}'>{s.value.lower()}: <b>{n}</b></span>" for s, n in counts.items() if n
-    )
+    spans = "".join(f"<span class='state-{s}'>{s.lower()}: <b>{n}</b></span>" for s, n in count_states(trials).items())
     parts = [f"<p class='counts'>{len(trials)} trials &mdash; {spans or 'none yet'}</p>"]
     durations = [t.duration for t in trials if t.duration is not None]
     if durations:
@@ -84,7 +64,7 @@ def _summary(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
             f"<p>Trial time: {_e(format_duration(sum(durations)))} in all,"
             f" {_e(format_duration(sum(durations) / len(durations)))} per finished trial on average.</p>"
         )
-    best = _best(trials, info.direction)
+    best = best_trial(trials, info.direction)
     if best is None:
         parts.append("<p class='note'>No COMPLETE trial yet.</p>")
         return "\n".join(parts)

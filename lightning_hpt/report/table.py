@@ -13,18 +13,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError
-from lightning_hpt.trial import Direction, TrialRecord, TrialState
+from lightning_hpt.trial import Direction, TrialRecord, rank_trials
 
 __all__ = ["format_duration", "format_value", "param_labels", "rank_trials", "trials_table"]
 
-# Ranking when best first: finished trials with a value before those without one.
-_STATE_RANK = {
-    TrialState.COMPLETE: 0,
-    TrialState.PRUNED: 1,
-    TrialState.RUNNING: 2,
-    TrialState.QUEUED: 3,
-    TrialState.FAILED: 4,
-}
 _MAX_CELL = 24
 
 
@@ -53,27 +45,12 @@ def format_duration(seconds: float | None) -> str:
 
 
 def param_labels(names: Sequence[str]) -> dict[str, str]:
-    """Short labels: ``model.lr`` (or ``model.init_args.lr``) becomes ``lr`` unless another parameter would get the same label."""
+    """Short labels: ``model.lr`` (or ``model.init_args.lr``) becomes ``lr``, unless two would get the same one."""
     short = {n: ".".join(p for p in n.split(".") if p != "init_args").split(".", 1)[-1] for n in names}
     counts: dict[str, int] = {}
     for label in short.values():
         counts[label] = counts.get(label, 0) + 1
     return {n: (label if counts[label] == 1 else n) for n, label in short.items()}
-
-
-def _sort_value(t: TrialRecord, direction: Direction) -> float:
-    if t.value is None or not math.isfinite(t.value):
-        return math.inf
-    return t.value if direction is Direction.MINIMIZE else -t.value
-
-
-def rank_trials(trials: Sequence[TrialRecord], direction: Direction) -> list[TrialRecord]:
-    """Trials best first: COMPLETE by value, then PRUNED by value, then RUNNING, QUEUED and FAILED ones.
-
-    Ties (and trials without a value) keep the order of their numbers.
-    """
-    direction = Direction.parse(direction)
-    return sorted(trials, key=lambda t: (_STATE_RANK.get(t.state, 5), _sort_value(t, direction), t.number))
 
 
 def _param_names(trials: Sequence[TrialRecord]) -> list[str]:
@@ -92,7 +69,7 @@ def _render(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(header), *(line(r) for r in rows)])
@@ -126,10 +103,7 @@ def trials_table(
         raise ConfigurationError(f"top must be a positive integer or None (every trial), got top={top!r}")
     if not trials:
         return "(no trials)"
-    if top is None:
-        chosen = sorted(trials, key=lambda t: t.number)
-    else:
-        chosen = rank_trials(trials, direction)[:top]
+    chosen = sorted(trials, key=lambda t: t.number) if top is None else rank_trials(trials, direction)[:top]
     names = _param_names(chosen)
     labels = param_labels(names)
     header = ["#", "state", monitor, *(labels[n] for n in names), "epochs", "duration"]

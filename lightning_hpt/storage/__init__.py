@@ -11,10 +11,13 @@ import os
 from typing import Any
 
 from lightning_hpt.exceptions import StorageError
-from lightning_hpt.storage.base import Storage, StudyInfo
+from lightning_hpt.storage.base import STORAGES, Storage, StudyInfo
 from lightning_hpt.storage.sql import SCHEMA_VERSION, SQLStorage
 
-__all__ = ["SCHEMA_VERSION", "SQLStorage", "Storage", "StudyInfo", "open_storage"]
+__all__ = ["SCHEMA_VERSION", "STORAGES", "SQLStorage", "Storage", "StudyInfo", "open_storage"]
+
+STORAGES.register("sqlite", SQLStorage)
+STORAGES.register("postgresql", SQLStorage)
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
@@ -23,10 +26,11 @@ def open_storage(url_or_storage: Storage | str | os.PathLike[str], **kwargs: Any
     """The storage named by ``url_or_storage``.
 
     Args:
-        url_or_storage: a :class:`Storage` (returned as it is), a SQLAlchemy URL
-            (``"sqlite:///runs/study.db"``, ``"postgresql+psycopg://user:password@host/db"``), or a
-            filesystem path ending in ``.db`` (``.sqlite``, ``.sqlite3``), which means a SQLite file.
-        **kwargs: passed to :class:`SQLStorage` (``lock_timeout``, ``retries``, ``engine_kwargs``).
+        url_or_storage: a :class:`Storage` (returned as it is), a URL whose scheme is registered in
+            :data:`STORAGES`, any other SQLAlchemy URL (``"sqlite:///runs/study.db"``,
+            ``"postgresql+psycopg://user:password@host/db"``), or a filesystem path ending in ``.db``
+            (``.sqlite``, ``.sqlite3``), which means a SQLite file.
+        **kwargs: passed to the backend (:class:`SQLStorage`: ``lock_timeout``, ``retries``, ``engine_kwargs``).
 
     Raises:
         StorageError: the argument is none of these, or the database cannot be opened.
@@ -40,7 +44,8 @@ def open_storage(url_or_storage: Storage | str | os.PathLike[str], **kwargs: Any
     if isinstance(url_or_storage, (str, os.PathLike)):
         text = os.fspath(url_or_storage)
         if isinstance(text, str) and "://" in text:
-            return SQLStorage(text, **kwargs)
+            scheme = text.split("://", 1)[0].split("+", 1)[0]
+            return (STORAGES.get(scheme) or SQLStorage)(text, **kwargs)
         if isinstance(text, str) and text.lower().endswith(_SQLITE_SUFFIXES):
             return SQLStorage("sqlite:///" + os.path.abspath(os.path.expanduser(text)), **kwargs)
     raise StorageError(

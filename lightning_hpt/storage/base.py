@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_hpt.registry import Registry
 from lightning_hpt.space import SearchSpace
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
-__all__ = ["Storage", "StudyInfo"]
+__all__ = ["STORAGES", "Storage", "StudyInfo"]
 
 
 @dataclass(frozen=True)
@@ -140,5 +141,11 @@ class Storage(ABC):
     def last_heartbeat(self, study: str, number: int) -> float | None:
         """POSIX time of the trial's last heartbeat (or start), ``None`` if never."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional: a backend without connections has nothing to release)
         """Release connections."""
+
+
+#: storage backends by URL scheme (the part before ``://``, without a ``+driver``): ``open_storage`` reaches a
+#: backend registered here, e.g. ``STORAGES.register("redis", RedisStorage)`` for ``redis://host/0``. The
+#: class is called as ``cls(url, **kwargs)``. Schemes not registered are SQLAlchemy URLs.
+STORAGES: Registry[Storage] = Registry("storage", Storage)

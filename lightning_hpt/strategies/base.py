@@ -33,8 +33,11 @@ class Strategy(ABC):
     numbers ``history.next_number, history.next_number + 1, ...``.
     """
 
-    #: the name stored with the study (``"random"``, ``"grid"``, ...).
+    #: the name stored with the study (``"random"``, ``"grid"``, ...); for display and storage only.
     name: str = "strategy"
+    #: True when the strategy enumerates a finite set and then returns ``[]`` (a grid): the search may
+    #: run with ``n_trials=None`` until it is exhausted, and a configuration is never created twice.
+    exhaustive: bool = False
 
     def __init__(self, seed: int | None = None) -> None:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):

@@ -33,19 +33,21 @@ class GridStrategy(Strategy):
         >>> from lightning_hpt import Categorical, Int, SearchSpace
         >>> from lightning_hpt.trial import Direction, History
         >>> h = History(SearchSpace({"model.n": Int(1, 2), "data.bs": Categorical([32, 64])}), Direction.MAXIMIZE)
-        >>> GridStrategy().ask(h, 4)
-        [{'model.n': 1, 'data.bs': 32}, {'model.n': 1, 'data.bs': 64}, {'model.n': 2, 'data.bs': 32}, {'model.n': 2, 'data.bs': 64}]
+        >>> GridStrategy().ask(h, 3)
+        [{'model.n': 1, 'data.bs': 32}, {'model.n': 1, 'data.bs': 64}, {'model.n': 2, 'data.bs': 32}]
     """
 
     name = "grid"
+    exhaustive = True
 
     def __init__(self, points: int | Mapping[str, int] | None = None, shuffle: bool = False, seed: int | None = None):
         super().__init__(seed)
-        if points is not None and not isinstance(points, Mapping):
-            if isinstance(points, bool) or not isinstance(points, int) or points < 1:
-                raise ConfigurationError(
-                    f"GridStrategy: points must be a positive int or a dict of them, got points={points!r}"
-                )
+        if (points is not None and not isinstance(points, Mapping)) and (
+            isinstance(points, bool) or not isinstance(points, int) or points < 1
+        ):
+            raise ConfigurationError(
+                f"GridStrategy: points must be a positive int or a dict of them, got points={points!r}"
+            )
         self.points = dict(points) if isinstance(points, Mapping) else points
         self.shuffle = shuffle
 

@@ -31,6 +31,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
 
 from lightning_hpt.exceptions import TrialPickleError
 from lightning_hpt.executors.base import Executor
@@ -58,15 +59,18 @@ class ContractData(L.LightningDataModule):
         super().__init__()
         self.batch_size = batch_size
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(96, 4, generator=g)
         y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(96, generator=g)
         self.train_set, self.val_set = TensorDataset(x[:64], y[:64, None]), TensorDataset(x[64:], y[64:, None])
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=32)
 
@@ -104,9 +108,11 @@ class ContractModel(L.LightningModule):
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         h, epoch = self.hparams, self.current_epoch
         if h.marker and not os.path.exists(h.marker):
@@ -128,6 +134,7 @@ class ContractModel(L.LightningModule):
         self.log("train_loss", loss)
         return loss
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         self.log("val_loss", nn.functional.mse_loss(self(x), y))
@@ -140,6 +147,7 @@ class ContractModel(L.LightningModule):
             }
         )
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
@@ -152,6 +160,9 @@ def contract_build(**trainer: Any) -> TrialBuild:
 
 class RecordingReporter:
     """Records every report with the process and thread that received it; returns True (stop) from ``prune_at``."""
+
+    #: reports wait for the answer (a test sets False, as a search without a pruner does)
+    answers: bool = True
 
     def __init__(self, prune_at: int | None = None) -> None:
         self.prune_at = prune_at
@@ -229,7 +240,7 @@ class ExecutorContract:
         # answers=False (no pruner) lets a channel send reports without waiting for the answer; a value
         # may then arrive after the trial ended and be dropped, but the outcome carries every value
         reporter = RecordingReporter()
-        reporter.answers = False  # type: ignore[attr-defined]
+        reporter.answers = False
         out = self.run(executor, self.job(root, 3, lr=0.05, **{"trainer.max_epochs": 3}), reporter)
         assert out.state is TrialState.COMPLETE, out.error
         assert sorted(out.intermediate) == [0, 1, 2]
@@ -250,7 +261,7 @@ class ExecutorContract:
         assert not pending
         outcomes = [f.result() for f in futures]
         assert [o.state for o in outcomes] == [TrialState.COMPLETE] * n
-        for i, (o, r) in enumerate(zip(outcomes, reporters)):
+        for i, (o, r) in enumerate(zip(outcomes, reporters, strict=True)):
             assert [c[0] for c in r.calls] == [0, 1]  # each trial's reports went to its own reporter
             assert dict(o.intermediate) == pytest.approx({s: v for s, v, _ in r.calls})
             assert Path(o.checkpoint).resolve().is_relative_to((root / f"trial_{10 + i}").resolve())

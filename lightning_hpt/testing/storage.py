@@ -203,7 +203,7 @@ class StorageContract:
     def test_create_with_an_expected_number_refuses_a_stale_one(self, storage: Storage, study: str) -> None:
         assert storage.create_trial(study, PARAMS, number=0).number == 0
         # a proposal made from a history read before trial 0 existed is refused, and writes nothing
-        with pytest.raises(DuplicateTrialError, match="next free trial number .* is 1, not 0"):
+        with pytest.raises(DuplicateTrialError, match=r"next free trial number .* is 1, not 0"):
             storage.create_trial(study, {**PARAMS, "model.layers": 3}, number=0)
         assert [t.number for t in storage.trials(study)] == [0]
         assert storage.create_trial(study, PARAMS, number=1).number == 1

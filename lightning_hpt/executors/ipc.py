@@ -1,71 +1,32 @@
-"""The report channel between trials running elsewhere and the driver, and what executors share.
+"""The report channel between trials in other processes and the driver, on one machine.
 
 A trial in another process sends each validation value to the driver and blocks until the
-driver's pruning decision comes back, so the reporter handed to ``Executor.submit`` is always
-called in the driver process. On one machine the channel is a local socket
-(:class:`ReportServer` / :class:`ChannelReporter`, authenticated with a random key); the Ray
-executor carries the same calls through a Ray actor instead. Both call the driver's reporters
-through one :class:`ReporterRegistry`.
-
-It also holds what every executor checks before sending trials away: that the trial code pickles
-(:func:`check_picklable`) and whether one trial's parameters make it a DDP trial
-(:func:`trial_launches_subprocesses`).
+driver's pruning decision comes back (unless the driver's reporter never answers "stop"), so the
+reporter handed to ``Executor.submit`` is always called in the driver process. The channel is a
+local socket (:class:`ReportServer` / :class:`ChannelReporter`, authenticated with a random key);
+the Ray executor carries the same calls through a Ray actor instead. Both call the driver's
+reporters through one :class:`ReporterRegistry`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import pickle
-import pickletools
 import secrets
-import signal
 import socket
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
-from lightning_hpt.exceptions import TrialPickleError
 from lightning_hpt.lightning.monitor import TrialReporter
-from lightning_hpt.lightning.builder import trainer_params
-from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
-from lightning_hpt.trial import TrialState
 
-__all__ = [
-    "KEY_ENV",
-    "ChannelReporter",
-    "ReportServer",
-    "ReporterRegistry",
-    "check_picklable",
-    "describe_exit",
-    "failed_outcome",
-    "refers_to_main",
-    "trial_launches_subprocesses",
-]
+__all__ = ["KEY_ENV", "ChannelReporter", "ReportServer", "ReporterRegistry"]
 
 log = logging.getLogger(__name__)
 
 #: environment variable that carries the channel's key (hex) to worker processes, so it is in no command line.
 KEY_ENV = "HPT_WORKER_KEY"
-
-
-def failed_outcome(error: str) -> TrialOutcome:
-    """A FAILED outcome decided by the executor (the trial itself could not tell: its process is gone)."""
-    return TrialOutcome(TrialState.FAILED, error=error)
-
-
-def describe_exit(returncode: int | None) -> str:
-    """``"exit code 3"`` or ``"killed by signal SIGKILL (9)"`` for a ``Popen.returncode``."""
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = "signal"
-        return f"killed by signal {name} ({-returncode})"
-    return f"exit code {returncode}"
 
 
 class ReporterRegistry:
@@ -214,78 +175,3 @@ class ChannelReporter:
             with contextlib.suppress(OSError):
                 self._conn.close()
             self._conn = None
-
-
-def refers_to_main(data: bytes) -> bool:
-    """Whether a pickle names something in ``__main__`` (the user's script), which a worker must import first."""
-    with contextlib.suppress(Exception):
-        return any(
-            arg == "__main__" or (isinstance(arg, str) and arg.startswith("__main__ "))
-            for _, arg, _ in pickletools.genops(data)
-        )
-    return False
-
-
-def check_picklable(build: TrialBuild, dumps: Callable[[Any], bytes], where: str) -> bytes:
-    """Pickle ``build`` with ``dumps``, or raise :class:`TrialPickleError` naming the part that cannot be.
-
-    Args:
-        build: the search's trial code and settings.
-        dumps: the pickler the executor uses (``pickle.dumps``, or Ray's cloudpickle).
-        where: how the executor sends trials, for the message (``"worker processes"``).
-
-    Returns:
-        The pickled build.
-    """
-    try:
-        return dumps(build)
-    except Exception as whole:  # find the field (and the trainer argument) that fails, for the message
-        culprit, error = "the trial build", whole
-        for name, part in build.builder.parts():
-            try:
-                dumps(part)
-            except Exception as e:
-                culprit = name if name.endswith("]") else f"{name}={_short(part)}"
-                error = e
-                break
-        raise TrialPickleError(
-            f"{culprit} cannot be sent to {where}: it cannot be pickled ({type(error).__name__}: {error}). Trials run"
-            " in other processes, so the model, datamodule and trainer_kwargs must be picklable: define classes and"
-            " factory functions at module level (not lambdas or nested functions), and create locks, open files,"
-            " connections and threads inside the trial (in the factory, setup() or __init__), not around it"
-        ) from whole
-
-
-def _short(value: Any) -> str:
-    name = getattr(value, "__qualname__", None)
-    if isinstance(name, str):
-        return name  # in full: its end is the name the user knows
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def pickle_dumps(obj: Any) -> bytes:
-    """The pickler of the process executor: the standard one, highest protocol."""
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-# trainer.* parameters that decide how many processes a trial's Trainer starts
-_PROCESS_KEYS = frozenset({"strategy", "devices", "num_nodes", "accelerator"})
-
-
-def trial_launches_subprocesses(job: TrialJob, executor: str) -> str | None:
-    """Why ``job`` cannot run under ``executor`` because its ``trainer.*`` parameters make it a DDP trial; ``None`` if it can.
-
-    ``TrialBuilder.launches_subprocesses()`` judges the shared Trainer settings once, before any trial;
-    this judges one trial whose search space sets ``trainer.strategy``, ``trainer.devices``, ... (only
-    those trials: it builds a throwaway Trainer).
-    """
-    trainer = trainer_params(job.params)
-    if not _PROCESS_KEYS & set(trainer) or not job.build.builder.launches_subprocesses(job.params):
-        return None
-    return (
-        f"trial {job.number}'s parameters {dict(sorted(trainer.items()))} train it on several processes (DDP), which"
-        f" Lightning starts by re-running the current command; {executor} cannot run such a trial. Run DDP trials with"
-        " executor=ProcessExecutor(gpus_per_trial=k) (CPU: ProcessExecutor(devices=[], workers=cores // k)), or leave"
-        " the strategy and devices out of the search space"
-    )

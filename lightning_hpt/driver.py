@@ -1,0 +1,147 @@
+"""The loop of one run: keep the executor busy with trials, record each outcome, stop when done."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
+from typing import Any
+
+from lightning_hpt.exceptions import MetricNotFoundError, SearchPreempted
+from lightning_hpt.executors import Executor
+from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
+from lightning_hpt.proposals import next_trials
+from lightning_hpt.pruners import Pruner
+from lightning_hpt.recovery import ACTIVE, abandon
+from lightning_hpt.reporting import StudyReporter
+from lightning_hpt.storage import Storage
+from lightning_hpt.strategies import Strategy
+from lightning_hpt.trial import PREEMPTED, History, TrialRecord
+
+__all__ = ["StudyDriver"]
+
+
+class StudyDriver:
+    """Runs a study's trials through an executor until ``n_trials`` are finished, the strategy runs out or time is up.
+
+    Args:
+        storage, study: the opened study (the driver is its only writer in this process).
+        build: what every trial is built from.
+        executor: where trials run.
+        strategy, pruner: what to try next, and when a running trial stops.
+        n_trials: trials in the whole study, or ``None`` (until the strategy runs out).
+        timeout: seconds after which no new trial starts, or ``None``.
+        root: trials run in ``<root>/<study>/trial_<number>/``.
+        seed: the study's seed, handed to every trial.
+        read_history: reads the study's current history (with the search's ``max_steps``).
+        progress, board: the live display and the study's TensorBoard board, told of each trial.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        study: str,
+        build: TrialBuild,
+        executor: Executor,
+        strategy: Strategy,
+        pruner: Pruner,
+        *,
+        n_trials: int | None,
+        timeout: float | None,
+        root: Path,
+        seed: int | None,
+        read_history: Callable[[], History],
+        progress: Any,
+        board: Any,
+    ) -> None:
+        self.storage, self.study, self.build, self.executor = storage, study, build, executor
+        self.strategy, self.pruner, self.n_trials, self.timeout = strategy, pruner, n_trials, timeout
+        self.root, self.seed, self.read_history = root, seed, read_history
+        self.progress, self.board = progress, board
+        #: numbers this run started and has not recorded yet (the heartbeat keeps them alive)
+        self.started: set[int] = set()
+        self._running: dict[Future, tuple[TrialRecord, StudyReporter]] = {}
+        self._history: History | None = None  # the study as read after the last finished trial
+
+    def loop(self) -> str:
+        """Run until done; returns why it stopped. Re-raises Ctrl+C, SIGTERM and driver errors after
+        recording this run's unfinished trials as FAILED."""
+        t0 = time.monotonic()
+        reason: str | None = None
+        handling = False  # recording an interrupted trial: another Ctrl+C or SIGTERM must end the driver at once
+        try:
+            while True:
+                if reason is None and self.timeout is not None and time.monotonic() - t0 > self.timeout:
+                    reason = "timeout"
+                free = self.executor.max_concurrency - len(self._running)
+                if reason is None and free > 0:
+                    reason = self._start(free)
+                if not self._running:
+                    return reason or "done"
+                done, _ = wait(list(self._running), timeout=1.0, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    rec, reporter = self._running.pop(fut)
+                    outcome = fut.result()
+                    handling = outcome.interrupted is not None
+                    final = self._finish(rec, reporter, outcome)
+                    handling = False
+                    self._recorded(final, outcome)
+        except BaseException as e:
+            self._running.clear()
+            if not (handling and isinstance(e, (KeyboardInterrupt, SearchPreempted))):
+                abandon(self.storage, self.study, self.started, e)  # a second Ctrl+C here also ends it at once
+                self.started.clear()
+            raise
+
+    def _start(self, free: int) -> str | None:
+        recs, reason = next_trials(
+            self.storage, self.study, self.strategy, self.n_trials, free, self.read_history, self._history
+        )
+        self._history = None
+        for rec in recs:
+            reporter = StudyReporter(
+                self.storage, self.study, self.pruner, self.read_history, rec.number, self.progress
+            )
+            ACTIVE.add(self.storage, self.study, rec.number)
+            self.started.add(rec.number)
+            self.progress.trial_started(rec)  # before submit: the in-process executor blocks
+            self._running[self.executor.submit(self._job(rec), reporter)] = (rec, reporter)
+        return reason
+
+    def _job(self, rec: TrialRecord) -> TrialJob:
+        trial_dir = self.root / self.study / f"trial_{rec.number}"
+        return TrialJob(self.build, rec.number, dict(rec.params), self.seed, str(trial_dir))
+
+    def _recorded(self, final: TrialRecord, outcome: TrialOutcome) -> None:
+        """After a trial is stored: update the display, and stop the run if the trial says so."""
+        ACTIVE.discard(self.storage, self.study, final.number)
+        self.started.discard(final.number)
+        history = self._history = self.read_history()  # one read serves the display and the next proposals
+        finished = sum(t.state.is_finished for t in history.trials)
+        self.progress.trial_finished(final, history.best(), self.build.monitor, finished, self.n_trials)
+        self.board.trial_finished(final, history.best())
+        gc.freeze()  # what outlived this trial (lazy imports, caches) stays out of the next collections
+        if outcome.interrupted == PREEMPTED:
+            raise SearchPreempted()
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+        if outcome.fatal and not history.completed:
+            raise MetricNotFoundError(f"trial {final.number} failed and every trial would: {outcome.error}")
+
+    def _finish(self, rec: TrialRecord, reporter: StudyReporter, outcome: TrialOutcome) -> TrialRecord:
+        for step, value in sorted(outcome.intermediate.items()):
+            if step not in reporter.stored:  # values the channel did not carry (it failed, or the executor batches)
+                self.storage.report(self.study, rec.number, step, value)
+        attrs = {**outcome.attrs, "metrics": dict(outcome.metrics)} if outcome.metrics or outcome.attrs else None
+        return self.storage.finish_trial(
+            self.study,
+            rec.number,
+            state=outcome.state,
+            value=outcome.value,
+            best_step=outcome.best_step,
+            error=outcome.error,
+            checkpoint=outcome.checkpoint,
+            attrs=attrs,
+        )

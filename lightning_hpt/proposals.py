@@ -1,0 +1,89 @@
+"""The next trials to start: queued configurations first, then the strategy's proposals."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+
+from lightning_hpt.exceptions import DuplicateTrialError
+from lightning_hpt.recovery import HOST
+from lightning_hpt.storage import Storage
+from lightning_hpt.strategies import Strategy
+from lightning_hpt.trial import History, TrialRecord
+
+__all__ = ["next_trials"]
+
+_BACKOFF = random.Random()  # its own generator: the pauses never touch the global random state
+
+
+def _claim_queued(storage: Storage, study: str, k: int) -> list[TrialRecord]:
+    out: list[TrialRecord] = []
+    while len(out) < k:
+        rec = storage.claim_queued(study, host=HOST, pid=os.getpid())
+        if rec is None:
+            break
+        out.append(rec)
+    return out
+
+
+def next_trials(
+    storage: Storage,
+    study: str,
+    strategy: Strategy,
+    n_trials: int | None,
+    k: int,
+    read_history: Callable[[], History],
+    history: History | None = None,
+) -> tuple[list[TrialRecord], str | None]:
+    """Up to ``k`` trials created RUNNING now (queued first, then new proposals), and why there are none.
+
+    Args:
+        storage, study: the study.
+        strategy: proposes configurations from the history.
+        n_trials: trials in the whole study, or ``None`` (an exhaustive strategy runs out).
+        k: how many trials are wanted.
+        read_history: reads the study's current history.
+        history: the study as just read, if it was (saves reading it again); a stale one only
+            costs a refused proposal, made again from a fresh read.
+    """
+    out = _claim_queued(storage, study, k)
+    if len(out) == k:
+        return out, None
+    # Another driver sharing the study may add a trial between our read and our write: then the proposal
+    # (made for the number that trial took, e.g. the same seeded random draw, a grid point it now has, or
+    # a model blind to it) is refused and made again from the new history. Every refusal means another
+    # driver made progress, so this ends; a short random pause after each breaks up drivers in lockstep.
+    unique = strategy.exhaustive
+    refusals = 0
+    while True:
+        history = history if history is not None and not refusals else read_history()
+        if n_trials is not None and len(history.trials) >= n_trials:
+            return out, "n_trials reached"
+        want = k - len(out) if n_trials is None else min(k - len(out), n_trials - len(history.trials))
+        proposals = strategy.ask(history, want)
+        if not proposals:
+            return out, f"{strategy.name} strategy exhausted"
+        for i, params in enumerate(proposals):
+            try:
+                rec = storage.create_trial(
+                    study,
+                    params,
+                    max_trials=n_trials,
+                    host=HOST,
+                    pid=os.getpid(),
+                    unique=unique,
+                    number=history.next_number + i,
+                )
+            except DuplicateTrialError:
+                refusals += 1
+                time.sleep(_BACKOFF.uniform(0.0, min(0.05 * refusals, 0.5)))
+                break
+            if rec is None:
+                return out, "n_trials reached"
+            out.append(rec)
+        else:
+            return out, None
+        if len(out) == k:
+            return out, None
