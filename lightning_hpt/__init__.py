@@ -17,6 +17,7 @@ from lightning_hpt.lightning.loggers import TrialLogger
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.pruners import HyperbandPruner, MedianPruner, NopPruner, Pruner, SuccessiveHalvingPruner
 from lightning_hpt.result import SearchResult
+from lightning_hpt.script import ScriptSearch, ScriptTrial
 from lightning_hpt.search import HyperparameterSearch
 from lightning_hpt.space import Categorical, Float, Int, SearchSpace
 from lightning_hpt.strategies import GridStrategy, RandomStrategy, SobolStrategy, Strategy
@@ -49,6 +50,8 @@ __all__ = [
     "Pruner",
     "RandomStrategy",
     "RayExecutor",
+    "ScriptSearch",
+    "ScriptTrial",
     "SearchPreempted",
     "SearchResult",
     "SearchSpace",

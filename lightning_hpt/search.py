@@ -360,16 +360,6 @@ class HyperparameterSearch:
         progress.end(str(result), trials_table(result.trials, self.monitor, self.direction, top=10))
         return result
 
-    @staticmethod
-    def for_script(space: Mapping[str, Domain] | SearchSpace, **kwargs: Any) -> Any:
-        """A study for a training script that builds its own Trainer: :class:`~lightning_hpt.script.ScriptSearch`.
-
-        ``for trial in search:`` gives each trial; ``trial.callback()`` in its Trainer reports and prunes.
-        """
-        from lightning_hpt.script import ScriptSearch  # the script route sits on top of the search
-
-        return ScriptSearch(space, **kwargs)
-
     # --- results and ask/tell -------------------------------------------------------------------
     @property
     def trials(self) -> list[TrialRecord]:

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from lightning_hpt import ConfigurationError, Float, HyperparameterSearch, Int, TrialLogger, TrialState
+from lightning_hpt import ConfigurationError, Float, HyperparameterSearch, Int, ScriptSearch, TrialLogger, TrialState
 from lightning_hpt.cli.parsing import ARGS_WARNING
 from lightning_hpt.lightning.runner import trial_seed
 from lightning_hpt.storage import open_storage
@@ -292,7 +292,7 @@ def test_api_every_logger_gets_one_run_per_trial(project, tmp_path):
 
 
 def test_script_route_two_copies_on_one_study_with_pruning(project):
-    """tune.py (for_script) started twice at once, as a SLURM array or two terminals would."""
+    """tune.py (ScriptSearch) started twice at once, as a SLURM array or two terminals would."""
     where = project("trainer_script")
     procs = [script("tune.py", "--trials", "6", "--max_epochs", "3", cwd=where) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -314,7 +314,7 @@ def test_script_route_two_copies_on_one_study_with_pruning(project):
 def test_script_route_gan(project, tmp_path):
     project("gan")
     gan = importlib.import_module("gan")
-    search = HyperparameterSearch.for_script(
+    search = ScriptSearch(
         space={"lr_g": Float(1e-4, 1e-2, log=True), "lr_d": Float(1e-4, 1e-2, log=True)},
         monitor="val_dist",
         mode="min",

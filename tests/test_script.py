@@ -14,7 +14,7 @@ import pytest
 from conftest import TinyData, TinyModel
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from lightning_hpt import Float, HyperparameterSearch, Int
+from lightning_hpt import Float, Int, ScriptSearch
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.pruners import Pruner
 from lightning_hpt.storage import open_storage
@@ -48,7 +48,7 @@ def trainer(trial, tmp_path: Path, epochs: int = 3, extra: tuple = (), **kwargs)
     )
 
 
-def search(tmp_path: Path, **kwargs) -> HyperparameterSearch:
+def search(tmp_path: Path, **kwargs) -> ScriptSearch:
     settings = {
         "space": {"lr": Float(0.01, 0.1, log=True), "hidden": Int(4, 16)},
         "monitor": "val_loss",
@@ -59,7 +59,7 @@ def search(tmp_path: Path, **kwargs) -> HyperparameterSearch:
         "seed": 0,
         "max_epochs": 3,
     }
-    return HyperparameterSearch.for_script(**{**settings, **kwargs})
+    return ScriptSearch(**{**settings, **kwargs})
 
 
 def test_loop_records_each_trial_with_its_steps_and_the_scripts_checkpoint(tmp_path):
@@ -125,9 +125,9 @@ SCRIPT = textwrap.dedent(
     import lightning.pytorch as L
     sys.path.insert(0, {tests!r})
     from conftest import TinyData, TinyModel
-    from lightning_hpt import Float, HyperparameterSearch
+    from lightning_hpt import Float, ScriptSearch
 
-    search = HyperparameterSearch.for_script(
+    search = ScriptSearch(
         space={{"lr": Float(0.01, 0.1, log=True)}}, monitor="val_loss", n_trials=2, pruner="median",
         storage={db!r}, root={root!r}, seed=0, max_epochs=2,
     )

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))  # the digits project of examples/cli
 from digits_project import DigitsData, DigitsMLP
 
-from lightning_hpt import Float, HyperparameterSearch, Int
+from lightning_hpt import Float, Int, ScriptSearch
 
 
 class TunedMLP(DigitsMLP):
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default="hpt_runs")
     args = parser.parse_args(argv)
 
-    search = HyperparameterSearch.for_script(
+    search = ScriptSearch(
         space={
             "lr": Float(1e-4, 3e-2, log=True),
             "hidden_dim": Int(16, 256, log=True),

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from shift import Regressor, ShiftData
 from train import MONITOR
 
-from lightning_hpt import Float, HyperparameterSearch, Int
+from lightning_hpt import Float, Int, ScriptSearch
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pruner", default="median")
     args = parser.parse_args(argv)
 
-    search = HyperparameterSearch.for_script(
+    search = ScriptSearch(
         space={"lr": Float(1e-3, 0.3, log=True), "hidden": Int(8, 64, log=True), "batch_size": Int(16, 64, step=16)},
         monitor=MONITOR,
         mode="min",
