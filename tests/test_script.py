@@ -182,7 +182,8 @@ def test_ddp_runs_each_trial_once_on_every_rank(tmp_path, launcher):
             trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp",
                                 callbacks=[trial.callback()], logger=False, enable_progress_bar=False)
             trainer.fit(TinyModel(lr=trial.params["lr"]), TinyData())
-            print("rank", trainer.global_rank, "trial", trial.number, trial.params["lr"], flush=True)
+            with open(f"rank_{trainer.global_rank}.txt", "a") as f:  # one file per rank: no interleaved lines
+                f.write(f"rank {trainer.global_rank} trial {trial.number} {trial.params['lr']}\\n")
         """
     )
     done = run_script(tmp_path, body, launcher)
@@ -190,7 +191,7 @@ def test_ddp_runs_each_trial_once_on_every_rank(tmp_path, launcher):
     trials = open_storage(str(tmp_path / "s.db")).trials("default")
     assert [t.number for t in trials] == [0, 1]
     assert all(t.state is TrialState.COMPLETE for t in trials)
-    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank"))
+    lines = sorted(line for r in (0, 1) for line in (tmp_path / f"rank_{r}.txt").read_text().splitlines())
     assert len(lines) == 4  # both ranks trained both trials, with the same parameters
     by_trial = {}
     for line in lines:
