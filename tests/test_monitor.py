@@ -124,3 +124,57 @@ def test_monitor_state_is_saved_in_checkpoints_and_restored(tmp_path, fast_train
         k: v for k, v in monitor.values.items() if k in state["values"]
     }
     assert again.best_value == pytest.approx(min(again.values.values()))
+
+
+def test_a_pytorch_lightning_module_gets_that_flavours_monitor(tmp_path, fast_trainer):
+    """Issue 14: the pytorch_lightning monitor is a defined class (it was built with type() at run time);
+    a module with its own loaders needs no datamodule."""
+    pl = pytest.importorskip("pytorch_lightning")
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_hpt.lightning.monitor_pl import TrialMonitor as PLTrialMonitor
+
+    class Flavoured(pl.LightningModule):
+        def __init__(self, lr: float = 0.05) -> None:
+            super().__init__()
+            self.lr, self.net = lr, nn.Linear(4, 1)
+
+        def _data(self):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(32, 4, generator=g)
+            return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=16)
+
+        def train_dataloader(self):
+            return self._data()
+
+        def val_dataloader(self):
+            return self._data()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self.net(x), y)
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    from lightning_hpt.lightning.config import namespace_of
+    from lightning_hpt.lightning.monitor import monitor_class
+
+    assert namespace_of(Flavoured) is pl and monitor_class(pl) is PLTrialMonitor  # what the runner picks
+    assert issubclass(PLTrialMonitor, pl.Callback)
+    search = HyperparameterSearch(
+        Flavoured,
+        None,
+        {"model.lr": Categorical([0.05])},
+        n_trials=1,
+        root=tmp_path,
+        trainer_kwargs=fast_trainer,
+        verbose=False,
+    )
+    (t,) = search.run().trials
+    assert t.state is TrialState.COMPLETE and len(t.intermediate) == fast_trainer["max_epochs"], t.error

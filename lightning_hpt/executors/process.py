@@ -14,7 +14,6 @@ import atexit
 import contextlib
 import dataclasses
 import logging
-import os
 import queue
 import secrets
 import signal
@@ -26,7 +25,6 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError  # not the builtin before Python 3.11
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -35,59 +33,15 @@ from typing_extensions import override
 from lightning_hpt.exceptions import ConfigurationError, TrialPickleError
 from lightning_hpt.executors._pickling import check_picklable, pickle_dumps, refers_to_main
 from lightning_hpt.executors._slots import Slot, plan_slots
+from lightning_hpt.executors._workers import Task, WorkerProcess, main_spec, signal_group, worker_command, worker_env
 from lightning_hpt.executors.base import Executor, describe_exit, failed_outcome
-from lightning_hpt.executors.ipc import KEY_ENV, ReporterRegistry, ReportServer
+from lightning_hpt.executors.ipc import ReporterRegistry, ReportServer
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 
 __all__ = ["ProcessExecutor"]
 
 log = logging.getLogger(__name__)
-# set by a launcher or a cluster for *its* processes; a worker is a fresh single process, and Lightning
-# must neither take it for rank k of someone else's job nor wait for ranks that SLURM will not start
-_FOREIGN_VARS = (
-    "LOCAL_RANK",
-    "RANK",
-    "WORLD_SIZE",
-    "NODE_RANK",
-    "GROUP_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "TORCHELASTIC_RUN_ID",
-    "SLURM_NTASKS",
-    "PL_GLOBAL_SEED",
-)
-
-
-@dataclass
-class _Task:
-    number: int
-    job_data: bytes
-    build_key: int
-    report_key: str
-    future: Future
-    started: float | None = None
-
-
-@dataclass
-class _Worker:
-    proc: subprocess.Popen
-    token: str
-    conn: Connection | None = None
-    trials: int = 0
-    builds: set[int] = field(default_factory=set)
-    task: _Task | None = None
-
-
-def _main_spec() -> str | None:
-    """How a worker imports the driver's ``__main__``: a script path, ``-m NAME``, or None (interactive)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name not in ("__main__", None):
-        return f"-m {spec.name.removesuffix('.__main__')}"
-    path = getattr(main, "__file__", None)
-    return os.path.abspath(path) if path and path.endswith(".py") else None
 
 
 class ProcessExecutor(Executor):
@@ -168,9 +122,9 @@ class ProcessExecutor(Executor):
         self._lock = threading.Lock()
         self._server: ReportServer | None = None
         self._registry = ReporterRegistry()
-        self._queue: queue.Queue[_Task | None] = queue.Queue()
+        self._queue: queue.Queue[Task | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
-        self._workers: dict[int, _Worker] = {}  # slot index -> its current worker
+        self._workers: dict[int, WorkerProcess] = {}  # slot index -> its current worker
         self._hello: dict[str, queue.Queue] = {}  # token -> where its connection goes
         self._builds: dict[int, tuple[TrialBuild, bytes]] = {}
         self._main: str | None = None
@@ -224,7 +178,7 @@ class ProcessExecutor(Executor):
                 return key
         data = data if data is not None else check_picklable(build, pickle_dumps, self.sends_to)
         if refers_to_main(data):
-            self._main = _main_spec()
+            self._main = main_spec()
             if self._main is None:
                 raise TrialPickleError(
                     "the trial code is defined in __main__ of an interactive session, which a worker process cannot"
@@ -236,7 +190,7 @@ class ProcessExecutor(Executor):
 
     def _check_loads(self, key: int) -> None:
         answer: Future = Future()
-        self._queue.put(_Task(-1, b"", key, "", answer))
+        self._queue.put(Task(-1, b"", key, "", answer))
         try:
             kind, error = answer.result(timeout=self.start_timeout + 60)
         except FutureTimeoutError:
@@ -261,7 +215,7 @@ class ProcessExecutor(Executor):
         key = self._register_build(job.build)
         future: Future[TrialOutcome] = Future()
         data = pickle_dumps(dataclasses.replace(job, build=None))
-        self._queue.put(_Task(job.number, data, key, self._registry.register(reporter), future))
+        self._queue.put(Task(job.number, data, key, self._registry.register(reporter), future))
         return future
 
     def shutdown(self) -> None:
@@ -272,12 +226,12 @@ class ProcessExecutor(Executor):
             self._closed.set()
             workers = list(self._workers.values())
         for w in workers:
-            _signal_group(w.proc, signal.SIGTERM)
+            signal_group(w.proc, signal.SIGTERM)
         deadline = time.monotonic() + self.terminate_grace
         for w in workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            _signal_group(w.proc, signal.SIGKILL)
+            signal_group(w.proc, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 w.proc.wait(timeout=5.0)
         for _ in self._threads:
@@ -301,7 +255,7 @@ class ProcessExecutor(Executor):
 
     # ------------------------------------------------------------------ the driver side of one slot
     def _slot_loop(self, slot: Slot) -> None:
-        worker: _Worker | None = None
+        worker: WorkerProcess | None = None
         spawn_failed = False
         while not self._closed.is_set():
             if worker is None and not spawn_failed:
@@ -342,50 +296,26 @@ class ProcessExecutor(Executor):
         if worker is not None:
             self._end(worker, slot, self.terminate_grace)
 
-    def _complete(self, task: _Task, result: Any) -> None:
+    def _complete(self, task: Task, result: Any) -> None:
         if task.report_key:
             self._registry.unregister(task.report_key)
         if not task.future.done():
             task.future.set_result(result)
 
-    def _spawn(self, slot: Slot) -> tuple[_Worker | None, str]:
+    def _spawn(self, slot: Slot) -> tuple[WorkerProcess | None, str]:
         """Start a worker for ``slot`` and wait for it to connect; ``(None, why)`` if it does not."""
         assert self._server is not None
         token = secrets.token_hex(8)
         inbox: queue.Queue = queue.Queue()
         self._hello[token] = inbox
-        cmd = [
-            sys.executable,
-            "-m",
-            "lightning_hpt.executors.worker",
-            "--address",
-            self._server.address,
-            "--token",
-            token,
-            "--threads",
-            str(slot.threads),
-        ]
-        if self._main:
-            cmd += ["--main", self._main]
-        env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_VARS}
-        # the workers import what this process imports: its sys.path (the test directory, the script's folder)
-        paths = [os.path.abspath(p or os.getcwd()) for p in sys.path]
-        env.update(
-            {
-                "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
-                KEY_ENV: self._server.authkey.hex(),
-                "OMP_NUM_THREADS": str(slot.threads),
-                "MKL_NUM_THREADS": str(slot.threads),
-            }
-        )
-        env["CUDA_VISIBLE_DEVICES"] = slot.gpus if slot.gpus is not None else ""
-        env.update(self.env)
+        cmd = worker_command(self._server.address, token, slot.threads, self._main)
+        env = worker_env(slot, self._server.authkey, self.env)
         try:
             proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as e:
             self._hello.pop(token, None)
             return None, f"{type(e).__name__}: {e}"
-        worker = _Worker(proc, token)
+        worker = WorkerProcess(proc, token)
         with self._lock:
             self._workers[slot.index] = worker
             closed = self._closed.is_set()
@@ -425,7 +355,7 @@ class ProcessExecutor(Executor):
         finally:
             conn.close()
 
-    def _load(self, worker: _Worker, task: _Task) -> bool:
+    def _load(self, worker: WorkerProcess, task: Task) -> bool:
         """Have ``worker`` unpickle the build; the answer (an error text or None) completes the task."""
         data = self._builds[task.build_key][1]
         try:
@@ -443,7 +373,7 @@ class ProcessExecutor(Executor):
         self._complete(task, ("load", error))
         return error is None
 
-    def _run(self, worker: _Worker, slot: Slot, task: _Task) -> tuple[TrialOutcome, bool]:
+    def _run(self, worker: WorkerProcess, slot: Slot, task: Task) -> tuple[TrialOutcome, bool]:
         """Run one trial on ``worker``; returns its outcome and whether the worker can take another."""
         send_build = task.build_key not in worker.builds
         data = self._builds[task.build_key][1] if send_build else None
@@ -480,7 +410,7 @@ class ProcessExecutor(Executor):
         finally:
             worker.task = None
 
-    def _end(self, worker: _Worker, slot: Slot, grace: float, *, ask: bool = True) -> None:
+    def _end(self, worker: WorkerProcess, slot: Slot, grace: float, *, ask: bool = True) -> None:
         """Stop ``worker`` and every process it started: ask (an idle one), then SIGTERM, then SIGKILL."""
         if ask and worker.conn is not None and worker.proc.poll() is None and grace > 0:
             with contextlib.suppress(OSError):
@@ -488,10 +418,10 @@ class ProcessExecutor(Executor):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.proc.wait(timeout=min(grace, 1.0))
         if worker.proc.poll() is None:
-            _signal_group(worker.proc, signal.SIGTERM)
+            signal_group(worker.proc, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.proc.wait(timeout=grace)
-        _signal_group(worker.proc, signal.SIGKILL)  # also the DDP ranks left in its group
+        signal_group(worker.proc, signal.SIGKILL)  # also the DDP ranks left in its group
         with contextlib.suppress(subprocess.TimeoutExpired):
             worker.proc.wait(timeout=5.0)
         if worker.conn is not None:
@@ -506,9 +436,3 @@ class ProcessExecutor(Executor):
             f"ProcessExecutor(workers={len(self._slots)}, gpus={[s.gpus for s in self._slots]},"
             f" threads_per_worker={self._slots[0].threads if self._slots else 0})"
         )
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    """Signal the worker's process group (it leads one: ``start_new_session``), i.e. it and its DDP ranks."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
