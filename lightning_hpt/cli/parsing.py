@@ -99,10 +99,8 @@ def cli_parser(
             " keyword arguments (forward **kwargs to LightningCLI.__init__)"
         ) from e
     except (ValueError, KeyError, AttributeError) as e:  # e.g. a link to a model argument without the model class
-        raise ConfigurationError(
-            f"{name} could not build its parser: {type(e).__name__}: {e}\n"
-            f"(if the project's script passes classes to it: {script_hint()})"
-        ) from None
+        why = f"{type(e).__name__}: {e}\n(if the project's script passes classes to it: {script_hint()})"
+        raise ConfigurationError(f"{name} could not build its parser: {why}") from None
     raise ConfigurationError(
         f"cli={name} never called parse_arguments; give a LightningCLI subclass that keeps LightningCLI's"
         " construction (setup_parser, then parse_arguments)"
