@@ -15,9 +15,11 @@ from lightning_hpt.exceptions import (
 from lightning_hpt.executors import Executor, LocalExecutor, ProcessExecutor
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
+from lightning_hpt.lightning.loggers import TrialLogger
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.pruners import HyperbandPruner, MedianPruner, NopPruner, Pruner, SuccessiveHalvingPruner
 from lightning_hpt.result import SearchResult
+from lightning_hpt.script import ScriptSearch, ScriptTrial
 from lightning_hpt.search import HyperparameterSearch
 from lightning_hpt.space import Categorical, Float, Int, SearchSpace
 from lightning_hpt.strategies import GridStrategy, RandomStrategy, SobolStrategy, Strategy
@@ -50,6 +52,8 @@ __all__ = [
     "Pruner",
     "RandomStrategy",
     "RayExecutor",
+    "ScriptSearch",
+    "ScriptTrial",
     "SearchFailedError",
     "SearchPreempted",
     "SearchResult",
@@ -62,6 +66,7 @@ __all__ = [
     "StudyNotFoundError",
     "SuccessiveHalvingPruner",
     "TrialBuilder",
+    "TrialLogger",
     "TrialRecord",
     "TrialState",
 ]

@@ -139,11 +139,12 @@ def test_user_callbacks_loggers_and_fixed_seed_are_kept(tmp_path):
     assert code == 0, err
     starts = [line.split() for line in log.read_text().splitlines()]
     assert starts == [[str(os.getpid()), str(tmp_path / "runs" / "default" / f"trial_{n}")] for n in (0, 1)]
-    assert sorted(p.name for p in (tmp_path / "csv" / "lightning_logs").iterdir()) == ["version_0", "version_1"]
+    assert not (tmp_path / "csv").exists()  # the config's logger writes each trial's own run in the trial
     for n in (0, 1):
         saved = yaml.safe_load((tmp_path / "runs" / "default" / f"trial_{n}" / "config.yaml").read_text())
         assert saved["seed_everything"] == 123  # an integer seed in the config is the user's choice: kept
-        assert (tmp_path / "csv" / "lightning_logs" / f"version_{n}" / "metrics.csv").exists()
+        assert saved["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path / "csv")  # as the project has it
+        assert (tmp_path / "runs" / "default" / f"trial_{n}" / "csv" / "metrics.csv").exists()
 
 
 def test_command_line_overrides_and_print_config(tmp_path, configs, capsys):

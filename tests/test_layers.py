@@ -17,7 +17,7 @@ FLOORS = {
     **dict.fromkeys(("strategies", "pruners", "storage", "lightning", "report"), 1),
     "executors": 2,
     **dict.fromkeys(("search", "result", "driver", "reporting", "proposals", "recovery", "run_scope"), 3),
-    **dict.fromkeys(("cli", "testing", "__init__", "__main__"), 4),
+    **dict.fromkeys(("cli", "testing", "script", "__init__", "__main__"), 4),
 }
 
 

@@ -278,7 +278,7 @@ def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
     ).run()
     for t in result.trials:
         assert len(t.intermediate) == t.params["trainer.max_epochs"]
-        assert (tmp_path / "default" / f"trial_{t.number}" / "metrics.csv").exists()
+        assert (tmp_path / "default" / f"trial_{t.number}" / "csv" / "metrics.csv").exists()
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,9 @@ from lightning_hpt.lightning.builder import (
     TrialParts,
     trainer_params,
 )
+from lightning_hpt.lightning.callbacks import combine_callbacks, quiet_flags
 from lightning_hpt.lightning.config import namespace_of
+from lightning_hpt.lightning.loggers import TrialContext, config_loggers
 from lightning_hpt.space import SearchSpace
 
 __all__ = ["TRIAL_CONFIG", "CLITrialBuilder"]
@@ -113,7 +115,8 @@ class CLITrialBuilder(TrialBuilder):
         The trial's resolved config is written to ``<trial_dir>/config.yaml``.
         """
         cli = self._cli(params, _TRIAL, seed=self._seed(seed), callbacks=callbacks(self.namespace), trial_dir=trial_dir)
-        Path(trial_dir, TRIAL_CONFIG).write_text(dump_config(cli.parser, cli.config))
+        # the project's loggers as configured, not the trial's runs: `fit --config best.yaml` logs where fit does
+        Path(trial_dir, TRIAL_CONFIG).write_text(dump_config(cli.parser, cli.project_config))
         return TrialParts(cli.model, cli.datamodule, cli.trainer)
 
     @override
@@ -169,6 +172,11 @@ def _trial_cli(
         @override
         def parse_arguments(self, parser: Any, args: Any) -> None:
             self.config = layer(parser, parse_base(parser, base), params, seed)
+            self.project_config = self.config  # what the trial's config.yaml (and best.yaml) holds
+            if mode == _TRIAL and self.config.get("trainer.logger"):  # each trial logs its own run
+                ctx = TrialContext.from_dir(trial_dir, params)
+                self.config = self.config.clone()
+                self.config["trainer.logger"] = config_loggers(self.config["trainer.logger"], ctx)
 
         @override
         def instantiate_trainer(self, **kwargs: Any) -> Any:
@@ -180,15 +188,16 @@ def _trial_cli(
                 args = {"enable_progress_bar": False, "enable_model_summary": False, **kept, **(overrides or {})}
                 return self.trainer_class(**args)
             user = _as_list(kwargs.pop("callbacks", None) or trainer_cfg.get("callbacks"))
-            ours = list(callbacks)
-            if trainer_cfg.get("enable_checkpointing") is False:  # the config turned checkpoints off: keep it so
-                ours = [c for c in ours if not isinstance(c, pl.callbacks.ModelCheckpoint)]
-            kwargs["callbacks"] = [*user, *ours]
+            # callbacks the CLI adds itself (parser.add_lightning_class_args(EarlyStopping, ...)) count as the user's
+            added = [self.config_init.get(k) for k in getattr(self.parser, "callback_keys", [])]
+            monitor, *ours = combine_callbacks(
+                pl, [*user, *added], list(callbacks), checkpointing=trainer_cfg.get("enable_checkpointing")
+            )
+            kwargs["callbacks"] = [monitor, *user, *ours[len(user) + len(added) :]]
             kwargs["default_root_dir"] = os.fspath(trial_dir)
-            if quiet and not any(isinstance(c, pl.callbacks.ProgressBar) for c in user):
-                kwargs["enable_progress_bar"] = False
-            if quiet and not any(isinstance(c, pl.callbacks.ModelSummary) for c in user):
-                kwargs["enable_model_summary"] = False
+            kwargs.update(quiet_flags(pl, [*user, *added], quiet))
+            if "enable_autolog_hparams" in trainer_cfg:
+                kwargs["enable_autolog_hparams"] = False  # the runner logs the trial's parameters, full names
             # loggers the user configured with a fixed directory are shared by the trials: the
             # config saved there is each trial's in turn (every trial's own is in its directory)
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}

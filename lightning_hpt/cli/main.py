@@ -26,8 +26,8 @@ USAGE = (
     "usage: lightning-hpt {search,show,best,report,retry,delete} ...\n\n"
     + "\n".join(f"  {name:<7} {text}" for name, text in COMMANDS.items())
     + (
-        "\n\nsearch takes the configs LightningCLI's fit takes plus a search: section, and --cli, --model_class,"
-        "\n--datamodule_class for projects with their own LightningCLI subclass or fixed classes;"
+        "\n\nsearch takes the configs LightningCLI's fit takes plus a search: section, and --script train.py"
+        "\nfor a project whose script gives LightningCLI its classes or subclass (or --cli, --model_class, ...);"
         "\nlightning-hpt search --help lists every option. The other commands find the study with --storage,"
         "\n--root, or --config with the search section the search ran with.\n"
     )
@@ -169,8 +169,8 @@ def main(
         argv: the command and its arguments; ``None`` (the command itself): ``sys.argv[1:]``, with the
             working directory put on the Python path and warnings logged to standard error.
         cli_class, cli_args, cli_kwargs: the LightningCLI to build trials with, as
-            :class:`~lightning_hpt.cli.SearchCLI` passes them; otherwise ``search`` reads ``--cli``,
-            ``--model_class`` and ``--datamodule_class``.
+            :class:`~lightning_hpt.cli.SearchCLI` passes them; otherwise ``search`` reads ``--script``
+            (or ``--cli``, ``--model_class`` and ``--datamodule_class``).
         stdout, stderr: where output and errors go.
 
     Returns:

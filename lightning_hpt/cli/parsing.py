@@ -24,9 +24,11 @@ __all__ = [
     "config_paths",
     "dump_config",
     "layer",
+    "parse_args_briefly",
     "parse_base",
     "require_jsonargparse",
     "resolve_key",
+    "script_hint",
     "short_key",
 ]
 
@@ -96,10 +98,62 @@ def cli_parser(
             f"cli={name} could not be built with run=False and args=: {e}; the class must accept LightningCLI's"
             " keyword arguments (forward **kwargs to LightningCLI.__init__)"
         ) from e
+    except (ValueError, KeyError, AttributeError) as e:  # e.g. a link to a model argument without the model class
+        why = f"{type(e).__name__}: {e}\n(if the project's script passes classes to it: {script_hint()})"
+        raise ConfigurationError(f"{name} could not build its parser: {why}") from None
     raise ConfigurationError(
         f"cli={name} never called parse_arguments; give a LightningCLI subclass that keeps LightningCLI's"
         " construction (setup_parser, then parse_arguments)"
     )
+
+
+def script_hint(script: str = "train.py") -> str:
+    """How to name the script (or classes) of a project whose LightningCLI call is not the plain one."""
+    return (
+        f"give --script {script} (the script that calls LightningCLI: its classes and subclass apply),"
+        " or --cli/--model_class/--datamodule_class"
+    )
+
+
+def _brief(error: str) -> str:
+    """A jsonargparse error in one line: where it is and its innermost reason."""
+    lines = [ln.strip() for ln in error.strip().splitlines() if ln.strip()]
+    where = lines[0].rstrip(":") if lines else error
+    reasons = [
+        ln.lstrip("- ")
+        for ln in lines[1:]
+        if not ln.startswith(("Subtypes:", "Errors:", "Given value", "- Expected a"))
+    ]
+    reasons = [r for r in reasons if "Does not validate against any of the Union subtypes" not in r]
+    return f"{where}: {reasons[-1]}" if reasons else where
+
+
+def parse_args_briefly(parser: Any, argv: Sequence[str], prog: str, hint: str | None = None) -> Any:
+    """``parser.parse_args(argv)`` whose errors are one or two lines naming the fix, not a usage dump.
+
+    ``--help`` and ``--print_config`` still print and exit. ``hint``: what to do (default: :func:`script_hint`).
+
+    Raises:
+        ConfigurationError: the arguments or config files do not parse; for a ``model:`` or ``data:``
+            section without ``class_path`` the message says to name the script that gives the classes.
+    """
+    import argparse
+
+    hint = script_hint() if hint is None else hint
+    parser.exit_on_error = False
+    try:
+        return parser.parse_args(list(argv))
+    except argparse.ArgumentError as e:
+        text = str(e)
+        head = text.strip().splitlines()[0] if text.strip() else text
+        section = next((k for k in ("model", "data") if head.startswith(f'Parser key "{k}"')), None)
+        if hint and section is not None and "Given value type: <class 'dict'>" in text:
+            raise ConfigurationError(
+                f"the config's {section}: section has no class_path, so the project's script gives the class;"
+                f" {hint}\n({_brief(text)}; see {prog} --help)"
+            ) from None
+        fix = f"\n(if the project's script passes classes: {hint})" if hint else f" (see {prog} --help)"
+        raise ConfigurationError(f"{_brief(text)}{fix}") from None
 
 
 def dump_config(parser: Any, cfg: Any) -> str:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from lightning_hpt.cli.builder import CLITrialBuilder
-from lightning_hpt.cli.parsing import cli_parser, dump_config, load_yaml, parse_base
+from lightning_hpt.cli.capture import capture_cli, cli_scripts
+from lightning_hpt.cli.parsing import cli_parser, dump_config, load_yaml, parse_args_briefly, parse_base, script_hint
 from lightning_hpt.cli.settings import SearchSettings, make_executor, make_pruner_spec, make_strategy_spec
 from lightning_hpt.cli.space import resolve_params, space_from_config
 from lightning_hpt.cli.study import best_config, write_text
@@ -25,6 +26,7 @@ __all__ = ["META_FLAGS", "import_class", "parse_search", "run_search"]
 
 #: flags of ``lightning-hpt search`` that choose the CLI, read before the CLI's parser exists.
 META_FLAGS = {
+    "script": "the project's script that calls LightningCLI: its CLI class and arguments build every trial",
     "cli": "import path of the project's LightningCLI subclass (default: lightning.pytorch.cli.LightningCLI)",
     "model_class": "import path of the fixed LightningModule, as LightningCLI(model_class=...) takes it",
     "datamodule_class": "import path of the fixed LightningDataModule, as LightningCLI(datamodule_class=...) takes it",
@@ -59,8 +61,14 @@ def _meta_values(argv: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _cli_from_flags(argv: Sequence[str]) -> tuple[type, dict[str, Any]]:
+def _cli_from_flags(argv: Sequence[str]) -> tuple[type, tuple[Any, ...], dict[str, Any]]:
     meta = _meta_values(argv)
+    if "script" in meta:
+        others = sorted(f"--{k}" for k in meta if k != "script")
+        if others:
+            raise ConfigurationError(f"--script names the CLI and its classes already; leave out {others}")
+        call = capture_cli(meta["script"])
+        return call.cli_class, tuple(call.args), dict(call.kwargs)
     if "cli" in meta:
         cli_class = import_class(meta["cli"], "cli")
     else:
@@ -68,7 +76,7 @@ def _cli_from_flags(argv: Sequence[str]) -> tuple[type, dict[str, Any]]:
     if not is_lightning_cli(cli_class):
         raise ConfigurationError(f"--cli={meta['cli']!r} is not a LightningCLI subclass")
     kwargs = {k: import_class(v, k) for k, v in meta.items() if k != "cli"}
-    return cli_class, kwargs
+    return cli_class, (), kwargs
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -115,7 +123,9 @@ def parse_search(
     if meta_flags:
         for flag, text in META_FLAGS.items():
             parser.add_argument(f"--{flag}", type=str | None, default=None, help=text)
-    cfg = parser.parse_args(list(argv))  # --print_config prints the merged config and exits here
+    found = cli_scripts() if meta_flags else []
+    hint = script_hint(found[0] if len(found) == 1 else "train.py") if meta_flags else ""
+    cfg = parse_args_briefly(parser, argv, parser.prog, hint)  # --print_config prints the merged config and exits here
     given = cfg.get("search")
     settings = SearchSettings(**{f.name: given.get(f.name) for f in fields(SearchSettings)})
     config = load_yaml(dump_config(parser, cfg))
@@ -159,7 +169,7 @@ def run_search(
     """
     meta_flags = cli_class is None
     if cli_class is None:
-        cli_class, cli_kwargs = _cli_from_flags(argv)
+        cli_class, cli_args, cli_kwargs = _cli_from_flags(argv)
     cli_kwargs = dict(cli_kwargs or {})
     parser, s, config, config_ns = parse_search(argv, cli_class, cli_args, cli_kwargs, meta_flags)
     space = space_from_config(s.space, config, parser, config_ns)

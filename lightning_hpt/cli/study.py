@@ -86,10 +86,16 @@ def short_params(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
 
 
 def trial_dir(root: Path, study: str, trial: TrialRecord) -> Path:
-    """The trial's directory: where its checkpoint is, else ``<root>/<study>/trial_<number>``."""
+    """The ``trial_<number>`` folder the trial's checkpoint is in, else ``<root>/<study>/trial_<number>``.
+
+    The checkpoint may be the project's own, deeper in the trial (``trial_3/tb/checkpoints/...``).
+    """
+    name = f"trial_{trial.number}"
     if trial.checkpoint:
-        return Path(trial.checkpoint).parent.parent
-    return root / study / f"trial_{trial.number}"
+        found = next((p for p in Path(trial.checkpoint).parents if p.name == name), None)
+        if found is not None:
+            return found
+    return root / study / name
 
 
 def best_config(root: Path, study: str, trial: TrialRecord) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
 import inspect
@@ -20,8 +19,10 @@ from lightning_hpt.lightning.builder import (
     TrialParts,
     trainer_params,
 )
+from lightning_hpt.lightning.callbacks import combine_callbacks, quiet_flags
 from lightning_hpt.lightning.config import check_keys, is_lightning_class, namespace_of, patch_optimizer, split_params
 from lightning_hpt.lightning.folds import require_cv
+from lightning_hpt.lightning.loggers import TrialContext, check_logger_spec, trial_loggers
 from lightning_hpt.space import SearchSpace
 
 __all__ = ["ModuleTrialBuilder"]
@@ -87,17 +88,6 @@ def _make(factory: Any, kwargs: dict[str, Any], config: dict[str, Any], kind: st
     return obj
 
 
-def _loggers(pl: Any, trial_dir: str, params: Mapping[str, Any]) -> list:
-    loggers = [pl.loggers.CSVLogger(save_dir=trial_dir, name="", version="")]
-    with contextlib.suppress(ImportError, ModuleNotFoundError):
-        import tensorboard  # noqa: F401  (TensorBoard logs only when it is installed)
-
-        loggers.append(pl.loggers.TensorBoardLogger(save_dir=trial_dir, name="", version="tb", default_hp_metric=False))
-    for lg in loggers:
-        lg.log_hyperparams(dict(params))
-    return loggers
-
-
 @dataclass(frozen=True)
 class ModuleTrialBuilder(TrialBuilder):
     """Builds trials from a LightningModule class or factory, a DataModule and Trainer arguments.
@@ -145,6 +135,7 @@ class ModuleTrialBuilder(TrialBuilder):
     @override
     def check(self, space: SearchSpace) -> None:
         check_keys(space)
+        check_logger_spec(self.trainer_kwargs.get("logger"))
         data_keys = [k for k in space if k.startswith("data.")]
         if data_keys and _is_instance(self.datamodule, "LightningDataModule"):
             raise ConfigurationError(
@@ -209,16 +200,19 @@ class ModuleTrialBuilder(TrialBuilder):
     def build(self, params: Mapping[str, Any], *, seed: int, trial_dir: str, callbacks: CallbackFactory) -> TrialParts:
         model, dm = self.build_model(params), self.build_datamodule(params)
         pl = namespace_of(model)
-        kwargs: dict[str, Any] = {"enable_progress_bar": not self.quiet, "enable_model_summary": not self.quiet}
-        kwargs.update(self.trainer_settings(params))
+        kwargs = self.trainer_settings(params)
         user = kwargs.pop("callbacks", None) or []
-        user = list(user) if isinstance(user, (list, tuple)) else [user]
-        ours = callbacks(pl)
         # each trial gets its own copies: callbacks keep state (EarlyStopping's wait count, ...)
-        kwargs["callbacks"] = [ours[0], *copy.deepcopy(user), *ours[1:]]  # the search's monitor first
-        kwargs.setdefault("enable_checkpointing", any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in ours))
-        if "logger" not in kwargs:
-            kwargs["logger"] = _loggers(pl, trial_dir, params)
+        user = copy.deepcopy(list(user) if isinstance(user, (list, tuple)) else [user])
+        kwargs = {**quiet_flags(pl, user, self.quiet), **kwargs}
+        checkpointing = kwargs.get("enable_checkpointing")
+        kwargs["callbacks"] = combine_callbacks(pl, user, callbacks(pl), checkpointing=checkpointing)
+        kwargs.setdefault(
+            "enable_checkpointing", any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in kwargs["callbacks"])
+        )
+        kwargs["logger"] = trial_loggers(pl, kwargs.get("logger"), TrialContext.from_dir(trial_dir, params))
+        if "enable_autolog_hparams" in inspect.signature(pl.Trainer).parameters:
+            kwargs.setdefault("enable_autolog_hparams", False)  # the runner logs the trial's parameters
         kwargs["default_root_dir"] = trial_dir
         try:
             return TrialParts(model, dm, pl.Trainer(**kwargs))

@@ -21,7 +21,9 @@ import torch
 from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, SearchPreempted
 from lightning_hpt.lightning import compat
 from lightning_hpt.lightning.builder import TrialBuilder
+from lightning_hpt.lightning.callbacks import best_checkpoint
 from lightning_hpt.lightning.folds import CrossValidation, MeanReporter, fold_view
+from lightning_hpt.lightning.loggers import finish_loggers
 from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
 from lightning_hpt.lightning.quiet import quiet_lightning
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
@@ -113,6 +115,16 @@ class TrialOutcome:
     attrs: Mapping[str, Any] = field(default_factory=dict)
 
 
+def _log_params(trainer: Any, params: Mapping[str, Any]) -> None:
+    """Log the trial's parameters to each of its loggers, once, under their full names.
+
+    Builders turn Lightning's own logging of the model's init arguments off
+    (``enable_autolog_hparams=False``), which would log the same values again under short names.
+    """
+    for lg in trainer.loggers:
+        lg.log_hyperparams(dict(params))
+
+
 def _log_hparams(trainer: Any, params: Mapping[str, Any], monitor: str, best: float | None) -> None:
     """Give TensorBoard's HParams view each trial's parameters with its best value."""
     if best is None:
@@ -163,6 +175,7 @@ def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
         )
         if b.cv is not None:
             live.datamodule = fold_view(live.datamodule, fold, b.cv)
+        _log_params(live.trainer, job.params)
         live.trainer.fit(live.model, datamodule=live.datamodule)
         _log_hparams(live.trainer, job.params, b.monitor, live.monitor.best_value)
 
@@ -198,6 +211,9 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     finally:
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)  # Lightning leaves SIGINT ignored after an interrupt
+        if live.trainer is not None:
+            with contextlib.suppress(Exception):  # a W&B run left open would be reused by the next trial
+                finish_loggers(live.trainer.loggers)
     outcome = _outcome(job, live.monitor, live.trainer, error, interrupted)
     if error is not None:  # its traceback holds the trial's frames, and so the model, in a reference cycle
         traceback.clear_frames(error.__traceback__)
@@ -248,7 +264,9 @@ def _outcome(
             with contextlib.suppress(Exception):
                 metrics[k] = float(v)
     ckpt = os.path.join(job.trial_dir, "checkpoints", "best.ckpt")
-    ckpt = ckpt if os.path.exists(ckpt) else None
+    mode = "min" if job.build.direction is Direction.MINIMIZE else "max"
+    # the project's own ModelCheckpoint on the monitored metric replaces the search's (lightning.callbacks)
+    ckpt = ckpt if os.path.exists(ckpt) else best_checkpoint(trainer, job.build.monitor, mode)
     common = {"intermediate": values, "metrics": metrics}
     if interrupted:
         return TrialOutcome(

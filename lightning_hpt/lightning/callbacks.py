@@ -1,0 +1,70 @@
+"""The project's callbacks and the search's in one Trainer, without the duplicates Lightning refuses.
+
+The rule (one place for every way a trial is built): the project's callbacks are kept as they
+are; a callback of the search that has the same ``state_key`` as one of the project's (an
+``EarlyStopping`` or ``ModelCheckpoint`` on the same metric and mode) is left out, so the
+project's wins. With the project's ``ModelCheckpoint`` on the monitored metric, the trial's best
+checkpoint is that callback's ``best_model_path``. The search's ``ModelCheckpoint`` is also left
+out when the project turns checkpointing off (``enable_checkpointing=False``), and quiet trials
+keep a progress bar the project put in its callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = ["best_checkpoint", "combine_callbacks", "quiet_flags"]
+
+
+def _state_key(callback: Any) -> str | None:
+    with contextlib.suppress(Exception):
+        return str(callback.state_key)
+    return None
+
+
+def combine_callbacks(
+    pl: Any, user: Iterable[Any], ours: Sequence[Any], *, checkpointing: bool | None = None
+) -> list[Any]:
+    """The trial's callbacks: the search's monitor first, the project's, then the search's others that do not clash.
+
+    Args:
+        pl: the Lightning package (``lightning.pytorch`` or ``pytorch_lightning``).
+        user: the project's callbacks for this trial (already its own copies).
+        ours: the search's callbacks, its monitor first.
+        checkpointing: the project's ``enable_checkpointing``; ``False`` leaves out the search's ModelCheckpoint.
+    """
+    user = list(user)
+    taken = {k for k in map(_state_key, user) if k is not None}
+    monitor, *rest = ours
+    kept = []
+    for cb in rest:
+        if _state_key(cb) in taken:
+            continue  # the project's own callback of that kind and setting wins
+        if checkpointing is False and isinstance(cb, pl.callbacks.ModelCheckpoint):
+            continue
+        kept.append(cb)
+    return [monitor, *user, *kept]
+
+
+def quiet_flags(pl: Any, user: Iterable[Any], quiet: bool) -> dict[str, bool]:
+    """``enable_progress_bar``/``enable_model_summary`` for a quiet trial, unless the project has such callbacks."""
+    user = list(user)
+    if not quiet:
+        return {}
+    flags = {}
+    if not any(isinstance(c, pl.callbacks.ProgressBar) for c in user):
+        flags["enable_progress_bar"] = False
+    if not any(isinstance(c, pl.callbacks.ModelSummary) for c in user):
+        flags["enable_model_summary"] = False
+    return flags
+
+
+def best_checkpoint(trainer: Any, monitor: str, mode: str) -> str | None:
+    """The best checkpoint a ModelCheckpoint of ``trainer`` on ``monitor`` (in ``mode``) kept, if any."""
+    for cb in getattr(trainer, "checkpoint_callbacks", None) or []:
+        path = getattr(cb, "best_model_path", "")
+        if path and getattr(cb, "monitor", None) == monitor and getattr(cb, "mode", mode) == mode:
+            return str(path)
+    return None

@@ -1,0 +1,408 @@
+"""Tune a training script that lightning-hpt does not build: the script asks for trials and trains them itself.
+
+::
+
+    search = ScriptSearch(space={"lr": Float(1e-4, 1e-1, log=True)}, monitor="val_acc", mode="max",
+                          storage="runs/studies.db", study_name="mine", n_trials=20, pruner="median")
+    for trial in search:
+        model = MyModel(lr=trial.params["lr"])
+        trainer = L.Trainer(callbacks=[trial.callback(), *my_callbacks], logger=trial.logger("tensorboard"))
+        trainer.fit(model, datamodule=dm)
+    print(search.result())
+
+The callback reports every validation run (the study's pruner answers), stops the Trainer when the
+trial is pruned, and the trial is recorded when the loop moves on (or at ``trial.finish()``, or when
+the process exits). Several copies of the script share one study. Under DDP (Lightning's launcher
+or ``torchrun``) rank 0 asks and reports, the other ranks train the same trials and stop with it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import functools
+import os
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning_hpt.exceptions import ConfigurationError, StorageError
+from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
+from lightning_hpt.lightning.loggers import TrialContext, make_logger
+from lightning_hpt.lightning.monitor import monitor_class
+from lightning_hpt.lightning.runner import TrialJob, _describe, _outcome
+from lightning_hpt.proposals import next_trials
+from lightning_hpt.recovery import ACTIVE, recover
+from lightning_hpt.reporting import StudyReporter
+from lightning_hpt.run_scope import heartbeat
+from lightning_hpt.search import HyperparameterSearch
+from lightning_hpt.space import Domain, SearchSpace
+from lightning_hpt.storage import Storage
+from lightning_hpt.trial import INTERRUPTED, PREEMPTED, TrialRecord, TrialState
+
+__all__ = ["ScriptSearch", "ScriptTrial"]
+
+#: set by rank 0 before Lightning starts the other ranks of a DDP run, which inherit it.
+GROUP_ENV = "LIGHTNING_HPT_SCRIPT_GROUP"
+
+
+class _ScriptBuilder(TrialBuilder):
+    """The trial builder of a :class:`ScriptSearch`: the user's script builds each trial itself."""
+
+    _WHY = "a ScriptSearch's trials are built by the script itself (for trial in search: ...)"
+
+    @property
+    def namespace(self) -> Any:
+        import lightning.pytorch
+
+        return lightning.pytorch
+
+    def check(self, space: SearchSpace) -> None:
+        """Any names: the script reads ``trial.params`` itself."""
+
+    def build(self, params: Mapping[str, Any], *, seed: int, trial_dir: str, callbacks: Any) -> TrialParts:
+        raise ConfigurationError(self._WHY)
+
+    def build_model(self, params: Mapping[str, Any]) -> Any:
+        raise ConfigurationError(
+            f"{self._WHY}: build the best model with your own class and load result.best_checkpoint into it"
+        )
+
+    def build_datamodule(self, params: Mapping[str, Any]) -> Any:
+        return None
+
+    def trainer_settings(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {}
+
+    def evaluation_trainer(self, params: Mapping[str, Any], **overrides: Any) -> Any:
+        raise ConfigurationError(f"{self._WHY}: refit or test the best configuration with your own Trainer")
+
+
+def _rank() -> int:
+    """This process's rank in a DDP run, as torchrun or Lightning's launcher set it (0 without DDP).
+
+    Lightning's launcher sets ``LOCAL_RANK`` and ``NODE_RANK`` in the processes it starts; torchrun
+    sets ``RANK``. A SLURM array task is not a DDP rank: every task of an array is a rank 0.
+    """
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0"))
+
+
+class ScriptTrial:
+    """One trial of a :class:`ScriptSearch`, trained by the user's own code.
+
+    Attributes:
+        number: the trial's number in the study.
+        params: its configuration, the space's names as keys.
+        dir: its directory, ``<root>/<study>/trial_<number>/``.
+        study: the study's name.
+        finished: it is recorded.
+    """
+
+    def __init__(self, recorder: _Recorder, monitor: str, direction: Any) -> None:
+        rec = recorder.record
+        self.number, self.params, self.study, self.dir = rec.number, dict(rec.params), recorder.study, recorder.dir
+        self.finished = False
+        self._recorder, self._metric, self._direction = recorder, monitor, direction
+        self._callback: Any = None
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"ScriptTrial(number={self.number}, params={self.params})"
+
+    @property
+    def pruned(self) -> bool:
+        """The study's pruner stopped this trial."""
+        return bool(self._callback is not None and self._callback.pruned)
+
+    def section(self, prefix: str) -> dict[str, Any]:
+        """The parameters under ``prefix.`` without it: ``trial.section("model")`` -> ``{"lr": ...}``."""
+        head = prefix.rstrip(".") + "."
+        return {k[len(head) :]: v for k, v in self.params.items() if k.startswith(head)}
+
+    def callback(self, namespace: Any = None) -> Any:
+        """The Lightning callback for this trial's Trainer.
+
+        It reports the monitored value after every validation run (steps continue across several
+        fits of one trial), stops the Trainer when the study's pruner says so (on every DDP rank),
+        and keeps an exception raised by the fit as the trial's failure.
+
+        Args:
+            namespace: ``pytorch_lightning`` for a Trainer of that package; ``lightning.pytorch`` by default.
+        """
+        if namespace is None:
+            import lightning.pytorch as namespace
+        cls = type("ScriptTrialCallback", (_FitEnd, monitor_class(namespace)), {})
+        cb = cls(self._metric, self._direction, self._recorder.reporter)
+        previous = self._callback
+        if previous is not None:  # a later fit of the same trial continues its steps and its best value
+            cb.values, cb.best_value, cb.best_step = dict(previous.values), previous.best_value, previous.best_step
+            cb.fit_error = previous.fit_error
+        self._callback = cb
+        return cb
+
+    def logger(self, kind: Any = "tensorboard", **kwargs: Any) -> Any:
+        """A logger whose run is this trial's own: ``trial.logger("csv")``, ``trial.logger(WandbLogger, project=...)``.
+
+        TensorBoard and CSV write under the trial's directory; W&B runs are named ``trial_<n>`` in
+        the group of the study; MLflow runs are named ``trial_<n>`` in the experiment of the study.
+        The trial's parameters are logged as hyperparameters under their full names.
+        """
+        lg = make_logger(kind, TrialContext(self.study, self.number, self.dir, self.params), **kwargs)
+        lg.log_hyperparams(dict(self.params))
+        return lg
+
+    def finish(self, reason: str | None = None) -> TrialRecord | None:
+        """Record the trial from what its callback saw (COMPLETE, PRUNED or FAILED); once. Rank 0 writes.
+
+        Args:
+            reason: the failure to record if the trial never trained with its callback.
+        """
+        if self.finished:
+            return None
+        self.finished = True
+        cb = self._callback
+        error: BaseException | None = cb.fit_error if cb is not None else None
+        if cb is None and error is None:
+            error = ConfigurationError(
+                reason or "the trial ended without a fit using its callback: pass callbacks=[trial.callback(), ...]"
+            )
+        return self._recorder.finish(cb, error)
+
+
+class _FitEnd:
+    """Keeps what a fit ended with: its Trainer, and the exception it raised, if any."""
+
+    fit_error: BaseException | None = None
+    trainer: Any = None
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self.trainer = trainer
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.trainer = trainer
+        if self.fit_error is None:
+            self.fit_error = exception
+
+
+class _Recorder:
+    """Writes one trial's result to the study (rank 0 only); what a :class:`ScriptTrial` gets from its search."""
+
+    def __init__(self, job: TrialJob, record: TrialRecord, study: str, reporter: Any, write: Any, close: Any) -> None:
+        self.job, self.record, self.study, self.dir = job, record, study, job.trial_dir
+        self.reporter, self._write, self._close = reporter, write, close
+
+    def finish(self, cb: Any, error: BaseException | None) -> TrialRecord | None:
+        self._close(self.record.number)
+        if self.reporter is None:  # a DDP rank other than 0: rank 0 records the trial
+            return None
+        interrupted = None
+        if error is not None and type(error).__name__ == "SIGTERMException":
+            interrupted = PREEMPTED
+        elif isinstance(error, KeyboardInterrupt):
+            interrupted = INTERRUPTED
+        trainer = cb.trainer if cb is not None else None
+        outcome = _outcome(self.job, cb, trainer, error, interrupted)
+        ckpt = getattr(trainer, "checkpoint_callback", None)
+        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        if outcome.state is not TrialState.FAILED and best and getattr(ckpt, "monitor", None) == self.job.build.monitor:
+            outcome = dataclasses.replace(outcome, checkpoint=best)  # the script's own checkpoint of the best epoch
+        return self._write(self.record, self.reporter, outcome)
+
+
+class ScriptSearch(HyperparameterSearch):
+    """A study whose trials a user's own training script builds and trains.
+
+    Args:
+        space: ``{"lr": Float(1e-4, 1e-1, log=True), ...}``; names are free (``model.lr`` or ``lr``).
+        monitor, mode: the metric the callback reports and its direction.
+        max_epochs: the most validation runs a trial has, for pruners that need it (ASHA, Hyperband);
+            ``None``: the longest finished trial.
+        **kwargs: as :class:`~lightning_hpt.HyperparameterSearch`: ``strategy``, ``pruner``,
+            ``n_trials``, ``storage``, ``study_name``, ``root``, ``seed``, ``timeout``,
+            ``retry_interrupted``, ``allow_changes``, ``enqueue``, ``stale_after``.
+    """
+
+    _SETTINGS = ("strategy", "pruner", "n_trials", "storage", "study_name", "root", "seed", "timeout")
+    _SETTINGS += ("retry_interrupted", "allow_changes", "enqueue", "stale_after")
+
+    def __init__(
+        self,
+        space: Mapping[str, Domain] | SearchSpace,
+        *,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        max_epochs: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        unknown = sorted(set(kwargs) - set(self._SETTINGS))
+        if unknown:
+            raise ConfigurationError(
+                f"ScriptSearch does not take {unknown}: the script builds its own Trainer;"
+                f" it takes {list(self._SETTINGS)}"
+            )
+        super().__init__(
+            space=space,
+            builder=_ScriptBuilder(),
+            monitor=monitor,
+            mode=mode,
+            patience=None,
+            checkpoint=False,
+            verbose=False,
+            **kwargs,
+        )
+        if max_epochs is not None and (
+            isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1
+        ):
+            raise ConfigurationError(f"max_epochs must be a positive integer or None, got max_epochs={max_epochs!r}")
+        self._max_epochs = max_epochs
+        self._open_trials: dict[int, ScriptTrial] = {}
+        self._asked = 0
+        self._recovered = False
+        self._t0 = time.monotonic()
+        self._group = os.environ.get(GROUP_ENV) or _torchrun_group()
+        self._leader = _rank() == 0
+        if self._leader and self._group is None:
+            self._group = uuid.uuid4().hex  # the other ranks of a DDP run started from here inherit it
+            os.environ[GROUP_ENV] = self._group
+        self._beating = contextlib.ExitStack()
+        self._live: set[int] = set()  # the numbers the heartbeat keeps alive
+        atexit.register(self._finish_open)
+
+    @property
+    def max_steps(self) -> int | None:
+        return self._max_epochs
+
+    def run(self) -> Any:
+        raise ConfigurationError("a ScriptSearch runs in your script: `for trial in search:` (or search.ask())")
+
+    def __iter__(self) -> Iterator[ScriptTrial]:
+        trial: ScriptTrial | None = None
+        try:
+            while True:
+                if trial is not None:
+                    trial.finish()
+                try:
+                    trial = self.ask()
+                except _Exhausted:
+                    return
+                yield trial
+        finally:
+            if trial is not None:
+                trial.finish(reason="the loop stopped before the trial trained")
+
+    def ask(self) -> ScriptTrial:  # type: ignore[override]
+        """Start the next trial: queued configurations first, then the strategy's proposal.
+
+        On a DDP rank other than 0, the trial rank 0 started at the same point of the script.
+
+        Raises:
+            ConfigurationError: when ``n_trials`` is reached, the strategy is exhausted, or time is up.
+        """
+        index, self._asked = self._asked, self._asked + 1
+        if not self._leader:
+            return self._trial(self._follow(index), None)
+        storage = self.open()
+        if not self._recovered:
+            recover(storage, self.study_name, stale_after=self.stale_after, retry_interrupted=self.retry_interrupted)
+            for params in self._enqueue:
+                self.enqueue(params)
+            self._recovered, self._t0 = True, time.monotonic()
+            storage.set_study_attrs(self.study_name, {f"script_end.{self._group}": None})  # a reused torchrun id
+        if self.timeout is not None and time.monotonic() - self._t0 > self.timeout:
+            self._end(index)
+            raise _Exhausted("no trial to ask for: timeout")
+        read = functools.partial(self._history, storage)
+        recs, reason = next_trials(storage, self.study_name, self.strategy, self.n_trials, 1, read)
+        if not recs:
+            self._end(index)
+            raise _Exhausted(f"no trial to ask for: {reason}")
+        rec = recs[0]
+        storage.set_trial_attrs(self.study_name, rec.number, {"script_group": self._group, "script_index": index})
+        reporter = StudyReporter(storage, self.study_name, self.pruner, read, rec.number)
+        trial = self._trial(rec, reporter)
+        self._open_trials[rec.number] = trial
+        ACTIVE.add(storage, self.study_name, rec.number)
+        if not self._live:
+            self._beating.enter_context(heartbeat(storage, self.study_name, self._live))
+        self._live.add(rec.number)
+        return trial
+
+    def _trial(self, rec: TrialRecord, reporter: StudyReporter | None) -> ScriptTrial:
+        trial_dir = str(self.root / self.study_name / f"trial_{rec.number}")
+        job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir)
+        write = functools.partial(_record, self.storage, self.study_name)
+        return ScriptTrial(
+            _Recorder(job, rec, self.study_name, reporter, write, self._close), self.monitor, self.direction
+        )
+
+    def _end(self, index: int) -> None:
+        self.storage.set_study_attrs(self.study_name, {f"script_end.{self._group}": index})
+
+    def _follow(self, index: int, timeout: float = 600.0) -> TrialRecord:
+        """The trial rank 0 started as its ``index``-th: waits until rank 0 has created it."""
+        storage, deadline = self.storage, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                trials, attrs = storage.trials(self.study_name), storage.load_study(self.study_name).attrs
+            except StorageError:  # rank 0 has not created the study yet
+                trials, attrs = [], {}
+            for t in trials:
+                if t.attrs.get("script_group") == self._group and t.attrs.get("script_index") == index:
+                    return t
+            end = attrs.get(f"script_end.{self._group}")
+            if end is not None and end <= index:
+                raise _Exhausted("no trial to ask for: rank 0 has no more trials")
+            time.sleep(0.2)
+        raise ConfigurationError(
+            f"rank {_rank()} waited {timeout:.0f} s for rank 0's trial {index}; is rank 0 running?"
+        )
+
+    def _close(self, number: int) -> None:
+        self._open_trials.pop(number, None)
+        self._live.discard(number)
+        ACTIVE.discard(self.storage, self.study_name, number)
+        if not self._live:
+            self._beating.close()
+
+    def _finish_open(self) -> None:
+        """At exit: record the trials the script asked for and did not finish (from what their callbacks saw)."""
+        for trial in list(self._open_trials.values()):
+            try:
+                trial.finish(reason="the script ended before the trial trained")
+            except Exception as e:  # the interpreter is exiting: say why instead of raising
+                print(f"lightning-hpt: trial {trial.number} could not be recorded at exit: {_describe(e)}")
+
+
+class _Exhausted(ConfigurationError):
+    """No trial to ask for (``n_trials`` reached, strategy exhausted, time up, or rank 0 done)."""
+
+
+def _record(storage: Storage, study: str, rec: TrialRecord, reporter: StudyReporter, outcome: Any) -> TrialRecord:
+    """Store a finished trial (its values went to storage as reported, through ``reporter``)."""
+    for step, value in sorted(outcome.intermediate.items()):
+        if step not in reporter.stored:
+            storage.report(study, rec.number, step, value)
+    attrs = {**outcome.attrs, "metrics": dict(outcome.metrics)} if outcome.metrics or outcome.attrs else None
+    return storage.finish_trial(
+        study,
+        rec.number,
+        state=outcome.state,
+        value=outcome.value,
+        best_step=outcome.best_step,
+        error=outcome.error,
+        checkpoint=outcome.checkpoint,
+        attrs=attrs,
+    )
+
+
+def _torchrun_group() -> str | None:
+    """A name every rank of one ``torchrun`` launch shares (``None`` outside torchrun)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or "RANK" not in os.environ:
+        return None
+    parts = [os.environ.get(k, "") for k in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")]
+    return "torchrun:" + ":".join(parts)

@@ -1,0 +1,209 @@
+"""The Trainer-script route: a user's own script asks for trials, trains them itself, and is pruned."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning.pytorch as L
+import pytest
+from conftest import TinyData, TinyModel
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from lightning_hpt import Float, Int, ScriptSearch
+from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.pruners import Pruner
+from lightning_hpt.storage import open_storage
+from lightning_hpt.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PruneFromTrial(Pruner):
+    """Stops every trial numbered ``first`` or more at its second report."""
+
+    name = "prune_from"
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+
+    def should_prune(self, history, trial) -> bool:
+        return trial.number >= self.first and len(trial.intermediate) >= 2
+
+
+def trainer(trial, tmp_path: Path, epochs: int = 3, extra: tuple = (), **kwargs) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        callbacks=[trial.callback(), ModelCheckpoint(dirpath=f"{trial.dir}/ckpt", monitor="val_loss"), *extra],
+        logger=trial.logger("csv"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+
+
+def search(tmp_path: Path, **kwargs) -> ScriptSearch:
+    settings = {
+        "space": {"lr": Float(0.01, 0.1, log=True), "hidden": Int(4, 16)},
+        "monitor": "val_loss",
+        "mode": "min",
+        "n_trials": 3,
+        "storage": str(tmp_path / "s.db"),
+        "root": str(tmp_path / "runs"),
+        "seed": 0,
+        "max_epochs": 3,
+    }
+    return ScriptSearch(**{**settings, **kwargs})
+
+
+def test_loop_records_each_trial_with_its_steps_and_the_scripts_checkpoint(tmp_path):
+    s = search(tmp_path)
+    seen = []
+    for trial in s:
+        seen.append(trial.number)
+        trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"], hidden=trial.params["hidden"]), TinyData())
+    assert seen == [0, 1, 2]
+    trials = s.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        assert sorted(t.intermediate) == [0, 1, 2]
+        assert t.value == min(t.intermediate.values()) and t.best_step is not None
+        assert t.checkpoint and Path(t.checkpoint).is_file() and "ckpt" in t.checkpoint  # the script's own
+        assert (Path(tmp_path / "runs" / "default" / f"trial_{t.number}") / "csv" / "metrics.csv").is_file()
+    result = s.result()
+    assert "at step None" not in str(result) and f"at step {result.best_trial.best_step}" in str(result)
+
+
+def test_pruned_trials_stop_training_and_are_recorded_pruned(tmp_path):
+    s = search(tmp_path, pruner=PruneFromTrial(1), n_trials=2)
+    epochs = []
+    for trial in s:
+        t = trainer(trial, tmp_path, epochs=5)
+        t.fit(TinyModel(lr=trial.params["lr"]), TinyData())
+        epochs.append(t.current_epoch)
+        assert trial.pruned == (trial.number >= 1)
+    trials = s.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert len(trials[1].intermediate) == 2 and epochs[1] < epochs[0]
+
+
+def test_a_failing_fit_is_recorded_failed_and_the_loop_goes_on(tmp_path):
+    s = search(tmp_path, n_trials=2)
+    for trial in s:
+        model = TinyModel(lr=trial.params["lr"], fail_at_epoch=1 if trial.number == 0 else None)
+        with contextlib.suppress(RuntimeError):  # the script's own handling of a failed run
+            trainer(trial, tmp_path).fit(model, TinyData())
+    first, second = s.trials
+    assert first.state is TrialState.FAILED and "boom" in first.error
+    assert second.state is TrialState.COMPLETE
+
+
+def test_a_trial_trained_without_its_callback_fails_with_the_fix(tmp_path):
+    s = search(tmp_path, n_trials=1)
+    for _trial in s:
+        pass
+    (t,) = s.trials
+    assert t.state is TrialState.FAILED and "trial.callback()" in t.error
+
+
+def test_script_search_refuses_run_and_trainer_arguments(tmp_path):
+    with pytest.raises(ConfigurationError, match="trainer_kwargs"):
+        search(tmp_path, trainer_kwargs={"max_epochs": 2})
+    with pytest.raises(ConfigurationError, match="for trial in search"):
+        search(tmp_path).run()
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import lightning.pytorch as L
+    sys.path.insert(0, {tests!r})
+    from conftest import TinyData, TinyModel
+    from lightning_hpt import Float, ScriptSearch
+
+    search = ScriptSearch(
+        space={{"lr": Float(0.01, 0.1, log=True)}}, monitor="val_loss", n_trials=2, pruner="median",
+        storage={db!r}, root={root!r}, seed=0, max_epochs=2,
+    )
+    {body}
+    """
+)
+
+
+def run_script(tmp_path: Path, body: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    path = tmp_path / "script.py"
+    code = SCRIPT.format(tests=str(ROOT / "tests"), db=str(tmp_path / "s.db"), root=str(tmp_path / "runs"), body=body)
+    path.write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *launcher, str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_ask_without_finish_is_recorded_when_the_script_exits(tmp_path):
+    body = textwrap.dedent(
+        """
+        trial = search.ask()
+        trainer = L.Trainer(max_epochs=2, callbacks=[trial.callback()], logger=False, enable_progress_bar=False)
+        trainer.fit(TinyModel(lr=trial.params["lr"]), TinyData())
+        """
+    )
+    done = run_script(tmp_path, body)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (t,) = open_storage(str(tmp_path / "s.db")).trials("default")
+    assert t.state is TrialState.COMPLETE and sorted(t.intermediate) == [0, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher",
+    [(), ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")],
+    ids=["lightning", "torchrun"],
+)
+def test_ddp_runs_each_trial_once_on_every_rank(tmp_path, launcher):
+    """Lightning re-runs the script for rank 1 (torchrun starts both): rank 1 trains rank 0's trials, rank 0 writes."""
+    body = textwrap.dedent(
+        """
+        import os
+        for trial in search:
+            trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp",
+                                callbacks=[trial.callback()], logger=False, enable_progress_bar=False)
+            trainer.fit(TinyModel(lr=trial.params["lr"]), TinyData())
+            with open(f"rank_{trainer.global_rank}.txt", "a") as f:  # one file per rank: no interleaved lines
+                f.write(f"rank {trainer.global_rank} trial {trial.number} {trial.params['lr']}\\n")
+        """
+    )
+    done = run_script(tmp_path, body, launcher)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = open_storage(str(tmp_path / "s.db")).trials("default")
+    assert [t.number for t in trials] == [0, 1]
+    assert all(t.state is TrialState.COMPLETE for t in trials)
+    lines = sorted(line for r in (0, 1) for line in (tmp_path / f"rank_{r}.txt").read_text().splitlines())
+    assert len(lines) == 4  # both ranks trained both trials, with the same parameters
+    by_trial = {}
+    for line in lines:
+        _, _rank, _, number, lr = line.split()
+        by_trial.setdefault(number, set()).add(lr)
+    assert all(len(v) == 1 for v in by_trial.values())
+
+
+def test_early_stopping_of_the_script_still_records_the_best_epoch(tmp_path):
+    s = search(tmp_path, n_trials=1)
+    for trial in s:
+        t = trainer(trial, tmp_path, epochs=6, extra=(EarlyStopping("val_loss", patience=1),))
+        t.fit(TinyModel(lr=0.01, val_schedule=[3.0, 1.0, 2.0, 2.5, 3.0, 4.0]), TinyData())
+    (rec,) = s.trials
+    assert rec.state is TrialState.COMPLETE and rec.value == pytest.approx(1.0) and rec.best_step == 1
