@@ -119,7 +119,8 @@ def main() -> int:
     print(describe())
     if not args.cpu:
         print(
-            f"GPU 0: {torch.cuda.get_device_name(0)}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB"
+            f"GPU 0: {torch.cuda.get_device_name(0)},"
+            f" {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB"
         )
     devices = [] if args.cpu else [0]
     root = tempfile.mkdtemp(prefix="hpt-gpu-check-")

@@ -4,8 +4,8 @@
 
 Every mode runs the same seeded random search (same configurations, same epochs), each trial on one
 torch thread. "Search" is the wall time of ``search.run()`` including starting the workers (or Ray);
-"steady" first runs one untimed trial in every worker (imports, first Trainer) and times the trials alone. The machine is shared: the modes run
-in interleaved rounds and medians are reported, so that a busy moment does not favour one mode.
+"steady" first runs one untimed trial in every worker (imports, first Trainer) and times the trials alone.
+The machine is shared: the modes run in interleaved rounds and medians are reported, so that a busy moment does not favour one mode.
 To tell what the machine allowed, each round first times a plain torch loop in one process, then
 in two at once ("raw scaling": 2.0x on idle cores). Each row also splits the CPU time of the
 driver and every process it started (Linux's /proc): the trials' workers, the driver, and the rest
@@ -149,7 +149,8 @@ def main() -> int:
     try:
         for round_ in range(args.repeats):
             print(
-                f"round {round_ + 1}: raw scaling of 2 torch processes now {raw_scaling():.2f}x, load {os.getloadavg()[0]:.1f}"
+                f"round {round_ + 1}: raw scaling of 2 torch processes now {raw_scaling():.2f}x,"
+                f" load {os.getloadavg()[0]:.1f}"
             )
             for mode in args.modes.split(","):
                 for steady in (False, True):
@@ -160,7 +161,8 @@ def main() -> int:
                     label = f"{mode}{' (steady)' if steady else ''}"
                     cpu = ", ".join(f"{k} {v:.1f}" for k, v in r["cpu"].items())
                     print(
-                        f"  {label:18s} {r['wall']:7.1f} s  {r['per_min']:6.1f} trials/min  mean trial {r['trial_s']:.2f} s"
+                        f"  {label:18s} {r['wall']:7.1f} s  {r['per_min']:6.1f} trials/min"
+                        f"  mean trial {r['trial_s']:.2f} s"
                         f"  load {os.getloadavg()[0]:.1f}  CPU s: {cpu}",
                         flush=True,
                     )

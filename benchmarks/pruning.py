@@ -141,7 +141,8 @@ def main() -> None:
             print(_line(rows[-1]), flush=True)
     print(f"\nmachine: {describe()}")
     print(
-        f"{args.trials} trials x <= {args.epochs} epochs, medians over {args.seeds} seeds; epochs relative to no pruning\n"
+        f"{args.trials} trials x <= {args.epochs} epochs, medians over {args.seeds} seeds;"
+        " epochs relative to no pruning\n"
     )
     print("| task | method | epochs trained | % of no pruning | wall time (s) | best val_acc | pruned trials |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -159,7 +160,8 @@ def main() -> None:
         e0 = statistics.median(x["epochs"] for x in base["runs"])
         print(
             f"| {r['task']} | {r['method']} | {e:.0f} | {100 * e / e0:.0f}% | "
-            f"{statistics.median(x['seconds'] for x in r['runs']):.0f} | {statistics.median(x['best'] for x in r['runs']):.4f} | "
+            f"{statistics.median(x['seconds'] for x in r['runs']):.0f} | "
+            f"{statistics.median(x['best'] for x in r['runs']):.4f} | "
             f"{statistics.median(x['pruned'] for x in r['runs']):.0f} |"
         )
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
@@ -170,7 +172,8 @@ def main() -> None:
 def _line(r: dict) -> str:
     return (
         f"{r['task']:7s} {r['method']:32s} epochs {statistics.median(x['epochs'] for x in r['runs']):6.0f}  "
-        f"best {statistics.median(x['best'] for x in r['runs']):.4f}  s {statistics.median(x['seconds'] for x in r['runs']):.0f}"
+        f"best {statistics.median(x['best'] for x in r['runs']):.4f}"
+        f"  s {statistics.median(x['seconds'] for x in r['runs']):.0f}"
     )
 
 

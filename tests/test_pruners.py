@@ -322,7 +322,10 @@ def test_hyperband_trials_compete_only_within_their_bracket(direction: Direction
     by_bracket = _numbers_by_bracket(pruner, 27)
     judged, mates, strangers = by_bracket[0][0], by_bracket[0][1:4], by_bracket[1][:3] + by_bracket[2][:3]
     trial = record(judged, {0: v(2.0)})
-    better = lambda numbers: [record(n, {0: v(1.0)}, COMPLETE) for n in numbers]
+
+    def better(numbers):
+        return [record(n, {0: v(1.0)}, COMPLETE) for n in numbers]
+
     assert (
         pruner.should_prune(make_history(*better(strangers), trial, direction=direction, max_steps=27), trial) is False
     )

@@ -107,7 +107,7 @@ def shared(request, tmp_path_factory):
         for _ in range(drivers)
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outputs):
+    for p, out in zip(procs, outputs, strict=False):
         assert p.returncode == 0, out
     storage = open_storage(url)
     return storage.trials(f"{study}_random"), storage.trials(f"{study}_grid")

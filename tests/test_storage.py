@@ -383,7 +383,7 @@ def test_open_storage_accepts_paths_urls_and_storages(tmp_path: Path, storage: S
 
 @pytest.mark.parametrize("bad", ["study.txt", 42, None])
 def test_open_storage_refuses_other_things(bad: object) -> None:
-    with pytest.raises(StorageError, match="path ending in .db"):
+    with pytest.raises(StorageError, match=r"path ending in \.db"):
         open_storage(bad)  # type: ignore[arg-type]
 
 

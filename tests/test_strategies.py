@@ -32,7 +32,7 @@ def _h(space=None, seed=0):
 
 @pytest.mark.parametrize("cls", [RandomStrategy, SobolStrategy])
 def test_resumed_sequence_equals_uninterrupted(cls):
-    """A seeded search stopped after 3 trials and resumed proposes what an uninterrupted one does (RELIABILITY row 5)."""
+    """A seeded search stopped after 3 trials and resumed proposes what an uninterrupted one does (RELIABILITY 5)."""
     h = _h()
     whole = []
     for _ in range(6):

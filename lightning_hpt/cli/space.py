@@ -99,8 +99,8 @@ def check_types(parser: Any, base_cfg: Any, space: SearchSpace) -> None:
                 except argparse.ArgumentError as e:
                     raise ConfigurationError(
                         f"space[{key!r}] = {space[key]!r} does not fit the argument's type: the config parser refuses"
-                        f" {key}={value!r} ({_reason(e)}); give a domain of values the argument accepts (Int for an int,"
-                        " Categorical of the allowed values for a Literal or a class path)"
+                        f" {key}={value!r} ({_reason(e)}); give a domain of values the argument accepts"
+                        " (Int for an int, Categorical of the allowed values for a Literal or a class path)"
                     ) from None
             raise ConfigurationError(f"the configuration {params} is refused by the config parser: {_reason(error)}")
     finally:

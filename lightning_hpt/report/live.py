@@ -282,7 +282,8 @@ def make_progress(verbose: bool | str = True, stream: IO[str] | None = None) -> 
     """
     if not (isinstance(verbose, bool) or verbose in _VERBOSE[2:]):
         raise ConfigurationError(
-            f"verbose must be True, False, 'auto', 'live' or 'lines', got verbose={verbose!r} of type {type(verbose).__name__}"
+            f"verbose must be True, False, 'auto', 'live' or 'lines',"
+            f" got verbose={verbose!r} of type {type(verbose).__name__}"
         )
     if verbose is False:
         return LineProgress(stream, enabled=False)

@@ -98,7 +98,8 @@ def plot_history(trials: Sequence[TrialRecord], direction: Direction | str, *, m
     for state, marker in ((TrialState.COMPLETE, "o"), (TrialState.PRUNED, "^")):
         pts = [(t.number, t.value) for t in ordered if t.state is state and _finite(t.value)]
         if pts:
-            ax.scatter(*zip(*pts), marker=marker, s=28, color=_COLORS[state], label=state.value.lower(), zorder=3)
+            xs, ys = zip(*pts, strict=True)
+            ax.scatter(xs, ys, marker=marker, s=28, color=_COLORS[state], label=state.value.lower(), zorder=3)
     best_x, best_y, best = [], [], None
     for t in ordered:
         if t.state is TrialState.COMPLETE and _finite(t.value) and (best is None or direction.better(t.value, best)):
@@ -250,9 +251,9 @@ def plot_parallel_coordinates(
         ys = [col[i] for col in columns]
         ax.plot(xs, ys, color=cmap(0.15 + 0.85 * quality[i]), alpha=0.75, linewidth=1.4)
     labels = param_labels(names)
-    for x, (tick_pos, tick_labels) in zip(xs, ticks):
+    for x, (tick_pos, tick_labels) in zip(xs, ticks, strict=False):
         ax.axvline(x, color="#444444", linewidth=0.8)
-        for p, label in zip(tick_pos, tick_labels):
+        for p, label in zip(tick_pos, tick_labels, strict=False):
             ax.text(x + 0.03, p, label, fontsize=7, va="center", ha="left", color="#333333")
     ax.set_xticks(xs, [labels[n] for n in names] + [monitor], fontsize=8)
     ax.set_yticks([])
@@ -310,7 +311,7 @@ def plot_slices(
             best = t
     labels = param_labels(list(domains))
     vals = [t.value for t in scored]
-    for ax, name in zip(axes.flat, domains):
+    for ax, name in zip(axes.flat, domains, strict=False):
         dom = domains[name]
         raw = [t.params.get(name) for t in scored]
         cats = _categories(dom, raw)

@@ -50,7 +50,7 @@ class LineProgress:
         monitor: str | None = None,
         trials: Sequence[TrialRecord] | None = None,
     ) -> None:
-        """The search starts with ``done`` trials already finished (``monitor`` and ``trials`` are for live displays)."""
+        """The search starts with ``done`` trials finished (``monitor`` and ``trials`` are for live displays)."""
         self._t0 = time.monotonic()
         total = "?" if n_trials is None else n_trials
         self._write(f"study {study!r}: {done}/{total} trials done, storage {storage_url}")
