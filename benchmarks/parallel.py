@@ -5,7 +5,8 @@
 Every mode runs the same seeded random search (same configurations, same epochs), each trial on one
 torch thread. "Search" is the wall time of ``search.run()`` including starting the workers (or Ray);
 "steady" first runs one untimed trial in every worker (imports, first Trainer) and times the trials alone.
-The machine is shared: the modes run in interleaved rounds and medians are reported, so that a busy moment does not favour one mode.
+The machine is shared: the modes run in interleaved rounds and medians are reported, so that a busy
+moment does not favour one mode.
 To tell what the machine allowed, each round first times a plain torch loop in one process, then
 in two at once ("raw scaling": 2.0x on idle cores). Each row also splits the CPU time of the
 driver and every process it started (Linux's /proc): the trials' workers, the driver, and the rest
