@@ -17,6 +17,7 @@ from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
 from lightning_hpt.lightning.loggers import TrialLogger
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
+from lightning_hpt.lightning.resume import Resume
 from lightning_hpt.pruners import HyperbandPruner, MedianPruner, NopPruner, Pruner, SuccessiveHalvingPruner
 from lightning_hpt.result import SearchResult
 from lightning_hpt.script import ScriptSearch, ScriptTrial
@@ -52,6 +53,7 @@ __all__ = [
     "Pruner",
     "RandomStrategy",
     "RayExecutor",
+    "Resume",
     "ScriptSearch",
     "ScriptTrial",
     "SearchFailedError",

@@ -113,7 +113,7 @@ class StudyDriver:
 
     def _job(self, rec: TrialRecord) -> TrialJob:
         trial_dir = self.root / self.study / f"trial_{rec.number}"
-        return TrialJob(self.build, rec.number, dict(rec.params), self.seed, str(trial_dir))
+        return TrialJob(self.build, rec.number, dict(rec.params), self.seed, str(trial_dir), attempt=rec.attempt)
 
     def _recorded(self, final: TrialRecord, outcome: TrialOutcome) -> None:
         """After a trial is stored: update the display, and stop the run if the trial says so."""

@@ -19,7 +19,8 @@ from lightning_hpt.failures import no_complete_trial
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
-from lightning_hpt.lightning.runner import TrialBuild
+from lightning_hpt.lightning.resume import Resume
+from lightning_hpt.lightning.runner import DEFAULT_RESUME, TrialBuild
 from lightning_hpt.lightning.schedule import validation_schedule
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.pruners import Pruner, make_pruner
@@ -126,6 +127,10 @@ class HyperparameterSearch:
         verbose: ``True``/``"auto"``: a live display on a terminal, a line per finished trial otherwise
             (CI logs, ``nohup``); ``"live"``/``"lines"`` force one; ``False``: silent.
         stale_after: seconds without heartbeat after which another host's RUNNING trial counts as dead.
+        resume: each trial keeps a resumable checkpoint of its latest state (every validation run by
+            default; a :class:`Resume` sets the interval, keeps it after the trial, or keeps a FAILED
+            trial's for ``retry_failed``), and a rerun of an interrupted trial continues from it;
+            ``False``: interrupted trials start over.
 
     Example:
         >>> search = HyperparameterSearch(MyModel, MyDataModule, {"model.lr": Float(1e-4, 1e-1, log=True)},
@@ -163,6 +168,7 @@ class HyperparameterSearch:
         refit: bool = False,
         verbose: bool | str = True,
         stale_after: float = 300.0,
+        resume: Resume | bool = True,
     ) -> None:
         if space is None:
             raise ConfigurationError("space is required: a dict such as {'model.lr': Float(1e-4, 1e-1, log=True)}")
@@ -201,7 +207,7 @@ class HyperparameterSearch:
         if self.cv is not None or refit:
             builder.check_cv("cv=..." if self.cv is not None else "refit=True")
         self.refit = refit
-        self.build = TrialBuild(builder, monitor, direction, patience, checkpoint, self.cv, repeats)
+        self.build = TrialBuild(builder, monitor, direction, patience, checkpoint, self.cv, repeats, _resume(resume))
         if executor is not None and not isinstance(executor, Executor):
             raise ConfigurationError(
                 "executor must be an Executor (LocalExecutor(), ProcessExecutor(...), RayExecutor(...)) or None,"
@@ -435,3 +441,14 @@ class HyperparameterSearch:
         if finite:  # the step of the best value, under the study's direction
             best_step = (min if self.direction is Direction.MINIMIZE else max)(finite, key=lambda sv: sv[1])[0]
         return storage.finish_trial(self.study_name, number, state=state, value=value, best_step=best_step, error=error)
+
+
+def _resume(resume: Resume | bool) -> Resume | None:
+    if isinstance(resume, Resume):
+        return resume
+    if isinstance(resume, bool):
+        return DEFAULT_RESUME if resume else None
+    raise ConfigurationError(
+        f"resume must be True, False or a Resume(every_n_epochs=..., every_minutes=..., keep=..., failed=...),"
+        f" got resume={resume!r}"
+    )

@@ -108,6 +108,10 @@ class TrialRecord:
 
     @property
     def duration(self) -> float | None:
+        """Seconds the trial ran; a trial continued from its checkpoint counts its training time over all attempts."""
+        trained = self.attrs.get("train_seconds") if isinstance(self.attrs, Mapping) else None
+        if isinstance(trained, (int, float)) and self.attrs.get("resumed_at_step") is not None:
+            return float(trained)
         if self.started_at is None or self.finished_at is None:
             return None
         return self.finished_at - self.started_at

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Protocol
 
 import lightning.pytorch as L
@@ -75,11 +76,38 @@ class MonitorLogic:
         self.best_step: int | None = None
         self.pruned = False
         self.error: BaseException | None = None
+        #: seconds trained before this attempt (restored from a resumable checkpoint)
+        self.trained_before = 0.0
+        self.resumed_at: int | None = None  # the first step this attempt reports, when it continued
+        self._t0 = time.monotonic()
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(monitor=self.monitor)  # type: ignore[attr-defined]
+
+    @override
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """On a continued trial: report its steps again."""
+        self._t0 = time.monotonic()
+        if self.resumed_at is None or not trainer.is_global_zero or self.reporter is None:
+            return
+        # the stored curve loses the interrupted attempt's steps when the trial is requeued: the same values
+        # again, so that the pruner sees one continuous curve
+        stop = False
+        for step in sorted(self.values):
+            try:
+                stop = bool(self.reporter.report(step, self.values[step])) or stop
+            except Exception:
+                log.exception("reporting step %d of the continued trial failed; it continues unpruned", step)
+        if stop:
+            self.pruned = True
+            trainer.should_stop = True
+
+    @property
+    def trained_seconds(self) -> float:
+        """Seconds spent training this trial, over all its attempts."""
+        return self.trained_before + (time.monotonic() - self._t0)
 
     @override
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
@@ -122,12 +150,40 @@ class MonitorLogic:
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"values": dict(self.values), "best_value": self.best_value, "best_step": self.best_step}
+        return {
+            "values": dict(self.values),
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "trained_seconds": self.trained_seconds,
+            "rng": _get_rng(),  # Lightning's checkpoint does not keep them
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.values = {int(k): float(v) for k, v in state_dict["values"].items()}
         self.best_value, self.best_step = state_dict["best_value"], state_dict["best_step"]
+        self.trained_before = float(state_dict.get("trained_seconds", 0.0))
+        if state_dict.get("rng") is not None:
+            # now, before the fit loop makes its first data iterator (which draws the shuffling seed)
+            _set_rng(state_dict["rng"])
+        self.resumed_at = len(self.values)
+
+
+def _get_rng() -> dict[str, Any]:
+    """The random states Lightning's ``seed_everything`` seeds, in types ``torch.load(weights_only=True)`` reads."""
+    from lightning.fabric.utilities.seed import _collect_rng_states
+
+    states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+    name, keys, *rest = states["numpy"]
+    states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), *rest)
+    return states
+
+
+def _set_rng(states: dict[str, Any]) -> None:
+    from lightning.fabric.utilities.seed import _set_rng_states
+
+    name, keys, *rest = states["numpy"]
+    _set_rng_states({**states, "numpy": (name, keys.numpy().astype(np.uint32), *rest)})
 
 
 class TrialMonitor(MonitorLogic, L.Callback):

@@ -26,11 +26,21 @@ from lightning_hpt.lightning.folds import CrossValidation, MeanReporter, fold_vi
 from lightning_hpt.lightning.loggers import finish_loggers
 from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
 from lightning_hpt.lightning.quiet import quiet_lightning
+from lightning_hpt.lightning.resume import (
+    Resume,
+    checkpoint_to_resume,
+    discard,
+    load_finished_runs,
+    resume_callbacks,
+    save_finished_runs,
+)
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
 
 __all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "run_trial", "trial_seed"]
 
 log = logging.getLogger(__name__)
+#: every validation run, removed when the trial ends
+DEFAULT_RESUME = Resume()
 
 
 def trial_seed(seed: int | None, number: int, repeat: int = 0) -> int:
@@ -54,6 +64,8 @@ class TrialBuild:
         checkpoint: keep the best step's checkpoint (``<trial dir>/checkpoints/best.ckpt``).
         cv: k-fold cross-validation: each trial trains one run per fold (see ``lightning.folds``).
         repeats: runs per fold with different seeds, for noisy objectives; the score is the mean.
+        resume: when each trial writes its resumable checkpoint (see ``lightning.resume``); ``None``:
+            none, an interrupted trial starts over.
     """
 
     builder: TrialBuilder
@@ -63,6 +75,7 @@ class TrialBuild:
     checkpoint: bool = True
     cv: CrossValidation | None = None
     repeats: int = 1
+    resume: Resume | None = DEFAULT_RESUME
 
     @property
     def runs(self) -> list[tuple[int, int]]:
@@ -75,6 +88,7 @@ class TrialJob:
     """One trial to run: its number, configuration, seed and directory.
 
     ``part`` is ``(fold, repeat)`` for one run of a cross-validated or repeated trial, else ``None``.
+    ``attempt`` counts the starts of this trial number (a rerun continues from its checkpoint).
     """
 
     build: TrialBuild
@@ -83,6 +97,7 @@ class TrialJob:
     seed: int | None
     trial_dir: str
     part: tuple[int, int] | None = None
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -160,7 +175,9 @@ def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
     from lightning.fabric.utilities.seed import seed_everything
 
     b = job.build
-    _clean_dir(job.trial_dir)
+    ckpt = checkpoint_to_resume(job.trial_dir, job.number, job.attempt) if b.resume is not None else None
+    if ckpt is None:
+        _clean_dir(job.trial_dir)
     with quiet_lightning(b.builder.quiet):
         fold, repeat = job.part or (0, 0)
         seed = trial_seed(job.seed, job.number, repeat)
@@ -176,7 +193,7 @@ def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
         if b.cv is not None:
             live.datamodule = fold_view(live.datamodule, fold, b.cv)
         _log_params(live.trainer, job.params)
-        live.trainer.fit(live.model, datamodule=live.datamodule)
+        live.trainer.fit(live.model, datamodule=live.datamodule, ckpt_path=ckpt)
         _log_hparams(live.trainer, job.params, b.monitor, live.monitor.best_value)
 
 
@@ -215,6 +232,7 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
             with contextlib.suppress(Exception):  # a W&B run left open would be reused by the next trial
                 finish_loggers(live.trainer.loggers)
     outcome = _outcome(job, live.monitor, live.trainer, error, interrupted)
+    _end_resume(job, outcome)
     if error is not None:  # its traceback holds the trial's frames, and so the model, in a reference cycle
         traceback.clear_frames(error.__traceback__)
     del live, error
@@ -222,6 +240,15 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
     return outcome
+
+
+def _end_resume(job: TrialJob, outcome: TrialOutcome) -> None:
+    """Remove the trial's resumable checkpoint when it ended, unless kept by option; an interrupted one keeps it."""
+    r = job.build.resume
+    if r is None or r.keep or outcome.interrupted or (outcome.state is TrialState.FAILED and r.failed):
+        return
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        discard(job.trial_dir)
 
 
 def _clean_dir(trial_dir: str) -> None:
@@ -239,6 +266,8 @@ def search_callbacks(pl: Any, b: TrialBuild, job: TrialJob, monitor: Any) -> lis
         callbacks.append(
             pl.callbacks.EarlyStopping(b.monitor, patience=b.patience, mode=mode, strict=False, check_finite=True)
         )
+    if b.resume is not None:
+        callbacks.extend(resume_callbacks(pl, b.resume, job.trial_dir))
     if b.checkpoint:
         callbacks.append(
             pl.callbacks.ModelCheckpoint(
@@ -267,7 +296,11 @@ def _outcome(
     mode = "min" if job.build.direction is Direction.MINIMIZE else "max"
     # the project's own ModelCheckpoint on the monitored metric replaces the search's (lightning.callbacks)
     ckpt = ckpt if os.path.exists(ckpt) else best_checkpoint(trainer, job.build.monitor, mode)
-    common = {"intermediate": values, "metrics": metrics}
+    common: dict[str, Any] = {"intermediate": values, "metrics": metrics}
+    if monitor is not None:
+        common["attrs"] = {"train_seconds": round(monitor.trained_seconds, 3)}
+        if monitor.resumed_at is not None:
+            common["attrs"]["resumed_at_step"] = monitor.resumed_at
     if interrupted:
         return TrialOutcome(
             TrialState.FAILED, error=f"{interrupted}: {type(error).__name__}", interrupted=interrupted, **common
@@ -308,14 +341,13 @@ def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
     from dataclasses import replace
 
     b = job.build
-    done: list[float] = []
-    runs: list[dict[str, Any]] = []
-    sent: dict[int, float] = {}
+    done, runs, sent = load_finished_runs(job)
     last: TrialOutcome | None = None
-    for fold, repeat in b.runs:
+    for fold, repeat in b.runs[len(runs) :]:
         channel = MeanReporter(reporter, done, len(sent), b.direction)
         run_dir = os.path.join(job.trial_dir, _run_dir(b, fold, repeat))
-        last = run_trial(replace(job, part=(fold, repeat), trial_dir=run_dir), channel)
+        attempt = job.attempt if os.path.isdir(run_dir) else 1
+        last = run_trial(replace(job, part=(fold, repeat), trial_dir=run_dir, attempt=attempt), channel)
         sent.update(channel.sent)
         runs.append(
             {
@@ -331,8 +363,12 @@ def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
         if last.state is not TrialState.COMPLETE:
             break
         done.append(last.value)
+        if b.resume is not None:
+            save_finished_runs(job, done, runs, sent)
     assert last is not None
-    return _parts_outcome(b, runs, done, sent, last)
+    outcome = _parts_outcome(b, runs, done, sent, last)
+    _end_resume(job, outcome)
+    return outcome
 
 
 def _parts_outcome(

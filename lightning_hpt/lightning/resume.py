@@ -1,0 +1,174 @@
+"""Each trial's resumable checkpoint: written by Lightning's own callbacks, found again when the trial reruns.
+
+Every trial keeps one full Lightning checkpoint of its latest state (model, optimizers,
+schedulers, loop progress, every callback's state: the search's monitor with its reported values
+and the random number generators, ``EarlyStopping``'s counters, the best-step ``ModelCheckpoint``)
+in ``<trial dir>/resume/latest.ckpt``. A ``ModelCheckpoint`` without a monitor writes it at the
+interval of :class:`Resume`; :class:`InterruptCheckpoint` writes it when the trial is stopped
+from outside (Ctrl+C, SIGTERM). A rerun of the
+trial (same number, same directory) hands it to ``trainer.fit(ckpt_path=...)``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as L
+from typing_extensions import override
+
+from lightning_hpt.exceptions import ConfigurationError, SearchPreempted
+from lightning_hpt.lightning import compat
+
+__all__ = [
+    "RESUME_DIR",
+    "InterruptCheckpoint",
+    "Resume",
+    "checkpoint_to_resume",
+    "discard",
+    "load_finished_runs",
+    "resume_callbacks",
+    "save_finished_runs",
+]
+
+log = logging.getLogger(__name__)
+
+#: the folder of a trial's resumable checkpoint, inside its trial directory
+RESUME_DIR = "resume"
+_NAME = "latest"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """When a trial writes its resumable checkpoint, and what happens to it when the trial ends.
+
+    Attributes:
+        every_n_epochs: write it every N epochs (1: after every epoch's validation run).
+        every_minutes: write it every M minutes of training instead (may stop mid-epoch: resuming
+            from there restarts that epoch's data order, see ``docs/reliability.md``).
+        keep: keep it when the trial ends (it is removed by default; the best-step checkpoint stays).
+        failed: a FAILED trial keeps it too, so that ``retry_failed`` continues from it instead of
+            starting over.
+
+    Example:
+        >>> Resume(every_n_epochs=5)
+        Resume(every_n_epochs=5, every_minutes=None, keep=False, failed=False)
+    """
+
+    every_n_epochs: int | None = 1
+    every_minutes: float | None = None
+    keep: bool = False
+    failed: bool = False
+
+    def __post_init__(self) -> None:
+        n, m = self.every_n_epochs, self.every_minutes
+        if (n is None) == (m is None):
+            raise ConfigurationError(
+                f"Resume needs exactly one of every_n_epochs and every_minutes, got every_n_epochs={n!r},"
+                f" every_minutes={m!r}; e.g. Resume(every_n_epochs=1) or Resume(every_n_epochs=None, every_minutes=10)"
+            )
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigurationError(f"Resume(every_n_epochs=) must be an integer >= 1, got {n!r}")
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0):
+            raise ConfigurationError(f"Resume(every_minutes=) must be a number > 0, got {m!r}")
+
+
+class InterruptCheckpoint(L.Callback):
+    """Writes the trial's resumable checkpoint when it is interrupted (Ctrl+C, SIGTERM) before the process exits.
+
+    Lightning's ``OnExceptionCheckpoint`` does this for every exception, removes the file at
+    teardown, and makes ``fit(ckpt_path=None)`` look for a "last" checkpoint; a trial that fails on
+    its own error keeps the last interval's checkpoint instead (the state at an error is not one to
+    continue from), and the runner chooses ``ckpt_path`` itself.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if isinstance(exception, (KeyboardInterrupt, SearchPreempted)) or compat.is_interrupt_exit(exception):
+            trainer.save_checkpoint(self.path)
+            log.info("the trial was interrupted: its state is saved in %s", self.path)
+
+
+def resume_callbacks(pl: Any, resume: Resume, trial_dir: str) -> list[Any]:
+    """The callbacks that write ``<trial_dir>/resume/latest.ckpt``: at the interval, and on interruption."""
+    dirpath = os.path.join(trial_dir, RESUME_DIR)
+    interval = None if resume.every_minutes is None else datetime.timedelta(minutes=resume.every_minutes)
+    latest = pl.callbacks.ModelCheckpoint(
+        dirpath=dirpath,
+        filename=_NAME,
+        monitor=None,
+        save_top_k=1,  # without a monitor: the most recent one
+        every_n_epochs=resume.every_n_epochs,
+        train_time_interval=interval,
+        enable_version_counter=False,
+    )
+    cbs = [latest]
+    if pl.__name__.startswith("lightning."):  # pytorch_lightning's own class would be needed there
+        cbs.append(InterruptCheckpoint(os.path.join(dirpath, f"{_NAME}.ckpt")))
+    return cbs
+
+
+def checkpoint_to_resume(trial_dir: str, number: int, attempt: int = 1) -> str | None:
+    """The trial's resumable checkpoint if one is there and whole; logs why a rerun starts over otherwise."""
+    path = os.path.join(trial_dir, RESUME_DIR, f"{_NAME}.ckpt")
+    if os.path.exists(path) and zipfile.is_zipfile(path):
+        log.info("trial %d continues from its checkpoint %s", number, path)
+        return path
+    if os.path.exists(path):
+        log.warning("trial %d: its checkpoint %s is truncated; it starts over", number, path)
+    elif attempt > 1 or (os.path.isdir(trial_dir) and os.listdir(trial_dir)):
+        log.warning(
+            "trial %d: no resumable checkpoint in %s (not written yet, or not reachable from this host);"
+            " it starts over",
+            number,
+            trial_dir,
+        )
+    return None
+
+
+def discard(trial_dir: str) -> None:
+    """Remove the trial's resumable checkpoint (the trial ended)."""
+    shutil.rmtree(os.path.join(trial_dir, RESUME_DIR), ignore_errors=True)
+
+
+def _runs_file(trial_dir: str) -> str:
+    return os.path.join(trial_dir, RESUME_DIR, "runs.json")
+
+
+def save_finished_runs(job: Any, done: list[float], runs: list[dict[str, Any]], sent: dict[int, float]) -> None:
+    """Keep a cross-validated trial's finished runs (folds, repeats), so that a rerun continues after them."""
+    path = _runs_file(job.trial_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = {"done": done, "runs": runs, "sent": {str(k): v for k, v in sent.items()}}
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(path + ".tmp", path)  # a kill while writing leaves the previous file whole
+
+
+def load_finished_runs(job: Any) -> tuple[list[float], list[dict[str, Any]], dict[int, float]]:
+    """The finished runs a cross-validated trial kept (see :func:`save_finished_runs`); none for a fresh one."""
+    path = _runs_file(job.trial_dir)
+    if job.build.resume is None or not os.path.exists(path):
+        if job.attempt > 1 and job.build.resume is not None:
+            log.warning("trial %d: no finished runs kept in %s; its runs start over", job.number, path)
+        return [], [], {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        runs = list(data["runs"])
+        done = [float(v) for v in data["done"]]
+        sent = {int(k): float(v) for k, v in data["sent"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("trial %d: its finished runs in %s cannot be read (%s); its runs start over", job.number, path, e)
+        return [], [], {}
+    log.info("trial %d continues after its %d finished runs", job.number, len(runs))
+    return done, runs, sent
