@@ -1,0 +1,182 @@
+"""An interrupted trial continues from its resumable checkpoint (real subprocesses, tiny Lightning models).
+
+Each test kills a one-trial search of 8 epochs (``scripts/resume_search.py``) once epoch ``K`` has
+started, reruns it, and compares with an uninterrupted run of the same seed. A resume from an
+epoch-end checkpoint is exact (same curve, same value): the checkpoint holds Lightning's full state
+and the monitor keeps the random states that shuffle the next epoch's data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import default_sigint
+
+from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.lightning.resume import Resume
+
+SCRIPT = Path(__file__).parent / "scripts" / "resume_search.py"
+EPOCHS, K = 8, 4
+pytestmark = pytest.mark.slow
+
+
+def _start(root: Path, executor: str, sleep: float, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(SCRIPT), str(root), executor, str(EPOCHS), str(sleep), f"{root}.log", *extra]
+    return subprocess.Popen(cmd, preexec_fn=default_sigint, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _epochs(root: Path) -> list[tuple[int, int]]:
+    """``(pid, epoch)`` for every training epoch started, in order."""
+    log = Path(f"{root}.log")
+    if not log.exists():
+        return []
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines() if line.strip()]
+
+
+def _wait_epoch(root: Path, proc: subprocess.Popen, epoch: int, limit: float = 120.0) -> int:
+    """Wait until ``epoch`` started (then a bit, mid-epoch); returns the pid that trains it."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        started = [pid for pid, e in _epochs(root) if e == epoch]
+        if started:
+            time.sleep(0.3)
+            return started[0]
+        if proc.poll() is not None:
+            raise AssertionError(f"the search ended before epoch {epoch}:\n{proc.stdout.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"epoch {epoch} did not start in time")
+
+
+def _finish(root: Path, executor: str, *extra: str) -> tuple[float, int, dict[int, float], str]:
+    proc = _start(root, executor, 0.0, *extra)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    _, value, attempt, curve = line.split(" ", 3)
+    return float(value), int(attempt), {int(k): v for k, v in json.loads(curve).items()}, out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, tuple[float, dict[int, float]]]:
+    """Uninterrupted runs of the same search, by executor/CV (computed once)."""
+    cache: dict[str, tuple[float, dict[int, float]]] = {}
+
+    def get(key: str, executor: str, *extra: str) -> tuple[float, dict[int, float]]:
+        if key not in cache:
+            value, attempt, curve, _ = _finish(tmp_path_factory.mktemp(key) / "ref", executor, *extra)
+            assert attempt == 1
+            cache[key] = (value, curve)
+        return cache[key]
+
+    return get  # type: ignore[return-value]
+
+
+def _resumed_epochs(root: Path, first_pid: int) -> list[int]:
+    return [e for pid, e in _epochs(root) if pid != first_pid]
+
+
+def test_driver_sigkill_resumes_exactly(tmp_path, reference):
+    """SIGKILL of the driver at epoch K: the rerun trains epochs K.. only, and ends as an uninterrupted run."""
+    root = tmp_path / "run"
+    proc = _start(root, "local", 0.15)
+    pid = _wait_epoch(root, proc, K)
+    proc.kill()
+    proc.wait()
+    assert (root / "default" / "trial_0" / "resume" / "latest.ckpt").exists()
+    value, attempt, curve, out = _finish(root, "local")
+    ref_value, ref_curve = reference("local", "local")
+    assert attempt == 2
+    assert _resumed_epochs(root, pid) == list(range(K, EPOCHS))  # the checkpoint of epoch K-1 was the last one
+    assert curve == ref_curve and value == ref_value  # exact: same state, same data order
+    assert not (root / "default" / "trial_0" / "resume").exists()  # removed when the trial ended
+    assert (root / "default" / "trial_0" / "checkpoints" / "best.ckpt").exists()  # the best step's stays
+
+
+def test_worker_sigkill_resumes_exactly(tmp_path, reference):
+    """SIGKILL of a ProcessExecutor worker: the trial is FAILED ("worker died"); retry_failed continues it."""
+    root = tmp_path / "run"
+    proc = _start(root, "process", 0.15)
+    worker = _wait_epoch(root, proc, K)
+    assert worker != proc.pid
+    os.kill(worker, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert "worker died" in out, out
+    value, attempt, curve, _ = _finish(root, "process")
+    ref_value, ref_curve = reference("process", "process")
+    assert attempt == 2
+    assert _resumed_epochs(root, worker) == list(range(K, EPOCHS))
+    assert curve == ref_curve and value == ref_value
+
+
+def test_sigterm_saves_the_state_and_resumes(tmp_path, reference):
+    """SIGTERM mid-epoch K: the state at that moment is saved before the driver exits, and the rerun continues.
+
+    Lightning continues a mid-epoch checkpoint at the next batch, but draws that epoch's data order
+    again (its DataLoader keeps no state), so the rest of epoch K sees other batches: the value is
+    close to the uninterrupted one, not equal (tolerance 20%).
+    """
+    root = tmp_path / "run"
+    proc = _start(root, "local", 0.15)
+    pid = _wait_epoch(root, proc, K)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    value, attempt, curve, out = _finish(root, "local")
+    ref_value, ref_curve = reference("local", "local")
+    assert attempt == 2 and "continues from its checkpoint" in out
+    assert _resumed_epochs(root, pid) == list(range(K, EPOCHS))
+    assert sorted(curve) == sorted(ref_curve)  # no step missing or repeated
+    assert all(curve[s] == ref_curve[s] for s in range(K))  # the steps before the interruption kept
+    assert value == pytest.approx(ref_value, rel=0.2)
+
+
+def test_resume_false_starts_over(tmp_path):
+    """Without resume the killed trial trains all its epochs again."""
+    root = tmp_path / "run"
+    proc = _start(root, "local", 0.15, "0", "noresume")
+    pid = _wait_epoch(root, proc, K)
+    proc.kill()
+    proc.wait()
+    _, attempt, _, _ = _finish(root, "local", "0", "noresume")
+    assert attempt == 2 and _resumed_epochs(root, pid) == list(range(EPOCHS))
+
+
+def test_cv_trial_keeps_finished_folds(tmp_path, reference):
+    """A 2-fold trial killed in fold 1: fold 0 is kept, fold 1 continues; same value as uninterrupted."""
+    root = tmp_path / "run"
+    proc = _start(root, "local", 0.05, "2")
+    t0 = time.monotonic()
+    while len(_epochs(root)) < EPOCHS + K and time.monotonic() - t0 < 120:  # fold 0's epochs, then K of fold 1
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    trained_before = len(_epochs(root))
+    value, attempt, curve, out = _finish(root, "local", "2")
+    ref_value, ref_curve = reference("cv", "local", "2")
+    assert attempt == 2 and "after its 1 finished runs" in out
+    assert len(_epochs(root)) - trained_before <= EPOCHS - K + 1  # only fold 1's remaining epochs
+    assert curve == ref_curve and value == ref_value
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"every_n_epochs": 0},
+        {"every_n_epochs": None},
+        {"every_n_epochs": None, "every_minutes": -1.0},
+        {"every_n_epochs": 1, "every_minutes": 2.0},
+    ],
+)
+def test_bad_resume_settings_are_refused(kwargs):
+    with pytest.raises(ConfigurationError, match="every_"):
+        Resume(**kwargs)
