@@ -46,7 +46,7 @@ def _wait_epoch(root: Path, proc: subprocess.Popen, epoch: int, limit: float = 1
     while time.monotonic() - t0 < limit:
         started = [pid for pid, e in _epochs(root) if e == epoch]
         if started:
-            time.sleep(0.3)
+            time.sleep(0.2)
             return started[0]
         if proc.poll() is not None:
             raise AssertionError(f"the search ended before epoch {epoch}:\n{proc.stdout.read()}")
@@ -80,21 +80,28 @@ def reference(tmp_path_factory) -> dict[str, tuple[float, dict[int, float]]]:
 
 
 def _resumed_epochs(root: Path, first_pid: int) -> list[int]:
-    return [e for pid, e in _epochs(root) if pid != first_pid]
+    """The epochs trained after the kill; checks that at most the interrupted epoch is trained again."""
+    before = [e for pid, e in _epochs(root) if pid == first_pid]
+    after = [e for pid, e in _epochs(root) if pid != first_pid]
+    # killed during epoch m: it continues from the checkpoint of epoch m - 1, so m is trained again;
+    # killed between the checkpoint of m and the start of m + 1: it continues at m + 1
+    assert after and after[0] in (max(before), max(before) + 1), (before, after)
+    assert after == list(range(after[0], EPOCHS)), after
+    return after
 
 
 def test_driver_sigkill_resumes_exactly(tmp_path, reference):
     """SIGKILL of the driver at epoch K: the rerun trains epochs K.. only, and ends as an uninterrupted run."""
     root = tmp_path / "run"
-    proc = _start(root, "local", 0.15)
+    proc = _start(root, "local", 0.3)
     pid = _wait_epoch(root, proc, K)
     proc.kill()
     proc.wait()
     assert (root / "default" / "trial_0" / "resume" / "latest.ckpt").exists()
-    value, attempt, curve, out = _finish(root, "local")
+    value, attempt, curve, _ = _finish(root, "local")
     ref_value, ref_curve = reference("local", "local")
     assert attempt == 2
-    assert _resumed_epochs(root, pid) == list(range(K, EPOCHS))  # the checkpoint of epoch K-1 was the last one
+    _resumed_epochs(root, pid)
     assert curve == ref_curve and value == ref_value  # exact: same state, same data order
     assert not (root / "default" / "trial_0" / "resume").exists()  # removed when the trial ended
     assert (root / "default" / "trial_0" / "checkpoints" / "best.ckpt").exists()  # the best step's stays
@@ -103,7 +110,7 @@ def test_driver_sigkill_resumes_exactly(tmp_path, reference):
 def test_worker_sigkill_resumes_exactly(tmp_path, reference):
     """SIGKILL of a ProcessExecutor worker: the trial is FAILED ("worker died"); retry_failed continues it."""
     root = tmp_path / "run"
-    proc = _start(root, "process", 0.15)
+    proc = _start(root, "process", 0.3)
     worker = _wait_epoch(root, proc, K)
     assert worker != proc.pid
     os.kill(worker, signal.SIGKILL)
@@ -112,7 +119,7 @@ def test_worker_sigkill_resumes_exactly(tmp_path, reference):
     value, attempt, curve, _ = _finish(root, "process")
     ref_value, ref_curve = reference("process", "process")
     assert attempt == 2
-    assert _resumed_epochs(root, worker) == list(range(K, EPOCHS))
+    _resumed_epochs(root, worker)
     assert curve == ref_curve and value == ref_value
 
 
@@ -124,7 +131,7 @@ def test_sigterm_saves_the_state_and_resumes(tmp_path, reference):
     close to the uninterrupted one, not equal (tolerance 20%).
     """
     root = tmp_path / "run"
-    proc = _start(root, "local", 0.15)
+    proc = _start(root, "local", 0.3)
     pid = _wait_epoch(root, proc, K)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -132,7 +139,7 @@ def test_sigterm_saves_the_state_and_resumes(tmp_path, reference):
     value, attempt, curve, out = _finish(root, "local")
     ref_value, ref_curve = reference("local", "local")
     assert attempt == 2 and "continues from its checkpoint" in out
-    assert _resumed_epochs(root, pid) == list(range(K, EPOCHS))
+    assert _resumed_epochs(root, pid)[0] >= K
     assert sorted(curve) == sorted(ref_curve)  # no step missing or repeated
     assert all(curve[s] == ref_curve[s] for s in range(K))  # the steps before the interruption kept
     assert value == pytest.approx(ref_value, rel=0.2)
@@ -141,12 +148,12 @@ def test_sigterm_saves_the_state_and_resumes(tmp_path, reference):
 def test_resume_false_starts_over(tmp_path):
     """Without resume the killed trial trains all its epochs again."""
     root = tmp_path / "run"
-    proc = _start(root, "local", 0.15, "0", "noresume")
+    proc = _start(root, "local", 0.3, "0", "noresume")
     pid = _wait_epoch(root, proc, K)
     proc.kill()
     proc.wait()
     _, attempt, _, _ = _finish(root, "local", "0", "noresume")
-    assert attempt == 2 and _resumed_epochs(root, pid) == list(range(EPOCHS))
+    assert attempt == 2 and [e for p, e in _epochs(root) if p != pid] == list(range(EPOCHS))
 
 
 def test_cv_trial_keeps_finished_folds(tmp_path, reference):

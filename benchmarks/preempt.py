@@ -1,0 +1,170 @@
+"""Pre-empt a search at random moments and count the epochs trained against an uninterrupted search.
+
+Usage: nice -n 19 python benchmarks/preempt.py [--trials 3] [--epochs 10] [--kills 4] [--seed 0]
+
+The search runs in a subprocess (``--child``); the parent sends it SIGTERM or SIGKILL (alternately)
+at a random moment, then starts it again, until it finishes. Each training epoch is logged by the
+child, so the figures are counts, not timings: epochs trained in all, against the uninterrupted
+search's, and the excess per interruption (at most one checkpoint interval, here one epoch). The
+children also time every write of the resumable checkpoint, printed as a share of training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def _child(root: str, trials: int, epochs: int) -> None:
+    import lightning.pytorch as L
+    import torch
+    from _env import quiet_single_thread
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_hpt import Float, HyperparameterSearch, Int
+
+    quiet_single_thread()
+    log = os.environ["HPT_BENCH_LOG"]
+    save = L.Trainer.save_checkpoint
+
+    def timed_save(self, filepath, *args, **kwargs):  # the resumable checkpoint's writes, timed
+        t0 = time.perf_counter()
+        save(self, filepath, *args, **kwargs)
+        if f"{os.sep}resume{os.sep}" in str(filepath):
+            with open(log, "a") as f:
+                f.write(json.dumps({"write": time.perf_counter() - t0}) + "\n")
+
+    L.Trainer.save_checkpoint = timed_save
+
+    class Data(L.LightningDataModule):
+        def setup(self, stage=None):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(2048, 32, generator=g)
+            y = (x[:, :8].sum(1) > 0).long()
+            self.train, self.val = TensorDataset(x[:1536], y[:1536]), TensorDataset(x[1536:], y[1536:])
+
+        def train_dataloader(self):
+            return DataLoader(self.train, batch_size=64, shuffle=True)
+
+        def val_dataloader(self):
+            return DataLoader(self.val, batch_size=256)
+
+    class Net(L.LightningModule):
+        def __init__(self, lr=0.01, hidden=64):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = nn.Sequential(nn.Linear(32, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+        def on_train_epoch_start(self):
+            self._t0 = time.perf_counter()
+
+        def on_train_epoch_end(self):
+            with open(log, "a") as f:
+                f.write(json.dumps({"epoch": self.current_epoch, "seconds": time.perf_counter() - self._t0}) + "\n")
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+        def validation_step(self, batch, _):
+            x, y = batch
+            self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    search = HyperparameterSearch(
+        Net,
+        Data,
+        {"model.lr": Float(1e-3, 3e-2, log=True), "model.hidden": Int(32, 128)},
+        root=root,
+        n_trials=trials,
+        seed=0,
+        patience=None,
+        trainer_kwargs={"max_epochs": epochs, "logger": False, "num_sanity_val_steps": 0},
+        verbose=False,
+    )
+    result = search.run()
+    print("RESULT", json.dumps({t.number: t.value for t in result.trials}), flush=True)
+
+
+def _run(root: Path, log: Path, args: argparse.Namespace, kill_after: float | None, sig: int) -> str | None:
+    env = {**os.environ, "HPT_BENCH_LOG": str(log)}
+    cmd = [sys.executable, __file__, "--child", str(root), "--trials", str(args.trials), "--epochs", str(args.epochs)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        out, _ = proc.communicate(timeout=kill_after)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(sig)
+        proc.communicate()
+        return None
+    line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+    return line[len("RESULT ") :] if line else None
+
+
+def _read(log: Path) -> tuple[int, float, float, int]:
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    epochs = [r for r in rows if "epoch" in r]
+    writes = [r["write"] for r in rows if "write" in r]
+    return len(epochs), sum(r["seconds"] for r in epochs), sum(writes), len(writes)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--child", metavar="ROOT")
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--kills", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if args.child:
+        _child(args.child, args.trials, args.epochs)
+        return
+    from _env import describe
+
+    print(describe())
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        ref_log = Path(tmp, "ref.log")
+        t0 = time.monotonic()
+        ref = _run(Path(tmp, "ref"), ref_log, args, None, 0)
+        wall = time.monotonic() - t0
+        ref_epochs, ref_train, _, _ = _read(ref_log)
+        log, root, kills, result = Path(tmp, "pre.log"), Path(tmp, "pre"), [], None
+        while result is None:
+            if len(kills) < args.kills:
+                sig = (signal.SIGTERM, signal.SIGKILL)[len(kills) % 2]
+                at = rng.uniform(0.3, 0.9) * wall
+                kills.append(f"{signal.Signals(sig).name}@{at:.1f}s")
+                result = _run(root, log, args, at, sig)
+            else:
+                result = _run(root, log, args, None, 0)
+        epochs, train, write, n_writes = _read(log)
+    interrupted = len(kills)
+    print(f"search: {args.trials} trials x {args.epochs} epochs; interruptions: {', '.join(kills)}")
+    print(f"uninterrupted: {ref_epochs} epochs; pre-empted {interrupted} times: {epochs} epochs")
+    print(
+        f"extra epochs: {epochs - ref_epochs} ({(epochs - ref_epochs) / max(interrupted, 1):.2f} per interruption;"
+        " the bound is one checkpoint interval = 1 epoch)"
+    )
+    print(f"same values as uninterrupted: {result == ref} ({result} vs {ref})")
+    print(
+        f"resumable checkpoint writes: {n_writes}, {write:.2f} s = {100 * write / train:.1f}% of {train:.1f} s"
+        " of training epochs"
+    )
+    print(f"(uninterrupted training epochs took {ref_train:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
