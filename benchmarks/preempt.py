@@ -50,9 +50,9 @@ def _child(root: str, trials: int, epochs: int) -> None:
     class Data(L.LightningDataModule):
         def setup(self, stage=None):
             g = torch.Generator().manual_seed(0)
-            x = torch.randn(2048, 32, generator=g)
+            x = torch.randn(10240, 32, generator=g)
             y = (x[:, :8].sum(1) > 0).long()
-            self.train, self.val = TensorDataset(x[:1536], y[:1536]), TensorDataset(x[1536:], y[1536:])
+            self.train, self.val = TensorDataset(x[:8192], y[:8192]), TensorDataset(x[8192:], y[8192:])
 
         def train_dataloader(self):
             return DataLoader(self.train, batch_size=64, shuffle=True)
@@ -68,6 +68,10 @@ def _child(root: str, trials: int, epochs: int) -> None:
 
         def on_train_epoch_start(self):
             self._t0 = time.perf_counter()
+
+        def on_train_batch_start(self, batch, batch_idx):
+            with open(log, "a") as f:  # counts the batches trained, also by an attempt that is killed
+                f.write('{"batch": 1}\n')
 
         def on_train_epoch_end(self):
             with open(log, "a") as f:
@@ -99,25 +103,33 @@ def _child(root: str, trials: int, epochs: int) -> None:
     print("RESULT", json.dumps({t.number: t.value for t in result.trials}), flush=True)
 
 
-def _run(root: Path, log: Path, args: argparse.Namespace, kill_after: float | None, sig: int) -> str | None:
+def _run(root: Path, log: Path, args: argparse.Namespace, kill: tuple[int, float, int] | None) -> str | None:
+    """Run the search; with ``kill = (epochs, delay, signal)``: send the signal ``delay`` s after that many
+    epochs (of all attempts) have ended. Returns the printed result, or None when it was killed."""
     env = {**os.environ, "HPT_BENCH_LOG": str(log)}
     cmd = [sys.executable, __file__, "--child", str(root), "--trials", str(args.trials), "--epochs", str(args.epochs)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        out, _ = proc.communicate(timeout=kill_after)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(sig)
-        proc.communicate()
-        return None
+    if kill is not None:
+        epochs, delay, sig = kill
+        while proc.poll() is None and (not log.exists() or _read(log)[0] < epochs):
+            time.sleep(0.02)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            proc.communicate()
+            return None
+    out, _ = proc.communicate()
     line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
     return line[len("RESULT ") :] if line else None
 
 
-def _read(log: Path) -> tuple[int, float, float, int]:
+def _read(log: Path) -> tuple[int, float, float, int, int]:
+    """Epochs ended, their seconds, checkpoint-write seconds and count, batches trained."""
     rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
     epochs = [r for r in rows if "epoch" in r]
     writes = [r["write"] for r in rows if "write" in r]
-    return len(epochs), sum(r["seconds"] for r in epochs), sum(writes), len(writes)
+    batches = sum(1 for r in rows if "batch" in r)
+    return len(epochs), sum(r["seconds"] for r in epochs), sum(writes), len(writes), batches
 
 
 def main() -> None:
@@ -137,25 +149,31 @@ def main() -> None:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         ref_log = Path(tmp, "ref.log")
-        t0 = time.monotonic()
-        ref = _run(Path(tmp, "ref"), ref_log, args, None, 0)
-        wall = time.monotonic() - t0
-        ref_epochs, ref_train, _, _ = _read(ref_log)
+        ref = _run(Path(tmp, "ref"), ref_log, args, None)
+        ref_epochs, ref_train, _, _, ref_batches = _read(ref_log)
+        per_epoch = ref_train / ref_epochs
         log, root, kills, result = Path(tmp, "pre.log"), Path(tmp, "pre"), [], None
         while result is None:
             if len(kills) < args.kills:
                 sig = (signal.SIGTERM, signal.SIGKILL)[len(kills) % 2]
-                at = rng.uniform(0.3, 0.9) * wall
-                kills.append(f"{signal.Signals(sig).name}@{at:.1f}s")
-                result = _run(root, log, args, at, sig)
+                done = _read(log)[0] if log.exists() else 0
+                at = done + rng.randint(1, max(1, (ref_epochs - done) // 2))  # epochs of all attempts
+                delay = rng.uniform(0, per_epoch)
+                kills.append(f"{signal.Signals(sig).name} {delay:.2f} s after epoch {at}")
+                result = _run(root, log, args, (at, delay, sig))
             else:
-                result = _run(root, log, args, None, 0)
-        epochs, train, write, n_writes = _read(log)
+                result = _run(root, log, args, None)
+        _, train, write, n_writes, batches = _read(log)
     interrupted = len(kills)
     print(f"search: {args.trials} trials x {args.epochs} epochs; interruptions: {', '.join(kills)}")
-    print(f"uninterrupted: {ref_epochs} epochs; pre-empted {interrupted} times: {epochs} epochs")
+    per = ref_batches / ref_epochs
+    extra = (batches - ref_batches) / per
     print(
-        f"extra epochs: {epochs - ref_epochs} ({(epochs - ref_epochs) / max(interrupted, 1):.2f} per interruption;"
+        f"uninterrupted: {ref_epochs} epochs ({ref_batches} batches);"
+        f" pre-empted {interrupted} times: {batches / per:.2f} epochs"
+    )
+    print(
+        f"extra epochs trained: {extra:.2f} ({extra / max(interrupted, 1):.2f} per interruption;"
         " the bound is one checkpoint interval = 1 epoch)"
     )
     print(f"same values as uninterrupted: {result == ref} ({result} vs {ref})")
