@@ -66,6 +66,9 @@ def _child(root: str, trials: int, epochs: int) -> None:
             self.save_hyperparameters()
             self.net = nn.Sequential(nn.Linear(32, hidden), nn.ReLU(), nn.Linear(hidden, 2))
 
+        def on_train_start(self):  # a SIGTERM checkpoint continues mid-epoch, without on_train_epoch_start
+            self._t0 = time.perf_counter()
+
         def on_train_epoch_start(self):
             self._t0 = time.perf_counter()
 
@@ -100,6 +103,9 @@ def _child(root: str, trials: int, epochs: int) -> None:
         verbose=False,
     )
     result = search.run()
+    for t in result.trials:
+        if t.error:
+            print(f"trial {t.number}: {t.state.value}: {t.error}", file=sys.stderr, flush=True)
     print("RESULT", json.dumps({t.number: t.value for t in result.trials}), flush=True)
 
 
@@ -108,7 +114,8 @@ def _run(root: Path, log: Path, args: argparse.Namespace, kill: tuple[int, float
     epochs (of all attempts) have ended. Returns the printed result, or None when it was killed."""
     env = {**os.environ, "HPT_BENCH_LOG": str(log)}
     cmd = [sys.executable, __file__, "--child", str(root), "--trials", str(args.trials), "--epochs", str(args.epochs)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    with open(f"{log}.err", "a") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     if kill is not None:
         epochs, delay, sig = kill
         while proc.poll() is None and (not log.exists() or _read(log)[0] < epochs):
@@ -125,7 +132,12 @@ def _run(root: Path, log: Path, args: argparse.Namespace, kill: tuple[int, float
 
 def _read(log: Path) -> tuple[int, float, float, int, int]:
     """Epochs ended, their seconds, checkpoint-write seconds and count, batches trained."""
-    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    rows = []
+    for line in log.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line being written, or cut by a kill
+            continue
     epochs = [r for r in rows if "epoch" in r]
     writes = [r["write"] for r in rows if "write" in r]
     batches = sum(1 for r in rows if "batch" in r)
@@ -164,6 +176,7 @@ def main() -> None:
             else:
                 result = _run(root, log, args, None)
         _, train, write, n_writes, batches = _read(log)
+        errors = Path(f"{log}.err").read_text().splitlines() if result != ref else []
     interrupted = len(kills)
     print(f"search: {args.trials} trials x {args.epochs} epochs; interruptions: {', '.join(kills)}")
     per = ref_batches / ref_epochs
@@ -182,6 +195,8 @@ def main() -> None:
         " of training epochs"
     )
     print(f"(uninterrupted training epochs took {ref_train:.1f} s)")
+    for line in errors[-30:]:
+        print("  |", line)
 
 
 if __name__ == "__main__":
