@@ -79,6 +79,8 @@ class StudyDriver:
                 free = self.executor.max_concurrency - len(self._running)
                 if reason is None and free > 0:
                     reason = self._start(free)
+                    if reason is not None:  # no more trials: one held back to be batched need not wait
+                        self.executor.flush()
                 if not self._running:
                     return reason or "done"
                 done, _ = wait(list(self._running), timeout=1.0, return_when=FIRST_COMPLETED)

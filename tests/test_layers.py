@@ -16,7 +16,7 @@ FLOORS = {
     **dict.fromkeys(("exceptions", "space", "trial", "registry", "names", "checks", "failures"), 0),
     **dict.fromkeys(("strategies", "pruners", "storage", "lightning", "report"), 1),
     "executors": 2,
-    **dict.fromkeys(("search", "result", "driver", "reporting", "proposals", "recovery", "run_scope"), 3),
+    **dict.fromkeys(("search", "result", "driver", "reporting", "proposals", "recovery", "run_scope", "stacking"), 3),
     **dict.fromkeys(("cli", "testing", "script", "__init__", "__main__"), 4),
 }
 
