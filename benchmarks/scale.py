@@ -204,7 +204,9 @@ def optuna_fill(storage: Any, study_id: int, trials: list[dict[str, Any]]) -> No
                 params.append({"trial_id": tid, "param_name": k, "param_value": internal, "distribution_json": dj[k]})
             values.append({"trial_id": tid, "objective": 0, "value": min(t["curve"].values()), "value_type": VT.FINITE})
             for s, v in t["curve"].items():
-                inter.append({"trial_id": tid, "step": s, "intermediate_value": v, "intermediate_value_type": IVT.FINITE})
+                inter.append(
+                    {"trial_id": tid, "step": s, "intermediate_value": v, "intermediate_value_type": IVT.FINITE}
+                )
         for table, data in (
             (models.TrialParamModel, params),
             (models.TrialValueModel, values),
@@ -275,7 +277,9 @@ def database(kind: str, pg_url: str | None, tag: str):
 def one(kind: str, n: int, steps: int, repeats: int, pg_url: str | None, which: str) -> dict[str, Any]:
     trials = make_trials(n, steps)
     with database(kind, pg_url, f"{which}_{n}") as url:
-        result = hpt_measure(url, trials, steps, repeats) if which == "hpt" else optuna_measure(url, trials, steps, repeats)
+        result = (
+            hpt_measure(url, trials, steps, repeats) if which == "hpt" else optuna_measure(url, trials, steps, repeats)
+        )
     result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 

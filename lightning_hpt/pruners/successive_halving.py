@@ -6,8 +6,11 @@ decision is a pure function of the history.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.pruners._common import check_int, is_finite, others, previous_step, score, value_from
+from lightning_hpt.pruners._index import index_of, promotable
 from lightning_hpt.pruners.base import Pruner
 from lightning_hpt.trial import Direction, History, TrialRecord
 
@@ -94,7 +97,8 @@ class SuccessiveHalvingPruner(Pruner):
     def should_prune(self, history: History, trial: TrialRecord) -> bool:
         return self._decide(history, trial, self.max_resource if self.max_resource is not None else history.max_steps)
 
-    def _decide(self, history: History, trial: TrialRecord, max_resource: int | None) -> bool:
+    def _decide(self, history: History, trial: TrialRecord, max_resource: int | None, group: Hashable = None) -> bool:
+        # ``group``: only with an indexed history, the predicate on trial numbers of the trials that compete.
         step = trial.last_step
         if step is None:
             return False
@@ -104,6 +108,9 @@ class SuccessiveHalvingPruner(Pruner):
         # Rungs reached since the previous report; earlier ones were passed already (ASHA never demotes).
         since = previous_step(trial, step)
         due = [r for r in self.rung_steps(max_resource, until_step=step) if r > since]
+        index = index_of(history)
+        if index is not None:  # the same rule on lists kept up to date, not rebuilt from every trial
+            return not all(promotable(index, trial, value, r, self.reduction_factor, group) for r in due)
         rivals = others(history, trial) if due else []
         for rung_step in due:
             reached = [v for t in rivals if (v := value_from(t.intermediate, rung_step)) is not None]

@@ -48,6 +48,8 @@ from lightning_hpt.exceptions import (
 )
 from lightning_hpt.space import SearchSpace, validate_name
 from lightning_hpt.storage.base import Storage, StudyInfo
+from lightning_hpt.storage.sql_history import HistoryCache, bump
+from lightning_hpt.storage.sql_migrate import migrate
 from lightning_hpt.storage.sql_schema import (
     FINISHED,
     META,
@@ -158,6 +160,7 @@ class SQLStorage(Storage):
         self._memory_lock: Any = threading.RLock() if self._memory else contextlib.nullcontext()
         self.url = self._url.render_as_string(hide_password=True)
         self._where = f"file {self._url.database!r}" if self._sqlite and not self._memory else self.url
+        self._cache, self._cache_lock = HistoryCache(), threading.Lock()  # this process's incremental history
 
     def __getstate__(self) -> dict[str, Any]:
         if self._memory:
@@ -291,6 +294,8 @@ class SQLStorage(Storage):
         status = self._txn("read the tables", lambda c, a: self._inspect(c), write=False, engine=engine)
         if status == "empty":
             self._txn("create the study tables", self._initialise, write=True, engine=engine)
+        if status == "old":
+            self._txn("upgrade the study tables", self._upgrade, write=True, engine=engine)
         if self._sqlite and not self._memory:
             self._retry("switch the database to WAL mode", lambda a: enable_wal(engine))
 
@@ -323,8 +328,10 @@ class SQLStorage(Storage):
                 f"the database {self._where} was written by a newer lightning-hpt (schema_version={version}, this"
                 f" version reads {SCHEMA_VERSION}); it was left unchanged: upgrade lightning-hpt to open it"
             )
+        if version < 1:
+            raise StorageError(f"{damaged} schema_version={version} is older than any release; {fix}")
         if version < SCHEMA_VERSION:
-            raise StorageError(f"{damaged} schema_version={version} is older than {SCHEMA_VERSION}; {fix}")
+            return "old"
         missing = sorted(set(METADATA.tables) - ours)
         if missing:
             raise StorageError(f"{damaged} is missing tables {missing}: it is damaged; {fix}")
@@ -343,6 +350,21 @@ class SQLStorage(Storage):
                 {"key": "created_at", "value": repr(time.time())},
             ],
         )
+
+    def _upgrade(self, conn: Connection, attempt: int) -> None:
+        if conn.dialect.name == "postgresql":  # two drivers upgrading at once must not collide
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7235890)"))
+        if self._inspect(conn) == "old":  # not upgraded by another process while we waited for the lock
+            version = int(conn.execute(sa.select(META.c.value).where(META.c.key == "schema_version")).scalar())
+            log.info("upgrading the study tables of %s from schema_version %d to %d", self.url, version, SCHEMA_VERSION)
+            migrate(conn, version)
+
+    def _bump(self, conn: Connection, study: str) -> int:
+        """Take the study's change counter up (see :mod:`.sql_history`); every write that changes a trial does."""
+        seq = bump(conn, study)
+        if seq is None:
+            self._study(conn, study)  # raises: no such study
+        return seq
 
     # ------------------------------------------------------------------ studies
 
@@ -431,10 +453,11 @@ class SQLStorage(Storage):
         )
 
     def history(self, study: str, max_steps: int | None = None) -> History:
+        """The study's history; after the first read, only the trials changed since are read."""
+
         def fn(conn: Connection, attempt: int) -> History:
-            row = self._study(conn, study)
-            info = self._info(row)
-            return History(info.space, info.direction, tuple(self._trials(conn, row.id)), info.seed, max_steps)
+            with self._cache_lock:  # one reader at a time: each sees the study no older than the last one did
+                return self._cache.history(conn, self._study(conn, study), self._info, max_steps)
 
         return self._txn(f"read the history of study {study!r}", fn, write=False)
 
@@ -545,6 +568,7 @@ class SQLStorage(Storage):
                 "attempt": 1 if running else 0,
                 "attrs": "{}",
                 "token": token,
+                "seq": self._bump(conn, study),
             }
             conn.execute(sa.insert(TRIALS).values(**values))
             return to_record(RowValues(values), {})
@@ -566,6 +590,7 @@ class SQLStorage(Storage):
                 "heartbeat_at": now,
                 "host": host or socket.gethostname(),
                 "pid": pid or os.getpid(),
+                "seq": self._bump(conn, study),
             }
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
             return to_record(RowValues({**row._asdict(), **changes}), self._steps(conn, row.id))
@@ -577,6 +602,7 @@ class SQLStorage(Storage):
         v, flag = encode_float(value, f"the value reported at step {step}")
 
         def fn(conn: Connection, attempt: int) -> None:
+            seq = self._bump(conn, study)  # first: every writer locks the study row before a trial row
             row = self._trial(conn, study, number, lock=True)
             if row.state != TrialState.RUNNING.value:
                 raise StorageError(
@@ -586,7 +612,7 @@ class SQLStorage(Storage):
             where = (VALUES.c.trial_id == row.id) & (VALUES.c.step == step)
             if conn.execute(sa.update(VALUES).where(where).values(value=v, nonfinite=flag)).rowcount == 0:
                 conn.execute(sa.insert(VALUES).values(trial_id=row.id, step=step, value=v, nonfinite=flag))
-            conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(heartbeat_at=time.time()))
+            conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(heartbeat_at=time.time(), seq=seq))
 
         self._txn(f"report step {step} of trial {number} of study {study!r}", fn, write=True)
 
@@ -628,6 +654,7 @@ class SQLStorage(Storage):
         dumps(extra, "trial attrs")
 
         def fn(conn: Connection, attempt: int) -> TrialRecord:
+            seq = self._bump(conn, study)
             row = self._trial(conn, study, number, lock=True)
             if row.state in {s.value for s in FINISHED}:
                 same = row.state == state.value and (row.value, row.value_nonfinite) == (v, flag)
@@ -646,6 +673,7 @@ class SQLStorage(Storage):
                 "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
                 "finished_at": time.time(),
                 "attrs": dumps({**json.loads(row.attrs), **extra}, "trial attrs"),
+                "seq": seq,
             }
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
             return to_record(RowValues({**row._asdict(), **changes}), self._steps(conn, row.id))
@@ -654,6 +682,7 @@ class SQLStorage(Storage):
 
     def requeue_trial(self, study: str, number: int) -> TrialRecord:
         def fn(conn: Connection, attempt: int) -> TrialRecord:
+            seq = self._bump(conn, study)
             row = self._trial(conn, study, number, lock=True)
             if row.state not in (TrialState.RUNNING.value, TrialState.FAILED.value):
                 raise StorageError(
@@ -687,7 +716,7 @@ class SQLStorage(Storage):
                     "heartbeat_at",
                 ),
             )
-            changes.update(state=TrialState.QUEUED.value, attrs=dumps(attrs, "trial attrs"))
+            changes.update(state=TrialState.QUEUED.value, attrs=dumps(attrs, "trial attrs"), seq=seq)
             conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id))
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
             return to_record(RowValues({**row._asdict(), **changes}), {})
@@ -698,8 +727,9 @@ class SQLStorage(Storage):
         dumps(dict(attrs), "trial attrs")
 
         def fn(conn: Connection, attempt: int) -> None:
+            seq = self._bump(conn, study)
             row = self._trial(conn, study, number, lock=True)
             merged = dumps({**json.loads(row.attrs), **attrs}, "trial attrs")
-            conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(attrs=merged))
+            conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(attrs=merged, seq=seq))
 
         self._txn(f"set attrs of trial {number} of study {study!r}", fn, write=True)

@@ -1,0 +1,129 @@
+"""The incremental history of a SQL study: each read fetches only the trials changed since the last one.
+
+Every write that changes a trial takes the study's change counter (``hpt_studies.seq``) up by one,
+under the study row's write lock, and stamps the new value on the trial row (``hpt_trials.seq``) in
+the same transaction (:func:`bump`). Writers therefore commit in counter order, so whatever a reader
+sees is every change up to some counter value and none after it: the trials with ``seq`` above the
+last value read are exactly those changed since, whichever driver changed them. A changed trial is
+read whole (its row and all its values, in one statement, so one snapshot on every database), which
+also covers values deleted by a requeue.
+
+A full read is the fallback: on the first read, after the study was recreated under the same name
+(another id), or when the counter went back (the database was restored from a backup).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from lightning_hpt.pruners._index import IndexedHistory, StepIndex
+from lightning_hpt.storage.base import StudyInfo
+from lightning_hpt.storage.sql_schema import STUDIES, TRIALS, VALUES, decode_float, to_record
+from lightning_hpt.trial import TrialRecord
+
+__all__ = ["HistoryCache", "bump"]
+
+
+def bump(conn: Connection, study: str) -> int | None:
+    """Take the change counter of ``study`` up by one, locking its row until commit; the new value, or ``None``."""
+    q = sa.update(STUDIES).where(STUDIES.c.name == study).values(seq=STUDIES.c.seq + 1).returning(STUDIES.c.seq)
+    return conn.execute(q).scalar()
+
+
+@dataclass
+class _Study:
+    """What one process knows of one study: its trials by number, up to change ``seq``."""
+
+    key: tuple  # (id, space, direction, seed) of the study row: another value means another study
+    seq: int
+    info: StudyInfo
+    numbers: list[int] = field(default_factory=list)  # sorted
+    records: dict[int, TrialRecord] = field(default_factory=dict)
+    index: StepIndex | None = None
+    trials: tuple[TrialRecord, ...] | None = None  # built on demand, dropped on change
+
+
+class HistoryCache:
+    """The trials of the studies this process read, brought up to date by incremental reads.
+
+    Not shared between processes (a pickled storage starts empty); one lock in the storage keeps
+    threads from updating it at once.
+    """
+
+    def __init__(self) -> None:
+        self._studies: dict[str, _Study] = {}
+        self.full_reads = 0  # how many reads fell back to reading the whole study (for tests and benchmarks)
+
+    def history(
+        self, conn: Connection, row: Any, make_info: Callable[[Any], StudyInfo], max_steps: int | None
+    ) -> IndexedHistory:
+        """The study's history as of this transaction.
+
+        Args:
+            conn: the reading transaction.
+            row: the study's ``hpt_studies`` row, read in this transaction.
+            make_info: reads the study's definition from ``row`` (only when it is not known yet).
+            max_steps: see :class:`~lightning_hpt.trial.History`.
+        """
+        key = (row.id, row.space, row.direction, row.seed)
+        cached = self._studies.get(row.name)
+        if cached is None or cached.key != key or row.seq < cached.seq:
+            info = make_info(row)
+            cached = self._studies[row.name] = _Study(key, -1, info, index=StepIndex(info.direction))
+            self.full_reads += 1
+        info = cached.info
+        if row.seq != cached.seq:
+            self._apply(cached, _changed(conn, row.id, cached.seq))
+            cached.seq = row.seq
+        if cached.trials is None:
+            cached.trials = tuple(cached.records[n] for n in cached.numbers)
+            cached.index.trials = cached.trials
+        return IndexedHistory(info.space, info.direction, cached.trials, info.seed, max_steps, index=cached.index)
+
+    def forget(self, name: str) -> None:
+        """Drop what is known of study ``name``: the next read is a full one."""
+        self._studies.pop(name, None)
+
+    @staticmethod
+    def _apply(cached: _Study, changed: list[TrialRecord]) -> None:
+        if not changed:
+            return
+        for record in changed:
+            old = cached.records.get(record.number)
+            if old is None:
+                if not cached.numbers or record.number > cached.numbers[-1]:
+                    cached.numbers.append(record.number)
+                else:
+                    bisect.insort(cached.numbers, record.number)
+            cached.records[record.number] = record
+            cached.index.replace(old, record)
+        cached.trials = None
+
+
+def _changed(conn: Connection, study_id: int, since: int) -> list[TrialRecord]:
+    """Every trial of the study stamped after change ``since``, with all its values; one statement."""
+    q = (
+        sa.select(TRIALS, VALUES.c.step.label("v_step"), VALUES.c.value.label("v_value"), VALUES.c.nonfinite)
+        .select_from(TRIALS.outerjoin(VALUES, VALUES.c.trial_id == TRIALS.c.id))
+        .where(TRIALS.c.study_id == study_id, TRIALS.c.seq > since)
+        .order_by(TRIALS.c.number, VALUES.c.step)
+    )
+    out: list[TrialRecord] = []
+    row = None
+    steps: dict[int, float] = {}
+    for r in conn.execute(q):
+        if row is not None and r.id != row.id:
+            out.append(to_record(row, steps))
+            steps = {}
+        row = r
+        if r.v_step is not None:
+            steps[r.v_step] = decode_float(r.v_value, r.nonfinite)
+    if row is not None:
+        out.append(to_record(row, steps))
+    return out
