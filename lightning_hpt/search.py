@@ -64,7 +64,10 @@ class _Reporter:
         if pruner.name == "none":
             return False
         history = self.search._history(self.storage)
-        trial = next(t for t in history.trials if t.number == self.number)
+        trials = history.trials  # numbered from 0 without gaps: look there first, not through every trial
+        trial = trials[self.number] if self.number < len(trials) else None
+        if trial is None or trial.number != self.number:
+            trial = next(t for t in trials if t.number == self.number)
         return bool(pruner.should_prune(history, trial))
 
 

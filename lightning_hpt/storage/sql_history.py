@@ -9,7 +9,8 @@ read whole (its row and all its values, in one statement, so one snapshot on eve
 also covers values deleted by a requeue.
 
 A full read is the fallback: on the first read, after the study was recreated under the same name
-(another id), or when the counter went back (the database was restored from a backup).
+(another id or creation time), or when the counter went back (the database was restored from a
+backup between two reads).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def bump(conn: Connection, study: str) -> int | None:
 class _Study:
     """What one process knows of one study: its trials by number, up to change ``seq``."""
 
-    key: tuple  # (id, space, direction, seed) of the study row: another value means another study
+    key: tuple  # (id, created_at, space, direction, seed) of the study row: another value, another study
     seq: int
     info: StudyInfo
     numbers: list[int] = field(default_factory=list)  # sorted
@@ -71,7 +72,7 @@ class HistoryCache:
             make_info: reads the study's definition from ``row`` (only when it is not known yet).
             max_steps: see :class:`~lightning_hpt.trial.History`.
         """
-        key = (row.id, row.space, row.direction, row.seed)
+        key = (row.id, row.created_at, row.space, row.direction, row.seed)
         cached = self._studies.get(row.name)
         if cached is None or cached.key != key or row.seq < cached.seq:
             info = make_info(row)
