@@ -260,3 +260,40 @@ def test_a_stale_or_changed_history_is_never_judged_by_the_index() -> None:
     narrowed = type(new)(new.space, new.direction, new.trials[:1], new.seed, index=new.index)
     assert index_of(narrowed) is None
     storage.close()
+
+
+# ------------------------------------------------------------------ reports of big studies
+
+
+def many_trials(n: int) -> list[TrialRecord]:
+    rng = random.Random(0)
+    states = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED, TrialState.RUNNING]
+    return [
+        TrialRecord(i, {"model.lr": rng.random()}, s, value=None if s is TrialState.FAILED else rng.random())
+        for i, s in enumerate(rng.choice(states) for _ in range(n))
+    ]
+
+
+def test_plots_of_a_big_study_draw_a_sample_that_keeps_the_best_and_says_so() -> None:
+    from lightning_hpt.report.sample import plot_sample
+    from lightning_hpt.report.table import rank_trials
+
+    trials = many_trials(5000)
+    small, note = plot_sample(trials[:300], "max", limit=1000)
+    assert small == trials[:300] and note is None
+    shown, note = plot_sample(trials, "max", limit=1000)
+    assert len(shown) == 1000 and [t.number for t in shown] == sorted({t.number for t in shown})
+    assert {t.number for t in rank_trials(trials, "max")[:100]} <= {t.number for t in shown}
+    assert shown[0].number < 100 and shown[-1].number > 4900  # spread over the whole study
+    assert note is not None and "1,000 of the study's 5,000 trials" in note
+
+
+def test_the_html_table_of_a_big_study_shows_the_best_rows_and_says_where_the_rest_is() -> None:
+    from lightning_hpt.report.html import _trials_table
+    from lightning_hpt.report.sample import MAX_ROWS
+
+    info = study_info()
+    html = _trials_table(info, many_trials(MAX_ROWS + 10))
+    assert html.count("<tr>") == MAX_ROWS + 1  # the header and the best rows
+    assert f"The best {MAX_ROWS:,} of {MAX_ROWS + 10:,} trials" in html
+    assert "lightning-hpt show" not in _trials_table(info, many_trials(10))

@@ -44,8 +44,8 @@ class _Study:
     key: tuple  # (id, created_at, space, direction, seed) of the study row: another value, another study
     seq: int
     info: StudyInfo
-    numbers: list[int] = field(default_factory=list)  # sorted
-    records: dict[int, TrialRecord] = field(default_factory=dict)
+    records: list[TrialRecord] = field(default_factory=list)  # ordered by number
+    where: dict[int, int] = field(default_factory=dict)  # number -> position in records
     index: StepIndex | None = None
     trials: tuple[TrialRecord, ...] | None = None  # built on demand, dropped on change
 
@@ -83,7 +83,7 @@ class HistoryCache:
             self._apply(cached, _changed(conn, row.id, cached.seq))
             cached.seq = row.seq
         if cached.trials is None:
-            cached.trials = tuple(cached.records[n] for n in cached.numbers)
+            cached.trials = tuple(cached.records)
             cached.index.trials = cached.trials
         return IndexedHistory(info.space, info.direction, cached.trials, info.seed, max_steps, index=cached.index)
 
@@ -95,36 +95,34 @@ class HistoryCache:
     def _apply(cached: _Study, changed: list[TrialRecord]) -> None:
         if not changed:
             return
+        records, where = cached.records, cached.where
         for record in changed:
-            old = cached.records.get(record.number)
-            if old is None:
-                if not cached.numbers or record.number > cached.numbers[-1]:
-                    cached.numbers.append(record.number)
-                else:
-                    bisect.insort(cached.numbers, record.number)
-            cached.records[record.number] = record
+            at = where.get(record.number)
+            old = None if at is None else records[at]
+            if at is not None:
+                records[at] = record
+            elif not records or record.number > records[-1].number:  # the usual case: a new trial
+                where[record.number] = len(records)
+                records.append(record)
+            else:  # numbers are allocated in order, so only a rare race lands here
+                records.insert(bisect.bisect([t.number for t in records], record.number), record)
+                where.clear()
+                where.update((t.number, i) for i, t in enumerate(records))
             cached.index.replace(old, record)
         cached.trials = None
 
 
 def _changed(conn: Connection, study_id: int, since: int) -> list[TrialRecord]:
-    """Every trial of the study stamped after change ``since``, with all its values; one statement."""
+    """Every trial of the study stamped after change ``since``, with all its values, by number; one statement."""
     q = (
         sa.select(TRIALS, VALUES.c.step.label("v_step"), VALUES.c.value.label("v_value"), VALUES.c.nonfinite)
         .select_from(TRIALS.outerjoin(VALUES, VALUES.c.trial_id == TRIALS.c.id))
         .where(TRIALS.c.study_id == study_id, TRIALS.c.seq > since)
-        .order_by(TRIALS.c.number, VALUES.c.step)
-    )
-    out: list[TrialRecord] = []
-    row = None
-    steps: dict[int, float] = {}
+    )  # no ORDER BY: SQLite would walk the (study, number) index through the whole study to honour it
+    rows: dict[int, Any] = {}
+    steps: dict[int, dict[int, float]] = {}
     for r in conn.execute(q):
-        if row is not None and r.id != row.id:
-            out.append(to_record(row, steps))
-            steps = {}
-        row = r
+        rows.setdefault(r.number, r)
         if r.v_step is not None:
-            steps[r.v_step] = decode_float(r.v_value, r.nonfinite)
-    if row is not None:
-        out.append(to_record(row, steps))
-    return out
+            steps.setdefault(r.number, {})[r.v_step] = decode_float(r.v_value, r.nonfinite)
+    return [to_record(rows[n], dict(sorted(steps.get(n, {}).items()))) for n in sorted(rows)]
