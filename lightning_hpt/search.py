@@ -49,6 +49,8 @@ class _Reporter:
     def __init__(self, search: HyperparameterSearch, storage: Storage, number: int, progress: Any = None) -> None:
         self.search, self.storage, self.number, self.progress = search, storage, number, progress
         self.stored: set[int] = set()
+        self.pending: dict[int, float] = {}  # without a pruner: values not stored yet (see flush)
+        self._flushed = 0.0
 
     @property
     def answers(self) -> bool:
@@ -56,8 +58,9 @@ class _Reporter:
         return self.search.pruner.name != "none"
 
     def report(self, step: int, value: float) -> bool:
-        self.storage.report(self.search.study_name, self.number, step, value)
-        self.stored.add(step)
+        self.pending[step] = value
+        if self.answers or time.monotonic() - self._flushed >= _FLUSH_S:  # nothing waits on the rest: batches
+            self.flush()
         if self.progress is not None:
             self.progress.trial_reported(self.number, step, value)
         pruner = self.search.pruner
@@ -70,7 +73,16 @@ class _Reporter:
             trial = next(t for t in trials if t.number == self.number)
         return bool(pruner.should_prune(history, trial))
 
+    def flush(self) -> None:
+        """Store the pending values in one transaction (``_finish`` stores what is left with the trial's end)."""
+        if self.pending:
+            self.storage.report_many(self.search.study_name, self.number, self.pending)
+            self.stored.update(self.pending)
+            self.pending = {}
+        self._flushed = time.monotonic()
 
+
+_FLUSH_S = 2.0  # without a pruner, a trial's values are stored at most this often (and at its end)
 _BACKOFF = random.Random()  # its own generator: the pauses never touch the global random state
 
 
@@ -502,9 +514,9 @@ class HyperparameterSearch:
         return TrialJob(self.build, rec.number, dict(rec.params), self.seed, str(trial_dir))
 
     def _finish(self, storage: Storage, rec: TrialRecord, reporter: _Reporter, outcome: TrialOutcome) -> TrialRecord:
-        for step, value in sorted(outcome.intermediate.items()):
-            if step not in reporter.stored:  # values the channel did not carry (it failed, or the executor batches)
-                storage.report(self.study_name, rec.number, step, value)
+        # not stored yet: the channel's last batch, and what it did not carry (it failed, or the executor batches)
+        missing = {s: v for s, v in outcome.intermediate.items() if s not in reporter.stored}
+        storage.report_many(self.study_name, rec.number, {**reporter.pending, **missing})
         attrs = {**outcome.attrs, "metrics": dict(outcome.metrics)} if outcome.metrics or outcome.attrs else None
         return storage.finish_trial(
             self.study_name,

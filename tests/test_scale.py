@@ -297,3 +297,40 @@ def test_the_html_table_of_a_big_study_shows_the_best_rows_and_says_where_the_re
     assert html.count("<tr>") == MAX_ROWS + 1  # the header and the best rows
     assert f"The best {MAX_ROWS:,} of {MAX_ROWS + 10:,} trials" in html
     assert "lightning-hpt show" not in _trials_table(info, many_trials(10))
+
+
+# ------------------------------------------------------------------ per-epoch writes
+
+
+@pytest.mark.parametrize("pruner", [None, "median"])
+def test_without_a_pruner_a_trials_values_are_stored_in_batches_and_none_is_lost(
+    tmp_path: Path, fast_trainer: dict, monkeypatch: pytest.MonkeyPatch, pruner: str | None
+) -> None:
+    from conftest import TinyData, TinyModel
+
+    from lightning_hpt import Float, HyperparameterSearch
+
+    batches: list[dict[int, float]] = []
+    store = SQLStorage.report_many
+    monkeypatch.setattr(SQLStorage, "report_many", lambda s, st, n, v: (batches.append(dict(v)), store(s, st, n, v)))
+    search = HyperparameterSearch(
+        TinyModel,
+        TinyData,
+        {"model.lr": Float(0.01, 0.2, log=True)},
+        monitor="val_loss",
+        mode="min",
+        root=tmp_path,
+        n_trials=2,
+        seed=0,
+        verbose=False,
+        pruner=pruner,
+        trainer_kwargs={**fast_trainer, "max_epochs": 6},
+    )
+    result = search.run()
+    assert all(len(t.intermediate) == 6 for t in result.trials)  # every value stored
+    stored = [v for b in batches if b for v in b]
+    assert len(stored) == 12
+    if pruner is None:  # the first value at once, the rest every 2 s and with the trial's end: fewer writes
+        assert len([b for b in batches if b]) <= 6
+    else:  # the pruner judges each value as it comes: each is stored first
+        assert all(len(b) == 1 for b in batches if b) and len([b for b in batches if b]) == 12

@@ -101,6 +101,11 @@ class Storage(ABC):
     def report(self, study: str, number: int, step: int, value: float) -> None:
         """Store (or overwrite) the intermediate value of a RUNNING trial at ``step``; refresh its heartbeat."""
 
+    def report_many(self, study: str, number: int, values: Mapping[int, float]) -> None:
+        """Store several intermediate values ``{step: value}`` of a RUNNING trial, in one transaction if it can."""
+        for step, value in sorted(values.items()):
+            self.report(study, number, step, value)
+
     @abstractmethod
     def heartbeat(self, study: str, numbers: Sequence[int]) -> None:
         """Mark these RUNNING trials as alive now."""

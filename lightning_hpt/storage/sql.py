@@ -598,8 +598,16 @@ class SQLStorage(Storage):
         return self._txn(f"claim a queued trial of study {study!r}", fn, write=True)
 
     def report(self, study: str, number: int, step: int, value: float) -> None:
-        check_int(step, "step")
-        v, flag = encode_float(value, f"the value reported at step {step}")
+        self.report_many(study, number, {step: value})
+
+    def report_many(self, study: str, number: int, values: Mapping[int, float]) -> None:
+        """Store several intermediate values of a RUNNING trial in one transaction (see :meth:`report`)."""
+        encoded = {
+            check_int(step, "step"): encode_float(v, f"the value reported at step {step}") for step, v in values.items()
+        }
+        if not encoded:
+            return
+        steps = sorted(encoded)
 
         def fn(conn: Connection, attempt: int) -> None:
             seq = self._bump(conn, study)  # first: every writer locks the study row before a trial row
@@ -609,12 +617,13 @@ class SQLStorage(Storage):
                     f"trial {number} of study {study!r} is {row.state}, not RUNNING: intermediate values can only be"
                     " reported while it runs (was it finished or requeued by another driver?)"
                 )
-            where = (VALUES.c.trial_id == row.id) & (VALUES.c.step == step)
-            if conn.execute(sa.update(VALUES).where(where).values(value=v, nonfinite=flag)).rowcount == 0:
-                conn.execute(sa.insert(VALUES).values(trial_id=row.id, step=step, value=v, nonfinite=flag))
+            conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id, VALUES.c.step.in_(steps)))
+            rows = [{"trial_id": row.id, "step": k, "value": encoded[k][0], "nonfinite": encoded[k][1]} for k in steps]
+            conn.execute(sa.insert(VALUES), rows)
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(heartbeat_at=time.time(), seq=seq))
 
-        self._txn(f"report step {step} of trial {number} of study {study!r}", fn, write=True)
+        where = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]} to {steps[-1]}"
+        self._txn(f"report {where} of trial {number} of study {study!r}", fn, write=True)
 
     def heartbeat(self, study: str, numbers: Sequence[int]) -> None:
         numbers = [check_int(n, "trial number") for n in numbers]
