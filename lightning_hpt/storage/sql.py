@@ -190,6 +190,7 @@ class SQLStorage(Storage):
                 self._engine.dispose(close=False)
                 self._inherited.append(self._engine)
                 self._engine = None
+                self._cache, self._cache_lock = HistoryCache(), threading.Lock()  # a parent thread may hold it
             if self._engine is None:
                 engine = self._create_engine()
                 try:

@@ -113,16 +113,29 @@ class HistoryCache:
 
 
 def _changed(conn: Connection, study_id: int, since: int) -> list[TrialRecord]:
-    """Every trial of the study stamped after change ``since``, with all its values, by number; one statement."""
-    q = (
-        sa.select(TRIALS, VALUES.c.step.label("v_step"), VALUES.c.value.label("v_value"), VALUES.c.nonfinite)
-        .select_from(TRIALS.outerjoin(VALUES, VALUES.c.trial_id == TRIALS.c.id))
-        .where(TRIALS.c.study_id == study_id, TRIALS.c.seq > since)
-    )  # no ORDER BY: SQLite would walk the (study, number) index through the whole study to honour it
-    rows: dict[int, Any] = {}
+    """Every trial of the study stamped after change ``since``, with all its values, ordered by number.
+
+    Two statements, as a full read has: the values may be newer than the rows they go with (on a
+    database that gives each statement its own snapshot), and such a trial was stamped again, so
+    the next read brings its row up to date. The values are looked up by trial: a join lets
+    PostgreSQL's planner, on fresh statistics, scan every value of every trial.
+    """
+    q = sa.select(TRIALS).where(TRIALS.c.study_id == study_id, TRIALS.c.seq > since)
+    rows = {r.id: r for r in conn.execute(q)}  # no ORDER BY: SQLite would walk the whole study in number order
     steps: dict[int, dict[int, float]] = {}
-    for r in conn.execute(q):
-        rows.setdefault(r.number, r)
-        if r.v_step is not None:
-            steps.setdefault(r.number, {})[r.v_step] = decode_float(r.v_value, r.nonfinite)
-    return [to_record(rows[n], dict(sorted(steps.get(n, {}).items()))) for n in sorted(rows)]
+    cols = (VALUES.c.trial_id, VALUES.c.step, VALUES.c.value, VALUES.c.nonfinite)
+    if since < 0:  # everything: one statement over the study
+        found = conn.execute(
+            sa.select(*cols).join(TRIALS, TRIALS.c.id == VALUES.c.trial_id).where(TRIALS.c.study_id == study_id)
+        )
+    else:
+        ids = list(rows)
+        found = (
+            r
+            for i in range(0, len(ids), 500)
+            for r in conn.execute(sa.select(*cols).where(VALUES.c.trial_id.in_(ids[i : i + 500])))
+        )
+    for trial_id, step, value, flag in found:
+        steps.setdefault(trial_id, {})[step] = decode_float(value, flag)
+    ordered = sorted(rows.values(), key=lambda r: r.number)
+    return [to_record(r, dict(sorted(steps.get(r.id, {}).items()))) for r in ordered]
