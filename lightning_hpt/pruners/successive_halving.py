@@ -1,7 +1,9 @@
 """Asynchronous successive halving (ASHA): keep the top ``1 / reduction_factor`` at every rung.
 
 Rung values are read from the trials' intermediate values each time, never stored, so the
-decision is a pure function of the history.
+decision is a pure function of the history. A history read from the SQL storage carries them as
+sorted lists kept up to date (:mod:`._index`), which give the same decision without a pass over
+every trial.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Every write that changes a trial takes the study's change counter (``hpt_studies
 under the study row's write lock, and stamps the new value on the trial row (``hpt_trials.seq``) in
 the same transaction (:func:`bump`). Writers therefore commit in counter order, so whatever a reader
 sees is every change up to some counter value and none after it: the trials with ``seq`` above the
-last value read are exactly those changed since, whichever driver changed them. A changed trial is
-read whole (its row and all its values, in one statement, so one snapshot on every database), which
-also covers values deleted by a requeue.
+last value read are exactly those changed since, whichever driver changed them. The reader takes
+the study row's counter first, then every trial stamped above the counter it had: all that committed
+up to the counter it took is there, and anything newer is read again next time. A changed trial is
+read whole, its row and all its values, which also covers values deleted by a requeue.
 
 A full read is the fallback: on the first read, after the study was recreated under the same name
 (another id or creation time), or when the counter went back (the database was restored from a
@@ -86,10 +87,6 @@ class HistoryCache:
             cached.trials = tuple(cached.records)
             cached.index.trials = cached.trials
         return IndexedHistory(info.space, info.direction, cached.trials, info.seed, max_steps, index=cached.index)
-
-    def forget(self, name: str) -> None:
-        """Drop what is known of study ``name``: the next read is a full one."""
-        self._studies.pop(name, None)
 
     @staticmethod
     def _apply(cached: _Study, changed: list[TrialRecord]) -> None:
