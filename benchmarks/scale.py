@@ -1,4 +1,4 @@
-"""The driver's cost per report, and of proposals, `show` and the HTML report, as a study grows.
+"""The driver's cost per report, and of proposals, `show`, the HTML report and exports, as a study grows.
 
     nice -n 19 python benchmarks/scale.py [--sizes 100,1000,10000] [--steps 30] [--postgres URL]
 
@@ -8,6 +8,7 @@ then one new trial reports its values the way the driver handles them: store the
 history, ask the pruner (successive halving). Optuna's storage (``RDBStorage`` on the same kind of
 database, behind its cached storage, which is what ``optuna.create_study`` uses) is filled with the
 same trials and asked the same thing with Optuna's ``SuccessiveHalvingPruner`` in the same run.
+"export": read every trial, write the CSV and the JSON export, and ``SearchResult.to_dataframe``.
 Each (database, size) runs in a fresh child process, so the memory figure (peak RSS of the
 driver) is that size's alone. PostgreSQL runs when ``--postgres`` or ``HPT_TEST_POSTGRES_URL`` is
 set; every size gets a database of its own there (created and dropped). Prints a table; writes nothing else.
@@ -110,6 +111,8 @@ def hpt_space() -> Any:
 def hpt_measure(url: str, trials: list[dict[str, Any]], steps: int, repeats: int) -> dict[str, Any]:
     from lightning_hpt.cli.main import main as cli_main
     from lightning_hpt.pruners import SuccessiveHalvingPruner
+    from lightning_hpt.report.export import export_trials
+    from lightning_hpt.result import SearchResult
     from lightning_hpt.search import _Reporter
     from lightning_hpt.storage import SQLStorage, StudyInfo
     from lightning_hpt.strategies import RandomStrategy
@@ -149,6 +152,12 @@ def hpt_measure(url: str, trials: list[dict[str, Any]], steps: int, repeats: int
         t0 = time.perf_counter()
         cli_main(["report", study, "--storage", url, "-o", os.path.join(tmp, "r.html")], stdout=out)
         html_s = time.perf_counter() - t0
+        t0 = time.perf_counter()  # what a script does with a study: read it, export it, a data frame
+        trials = storage.trials(study)
+        export_trials(trials, os.path.join(tmp, "t.csv"))
+        export_trials(trials, os.path.join(tmp, "t.json"))
+        SearchResult(study, "val_loss", Direction.MINIMIZE, tuple(trials)).to_dataframe()
+        export_s = time.perf_counter() - t0
     storage.close()
     return {
         "fill_s": fill_s,
@@ -157,6 +166,7 @@ def hpt_measure(url: str, trials: list[dict[str, Any]], steps: int, repeats: int
         "propose_ms": 1e3 * statistics.median(proposals),
         "show_s": show_s,
         "html_s": html_s,
+        "export_s": export_s,
     }
 
 
@@ -311,7 +321,7 @@ def main() -> None:
     kinds = ["sqlite"] + (["postgresql"] if args.postgres else [])
     head = (
         "| database | trials | report ms (median / at a rung) | Optuna report ms | propose ms | Optuna ask ms"
-        " | show s | HTML report s | RSS MB | Optuna RSS MB |"
+        " | show s | HTML report s | export s | RSS MB | Optuna RSS MB |"
     )
     print(head)
     print("| --- " * (head.count("|") - 1) + "|")
@@ -326,7 +336,8 @@ def main() -> None:
             print(
                 f"| {kind} | {n:,} | {h['report_ms']:.1f} / {h['rung_report_ms']:.1f} |"
                 f" {f(o, 'report_ms')} / {f(o, 'rung_report_ms')} | {h['propose_ms']:.1f} | {f(o, 'propose_ms')} |"
-                f" {h['show_s']:.2f} | {h['html_s']:.2f} | {h['rss_mb']:.0f} | {f(o, 'rss_mb', '.0f')} |",
+                f" {h['show_s']:.2f} | {h['html_s']:.2f} | {h['export_s']:.2f} | {h['rss_mb']:.0f} |"
+                f" {f(o, 'rss_mb', '.0f')} |",
                 flush=True,
             )
 
