@@ -10,8 +10,9 @@ database, behind its cached storage, which is what ``optuna.create_study`` uses)
 same trials and asked the same thing with Optuna's ``SuccessiveHalvingPruner`` in the same run.
 "export": read every trial, write the CSV and the JSON export, and ``SearchResult.to_dataframe``.
 Each (database, size) runs in a fresh child process, so the memory figure (the process's peak RSS
-after the reports, before `show` and the rest) is that size's alone. PostgreSQL runs when ``--postgres`` or ``HPT_TEST_POSTGRES_URL`` is
-set; every size gets a database of its own there (created and dropped). Prints a table; writes nothing else.
+after the reports, before `show` and the rest) is that size's alone. PostgreSQL runs when
+``--postgres`` or ``HPT_TEST_POSTGRES_URL`` is set; every size gets a database of its own there
+(created and dropped). Prints a table; writes nothing else.
 """
 
 from __future__ import annotations
