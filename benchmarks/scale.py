@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import io
 import json
 import os
@@ -30,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -111,10 +111,10 @@ def hpt_space() -> Any:
 
 def hpt_measure(url: str, trials: list[dict[str, Any]], steps: int, repeats: int) -> dict[str, Any]:
     from lightning_hpt.cli.main import main as cli_main
-    from lightning_hpt.pruners import SuccessiveHalvingPruner
+    from lightning_hpt.pruners import StepIndex, SuccessiveHalvingPruner
     from lightning_hpt.report.export import export_trials
+    from lightning_hpt.reporting import StudyReporter
     from lightning_hpt.result import SearchResult
-    from lightning_hpt.search import _Reporter
     from lightning_hpt.storage import SQLStorage, StudyInfo
     from lightning_hpt.strategies import RandomStrategy
     from lightning_hpt.trial import Direction
@@ -126,18 +126,18 @@ def hpt_measure(url: str, trials: list[dict[str, Any]], steps: int, repeats: int
     hpt_fill(storage, study, trials)
     fill_s = time.perf_counter() - t0
     pruner = SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    search = SimpleNamespace(study_name=study, pruner=pruner, _history=lambda s: s.history(study, steps))
+    read = functools.partial(storage.history, study, steps, StepIndex)  # what the search's reader does
     rng = random.Random(1)
     reports, rung_reports, proposals = [], [], []
     strategy = RandomStrategy()
     for i in range(repeats + 1):  # the first trial warms up (a pruner builds its rung lists once): not timed
         t0 = time.perf_counter()
-        history = storage.history(study, steps)
+        history = read()
         params = strategy.ask(history, 1)[0]
         rec = storage.create_trial(study, params, number=history.next_number)
         if i:
             proposals.append(time.perf_counter() - t0)
-        reporter = _Reporter(search, storage, rec.number)  # the driver's own report path
+        reporter = StudyReporter(storage, study, pruner, read, rec.number)  # the driver's own report path
         for step in range(REPORTS):
             t0 = time.perf_counter()
             reporter.report(step, rng.uniform(0.3, 0.6))

@@ -14,6 +14,7 @@ included. Prints the median, 90th percentile and maximum wait over every report.
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import os
 import random
@@ -21,7 +22,6 @@ import statistics
 import sys
 import threading
 import time
-from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,15 +32,14 @@ STEPS = 30
 
 
 def driver(url: str, workers: int, seconds: float, epoch: float, seed: int, out: multiprocessing.Queue) -> None:
-    from lightning_hpt.pruners import SuccessiveHalvingPruner
-    from lightning_hpt.search import _Reporter
+    from lightning_hpt.pruners import StepIndex, SuccessiveHalvingPruner
+    from lightning_hpt.reporting import StudyReporter
     from lightning_hpt.storage import SQLStorage
     from lightning_hpt.trial import TrialState
 
     storage = SQLStorage(url, lock_timeout=120)
-    search = SimpleNamespace(
-        study_name="scale", pruner=SuccessiveHalvingPruner(), _history=lambda s: s.history("scale", STEPS)
-    )
+    pruner = SuccessiveHalvingPruner()
+    read = functools.partial(storage.history, "scale", STEPS, StepIndex)  # what the search's reader does
     lock = threading.Lock()  # the driver answers one report at a time
     waits: list[float] = []
     deadline = time.monotonic() + seconds
@@ -51,7 +50,7 @@ def driver(url: str, workers: int, seconds: float, epoch: float, seed: int, out:
         while time.monotonic() < deadline:
             with lock:
                 rec = storage.create_trial("scale", {"lr": rng.uniform(1e-4, 0.1)})
-                reporter = _Reporter(search, storage, rec.number)
+                reporter = StudyReporter(storage, "scale", pruner, read, rec.number)
             base, pruned = rng.uniform(0.5, 1.0), False
             for step in range(STEPS):
                 time.sleep(epoch)

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from lightning_hpt.exceptions import HPTError
-from lightning_hpt.pruners import HyperbandPruner, MedianPruner, Pruner, SuccessiveHalvingPruner
+from lightning_hpt.pruners import HyperbandPruner, MedianPruner, Pruner, StepIndex, SuccessiveHalvingPruner
 from lightning_hpt.pruners._index import index_of
 from lightning_hpt.storage import SCHEMA_VERSION, SQLStorage
 from lightning_hpt.testing.storage import PARAMS, study_info
@@ -219,7 +219,7 @@ def replay(
         value = rng.choice([math.nan, math.inf, -math.inf]) if rng.random() < 0.03 else rng.gauss(1.0, 0.3)
         storage.report("study", number, step, value)
         running[number] = step + 1
-        history = storage.history("study", max_steps=12 if seed % 2 else None)
+        history = storage.history("study", max_steps=12 if seed % 2 else None, index=StepIndex)
         yield history, history.trials[number]
         end = rng.random()
         if step >= 11 or end < 0.08:
@@ -253,9 +253,9 @@ def test_a_stale_or_changed_history_is_never_judged_by_the_index() -> None:
     storage.open_study(study_info())
     trial = storage.create_trial("study", PARAMS)
     storage.report("study", trial.number, 0, 0.5)
-    old = storage.history("study")
+    old = storage.history("study", index=StepIndex)
     storage.report("study", storage.create_trial("study", PARAMS).number, 0, 0.9)
-    new = storage.history("study")
+    new = storage.history("study", index=StepIndex)
     assert index_of(new) is not None and index_of(old) is None  # the index moved on with the study
     narrowed = type(new)(new.space, new.direction, new.trials[:1], new.seed, index=new.index)
     assert index_of(narrowed) is None

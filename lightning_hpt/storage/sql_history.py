@@ -90,8 +90,10 @@ class HistoryCache:
         if row.seq != cached.seq:
             self._apply(cached, _changed(conn, row.id, cached.seq))
             cached.seq = row.seq
-        if cached.index is None and index is not None:  # built from the records when first asked (StepIndex)
+        if cached.index is None and index is not None:  # made when first asked for, with every record known
             cached.index, cached.trials = index(info.direction), None
+            for record in cached.records:
+                cached.index.replace(None, record)
         if cached.trials is None:
             cached.trials = tuple(cached.records)
             if cached.index is not None:
