@@ -161,7 +161,7 @@ def _plots(info: StudyInfo, trials: Sequence[TrialRecord]) -> list[tuple[str, st
         (
             "Parameter importance",
             f"Method: {IMPORTANCE_METHOD}.",
-            lambda: plots.plot_importance(param_importance(trials, space), method=None),
+            lambda: plots.plot_importance(param_importance(trials, space, direction=d), method=None),
         ),
     ]
 
