@@ -300,3 +300,31 @@ class TestBayesianContract(StrategyContract):
 
     def make_strategy(self):
         return BayesianStrategy(n_initial=3)
+
+
+def test_warp_keeps_the_order_and_leaves_constants_alone():
+    y = torch.tensor([0.0, 0.1, 0.2, 50.0, 1000.0], dtype=torch.float64)
+    w = _surrogate.warp(y)
+    assert torch.equal(torch.argsort(w), torch.argsort(y))
+    share = lambda v: float((v[2] - v[1]) / (v.max() - v.min()))  # noqa: E731
+    assert share(w) > 10 * share(y)  # the outliers are pulled in: the small values are told apart
+    flat = torch.full((4,), 2.5, dtype=torch.float64)
+    assert torch.equal(_surrogate.warp(flat), flat)
+
+
+def test_pruned_trials_count_at_their_own_value_when_nothing_completed():
+    trials = [TrialRecord(i, {"x": 0.1 * i, "y": 0.5}, TrialState.PRUNED, value=float(i)) for i in range(1, 5)]
+    x, y = _surrogate.observations(trials, SQUARE, Direction.MAXIMIZE)
+    assert x.shape == (4, 2) and y.tolist() == [1.0, 2.0, 3.0, 4.0]
+    _, y = _surrogate.observations(trials, SQUARE, Direction.MAXIMIZE, pruned="ignore")
+    assert len(y) == 0
+
+
+def test_continuous_spaces_get_botorchs_single_task_gp():
+    history = history_of(SQUARE, bowl, 8)
+    x, y = BayesianStrategy()._observations(history, _Encoding.of(SQUARE))
+    model = _surrogate.fit_surrogate(x, _surrogate.warp(y), _surrogate.cat_dims(SQUARE))
+    assert type(model).__name__ == "SingleTaskGP"
+    with torch.no_grad():
+        mean = model.posterior(x).mean.reshape(-1)
+    assert torch.corrcoef(torch.stack([mean, _surrogate.warp(y)]))[0, 1] > 0.9  # it fits the observations
