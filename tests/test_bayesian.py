@@ -307,7 +307,7 @@ def test_warp_keeps_the_order_and_leaves_constants_alone():
     w = _surrogate.warp(y)
     assert torch.equal(torch.argsort(w), torch.argsort(y))
     share = lambda v: float((v[2] - v[1]) / (v.max() - v.min()))  # noqa: E731
-    assert share(w) > 10 * share(y)  # the outliers are pulled in: the small values are told apart
+    assert share(w) > 3 * share(y)  # the outliers are pulled in: the small values are told apart
     flat = torch.full((4,), 2.5, dtype=torch.float64)
     assert torch.equal(_surrogate.warp(flat), flat)
 
