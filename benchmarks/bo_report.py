@@ -5,7 +5,7 @@ For every batch size, problem and budget: the median simple regret over seeds of
 ``bayes`` is at or below it (a win). The simple regret of a run at budget ``B`` is the true
 value of the configuration with the best *observed* value among its first ``B`` trials, minus
 the problem's optimum (on noisy problems a search is judged by the configuration it would report).
-Only seeds that every compared method has finished count, so every median is over the same seeds.
+Each method's median is over the seeds it has finished; the table prints both counts.
 At batch size 4 the comparison is also made against Ax's batch mode alone (``ax``/``ax_fast``).
 
 Usage::
@@ -42,8 +42,12 @@ def load(path: Path) -> list[dict]:
 
 
 def cells(runs: list[dict], batch: int, budgets: list[int], peers_only: tuple[str, ...] | None = None):
-    """Yield ``(problem, budget, ours, best, best_name, n_seeds)`` for every cell with data."""
-    by = defaultdict(dict)
+    """Yield ``(problem, budget, ours, best, best_name, n_ours, n_best)`` for every cell with data.
+
+    Each method's median is over the seeds it has finished (every seed is the same problem with
+    the same noise, so the medians estimate the same quantity; the seed counts are printed).
+    """
+    by: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     for r in runs:
         if r["batch"] == batch:
             by[(r["problem"], r["method"])][r["seed"]] = r
@@ -54,17 +58,19 @@ def cells(runs: list[dict], batch: int, budgets: list[int], peers_only: tuple[st
         if OURS not in methods or not peers:
             continue
         for budget in budgets:
-            usable = [m for m in [OURS, *peers] if any(len(r["true"]) >= budget for r in by[(name, m)].values())]
-            if OURS not in usable or len(usable) < 2:
+            med, count = {}, {}
+            for m in [OURS, *peers]:
+                values = [regret(r, budget, optimum) for r in by[(name, m)].values() if len(r["true"]) >= budget]
+                if values:
+                    med[m], count[m] = statistics.median(values), len(values)
+            if OURS not in med or len(med) < 2:
                 continue
-            seeds = set.intersection(
-                *({s for s, r in by[(name, m)].items() if len(r["true"]) >= budget} for m in usable)
-            )
-            if not seeds:
-                continue
-            med = {m: statistics.median(regret(by[(name, m)][s], budget, optimum) for s in seeds) for m in usable}
-            best_name = min((m for m in usable if m != OURS), key=med.__getitem__)
-            yield name, budget, med[OURS], med[best_name], best_name, len(seeds), sorted(m for m in usable if m != OURS)
+            best_name = min((m for m in med if m != OURS), key=med.__getitem__)
+            yield name, budget, med[OURS], med[best_name], best_name, count[OURS], count[best_name]
+
+
+def _ratio(r: float) -> str:
+    return f"{r:.2f}" if r < 1000 else ">1000"
 
 
 def _fmt(v: float) -> str:
@@ -74,12 +80,12 @@ def _fmt(v: float) -> str:
 def table(runs: list[dict], batch: int, budgets: list[int], peers_only: tuple[str, ...] | None = None) -> list[str]:
     label = "Ax's batch mode" if peers_only else "the best peer"
     lines = [
-        f"| half | problem | budget | seeds | bayes | {label} | ratio | |",
+        f"| half | problem | budget | seeds (bayes / peer) | bayes | {label} | ratio | |",
         "|---|---|---:|---:|---:|---|---:|---|",
     ]
     wins = total = worst = 0
     worst = 0.0
-    for name, budget, ours, best, best_name, n, _ in cells(runs, batch, budgets, peers_only):
+    for name, budget, ours, best, best_name, n, n_best in cells(runs, batch, budgets, peers_only):
         half = "tuning" if name in TUNING else "checking"
         win = ours <= best
         ratio = ours / best if best > 0 else (1.0 if ours == 0 else float("inf"))
@@ -87,11 +93,11 @@ def table(runs: list[dict], batch: int, budgets: list[int], peers_only: tuple[st
         total += 1
         worst = max(worst, ratio)
         lines.append(
-            f"| {half} | {name} | {budget} | {n} | {_fmt(ours)} | {_fmt(best)} ({best_name}) | {ratio:.2f} | "
-            f"{'win' if win else 'loss'} |"
+            f"| {half} | {name} | {budget} | {n} / {n_best} | {_fmt(ours)} | {_fmt(best)} ({best_name}) | "
+            f"{_ratio(ratio)} | {'win' if win else 'loss'} |"
         )
     lines.append("")
-    lines.append(f"bayes at or below {label}: {wins} of {total} cells; worst ratio {worst:.2f}.")
+    lines.append(f"bayes at or below {label}: {wins} of {total} cells; worst ratio {_ratio(worst)}.")
     return lines
 
 
