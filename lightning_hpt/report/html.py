@@ -151,7 +151,8 @@ def _plots(info: StudyInfo, trials: Sequence[TrialRecord]) -> list[tuple[str, st
         (
             "Parameter importance",
             f"Method: {IMPORTANCE_METHOD}." + curves_says,
-            lambda: plots.plot_importance(param_importance(curves, space), method=None),  # a GP fit: cubic in trials
+            # a GP fit, cubic in trials: on the sample
+            lambda: plots.plot_importance(param_importance(curves, space, direction=d), method=None),
         ),
     ]
 
