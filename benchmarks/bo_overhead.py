@@ -59,7 +59,8 @@ def data(d: int, n: int, seed: int = 0) -> tuple[SearchSpace, list[dict[str, flo
 
 
 def time_bayes(space: SearchSpace, params: list[dict], values: list[float], repeats: int) -> list[float]:
-    records = tuple(TrialRecord(i, p, TrialState.COMPLETE, value=v) for i, (p, v) in enumerate(zip(params, values)))
+    pairs = enumerate(zip(params, values, strict=False))
+    records = tuple(TrialRecord(i, p, TrialState.COMPLETE, value=v) for i, (p, v) in pairs)
     out = []
     for r in range(repeats + 1):
         history = History(space, Direction.MINIMIZE, records, seed=r)
@@ -76,7 +77,7 @@ def time_optuna_gp(space: SearchSpace, params: list[dict], values: list[float], 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {name: optuna.distributions.FloatDistribution(d.low, d.high) for name, d in space.items()}
     study = optuna.create_study(sampler=optuna.samplers.GPSampler(seed=0))
-    for p, v in zip(params, values):
+    for p, v in zip(params, values, strict=False):
         study.add_trial(optuna.trial.create_trial(params=p, distributions=dists, value=v))
     out = []
     for r in range(repeats + 1):
@@ -102,7 +103,7 @@ def time_ax(space: SearchSpace, params: list[dict], values: list[float], repeats
     )
     client.configure_optimization(objective="-f")
     client.configure_generation_strategy(method="fast", initialization_random_seed=0)
-    for p, v in zip(params, values):
+    for p, v in zip(params, values, strict=False):
         index = client.attach_trial(parameters=p)
         client.complete_trial(trial_index=index, raw_data={"f": v})
     out = []

@@ -42,6 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import contextlib
+
 from problems import PROBLEMS, Problem
 
 from lightning_hpt.space import Categorical, Float, Int
@@ -236,7 +238,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4), squeeze=False)
-    for ax, (problem, by_method) in zip(axes[0], summary.items()):
+    for ax, (problem, by_method) in zip(axes[0], summary.items(), strict=False):
         for method in METHODS:
             if method not in by_method:
                 continue
@@ -264,10 +266,8 @@ def environment() -> dict[str, str]:
         "botorch": botorch.__version__,
     }
     for name in ("optuna", "ax"):
-        try:
+        with contextlib.suppress(ImportError):
             env[name] = __import__(name).__version__
-        except ImportError:
-            pass
     return env
 
 

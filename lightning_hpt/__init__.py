@@ -12,7 +12,7 @@ from lightning_hpt.exceptions import (
     StudyMismatchError,
     StudyNotFoundError,
 )
-from lightning_hpt.executors import Executor, LocalExecutor, ProcessExecutor
+from lightning_hpt.executors import EXECUTORS, Executor, LocalExecutor, ProcessExecutor
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
 from lightning_hpt.lightning.loggers import TrialLogger
@@ -62,6 +62,7 @@ __all__ = [
     "SearchSpace",
     "SearchSpaceError",
     "SobolStrategy",
+    "StackedExecutor",
     "StorageError",
     "Strategy",
     "StudyMismatchError",
@@ -74,7 +75,11 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # BoTorch and Ray are imported only when used
+# the stacked executor imports the executors, so it registers here, above them (imported when used)
+EXECUTORS.register("stacked", "lightning_hpt.stacking:StackedExecutor")
+
+
+def __getattr__(name: str):  # BoTorch, Ray and the stacked executor are imported only when used
     if name == "BayesianStrategy":
         from lightning_hpt.strategies.bayesian import BayesianStrategy
 
@@ -83,4 +88,8 @@ def __getattr__(name: str):  # BoTorch and Ray are imported only when used
         from lightning_hpt.executors.ray import RayExecutor
 
         return RayExecutor
+    if name == "StackedExecutor":
+        from lightning_hpt.stacking import StackedExecutor
+
+        return StackedExecutor
     raise AttributeError(f"module 'lightning_hpt' has no attribute {name!r}")

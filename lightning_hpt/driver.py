@@ -16,7 +16,7 @@ from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.pruners import Pruner
 from lightning_hpt.recovery import ACTIVE, abandon
-from lightning_hpt.reporting import StudyReporter
+from lightning_hpt.reporting import StudyReporter, record_outcome
 from lightning_hpt.storage import Storage
 from lightning_hpt.strategies import Strategy
 from lightning_hpt.trial import PREEMPTED, History, TrialRecord
@@ -79,6 +79,8 @@ class StudyDriver:
                 free = self.executor.max_concurrency - len(self._running)
                 if reason is None and free > 0:
                     reason = self._start(free)
+                    if reason is not None:  # no more trials: one held back to be batched need not wait
+                        self.executor.flush()
                 if not self._running:
                     return reason or "done"
                 done, _ = wait(list(self._running), timeout=1.0, return_when=FIRST_COMPLETED)
@@ -133,17 +135,4 @@ class StudyDriver:
             raise stop
 
     def _finish(self, rec: TrialRecord, reporter: StudyReporter, outcome: TrialOutcome) -> TrialRecord:
-        for step, value in sorted(outcome.intermediate.items()):
-            if step not in reporter.stored:  # values the channel did not carry (it failed, or the executor batches)
-                self.storage.report(self.study, rec.number, step, value)
-        attrs = {**outcome.attrs, "metrics": dict(outcome.metrics)} if outcome.metrics or outcome.attrs else None
-        return self.storage.finish_trial(
-            self.study,
-            rec.number,
-            state=outcome.state,
-            value=outcome.value,
-            best_step=outcome.best_step,
-            error=outcome.error,
-            checkpoint=outcome.checkpoint,
-            attrs=attrs,
-        )
+        return record_outcome(self.storage, self.study, rec, reporter, outcome)

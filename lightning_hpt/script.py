@@ -36,11 +36,10 @@ from lightning_hpt.lightning.monitor import monitor_class
 from lightning_hpt.lightning.runner import TrialJob, _describe, _outcome
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.recovery import ACTIVE, recover
-from lightning_hpt.reporting import StudyReporter
+from lightning_hpt.reporting import StudyReporter, record_outcome
 from lightning_hpt.run_scope import heartbeat
 from lightning_hpt.search import HyperparameterSearch
 from lightning_hpt.space import Domain, SearchSpace
-from lightning_hpt.storage import Storage
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, TrialRecord, TrialState
 
 __all__ = ["ScriptSearch", "ScriptTrial"]
@@ -335,7 +334,7 @@ class ScriptSearch(HyperparameterSearch):
     def _trial(self, rec: TrialRecord, reporter: StudyReporter | None) -> ScriptTrial:
         trial_dir = str(self.root / self.study_name / f"trial_{rec.number}")
         job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir)
-        write = functools.partial(_record, self.storage, self.study_name)
+        write = functools.partial(record_outcome, self.storage, self.study_name)
         return ScriptTrial(
             _Recorder(job, rec, self.study_name, reporter, write, self._close), self.monitor, self.direction
         )
@@ -380,24 +379,6 @@ class ScriptSearch(HyperparameterSearch):
 
 class _Exhausted(ConfigurationError):
     """No trial to ask for (``n_trials`` reached, strategy exhausted, time up, or rank 0 done)."""
-
-
-def _record(storage: Storage, study: str, rec: TrialRecord, reporter: StudyReporter, outcome: Any) -> TrialRecord:
-    """Store a finished trial (its values went to storage as reported, through ``reporter``)."""
-    for step, value in sorted(outcome.intermediate.items()):
-        if step not in reporter.stored:
-            storage.report(study, rec.number, step, value)
-    attrs = {**outcome.attrs, "metrics": dict(outcome.metrics)} if outcome.metrics or outcome.attrs else None
-    return storage.finish_trial(
-        study,
-        rec.number,
-        state=outcome.state,
-        value=outcome.value,
-        best_step=outcome.best_step,
-        error=outcome.error,
-        checkpoint=outcome.checkpoint,
-        attrs=attrs,
-    )
 
 
 def _torchrun_group() -> str | None:

@@ -23,7 +23,7 @@ from lightning_hpt.lightning.resume import Resume
 from lightning_hpt.lightning.runner import DEFAULT_RESUME, TrialBuild
 from lightning_hpt.lightning.schedule import validation_schedule
 from lightning_hpt.proposals import next_trials
-from lightning_hpt.pruners import Pruner, make_pruner
+from lightning_hpt.pruners import Pruner, StepIndex, make_pruner
 from lightning_hpt.recovery import check_checkpoints, recover
 from lightning_hpt.report.board import StudyBoard
 from lightning_hpt.report.live import make_progress
@@ -299,7 +299,7 @@ class HyperparameterSearch:
         return max(1, epochs // every) * per_epoch * len(self.build.runs)
 
     def _history(self, storage: Storage) -> History:
-        return storage.history(self.study_name, self.max_steps)
+        return storage.history(self.study_name, self.max_steps, StepIndex if self.pruner.active else None)
 
     def enqueue(self, params: Mapping[str, Any]) -> TrialRecord | None:
         """Add a configuration to try before the strategy's proposals (once: a known one is not added again)."""

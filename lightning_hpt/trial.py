@@ -177,6 +177,9 @@ class History:
         seed: the study's seed (``None``: unseeded).
         max_steps: the most steps (validation runs) a trial can have, if known (``trainer.max_epochs``);
             pruners use it as their maximum resource.
+        index: an index of ``trials`` that the reader keeps up to date between reads (the pruners'
+            :class:`~lightning_hpt.pruners.StepIndex`, given to ``Storage.history``); a pruner uses
+            it only while it reflects exactly ``trials``.
     """
 
     space: SearchSpace
@@ -184,6 +187,7 @@ class History:
     trials: tuple[TrialRecord, ...] = ()
     seed: int | None = None
     max_steps: int | None = None
+    index: Any = field(default=None, compare=False, repr=False)
 
     @property
     def next_number(self) -> int:

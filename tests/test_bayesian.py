@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+import lightning_hpt.surrogate as _surrogate
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.space import Categorical, Float, Int, SearchSpace
-from lightning_hpt.strategies import _gp
 from lightning_hpt.strategies._encoding import _Encoding
 from lightning_hpt.strategies.base import params_key
 from lightning_hpt.strategies.bayesian import ACQUISITIONS, BayesianStrategy
@@ -93,7 +93,10 @@ def test_batch_is_distinct_diverse_and_avoids_pending():
 
 def test_failed_configurations_are_never_proposed_again_and_finite_space_runs_out():
     space = SearchSpace({"a": Int(0, 3), "b": Categorical(["u", "v"])})  # 8 configurations
-    fn = lambda p: p["a"] + (p["b"] == "v")
+
+    def fn(p):
+        return p["a"] + (p["b"] == "v")
+
     grid = space.grid()
     records = [TrialRecord(i, grid[i], TrialState.COMPLETE, value=fn(grid[i])) for i in range(5)]
     records += [TrialRecord(5, grid[5], TrialState.FAILED, error="boom")]
@@ -104,7 +107,10 @@ def test_failed_configurations_are_never_proposed_again_and_finite_space_runs_ou
 
 def test_discrete_dimensions_never_repeat_an_evaluated_point():
     space = SearchSpace({"k": Int(1, 4), "c": Categorical(["a", "b", "c"])})  # 12 configurations
-    fn = lambda p: (p["k"] - 2) ** 2 + (p["c"] != "b")
+
+    def fn(p):
+        return (p["k"] - 2) ** 2 + (p["c"] != "b")
+
     records = run(BayesianStrategy(seed=0, n_initial=3), space, fn, 12)
     assert len({params_key(dict(r.params)) for r in records}) == 12
     assert BayesianStrategy(seed=0).ask(History(space, Direction.MINIMIZE, tuple(records)), 2) == []
@@ -113,15 +119,31 @@ def test_discrete_dimensions_never_repeat_an_evaluated_point():
 def test_categories_are_modelled_as_unordered():
     enc = _Encoding.of(MIXED)
     assert enc.kinds == ("cont", "disc", "disc", "cat")
+    x, y = BayesianStrategy()._observations(history_of(MIXED, mixed_value, 10), enc)
+    model = _surrogate.fit_surrogate(x, y, _surrogate.cat_dims(MIXED))
+    assert type(model).__name__ == "MixedSingleTaskGP"
     # the kernel puts every pair of different categories at the same distance (no ordinal order)
-    x = torch.stack(
+    points = torch.stack(
         [
             MIXED.to_unit({"model.lr": 0.01, "model.dropout": 0.1, "model.layers": 2, "model.opt": o})
             for o in ("adam", "sgd", "rmsprop")
         ]
     )
-    k = _gp.matern52(x, x, torch.ones(4, dtype=torch.float64), enc.cat_mask)
+    with torch.no_grad():
+        k = model.covar_module(points).to_dense()
     assert torch.allclose(k[0, 1], k[0, 2]) and torch.allclose(k[0, 1], k[1, 2])
+
+
+def test_no_private_botorch_or_gpytorch_imports():
+    import pathlib
+    import re
+
+    import lightning_hpt
+
+    root = pathlib.Path(lightning_hpt.__file__).parent
+    private = re.compile(r"(from (botorch|gpytorch)\S* import [^\n]*\b_[a-z]|import (botorch|gpytorch)\S*\._)")
+    offenders = [str(p) for p in root.rglob("*.py") if private.search(p.read_text())]
+    assert offenders == []
 
 
 def test_finds_the_best_category_and_integer():
@@ -162,13 +184,13 @@ def test_pruned_trials_count_at_a_penalized_value():
 
 def test_numerical_failure_falls_back_with_a_warning(monkeypatch, caplog):
     def broken_fit(*args, **kwargs):
-        raise _gp.GPFitError("the kernel matrix is not positive definite")
+        raise RuntimeError("the kernel matrix is not positive definite")
 
-    monkeypatch.setattr(_gp, "fit_gp", broken_fit)
+    monkeypatch.setattr(_surrogate, "fit_surrogate", broken_fit)
     history = history_of(MIXED, mixed_value, 8)
     with caplog.at_level(logging.WARNING, logger="lightning_hpt.strategies.bayesian"):
         out = BayesianStrategy(seed=0).ask(history, 3)
-    assert "quasi-random" in caplog.text and "GPFitError" in caplog.text
+    assert "quasi-random" in caplog.text and "RuntimeError" in caplog.text
     assert len({params_key(p) for p in out}) == 3
     seen = {params_key(t.params) for t in history.trials}
     for p in out:
@@ -177,14 +199,7 @@ def test_numerical_failure_falls_back_with_a_warning(monkeypatch, caplog):
 
 
 def test_nan_outcomes_in_the_model_fall_back(monkeypatch, caplog):
-    real_fit = _gp.fit_gp
-
-    def nan_fit(x, y, cat_mask, maxiter=100):
-        model = real_fit(x, y, cat_mask, maxiter)
-        model._alpha = torch.full_like(model._alpha, math.nan)
-        return model
-
-    monkeypatch.setattr(_gp, "fit_gp", nan_fit)
+    monkeypatch.setattr(_surrogate, "warp", lambda y: torch.full_like(y, math.nan))
     with caplog.at_level(logging.WARNING):
         out = BayesianStrategy(seed=0).ask(history_of(SQUARE, bowl, 8), 2)
     assert len(out) == 2
@@ -195,7 +210,10 @@ def test_nan_outcomes_in_the_model_fall_back(monkeypatch, caplog):
 @pytest.mark.parametrize("direction", [Direction.MINIMIZE, Direction.MAXIMIZE])
 def test_beats_random_search_in_both_directions(direction):
     sign = 1.0 if direction is Direction.MINIMIZE else -1.0
-    fn = lambda p: sign * bowl(p)
+
+    def fn(p):
+        return sign * bowl(p)
+
     regrets_bo, regrets_random = [], []
     for seed in range(3):
         records = run(BayesianStrategy(seed=seed), SQUARE, fn, 14, seed=seed, direction=direction)
@@ -221,13 +239,13 @@ def test_warm_start_seeds_the_model():
 
 def test_threads_and_global_random_state_are_restored(monkeypatch):
     seen_threads = []
-    real_fit = _gp.fit_gp
+    real_fit = _surrogate.fit_surrogate
 
     def spy(*args, **kwargs):
         seen_threads.append(torch.get_num_threads())
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(_gp, "fit_gp", spy)
+    monkeypatch.setattr(_surrogate, "fit_surrogate", spy)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -282,3 +300,31 @@ class TestBayesianContract(StrategyContract):
 
     def make_strategy(self):
         return BayesianStrategy(n_initial=3)
+
+
+def test_warp_keeps_the_order_and_leaves_constants_alone():
+    y = torch.tensor([0.0, 0.1, 0.2, 50.0, 1000.0], dtype=torch.float64)
+    w = _surrogate.warp(y)
+    assert torch.equal(torch.argsort(w), torch.argsort(y))
+    share = lambda v: float((v[2] - v[1]) / (v.max() - v.min()))  # noqa: E731
+    assert share(w) > 3 * share(y)  # the outliers are pulled in: the small values are told apart
+    flat = torch.full((4,), 2.5, dtype=torch.float64)
+    assert torch.equal(_surrogate.warp(flat), flat)
+
+
+def test_pruned_trials_count_at_their_own_value_when_nothing_completed():
+    trials = [TrialRecord(i, {"x": 0.1 * i, "y": 0.5}, TrialState.PRUNED, value=float(i)) for i in range(1, 5)]
+    x, y = _surrogate.observations(trials, SQUARE, Direction.MAXIMIZE)
+    assert x.shape == (4, 2) and y.tolist() == [1.0, 2.0, 3.0, 4.0]
+    _, y = _surrogate.observations(trials, SQUARE, Direction.MAXIMIZE, pruned="ignore")
+    assert len(y) == 0
+
+
+def test_continuous_spaces_get_botorchs_single_task_gp():
+    history = history_of(SQUARE, bowl, 8)
+    x, y = BayesianStrategy()._observations(history, _Encoding.of(SQUARE))
+    model = _surrogate.fit_surrogate(x, _surrogate.warp(y), _surrogate.cat_dims(SQUARE))
+    assert type(model).__name__ == "SingleTaskGP"
+    with torch.no_grad():
+        mean = model.posterior(x).mean.reshape(-1)
+    assert torch.corrcoef(torch.stack([mean, _surrogate.warp(y)]))[0, 1] > 0.9  # it fits the observations

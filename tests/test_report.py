@@ -205,6 +205,23 @@ def test_param_importance_ranks_the_two_parameters_that_matter_first():
         param_importance(trials[:3], space)
 
 
+def test_param_importance_uses_pruned_trials_like_the_proposals():
+    # a search with ASHA: 10 of 12 trials pruned, 2 complete; only "a" matters
+    space = SearchSpace({"a": Float(0, 1), "b": Float(0, 1), "c": Categorical(["x", "y"])})
+    rng = np.random.default_rng(3)
+    trials = []
+    for i in range(12):
+        p = space.sample(rng)
+        value = float((p["a"] - 0.2) ** 2 + 0.001 * rng.normal())
+        state = TrialState.COMPLETE if i in (4, 9) else TrialState.PRUNED
+        trials.append(TrialRecord(i, p, state, value=value))
+    imp = param_importance(trials, space, direction="min")
+    assert next(iter(imp)) == "a" and imp["a"] > 0.5, imp
+    assert param_importance(trials, space) == param_importance(trials, space)  # no direction: own values
+    with pytest.raises(HPTError, match=r"at least 4 COMPLETE trials.*got 3"):
+        param_importance(trials[:3], space, direction="min")
+
+
 # ------------------------------------------------------------------------------------------ plots
 
 

@@ -17,8 +17,12 @@ import torchmetrics
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_hpt import Categorical, Float, HyperparameterSearch, Int
+import lightning_hpt
+from lightning_hpt import Categorical, Float, HyperparameterSearch, Int, LocalExecutor
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.executors import EXECUTORS
+from lightning_hpt.lightning.builder import TrialBuilder
+from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, run_trial
 from lightning_hpt.stacking import StackedExecutor, group_key, run_jobs
 from lightning_hpt.stacking.module import _MemberDropout
@@ -204,6 +208,8 @@ def test_members_are_stored_and_loaded_as_ordinary_trials(pair):
 
 
 class _PruneAt:
+    answers = True  # a driver's reporter says whether it may answer "stop" (Executor.submit reads it)
+
     def __init__(self, step: int | None) -> None:
         self.step, self.seen = step, []
 
@@ -214,9 +220,7 @@ class _PruneAt:
 
 def _jobs(tmp_path, model, params_list, **build_kw) -> list[TrialJob]:
     build = TrialBuild(
-        model=model,
-        datamodule=OrderedData,
-        trainer_kwargs=TRAINER,
+        ModuleTrialBuilder(model, OrderedData, TRAINER),
         monitor="val_loss",
         direction=Direction.MINIMIZE,
         patience=None,
@@ -376,3 +380,87 @@ def test_early_stopping_ends_each_member_as_it_ends_its_trial_alone(tmp_path):
         assert b.state is a.state is TrialState.COMPLETE
         assert list(b.intermediate) == list(a.intermediate)
         assert list(b.intermediate.values()) == pytest.approx(list(a.intermediate.values()), rel=1e-4, abs=1e-6)
+
+
+class NaNAtLargeLR(Regressor):
+    """Logs a NaN validation loss when its learning rate is large: its trial fails "non-finite"."""
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log("val_loss", loss * float("nan") if self.hparams.lr > 0.5 else loss)
+
+
+class LogsAnotherMetric(Regressor):
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_mse", nn.functional.mse_loss(self(x), y))
+
+
+def test_a_member_fails_for_the_reasons_and_with_the_words_of_an_ordinary_trial(tmp_path):
+    params = [{"model.lr": lr, "trainer.max_epochs": 2} for lr in (0.01, 0.9)]
+    jobs = _jobs(tmp_path, NaNAtLargeLR, params)
+    stacked, alone = run_jobs([(j, None) for j in jobs]), _alone(tmp_path, jobs)
+    assert [o.state for o in stacked] == [o.state for o in alone] == [TrialState.COMPLETE, TrialState.FAILED]
+    assert stacked[1].error == alone[1].error == "non-finite: val_loss was nan at step 0"
+    assert not stacked[1].fatal and "group" in stacked[1].attrs["stacked"]
+    jobs = _jobs(tmp_path / "missing", LogsAnotherMetric, params)
+    stacked, alone = run_jobs([(j, None) for j in jobs]), _alone(tmp_path / "missing", jobs)
+    for s, a in zip(stacked, alone, strict=True):
+        assert s.state is a.state is TrialState.FAILED and s.fatal and a.fatal
+        assert s.error == a.error and "'val_loss' was not logged" in s.error and "'train_loss', 'val_mse'" in s.error
+
+
+class OwnBuilder(TrialBuilder):
+    """A builder of its own (as a LightningCLI project's is): it makes each trial's Trainer itself."""
+
+    def __init__(self, inner: ModuleTrialBuilder) -> None:
+        self.inner = inner
+
+    namespace = property(lambda self: self.inner.namespace)
+
+    def check(self, space):
+        self.inner.check(space)
+
+    def build(self, params, *, seed, trial_dir, callbacks):
+        return self.inner.build(params, seed=seed, trial_dir=trial_dir, callbacks=callbacks)
+
+    def build_model(self, params):
+        return self.inner.build_model(params)
+
+    def build_datamodule(self, params):
+        return self.inner.build_datamodule(params)
+
+    def trainer_settings(self, params=None):
+        return self.inner.trainer_settings(params)
+
+    def evaluation_trainer(self, params, **overrides):
+        return self.inner.evaluation_trainer(params, **overrides)
+
+
+def test_trials_of_another_builder_run_as_ordinary_trials_with_the_reason(tmp_path):
+    params = [{"model.lr": lr, "trainer.max_epochs": 2} for lr in (0.01, 0.05)]
+    jobs = _jobs(tmp_path, Regressor, params)
+    jobs = [replace(j, build=replace(j.build, builder=OwnBuilder(j.build.builder))) for j in jobs]
+    for o in run_jobs([(j, None) for j in jobs]):
+        assert o.state is TrialState.COMPLETE and sorted(o.intermediate) == [0, 1]
+        assert "built by OwnBuilder" in o.attrs["stacked"]["refused"]
+
+
+def test_flush_starts_the_last_group_without_waiting_for_more_trials(tmp_path):
+    jobs = _jobs(tmp_path, Regressor, [{"model.lr": 0.01 * (n + 1), "trainer.max_epochs": 1} for n in range(2)])
+    executor = StackedExecutor(stack=4, linger=600)  # without flush, a group of 2 would wait 10 minutes
+    executor.start(jobs[0].build)
+    try:
+        futures = [executor.submit(j, _PruneAt(None)) for j in jobs]
+        executor.flush()
+        done, _ = wait(futures, timeout=240)
+        assert len(done) == 2
+        assert {tuple(f.result().attrs["stacked"]["group"]) for f in futures} == {(0, 1)}
+    finally:
+        executor.shutdown()
+    assert LocalExecutor().flush() is None  # the other executors start every trial at once: nothing to flush
+
+
+def test_a_search_names_the_stacked_executor():
+    assert EXECUTORS.get("stacked") is StackedExecutor and lightning_hpt.StackedExecutor is StackedExecutor

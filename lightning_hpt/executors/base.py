@@ -134,5 +134,8 @@ class Executor(ABC):
     def _submit(self, job: TrialJob, reporter: TrialReporter, answers: bool) -> Future[TrialOutcome]:
         """Start ``job`` (it may run before returning); ``answers``: whether reports wait for a decision."""
 
+    def flush(self) -> None:  # noqa: B027  (an executor that starts each trial at once has nothing to flush)
+        """The search has no more trials to submit for now: start any trial held back to be batched with others."""
+
     def shutdown(self) -> None:  # noqa: B027  (an executor without workers has nothing to stop)
         """Stop workers and release resources; running trials are ended."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import lightning.pytorch as L
@@ -12,9 +13,10 @@ import numpy as np
 import torch
 from typing_extensions import override
 
+from lightning_hpt.exceptions import MetricNotFoundError
 from lightning_hpt.trial import Direction
 
-__all__ = ["MonitorLogic", "TrialMonitor", "TrialReporter", "metric_value", "monitor_class"]
+__all__ = ["MonitorLogic", "TrialMonitor", "TrialReporter", "metric_missing", "metric_value", "monitor_class"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,14 @@ def metric_value(name: str, value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     raise TypeError(f"metric {name!r} must be a number or a one-element tensor, got {type(value).__name__}: {value!r}")
+
+
+def metric_missing(monitor: str, logged: Iterable[str]) -> MetricNotFoundError:
+    """The error of a validation run that did not log ``monitor`` (``logged``: what it did log); every trial would."""
+    return MetricNotFoundError(
+        f"the monitored metric {monitor!r} was not logged; the metrics logged are {sorted(logged)}."
+        f" Log it with self.log({monitor!r}, ...) in validation_step, or set monitor= to one of these"
+    )
 
 
 class MonitorLogic:
@@ -120,15 +130,9 @@ class MonitorLogic:
             trainer.should_stop = True
 
     def _check(self, trainer: Any) -> None:
-        from lightning_hpt.exceptions import MetricNotFoundError
-
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
-            logged = sorted(metrics)
-            raise MetricNotFoundError(
-                f"the monitored metric {self.monitor!r} was not logged; the metrics logged are {logged}."
-                f" Log it with self.log({self.monitor!r}, ...) in validation_step, or set monitor= to one of these"
-            )
+            raise metric_missing(self.monitor, metrics)
         value = metric_value(self.monitor, metrics[self.monitor])
         step = len(self.values)
         self.values[step] = value

@@ -11,7 +11,7 @@ import shutil
 import signal
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from lightning_hpt.lightning.resume import (
 )
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
 
-__all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "run_trial", "trial_seed"]
+__all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "run_trial", "trial_seed", "value_failure"]
 
 log = logging.getLogger(__name__)
 #: every validation run, removed when the trial ends
@@ -283,6 +283,30 @@ def search_callbacks(pl: Any, b: TrialBuild, job: TrialJob, monitor: Any) -> lis
     return callbacks
 
 
+def value_failure(monitor: str, values: Mapping[int, float], logged: Iterable[str]) -> tuple[str, bool] | None:
+    """Why a trial that reported ``values`` of ``monitor`` fails, and whether every trial would; ``None``: it does not.
+
+    No value: the metric was never logged in a validation run (fatal: every trial would fail so). A
+    NaN or infinite value: the trial failed ("non-finite"), the search goes on.
+
+    Args:
+        monitor: the monitored metric.
+        values: the trial's monitored value per step.
+        logged: the names of the metrics the trial did log, for the message.
+    """
+    if not values:
+        err = MetricNotFoundError(
+            f"the monitored metric {monitor!r} was never logged in a validation run; the metrics logged are"
+            f" {sorted(logged)}. Log it with self.log({monitor!r}, ...) in validation_step"
+        )
+        return _describe(err), True
+    bad = [(s, v) for s, v in values.items() if not math.isfinite(v)]
+    if bad:
+        s, v = bad[0]
+        return f"non-finite: {monitor} was {v} at step {s}", False
+    return None
+
+
 def _outcome(
     job: TrialJob, monitor: Any, trainer: Any, error: BaseException | None, interrupted: str | None
 ) -> TrialOutcome:
@@ -311,17 +335,9 @@ def _outcome(
         # every trial would fail the same way: a missing metric, or arguments the model/Trainer refuse
         fatal = isinstance(error, (MetricNotFoundError, ConfigurationError)) or compat.is_misconfiguration(error)
         return TrialOutcome(TrialState.FAILED, error=_describe(error), fatal=fatal, **common)
-    if not values:
-        logged = sorted(metrics)
-        err = MetricNotFoundError(
-            f"the monitored metric {job.build.monitor!r} was never logged in a validation run; the metrics logged are"
-            f" {logged}. Log it with self.log({job.build.monitor!r}, ...) in validation_step"
-        )
-        return TrialOutcome(TrialState.FAILED, error=_describe(err), fatal=True, **common)
-    bad = [(s, v) for s, v in values.items() if not math.isfinite(v)]
-    if bad:
-        s, v = bad[0]
-        return TrialOutcome(TrialState.FAILED, error=f"non-finite: {job.build.monitor} was {v} at step {s}", **common)
+    failure = value_failure(job.build.monitor, values, metrics)
+    if failure is not None:
+        return TrialOutcome(TrialState.FAILED, error=failure[0], fatal=failure[1], **common)
     state = TrialState.PRUNED if monitor.pruned else TrialState.COMPLETE
     return TrialOutcome(state, value=monitor.best_value, best_step=monitor.best_step, checkpoint=ckpt, **common)
 

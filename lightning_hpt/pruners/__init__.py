@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.pruners._index import StepIndex
 from lightning_hpt.pruners.base import Pruner
 from lightning_hpt.pruners.hyperband import HyperbandPruner
 from lightning_hpt.pruners.median import MedianPruner
@@ -16,6 +17,7 @@ __all__ = [
     "MedianPruner",
     "NopPruner",
     "Pruner",
+    "StepIndex",
     "SuccessiveHalvingPruner",
     "make_pruner",
 ]

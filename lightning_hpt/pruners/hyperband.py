@@ -8,6 +8,7 @@ import math
 
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.pruners._common import check_int, is_finite
+from lightning_hpt.pruners._index import index_of
 from lightning_hpt.pruners.base import Pruner
 from lightning_hpt.pruners.successive_halving import SuccessiveHalvingPruner
 from lightning_hpt.trial import History, TrialRecord, TrialState
@@ -64,6 +65,9 @@ class HyperbandPruner(Pruner):
             return self.max_resource
         if history.max_steps is not None:
             return history.max_steps
+        index = index_of(history)
+        if index is not None:
+            return index.longest_complete()
         steps = [t.last_step + 1 for t in history.with_state(TrialState.COMPLETE) if t.last_step is not None]
         return max(steps, default=None)
 
@@ -91,8 +95,10 @@ class HyperbandPruner(Pruner):
             return False
         budgets = self.budgets(max_resource)
         bracket = _bracket(history.seed, trial.number, budgets)
-        mates = tuple(t for t in history.trials if _bracket(history.seed, t.number, budgets) == bracket)
         halving = SuccessiveHalvingPruner(self.min_resource, self.reduction_factor, min_early_stopping_rate=bracket)
+        if index_of(history) is not None:  # the bracket's rivals from the history's index
+            return halving.decide(history, trial, max_resource, _Bracket(history.seed, tuple(budgets), bracket))
+        mates = tuple(t for t in history.trials if _bracket(history.seed, t.number, budgets) == bracket)
         return halving.decide(dataclasses.replace(history, trials=mates), trial, max_resource)
 
     def __repr__(self) -> str:
@@ -100,6 +106,18 @@ class HyperbandPruner(Pruner):
             f"HyperbandPruner(min_resource={self.min_resource}, max_resource={self.max_resource},"
             f" reduction_factor={self.reduction_factor})"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bracket:
+    """The trials of one bracket, as a predicate on trial numbers (a key of the history's index)."""
+
+    seed: int | None
+    budgets: tuple[int, ...]
+    bracket: int
+
+    def __call__(self, number: int) -> bool:
+        return _bracket(self.seed, number, list(self.budgets)) == self.bracket
 
 
 def _bracket(seed: int | None, number: int, budgets: list[int]) -> int:

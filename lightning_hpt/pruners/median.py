@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lightning_hpt.pruners._common import check_int, is_finite, others, previous_step, score
+from lightning_hpt.pruners._index import completed_others, index_of, median_of_others
 from lightning_hpt.pruners.base import Pruner
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
@@ -43,7 +44,11 @@ class MedianPruner(Pruner):
             return False
         if not is_finite(trial.intermediate[step]):
             return True
-        completed = sum(t.state is TrialState.COMPLETE for t in others(history, trial))
+        index = index_of(history)
+        if index is not None:
+            completed = completed_others(index, trial)
+        else:
+            completed = sum(t.state is TrialState.COMPLETE for t in others(history, trial))
         if completed < self.n_startup_trials or step < self.n_warmup_steps:
             return False
         # The judging step at or below ``step``; judge only if this is the first value recorded since it.
@@ -52,6 +57,9 @@ class MedianPruner(Pruner):
             return False
 
         direction = history.direction
+        if index is not None:
+            median = median_of_others(index, trial, step)
+            return median is not None and direction.better(median, _best(trial, direction))
         rivals = sorted(
             score(t.intermediate[step], direction) for t in others(history, trial) if step in t.intermediate
         )
@@ -59,13 +67,16 @@ class MedianPruner(Pruner):
             return False
         half = len(rivals) // 2
         median = rivals[half] if len(rivals) % 2 else (rivals[half - 1] + rivals[half]) / 2
-        # The best value so far, not the latest: one noisy validation run should not end a good trial.
-        finite = [v for v in trial.intermediate.values() if is_finite(v)]
-        best = min(finite) if direction is Direction.MINIMIZE else max(finite)
-        return direction.better(median, best)
+        return direction.better(median, _best(trial, direction))
 
     def __repr__(self) -> str:
         return (
             f"MedianPruner(n_startup_trials={self.n_startup_trials}, n_warmup_steps={self.n_warmup_steps},"
             f" interval_steps={self.interval_steps})"
         )
+
+
+def _best(trial: TrialRecord, direction: Direction) -> float:
+    # The best value so far, not the latest: one noisy validation run should not end a good trial.
+    finite = [v for v in trial.intermediate.values() if is_finite(v)]
+    return min(finite) if direction is Direction.MINIMIZE else max(finite)

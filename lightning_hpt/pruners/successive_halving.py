@@ -1,13 +1,18 @@
 """Asynchronous successive halving (ASHA): keep the top ``1 / reduction_factor`` at every rung.
 
 Rung values are read from the trials' intermediate values each time, never stored, so the
-decision is a pure function of the history.
+decision is a pure function of the history. A history read from the SQL storage carries them as
+sorted lists kept up to date (:mod:`._index`), which give the same decision without a pass over
+every trial.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.pruners._common import check_int, is_finite, others, previous_step, score, value_from
+from lightning_hpt.pruners._index import index_of, promotable
 from lightning_hpt.pruners.base import Pruner
 from lightning_hpt.trial import Direction, History, TrialRecord
 
@@ -94,8 +99,11 @@ class SuccessiveHalvingPruner(Pruner):
     def should_prune(self, history: History, trial: TrialRecord) -> bool:
         return self.decide(history, trial, self.max_resource if self.max_resource is not None else history.max_steps)
 
-    def decide(self, history: History, trial: TrialRecord, max_resource: int | None) -> bool:
-        """:meth:`should_prune` with the maximum resource given (Hyperband gives each bracket's)."""
+    def decide(self, history: History, trial: TrialRecord, max_resource: int | None, group: Hashable = None) -> bool:
+        """:meth:`should_prune` with the maximum resource given (Hyperband gives each bracket's).
+
+        ``group``: only with an indexed history, the predicate on trial numbers of the trials that compete.
+        """
         step = trial.last_step
         if step is None:
             return False
@@ -105,6 +113,9 @@ class SuccessiveHalvingPruner(Pruner):
         # Rungs reached since the previous report; earlier ones were passed already (ASHA never demotes).
         since = previous_step(trial, step)
         due = [r for r in self.rung_steps(max_resource, until_step=step) if r > since]
+        index = index_of(history)
+        if index is not None:  # the same rule on lists kept up to date, not rebuilt from every trial
+            return not all(promotable(index, trial, value, r, self.reduction_factor, group) for r in due)
         rivals = others(history, trial) if due else []
         for rung_step in due:
             reached = [v for t in rivals if (v := value_from(t.intermediate, rung_step)) is not None]

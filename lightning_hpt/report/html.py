@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_hpt.exceptions import HPTError
 from lightning_hpt.report.export import write_text_atomic
+from lightning_hpt.report.sample import MAX_CURVES, MAX_ROWS, plot_sample
 from lightning_hpt.report.table import format_duration, format_value, param_labels, rank_trials
 from lightning_hpt.trial import Direction, TrialRecord, TrialState, best_trial, count_states
 
@@ -96,7 +97,8 @@ def _trials_table(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
             "<th>epochs</th><th>duration</th><th>error</th></tr></thead><tbody>"
         )
     ]
-    for t in rank_trials(trials, info.direction):
+    ranked = rank_trials(trials, info.direction)
+    for t in ranked[:MAX_ROWS]:  # a big study: the best rows; the rest is in `lightning-hpt show` and the exports
         cells = "".join(f"<td>{_e(format_value(t.params.get(n)))}</td>" for n in names)
         error = t.error or ""  # whole: the report is where a failure is read in full
         out.append(
@@ -105,15 +107,23 @@ def _trials_table(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
             f"<td class='num'>{_e(format_duration(t.duration))}</td><td class='error'>{_e(error)}</td></tr>"
         )
     out.append("</tbody></table>")
+    if len(ranked) > MAX_ROWS:
+        out.append(
+            f"<p class='note'>The best {MAX_ROWS:,} of {len(ranked):,} trials; every trial is in"
+            " <code>lightning-hpt show</code> and in the CSV or JSON export.</p>"
+        )
     return "\n".join(out)
 
 
 def _plots(info: StudyInfo, trials: Sequence[TrialRecord]) -> list[tuple[str, str, Callable[[], Any]]]:
-    """``(title, caption, make figure)`` for every plot of the report."""
+    """``(title, caption, make figure)`` for every plot of the report; a big study's busy plots draw a sample."""
     from lightning_hpt.report import plots
     from lightning_hpt.report.importance import IMPORTANCE_METHOD, param_importance
 
     d, m, space = info.direction, info.monitor, info.space
+    shown, note = plot_sample(trials, d)
+    curves, curves_note = plot_sample(trials, d, MAX_CURVES)
+    shown_says, curves_says = (f" Drawn: {n}." if n else "" for n in (note, curves_note))
     return [
         (
             "Optimization history",
@@ -125,23 +135,24 @@ def _plots(info: StudyInfo, trials: Sequence[TrialRecord]) -> list[tuple[str, st
         ),
         (
             "Learning curves",
-            "The monitored value per validation run; pruned trials are dashed and end with a cross.",
-            lambda: plots.plot_learning_curves(trials, d, monitor=m),
+            "The monitored value per validation run; pruned trials are dashed and end with a cross." + curves_says,
+            lambda: plots.plot_learning_curves(curves, d, monitor=m),
         ),
         (
             "Parallel coordinates",
-            "One line per completed trial across every parameter and the value.",
-            lambda: plots.plot_parallel_coordinates(trials, d, space=space, monitor=m),
+            "One line per completed trial across every parameter and the value." + shown_says,
+            lambda: plots.plot_parallel_coordinates(shown, d, space=space, monitor=m),
         ),
         (
             "Slices",
-            "The value of every completed trial against each parameter.",
-            lambda: plots.plot_slices(trials, d, space=space, monitor=m),
+            "The value of every completed trial against each parameter." + shown_says,
+            lambda: plots.plot_slices(shown, d, space=space, monitor=m),
         ),
         (
             "Parameter importance",
-            f"Method: {IMPORTANCE_METHOD}.",
-            lambda: plots.plot_importance(param_importance(trials, space), method=None),
+            f"Method: {IMPORTANCE_METHOD}." + curves_says,
+            # a GP fit, cubic in trials: on the sample
+            lambda: plots.plot_importance(param_importance(curves, space, direction=d), method=None),
         ),
     ]
 

@@ -1,12 +1,16 @@
 """Parameter importance: how much of the variation of the value each parameter explains on its own.
 
-Method (sensitivity of a Gaussian-process model):
+Method (sensitivity of the Bayesian strategy's own surrogate):
 
-1. Every COMPLETE trial with a finite value is encoded in the unit cube, on each domain's own scale
-   (log domains in log space, so a uniform draw there is a log-uniform draw of the parameter);
-   categorical parameters are one-hot encoded, so their choices are not ordered.
-2. A Gaussian process (BoTorch's ``SingleTaskGP``: an RBF kernel with one lengthscale per input
-   and BoTorch's default priors) is fitted to the standardized values.
+1. The trials are turned into observations exactly as
+   :class:`~lightning_hpt.strategies.bayesian.BayesianStrategy` does it
+   (:func:`lightning_hpt.surrogate.observations`): COMPLETE trials with a finite value,
+   and PRUNED ones at a penalized value (the worse of their best reported value and the median
+   completed value), so a search whose trials were mostly pruned still gets an importance. Each is
+   encoded in the unit cube on its domain's own scale (log domains in log space).
+2. The same surrogate as the proposals (:func:`lightning_hpt.surrogate.fit_surrogate`:
+   BoTorch's ``SingleTaskGP``, or ``MixedSingleTaskGP`` whose categorical kernel leaves choices
+   unordered, on Yeo-Johnson-warped values) is fitted.
 3. The importance of parameter ``i`` is the first-order Sobol index of the GP posterior mean ``m``
    under a uniform distribution on the space: ``S_i = Var_{x_i}[ E_{x_-i}[m(x)] ] / Var_x[m(x)]``,
    the fraction of the value's variance explained by ``x_i`` alone (a functional ANOVA main effect).
@@ -20,7 +24,8 @@ concentrated in one region (a Bayesian search late in a study), they describe th
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,107 +33,68 @@ import torch
 
 from lightning_hpt.exceptions import HPTError
 from lightning_hpt.space import Categorical, SearchSpace
-from lightning_hpt.trial import TrialRecord, TrialState
+from lightning_hpt.surrogate import cat_dims, fit_surrogate, observations, warp
+from lightning_hpt.trial import Direction, TrialRecord, TrialState
 
 __all__ = ["IMPORTANCE_METHOD", "MIN_TRIALS", "param_importance"]
 
 #: one line for reports: what the numbers mean.
 IMPORTANCE_METHOD = (
-    "first-order Sobol index of a Gaussian-process model of the value (the fraction of the value's variance "
-    "that each parameter explains on its own; the rest is interactions)"
+    "first-order Sobol index of the Bayesian strategy's Gaussian-process model of the value, fitted to the"
+    " completed and pruned trials (the fraction of the value's variance that each parameter explains on its"
+    " own; the rest is interactions)"
 )
-#: fewest COMPLETE trials with a finite value that a model is fitted to.
+#: fewest trials with a finite value (COMPLETE, or PRUNED) that a model is fitted to.
 MIN_TRIALS = 4
 
 
-def _columns(space: SearchSpace) -> list[slice]:
-    """The model's input columns of each parameter: one per numeric one, one per choice of a categorical one."""
-    out, start = [], 0
-    for dom in space.values():
-        width = len(dom.choices) if isinstance(dom, Categorical) else 1
-        out.append(slice(start, start + width))
-        start += width
-    return out
-
-
-def _encode_one(dom: Any, value: Any) -> list[float]:
-    if isinstance(dom, Categorical):
-        onehot = [0.0] * len(dom.choices)
-        onehot[dom.index(value)] = 1.0
-        return onehot
-    return [dom.to_unit(value)]
-
-
 def _draws(dom: Any, u: torch.Tensor) -> torch.Tensor:
-    """Encoded values of ``dom`` for uniform draws ``u`` (length ``m``): ``m x width``."""
-    return torch.tensor([_encode_one(dom, dom.from_unit(float(v))) for v in u], dtype=torch.float64)
+    """Encoded values of ``dom`` for uniform draws ``u`` (length ``m``): ``m``."""
+    return torch.tensor([dom.to_unit(dom.from_unit(float(v))) for v in u], dtype=torch.float64)
 
 
 def _axis(dom: Any, k: int, gen: torch.Generator) -> torch.Tensor:
-    """Values of one parameter at which its main effect is evaluated (equally weighted), encoded: ``k' x width``."""
+    """Values of one parameter at which its main effect is evaluated (equally weighted), encoded: ``k'``."""
     values = dom.values()
     if values is not None and len(values) <= k:
-        # every value, each weighted by its share of the unit interval (equal for all but log integers)
-        u = torch.tensor([dom.to_unit(v) for v in values], dtype=torch.float64)
         if not isinstance(dom, Categorical) and getattr(dom, "log", False):
-            u = (torch.arange(k, dtype=torch.float64) + 0.5) / k  # log integers: values are not equally likely
-        return _draws(dom, u)
+            # log integers: values are not equally likely, so evaluate at equally spaced quantiles
+            return _draws(dom, (torch.arange(k, dtype=torch.float64) + 0.5) / k)
+        return torch.tensor([dom.to_unit(v) for v in values], dtype=torch.float64)
     u = (torch.arange(k, dtype=torch.float64) + torch.rand(k, generator=gen, dtype=torch.float64)) / k  # stratified
     return _draws(dom, u)
 
 
-class _MeanGP:
-    """The posterior mean of a fitted GP, computed directly: ``m(x) = mu(x) + K(x, X) alpha``.
-
-    BoTorch's ``posterior`` also builds the test covariance, which is quadratic in the number of
-    points evaluated and dominates the cost here; only the mean is needed.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        from botorch.fit import fit_gpytorch_mll
-        from botorch.models import SingleTaskGP
-        from gpytorch.mlls import ExactMarginalLogLikelihood
-
-        model = SingleTaskGP(x, y)
-        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
-        model.eval()
-        self.model = model
-        with torch.no_grad():
-            train_x, train_y = model.train_inputs[0], model.train_targets  # outcomes as the model sees them
-            k = model.covar_module(train_x).to_dense()
-            k = k + model.likelihood.noise.reshape(-1)[0] * torch.eye(len(train_x), dtype=k.dtype)
-            self.train_x = train_x
-            self.alpha = torch.linalg.solve(k, train_y - model.mean_module(train_x))
-
-    def __call__(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        with torch.no_grad():
-            parts = [
-                self.model.mean_module(x[i : i + chunk])
-                + self.model.covar_module(x[i : i + chunk], self.train_x).to_dense() @ self.alpha
-                for i in range(0, len(x), chunk)
-            ]
-        return torch.cat(parts)
+def _posterior_mean(model: Any, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """The model's posterior mean at each row of ``x`` (one-point posteriors: no joint covariance)."""
+    with torch.no_grad():
+        parts = [model.posterior(x[i : i + chunk].unsqueeze(-2)).mean.reshape(-1) for i in range(0, len(x), chunk)]
+    return torch.cat(parts)
 
 
 def param_importance(
     trials: Sequence[TrialRecord],
     space: SearchSpace | Mapping[str, Any],
     *,
+    direction: Direction | str | None = None,
     samples: int = 256,
     grid: int = 24,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Importance of each parameter: the first-order Sobol index of a GP model of the value.
+    """Importance of each parameter: the first-order Sobol index of the strategy's GP model of the value.
 
-    See the module docstring for the method. The direction does not matter: a parameter that
-    moves the value matters whether the value is minimized or maximized.
+    See the module docstring for the method. The direction only decides how PRUNED trials are
+    penalized (a parameter that moves the value matters whether it is minimized or maximized).
 
     Args:
-        trials: the study's trials; COMPLETE ones with a finite value and params in ``space`` are used.
+        trials: the study's trials; COMPLETE and PRUNED ones with a finite value and params in
+            ``space`` are used.
         space: the study's search space.
+        direction: the study's direction (``"min"``/``"max"`` or a Direction); ``None``: PRUNED
+            trials count at their own value, uncapped.
         samples: Monte Carlo draws of the other parameters per evaluated value (more: less noise).
         grid: evaluated values per continuous parameter (discrete ones use all their values up to this).
-        seed: seed of the Monte Carlo draws; the same inputs give the same result.
+        seed: seed of the Monte Carlo draws and of the fit; the same inputs give the same result.
 
     Returns:
         ``{name: index}`` for every parameter, most important first; all zeros when the model is flat.
@@ -137,44 +103,45 @@ def param_importance(
         HPTError: fewer than :data:`MIN_TRIALS` usable trials.
     """
     space = space if isinstance(space, SearchSpace) else SearchSpace(space)
-    rows, values = [], []
-    for t in trials:
-        if t.state is not TrialState.COMPLETE or t.value is None or not math.isfinite(t.value):
-            continue
-        try:
-            space.validate(t.params)
-        except HPTError:  # a trial from before the space was changed (allow_changes=True)
-            continue
-        rows.append([c for name, dom in space.items() for c in _encode_one(dom, t.params[name])])
-        values.append(float(t.value))
-    if len(rows) < MIN_TRIALS:
+    trials = list(trials)
+    d = Direction.MINIMIZE if direction is None else Direction.parse(direction)
+    # without a direction there is no "worse than the median": pruned trials count at their own value
+    x, y = observations(trials if direction is not None else [_as_complete(t) for t in trials], space, d)
+    if len(y) < MIN_TRIALS:
         raise HPTError(
-            f"parameter importance needs at least {MIN_TRIALS} COMPLETE trials with a finite value in the current"
-            f" space, got {len(rows)}; run more trials and ask again"
+            f"parameter importance needs at least {MIN_TRIALS} COMPLETE trials (PRUNED ones count too) with a"
+            f" finite value in the current space, got {len(y)}; run more trials and ask again"
         )
-    names, cols = list(space), _columns(space)
-    y = torch.tensor(values, dtype=torch.float64).unsqueeze(-1)
+    names = list(space)
     if not names or float(y.std()) == 0.0:
         return dict.fromkeys(names, 0.0)
     threads = torch.get_num_threads()
     # a report may run beside training trials: one thread avoids oversubscribing the cores (25x slower fits)
     torch.set_num_threads(1)
     try:
-        mean = _MeanGP(torch.tensor(rows, dtype=torch.float64), (y - y.mean()) / y.std())
-        gen = torch.Generator().manual_seed(seed)
-        base = torch.cat(
-            [_draws(dom, torch.rand(samples, generator=gen, dtype=torch.float64)) for dom in space.values()], dim=-1
-        )  # samples x width
-        total = float(mean(base).var(unbiased=False))
-        scores: dict[str, float] = {}
-        for name, col in zip(names, cols):
-            points = _axis(space[name], grid, gen)  # k x w
-            xs = base.unsqueeze(0).repeat(len(points), 1, 1)  # k x samples x width
-            xs[:, :, col] = points.unsqueeze(1)
-            effect = mean(xs.reshape(-1, base.shape[-1])).reshape(len(points), samples).mean(-1)
-            scores[name] = float(effect.var(unbiased=False))
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(seed)
+            model = fit_surrogate(x, warp(y), cat_dims(space))
+            gen = torch.Generator().manual_seed(seed)
+            base = torch.stack(
+                [_draws(dom, torch.rand(samples, generator=gen, dtype=torch.float64)) for dom in space.values()], dim=-1
+            )  # samples x d
+            total = float(_posterior_mean(model, base).var(unbiased=False))
+            scores: dict[str, float] = {}
+            for i, name in enumerate(names):
+                points = _axis(space[name], grid, gen)  # k
+                xs = base.unsqueeze(0).repeat(len(points), 1, 1)  # k x samples x d
+                xs[:, :, i] = points.unsqueeze(1)
+                effect = _posterior_mean(model, xs.reshape(-1, base.shape[-1])).reshape(len(points), samples).mean(-1)
+                scores[name] = float(effect.var(unbiased=False))
     finally:
         torch.set_num_threads(threads)
     if total <= 0.0:
         return dict.fromkeys(names, 0.0)
     return {n: min(scores[n] / total, 1.0) for n in sorted(names, key=lambda n: -scores[n])}
+
+
+def _as_complete(t: TrialRecord) -> TrialRecord:
+    """A PRUNED trial as a COMPLETE one (its own value); others unchanged."""
+    return dataclasses.replace(t, state=TrialState.COMPLETE) if t.state is TrialState.PRUNED else t

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 
+from typing_extensions import override
+
 from lightning_hpt.exceptions import ConfigurationError
-from lightning_hpt.executors._channel import failed_outcome, launches_subprocesses
-from lightning_hpt.executors.base import Executor
+from lightning_hpt.executors.base import Executor, failed_outcome
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.stacking.group import run_jobs
@@ -61,6 +62,12 @@ class StackedExecutor(Executor):
         >>> executor = StackedExecutor(stack=16)  # HyperparameterSearch(..., executor=executor)
     """
 
+    ddp_refusal = (
+        "a StackedExecutor trains its groups in this process on one device. Run DDP trials with"
+        " executor=ProcessExecutor(gpus_per_trial=k)"
+    )
+    trial_kind = "a StackedExecutor (it trains its groups in this process on one device)"
+
     def __init__(self, stack: int = 16, per_member: Iterable[str] = PER_MEMBER, linger: float = 1.0) -> None:
         if not isinstance(stack, int) or isinstance(stack, bool) or stack < 1:
             raise ConfigurationError(f"stack must be an integer >= 1 (trials trained at once), got stack={stack!r}")
@@ -78,32 +85,40 @@ class StackedExecutor(Executor):
         self._last_submit = 0.0
         self._unread = 0  # outcomes set but not yet read by the driver
         self._stop = threading.Event()
+        self._flushing = False  # the search said it has no more trials: a group need not wait to fill
         self._thread: threading.Thread | None = None
 
     @property
+    @override
     def max_concurrency(self) -> int:
         return self.stack
 
-    def start(self, build: TrialBuild) -> None:
-        if launches_subprocesses(build):
-            raise ConfigurationError(
-                f"trainer_kwargs={dict(build.trainer_kwargs)} train each trial on several processes (DDP); a"
-                " StackedExecutor trains its groups in this process on one device. Use ProcessExecutor for DDP trials"
-            )
-        self._stop.clear()
+    @override
+    def _start(self, build: TrialBuild, data: bytes | None) -> None:
+        with self._cond:
+            self._stop.clear()
+            self._flushing = False
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._loop, name="lightning-hpt-stacked", daemon=True)
             self._thread.start()
 
-    def submit(self, job: TrialJob, reporter: TrialReporter) -> Future[TrialOutcome]:
+    @override
+    def _submit(self, job: TrialJob, reporter: TrialReporter, answers: bool) -> Future[TrialOutcome]:
         future = _Outcome(self._read)
         if self._thread is None or not self._thread.is_alive():
-            self.start(job.build)
+            self._start(job.build, None)
         with self._cond:
             self._pending.append((job, reporter, future))
             self._last_submit = time.monotonic()
             self._cond.notify_all()
         return future
+
+    @override
+    def flush(self) -> None:
+        """The search has no more trials to hand out: start the trials held now without waiting ``linger``."""
+        with self._cond:
+            self._flushing = True
+            self._cond.notify_all()
 
     def _read(self) -> None:
         with self._cond:
@@ -119,7 +134,8 @@ class StackedExecutor(Executor):
                 # the driver has read every outcome and handed out nothing for ``linger`` seconds: it has no more
                 # now (a driver that never reads its outcomes is given up on after ten times as long)
                 wait = self.linger if self._unread <= 0 else 10 * self.linger + 10
-                if len(self._pending) >= self.stack or (self._pending and quiet >= wait):
+                full = len(self._pending) >= self.stack
+                if full or (self._pending and (self._flushing or quiet >= wait)):
                     taken, self._pending = self._pending[: self.stack], self._pending[self.stack :]
                     return taken
                 self._cond.wait(timeout=max(0.01, wait - quiet) if self._pending else None)
@@ -140,6 +156,7 @@ class StackedExecutor(Executor):
             for (_, _, future), outcome in zip(taken, outcomes, strict=True):
                 future.set_result(outcome)
 
+    @override
     def shutdown(self) -> None:
         """Stop the running group (its trials end as interrupted) and the background thread."""
         with self._cond:

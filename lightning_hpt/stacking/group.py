@@ -12,17 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from lightning_hpt.lightning.config import namespace_of, split_params
+from lightning_hpt.lightning.config import namespace_of
+from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.lightning.monitor import TrialReporter
-from lightning_hpt.lightning.runner import (
-    TrialBuilder,
-    TrialJob,
-    TrialOutcome,
-    build_parts,
-    quiet_lightning,
-    run_trial,
-    trial_seed,
-)
+from lightning_hpt.lightning.quiet import quiet_lightning
+from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, run_trial, trial_seed
 from lightning_hpt.stacking.grouping import PER_MEMBER, StackingRefused, group_key, refusal, signature
 from lightning_hpt.stacking.members import Member
 from lightning_hpt.stacking.module import stacked_module_class
@@ -63,11 +57,16 @@ def _ordinary(items: Sequence[Item], positions: Sequence[int], reason: str) -> d
 
 def _static_refusal(job: TrialJob) -> str | None:
     b = job.build
-    if isinstance(b.model, TrialBuilder):
-        return "the trials are built by a TrialBuilder (a LightningCLI project), which makes its own Trainer"
+    if not isinstance(b.builder, ModuleTrialBuilder):
+        # another builder (a LightningCLI project's) makes its own Trainer, callbacks and loggers, which a
+        # stacked group would leave out; only a module, a datamodule and Trainer arguments can be stacked
+        return (
+            f"the trials are built by {type(b.builder).__name__}, which makes its own Trainer, callbacks and"
+            " loggers; only trials of a LightningModule and Trainer arguments (ModuleTrialBuilder) are stacked"
+        )
     if len(b.runs) > 1:
         return "cross-validation and repeats train one Trainer per fold and repeat"
-    if b.trainer_kwargs.get("callbacks"):
+    if b.builder.trainer_settings(job.params).get("callbacks"):
         return "trainer_kwargs callbacks would see the stacked module instead of each trial's own"
     return None
 
@@ -79,9 +78,8 @@ def _build(items: Sequence[Item]) -> tuple[list[Any], Any]:
     models, dms = [], []
     for job, _ in items:
         seed_everything(trial_seed(job.seed, job.number), workers=True, verbose=False)
-        model, dm = build_parts(job.build, job.params)
-        models.append(model)
-        dms.append(dm)
+        models.append(job.build.builder.build_model(job.params))
+        dms.append(job.build.builder.build_datamodule(job.params))
     return models, dms[0]
 
 
@@ -93,7 +91,7 @@ def _run_group(
     if reason:
         return _ordinary(items, positions, reason)
     try:
-        with quiet_lightning(job0.build.quiet):
+        with quiet_lightning(job0.build.builder.quiet):
             models, dm = _build(items)
     except Exception as e:  # a trial's own build error: ordinary trials report it each
         return _ordinary(items, positions, f"building a member raised {type(e).__name__}: {e}")
@@ -104,7 +102,7 @@ def _run_group(
     for ks in by_sig.values():
         sub, pos, mods = [items[k] for k in ks], [positions[k] for k in ks], [models[k] for k in ks]
         pl = namespace_of(mods[0])
-        reason = refusal(mods[0], pl.LightningModule, job0.build.trainer_kwargs)
+        reason = refusal(mods[0], pl.LightningModule, job0.build.builder.trainer_settings(job0.params))
         out.update(_ordinary(sub, pos, reason) if reason else _fit(sub, pos, mods, dm, pl, stop))
     del models, dm
     gc.collect()
@@ -112,14 +110,12 @@ def _run_group(
 
 
 def _max_epochs(job: TrialJob) -> int | None:
-    value = split_params(job.params)["trainer"].get("max_epochs", job.build.trainer_kwargs.get("max_epochs"))
+    value = job.build.builder.trainer_settings(job.params).get("max_epochs")
     return None if value is None or value < 0 else int(value)
 
 
 def _trainer(pl: Any, job0: TrialJob, max_epochs: int | None) -> Any:
-    b = job0.build
-    kwargs = dict(b.trainer_kwargs)
-    kwargs.update({k: v for k, v in split_params(job0.params)["trainer"].items() if k != "max_epochs"})
+    kwargs = job0.build.builder.trainer_settings(job0.params)  # a group's structural settings are its members'
     kwargs.update(
         max_epochs=max_epochs,
         logger=False,
@@ -147,7 +143,7 @@ def _fit(
     epochs = [t.max_epochs for t in tracks]
     attrs = {"stacked": {"group": [j.number for j, _ in items]}}
     try:
-        with quiet_lightning(job0.build.quiet):
+        with quiet_lightning(job0.build.builder.quiet):
             for t in tracks:
                 t.open(pl)
             module = stacked_module_class(pl)(models, tracks, pl, stop)

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from lightning_hpt.exceptions import MetricNotFoundError
-from lightning_hpt.lightning.monitor import TrialReporter
-from lightning_hpt.lightning.runner import TrialJob, TrialOutcome
+from lightning_hpt.lightning import compat
+from lightning_hpt.lightning.monitor import TrialReporter, metric_missing
+from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, value_failure
 from lightning_hpt.trial import Direction, TrialState
 
 __all__ = ["Member", "member_checkpoint"]
@@ -95,20 +96,19 @@ class Member:
             os.replace(f"{path}.tmp", path)
             self._best_checkpoint = None
         for lg in self._loggers:
-            if self.best_value is not None and type(lg).__name__ == "TensorBoardLogger":  # the HParams view
+            if self.best_value is not None and compat.is_tensorboard_logger(lg):  # the HParams view
                 lg.log_hyperparams(dict(self.job.params), {f"hp/{self.job.build.monitor}": self.best_value})
             lg.finalize("success")
         self._loggers = []
 
     def observe(self, logged: dict[str, float]) -> bool:
-        """Take one validation run's logged values; True when this step is the best so far (save it)."""
+        """Take one validation run's metrics (as ``callback_metrics``: the last training step's and the run's).
+
+        Returns True when this step is the best so far (save it).
+        """
         monitor = self.job.build.monitor
         if monitor not in logged:
-            self.error = MetricNotFoundError(
-                f"the monitored metric {monitor!r} was never logged in a validation run; the metrics logged are"
-                f" {sorted(logged)}. Log it with self.log({monitor!r}, ...) in validation_step"
-            )
-            self.ended = True
+            self.error, self.ended = metric_missing(monitor, logged), True
             return False
         value = logged[monitor]
         step = len(self.values)
@@ -142,16 +142,9 @@ class Member:
             return TrialOutcome(
                 TrialState.FAILED, error=f"{type(self.error).__name__}: {self.error}", fatal=fatal, **common
             )
-        if not self.values:
-            return TrialOutcome(
-                TrialState.FAILED, error="the stacked group ended before the first validation run", **common
-            )
-        bad = [(s, v) for s, v in self.values.items() if not math.isfinite(v)]
-        if bad:
-            s, v = bad[0]
-            return TrialOutcome(
-                TrialState.FAILED, error=f"non-finite: {self.job.build.monitor} was {v} at step {s}", **common
-            )
+        failure = value_failure(self.job.build.monitor, self.values, self.metrics)
+        if failure is not None:
+            return TrialOutcome(TrialState.FAILED, error=failure[0], fatal=failure[1], **common)
         ckpt = self.checkpoint_path if os.path.exists(self.checkpoint_path) else None
         state = TrialState.PRUNED if self.pruned else TrialState.COMPLETE
         return TrialOutcome(state, value=self.best_value, best_step=self.best_step, checkpoint=ckpt, **common)

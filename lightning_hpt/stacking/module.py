@@ -272,7 +272,7 @@ class _StackedLogic:
         track = self._tracks[i]
         train = {k: float(v.float().mean()) for k, v in self._logged[i].items()}  # the last step's values
         track.log_metrics({**train, **values, "epoch": self.current_epoch}, step=self.current_epoch)
-        if track.observe(values) and track.job.build.checkpoint:
+        if track.observe({**train, **values}) and track.job.build.checkpoint:
             track.keep(member_checkpoint(self._members[i], self.current_epoch, self._member_steps[i], self._pl))
         if track.ended:
             track.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +61,14 @@ class Storage(ABC):
     def trials(self, study: str) -> list[TrialRecord]:
         """Every trial of the study, ordered by number."""
 
-    def history(self, study: str, max_steps: int | None = None) -> History:
-        """A frozen :class:`History` of the study."""
+    def history(
+        self, study: str, max_steps: int | None = None, index: Callable[[Direction], Any] | None = None
+    ) -> History:
+        """A frozen :class:`History` of the study.
+
+        ``index``: makes an index of the trials that a storage reading incrementally keeps up to date
+        (:attr:`History.index`); a storage may ignore it, as this one does.
+        """
         info = self.load_study(study)
         return History(info.space, info.direction, tuple(self.trials(study)), info.seed, max_steps)
 
@@ -102,6 +108,11 @@ class Storage(ABC):
     @abstractmethod
     def report(self, study: str, number: int, step: int, value: float) -> None:
         """Store (or overwrite) the intermediate value of a RUNNING trial at ``step``; refresh its heartbeat."""
+
+    def report_many(self, study: str, number: int, values: Mapping[int, float]) -> None:
+        """Store several intermediate values ``{step: value}`` of a RUNNING trial, in one transaction if it can."""
+        for step, value in sorted(values.items()):
+            self.report(study, number, step, value)
 
     @abstractmethod
     def heartbeat(self, study: str, numbers: Sequence[int]) -> None:

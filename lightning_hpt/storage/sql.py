@@ -24,9 +24,10 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -42,6 +43,7 @@ from lightning_hpt.exceptions import (
 from lightning_hpt.space import SearchSpace, validate_study_name
 from lightning_hpt.storage.base import Storage, StudyInfo
 from lightning_hpt.storage.sql_engine import SQLDatabase
+from lightning_hpt.storage.sql_history import HistoryCache, bump
 from lightning_hpt.storage.sql_schema import (
     FINISHED,
     SCHEMA_VERSION,
@@ -91,6 +93,21 @@ class SQLStorage(SQLDatabase, Storage):
         >>> storage.study_names()
         []
     """
+
+    def _setup(self) -> None:
+        super()._setup()
+        self._cache, self._cache_lock = HistoryCache(), threading.Lock()  # this process's incremental history
+
+    def _forked(self) -> None:
+        super()._forked()
+        self._cache, self._cache_lock = HistoryCache(), threading.Lock()  # a parent thread may hold it
+
+    def _bump(self, conn: Connection, study: str) -> int:
+        """Take the study's change counter up (see :mod:`.sql_history`); every write that changes a trial does."""
+        seq = bump(conn, study)
+        if seq is None:
+            self._study(conn, study)  # raises: no such study
+        return seq
 
     # ------------------------------------------------------------------ studies
 
@@ -176,11 +193,14 @@ class SQLStorage(SQLDatabase, Storage):
             f"read the trials of study {study!r}", lambda c, a: self._trials(c, self._study(c, study).id), write=False
         )
 
-    def history(self, study: str, max_steps: int | None = None) -> History:
+    def history(
+        self, study: str, max_steps: int | None = None, index: Callable[[Direction], Any] | None = None
+    ) -> History:
+        """The study's history; after the first read, only the trials changed since are read (and ``index`` updated)."""
+
         def fn(conn: Connection, attempt: int) -> History:
-            row = self._study(conn, study)
-            info = self._info(row)
-            return History(info.space, info.direction, tuple(self._trials(conn, row.id)), info.seed, max_steps)
+            with self._cache_lock:  # one reader at a time: each sees the study no older than the last one did
+                return self._cache.history(conn, self._study(conn, study), self._info, max_steps, index)
 
         return self._txn(f"read the history of study {study!r}", fn, write=False)
 
@@ -291,6 +311,7 @@ class SQLStorage(SQLDatabase, Storage):
                 "attempt": 1 if running else 0,
                 "attrs": "{}",
                 "token": token,
+                "seq": self._bump(conn, study),
             }
             conn.execute(sa.insert(TRIALS).values(**values))
             return to_record(RowValues(values), {})
@@ -312,6 +333,7 @@ class SQLStorage(SQLDatabase, Storage):
                 "heartbeat_at": now,
                 "host": host or socket.gethostname(),
                 "pid": pid or os.getpid(),
+                "seq": self._bump(conn, study),
             }
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
             return to_record(RowValues({**row._asdict(), **changes}), self._steps(conn, row.id))
@@ -319,22 +341,32 @@ class SQLStorage(SQLDatabase, Storage):
         return self._txn(f"claim a queued trial of study {study!r}", fn, write=True)
 
     def report(self, study: str, number: int, step: int, value: float) -> None:
-        check_int(step, "step")
-        v, flag = encode_float(value, f"the value reported at step {step}")
+        self.report_many(study, number, {step: value})
+
+    def report_many(self, study: str, number: int, values: Mapping[int, float]) -> None:
+        """Store several intermediate values of a RUNNING trial in one transaction (see :meth:`report`)."""
+        encoded = {
+            check_int(step, "step"): encode_float(v, f"the value reported at step {step}") for step, v in values.items()
+        }
+        if not encoded:
+            return
+        steps = sorted(encoded)
 
         def fn(conn: Connection, attempt: int) -> None:
+            seq = self._bump(conn, study)  # first: every writer locks the study row before a trial row
             row = self._trial(conn, study, number, lock=True)
             if row.state != TrialState.RUNNING.value:
                 raise StorageError(
                     f"trial {number} of study {study!r} is {row.state}, not RUNNING: intermediate values can only be"
                     " reported while it runs (was it finished or requeued by another driver?)"
                 )
-            where = (VALUES.c.trial_id == row.id) & (VALUES.c.step == step)
-            if conn.execute(sa.update(VALUES).where(where).values(value=v, nonfinite=flag)).rowcount == 0:
-                conn.execute(sa.insert(VALUES).values(trial_id=row.id, step=step, value=v, nonfinite=flag))
-            conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(heartbeat_at=time.time()))
+            conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id, VALUES.c.step.in_(steps)))
+            rows = [{"trial_id": row.id, "step": k, "value": encoded[k][0], "nonfinite": encoded[k][1]} for k in steps]
+            conn.execute(sa.insert(VALUES), rows)
+            conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(heartbeat_at=time.time(), seq=seq))
 
-        self._txn(f"report step {step} of trial {number} of study {study!r}", fn, write=True)
+        where = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]} to {steps[-1]}"
+        self._txn(f"report {where} of trial {number} of study {study!r}", fn, write=True)
 
     def heartbeat(self, study: str, numbers: Sequence[int]) -> None:
         numbers = [check_int(n, "trial number") for n in numbers]
@@ -374,6 +406,7 @@ class SQLStorage(SQLDatabase, Storage):
         dumps(extra, "trial attrs")
 
         def fn(conn: Connection, attempt: int) -> TrialRecord:
+            seq = self._bump(conn, study)
             row = self._trial(conn, study, number, lock=True)
             if row.state in {s.value for s in FINISHED}:
                 same = row.state == state.value and (row.value, row.value_nonfinite) == (v, flag)
@@ -392,6 +425,7 @@ class SQLStorage(SQLDatabase, Storage):
                 "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
                 "finished_at": time.time(),
                 "attrs": dumps({**json.loads(row.attrs), **extra}, "trial attrs"),
+                "seq": seq,
             }
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
             return to_record(RowValues({**row._asdict(), **changes}), self._steps(conn, row.id))
@@ -400,20 +434,22 @@ class SQLStorage(SQLDatabase, Storage):
 
     def requeue_trial(self, study: str, number: int) -> TrialRecord:
         def fn(conn: Connection, attempt: int) -> TrialRecord:
+            seq = self._bump(conn, study)
             row = self._trial(conn, study, number, lock=True)
             if row.state not in (TrialState.RUNNING.value, TrialState.FAILED.value):
                 raise StorageError(
                     f"trial {number} of study {study!r} is {row.state}: only RUNNING or FAILED trials can be requeued"
                 )
-            return self._requeue(conn, row)
+            return self._requeue(conn, row, seq)
 
         return self._txn(f"requeue trial {number} of study {study!r}", fn, write=True)
 
     def requeue_failed(self, study: str) -> list[int]:
         def fn(conn: Connection, attempt: int) -> list[int]:
+            seq = self._bump(conn, study)  # first: every writer locks the study row before a trial row
             study_id = self._study(conn, study, lock=True).id  # one driver at a time: each trial is requeued once
             q = sa.select(TRIALS).where(TRIALS.c.study_id == study_id, TRIALS.c.state == TrialState.FAILED.value)
-            return [self._requeue(conn, row).number for row in conn.execute(q.order_by(TRIALS.c.number)).all()]
+            return [self._requeue(conn, row, seq).number for row in conn.execute(q.order_by(TRIALS.c.number)).all()]
 
         return self._txn(f"requeue the FAILED trials of study {study!r}", fn, write=True)
 
@@ -440,7 +476,7 @@ class SQLStorage(SQLDatabase, Storage):
 
         return self._txn(f"delete study {study!r}", fn, write=True)
 
-    def _requeue(self, conn: Connection, row: sa.Row) -> TrialRecord:
+    def _requeue(self, conn: Connection, row: sa.Row, seq: int) -> TrialRecord:
         """Put a trial (its row locked by the caller) back in the queue; the attempt is kept in its attrs."""
         last_step = conn.execute(sa.select(sa.func.max(VALUES.c.step)).where(VALUES.c.trial_id == row.id)).scalar()
         attrs = json.loads(row.attrs)
@@ -458,7 +494,7 @@ class SQLStorage(SQLDatabase, Storage):
         ]
         cleared = ("value", "value_nonfinite", "best_step", "error", "checkpoint", "started_at", "finished_at")
         changes: dict[str, Any] = dict.fromkeys((*cleared, "host", "pid", "heartbeat_at"))
-        changes.update(state=TrialState.QUEUED.value, attrs=dumps(attrs, "trial attrs"))
+        changes.update(state=TrialState.QUEUED.value, attrs=dumps(attrs, "trial attrs"), seq=seq)
         conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id))
         conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
         return to_record(RowValues({**row._asdict(), **changes}), {})
@@ -467,8 +503,9 @@ class SQLStorage(SQLDatabase, Storage):
         dumps(dict(attrs), "trial attrs")
 
         def fn(conn: Connection, attempt: int) -> None:
+            seq = self._bump(conn, study)
             row = self._trial(conn, study, number, lock=True)
             merged = dumps({**json.loads(row.attrs), **attrs}, "trial attrs")
-            conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(attrs=merged))
+            conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(attrs=merged, seq=seq))
 
         self._txn(f"set attrs of trial {number} of study {study!r}", fn, write=True)

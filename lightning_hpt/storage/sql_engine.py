@@ -26,6 +26,7 @@ from sqlalchemy.pool import StaticPool
 
 from lightning_hpt.exceptions import DatabaseLockedError, HPTError, StorageError
 from lightning_hpt.storage.masking import mask_secrets, safe_cause
+from lightning_hpt.storage.sql_migrate import migrate
 from lightning_hpt.storage.sql_schema import (
     META,
     METADATA,
@@ -175,6 +176,7 @@ class SQLDatabase:
                 self._engine.dispose(close=False)
                 self._inherited.append(self._engine)
                 self._engine = None
+                self._forked()
             if self._engine is None:
                 engine = self._create_engine()
                 try:
@@ -184,6 +186,9 @@ class SQLDatabase:
                     raise
                 self._engine, self._pid = engine, os.getpid()
             return self._engine
+
+    def _forked(self) -> None:
+        """Called in a forked child before its first connection: drop what the parent's threads may hold."""
 
     def _create_engine(self) -> Engine:
         kwargs = dict(self._engine_kwargs)
@@ -286,6 +291,14 @@ class SQLDatabase:
             )
         if status == "empty":
             self._txn("create the study tables", self._initialise, write=True, engine=engine)
+        if status == "old" and not self.create:
+            raise StorageError(
+                f"the database {self._where} was written by an older lightning-hpt (schema_version < {SCHEMA_VERSION});"
+                " reading never upgrades it: resume a search on it once (it is upgraded in place, losing nothing),"
+                " then read it"
+            )
+        if status == "old":
+            self._txn("upgrade the study tables", self._upgrade, write=True, engine=engine)
         if self._sqlite and not self._memory and self.create:
             self._retry("switch the database to WAL mode", lambda a: enable_wal(engine))
 
@@ -319,8 +332,10 @@ class SQLDatabase:
                 f"the database {self._where} was written by a newer lightning-hpt (schema_version={version}, this"
                 f" version reads {SCHEMA_VERSION}); it was left unchanged: upgrade lightning-hpt to open it"
             )
+        if version < 1:
+            raise StorageError(f"{damaged} schema_version={version} is older than any release; {fix}")
         if version < SCHEMA_VERSION:
-            raise StorageError(f"{damaged} schema_version={version} is older than {SCHEMA_VERSION}; {fix}")
+            return "old"
         missing = sorted(set(METADATA.tables) - ours)
         if missing:
             raise StorageError(f"{damaged} is missing tables {missing}: it is damaged; {fix}")
@@ -342,3 +357,11 @@ class SQLDatabase:
                 {"key": "created_at", "value": repr(time.time())},
             ],
         )
+
+    def _upgrade(self, conn: Connection, attempt: int) -> None:
+        if conn.dialect.name == "postgresql":  # two drivers upgrading at once must not collide
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7235890)"))
+        if self._inspect(conn) == "old":  # not upgraded by another process while we waited for the lock
+            version = int(conn.execute(sa.select(META.c.value).where(META.c.key == "schema_version")).scalar())
+            log.info("upgrading the study tables of %s from schema_version %d to %d", self.url, version, SCHEMA_VERSION)
+            migrate(conn, version)

@@ -21,7 +21,8 @@ from lightning_hpt.exceptions import StorageError
 from lightning_hpt.storage.base import StudyInfo
 from lightning_hpt.trial import TrialRecord, TrialState
 
-SCHEMA_VERSION = 1
+#: 2: a change counter per study (``hpt_studies.seq``) stamped on every trial it changes (``hpt_trials.seq``).
+SCHEMA_VERSION = 2
 #: PostgreSQL schema of the tables unless the URL names another (``?schema=name``).
 PG_SCHEMA = "lightning_hpt"
 PG_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -42,6 +43,7 @@ STUDIES = sa.Table(
     sa.Column("seed", sa.BigInteger),
     sa.Column("attrs", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),  # the study's change counter
 )
 TRIALS = sa.Table(
     "hpt_trials",
@@ -64,8 +66,10 @@ TRIALS = sa.Table(
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("attrs", sa.Text, nullable=False),
     sa.Column("token", sa.String(32)),  # lets a retried create_trial find its own committed row
+    sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),  # the study's counter at its last change
     sa.UniqueConstraint("study_id", "number", name="hpt_trials_study_number"),
     sa.Index("hpt_trials_study_state", "study_id", "state"),
+    sa.Index("hpt_trials_study_seq", "study_id", "seq"),
 )
 VALUES = sa.Table(
     "hpt_trial_values",

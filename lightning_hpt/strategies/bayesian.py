@@ -1,38 +1,29 @@
-"""Bayesian optimization: a Gaussian-process surrogate and BoTorch's acquisition functions.
+"""Bayesian optimization on BoTorch's own model, acquisition functions and optimizers.
 
 How a proposal is made, every time from the history alone:
 
 1. Every trial is encoded in the unit cube of the :class:`~lightning_hpt.space.SearchSpace`
    (log-scale domains are linear in log space). Integers and stepped floats keep their ordered
-   grid of values; categorical parameters are categories (a Hamming-distance kernel term and a
+   grid of values; categorical parameters are categories (BoTorch's categorical kernel and a
    discrete search over their values), never ordinal numbers.
 2. Until ``n_initial`` observations exist, configurations come from a scrambled Sobol design:
    point number ``trial number`` of the sequence seeded with the study's seed.
-3. Afterwards a GP (:mod:`lightning_hpt.strategies._gp`) is fitted on the observations with
-   power-transformed, standardized outcomes, and an acquisition is maximized (log noisy expected
-   improvement by default, in closed form given quasi-random samples of the incumbent, see
-   :mod:`lightning_hpt.strategies._acquisition`; or a BoTorch Monte Carlo acquisition): L-BFGS-B
-   on the continuous dimensions, alternating with a neighbourhood search over the allowed values
-   of integers, stepped floats and categories.
-   A maximizer that decodes to a configuration already tried is replaced by the best new one.
+3. Afterwards the surrogate of :mod:`lightning_hpt.surrogate` (BoTorch's
+   ``SingleTaskGP``, or ``MixedSingleTaskGP`` with categorical parameters, fitted by
+   ``fit_gpytorch_mll`` on Yeo-Johnson-warped outcomes) is fitted on the observations, and
+   BoTorch's ``qLogNoisyExpectedImprovement`` (by default) is maximized with ``optimize_acqf``, or
+   ``optimize_acqf_mixed_alternating`` when some parameters take finite sets of values. A maximizer
+   that decodes to a configuration already tried is replaced by the best new one.
 4. A batch (``n > 1``) is built greedily: every chosen configuration, and every RUNNING or
    QUEUED trial, is a pending point of the acquisition, so parallel workers get different,
    diverse configurations.
 
-What counts as an observation:
-
-* COMPLETE trials with a finite value.
-* PRUNED trials with a finite value, counted at a penalized value (``pruned="penalize"``): the
-  worse of their best reported value and the median of the completed trials. A pruned trial
-  stopped because it ranked below its peers at the same step, so its partial value is an
-  optimistic estimate of where it would have ended; the median cap keeps the model from
-  mistaking a short, promising-looking curve for a good configuration, while a partial value
-  worse than the median is kept as the evidence it is. ``pruned="ignore"`` leaves them out.
-* ``warm_start`` results of another study on the same space.
-
-FAILED trials never enter the fit; their configurations are never proposed again, and they act
-as pending points so the acquisition also steers away from their immediate neighbourhood.
-Non-finite values never reach the model.
+What counts as an observation is said in :mod:`lightning_hpt.surrogate` (COMPLETE
+trials, PRUNED ones at a penalized value, ``warm_start`` results). FAILED trials never enter the
+fit; their configurations are never proposed again, and they act as pending points so the
+acquisition also steers away from their immediate neighbourhood. Non-finite values never reach
+the model. Past ``max_points`` observations the model sees the best half and a seeded sample of
+the rest, which bounds the cost of a proposal.
 
 A failed fit or acquisition optimization (a Cholesky error, NaN) never stops the search: the
 strategy logs a warning and proposes quasi-random configurations instead.
@@ -44,7 +35,6 @@ import contextlib
 import functools
 import logging
 import math
-import statistics
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -52,11 +42,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+import lightning_hpt.surrogate as _surrogate
 from lightning_hpt.exceptions import ConfigurationError
-from lightning_hpt.space import SearchSpace
 from lightning_hpt.strategies._encoding import _Encoding
 from lightning_hpt.strategies.base import Strategy, params_key, trial_rng
-from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
+from lightning_hpt.trial import History, TrialRecord, TrialState
 
 __all__ = ["ACQUISITIONS", "BayesianStrategy"]
 
@@ -71,7 +61,7 @@ _UCB_BETA = 2.0
 
 
 class BayesianStrategy(Strategy):
-    """Gaussian-process Bayesian optimization (BoTorch acquisitions on a light exact GP).
+    """Gaussian-process Bayesian optimization with BoTorch's models, acquisition functions and optimizers.
 
     Args:
         seed: seeds the initial design and every proposal; ``None`` uses the study's seed.
@@ -80,6 +70,8 @@ class BayesianStrategy(Strategy):
         acquisition: ``"lognei"`` (log noisy expected improvement, robust to noisy metrics),
             ``"logei"`` (log expected improvement over the best observed value), ``"ucb"``
             (upper confidence bound, beta 2) or ``"pi"`` (probability of improvement).
+        warp: Yeo-Johnson-transform the outcomes before the model's standardization (robust to a
+            few very bad values).
         pruned: ``"penalize"`` (pruned trials count at the worse of their value and the median
             completed value) or ``"ignore"`` (left out of the fit).
         warm_start: results of another study on the same space, used as extra observations:
@@ -91,10 +83,8 @@ class BayesianStrategy(Strategy):
             make a fit an order of magnitude slower.
         max_points: most observations the model is fitted on; beyond it, the best half and a
             seeded random sample of the rest, which keeps proposal time bounded in long studies.
-        num_restarts: L-BFGS-B starting points of the acquisition optimization.
+        num_restarts: starting points of the acquisition optimization (BoTorch's ``num_restarts``).
         raw_samples: candidate points screened to choose those starting points.
-        mc_samples: quasi-Monte-Carlo samples of the incumbent (``"lognei"``, and ``"logei"`` with
-            pending points) or of the joint posterior (``"ucb"``, ``"pi"``).
 
     Example:
         >>> from lightning_hpt.space import Float, SearchSpace
@@ -117,10 +107,10 @@ class BayesianStrategy(Strategy):
         pruned: Literal["penalize", "ignore"] = "penalize",
         warm_start: Sequence[TrialRecord | tuple[Mapping[str, Any], float]] | None = None,
         threads: int = 1,
-        max_points: int = 250,
+        max_points: int = 200,
         num_restarts: int = 4,
         raw_samples: int = 256,
-        mc_samples: int = 128,
+        warp: bool = True,
     ) -> None:
         super().__init__(seed)
         if n_initial is not None:
@@ -135,7 +125,6 @@ class BayesianStrategy(Strategy):
         _check_int("max_points", max_points, 10)
         _check_int("num_restarts", num_restarts, 1)
         _check_int("raw_samples", raw_samples, 1)
-        _check_int("mc_samples", mc_samples, 1)
         self.n_initial = n_initial
         self.acquisition = acquisition
         self.pruned = pruned
@@ -144,7 +133,7 @@ class BayesianStrategy(Strategy):
         self.max_points = max_points
         self.num_restarts = num_restarts
         self.raw_samples = raw_samples
-        self.mc_samples = mc_samples
+        self.warp = warp
 
     def __repr__(self) -> str:
         return f"BayesianStrategy(seed={self.seed!r}, acquisition={self.acquisition!r}, n_initial={self.n_initial!r})"
@@ -192,34 +181,14 @@ class BayesianStrategy(Strategy):
 
     def _observations(self, history: History, enc: _Encoding) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoded inputs ``n x d`` and outcomes ``n`` (larger is better) the model is fitted on."""
-        sign = 1.0 if history.direction is Direction.MAXIMIZE else -1.0
-        xs: list[torch.Tensor] = []
-        ys: list[float] = []
-        completed = [t for t in history.completed if _valid(enc.space, t.params)]
-        for t in completed:
-            xs.append(enc.encode(t.params))
-            ys.append(sign * float(t.value))
-        if self.pruned == "penalize":
-            cap = statistics.median(ys) if ys else math.inf
-            for t in history.with_state(TrialState.PRUNED):
-                if t.value is None or not math.isfinite(t.value) or not _valid(enc.space, t.params):
-                    continue
-                xs.append(enc.encode(t.params))
-                ys.append(min(sign * float(t.value), cap))
-        skipped = 0
-        for params, value in self.warm_start:
-            if not _valid(enc.space, params):
-                skipped += 1
-                continue
-            xs.append(enc.encode(params))
-            ys.append(sign * value)
-        if skipped:
+        extra = [(p, v) for p, v in self.warm_start if _surrogate.valid(enc.space, p)]
+        if len(extra) < len(self.warm_start):
             logger.warning(
-                "warm_start: skipped %d of %d results that do not fit the search space", skipped, len(self.warm_start)
+                "warm_start: skipped %d of %d results that do not fit the search space",
+                len(self.warm_start) - len(extra),
+                len(self.warm_start),
             )
-        if not xs:
-            return torch.zeros(0, enc.dim, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
-        x, y = torch.stack(xs), torch.tensor(ys, dtype=torch.float64)
+        x, y = _surrogate.observations(history.trials, enc.space, history.direction, pruned=self.pruned, extra=extra)
         if len(y) > self.max_points:
             x, y = self._subset(x, y, history)
         return x, y
@@ -270,8 +239,6 @@ class BayesianStrategy(Strategy):
         n: int,
         seed: int | None,
     ) -> list[dict[str, Any]]:
-        from lightning_hpt.strategies._gp import fit_gp
-
         torch_seed = int(trial_rng(seed, history.next_number, _SALT + 2).integers(2**31 - 1))
         pending = _pending_points(history, enc)
         previous_threads = torch.get_num_threads()
@@ -285,17 +252,18 @@ class BayesianStrategy(Strategy):
             ):
                 warnings.simplefilter("always")
                 torch.manual_seed(torch_seed)
-                model = fit_gp(x_obs, y_obs, enc.cat_mask)
-                acq = self._acquisition(model, x_obs, y_obs, pending, torch_seed)
+                y_fit = _surrogate.warp(y_obs) if self.warp else y_obs
+                model = _surrogate.fit_surrogate(x_obs, y_fit, _surrogate.cat_dims(enc.space))
+                acq = self._acquisition(model, x_obs, y_fit, pending)
                 taken = set(seen)
-                for j in range(n):
-                    x = self._optimize(acq, enc, x_obs, y_obs, torch_seed + j)
+                for _ in range(n):
+                    x = self._optimize(acq, enc)
                     if not bool(torch.isfinite(x).all()):
                         raise FloatingPointError(f"the acquisition optimizer returned a non-finite point {x.tolist()}")
                     x = enc.snap(x)
                     params = enc.decode(x)
                     if params_key(params) in taken:
-                        x = self._best_unseen(acq, enc, x, taken, torch_seed + j)
+                        x = self._best_unseen(acq, enc, x, taken, torch_seed + len(proposals))
                         if x is None:
                             break  # every configuration of a finite space is taken
                         params = enc.decode(x)
@@ -309,41 +277,44 @@ class BayesianStrategy(Strategy):
             torch.set_num_threads(previous_threads)
         return proposals
 
-    def _acquisition(
-        self,
-        model: Any,
-        x_obs: torch.Tensor,
-        y_obs: torch.Tensor,
-        pending: torch.Tensor | None,
-        torch_seed: int,
-    ) -> Any:
-        from botorch.acquisition.monte_carlo import qProbabilityOfImprovement, qUpperConfidenceBound
-        from botorch.sampling import SobolQMCNormalSampler
-
-        from lightning_hpt.strategies._acquisition import LogConditionalEI, prune_baseline
+    def _acquisition(self, model: Any, x_obs: torch.Tensor, y_fit: torch.Tensor, pending: torch.Tensor | None) -> Any:
+        """BoTorch's acquisition function of the chosen name (Monte Carlo, so pending points count)."""
+        from botorch.acquisition import (
+            qLogExpectedImprovement,
+            qLogNoisyExpectedImprovement,
+            qProbabilityOfImprovement,
+            qUpperConfidenceBound,
+        )
 
         if self.acquisition == "lognei":
-            baseline = prune_baseline(model, x_obs, seed=torch_seed)
-            return LogConditionalEI(model, baseline, samples=self.mc_samples, seed=torch_seed, X_pending=pending)
+            return qLogNoisyExpectedImprovement(model, X_baseline=x_obs, X_pending=pending, prune_baseline=True)
+        best = float(y_fit.max())  # the model's outcomes are the warped values
         if self.acquisition == "logei":
-            best_f = float(model.train_y.max())  # the model's (transformed) outcome scale
-            return LogConditionalEI(model, best_f=best_f, samples=self.mc_samples, seed=torch_seed, X_pending=pending)
-        sampler = SobolQMCNormalSampler(torch.Size([self.mc_samples]), seed=torch_seed)
-        best = float(model.train_y.max())
+            return qLogExpectedImprovement(model, best_f=best, X_pending=pending)
         if self.acquisition == "ucb":
-            return qUpperConfidenceBound(model, _UCB_BETA, sampler=sampler, X_pending=pending)
-        tau = 1e-3 * float(model.train_y.std().clamp_min(1e-9))
-        return qProbabilityOfImprovement(model, best, sampler=sampler, X_pending=pending, tau=tau)
+            return qUpperConfidenceBound(model, _UCB_BETA, X_pending=pending)
+        tau = 1e-3 * float(y_fit.std().clamp_min(1e-9))
+        return qProbabilityOfImprovement(model, best, X_pending=pending, tau=tau)
 
-    def _optimize(self, acq: Any, enc: _Encoding, x_obs: torch.Tensor, y_obs: torch.Tensor, seed: int) -> torch.Tensor:
-        """The maximizer ``d`` of the acquisition over the space (finite dims on their values)."""
-        from lightning_hpt.strategies._gp import maximize_acqf
+    def _optimize(self, acq: Any, enc: _Encoding) -> torch.Tensor:
+        """The maximizer ``d`` of the acquisition: BoTorch's ``optimize_acqf`` or its mixed alternating optimizer."""
+        from botorch.optim import optimize_acqf
+        from botorch.optim.optimize_mixed import optimize_acqf_mixed_alternating
 
-        values = {i: torch.tensor(v, dtype=torch.float64) for i, v in enc.values.items()}
-        top = x_obs[torch.argsort(y_obs, descending=True)[:5]]
-        return maximize_acqf(
-            acq, enc.kinds, values, top, seed, raw_samples=self.raw_samples, num_restarts=self.num_restarts
-        )
+        if not enc.values:
+            x, _ = optimize_acqf(acq, enc.bounds, q=1, num_restarts=self.num_restarts, raw_samples=self.raw_samples)
+        else:
+            kinds = enc.kinds
+            x, _ = optimize_acqf_mixed_alternating(
+                acq,
+                enc.bounds,
+                discrete_dims={i: list(v) for i, v in enc.values.items() if kinds[i] == "disc"},
+                cat_dims={i: list(v) for i, v in enc.values.items() if kinds[i] == "cat"},
+                q=1,
+                num_restarts=self.num_restarts,
+                raw_samples=self.raw_samples,
+            )
+        return x.reshape(-1).detach()
 
     def _best_unseen(self, acq: Any, enc: _Encoding, x: torch.Tensor, taken: set, seed: int) -> torch.Tensor | None:
         """The best-scoring configuration not yet taken, among neighbours of ``x`` and a Sobol set.
@@ -360,10 +331,8 @@ class BayesianStrategy(Strategy):
                 y = x.clone()
                 y[i] = v
                 candidates.append(y.reshape(1, -1))
-        sobol = torch.quasirandom.SobolEngine(enc.dim, scramble=True, seed=seed).draw(
-            max(self.raw_samples, 256), dtype=torch.float64
-        )
-        pool = enc.snap(torch.cat(candidates + [sobol]))
+        sobol = torch.quasirandom.SobolEngine(enc.dim, scramble=True, seed=seed).draw(256, dtype=torch.float64)
+        pool = enc.snap(torch.cat([*candidates, sobol]))
         keep = [i for i, row in enumerate(pool) if params_key(enc.decode(row)) not in taken]
         if not keep:
             if total is None:
@@ -407,16 +376,8 @@ def _pending_points(history: History, enc: _Encoding) -> torch.Tensor | None:
     ordered = sorted(history.pending, key=lambda t: -t.number) + sorted(
         history.with_state(TrialState.FAILED), key=lambda t: -t.number
     )
-    xs = [enc.encode(t.params) for t in ordered if _valid(enc.space, t.params)][:_MAX_PENDING]
+    xs = [enc.encode(t.params) for t in ordered if _surrogate.valid(enc.space, t.params)][:_MAX_PENDING]
     return torch.stack(xs) if xs else None
-
-
-def _valid(space: SearchSpace, params: Mapping[str, Any]) -> bool:
-    try:
-        space.validate(params)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
