@@ -126,7 +126,14 @@ def test_disk_full_while_saving_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(LocalFileOpener, "write", failing)
     factory = lambda cfg: TinyModel(val_schedule=[0.5, 0.2, 0.1], **cfg["model"])  # noqa: E731  every epoch is a new best
     search = HyperparameterSearch(
-        factory, TinyData, SPACE, root=tmp_path, n_trials=1, verbose=False, trainer_kwargs={**FAST, "max_epochs": 3}
+        factory,
+        TinyData,
+        SPACE,
+        root=tmp_path,
+        n_trials=1,
+        verbose=False,
+        trainer_kwargs={**FAST, "max_epochs": 3},
+        resume=False,  # the writes counted above are the best-epoch checkpoint's only
     )
     with pytest.raises(SearchFailedError, match=r"No space left on device.*\n.*free disk space") as err:
         search.run()  # the only trial failed: no COMPLETE trial
