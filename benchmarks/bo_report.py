@@ -8,9 +8,13 @@ the problem's optimum (on noisy problems a search is judged by the configuration
 Each method's median is over the seeds it has finished; the table prints both counts.
 At batch size 4 the comparison is also made against Ax's batch mode alone (``ax``/``ax_fast``).
 
+With ``--previous RUNS``, also: ``bayes`` against the ``bayes`` runs of that file, made by an
+earlier BayesianStrategy on the same problems and seeds (see the README for how they were made).
+
 Usage::
 
     python benchmarks/bo_report.py [--runs results/bo_suite_runs.jsonl] [--budgets 10 20 40 80]
+        [--previous results/bo_suite_previous.jsonl]
 """
 
 from __future__ import annotations
@@ -119,10 +123,37 @@ def cost(runs: list[dict]) -> list[str]:
     return lines
 
 
+def against_previous(runs: list[dict], previous: list[dict], budgets: list[int]) -> list[str]:
+    """Median regret of ``bayes`` now and in ``previous`` (batch 1), on the seeds both have."""
+    now = {(r["problem"], r["seed"]): r for r in runs if r["method"] == OURS and r["batch"] == 1}
+    old = {(r["problem"], r["seed"]): r for r in previous if r["method"] == OURS and r["batch"] == 1}
+    lines = [
+        "| half | problem | budget | seeds | bayes | previous bayes | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    better = total = 0
+    for name in SUITE:
+        optimum = SUITE[name]().optimum
+        seeds = sorted(s for (p, s) in now.keys() & old.keys() if p == name)
+        for budget in budgets:
+            if not seeds or any(len(now[(name, s)]["observed"]) < budget for s in seeds):
+                continue
+            a = statistics.median(regret(now[(name, s)], budget, optimum) for s in seeds)
+            b = statistics.median(regret(old[(name, s)], budget, optimum) for s in seeds)
+            half = "tuning" if name in TUNING else "checking"
+            total, better = total + 1, better + (a <= b)
+            lines.append(
+                f"| {half} | {name} | {budget} | {len(seeds)} | {_fmt(a)} | {_fmt(b)} | {_ratio(a / b if b else (1.0 if a == b else float('inf')))} |"
+            )
+    lines.append(f"bayes at or below the previous bayes: {better} of {total} cells.")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=Path, default=RUNS)
     ap.add_argument("--budgets", type=int, nargs="*", default=[10, 20, 40, 80])
+    ap.add_argument("--previous", type=Path, help="runs of an earlier BayesianStrategy to compare with")
     args = ap.parse_args()
     runs = load(args.runs)
     print(f"Runs: {len(runs)} ({args.runs.name}); machine: {runs[0]['machine'] if runs else '-'}")
@@ -135,6 +166,9 @@ def main() -> None:
         if any(r["batch"] == 4 and r["method"] not in (OURS, "ax", "ax_fast") for r in runs):
             print("\n### Batch size 4: bayes against the best peer of each cell\n")
             print("\n".join(table(runs, 4, args.budgets)))
+    if args.previous is not None:
+        print("\n### Batch size 1: bayes against the previous BayesianStrategy\n")
+        print("\n".join(against_previous(runs, load(args.previous), args.budgets)))
     print("\n### Seconds per proposal (batch size 1, one thread, median)\n")
     print("\n".join(cost(runs)))
 
