@@ -142,9 +142,8 @@ def against_previous(runs: list[dict], previous: list[dict], budgets: list[int])
             b = statistics.median(regret(old[(name, s)], budget, optimum) for s in seeds)
             half = "tuning" if name in TUNING else "checking"
             total, better = total + 1, better + (a <= b)
-            lines.append(
-                f"| {half} | {name} | {budget} | {len(seeds)} | {_fmt(a)} | {_fmt(b)} | {_ratio(a / b if b else (1.0 if a == b else float('inf')))} |"
-            )
+            ratio = a / b if b else (1.0 if a == b else float("inf"))
+            lines.append(f"| {half} | {name} | {budget} | {len(seeds)} | {_fmt(a)} | {_fmt(b)} | {_ratio(ratio)} |")
     lines.append(f"bayes at or below the previous bayes: {better} of {total} cells.")
     return lines
 
