@@ -97,14 +97,15 @@ class ScriptTrial:
     Attributes:
         number: the trial's number in the study.
         params: its configuration, the space's names as keys.
-        dir: its directory, ``<root>/<study>/trial_<number>/``.
+        dir: its directory, ``<root>/<study>/trial_<number>/`` (a ``Path``).
         study: the study's name.
         finished: it is recorded.
     """
 
     def __init__(self, recorder: _Recorder, monitor: str, direction: Any) -> None:
         rec = recorder.record
-        self.number, self.params, self.study, self.dir = rec.number, dict(rec.params), recorder.study, recorder.dir
+        self.number, self.params, self.study = rec.number, dict(rec.params), recorder.study
+        self.dir = Path(recorder.dir)
         self.finished = False
         self._recorder, self._metric, self._direction = recorder, monitor, direction
         self._callback: Any = None
@@ -151,7 +152,7 @@ class ScriptTrial:
         the group of the study; MLflow runs are named ``trial_<n>`` in the experiment of the study.
         The trial's parameters are logged as hyperparameters under their full names.
         """
-        lg = make_logger(kind, TrialContext(self.study, self.number, self.dir, self.params), **kwargs)
+        lg = make_logger(kind, TrialContext(self.study, self.number, str(self.dir), self.params), **kwargs)
         lg.log_hyperparams(dict(self.params))
         return lg
 

@@ -95,7 +95,9 @@ def test_fail_fast_needs_several_failures_and_no_success():
     space = SearchSpace(SPACE)
     fails = [_failed(n, {"model.lr": 0.01 * (n + 1), "model.hidden": 4 + n}, f"ValueError: bad {n}") for n in range(3)]
     assert fail_fast(space, fails[:2], fails[1]) is None  # fewer than MIN_FAILURES
-    assert MIN_FAILURES == 3 and isinstance(fail_fast(space, fails, fails[2]), SearchFailedError)
+    stop = fail_fast(space, fails, fails[2])
+    assert MIN_FAILURES == 3 and isinstance(stop, SearchFailedError)
+    assert "lightning-hpt retry STUDY" in str(stop) and "lightning-hpt delete STUDY" in str(stop)  # both ways on
     done = [TrialRecord(9, {"model.lr": 0.1, "model.hidden": 8}, TrialState.COMPLETE, value=1.0), *fails]
     assert fail_fast(space, done, fails[2]) is None  # a configuration works: the error depends on the parameters
     stopped = [_failed(n, f.params, f"interrupted: the search stopped ({n})") for n, f in enumerate(fails)]

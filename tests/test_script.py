@@ -39,7 +39,7 @@ def trainer(trial, tmp_path: Path, epochs: int = 3, extra: tuple = (), **kwargs)
     return L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
-        callbacks=[trial.callback(), ModelCheckpoint(dirpath=f"{trial.dir}/ckpt", monitor="val_loss"), *extra],
+        callbacks=[trial.callback(), ModelCheckpoint(dirpath=trial.dir / "ckpt", monitor="val_loss"), *extra],
         logger=trial.logger("csv"),
         enable_progress_bar=False,
         enable_model_summary=False,

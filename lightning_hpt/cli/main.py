@@ -142,8 +142,8 @@ def _change_study(command: str, args: argparse.Namespace, storage: Any, study: s
             out.write(f"study {study!r} has no FAILED trial: nothing to retry\n")
             return 0
         out.write(
-            f"study {study!r}: trials {', '.join(map(str, numbers))} are queued again under their numbers; a driver"
-            " running this study picks them up, or run the same lightning-hpt search command to run them\n"
+            f"study {study!r}: {_trials(numbers)} queued again under their numbers; a driver running this study"
+            " picks them up, or run the same search again (the lightning-hpt search command, or your script)\n"
         )
         return 0
     count = storage.delete_study(study, force=args.force)
@@ -219,3 +219,7 @@ def main(
     except (HPTError, ImportError) as e:
         err.write(f"lightning-hpt {command}: error: {e}\n")
         return 1
+
+
+def _trials(numbers: list[int]) -> str:
+    return f"trial {numbers[0]} is" if len(numbers) == 1 else f"trials {', '.join(map(str, numbers))} are"
