@@ -202,7 +202,7 @@ def test_members_are_stored_and_loaded_as_ordinary_trials(pair):
     assert "train_loss" in best.attrs["metrics"] and "val_loss" in best.attrs["metrics"]
     trial_dir = os.path.dirname(os.path.dirname(best.checkpoint))
     assert os.path.isdir(os.path.join(trial_dir, "tb")) is (importlib.util.find_spec("tensorboard") is not None)
-    with open(os.path.join(trial_dir, "metrics.csv")) as f:
+    with open(os.path.join(trial_dir, "csv", "metrics.csv")) as f:  # where an ordinary trial's CSV log goes
         rows = list(csv.DictReader(f))
     assert [float(r["val_loss"]) for r in rows] == pytest.approx([best.intermediate[s] for s in range(len(rows))])
 

@@ -8,7 +8,6 @@ best run's weights are written (once, when the member ends) to ``<trial dir>/che
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ import torch
 
 from lightning_hpt.exceptions import MetricNotFoundError
 from lightning_hpt.lightning import compat
+from lightning_hpt.lightning.loggers import TrialContext, trial_loggers
 from lightning_hpt.lightning.monitor import TrialReporter, metric_missing
 from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, value_failure
 from lightning_hpt.trial import Direction, TrialState
@@ -66,15 +66,13 @@ class Member:
     def open(self, namespace: Any) -> None:
         """Start the member's trial directory (emptied, as a retried trial's is) and its loggers.
 
-        As an ordinary trial's: a CSV log, and a TensorBoard log when ``tensorboard`` is installed.
+        As an ordinary trial's (:func:`~lightning_hpt.lightning.loggers.trial_loggers`): a CSV log in
+        ``csv/``, and a TensorBoard log in ``tb/`` when ``tensorboard`` is installed.
         """
         trial_dir = self.job.trial_dir
         shutil.rmtree(trial_dir, ignore_errors=True)
         Path(trial_dir).mkdir(parents=True, exist_ok=True)
-        self._loggers = [namespace.loggers.CSVLogger(save_dir=trial_dir, name="", version="")]
-        if importlib.util.find_spec("tensorboard") is not None:
-            tb = namespace.loggers.TensorBoardLogger(save_dir=trial_dir, name="", version="tb", default_hp_metric=False)
-            self._loggers.append(tb)
+        self._loggers = trial_loggers(namespace, None, TrialContext.from_dir(trial_dir, self.job.params))
         for lg in self._loggers:
             lg.log_hyperparams(dict(self.job.params))
 
