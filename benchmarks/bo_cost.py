@@ -7,10 +7,12 @@ on a 12-d continuous space and on a 12-d mixed one (an integer in [1, 50], a 4-w
 Usage::
 
     nice -n 19 python benchmarks/bo_cost.py 100 300 1000
+    nice -n 19 python benchmarks/bo_cost.py 100 --bayes num_restarts=10,raw_samples=512   # other settings
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bo_peers import bayes_kwargs
 
 from lightning_hpt.space import Categorical, Float, Int, SearchSpace
 from lightning_hpt.strategies.bayesian import BayesianStrategy
@@ -34,9 +39,14 @@ def space(d: int, mixed: bool) -> SearchSpace:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("n", type=int, nargs="+", help="finished trials")
+    ap.add_argument("--bayes", default="", help="BayesianStrategy arguments, key=value,...")
+    args = ap.parse_args()
+    kwargs = bayes_kwargs(f"bayes:{args.bayes}") or {}
     torch.set_num_threads(1)
     for mixed in (False, True):
-        for n in map(int, sys.argv[1:]):
+        for n in args.n:
             sp, rng, records = space(12, mixed), np.random.default_rng(0), []
             for i in range(n):
                 p = sp.sample(rng)
@@ -46,7 +56,7 @@ def main() -> None:
                 )
             history = History(sp, Direction.MINIMIZE, tuple(records), seed=0)
             t0 = time.perf_counter()
-            BayesianStrategy(seed=0).ask(history)
+            BayesianStrategy(seed=0, **kwargs).ask(history)
             print(f"{'mixed' if mixed else 'continuous'} d=12 n={n}: {time.perf_counter() - t0:.2f} s", flush=True)
 
 

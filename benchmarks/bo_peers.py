@@ -15,6 +15,7 @@ Peers, with their library defaults:
   categories), ``fit_gpytorch_mll``, ``qLogNoisyExpectedImprovement``, ``optimize_acqf`` (or
   ``optimize_acqf_mixed_alternating`` with integers or categories), BoTorch's default options.
 * ``random``, ``sobol``: lightning-hpt's RandomStrategy and SobolStrategy.
+* ``bayes:key=value,...``: BayesianStrategy with other arguments (``bo_tune.py`` screens them).
 """
 
 from __future__ import annotations
@@ -178,11 +179,30 @@ def run_botorch(problem: SuiteProblem, trials: int, seed: int, batch: int) -> Ru
     return run
 
 
+def bayes_kwargs(method: str) -> dict[str, Any] | None:
+    """The ``BayesianStrategy`` arguments of ``bayes`` (``{}``) or ``bayes:key=value,...``; else ``None``.
+
+    Values are read as JSON (``20``, ``false``), else kept as text.
+    """
+    name, _, rest = method.partition(":")
+    if name != "bayes":
+        return None
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return kwargs
+
+
 def run_method(method: str, problem: SuiteProblem, trials: int, seed: int, batch: int) -> Run:
-    if method == "bayes":
+    kwargs = bayes_kwargs(method)
+    if kwargs is not None:
         from lightning_hpt.strategies.bayesian import BayesianStrategy
 
-        return run_strategy(BayesianStrategy(seed=seed), problem, trials, seed, batch)
+        return run_strategy(BayesianStrategy(seed=seed, **kwargs), problem, trials, seed, batch)
     if method == "random":
         from lightning_hpt.strategies.random import RandomStrategy
 

@@ -55,7 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--half", choices=("tuning", "checking", "all"), default="all")
     ap.add_argument("--problems", nargs="*", help="problem names (default: the whole half)")
-    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), help="also bayes:key=value,... variants")
     ap.add_argument("--seeds", default="0-19", help="e.g. 0-19 or 0,3,5-7")
     ap.add_argument("--trials", type=int, default=80)
     ap.add_argument("--batch", type=int, nargs="*", default=[1, 4])

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 import lightning_hpt.surrogate as _surrogate
+from lightning_hpt.checks import check_bool
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.strategies._encoding import _Encoding
 from lightning_hpt.strategies.base import Strategy, params_key, trial_rng
@@ -85,6 +86,9 @@ class BayesianStrategy(Strategy):
             seeded random sample of the rest, which keeps proposal time bounded in long studies.
         num_restarts: starting points of the acquisition optimization (BoTorch's ``num_restarts``).
         raw_samples: candidate points screened to choose those starting points.
+        center_first: trial 0 is the centre of the space (midpoints, on the log scale for log
+            domains; the middle value of a finite domain), as Ax's first trial is; the Sobol design
+            follows.
 
     Example:
         >>> from lightning_hpt.space import Float, SearchSpace
@@ -108,9 +112,10 @@ class BayesianStrategy(Strategy):
         warm_start: Sequence[TrialRecord | tuple[Mapping[str, Any], float]] | None = None,
         threads: int = 1,
         max_points: int = 200,
-        num_restarts: int = 4,
-        raw_samples: int = 256,
+        num_restarts: int = 20,
+        raw_samples: int = 1024,
         warp: bool = True,
+        center_first: bool = True,
     ) -> None:
         super().__init__(seed)
         if n_initial is not None:
@@ -134,6 +139,7 @@ class BayesianStrategy(Strategy):
         self.num_restarts = num_restarts
         self.raw_samples = raw_samples
         self.warp = warp
+        self.center_first = check_bool(center_first, "center_first")
 
     def __repr__(self) -> str:
         return f"BayesianStrategy(seed={self.seed!r}, acquisition={self.acquisition!r}, n_initial={self.n_initial!r})"
@@ -215,7 +221,10 @@ class BayesianStrategy(Strategy):
         engine = torch.quasirandom.SobolEngine(enc.dim, scramble=True, seed=seed)
         if number:
             engine.fast_forward(number)
-        params = enc.decode(engine.draw(1, dtype=torch.float64)[0])
+        point = engine.draw(1, dtype=torch.float64)[0]
+        if self.center_first and number == 0:
+            point = torch.full((enc.dim,), 0.5, dtype=torch.float64)
+        params = enc.decode(point)
         rng = trial_rng(seed, number, _SALT)
         for _ in range(1000):
             if params_key(params) not in seen:
