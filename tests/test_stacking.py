@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import logging
 import os
+import threading
 import time
 from concurrent.futures import wait
 from dataclasses import replace
@@ -23,6 +24,7 @@ from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.executors import EXECUTORS
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
+from lightning_hpt.lightning.resume import Resume
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, run_trial
 from lightning_hpt.stacking import StackedExecutor, group_key, run_jobs
 from lightning_hpt.stacking.module import _MemberDropout
@@ -218,9 +220,9 @@ class _PruneAt:
         return step == self.step
 
 
-def _jobs(tmp_path, model, params_list, **build_kw) -> list[TrialJob]:
+def _jobs(tmp_path, model, params_list, data=OrderedData, **build_kw) -> list[TrialJob]:
     build = TrialBuild(
-        ModuleTrialBuilder(model, OrderedData, TRAINER),
+        ModuleTrialBuilder(model, data, TRAINER),
         monitor="val_loss",
         direction=Direction.MINIMIZE,
         patience=None,
@@ -464,3 +466,148 @@ def test_flush_starts_the_last_group_without_waiting_for_more_trials(tmp_path):
 
 def test_a_search_names_the_stacked_executor():
     assert EXECUTORS.get("stacked") is StackedExecutor and lightning_hpt.StackedExecutor is StackedExecutor
+
+
+# --- resume: an interrupted group's members continue, each from its own checkpoint ----------------
+
+
+class FixedOrderData(OrderedData):
+    """The same batches in the same order in every epoch: a member continued in another group sees what it
+    would have seen, so that its values can be compared with an uninterrupted run's."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False)
+
+
+class RMSRegressor(Regressor):
+    """An optimizer the stacked update does not vectorize: each member's own optimizer steps."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.RMSprop(self.parameters(), lr=self.hparams.lr, momentum=0.5)
+
+
+class _Stops:
+    """A reporter that sets ``stop`` (as the executor's shutdown does) when its trial reports ``stop_at``."""
+
+    answers = True
+
+    def __init__(self, stop: threading.Event, stop_at: int | None = None, prune_at: int | None = None) -> None:
+        self.stop, self.stop_at, self.prune_at, self.seen = stop, stop_at, prune_at, []
+
+    def report(self, step: int, value: float) -> bool:
+        self.seen.append(step)
+        if step == self.stop_at:
+            self.stop.set()
+        return step == self.prune_at
+
+
+def _own_storage(t: torch.Tensor) -> bool:
+    """Whether ``t`` was saved on its own, not as a view of a larger (the group's) tensor."""
+    return t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
+RESUMED = [(Regressor, {}), (SGDRegressor, {"model.momentum": 0.9}), (RMSRegressor, {})]
+
+
+@pytest.mark.parametrize(("model", "extra"), RESUMED, ids=["adamw", "sgd-momentum", "rmsprop"])
+def test_an_interrupted_group_continues_each_unfinished_member_from_its_checkpoint(tmp_path, model, extra):
+    per = ("lr", "momentum")
+    configs = [{"model.lr": lr, "trainer.max_epochs": n, **extra} for lr, n in ((0.01, 2), (0.02, 6), (0.03, 6))]
+    jobs = _jobs(tmp_path / "run", model, configs, data=FixedOrderData)
+    stop = threading.Event()
+    done: list[int] = []
+    reporters = [_Stops(stop), _Stops(stop, prune_at=1), _Stops(stop, stop_at=3)]
+    jobs.append(replace(jobs[2], number=3, params={**configs[2], "model.lr": 0.04}, trial_dir=str(tmp_path / "t3")))
+    reporters.append(_Stops(stop))
+    first = run_jobs(list(zip(jobs, reporters, strict=True)), per, stop, lambda pos, o: done.append(pos))
+    # the pruned member (step 1) and the one done after its 2 epochs were handed over as they ended, and stay
+    assert done == [1, 0, 2, 3]
+    assert [o.state for o in first[:2]] == [TrialState.COMPLETE, TrialState.PRUNED]
+    for o, j in zip(first[:2], jobs, strict=False):
+        assert not os.path.exists(os.path.join(j.trial_dir, "resume")) and os.path.exists(o.checkpoint)
+    assert all(o.interrupted == "interrupted" for o in first[2:])
+    saved = torch.load(os.path.join(jobs[2].trial_dir, "resume", "member.ckpt"), weights_only=True)
+    assert saved["epoch"] == 3 and sorted(saved["member"]["values"]) == [0, 1, 2]  # the end of epoch 2
+    assert not os.path.exists(os.path.join(jobs[2].trial_dir, "checkpoints"))  # the best one is in member.ckpt
+
+    # the member's own slice and its own optimizer's state, as its trial alone has them after 3 epochs
+    assert len(saved["optimizer_states"]) == 1
+    moments = [t for s in saved["optimizer_states"][0]["state"].values() for t in s.values() if t.dim()]
+    assert moments and all(_own_storage(t) for t in [*saved["state_dict"].values(), *moments])
+    keep = Resume(keep=True)
+    alone_job = replace(jobs[2], params={**configs[2], "trainer.max_epochs": 3}, trial_dir=str(tmp_path / "alone"))
+    run_trial(replace(alone_job, build=replace(alone_job.build, resume=keep)))
+    alone = torch.load(tmp_path / "alone" / "resume" / "latest.ckpt", weights_only=True)
+    for k, v in alone["state_dict"].items():
+        assert torch.allclose(saved["state_dict"][k], v, rtol=1e-4, atol=1e-6), k
+    mine, theirs = saved["optimizer_states"][0]["state"], alone["optimizer_states"][0]["state"]
+    assert sorted(mine) == sorted(theirs)
+    for idx, state in theirs.items():
+        assert sorted(mine[idx]) == sorted(state)
+        for name, v in state.items():
+            assert torch.allclose(mine[idx][name].float(), v.float(), rtol=1e-4, atol=1e-6), (idx, name)
+
+    # the rerun: the interrupted members with a new trial in one group, each at its own epoch
+    fresh = replace(jobs[2], number=4, params={**configs[2], "model.lr": 0.05, "trainer.max_epochs": 3})
+    fresh = replace(fresh, trial_dir=str(tmp_path / "t4"))
+    again_jobs = [replace(j, attempt=2) for j in jobs[2:]] + [fresh]
+    again_reporters = [_Stops(stop) for _ in again_jobs]
+    stop.clear()
+    again = run_jobs(list(zip(again_jobs, again_reporters, strict=True)), per, stop)
+    uninterrupted = [replace(j, trial_dir=j.trial_dir + "_ref", attempt=1) for j in again_jobs]
+    reference = run_jobs([(j, None) for j in uninterrupted], per)
+    for o, ref, rep in zip(again, reference, again_reporters, strict=True):
+        assert o.state is ref.state is TrialState.COMPLETE and o.best_step == ref.best_step
+        assert list(o.intermediate) == list(ref.intermediate)
+        assert list(o.intermediate.values()) == pytest.approx(list(ref.intermediate.values()), rel=1e-4, abs=1e-6)
+        assert rep.seen == list(ref.intermediate)  # the earlier steps reported again, then the new ones
+        best, best_ref = (torch.load(x.checkpoint, weights_only=True)["state_dict"] for x in (o, ref))
+        assert all(torch.allclose(best[k], v, rtol=1e-4, atol=1e-6) for k, v in best_ref.items())
+    assert [o.attrs.get("resumed_at_step") for o in again] == [3, 3, None]
+    assert not any(os.path.exists(os.path.join(j.trial_dir, "resume")) for j in again_jobs)  # removed at the end
+
+
+@pytest.mark.parametrize(("resume", "epoch"), [(None, None), (Resume(every_n_epochs=2), 2)])
+def test_members_write_their_checkpoint_at_the_interval_of_resume(tmp_path, resume, epoch):
+    stop = threading.Event()
+    jobs = _jobs(tmp_path, Regressor, [{"model.lr": lr, "trainer.max_epochs": 6} for lr in (0.01, 0.02)])
+    jobs = [replace(j, build=replace(j.build, resume=resume)) for j in jobs]
+    out = run_jobs([(jobs[0], _Stops(stop, stop_at=3)), (jobs[1], None)], stop=stop)
+    assert all(o.interrupted for o in out)
+    path = os.path.join(jobs[0].trial_dir, "resume", "member.ckpt")
+    assert (torch.load(path, weights_only=True)["epoch"] if os.path.exists(path) else None) == epoch
+    rerun = run_jobs([(replace(j, attempt=2), None) for j in jobs])
+    assert [o.attrs.get("resumed_at_step") for o in rerun] == [epoch, epoch]
+    assert all(sorted(o.intermediate) == list(range(6)) for o in rerun)
+
+
+def test_a_member_that_ends_is_recorded_while_its_group_trains_on(tmp_path):
+    jobs = _jobs(tmp_path, Regressor, [{"model.lr": 0.01, "trainer.max_epochs": n} for n in (1, 6)])
+    executor = StackedExecutor(stack=2, linger=0.05)
+    executor.start(jobs[0].build)
+    seen_done: list[bool] = []
+
+    class WaitsForTheOther(_PruneAt):
+        def report(self, step: int, value: float) -> bool:
+            if step == 2:  # the short member ended at epoch 1: its outcome is out while this one trains
+                seen_done.append(wait([futures[0]], timeout=60).done != set())
+            return super().report(step, value)
+
+    try:
+        futures = [executor.submit(jobs[0], _PruneAt(None)), executor.submit(jobs[1], WaitsForTheOther(None))]
+        assert [f.result(timeout=300).state for f in futures] == [TrialState.COMPLETE] * 2
+    finally:
+        executor.shutdown()
+    assert seen_done == [True]
+
+
+def test_best_checkpoint_is_the_members_own_slice_without_optimizer_state(tmp_path):
+    params = [{"model.lr": 0.01 * (n + 1), "model.hidden": 64, "trainer.max_epochs": 1} for n in range(4)]
+    sizes = []
+    for k in (1, 4):
+        out = run_jobs([(j, None) for j in _jobs(tmp_path / f"k{k}", Regressor, params[:k])])
+        ckpt = torch.load(out[0].checkpoint, weights_only=True)
+        assert ckpt["optimizer_states"] == [] and all(_own_storage(t) for t in ckpt["state_dict"].values())
+        assert Regressor.load_from_checkpoint(out[0].checkpoint).hparams.hidden == 64
+        sizes.append(os.path.getsize(out[0].checkpoint))
+    assert sizes[0] == sizes[1]  # a member of 4 writes what a member of 1 writes
