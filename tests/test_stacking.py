@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import wait
 from dataclasses import replace
+from pathlib import Path
 
 import lightning.pytorch as L
 import pytest
 import torch
 import torchmetrics
+from conftest import default_sigint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -611,3 +617,64 @@ def test_best_checkpoint_is_the_members_own_slice_without_optimizer_state(tmp_pa
         assert Regressor.load_from_checkpoint(out[0].checkpoint).hparams.hidden == 64
         sizes.append(os.path.getsize(out[0].checkpoint))
     assert sizes[0] == sizes[1]  # a member of 4 writes what a member of 1 writes
+
+
+STACKED_SCRIPT = Path(__file__).parent / "scripts" / "stacked_search.py"
+KILL_AT = 4  # the group epoch during which the driver is stopped (of 8)
+
+
+def _stacked_search(root: Path, sleep: float) -> subprocess.Popen:
+    cmd = [sys.executable, str(STACKED_SCRIPT), str(root), f"{root}.log", str(sleep)]
+    return subprocess.Popen(cmd, preexec_fn=default_sigint, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _group_epochs(root: Path) -> list[tuple[int, int]]:
+    log = Path(f"{root}.log")
+    return [tuple(map(int, x.split())) for x in log.read_text().splitlines()] if log.exists() else []
+
+
+def _stacked_trials(root: Path) -> dict[int, tuple]:
+    """Run the search to its end; ``{number: (state, attempt, value, resumed at step, curve)}``."""
+    proc = _stacked_search(root, 0.0)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    trials = {}
+    for line in out.splitlines():
+        if line.startswith("TRIAL "):
+            _, number, state, attempt, value, resumed, curve = line.split(" ", 6)
+            steps = {int(k): v for k, v in json.loads(curve).items()}
+            at = None if resumed == "None" else int(resumed)
+            trials[int(number)] = (state, int(attempt), float(value), at, steps)
+    return trials
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, tuple]:
+    return _stacked_trials(tmp_path_factory.mktemp("stacked_ref") / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_stopped_stacked_search_continues_each_unfinished_member(tmp_path, uninterrupted, how):
+    """The driver stopped in group epoch 4: the member done after 2 epochs stays; the others continue."""
+    root = tmp_path / "run"
+    proc = _stacked_search(root, 0.3)
+    deadline = time.monotonic() + 120
+    while not any(e == KILL_AT for _, e in _group_epochs(root)) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    time.sleep(0.2)  # inside the epoch
+    proc.send_signal(getattr(signal, how))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == (-9 if how == "SIGKILL" else 143), out
+    before = len(_group_epochs(root))
+    trials = _stacked_trials(root)
+    assert trials[0] == uninterrupted[0] and trials[0][1] == 1  # recorded when it ended, not run again
+    for n in (1, 2):
+        state, attempt, value, resumed, curve = trials[n]
+        assert state == "COMPLETE" and attempt == 2 and resumed in (KILL_AT, KILL_AT + 1), trials[n]
+        ref_curve = uninterrupted[n][4]
+        assert sorted(curve) == sorted(ref_curve)  # no step missing or repeated
+        assert list(curve.values()) == pytest.approx(list(ref_curve.values()), rel=1e-5)
+        assert value == pytest.approx(uninterrupted[n][2], rel=1e-5)
+    assert len(_group_epochs(root)) - before == 8 - trials[1][3]  # only the epochs after the checkpoint
