@@ -32,7 +32,7 @@ from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.lightning.resume import Resume
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, run_trial
-from lightning_hpt.stacking import StackedExecutor, group_key, run_jobs
+from lightning_hpt.stacking import StackedExecutor, group_key, refusal, run_jobs
 from lightning_hpt.stacking.module import _MemberDropout
 from lightning_hpt.testing.executor import ExecutorContract
 from lightning_hpt.trial import Direction, TrialState
@@ -213,6 +213,97 @@ def test_members_are_stored_and_loaded_as_ordinary_trials(pair):
     with open(os.path.join(trial_dir, "csv", "metrics.csv")) as f:  # where an ordinary trial's CSV log goes
         rows = list(csv.DictReader(f))
     assert [float(r["val_loss"]) for r in rows] == pytest.approx([best.intermediate[s] for s in range(len(rows))])
+
+
+class ValMetric(Regressor):
+    """Logs a torchmetrics metric (its state updated in place) in validation_step."""
+
+    def __init__(self, lr: float = 0.05, weight_decay: float = 0.0, hidden: int = 8, dropout: float = 0.0) -> None:
+        super().__init__(lr, weight_decay, hidden, dropout)
+        self.val_mae = torchmetrics.MeanAbsoluteError()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        x, y = batch
+        self.val_mae(self(x), y)
+        self.log("val_mae", self.val_mae)
+
+
+class Manual(Regressor):
+    def __init__(self, lr: float = 0.05) -> None:
+        super().__init__(lr)
+        self.automatic_optimization = False
+
+
+class Hooked(Regressor):
+    def on_train_epoch_start(self) -> None:
+        self.seen_epochs = self.current_epoch
+
+
+class Tied(Regressor):
+    def __init__(self, lr: float = 0.05) -> None:
+        super().__init__(lr)
+        self.first = self.net[0]  # the same Linear reachable twice: its parameters are shared
+
+
+@pytest.mark.parametrize(
+    ("model", "trainer", "words"),
+    [
+        (Manual, {}, "uses manual optimization"),
+        (Hooked, {}, "overrides on_train_epoch_start, which a stacked group does not call"),
+        (Tied, {}, "shares (ties) parameters"),
+        (Regressor, {"gradient_clip_val": 1.0}, "['gradient_clip_val'] act through automatic optimization"),
+        (Regressor, {"accumulate_grad_batches": 2}, "['accumulate_grad_batches']"),
+        (WithBatchNorm, {}, "'net.1' (BatchNorm1d) updates running statistics"),
+        (Regressor, {"gradient_clip_val": None, "accumulate_grad_batches": 1}, None),
+    ],
+)
+def test_a_refusal_names_what_a_stacked_group_cannot_honour(model, trainer, words):
+    reason = refusal(model(), L.LightningModule, trainer)
+    assert reason == words if words is None else words in reason
+
+
+def test_per_member_names_the_arguments_that_may_differ_inside_a_group():
+    a = {"model.lr": 0.1, "model.dropout": 0.1, "optimizer.betas": 0.9, "trainer.max_epochs": 3, "model.hidden": 4}
+    b = {**a, "model.lr": 0.2, "model.dropout": 0.2, "optimizer.betas": 0.8, "trainer.max_epochs": 5}
+    assert group_key(a) == group_key(b)
+    assert group_key(a, per_member=("lr",)) != group_key(b, per_member=("lr",))  # dropout is structural then
+    assert group_key(a) != group_key({**a, "model.hidden": 8})
+    assert group_key(a) != group_key({**a, "trainer.gradient_clip_val": 1.0})
+
+
+def test_repeats_and_trainer_callbacks_run_as_ordinary_trials_with_the_reason(tmp_path):
+    params = [{"model.lr": lr, "trainer.max_epochs": 1} for lr in (0.01, 0.05)]
+    for o in run_jobs([(j, None) for j in _jobs(tmp_path / "repeats", Regressor, params, repeats=2)]):
+        assert o.state is TrialState.COMPLETE and len(o.attrs["runs"]) == 2
+        assert "cross-validation and repeats" in o.attrs["stacked"]["refused"]
+    jobs = _jobs(tmp_path / "callbacks", Regressor, params)
+    builder = ModuleTrialBuilder(Regressor, OrderedData, {**TRAINER, "callbacks": [L.Callback()]})
+    jobs = [replace(j, build=replace(j.build, builder=builder)) for j in jobs]
+    for o in run_jobs([(j, None) for j in jobs]):
+        assert o.state is TrialState.COMPLETE and "trainer_kwargs callbacks" in o.attrs["stacked"]["refused"]
+
+
+def test_each_member_drops_out_at_its_own_rate(tmp_path):
+    params = [{"model.lr": 0.02, "model.dropout": p, "trainer.max_epochs": 2} for p in (0.0, 0.9)]
+    jobs = _jobs(tmp_path, Regressor, params)
+    stacked = run_jobs([(j, None) for j in jobs])
+    no_dropout = [jobs[0], replace(jobs[1], params={**params[1], "model.dropout": 0.0})]
+    alone = _alone(tmp_path, no_dropout)
+    # without dropout, a member trains as alone: it did not take its neighbour's rate of 0.9
+    assert list(stacked[0].intermediate.values()) == pytest.approx(list(alone[0].intermediate.values()), rel=1e-4)
+    # with it, a member does not train as it would without
+    assert list(stacked[1].intermediate.values()) != pytest.approx(list(alone[1].intermediate.values()), rel=1e-3)
+
+
+def test_each_member_computes_its_own_torchmetrics(tmp_path):
+    params = [{"model.lr": lr, "trainer.max_epochs": 2} for lr in (0.01, 0.05)]
+    jobs = _jobs(tmp_path, ValMetric, params)
+    stacked, alone = run_jobs([(j, None) for j in jobs]), _alone(tmp_path, jobs)
+    assert stacked[0].metrics["val_mae"] != pytest.approx(stacked[1].metrics["val_mae"], rel=1e-3)
+    for s, a in zip(stacked, alone, strict=True):
+        assert s.metrics["val_mae"] == pytest.approx(a.metrics["val_mae"], rel=1e-4)
+        assert list(s.intermediate.values()) == pytest.approx(list(a.intermediate.values()), rel=1e-4)
 
 
 class _PruneAt:
