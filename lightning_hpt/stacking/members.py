@@ -20,14 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lightning_hpt.exceptions import MetricNotFoundError
 from lightning_hpt.lightning import compat
 from lightning_hpt.lightning.loggers import TrialContext, trial_loggers
 from lightning_hpt.lightning.monitor import TrialReporter, metric_missing
 from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, value_failure
 from lightning_hpt.lightning.runner import _end_resume as end_resume
+from lightning_hpt.stacking.resume import write_checkpoint
 from lightning_hpt.trial import INTERRUPTED, Direction, TrialState
 
 __all__ = ["Member", "member_checkpoint"]
@@ -167,10 +166,7 @@ class Member:
     def close(self, write_best: bool = True) -> None:
         """Write the kept checkpoint (unless ``write_best`` is False) and finish the logs."""
         if self._best_checkpoint is not None and write_best:
-            path = self.checkpoint_path
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self._best_checkpoint, f"{path}.tmp")
-            os.replace(f"{path}.tmp", path)
+            write_checkpoint(self._best_checkpoint, self.checkpoint_path)
         self._best_checkpoint = None
         for lg in self._loggers:
             if self.best_value is not None and compat.is_tensorboard_logger(lg):  # the HParams view

@@ -216,8 +216,12 @@ class _StackedLogic:
         track, steps = self._tracks[i], self._member_steps[i]
         kept = track.kept
         best = None if kept is None else {k: kept[k] for k in ("state_dict", "epoch", "global_step")}
+        if kept is not None and kept["epoch"] == epochs - 1:  # this epoch's: the same weights, saved once
+            weights = kept["state_dict"]
+        else:
+            weights = {k: v.detach().clone() for k, v in self._members[i].state_dict().items()}
         state = {
-            "state_dict": {k: v.detach().clone() for k, v in self._members[i].state_dict().items()},
+            "state_dict": weights,
             "optimizer_states": [self._optimizer_state(i)],
             "epoch": epochs,
             "global_step": steps,

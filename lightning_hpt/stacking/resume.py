@@ -19,6 +19,7 @@ that runs as an ordinary trial on its rerun starts over.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
@@ -30,7 +31,7 @@ import torch
 from lightning_hpt.lightning.resume import RESUME_DIR, Resume, checkpoint_to_resume
 from lightning_hpt.lightning.runner import TrialJob
 
-__all__ = ["MEMBER_FILE", "ResumeClock", "load_member_state", "save_member_state"]
+__all__ = ["MEMBER_FILE", "ResumeClock", "load_member_state", "save_member_state", "write_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,23 @@ def load_member_state(job: TrialJob) -> dict[str, Any] | None:
     return state
 
 
-def save_member_state(trial_dir: str, state: dict[str, Any]) -> None:
-    """Write the member's resumable checkpoint; a kill while writing leaves the previous one whole."""
-    path = Path(trial_dir) / RESUME_DIR / f"{MEMBER_FILE}.ckpt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, f"{path}.tmp")
+def write_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to ``path``, whole or not at all (a kill while writing leaves the previous file).
+
+    The bytes are made in memory and written at once: ``torch.save`` straight to a file writes each
+    tensor's record apart, about three times slower for the small models that are stacked.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with open(f"{path}.tmp", "wb") as f:
+        f.write(buffer.getbuffer())
     os.replace(f"{path}.tmp", path)
+
+
+def save_member_state(trial_dir: str, state: dict[str, Any]) -> None:
+    """Write the member's resumable checkpoint."""
+    write_checkpoint(state, Path(trial_dir) / RESUME_DIR / f"{MEMBER_FILE}.ckpt")
 
 
 class ResumeClock:
