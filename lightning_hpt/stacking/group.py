@@ -162,11 +162,11 @@ def _continue(track: Member, model: Any, pl: Any) -> dict[str, Any] | None:
     state = load_member_state(track.job)
     if state is None:
         return None
-    try:
-        model.load_state_dict(state["state_dict"])
-    except Exception as e:  # the module changed since: the member starts over
-        log.warning("trial %d: its checkpoint does not fit its model (%s); it starts over", track.job.number, e)
+    own, saved = model.state_dict(), state["state_dict"]
+    if set(own) != set(saved) or any(own[k].shape != saved[k].shape for k in own):  # checked before any copy
+        log.warning("trial %d: its checkpoint does not fit its model; it starts over", track.job.number)
         return None
+    model.load_state_dict(saved)
     track.restore(state["member"])
     best = state["best"]
     if best is not None:
