@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from concurrent.futures import wait
 from dataclasses import replace
+from pathlib import Path
 
 import lightning.pytorch as L
 import pytest
 import torch
 import torchmetrics
+from conftest import default_sigint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -23,8 +30,9 @@ from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.executors import EXECUTORS
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
+from lightning_hpt.lightning.resume import Resume
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, run_trial
-from lightning_hpt.stacking import StackedExecutor, group_key, run_jobs
+from lightning_hpt.stacking import StackedExecutor, group_key, refusal, run_jobs
 from lightning_hpt.stacking.module import _MemberDropout
 from lightning_hpt.testing.executor import ExecutorContract
 from lightning_hpt.trial import Direction, TrialState
@@ -207,6 +215,97 @@ def test_members_are_stored_and_loaded_as_ordinary_trials(pair):
     assert [float(r["val_loss"]) for r in rows] == pytest.approx([best.intermediate[s] for s in range(len(rows))])
 
 
+class ValMetric(Regressor):
+    """Logs a torchmetrics metric (its state updated in place) in validation_step."""
+
+    def __init__(self, lr: float = 0.05, weight_decay: float = 0.0, hidden: int = 8, dropout: float = 0.0) -> None:
+        super().__init__(lr, weight_decay, hidden, dropout)
+        self.val_mae = torchmetrics.MeanAbsoluteError()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        x, y = batch
+        self.val_mae(self(x), y)
+        self.log("val_mae", self.val_mae)
+
+
+class Manual(Regressor):
+    def __init__(self, lr: float = 0.05) -> None:
+        super().__init__(lr)
+        self.automatic_optimization = False
+
+
+class Hooked(Regressor):
+    def on_train_epoch_start(self) -> None:
+        self.seen_epochs = self.current_epoch
+
+
+class Tied(Regressor):
+    def __init__(self, lr: float = 0.05) -> None:
+        super().__init__(lr)
+        self.first = self.net[0]  # the same Linear reachable twice: its parameters are shared
+
+
+@pytest.mark.parametrize(
+    ("model", "trainer", "words"),
+    [
+        (Manual, {}, "uses manual optimization"),
+        (Hooked, {}, "overrides on_train_epoch_start, which a stacked group does not call"),
+        (Tied, {}, "shares (ties) parameters"),
+        (Regressor, {"gradient_clip_val": 1.0}, "['gradient_clip_val'] act through automatic optimization"),
+        (Regressor, {"accumulate_grad_batches": 2}, "['accumulate_grad_batches']"),
+        (WithBatchNorm, {}, "'net.1' (BatchNorm1d) updates running statistics"),
+        (Regressor, {"gradient_clip_val": None, "accumulate_grad_batches": 1}, None),
+    ],
+)
+def test_a_refusal_names_what_a_stacked_group_cannot_honour(model, trainer, words):
+    reason = refusal(model(), L.LightningModule, trainer)
+    assert reason == words if words is None else words in reason
+
+
+def test_per_member_names_the_arguments_that_may_differ_inside_a_group():
+    a = {"model.lr": 0.1, "model.dropout": 0.1, "optimizer.betas": 0.9, "trainer.max_epochs": 3, "model.hidden": 4}
+    b = {**a, "model.lr": 0.2, "model.dropout": 0.2, "optimizer.betas": 0.8, "trainer.max_epochs": 5}
+    assert group_key(a) == group_key(b)
+    assert group_key(a, per_member=("lr",)) != group_key(b, per_member=("lr",))  # dropout is structural then
+    assert group_key(a) != group_key({**a, "model.hidden": 8})
+    assert group_key(a) != group_key({**a, "trainer.gradient_clip_val": 1.0})
+
+
+def test_repeats_and_trainer_callbacks_run_as_ordinary_trials_with_the_reason(tmp_path):
+    params = [{"model.lr": lr, "trainer.max_epochs": 1} for lr in (0.01, 0.05)]
+    for o in run_jobs([(j, None) for j in _jobs(tmp_path / "repeats", Regressor, params, repeats=2)]):
+        assert o.state is TrialState.COMPLETE and len(o.attrs["runs"]) == 2
+        assert "cross-validation and repeats" in o.attrs["stacked"]["refused"]
+    jobs = _jobs(tmp_path / "callbacks", Regressor, params)
+    builder = ModuleTrialBuilder(Regressor, OrderedData, {**TRAINER, "callbacks": [L.Callback()]})
+    jobs = [replace(j, build=replace(j.build, builder=builder)) for j in jobs]
+    for o in run_jobs([(j, None) for j in jobs]):
+        assert o.state is TrialState.COMPLETE and "trainer_kwargs callbacks" in o.attrs["stacked"]["refused"]
+
+
+def test_each_member_drops_out_at_its_own_rate(tmp_path):
+    params = [{"model.lr": 0.02, "model.dropout": p, "trainer.max_epochs": 2} for p in (0.0, 0.9)]
+    jobs = _jobs(tmp_path, Regressor, params)
+    stacked = run_jobs([(j, None) for j in jobs])
+    no_dropout = [jobs[0], replace(jobs[1], params={**params[1], "model.dropout": 0.0})]
+    alone = _alone(tmp_path, no_dropout)
+    # without dropout, a member trains as alone: it did not take its neighbour's rate of 0.9
+    assert list(stacked[0].intermediate.values()) == pytest.approx(list(alone[0].intermediate.values()), rel=1e-4)
+    # with it, a member does not train as it would without
+    assert list(stacked[1].intermediate.values()) != pytest.approx(list(alone[1].intermediate.values()), rel=1e-3)
+
+
+def test_each_member_computes_its_own_torchmetrics(tmp_path):
+    params = [{"model.lr": lr, "trainer.max_epochs": 2} for lr in (0.01, 0.05)]
+    jobs = _jobs(tmp_path, ValMetric, params)
+    stacked, alone = run_jobs([(j, None) for j in jobs]), _alone(tmp_path, jobs)
+    assert stacked[0].metrics["val_mae"] != pytest.approx(stacked[1].metrics["val_mae"], rel=1e-3)
+    for s, a in zip(stacked, alone, strict=True):
+        assert s.metrics["val_mae"] == pytest.approx(a.metrics["val_mae"], rel=1e-4)
+        assert list(s.intermediate.values()) == pytest.approx(list(a.intermediate.values()), rel=1e-4)
+
+
 class _PruneAt:
     answers = True  # a driver's reporter says whether it may answer "stop" (Executor.submit reads it)
 
@@ -218,9 +317,9 @@ class _PruneAt:
         return step == self.step
 
 
-def _jobs(tmp_path, model, params_list, **build_kw) -> list[TrialJob]:
+def _jobs(tmp_path, model, params_list, data=OrderedData, **build_kw) -> list[TrialJob]:
     build = TrialBuild(
-        ModuleTrialBuilder(model, OrderedData, TRAINER),
+        ModuleTrialBuilder(model, data, TRAINER),
         monitor="val_loss",
         direction=Direction.MINIMIZE,
         patience=None,
@@ -464,3 +563,209 @@ def test_flush_starts_the_last_group_without_waiting_for_more_trials(tmp_path):
 
 def test_a_search_names_the_stacked_executor():
     assert EXECUTORS.get("stacked") is StackedExecutor and lightning_hpt.StackedExecutor is StackedExecutor
+
+
+# --- resume: an interrupted group's members continue, each from its own checkpoint ----------------
+
+
+class FixedOrderData(OrderedData):
+    """The same batches in the same order in every epoch: a member continued in another group sees what it
+    would have seen, so that its values can be compared with an uninterrupted run's."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False)
+
+
+class RMSRegressor(Regressor):
+    """An optimizer the stacked update does not vectorize: each member's own optimizer steps."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.RMSprop(self.parameters(), lr=self.hparams.lr, momentum=0.5)
+
+
+class _Stops:
+    """A reporter that sets ``stop`` (as the executor's shutdown does) when its trial reports ``stop_at``."""
+
+    answers = True
+
+    def __init__(self, stop: threading.Event, stop_at: int | None = None, prune_at: int | None = None) -> None:
+        self.stop, self.stop_at, self.prune_at, self.seen = stop, stop_at, prune_at, []
+
+    def report(self, step: int, value: float) -> bool:
+        self.seen.append(step)
+        if step == self.stop_at:
+            self.stop.set()
+        return step == self.prune_at
+
+
+def _own_storage(t: torch.Tensor) -> bool:
+    """Whether ``t`` was saved on its own, not as a view of a larger (the group's) tensor."""
+    return t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
+RESUMED = [(Regressor, {}), (SGDRegressor, {"model.momentum": 0.9}), (RMSRegressor, {})]
+
+
+@pytest.mark.parametrize(("model", "extra"), RESUMED, ids=["adamw", "sgd-momentum", "rmsprop"])
+def test_an_interrupted_group_continues_each_unfinished_member_from_its_checkpoint(tmp_path, model, extra):
+    per = ("lr", "momentum")
+    configs = [{"model.lr": lr, "trainer.max_epochs": n, **extra} for lr, n in ((0.01, 2), (0.02, 6), (0.03, 6))]
+    jobs = _jobs(tmp_path / "run", model, configs, data=FixedOrderData)
+    stop = threading.Event()
+    done: list[int] = []
+    reporters = [_Stops(stop), _Stops(stop, prune_at=1), _Stops(stop, stop_at=3)]
+    jobs.append(replace(jobs[2], number=3, params={**configs[2], "model.lr": 0.04}, trial_dir=str(tmp_path / "t3")))
+    reporters.append(_Stops(stop))
+    first = run_jobs(list(zip(jobs, reporters, strict=True)), per, stop, lambda pos, o: done.append(pos))
+    # the pruned member (step 1) and the one done after its 2 epochs were handed over as they ended, and stay
+    assert done == [1, 0, 2, 3]
+    assert [o.state for o in first[:2]] == [TrialState.COMPLETE, TrialState.PRUNED]
+    for o, j in zip(first[:2], jobs, strict=False):
+        assert not os.path.exists(os.path.join(j.trial_dir, "resume")) and os.path.exists(o.checkpoint)
+    assert all(o.interrupted == "interrupted" for o in first[2:])
+    saved = torch.load(os.path.join(jobs[2].trial_dir, "resume", "member.ckpt"), weights_only=True)
+    assert saved["epoch"] == 3 and sorted(saved["member"]["values"]) == [0, 1, 2]  # the end of epoch 2
+    assert not os.path.exists(os.path.join(jobs[2].trial_dir, "checkpoints"))  # the best one is in member.ckpt
+
+    # the member's own slice and its own optimizer's state, as its trial alone has them after 3 epochs
+    assert len(saved["optimizer_states"]) == 1
+    moments = [t for s in saved["optimizer_states"][0]["state"].values() for t in s.values() if t.dim()]
+    assert moments and all(_own_storage(t) for t in [*saved["state_dict"].values(), *moments])
+    keep = Resume(keep=True)
+    alone_job = replace(jobs[2], params={**configs[2], "trainer.max_epochs": 3}, trial_dir=str(tmp_path / "alone"))
+    run_trial(replace(alone_job, build=replace(alone_job.build, resume=keep)))
+    alone = torch.load(tmp_path / "alone" / "resume" / "latest.ckpt", weights_only=True)
+    for k, v in alone["state_dict"].items():
+        assert torch.allclose(saved["state_dict"][k], v, rtol=1e-4, atol=1e-6), k
+    mine, theirs = saved["optimizer_states"][0]["state"], alone["optimizer_states"][0]["state"]
+    assert sorted(mine) == sorted(theirs)
+    for idx, state in theirs.items():
+        assert sorted(mine[idx]) == sorted(state)
+        for name, v in state.items():
+            assert torch.allclose(mine[idx][name].float(), v.float(), rtol=1e-4, atol=1e-6), (idx, name)
+
+    # the rerun: the interrupted members with a new trial in one group, each at its own epoch
+    fresh = replace(jobs[2], number=4, params={**configs[2], "model.lr": 0.05, "trainer.max_epochs": 3})
+    fresh = replace(fresh, trial_dir=str(tmp_path / "t4"))
+    again_jobs = [replace(j, attempt=2) for j in jobs[2:]] + [fresh]
+    again_reporters = [_Stops(stop) for _ in again_jobs]
+    stop.clear()
+    again = run_jobs(list(zip(again_jobs, again_reporters, strict=True)), per, stop)
+    uninterrupted = [replace(j, trial_dir=j.trial_dir + "_ref", attempt=1) for j in again_jobs]
+    reference = run_jobs([(j, None) for j in uninterrupted], per)
+    for o, ref, rep in zip(again, reference, again_reporters, strict=True):
+        assert o.state is ref.state is TrialState.COMPLETE and o.best_step == ref.best_step
+        assert list(o.intermediate) == list(ref.intermediate)
+        assert list(o.intermediate.values()) == pytest.approx(list(ref.intermediate.values()), rel=1e-4, abs=1e-6)
+        assert rep.seen == list(ref.intermediate)  # the earlier steps reported again, then the new ones
+        best, best_ref = (torch.load(x.checkpoint, weights_only=True)["state_dict"] for x in (o, ref))
+        assert all(torch.allclose(best[k], v, rtol=1e-4, atol=1e-6) for k, v in best_ref.items())
+    assert [o.attrs.get("resumed_at_step") for o in again] == [3, 3, None]
+    assert not any(os.path.exists(os.path.join(j.trial_dir, "resume")) for j in again_jobs)  # removed at the end
+
+
+@pytest.mark.parametrize(("resume", "epoch"), [(None, None), (Resume(every_n_epochs=2), 2)])
+def test_members_write_their_checkpoint_at_the_interval_of_resume(tmp_path, resume, epoch):
+    stop = threading.Event()
+    jobs = _jobs(tmp_path, Regressor, [{"model.lr": lr, "trainer.max_epochs": 6} for lr in (0.01, 0.02)])
+    jobs = [replace(j, build=replace(j.build, resume=resume)) for j in jobs]
+    out = run_jobs([(jobs[0], _Stops(stop, stop_at=3)), (jobs[1], None)], stop=stop)
+    assert all(o.interrupted for o in out)
+    path = os.path.join(jobs[0].trial_dir, "resume", "member.ckpt")
+    assert (torch.load(path, weights_only=True)["epoch"] if os.path.exists(path) else None) == epoch
+    rerun = run_jobs([(replace(j, attempt=2), None) for j in jobs])
+    assert [o.attrs.get("resumed_at_step") for o in rerun] == [epoch, epoch]
+    assert all(sorted(o.intermediate) == list(range(6)) for o in rerun)
+
+
+def test_a_member_that_ends_is_recorded_while_its_group_trains_on(tmp_path):
+    jobs = _jobs(tmp_path, Regressor, [{"model.lr": 0.01, "trainer.max_epochs": n} for n in (1, 6)])
+    executor = StackedExecutor(stack=2, linger=0.05)
+    executor.start(jobs[0].build)
+    seen_done: list[bool] = []
+
+    class WaitsForTheOther(_PruneAt):
+        def report(self, step: int, value: float) -> bool:
+            if step == 2:  # the short member ended at epoch 1: its outcome is out while this one trains
+                seen_done.append(wait([futures[0]], timeout=60).done != set())
+            return super().report(step, value)
+
+    try:
+        futures = [executor.submit(jobs[0], _PruneAt(None)), executor.submit(jobs[1], WaitsForTheOther(None))]
+        assert [f.result(timeout=300).state for f in futures] == [TrialState.COMPLETE] * 2
+    finally:
+        executor.shutdown()
+    assert seen_done == [True]
+
+
+def test_best_checkpoint_is_the_members_own_slice_without_optimizer_state(tmp_path):
+    params = [{"model.lr": 0.01 * (n + 1), "model.hidden": 64, "trainer.max_epochs": 1} for n in range(4)]
+    sizes = []
+    for k in (1, 4):
+        out = run_jobs([(j, None) for j in _jobs(tmp_path / f"k{k}", Regressor, params[:k])])
+        ckpt = torch.load(out[0].checkpoint, weights_only=True)
+        assert ckpt["optimizer_states"] == [] and all(_own_storage(t) for t in ckpt["state_dict"].values())
+        assert Regressor.load_from_checkpoint(out[0].checkpoint).hparams.hidden == 64
+        sizes.append(os.path.getsize(out[0].checkpoint))
+    assert sizes[0] == sizes[1]  # a member of 4 writes what a member of 1 writes
+
+
+STACKED_SCRIPT = Path(__file__).parent / "scripts" / "stacked_search.py"
+KILL_AT = 4  # the group epoch during which the driver is stopped (of 8)
+
+
+def _stacked_search(root: Path, sleep: float) -> subprocess.Popen:
+    cmd = [sys.executable, str(STACKED_SCRIPT), str(root), f"{root}.log", str(sleep)]
+    return subprocess.Popen(cmd, preexec_fn=default_sigint, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _group_epochs(root: Path) -> list[tuple[int, int]]:
+    log = Path(f"{root}.log")
+    return [tuple(map(int, x.split())) for x in log.read_text().splitlines()] if log.exists() else []
+
+
+def _stacked_trials(root: Path) -> dict[int, tuple]:
+    """Run the search to its end; ``{number: (state, attempt, value, resumed at step, curve)}``."""
+    proc = _stacked_search(root, 0.0)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    trials = {}
+    for line in out.splitlines():
+        if line.startswith("TRIAL "):
+            _, number, state, attempt, value, resumed, curve = line.split(" ", 6)
+            steps = {int(k): v for k, v in json.loads(curve).items()}
+            at = None if resumed == "None" else int(resumed)
+            trials[int(number)] = (state, int(attempt), float(value), at, steps)
+    return trials
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, tuple]:
+    return _stacked_trials(tmp_path_factory.mktemp("stacked_ref") / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_stopped_stacked_search_continues_each_unfinished_member(tmp_path, uninterrupted, how):
+    """The driver stopped in group epoch 4: the member done after 2 epochs stays; the others continue."""
+    root = tmp_path / "run"
+    proc = _stacked_search(root, 0.3)
+    deadline = time.monotonic() + 120
+    while not any(e == KILL_AT for _, e in _group_epochs(root)) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    time.sleep(0.2)  # inside the epoch
+    proc.send_signal(getattr(signal, how))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == (-9 if how == "SIGKILL" else 143), out
+    before = len(_group_epochs(root))
+    trials = _stacked_trials(root)
+    assert trials[0] == uninterrupted[0] and trials[0][1] == 1  # recorded when it ended, not run again
+    for n in (1, 2):
+        state, attempt, value, resumed, curve = trials[n]
+        assert state == "COMPLETE" and attempt == 2 and resumed in (KILL_AT, KILL_AT + 1), trials[n]
+        ref_curve = uninterrupted[n][4]
+        assert sorted(curve) == sorted(ref_curve)  # no step missing or repeated
+        assert list(curve.values()) == pytest.approx(list(ref_curve.values()), rel=1e-5)
+        assert value == pytest.approx(uninterrupted[n][2], rel=1e-5)
+    assert len(_group_epochs(root)) - before == 8 - trials[1][3]  # only the epochs after the checkpoint

@@ -117,9 +117,12 @@ def resume_callbacks(pl: Any, resume: Resume, trial_dir: str) -> list[Any]:
     return cbs
 
 
-def checkpoint_to_resume(trial_dir: str, number: int, attempt: int = 1) -> str | None:
-    """The trial's resumable checkpoint if one is there and whole; logs why a rerun starts over otherwise."""
-    path = os.path.join(trial_dir, RESUME_DIR, f"{_NAME}.ckpt")
+def checkpoint_to_resume(trial_dir: str, number: int, attempt: int = 1, name: str = _NAME) -> str | None:
+    """The trial's resumable checkpoint if one is there and whole; logs why a rerun starts over otherwise.
+
+    ``name``: the file's name in ``RESUME_DIR``, without ``.ckpt`` (a stacked member's is ``member``).
+    """
+    path = os.path.join(trial_dir, RESUME_DIR, f"{name}.ckpt")
     if os.path.exists(path) and zipfile.is_zipfile(path):
         log.info("trial %d continues from its checkpoint %s", number, path)
         return path

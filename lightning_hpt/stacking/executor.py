@@ -48,9 +48,12 @@ class StackedExecutor(Executor):
     recorded as its own trial: its values, pruning, early stopping and best checkpoint. Trials that cannot
     be stacked run as ordinary trials, with the reason in the log and in ``attrs["stacked"]["refused"]``.
 
-    The search refills the slots of finished trials once it has recorded them; the executor starts a group
-    when it holds ``stack`` trials, or when every finished trial has been read and no new one has arrived
-    for ``linger`` seconds (the search's last, smaller group).
+    Each member's outcome goes to the search as soon as the member ends (done, pruned, stopped early), while
+    the rest of its group trains on. The search refills the slots of finished trials once it has recorded
+    them; the executor starts a group when it holds ``stack`` trials, or when every finished trial has
+    been read and no new one has arrived for ``linger`` seconds (the search's last, smaller group). A
+    stopped group's unfinished members end as interrupted; when they run again each continues from its
+    own resumable checkpoint (:mod:`lightning_hpt.stacking.resume`), in whatever group it joins.
 
     Args:
         stack: the most trials trained at once (K).
@@ -146,15 +149,27 @@ class StackedExecutor(Executor):
             taken = self._take()
             if not taken:
                 continue
-            try:
-                outcomes = run_jobs([(j, r) for j, r, _ in taken], self.per_member, self._stop)
+            futures = [f for _, _, f in taken]
+            try:  # a member's outcome goes to the driver when it ends, while its group trains on
+                outcomes = run_jobs(
+                    [(j, r) for j, r, _ in taken],
+                    self.per_member,
+                    self._stop,
+                    lambda pos, outcome, futures=futures: self._deliver(futures[pos], outcome),
+                )
             except BaseException as e:  # a bug here must not leave the driver waiting forever
                 log.exception("the stacked executor failed")
                 outcomes = [failed_outcome(f"the stacked executor failed: {type(e).__name__}: {e}")] * len(taken)
-            with self._cond:
-                self._unread += len(taken)
-            for (_, _, future), outcome in zip(taken, outcomes, strict=True):
-                future.set_result(outcome)
+            for future, outcome in zip(futures, outcomes, strict=True):
+                self._deliver(future, outcome)
+
+    def _deliver(self, future: _Outcome, outcome: TrialOutcome) -> None:
+        """Hand a trial's outcome to the driver, once."""
+        with self._cond:
+            if future.done():
+                return
+            self._unread += 1
+        future.set_result(outcome)
 
     @override
     def shutdown(self) -> None:

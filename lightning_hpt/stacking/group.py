@@ -1,4 +1,8 @@
-"""Run a batch of trial jobs as stacked groups: build, group, fit, and fall back to ordinary trials where refused."""
+"""Run a batch of trial jobs as stacked groups: build, group, fit, and fall back to ordinary trials where refused.
+
+Each trial's outcome is handed to ``on_done`` as soon as it is known: a member that ends (done, pruned,
+stopped early) is recorded while the rest of its group trains on.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ import logging
 import threading
 import traceback
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from lightning_hpt.lightning.config import namespace_of
@@ -18,23 +23,38 @@ from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.quiet import quiet_lightning
 from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, run_trial, trial_seed
 from lightning_hpt.stacking.grouping import PER_MEMBER, StackingRefused, group_key, refusal, signature
-from lightning_hpt.stacking.members import Member
+from lightning_hpt.stacking.members import Member, member_checkpoint
 from lightning_hpt.stacking.module import stacked_module_class
-from lightning_hpt.trial import INTERRUPTED, TrialState
+from lightning_hpt.stacking.resume import load_member_state
 
 __all__ = ["run_jobs"]
 
 log = logging.getLogger(__name__)
 Item = tuple[TrialJob, TrialReporter | None]
+Done = Callable[[int, TrialOutcome], None]
+
+
+def _ignore(position: int, outcome: TrialOutcome) -> None:
+    """The default ``on_done``: outcomes are only returned."""
 
 
 def run_jobs(
-    items: Sequence[Item], per_member: Iterable[str] = PER_MEMBER, stop: threading.Event | None = None
+    items: Sequence[Item],
+    per_member: Iterable[str] = PER_MEMBER,
+    stop: threading.Event | None = None,
+    on_done: Done = _ignore,
 ) -> list[TrialOutcome]:
     """The outcomes of ``items`` (in order): trials with equal structure trained as one stacked model each.
 
     Never raises for what a trial does; a group that cannot be stacked runs as ordinary trials, with
     the reason in each trial's ``attrs["stacked"]["refused"]``.
+
+    Args:
+        items: the trials and their reporters.
+        per_member: ``model.*`` arguments that may differ inside a group.
+        stop: once set, the running group stops at its next step; its unfinished members end as
+            interrupted and continue from their resumable checkpoints when they run again.
+        on_done: called with ``(position in items, outcome)`` as soon as each trial has ended.
     """
     per = tuple(per_member)
     by_key: dict[tuple, list[int]] = defaultdict(list)
@@ -42,16 +62,17 @@ def run_jobs(
         by_key[group_key(job.params, per)].append(pos)
     outcomes: dict[int, TrialOutcome] = {}
     for positions in by_key.values():
-        outcomes.update(_run_group([items[p] for p in positions], positions, stop))
+        outcomes.update(_run_group([items[p] for p in positions], positions, stop, on_done))
     return [outcomes[p] for p in range(len(items))]
 
 
-def _ordinary(items: Sequence[Item], positions: Sequence[int], reason: str) -> dict[int, TrialOutcome]:
+def _ordinary(items: Sequence[Item], positions: Sequence[int], reason: str, on_done: Done) -> dict[int, TrialOutcome]:
     log.warning("trials %s run one by one, not stacked: %s", [j.number for j, _ in items], reason)
     out = {}
     for pos, (job, reporter) in zip(positions, items, strict=True):
         outcome = run_trial(job, reporter)
         out[pos] = replace(outcome, attrs={**outcome.attrs, "stacked": {"refused": reason}})
+        on_done(pos, out[pos])
     return out
 
 
@@ -84,17 +105,17 @@ def _build(items: Sequence[Item]) -> tuple[list[Any], Any]:
 
 
 def _run_group(
-    items: Sequence[Item], positions: Sequence[int], stop: threading.Event | None
+    items: Sequence[Item], positions: Sequence[int], stop: threading.Event | None, on_done: Done
 ) -> dict[int, TrialOutcome]:
     job0 = items[0][0]
     reason = _static_refusal(job0)
     if reason:
-        return _ordinary(items, positions, reason)
+        return _ordinary(items, positions, reason, on_done)
     try:
         with quiet_lightning(job0.build.builder.quiet):
             models, dm = _build(items)
     except Exception as e:  # a trial's own build error: ordinary trials report it each
-        return _ordinary(items, positions, f"building a member raised {type(e).__name__}: {e}")
+        return _ordinary(items, positions, f"building a member raised {type(e).__name__}: {e}", on_done)
     by_sig: dict[tuple, list[int]] = defaultdict(list)
     for k, m in enumerate(models):
         by_sig[signature(m)].append(k)
@@ -103,7 +124,7 @@ def _run_group(
         sub, pos, mods = [items[k] for k in ks], [positions[k] for k in ks], [models[k] for k in ks]
         pl = namespace_of(mods[0])
         reason = refusal(mods[0], pl.LightningModule, job0.build.builder.trainer_settings(job0.params))
-        out.update(_ordinary(sub, pos, reason) if reason else _fit(sub, pos, mods, dm, pl, stop))
+        out.update(_ordinary(sub, pos, reason, on_done) if reason else _fit(sub, pos, mods, dm, pl, stop, on_done))
     del models, dm
     gc.collect()
     return out
@@ -130,6 +151,29 @@ def _trainer(pl: Any, job0: TrialJob, max_epochs: int | None) -> Any:
     return pl.Trainer(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
+def _group_epochs(tracks: Sequence[Member]) -> int | None:
+    """The group's ``max_epochs``: the most epochs a member still has to train (``None``: no limit set)."""
+    left = [None if t.max_epochs is None else t.max_epochs - t.epochs_before for t in tracks if not t.ended]
+    return None if None in left else max(left)  # type: ignore[type-var]
+
+
+def _continue(track: Member, model: Any, pl: Any) -> dict[str, Any] | None:
+    """Give a member its resumable checkpoint's weights and counters; its optimizer state is returned."""
+    state = load_member_state(track.job)
+    if state is None:
+        return None
+    own, saved = model.state_dict(), state["state_dict"]
+    if set(own) != set(saved) or any(own[k].shape != saved[k].shape for k in own):  # checked before any copy
+        log.warning("trial %d: its checkpoint does not fit its model; it starts over", track.job.number)
+        return None
+    model.load_state_dict(saved)
+    track.restore(state["member"])
+    best = state["best"]
+    if best is not None:
+        track.keep(member_checkpoint(model, best["epoch"], best["global_step"], pl, state_dict=best["state_dict"]))
+    return state["optimizer_states"][0]
+
+
 def _fit(
     items: Sequence[Item],
     positions: Sequence[int],
@@ -137,36 +181,52 @@ def _fit(
     dm: Any,
     pl: Any,
     stop: threading.Event | None,
+    on_done: Done,
 ) -> dict[int, TrialOutcome]:
     job0 = items[0][0]
-    tracks = [Member(job, reporter, _max_epochs(job)) for job, reporter in items]
-    epochs = [t.max_epochs for t in tracks]
     attrs = {"stacked": {"group": [j.number for j, _ in items]}}
+    tracks = [
+        Member(job, reporter, _max_epochs(job), on_end=partial(on_done, pos))
+        for pos, (job, reporter) in zip(positions, items, strict=True)
+    ]
+    for t in tracks:
+        t.attrs = attrs
     try:
         with quiet_lightning(job0.build.builder.quiet):
+            states = [_continue(t, m, pl) for t, m in zip(tracks, models, strict=True)]
             for t in tracks:
                 t.open(pl)
-            module = stacked_module_class(pl)(models, tracks, pl, stop)
-            trainer = _trainer(pl, job0, None if None in epochs else max(epochs))  # type: ignore[type-var]
-            trainer.fit(module, datamodule=dm)
+                if t.ended:  # it had ended before it was interrupted, or its pruner stops it now
+                    t.finish()
+            if not all(t.ended for t in tracks):
+                module = stacked_module_class(pl)(models, tracks, pl, stop, states)
+                trainer = _trainer(pl, job0, _group_epochs(tracks))
+                trainer.fit(module, datamodule=dm)
     except Exception as e:  # StackingRefused, a vmap refusal, or the trials' own error
         log.debug("stacked group %s raised:\n%s", attrs["stacked"]["group"], traceback.format_exc())
-        if not any(t.values for t in tracks):  # nothing reported yet: the trials can still run on their own
-            reason = f"the stacked group failed before its first validation run ({type(e).__name__}: {e})"
-            if isinstance(e, StackingRefused):
-                reason = str(e)
-            elif "vmap" not in str(e):  # vmap's own messages say so; an error inside a batched op does not
-                reason += "; vmap may be unable to batch an operation of training_step"
-            return _ordinary(items, positions, reason)
+        if not any(len(t.values) > (t.resumed_at or 0) for t in tracks):  # no value yet: run them on their own
+            rest = [k for k, t in enumerate(tracks) if t.outcome_sent is None]
+            for k in rest:
+                tracks[k].close(write_best=False)
+            out = {p: t.outcome_sent for p, t in zip(positions, tracks, strict=True) if t.outcome_sent is not None}
+            return {**out, **_ordinary([items[k] for k in rest], [positions[k] for k in rest], _reason(e), on_done)}
         for t in tracks:
             if not t.ended:
                 t.error, t.ended = e, True
-    finally:
-        for t in tracks:
-            t.close()
-    if stop is not None and stop.is_set():
-        return {
-            p: TrialOutcome(TrialState.FAILED, error=f"{INTERRUPTED}: the search stopped", interrupted=INTERRUPTED)
-            for p in positions
-        }
-    return {p: t.outcome(attrs) for p, t in zip(positions, tracks, strict=True)}
+    stopped = stop is not None and stop.is_set()
+    for t in tracks:
+        if t.outcome_sent is None and stopped and t.error is None:
+            t.interrupt()
+        elif t.outcome_sent is None:
+            t.finish()
+    return {p: t.outcome_sent for p, t in zip(positions, tracks, strict=True)}  # type: ignore[misc]
+
+
+def _reason(e: BaseException) -> str:
+    """Why a group that failed before its first validation run is run as ordinary trials."""
+    if isinstance(e, StackingRefused):
+        return str(e)
+    reason = f"the stacked group failed before its first validation run ({type(e).__name__}: {e})"
+    if "vmap" not in str(e):  # vmap's own messages say so; an error inside a batched op does not
+        reason += "; vmap may be unable to batch an operation of training_step"
+    return reason

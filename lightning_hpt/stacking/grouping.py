@@ -48,8 +48,9 @@ _NOT_CALLED = (
     "lr_scheduler_step",
     "transfer_batch_to_device",
 )
-#: Trainer arguments that act through automatic optimization, which a stacked group replaces.
-_TRAINER_REFUSED = ("gradient_clip_val", "accumulate_grad_batches")
+#: Trainer arguments that act through automatic optimization, which a stacked group replaces, with the
+#: values that leave it as it is.
+_TRAINER_REFUSED = {"gradient_clip_val": (None, 0), "accumulate_grad_batches": (None, 1)}
 
 
 class StackingRefused(HPTError):
@@ -107,7 +108,7 @@ def refusal(model: Any, base: type, trainer_kwargs: Mapping[str, Any]) -> str | 
     all_params = list(model.named_parameters(remove_duplicate=False))
     if len({id(p) for _, p in all_params}) != len(all_params):
         return f"{type(model).__name__} shares (ties) parameters between modules"
-    used = [k for k in _TRAINER_REFUSED if trainer_kwargs.get(k) not in (None, 1, 0, 0.0)]
+    used = [k for k, inert in _TRAINER_REFUSED.items() if trainer_kwargs.get(k) not in inert]
     if used:
         return f"trainer arguments {used} act through automatic optimization, which a stacked group replaces"
     return None

@@ -4,6 +4,9 @@ The rules are those an ordinary trial gets from its callbacks (see ``lightning.r
 the monitor reports every validation run and applies the driver's pruning decision, a non-finite value
 ends the member, ``EarlyStopping`` (``patience`` runs without a strict improvement) ends it, and the
 best run's weights are written (once, when the member ends) to ``<trial dir>/checkpoints/best.ckpt``.
+A member continued from its resumable checkpoint (:mod:`lightning_hpt.stacking.resume`) starts with
+the counters it had (:meth:`Member.restore`) and reports its earlier values again, as a continued
+ordinary trial's monitor does.
 """
 
 from __future__ import annotations
@@ -12,17 +15,19 @@ import logging
 import math
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from lightning_hpt.exceptions import MetricNotFoundError
 from lightning_hpt.lightning import compat
 from lightning_hpt.lightning.loggers import TrialContext, trial_loggers
 from lightning_hpt.lightning.monitor import TrialReporter, metric_missing
 from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, value_failure
-from lightning_hpt.trial import Direction, TrialState
+from lightning_hpt.lightning.runner import _end_resume as end_resume
+from lightning_hpt.stacking.resume import write_checkpoint
+from lightning_hpt.trial import INTERRUPTED, Direction, TrialState
 
 __all__ = ["Member", "member_checkpoint"]
 
@@ -35,6 +40,9 @@ class Member:
     Attributes:
         job, reporter: the trial and its channel to the driver.
         max_epochs: the member's own epoch count (``trainer.max_epochs``), or ``None``: the group's.
+        on_end: called once with the member's outcome when it ends (before the group does).
+        epochs_before, steps_before: the epochs and optimizer steps it trained before this group (resumed).
+        resumed_at: the first step this group reports, when the member was continued; else ``None``.
         values: monitored value per step (validation run).
         best_value, best_step: the best finite value and its step.
         pruned: the driver asked this member to stop.
@@ -43,8 +51,20 @@ class Member:
         metrics: the member's last logged values, as floats.
     """
 
-    def __init__(self, job: TrialJob, reporter: TrialReporter | None, max_epochs: int | None) -> None:
-        self.job, self.reporter, self.max_epochs = job, reporter, max_epochs
+    def __init__(
+        self,
+        job: TrialJob,
+        reporter: TrialReporter | None,
+        max_epochs: int | None,
+        on_end: Callable[[TrialOutcome], None] | None = None,
+    ) -> None:
+        self.job, self.reporter, self.max_epochs, self.on_end = job, reporter, max_epochs, on_end
+        self.epochs_before = self.steps_before = 0
+        self.resumed_at: int | None = None
+        self.trained_before = 0.0
+        self.attrs: dict[str, Any] = {}
+        self.outcome_sent: TrialOutcome | None = None
+        self._t0 = time.monotonic()
         self.values: dict[int, float] = {}
         self.best_value: float | None = None
         self.best_step: int | None = None
@@ -63,18 +83,76 @@ class Member:
     def checkpoint_path(self) -> str:
         return os.path.join(self.job.trial_dir, "checkpoints", "best.ckpt")
 
-    def open(self, namespace: Any) -> None:
-        """Start the member's trial directory (emptied, as a retried trial's is) and its loggers.
+    @property
+    def kept(self) -> dict[str, Any] | None:
+        """The best step's checkpoint, held until the member ends."""
+        return self._best_checkpoint
 
-        As an ordinary trial's (:func:`~lightning_hpt.lightning.loggers.trial_loggers`): a CSV log in
-        ``csv/``, and a TensorBoard log in ``tb/`` when ``tensorboard`` is installed.
+    @property
+    def trained_seconds(self) -> float:
+        """Seconds this member trained, over all its attempts (its group's time while it took part)."""
+        return self.trained_before + (time.monotonic() - self._t0)
+
+    def own_epoch(self, group_epoch: int) -> int:
+        """The member's own epoch number at its group's epoch ``group_epoch`` (both 0-based)."""
+        return self.epochs_before + group_epoch
+
+    def open(self, namespace: Any) -> None:
+        """Start the member's trial directory and its loggers; a continued member reports its earlier values.
+
+        A new member's directory is emptied, as a retried trial's is. Loggers as an ordinary trial's
+        (:func:`~lightning_hpt.lightning.loggers.trial_loggers`): a CSV log in ``csv/``, and a
+        TensorBoard log in ``tb/`` when ``tensorboard`` is installed.
         """
         trial_dir = self.job.trial_dir
-        shutil.rmtree(trial_dir, ignore_errors=True)
+        if self.resumed_at is None:
+            shutil.rmtree(trial_dir, ignore_errors=True)
         Path(trial_dir).mkdir(parents=True, exist_ok=True)
         self._loggers = trial_loggers(namespace, None, TrialContext.from_dir(trial_dir, self.job.params))
         for lg in self._loggers:
             lg.log_hyperparams(dict(self.job.params))
+        self._t0 = time.monotonic()
+        if self.resumed_at is not None:
+            self._replay()
+
+    def _replay(self) -> None:
+        """Report the steps of the earlier attempts again: a requeued trial's stored curve lost them."""
+        if self.reporter is None:
+            return
+        for step in sorted(self.values):
+            try:
+                self.pruned = bool(self.reporter.report(step, self.values[step])) or self.pruned
+            except Exception:
+                log.exception("reporting step %d of trial %d failed; it continues unpruned", step, self.job.number)
+        self.ended = self.ended or self.pruned
+
+    def snapshot(self, epochs: int, steps: int) -> dict[str, Any]:
+        """The member's counters after ``epochs`` epochs and ``steps`` optimizer steps, for its resumable checkpoint."""
+        return {
+            "values": dict(self.values),
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "wait": self._wait,
+            "metrics": dict(self.metrics),
+            "trained_seconds": self.trained_seconds,
+            "epochs": epochs,
+            "steps": steps,
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Continue from a :meth:`snapshot`; a member that had already ended then ends at once."""
+        self.values = {int(k): float(v) for k, v in snapshot["values"].items()}
+        self.best_value, self.best_step = snapshot["best_value"], snapshot["best_step"]
+        self._wait = int(snapshot["wait"])
+        self.metrics = {str(k): float(v) for k, v in snapshot["metrics"].items()}
+        self.trained_before = float(snapshot["trained_seconds"])
+        self.epochs_before, self.steps_before = int(snapshot["epochs"]), int(snapshot["steps"])
+        self.resumed_at = len(self.values)
+        last = self.values.get(len(self.values) - 1)
+        patience = self.job.build.patience
+        if (patience is not None and self._wait >= patience) or (last is not None and not math.isfinite(last)):
+            self.ended = True
+        self.epoch_done(0)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.metrics.update(metrics)
@@ -82,22 +160,56 @@ class Member:
             lg.log_metrics(metrics, step=step)
 
     def keep(self, checkpoint: dict[str, Any]) -> None:
-        """Hold the best step's checkpoint; it is written once, when the member is closed."""
+        """Hold the best step's checkpoint; it is written once, when the member ends."""
         self._best_checkpoint = checkpoint
 
-    def close(self) -> None:
-        """Write the kept checkpoint and finish the logs."""
-        if self._best_checkpoint is not None:
-            path = self.checkpoint_path
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self._best_checkpoint, f"{path}.tmp")
-            os.replace(f"{path}.tmp", path)
-            self._best_checkpoint = None
+    def close(self, write_best: bool = True) -> None:
+        """Write the kept checkpoint (unless ``write_best`` is False) and finish the logs."""
+        if self._best_checkpoint is not None and write_best:
+            write_checkpoint(self._best_checkpoint, self.checkpoint_path)
+        self._best_checkpoint = None
         for lg in self._loggers:
             if self.best_value is not None and compat.is_tensorboard_logger(lg):  # the HParams view
                 lg.log_hyperparams(dict(self.job.params), {f"hp/{self.job.build.monitor}": self.best_value})
             lg.finalize("success")
         self._loggers = []
+
+    def finish(self) -> TrialOutcome:
+        """End the member: write its checkpoint, make its outcome and send it (once).
+
+        Its resumable checkpoint is then removed, as an ordinary trial's is when it ends.
+        """
+        if self.outcome_sent is None:
+            self.ended = True
+            self.close()
+            outcome = self.outcome()
+            end_resume(self.job, outcome)
+            self._send(outcome)
+        return self.outcome_sent  # type: ignore[return-value]
+
+    def interrupt(self) -> TrialOutcome:
+        """End an unfinished member as interrupted (it continues from its resumable checkpoint when rerun)."""
+        if self.outcome_sent is None:
+            self.ended = True
+            self.close(write_best=False)  # its best checkpoint so far is in its resumable checkpoint
+            error, values = f"{INTERRUPTED}: the search stopped", dict(self.values)
+            self._send(
+                TrialOutcome(
+                    TrialState.FAILED, error=error, interrupted=INTERRUPTED, intermediate=values, **self._common()
+                )
+            )
+        return self.outcome_sent  # type: ignore[return-value]
+
+    def _send(self, outcome: TrialOutcome) -> None:
+        self.outcome_sent = outcome
+        if self.on_end is not None:
+            self.on_end(outcome)
+
+    def _common(self) -> dict[str, Any]:
+        attrs = {**self.attrs, "train_seconds": round(self.trained_seconds, 3)}
+        if self.resumed_at is not None:
+            attrs["resumed_at_step"] = self.resumed_at
+        return {"metrics": dict(self.metrics), "attrs": attrs}
 
     def observe(self, logged: dict[str, float]) -> bool:
         """Take one validation run's metrics (as ``callback_metrics``: the last training step's and the run's).
@@ -127,14 +239,14 @@ class Member:
             self.ended = True
         return improved
 
-    def epoch_done(self, epochs: int) -> None:
-        """After ``epochs`` training epochs: a member that reached its own ``max_epochs`` ends."""
-        if self.max_epochs is not None and epochs >= self.max_epochs:
+    def epoch_done(self, group_epochs: int) -> None:
+        """After its group trained ``group_epochs`` epochs: a member that reached its own ``max_epochs`` ends."""
+        if self.max_epochs is not None and self.own_epoch(group_epochs) >= self.max_epochs:
             self.ended = True
 
-    def outcome(self, attrs: dict[str, Any]) -> TrialOutcome:
+    def outcome(self) -> TrialOutcome:
         """The member's trial outcome, as an ordinary trial with the same values would have it."""
-        common: dict[str, Any] = {"intermediate": dict(self.values), "metrics": dict(self.metrics), "attrs": attrs}
+        common: dict[str, Any] = {"intermediate": dict(self.values), **self._common()}
         if self.error is not None:
             fatal = isinstance(self.error, MetricNotFoundError)
             return TrialOutcome(
@@ -148,13 +260,22 @@ class Member:
         return TrialOutcome(state, value=self.best_value, best_step=self.best_step, checkpoint=ckpt, **common)
 
 
-def member_checkpoint(model: Any, epoch: int, global_step: int, namespace: Any) -> dict[str, Any]:
+def member_checkpoint(
+    model: Any, epoch: int, global_step: int, namespace: Any, state_dict: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One member's weights as a Lightning checkpoint that ``Model.load_from_checkpoint`` reads.
 
     The tensors are cloned: a member's parameters are views of the group's stacked tensors (and saving a
     view would write the whole group). Optimizer states are not included.
+
+    Args:
+        model: the member.
+        epoch, global_step: the member's own epoch and optimizer step.
+        namespace: the Lightning package (its version is recorded).
+        state_dict: these weights instead of the member's current ones (a best step kept from before).
     """
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    weights = model.state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().clone() for k, v in weights.items()}
     ckpt: dict[str, Any] = {
         "state_dict": state,
         "epoch": epoch,

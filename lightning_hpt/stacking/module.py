@@ -7,7 +7,9 @@ optimizer from its own ``configure_optimizers``: learning rate, weight decay, mo
 optimizer setting are the member's exactly. ``nn.Dropout`` modules of the template read each member's
 rate from a stacked buffer; random draws differ per member (``randomness="different"``). Validation
 calls each member's own ``validation_step`` (its torchmetrics included). A member that has ended is
-left out of the stacked call: it receives no updates.
+left out of the stacked call: it receives no updates. At the end of each epoch a member that goes on
+writes its resumable checkpoint when due (:mod:`lightning_hpt.stacking.resume`); a member continued from
+one starts with its weights (set by the caller), its optimizer state and its step count.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing_extensions import override
 from lightning_hpt.stacking.grouping import StackingRefused
 from lightning_hpt.stacking.members import Member, member_checkpoint
 from lightning_hpt.stacking.optim import StackedOptimizer
+from lightning_hpt.stacking.resume import ResumeClock, save_member_state
 
 __all__ = ["stacked_module_class"]
 
@@ -118,13 +121,24 @@ def stacked_module_class(namespace: Any) -> type:
 
 
 class _StackedLogic:
-    """Trains ``members`` as one model; ``tracks[i]`` decides when member ``i`` ends and records its trial."""
+    """Trains ``members`` as one model; ``tracks[i]`` decides when member ``i`` ends and records its trial.
+
+    ``optimizer_states[i]``, when given, is member ``i``'s optimizer state to continue from (its
+    resumable checkpoint's); ``stop`` set ends the fit at the next step, every member unfinished.
+    """
 
     def __init__(
-        self, members: Sequence[Any], tracks: Sequence[Member], namespace: Any, stop: threading.Event | None = None
+        self,
+        members: Sequence[Any],
+        tracks: Sequence[Member],
+        namespace: Any,
+        stop: threading.Event | None = None,
+        optimizer_states: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
         super().__init__()
         self._stop = stop
+        self._restore = list(optimizer_states or [None] * len(members))
+        self._clocks = [ResumeClock(t.job.build.resume) for t in tracks]
         self.automatic_optimization = False
         self._members, self._tracks, self._pl = list(members), list(tracks), namespace
         params, buffers = stack_module_state(self._members)
@@ -140,7 +154,7 @@ class _StackedLogic:
         self._grads: list[list[tuple[Tensor, Tensor]]] = []
         self._vectorized: StackedOptimizer | None = None
         self._logged: list[dict[str, Tensor]] = [{} for _ in self._members]
-        self._member_steps = [0] * len(self._members)
+        self._member_steps = [t.steps_before for t in tracks]
         self._val: list[tuple[dict[str, tuple[float, float]], dict[str, Any]]] = []
 
     # --- the members' views and optimizers ------------------------------------------------------
@@ -169,12 +183,61 @@ class _StackedLogic:
         self._vectorized = StackedOptimizer.build(self._optimizers, self._grads)
         how = "one vectorized update" if self._vectorized is not None else "each member's own optimizer step"
         log.debug("stacked group of %d members: %s", len(self._members), how)
+        for i, state in enumerate(self._restore):
+            if state is not None:
+                self._load_optimizer(i, state)
+        self._restore = []
         return self._optimizers
 
+    def _load_optimizer(self, i: int, state: dict[str, Any]) -> None:
+        """Member ``i``'s optimizer continues from ``state`` (its own ``state_dict``)."""
+        opt = self._optimizers[i]
+        opt.load_state_dict(state)  # torch checks the groups' sizes and moves the state to the parameters
+        if self._vectorized is not None:  # the stacked update keeps the state: move it there
+            moments = [opt.state.pop(view, {}) for _, view in self._grads[i]]
+            self._vectorized.load_member_state(i, moments, self._member_steps[i])
+
+    def _optimizer_state(self, i: int) -> dict[str, Any]:
+        """Member ``i``'s optimizer ``state_dict``, as its own optimizer alone would have it."""
+        opt = self._optimizers[i]
+        state = opt.state_dict()
+        if self._vectorized is not None:
+            index = {
+                id(p): n
+                for group, packed in zip(opt.param_groups, state["param_groups"], strict=True)
+                for p, n in zip(group["params"], packed["params"], strict=True)
+            }
+            moments = self._vectorized.member_state(i)
+            state["state"] = {index[id(v)]: m for (_, v), m in zip(self._grads[i], moments, strict=True) if m}
+        return state
+
+    def _save_resume(self, i: int, epochs: int) -> None:
+        """Write member ``i``'s resumable checkpoint, after its ``epochs`` epochs."""
+        track, steps = self._tracks[i], self._member_steps[i]
+        kept = track.kept
+        best = None if kept is None else {k: kept[k] for k in ("state_dict", "epoch", "global_step")}
+        if kept is not None and kept["epoch"] == epochs - 1:  # this epoch's: the same weights, saved once
+            weights = kept["state_dict"]
+        else:
+            weights = {k: v.detach().clone() for k, v in self._members[i].state_dict().items()}
+        state = {
+            "state_dict": weights,
+            "optimizer_states": [self._optimizer_state(i)],
+            "epoch": epochs,
+            "global_step": steps,
+            "member": track.snapshot(epochs, steps),
+            "best": best,
+        }
+        save_member_state(track.job.trial_dir, state)
+        self._clocks[i].written()
+
     # --- training ---------------------------------------------------------------------------------
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
     def _active(self) -> list[int]:
         """The members still training; none once the executor was shut down."""
-        if self._stop is not None and self._stop.is_set():
+        if self._stopped():
             return []
         return [i for i, t in enumerate(self._tracks) if not t.ended]
 
@@ -221,11 +284,16 @@ class _StackedLogic:
 
     @override
     def on_train_epoch_end(self) -> None:
-        for t in self._tracks:
-            if not t.ended:
-                t.epoch_done(self.current_epoch + 1)
-                if t.ended:
-                    t.close()
+        if self._stopped():  # the epoch was cut short: it does not count
+            return
+        for i, t in enumerate(self._tracks):
+            if t.ended:
+                continue
+            t.epoch_done(self.current_epoch + 1)
+            if t.ended:
+                t.finish()
+            elif self._clocks[i].due(t.own_epoch(self.current_epoch + 1)):
+                self._save_resume(i, t.own_epoch(self.current_epoch + 1))
         if not self._active():
             self.trainer.should_stop = True
 
@@ -270,9 +338,10 @@ class _StackedLogic:
             values[name] = float(metric.compute())
             metric.reset()
         track = self._tracks[i]
+        epoch = track.own_epoch(self.current_epoch)
         train = {k: float(v.float().mean()) for k, v in self._logged[i].items()}  # the last step's values
-        track.log_metrics({**train, **values, "epoch": self.current_epoch}, step=self.current_epoch)
+        track.log_metrics({**train, **values, "epoch": epoch}, step=epoch)
         if track.observe({**train, **values}) and track.job.build.checkpoint:
-            track.keep(member_checkpoint(self._members[i], self.current_epoch, self._member_steps[i], self._pl))
+            track.keep(member_checkpoint(self._members[i], epoch, self._member_steps[i], self._pl))
         if track.ended:
-            track.close()
+            track.finish()

@@ -133,6 +133,35 @@ class StackedOptimizer:
         else:
             self.steps.index_copy_(0, active, steps)
 
+    def member_state(self, i: int) -> list[dict[str, Tensor]]:
+        """Member ``i``'s state per stacked parameter, as its own ``torch.optim`` optimizer keeps it.
+
+        The tensors are copies: a slice of a stacked tensor would save the whole group's state.
+        """
+        steps = float(self.steps[i])
+        if steps == 0:  # torch keeps no state for a parameter before its first step
+            return [{} for _ in self.stacked]
+        if self.kind == "adam":
+            return [
+                {"step": torch.tensor(steps), "exp_avg": m[i].clone(), "exp_avg_sq": v[i].clone()}
+                for m, v in self.state
+            ]
+        return [
+            {"momentum_buffer": buf[i].clone()} if float(hp["momentum"][i]) != 0 else {}
+            for (buf, _), hp in zip(self.state, self.hyper, strict=True)
+        ]
+
+    def load_member_state(self, i: int, states: Sequence[dict[str, Tensor]], steps: int) -> None:
+        """Give member ``i`` the state :meth:`member_state` returned (``steps``: the updates it has had)."""
+        self.steps[i] = float(steps)
+        for (first, second), state in zip(self.state, states, strict=True):
+            if self.kind == "adam" and "exp_avg" in state:
+                first[i].copy_(state["exp_avg"])
+                second[i].copy_(state["exp_avg_sq"])
+                self.steps[i] = float(state["step"])
+            elif self.kind == "sgd" and state.get("momentum_buffer") is not None:
+                first[i].copy_(state["momentum_buffer"])
+
     @staticmethod
     def _col(v: Tensor, like: Tensor) -> Tensor:
         return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
