@@ -265,3 +265,10 @@ CHECKING: dict[str, Callable[[], SuiteProblem]] = {
     "tab_wine": tab_wine,
 }
 SUITE: dict[str, Callable[[], SuiteProblem]] = {**TUNING, **CHECKING}
+
+#: problems whose optimum is at (``ackley_int5``) or near (``levy_int4``, regret 0.9 there) the
+#: centre of the box: a design that evaluates the centre first (Ax's, and BayesianStrategy's
+#: ``center_first``) wins their cells at once. A flaw of these two problems, noticed after their
+#: first runs and left as it is (changing a problem after seeing results is worse); the report
+#: also counts the cells without them.
+CENTRE_OPTIMUM = frozenset({"levy_int4", "ackley_int5"})

@@ -10,11 +10,14 @@ At batch size 4 the comparison is also made against Ax's batch mode alone (``ax`
 
 With ``--previous RUNS``, also: ``bayes`` against the ``bayes`` runs of that file, made by an
 earlier BayesianStrategy on the same problems and seeds (see the README for how they were made).
+With ``--against METHOD``, ``bayes`` against another method of the same runs, e.g. the earlier
+defaults ``bayes:num_restarts=4,raw_samples=256,center_first=false``. Variants of ``bayes``
+(``bayes:...``) are never counted as peers.
 
 Usage::
 
     python benchmarks/bo_report.py [--runs results/bo_suite_runs.jsonl] [--budgets 10 20 40 80]
-        [--previous results/bo_suite_previous.jsonl]
+        [--previous results/bo_suite_previous.jsonl] [--against METHOD]
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bo_problems import CHECKING, SUITE, TUNING
+from bo_peers import bayes_kwargs
+from bo_problems import CENTRE_OPTIMUM, CHECKING, SUITE, TUNING
 from bo_suite import RUNS
 
 OURS = "bayes"
@@ -58,7 +62,7 @@ def cells(runs: list[dict], batch: int, budgets: list[int], peers_only: tuple[st
     for name in SUITE:
         optimum = SUITE[name]().optimum
         methods = {m for (p, m) in by if p == name}
-        peers = sorted(m for m in methods if m != OURS and (peers_only is None or m in peers_only))
+        peers = sorted(m for m in methods if bayes_kwargs(m) is None and (peers_only is None or m in peers_only))
         if OURS not in methods or not peers:
             continue
         for budget in budgets:
@@ -89,6 +93,7 @@ def table(runs: list[dict], batch: int, budgets: list[int], peers_only: tuple[st
     ]
     wins = total = worst = 0
     worst = 0.0
+    plain = [0, 0]  # wins and cells without the problems whose optimum is at the centre
     for name, budget, ours, best, best_name, n, n_best in cells(runs, batch, budgets, peers_only):
         half = "tuning" if name in TUNING else "checking"
         win = ours <= best
@@ -96,12 +101,18 @@ def table(runs: list[dict], batch: int, budgets: list[int], peers_only: tuple[st
         wins += win
         total += 1
         worst = max(worst, ratio)
+        if name not in CENTRE_OPTIMUM:
+            plain[0] += win
+            plain[1] += 1
         lines.append(
             f"| {half} | {name} | {budget} | {n} / {n_best} | {_fmt(ours)} | {_fmt(best)} ({best_name}) | "
             f"{_ratio(ratio)} | {'win' if win else 'loss'} |"
         )
     lines.append("")
-    lines.append(f"bayes at or below {label}: {wins} of {total} cells; worst ratio {_ratio(worst)}.")
+    lines.append(
+        f"bayes at or below {label}: {wins} of {total} cells; worst ratio {_ratio(worst)}; "
+        f"without {' and '.join(sorted(CENTRE_OPTIMUM))} (optimum at or near the centre): {plain[0]} of {plain[1]}."
+    )
     return lines
 
 
@@ -123,12 +134,14 @@ def cost(runs: list[dict]) -> list[str]:
     return lines
 
 
-def against_previous(runs: list[dict], previous: list[dict], budgets: list[int]) -> list[str]:
-    """Median regret of ``bayes`` now and in ``previous`` (batch 1), on the seeds both have."""
+def against_previous(
+    runs: list[dict], previous: list[dict], budgets: list[int], method: str = OURS, label: str = "previous bayes"
+) -> list[str]:
+    """Median regret of ``bayes`` and of ``method`` in ``previous`` (batch 1), on the seeds both have."""
     now = {(r["problem"], r["seed"]): r for r in runs if r["method"] == OURS and r["batch"] == 1}
-    old = {(r["problem"], r["seed"]): r for r in previous if r["method"] == OURS and r["batch"] == 1}
+    old = {(r["problem"], r["seed"]): r for r in previous if r["method"] == method and r["batch"] == 1}
     lines = [
-        "| half | problem | budget | seeds | bayes | previous bayes | ratio |",
+        f"| half | problem | budget | seeds | bayes | {label} | ratio |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     better = total = 0
@@ -144,7 +157,7 @@ def against_previous(runs: list[dict], previous: list[dict], budgets: list[int])
             total, better = total + 1, better + (a <= b)
             ratio = a / b if b else (1.0 if a == b else float("inf"))
             lines.append(f"| {half} | {name} | {budget} | {len(seeds)} | {_fmt(a)} | {_fmt(b)} | {_ratio(ratio)} |")
-    lines.append(f"bayes at or below the previous bayes: {better} of {total} cells.")
+    lines.append(f"bayes at or below {label}: {better} of {total} cells.")
     return lines
 
 
@@ -153,6 +166,7 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=RUNS)
     ap.add_argument("--budgets", type=int, nargs="*", default=[10, 20, 40, 80])
     ap.add_argument("--previous", type=Path, help="runs of an earlier BayesianStrategy to compare with")
+    ap.add_argument("--against", help="another method of the same runs to compare bayes with, e.g. bayes:...")
     args = ap.parse_args()
     runs = load(args.runs)
     print(f"Runs: {len(runs)} ({args.runs.name}); machine: {runs[0]['machine'] if runs else '-'}")
@@ -168,6 +182,9 @@ def main() -> None:
     if args.previous is not None:
         print("\n### Batch size 1: bayes against the previous BayesianStrategy\n")
         print("\n".join(against_previous(runs, load(args.previous), args.budgets)))
+    if args.against is not None:
+        print(f"\n### Batch size 1: bayes against {args.against}\n")
+        print("\n".join(against_previous(runs, runs, args.budgets, args.against, args.against)))
     print("\n### Seconds per proposal (batch size 1, one thread, median)\n")
     print("\n".join(cost(runs)))
 
