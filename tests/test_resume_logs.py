@@ -13,6 +13,9 @@ import csv
 import functools
 import logging
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,20 @@ from lightning_hpt.lightning.loggers import (
 )
 
 EPOCHS, K = 6, 3  # 4 training steps an epoch (64 points, batches of 16)
+
+
+class StepLog(TinyModel):
+    """Appends each training step's epoch to ``log`` and sleeps ``pause`` s (a test kills it in a known epoch)."""
+
+    def __init__(self, log: str, pause: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log_path, self.pause = log, pause
+
+    def training_step(self, batch, batch_idx):
+        with open(self.log_path, "a") as f:
+            f.write(f"{self.current_epoch}\n")
+        time.sleep(self.pause)
+        return super().training_step(batch, batch_idx)
 
 
 class StopOnce(TinyModel):
@@ -57,13 +74,18 @@ class SmallBatches(TinyData):
         super().__init__(batch_size=16)
 
 
-def _model(marker: str | None, interrupt: bool, cfg: dict) -> StopOnce:
+def _stop_once(marker: str | None, interrupt: bool, cfg: dict) -> StopOnce:
     return StopOnce(marker, interrupt, **cfg["model"])
 
 
-def _search(root: Path, marker: str | None = None, interrupt: bool = False, **kw) -> HyperparameterSearch:
+def _step_log(log: str, pause: float, cfg: dict) -> StepLog:
+    return StepLog(log, pause, **cfg["model"])
+
+
+def _search(root: Path, marker: str | None = None, interrupt: bool = False, model=None, **kw) -> HyperparameterSearch:
+    """The one-trial search of :class:`StopOnce` (stopped once when given a ``marker``), or of another ``model``."""
     return HyperparameterSearch(
-        functools.partial(_model, marker, interrupt),
+        model or functools.partial(_stop_once, marker, interrupt),
         SmallBatches,
         {"model.lr": Float(0.01, 0.1, log=True)},
         root=str(root),
@@ -129,6 +151,33 @@ def test_a_trial_interrupted_mid_epoch_keeps_its_rows_before_the_continued_ones_
     kinds = _kinds(rows)
     assert len(set(kinds)) == len(kinds) and [s for s, _ in kinds] == sorted(s for s, _ in kinds)
     assert sum(1 for _, keys in kinds if keys == ("val_loss",)) == EPOCHS and kinds[-2][1] == ("val_loss",)
+
+
+def _step_log_search(root: Path, pause: float) -> HyperparameterSearch:
+    return _search(root, model=functools.partial(_step_log, f"{root}.log", pause))
+
+
+@pytest.mark.slow
+def test_a_trial_whose_driver_is_killed_continues_its_csv_log_byte_for_byte(tmp_path):
+    """SIGKILL of the driver (this module run as a script) once epoch K has trained a step, logged after epoch
+    K-1's checkpoint: the rerun continues the trial, and its ``metrics.csv`` is the uninterrupted run's, byte for
+    byte."""
+    assert _step_log_search(tmp_path / "ref", 0.0).run().trials[0].state is TrialState.COMPLETE
+    root = tmp_path / "run"
+    cmd = [sys.executable, __file__, str(root), "0.3"]
+    proc, t0 = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), time.monotonic()
+    log = Path(f"{root}.log")
+    while not (log.exists() and log.read_text().splitlines().count(str(K)) >= 2):  # epoch K's second step
+        assert proc.poll() is None and time.monotonic() - t0 < 120, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    _, first = _csv(root)
+    assert int(first[-1]["step"]) >= K * 4  # a row after the checkpoint: trained again, written once
+    t = _step_log_search(root, 0.0).run().trials[0]
+    assert t.state is TrialState.COMPLETE and t.attempt == 2 and t.attrs["resumed_at_step"] == K
+    path = Path("default", "trial_0", "csv", "metrics.csv")
+    assert (root / path).read_bytes() == (tmp_path / "ref" / path).read_bytes()
 
 
 def _logger(tmp_path: Path) -> ContinuedCSVLogger:
@@ -213,3 +262,7 @@ def test_every_way_of_naming_lightnings_csv_logger_gives_the_continuing_one(tmp_
 def _csv_at(log_dir: Path) -> tuple[str, list[dict[str, str]]]:
     text = (log_dir / "metrics.csv").read_text()
     return text.splitlines()[0], list(csv.DictReader(text.splitlines()))
+
+
+if __name__ == "__main__":  # the SIGKILL test's driver: the search of StepLog in ROOT, PAUSE s a step
+    _step_log_search(Path(sys.argv[1]), float(sys.argv[2])).run()
