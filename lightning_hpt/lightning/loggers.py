@@ -1,19 +1,32 @@
-"""One run of every logger per trial: a project's loggers, re-made for each trial of a study."""
+"""One run of every logger per trial: a project's loggers, re-made for each trial of a study.
+
+A continued trial's CSV log goes on from the rows its earlier attempt wrote (:class:`ContinuedCSVLogger`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib
 import inspect
+import logging
+import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from typing_extensions import override
+
 from lightning_hpt.exceptions import ConfigurationError
 
 __all__ = [
+    "EARLIER_METRICS",
     "KNOWN_LOGGERS",
+    "ContinuedCSVLogger",
     "TrialContext",
     "TrialLogger",
     "check_logger_spec",
@@ -31,6 +44,11 @@ KNOWN_LOGGERS = {
     "wandb": "lightning.pytorch.loggers.WandbLogger",
     "mlflow": "lightning.pytorch.loggers.MLFlowLogger",
 }
+
+log = logging.getLogger(__name__)
+
+#: where a continued trial's CSV logger keeps the earlier attempt's rows until its own first row
+EARLIER_METRICS = "metrics.earlier.csv"
 
 
 @dataclass(frozen=True)
@@ -140,9 +158,10 @@ class TrialLogger:
         object.__setattr__(self, "kwargs", kwargs)
 
     def make(self, ctx: TrialContext, index: int = 0) -> Any:
-        """The logger of trial ``ctx``."""
+        """The logger of trial ``ctx`` (Lightning's ``CSVLogger`` as a :class:`ContinuedCSVLogger`)."""
         cls = _logger_class(self.cls)
-        return cls(**logger_kwargs(cls, self.kwargs, ctx, index))
+        made = ContinuedCSVLogger if cls is CSVLogger else cls
+        return made(**logger_kwargs(cls, self.kwargs, ctx, index))
 
 
 def make_logger(spec: Any, ctx: TrialContext, index: int = 0, **kwargs: Any) -> Any:
@@ -243,6 +262,93 @@ def config_loggers(value: Any, ctx: TrialContext) -> Any:
         args = init.as_dict() if hasattr(init, "as_dict") else dict(init or {})
         new = logger_kwargs(cls, args, ctx, index)
         item = item.clone() if hasattr(item, "clone") else dict(item)
+        if cls is CSVLogger:
+            item["class_path"] = f"{__name__}.{ContinuedCSVLogger.__name__}"
         item["init_args"] = type(init)(**new) if init is not None and hasattr(init, "as_dict") else new
         out.append(item)
     return out if isinstance(value, (list, tuple)) else out[0]
+
+
+class ContinuedCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger`` that continues the ``metrics.csv`` an earlier attempt of its trial left.
+
+    A trial continued from its resumable checkpoint logs into the same ``csv/`` folder, where
+    Lightning's logger would delete the earlier attempt's ``metrics.csv``. This one moves that file
+    aside when it is made (:data:`EARLIER_METRICS`, beside it) and, at the new attempt's first row,
+    writes the earlier rows first, up to that row's step: the rows from that step on were logged after
+    the checkpoint and are trained again. The file aside goes once ``metrics.csv`` holds both; an
+    attempt stopped before its first row leaves it there, for the next one. A logger with a step
+    before the earlier rows' (a later ``fit`` of a script trial, starting at step 0) replaces them,
+    as Lightning's does. The arguments are ``CSVLogger``'s.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        name: str | None = "lightning_logs",
+        version: int | str | None = None,
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ) -> None:
+        super().__init__(save_dir, name, version, prefix, flush_logs_every_n_steps)
+        # a version given names a folder that may hold a run to continue (None: the next, a new one)
+        self._earlier = None if version is None else _set_aside(self.log_dir)
+
+    @property
+    @override
+    def experiment(self) -> Any:
+        """Lightning's writer; while it continues a log, without its warning that the earlier file will be deleted."""
+        if self._earlier is None:
+            return super().experiment
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+            return super().experiment
+
+    @override
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self._earlier is not None:
+            self._write_earlier(before=step)
+        super().log_metrics(metrics, step)
+
+    @override
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._earlier is not None:  # the attempt logged nothing: the earlier rows are the whole log
+            self._write_earlier(before=None)
+        super().finalize(status)
+
+    def _write_earlier(self, before: int | None) -> None:
+        """Write the earlier attempt's rows whose step is before ``before`` (all: ``None``); drop the file aside."""
+        writer = self.experiment
+        path, self._earlier = self._earlier, None
+        for step, row in _read_rows(path):
+            if before is None or step < before:
+                writer.log_metrics(row, step)
+        self.save()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+@rank_zero_only
+def _set_aside(log_dir: str) -> str | None:
+    """Move ``log_dir``'s ``metrics.csv`` aside; the path of the earlier rows, or ``None`` when there are none.
+
+    A ``metrics.csv`` beside a file aside holds that file's rows too (the attempt that wrote it stopped
+    before removing it): it replaces it.
+    """
+    metrics, earlier = os.path.join(log_dir, "metrics.csv"), os.path.join(log_dir, EARLIER_METRICS)
+    if os.path.isfile(metrics):
+        os.replace(metrics, earlier)
+    return earlier if os.path.isfile(earlier) else None
+
+
+def _read_rows(path: str) -> list[tuple[int, dict[str, str]]]:
+    """The rows of the CSV log ``path`` as ``(step, values)``, empty cells left out; none if it cannot be read."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        return [(int(r.pop("step")), {k: v for k, v in r.items() if k and v not in ("", None)}) for r in rows]
+    except (OSError, csv.Error, KeyError, TypeError, ValueError) as e:
+        log.warning("the earlier attempt's CSV log %s cannot be read (%s); the new log starts without it", path, e)
+        return []
