@@ -176,7 +176,8 @@ def main() -> None:
     if any(r["batch"] == 4 for r in runs):
         print("\n### Batch size 4: bayes against Ax's batch mode\n")
         print("\n".join(table(runs, 4, args.budgets, peers_only=("ax", "ax_fast"))))
-        if any(r["batch"] == 4 and r["method"] not in (OURS, "ax", "ax_fast") for r in runs):
+        others = {r["method"] for r in runs if r["batch"] == 4 and bayes_kwargs(r["method"]) is None}
+        if others - {"ax", "ax_fast"}:
             print("\n### Batch size 4: bayes against the best peer of each cell\n")
             print("\n".join(table(runs, 4, args.budgets)))
     if args.previous is not None:

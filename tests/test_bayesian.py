@@ -69,6 +69,22 @@ def test_initial_design_is_valid_reproducible_and_seeded():
     assert BayesianStrategy(seed=4).ask(history, 4) != a
 
 
+def test_first_trial_is_the_centre_of_the_space_unless_turned_off():
+    space = SearchSpace(
+        {"lr": Float(1e-4, 1e-2, log=True), "width": Int(0, 10), "act": Categorical(["relu", "gelu", "tanh"])}
+    )
+    history = History(space, Direction.MINIMIZE, seed=0)
+    first = BayesianStrategy().ask(history, 2)
+    assert first[0] == {"lr": pytest.approx(1e-3), "width": 5, "act": "gelu"}
+    assert first[1] != first[0]
+    sobol = BayesianStrategy(center_first=False).ask(history, 1)[0]
+    assert sobol != first[0] and sobol["lr"] != pytest.approx(1e-3)
+    later = History(space, Direction.MINIMIZE, (TrialRecord(0, first[0], TrialState.COMPLETE, value=1.0),), seed=0)
+    assert BayesianStrategy().ask(later, 1)[0] == first[1]  # the centre is trial 0 only
+    with pytest.raises(ConfigurationError, match="center_first"):
+        BayesianStrategy(center_first="yes")
+
+
 def test_model_proposals_are_valid_and_reproducible():
     history = history_of(MIXED, mixed_value, 8)
     a = BayesianStrategy(seed=1).ask(history, 2)
