@@ -181,6 +181,7 @@ class SearchSpace(Mapping[str, Domain]):
         for n, v in params.items():
             if not self._domains[n].contains(v):
                 raise SearchSpaceError(f"value {n}={v!r} is not in {self._domains[n]!r}")
+        for n, v in params.items():
             if n not in on:
                 raise SearchSpaceError(
                     f"{n}={v!r} is given, but {n} exists only when {self._conditions.describe(n)}, which does not"
