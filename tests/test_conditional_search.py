@@ -107,7 +107,9 @@ def test_trainer_script_route_gets_active_parameters_only(tmp_path):
     for trial in s:
         seen.append(trial.params)
         model = TinyModel(hidden=trial.params.get("model.hidden", 8))
-        L.Trainer(callbacks=[trial.callback()], enable_progress_bar=False, **TRAINER).fit(model, TinyData())
+        settings = {"default_root_dir": trial.dir, "enable_progress_bar": False, **TRAINER}
+        trainer = L.Trainer(callbacks=[trial.callback()], **settings)
+        trainer.fit(model, TinyData())
     assert len(seen) == 4 and [t.state for t in s.trials] == [TrialState.COMPLETE] * 4
     assert {tuple(sorted(p)) for p in seen} == {
         ("optimizer.class_path", "optimizer.momentum"),
