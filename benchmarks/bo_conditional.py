@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import statistics
@@ -128,17 +129,28 @@ def run(method: str, trials: int, seed: int) -> dict[str, Any]:
 def report(checkpoints: tuple[int, ...] = (10, 20, 30)) -> None:
     runs = [json.loads(line) for line in RESULTS.read_text().splitlines()]
     methods = list(dict.fromkeys(r["method"] for r in runs))
-    print(f"median simple regret (best value - {BEST}) after n trials; seeds per method; seconds per run (median)")
-    print("| method | " + " | ".join(f"n={n}" for n in checkpoints) + " | seeds | s/run |")
-    print("| --- |" + " --- |" * (len(checkpoints) + 2))
+    n_max = max(checkpoints)
+    print(f"simple regret (best value - {BEST}) after n trials: median (mean) over the seeds;")
+    print(f"found: seeds within 0.01 of the optimum by trial {n_max}; stall: longest run of equal values (mean);")
+    print("seconds per run (median)")
+    print("| method | " + " | ".join(f"n={n}" for n in checkpoints) + " | found | stall | seeds | s/run |")
+    print("| --- |" + " --- |" * (len(checkpoints) + 4))
     for m in methods:
-        mine = [r for r in runs if r["method"] == m]
-        cells = [
-            f"{statistics.median(min(r['values'][:n]) - BEST for r in mine):.3f}"
-            for n in checkpoints
-            if all(len(r["values"]) >= n for r in mine)
-        ]
-        print(f"| {m} | {' | '.join(cells)} | {len(mine)} | {statistics.median(r['seconds'] for r in mine):.0f} |")
+        mine = [r for r in runs if r["method"] == m and len(r["values"]) >= n_max]
+        cells = []
+        for n in checkpoints:
+            regret = [min(r["values"][:n]) - BEST for r in mine]
+            cells.append(f"{statistics.median(regret):.3f} ({statistics.mean(regret):.3f})")
+        found = sum(min(r["values"][:n_max]) - BEST < 0.01 for r in mine)
+        stall = statistics.mean(_stall(r["values"][:n_max]) for r in mine)
+        seconds = statistics.median(r["seconds"] for r in mine)
+        print(f"| {m} | {' | '.join(cells)} | {found} | {stall:.1f} | {len(mine)} | {seconds:.0f} |")
+
+
+def _stall(values: list[float]) -> int:
+    """The longest run of consecutive trials with the same value (to 2 decimals): a search stuck in one place."""
+    rounded = [round(v, 2) for v in values]
+    return max(len(list(group)) for _, group in itertools.groupby(rounded))
 
 
 def main() -> None:
