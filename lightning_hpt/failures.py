@@ -104,9 +104,12 @@ def _counted(t: TrialRecord) -> bool:
 
 
 def _varied(space: SearchSpace, failed: Sequence[TrialRecord]) -> bool:
-    """Whether every parameter that can take several values took at least two among ``failed``."""
+    """Whether every parameter that can take several values took at least two among ``failed``.
+
+    A conditional parameter inactive in all of them is not asked to vary: it could not.
+    """
     for name in space:
-        if space[name].cardinality == 1:
+        if space[name].cardinality == 1 or not any(name in t.params for t in failed):
             continue
         if len({repr(t.params.get(name)) for t in failed}) < 2:
             return False

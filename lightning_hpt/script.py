@@ -218,7 +218,9 @@ class ScriptSearch(HyperparameterSearch):
     """A study whose trials a user's own training script builds and trains.
 
     Args:
-        space: ``{"lr": Float(1e-4, 1e-1, log=True), ...}``; names are free (``model.lr`` or ``lr``).
+        space: ``{"lr": Float(1e-4, 1e-1, log=True), ...}``; names are free (``model.lr`` or ``lr``). A
+            conditional entry (``Float(0, 0.99, when={"opt": "sgd"})``) is in ``trial.params`` only
+            where its condition holds: read it with ``trial.params.get(name, default)``.
         monitor, mode: the metric the callback reports and its direction.
         max_epochs: the most validation runs a trial has, for pruners that need it (ASHA, Hyperband);
             ``None``: the longest finished trial.

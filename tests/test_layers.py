@@ -13,7 +13,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lightning_hpt"
 
 #: floor of each top-level part of the package (a module or a sub-package), lowest first.
 FLOORS = {
-    **dict.fromkeys(("exceptions", "space", "trial", "registry", "names", "checks", "failures", "surrogate"), 0),
+    **dict.fromkeys(
+        (
+            "exceptions",
+            "domains",
+            "conditions",
+            "space",
+            "trial",
+            "registry",
+            "names",
+            "checks",
+            "failures",
+            "surrogate",
+        ),
+        0,
+    ),
     **dict.fromkeys(("strategies", "pruners", "storage", "lightning", "report"), 1),
     "executors": 2,
     **dict.fromkeys(("search", "result", "driver", "reporting", "proposals", "recovery", "run_scope", "stacking"), 3),

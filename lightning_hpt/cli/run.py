@@ -173,7 +173,7 @@ def run_search(
     cli_kwargs = dict(cli_kwargs or {})
     parser, s, config, config_ns = parse_search(argv, cli_class, cli_args, cli_kwargs, meta_flags)
     space = space_from_config(s.space, config, parser, config_ns)
-    enqueue = [resolve_params(p, config, "search.enqueue") for p in s.enqueue or []]
+    enqueue = [resolve_params(p, config, "search.enqueue", space) for p in s.enqueue or []]
     strategy, pruner = make_strategy_spec(s.strategy), make_pruner_spec(s.pruner)
     executor = make_executor(s.executor)
     builder = CLITrialBuilder(cli_class, tuple(cli_args), cli_kwargs, config, s.quiet)

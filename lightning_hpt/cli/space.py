@@ -7,15 +7,23 @@ Example (YAML)::
       optimizer.lr: {type: float, low: 1e-4, high: 0.1, log: true}   # short for optimizer.init_args.lr
       data.batch_size: {choices: [32, 64, 128]}
       trainer.max_epochs: [4, 8]                                      # a list is a set of choices
+      optimizer.class_path: [torch.optim.SGD, torch.optim.AdamW]
+      optimizer.momentum: {type: float, low: 0.0, high: 0.99, when: {optimizer.class_path: torch.optim.SGD}}
+
+A ``when`` names other keys of the space (short or full forms). A conditional argument of a searched
+class (``optimizer.momentum`` when ``optimizer.class_path`` is searched) need not be in the config:
+it is that class's ``init_args`` entry.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from lightning_hpt.cli.parsing import config_paths, layer, resolve_key
+from lightning_hpt.cli.parsing import config_paths, layer, resolve_key, short_key
 from lightning_hpt.exceptions import ConfigurationError, SearchSpaceError
 from lightning_hpt.space import Categorical, Domain, SearchSpace
 
@@ -82,20 +90,19 @@ def check_types(parser: Any, base_cfg: Any, space: SearchSpace) -> None:
     Raises:
         ConfigurationError: a value the argument's type refuses, with the parser's reason.
     """
-    reps = {k: representatives(d) for k, d in space.items()}
     exit_on_error = parser.exit_on_error
     parser.exit_on_error = False  # raise ArgumentError instead of printing usage and exiting
     try:
-        for r in range(max(len(v) for v in reps.values())):
-            params = {k: v[r % len(v)] for k, v in reps.items()}
+        for params in _probes(space):
             try:
                 layer(parser, base_cfg, params)
                 continue
             except argparse.ArgumentError as whole:
                 error: BaseException = whole
             for key, value in params.items():
+                needs = {a: params[a] for a in _ancestors(space, key) if a in params}  # e.g. its class_path
                 try:
-                    layer(parser, base_cfg, {key: value})
+                    layer(parser, base_cfg, {**needs, key: value})
                 except argparse.ArgumentError as e:
                     raise ConfigurationError(
                         f"space[{key!r}] = {space[key]!r} does not fit the argument's type: the config parser refuses"
@@ -107,15 +114,105 @@ def check_types(parser: Any, base_cfg: Any, space: SearchSpace) -> None:
         parser.exit_on_error = exit_on_error
 
 
-def resolve_params(params: Mapping[str, Any], base: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A configuration with its keys resolved to full config paths (``model.lr`` -> ``model.init_args.lr``)."""
+def _ancestors(space: SearchSpace, name: str) -> list[str]:
+    """The parameters ``name``'s conditions depend on, directly or through other conditions."""
+    out: list[str] = []
+    todo = list(space[name].when or ())
+    while todo:
+        parent = todo.pop()
+        if parent not in out:
+            out.append(parent)
+            todo.extend(space[parent].when or ())
+    return out
+
+
+def _holding(space: SearchSpace, name: str) -> dict[str, Any]:
+    """Values of ``name``'s ancestors under which its conditions hold (each condition's first value)."""
+    out: dict[str, Any] = {}
+    for child in [name, *_ancestors(space, name)]:
+        for parent, values in (space[child].when or {}).items():
+            out.setdefault(parent, values[0])
+    return out
+
+
+def _probes(space: SearchSpace) -> list[dict[str, Any]]:
+    """Configurations that together give every domain's representatives, each where its parameter is active.
+
+    One round per representative, every parameter at once (inactive ones left out); then, for a
+    conditional value no round reached, one more with its conditions set to hold.
+    """
+    reps = {k: representatives(d) for k, d in space.items()}
+    probes = [space.active({k: v[r % len(v)] for k, v in reps.items()}) for r in range(max(map(len, reps.values())))]
+    seen = {(k, repr(v)) for p in probes for k, v in p.items()}
+    for name in space.conditions.rules:
+        for value in reps[name]:
+            if (name, repr(value)) in seen:
+                continue
+            probe = space.active({**{k: v[0] for k, v in reps.items()}, **_holding(space, name), name: value})
+            seen.update((k, repr(v)) for k, v in probe.items())
+            probes.append(probe)
+    return probes
+
+
+def resolve_params(
+    params: Mapping[str, Any], base: Mapping[str, Any], where: str, space: SearchSpace | None = None
+) -> dict[str, Any]:
+    """A configuration with its keys resolved to full config paths (``model.lr`` -> ``model.init_args.lr``).
+
+    Keys of ``space`` (in short or full form) resolve to themselves: a conditional argument of a
+    searched class is not in the config.
+    """
     paths = list(config_paths(base))
+    known = {short_key(k): k for k in space or ()}
     out: dict[str, Any] = {}
     for key, value in params.items():
-        full = resolve_key(key, base, paths)
+        full = known.get(short_key(key)) or resolve_key(key, base, paths)
         if full in out:
             raise ConfigurationError(f"{where}: {key!r} and another key both name {full!r}; give it once")
         out[full] = value
+    return out
+
+
+def _resolve_space(domains: Mapping[str, Domain], base: Mapping[str, Any]) -> dict[str, Domain]:
+    """The space's keys, and the names in its conditions, resolved to full config paths.
+
+    A key that is not in the config but conditional on a searched ``<section>.class_path`` is that
+    class's argument: ``optimizer.momentum`` -> ``optimizer.init_args.momentum``.
+    """
+    paths = list(config_paths(base))
+    full: dict[str, str] = {}
+    missing: list[tuple[str, ConfigurationError]] = []
+    for key in domains:
+        try:
+            full[key] = resolve_key(key, base, paths)
+        except ConfigurationError as e:
+            missing.append((key, e))
+    by_short = {short_key(path): path for path in full.values()}
+
+    def resolved(name: str) -> str:
+        return full.get(name) or by_short.get(short_key(name), name)
+
+    for key, error in missing:
+        parents = [resolved(p) for p in domains[key].when or ()]
+        unknown = [p for p in parents if p not in full.values() and p not in domains]
+        if unknown:  # the condition is the mistake, more likely than the key
+            near = difflib.get_close_matches(unknown[0], list(full.values()), n=3)
+            raise SearchSpaceError(
+                f"space[{key!r}]: when={domains[key].when!r} names {unknown[0]!r}, which is not a key of search.space"
+                f" ({sorted(domains)})" + (f"; did you mean {near}?" if near else "")
+            )
+        sections = [p.removesuffix(".class_path") for p in parents if p.endswith(".class_path")]
+        section = next((s for s in sections if short_key(key).startswith(short_key(s) + ".")), None)
+        if section is None:
+            raise error
+        full[key] = f"{section}.init_args.{short_key(key)[len(short_key(section)) + 1 :]}"
+    by_short = {short_key(path): path for path in full.values()}
+    out: dict[str, Domain] = {}
+    for key, domain in domains.items():
+        if full[key] in out:
+            raise ConfigurationError(f"search.space: {key!r} and another key both name {full[key]!r}; give it once")
+        when = domain.when and {resolved(p): list(v) for p, v in domain.when.items()}
+        out[full[key]] = dataclasses.replace(domain, when=when) if when else domain
     return out
 
 
@@ -139,7 +236,6 @@ def space_from_config(raw: Any, base: Mapping[str, Any], parser: Any, base_cfg: 
         )
     if not isinstance(raw, Mapping):
         raise ConfigurationError(f"search.space must be a mapping of config paths to domains, got {raw!r}")
-    domains = resolve_params({k: domain_from_yaml(k, v) for k, v in raw.items()}, base, "search.space")
-    space = SearchSpace(domains)
+    space = SearchSpace(_resolve_space({k: domain_from_yaml(k, v) for k, v in raw.items()}, base))
     check_types(parser, base_cfg, space)
     return space

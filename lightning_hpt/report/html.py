@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_hpt.exceptions import HPTError
 from lightning_hpt.report.export import write_text_atomic
 from lightning_hpt.report.sample import MAX_CURVES, MAX_ROWS, plot_sample
-from lightning_hpt.report.table import format_duration, format_value, param_labels, rank_trials
+from lightning_hpt.report.table import format_duration, format_value, param_cell, param_labels, rank_trials
 from lightning_hpt.trial import Direction, TrialRecord, TrialState, best_trial, count_states
 
 if TYPE_CHECKING:  # storage sits on the same floor as report: only its interface is used, never imported
@@ -99,7 +99,7 @@ def _trials_table(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
     ]
     ranked = rank_trials(trials, info.direction)
     for t in ranked[:MAX_ROWS]:  # a big study: the best rows; the rest is in `lightning-hpt show` and the exports
-        cells = "".join(f"<td>{_e(format_value(t.params.get(n)))}</td>" for n in names)
+        cells = "".join(f"<td>{_e(param_cell(t.params, n))}</td>" for n in names)
         error = t.error or ""  # whole: the report is where a failure is read in full
         out.append(
             f"<tr><td class='num'>{t.number}</td><td class='state-{t.state.value}'>{t.state.value}</td>"

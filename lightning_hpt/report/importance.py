@@ -18,7 +18,10 @@ Method (sensitivity of the Bayesian strategy's own surrogate):
    discrete domain) crossed with shared random draws of the other parameters.
 
 Indices are in ``[0, 1]``; their sum is at most about 1, the rest being interactions between
-parameters. They describe the model fitted to the trials run so far: with few trials, or trials
+parameters. A conditional parameter is drawn like the others, but where its condition does not
+hold it sits at its placeholder, as in the trials (:meth:`~lightning_hpt.space.SearchSpace.project`):
+its index is the share of the variance it explains across the whole space, the branches where it
+is absent included. They describe the model fitted to the trials run so far: with few trials, or trials
 concentrated in one region (a Bayesian search late in a study), they describe that region.
 """
 
@@ -127,13 +130,15 @@ def param_importance(
             base = torch.stack(
                 [_draws(dom, torch.rand(samples, generator=gen, dtype=torch.float64)) for dom in space.values()], dim=-1
             )  # samples x d
-            total = float(_posterior_mean(model, base).var(unbiased=False))
+            # an inactive parameter sits where the model saw it in every trial: at its placeholder
+            total = float(_posterior_mean(model, space.project(base)).var(unbiased=False))
             scores: dict[str, float] = {}
             for i, name in enumerate(names):
                 points = _axis(space[name], grid, gen)  # k
                 xs = base.unsqueeze(0).repeat(len(points), 1, 1)  # k x samples x d
                 xs[:, :, i] = points.unsqueeze(1)
-                effect = _posterior_mean(model, xs.reshape(-1, base.shape[-1])).reshape(len(points), samples).mean(-1)
+                xs = space.project(xs.reshape(-1, base.shape[-1]))
+                effect = _posterior_mean(model, xs).reshape(len(points), samples).mean(-1)
                 scores[name] = float(effect.var(unbiased=False))
     finally:
         torch.set_num_threads(threads)

@@ -234,8 +234,9 @@ def plot_parallel_coordinates(
     columns: list[list[float]] = []
     ticks: list[tuple[list[float], list[str]]] = []
     for name in names:
-        pos, tk = _unit_axis(domains[name], [t.params.get(name) for t in scored])
-        columns.append(pos)
+        pos, tk = _unit_axis(domains[name], [t.params[name] for t in scored if name in t.params])
+        found = iter(pos)  # a trial without the parameter (inactive in it) breaks its line at that axis
+        columns.append([next(found) if name in t.params else math.nan for t in scored])
         ticks.append(tk)
     vals = [t.value for t in scored]
     lo, hi = min(vals), max(vals)
@@ -310,10 +311,10 @@ def plot_slices(
         if direction.better(t.value, best.value):
             best = t
     labels = param_labels(list(domains))
-    vals = [t.value for t in scored]
     for ax, name in zip(axes.flat, domains, strict=False):
         dom = domains[name]
-        raw = [t.params.get(name) for t in scored]
+        having = [t for t in scored if name in t.params]  # a conditional parameter: the trials where it is active
+        raw = [t.params[name] for t in having]
         cats = _categories(dom, raw)
         if cats is not None:
             where = {repr(c): i for i, c in enumerate(cats)}
@@ -323,13 +324,13 @@ def plot_slices(
             best_x = where.get(repr(best.params.get(name)), -1)
         else:
             xs = [float(v) for v in raw]
-            best_x = float(best.params.get(name))
+            best_x = float(best.params[name]) if name in best.params else math.nan
             if getattr(dom, "log", False):
                 ax.set_xscale("log")
         points = ax.scatter(
             xs,
-            vals,
-            c=[t.number for t in scored],
+            [t.value for t in having],
+            c=[t.number for t in having],
             cmap="viridis",
             s=22,
             edgecolors="#333333",
@@ -338,7 +339,8 @@ def plot_slices(
             vmin=scored[0].number,
             vmax=max(scored[-1].number, scored[0].number + 1),
         )
-        ax.scatter([best_x], [best.value], s=120, facecolors="none", edgecolors=_BEST, linewidths=2, zorder=4)
+        if name in best.params:
+            ax.scatter([best_x], [best.value], s=120, facecolors="none", edgecolors=_BEST, linewidths=2, zorder=4)
         ax.set_xlabel(labels[name])
         ax.grid(alpha=0.3)
     for row in axes:

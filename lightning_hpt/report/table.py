@@ -16,7 +16,7 @@ from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.failures import short_error
 from lightning_hpt.trial import Direction, TrialRecord, TrialState, rank_trials
 
-__all__ = ["format_duration", "format_value", "param_labels", "rank_trials", "trials_table"]
+__all__ = ["format_duration", "format_value", "param_cell", "param_labels", "rank_trials", "trials_table"]
 
 _MAX_CELL = 24
 
@@ -30,6 +30,11 @@ def format_value(value: Any) -> str:
     if not math.isfinite(value):
         return str(value)
     return f"{value:.4g}"
+
+
+def param_cell(params: Mapping[str, Any], name: str) -> str:
+    """A parameter's value in a table: empty when the trial has no such parameter (inactive in it)."""
+    return format_value(params[name]) if name in params else ""
 
 
 def format_duration(seconds: float | None) -> str:
@@ -85,8 +90,8 @@ def trials_table(
     """A plain-text table of trials, one row each.
 
     Columns: trial number, state, the monitored value (the trial's best epoch), one column per
-    parameter, epochs (validation runs reported, ``len(intermediate)``), duration, and, when a
-    shown trial FAILED, its error (shortened at a word boundary).
+    parameter (empty where a conditional parameter is inactive), epochs (validation runs reported,
+    ``len(intermediate)``), duration, and, when a shown trial FAILED, its error (shortened at a word boundary).
 
     Args:
         trials: the trials to show, for example ``storage.trials(study)``.
@@ -118,7 +123,7 @@ def trials_table(
                 str(t.number),
                 t.state.value,
                 format_value(t.value),
-                *(_cell(format_value(params.get(n))) for n in names),
+                *(_cell(param_cell(params, n)) for n in names),
                 str(len(t.intermediate)),
                 format_duration(t.duration),
                 *([short_error(t.error if t.state is TrialState.FAILED else "")] if errors else []),

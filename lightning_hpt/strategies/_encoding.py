@@ -1,8 +1,14 @@
-"""How a search space lives in the unit cube for the Bayesian strategy: kinds, allowed values, bounds."""
+"""How a search space lives in the unit cube for the Bayesian strategy: kinds, allowed values, bounds.
+
+Conditional parameters (docs/bayesian.md): the cube keeps one dimension per parameter; an inactive
+one sits at a fixed placeholder, the middle of its domain, in every trial, and the acquisition is
+evaluated on projected points, so the model only ever sees configurations.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,12 +67,7 @@ class _Encoding:
     @property
     def cardinality(self) -> int | None:
         """Number of configurations of a finite space (``None`` when a dimension is continuous)."""
-        total = 1
-        for domain in self.space.values():
-            if domain.cardinality is None:
-                return None
-            total *= domain.cardinality
-        return total
+        return self.space.cardinality
 
     def encode(self, params: Mapping[str, Any]) -> torch.Tensor:
         return self.space.to_unit(params)
@@ -79,3 +80,39 @@ class _Encoding:
         flat = x.reshape(-1, self.dim)
         out = torch.stack([self.encode(self.decode(row)) for row in flat])
         return out.reshape(x.shape)
+
+    def wrap(self, acq: Any) -> Any:
+        """The acquisition function as a function of configurations: unchanged without conditions.
+
+        With conditional parameters the optimizer's point is projected first (every inactive
+        coordinate at its placeholder, :meth:`SearchSpace.project`), so the acquisition never rates
+        a coordinate the configuration does not have, and the maximizer is the value of what it decodes to.
+        """
+        if not self.space.conditions:
+            return acq
+        return _projected_class()(acq, self.space.project)
+
+
+@functools.cache
+def _projected_class() -> type:
+    """The projecting wrapper class (defined on first use: BoTorch is imported only when the strategy proposes)."""
+    from botorch.acquisition import AcquisitionFunction
+
+    class Projected(AcquisitionFunction):
+        """An acquisition function evaluated on projected points (pending points projected too)."""
+
+        def __init__(self, acq: AcquisitionFunction, project: Callable[[torch.Tensor], torch.Tensor]) -> None:
+            super().__init__(acq.model)
+            self.acq_func, self._project = acq, project
+
+        @property
+        def X_pending(self) -> torch.Tensor | None:
+            return self.acq_func.X_pending
+
+        def set_X_pending(self, X_pending: torch.Tensor | None = None) -> None:
+            self.acq_func.set_X_pending(None if X_pending is None else self._project(X_pending))
+
+        def forward(self, X: torch.Tensor) -> torch.Tensor:
+            return self.acq_func(self._project(X))
+
+    return Projected

@@ -263,7 +263,7 @@ class BayesianStrategy(Strategy):
                 torch.manual_seed(torch_seed)
                 y_fit = _surrogate.warp(y_obs) if self.warp else y_obs
                 model = _surrogate.fit_surrogate(x_obs, y_fit, _surrogate.cat_dims(enc.space))
-                acq = self._acquisition(model, x_obs, y_fit, pending)
+                acq = enc.wrap(self._acquisition(model, x_obs, y_fit, pending))
                 taken = set(seen)
                 for _ in range(n):
                     x = self._optimize(acq, enc)

@@ -18,6 +18,9 @@ __all__ = ["GridStrategy"]
 class GridStrategy(Strategy):
     """Proposes the full product of the domains' grids, in a fixed order, skipping tried points.
 
+    A conditional parameter multiplies only the branches where it is active: the grid is the sum
+    over the branches of their products (:meth:`SearchSpace.grid`).
+
     Configurations of every existing trial (finished, running or queued) are skipped, so a
     resumed or shared search continues the grid; ``ask`` returns ``[]`` once every point has
     a trial, which ends the search even if ``n_trials`` is larger.

@@ -89,3 +89,22 @@ class StrategyContract:
         h = self.history(5, direction=direction)
         for p in self.make_strategy().ask(h, 1):
             h.space.validate(p)
+
+    def test_conditional_parameters_are_absent_where_inactive(self) -> None:
+        space = SearchSpace(
+            {
+                "optimizer.class_path": Categorical(["sgd", "adam"]),
+                "optimizer.momentum": Float(0.0, 0.9, step=0.3, when={"optimizer.class_path": "sgd"}),
+                "model.num_layers": Int(1, 3),
+                "model.width3": Int(8, 64, log=True, when={"model.num_layers": 3}),
+            }
+        )
+        h = History(space, Direction.MINIMIZE, seed=0)
+        for _ in range(6):
+            for p in self.make_strategy().ask(h, 1):
+                space.validate(p)  # exactly the active parameters: an inactive one is refused
+                h = h.add(p, p["model.num_layers"] + p.get("optimizer.momentum", 0.5))
+        proposals = self.make_strategy().ask(h, 3)
+        for p in proposals:
+            space.validate(p)
+        assert len({params_key(p) for p in proposals}) == len(proposals)
