@@ -1,8 +1,9 @@
 """A one-trial search whose epochs are logged, so that a test can kill it at epoch k and rerun it.
 
 Usage: python resume_search.py ROOT EXECUTOR MAX_EPOCHS SLEEP_PER_STEP EPOCH_LOG [CV [noresume]]
-EXECUTOR is ``local`` or ``process``; CV is a number of folds (0: none). Each training epoch
-appends ``<pid> <epoch>`` to EPOCH_LOG. The finished trial is printed as
+EXECUTOR is ``local``, ``process``, ``ray`` or ``script`` (a ScriptSearch: the script's own loop and
+``trainer.fit(..., ckpt_path=trial.ckpt_path)``); CV is a number of folds (0: none). Each training
+epoch appends ``<pid> <epoch>`` to EPOCH_LOG. The finished trial is printed as
 ``RESULT <value> <attempt> <intermediate as JSON>``.
 """
 
@@ -27,12 +28,61 @@ def factory(cfg):
     return LoggedModel(sleep=float(os.environ["HPT_STEP_SLEEP"]), **cfg["model"])
 
 
+TRAINER = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "logger": False,
+    "num_sanity_val_steps": 0,
+    "enable_progress_bar": False,
+}
+
+
+def script_search(root: str, epochs: int) -> object:
+    """The same trial through a ScriptSearch: the script builds, seeds and fits it itself."""
+    import lightning.pytorch as L
+
+    from lightning_hpt import Float, ScriptSearch
+
+    search = ScriptSearch(
+        space={"model.lr": Float(0.01, 0.2, log=True)},
+        monitor="val_loss",
+        root=root,
+        n_trials=1,
+        seed=0,
+        resume="noresume" not in sys.argv,
+    )
+    for trial in search:
+        L.seed_everything(0, verbose=False)
+        model = factory({"model": trial.section("model")})
+        trainer = L.Trainer(max_epochs=epochs, callbacks=[trial.callback()], default_root_dir=str(trial.dir), **TRAINER)
+        trainer.fit(model, datamodule=TinyData(), ckpt_path=trial.ckpt_path)
+    return search.trials[0]
+
+
+def executor_named(name: str) -> object:
+    if name == "ray":
+        from lightning_hpt import RayExecutor
+
+        # Ray reruns the task of a killed worker once, under the same number: it continues from the checkpoint
+        return RayExecutor({"cpu": 1}, max_retries=1, init_kwargs={"num_cpus": 1, "log_to_driver": False})
+    if name == "process":
+        from lightning_hpt import ProcessExecutor
+
+        return ProcessExecutor(1)
+    return None
+
+
 def main() -> None:
-    from lightning_hpt import Float, HyperparameterSearch, ProcessExecutor
+    from lightning_hpt import Float, HyperparameterSearch
 
     root, executor, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     os.environ["HPT_STEP_SLEEP"], os.environ["HPT_EPOCH_LOG"] = sys.argv[4], sys.argv[5]
     cv = int(sys.argv[6]) if len(sys.argv) > 6 and int(sys.argv[6]) > 1 else None
+    if executor == "script":
+        t = script_search(root, epochs)
+        curve = json.dumps({str(k): v for k, v in t.intermediate.items()})
+        print("RESULT", repr(t.value), t.attempt, curve, flush=True)
+        return
     search = HyperparameterSearch(
         factory,
         TinyData,
@@ -44,15 +94,8 @@ def main() -> None:
         cv=cv,
         retry_failed=True,
         resume="noresume" not in sys.argv,
-        executor=ProcessExecutor(1) if executor == "process" else None,
-        trainer_kwargs={
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_epochs": epochs,
-            "logger": False,
-            "num_sanity_val_steps": 0,
-            "enable_progress_bar": False,
-        },
+        executor=executor_named(executor),
+        trainer_kwargs={**TRAINER, "max_epochs": epochs},
         verbose=False,
     )
     t = search.run().trials[0]
