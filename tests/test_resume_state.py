@@ -178,3 +178,27 @@ def test_the_resumable_checkpoint_sits_beside_a_projects_checkpoint_without_a_mo
     # checkpointing turned off by the project: no resumable checkpoint, none written on interruption either
     off = combine_callbacks(L, [], ours, checkpointing=False)
     assert off == [ours[0]] and not any(isinstance(c, (ModelCheckpoint, InterruptCheckpoint)) for c in off)
+
+
+def test_a_script_trial_writes_its_checkpoint_in_its_first_fit_only_and_never_with_checkpointing_off(tmp_path):
+    """ScriptSearch: the first fit keeps the resumable checkpoint; a later fit of the trial does not continue
+    from it (removed, ckpt_path None); a Trainer with checkpointing off gets none; the trial's end removes it."""
+    from lightning_hpt import ScriptSearch
+
+    search = ScriptSearch(space={"lr": Float(0.01, 0.1, log=True)}, root=str(tmp_path), n_trials=2, seed=0)
+    for trial in search:
+        resume = trial.dir / "resume" / "latest.ckpt"
+        on = trial.number == 0
+        assert trial.ckpt_path is None  # fresh trials
+        for fit in range(2):
+            trainer = L.Trainer(
+                **{**FAST, "max_epochs": 2},
+                callbacks=[trial.callback()],
+                default_root_dir=str(trial.dir),
+                enable_checkpointing=on,
+            )
+            assert not resume.exists() and trial.ckpt_path is None  # a later fit: the first's state removed
+            trainer.fit(TinyModel(lr=trial.params["lr"]), TinyData(), ckpt_path=trial.ckpt_path)
+            assert resume.exists() == (on and fit == 0)
+    assert [sorted(t.intermediate) for t in search.trials] == [[0, 1, 2, 3]] * 2  # steps go on over both fits
+    assert not any((tmp_path / "default" / f"trial_{n}" / "resume").exists() for n in (0, 1))
