@@ -35,15 +35,15 @@ SLEEP = 0.4  # seconds per training step before epoch K: the first attempt's tra
 
 
 class FailOnce(TinyModel):
-    """Sleeps in each step before epoch ``K``; raises at epoch ``K`` unless ``fail_marker`` exists (made then)."""
+    """Sleeps ``pause`` s a step before epoch ``K``; raises at epoch ``K`` unless ``fail_marker`` exists (made then)."""
 
-    def __init__(self, fail_marker: str | None = None, **kwargs) -> None:
+    def __init__(self, fail_marker: str | None = None, pause: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.fail_marker = fail_marker
+        self.fail_marker, self.pause = fail_marker, pause
 
     def training_step(self, batch, batch_idx):
         if self.current_epoch < K:
-            time.sleep(SLEEP)
+            time.sleep(self.pause)
         if self.current_epoch == K and self.fail_marker and not os.path.exists(self.fail_marker):
             Path(self.fail_marker).touch()
             raise RuntimeError("boom: the trial fails once")
@@ -78,8 +78,8 @@ class Probe(L.Callback):
         self._write(trainer, "end")
 
 
-def _model(marker: str | None, cfg: dict) -> FailOnce:
-    return FailOnce(marker, val_schedule=SCHEDULE, **cfg["model"])
+def _model(marker: str | None, pause: float, cfg: dict) -> FailOnce:
+    return FailOnce(marker, pause, val_schedule=SCHEDULE, **cfg["model"])
 
 
 def _project_callbacks(probe: Path) -> list:
@@ -89,9 +89,11 @@ def _project_callbacks(probe: Path) -> list:
     return [Probe(str(probe)), stop, ModelCheckpoint(save_last=True)]
 
 
-def _search(root: Path, marker: str | None, probe: Path, resume: Resume, **kw) -> HyperparameterSearch:
+def _search(
+    root: Path, marker: str | None, probe: Path, resume: Resume, pause: float = SLEEP, **kw
+) -> HyperparameterSearch:
     return HyperparameterSearch(
-        functools.partial(_model, marker),
+        functools.partial(_model, marker, pause),
         TinyData,
         {"model.lr": Float(0.01, 0.1, log=True)},
         root=str(root),
@@ -157,10 +159,10 @@ def test_a_failed_trials_checkpoint_is_removed_unless_kept_by_option_so_a_retry_
     """Without Resume(failed=True) a FAILED trial keeps no checkpoint: retry_failed trains it from epoch 0."""
     probe, root, marker = tmp_path / "probe.jsonl", tmp_path / "run", str(tmp_path / "failed_once")
     with pytest.raises(SearchFailedError):
-        _search(root, marker, probe, Resume()).run()
+        _search(root, marker, probe, Resume(), pause=0.0).run()
     assert not (root / "default" / "trial_0" / "resume").exists()
     probe.unlink()
-    t = _search(root, marker, probe, Resume(keep=True), retry_failed=True).run().trials[0]
+    t = _search(root, marker, probe, Resume(keep=True), pause=0.0, retry_failed=True).run().trials[0]
     assert t.state is TrialState.COMPLETE and t.attempt == 2 and "resumed_at_step" not in t.attrs
     assert min(k for k in _records(probe) if k != "end") == 0
     # Resume(keep=True): the completed trial keeps its one checkpoint, of its last epoch
