@@ -1,15 +1,24 @@
 """A one-trial search whose epochs are logged, so that a test can kill it at epoch k and rerun it.
 
-Usage: python resume_search.py ROOT EXECUTOR MAX_EPOCHS SLEEP_PER_STEP EPOCH_LOG [CV [noresume]]
+Usage: python resume_search.py ROOT EXECUTOR MAX_EPOCHS SLEEP_PER_STEP EPOCH_LOG [CV [noresume] [KEY=VALUE ...]]
 EXECUTOR is ``local``, ``process``, ``ray`` or ``script`` (a ScriptSearch: the script's own loop and
 ``trainer.fit(..., ckpt_path=trial.ckpt_path)``); CV is a number of folds (0: none). Each training
 epoch appends ``<pid> <epoch>`` to EPOCH_LOG. The finished trial is printed as
 ``RESULT <value> <attempt> <intermediate as JSON>``.
+
+Options for a study shared by several drivers: ``host=NAME`` (this driver plays a machine of that
+name: its trials are stored under it), ``stale_after=SECONDS``, ``storage=URL``, ``study=NAME``.
 """
 
 import json
 import os
 import sys
+
+OPTIONS = dict(a.split("=", 1) for a in sys.argv[6:] if "=" in a)
+if "host" in OPTIONS:  # before the package reads the host name
+    import socket
+
+    socket.gethostname = lambda: OPTIONS["host"]
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,6 +87,9 @@ def main() -> None:
     root, executor, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     os.environ["HPT_STEP_SLEEP"], os.environ["HPT_EPOCH_LOG"] = sys.argv[4], sys.argv[5]
     cv = int(sys.argv[6]) if len(sys.argv) > 6 and int(sys.argv[6]) > 1 else None
+    shared = {"storage": OPTIONS.get("storage"), "study_name": OPTIONS.get("study", "default")}
+    if "stale_after" in OPTIONS:
+        shared["stale_after"] = float(OPTIONS["stale_after"])
     if executor == "script":
         t = script_search(root, epochs)
         curve = json.dumps({str(k): v for k, v in t.intermediate.items()})
@@ -97,6 +109,7 @@ def main() -> None:
         executor=executor_named(executor),
         trainer_kwargs={**TRAINER, "max_epochs": epochs},
         verbose=False,
+        **shared,
     )
     t = search.run().trials[0]
     curve = json.dumps({str(k): v for k, v in t.intermediate.items()})
