@@ -14,12 +14,6 @@ import json
 import os
 import sys
 
-OPTIONS = dict(a.split("=", 1) for a in sys.argv[6:] if "=" in a)
-if "host" in OPTIONS:  # before the package reads the host name
-    import socket
-
-    socket.gethostname = lambda: OPTIONS["host"]
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from conftest import TinyData, TinyModel
@@ -81,21 +75,11 @@ def executor_named(name: str) -> object:
     return None
 
 
-def main() -> None:
+def make_search(root: str, executor: object, epochs: int, cv: int | None = None, **kwargs: object) -> object:
+    """The one-trial search (``kwargs``: more of its arguments, e.g. ``resume``, ``storage``)."""
     from lightning_hpt import Float, HyperparameterSearch
 
-    root, executor, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    os.environ["HPT_STEP_SLEEP"], os.environ["HPT_EPOCH_LOG"] = sys.argv[4], sys.argv[5]
-    cv = int(sys.argv[6]) if len(sys.argv) > 6 and int(sys.argv[6]) > 1 else None
-    shared = {"storage": OPTIONS.get("storage"), "study_name": OPTIONS.get("study", "default")}
-    if "stale_after" in OPTIONS:
-        shared["stale_after"] = float(OPTIONS["stale_after"])
-    if executor == "script":
-        t = script_search(root, epochs)
-        curve = json.dumps({str(k): v for k, v in t.intermediate.items()})
-        print("RESULT", repr(t.value), t.attempt, curve, flush=True)
-        return
-    search = HyperparameterSearch(
+    return HyperparameterSearch(
         factory,
         TinyData,
         {"model.lr": Float(0.01, 0.2, log=True)},
@@ -105,15 +89,35 @@ def main() -> None:
         patience=None,
         cv=cv,
         retry_failed=True,
-        resume="noresume" not in sys.argv,
-        executor=executor_named(executor),
+        executor=executor,
         trainer_kwargs={**TRAINER, "max_epochs": epochs},
         verbose=False,
-        **shared,
+        **kwargs,
     )
-    t = search.run().trials[0]
+
+
+def print_result(t: object) -> None:
     curve = json.dumps({str(k): v for k, v in t.intermediate.items()})
     print("RESULT", repr(t.value), t.attempt, curve, flush=True)
+
+
+def main() -> None:
+    options = dict(a.split("=", 1) for a in sys.argv[6:] if "=" in a)
+    if "host" in options:  # this driver plays another machine (set before the package reads the host name)
+        import socket
+
+        socket.gethostname = lambda: options["host"]
+    root, executor, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    os.environ["HPT_STEP_SLEEP"], os.environ["HPT_EPOCH_LOG"] = sys.argv[4], sys.argv[5]
+    cv = int(sys.argv[6]) if len(sys.argv) > 6 and int(sys.argv[6]) > 1 else None
+    if executor == "script":
+        print_result(script_search(root, epochs))
+        return
+    shared = {"storage": options.get("storage"), "study_name": options.get("study", "default")}
+    if "stale_after" in options:
+        shared["stale_after"] = float(options["stale_after"])
+    search = make_search(root, executor_named(executor), epochs, cv, resume="noresume" not in sys.argv, **shared)
+    print_result(search.run().trials[0])
 
 
 if __name__ == "__main__":
