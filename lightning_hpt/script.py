@@ -7,13 +7,19 @@
     for trial in search:
         model = MyModel(lr=trial.params["lr"])
         trainer = L.Trainer(callbacks=[trial.callback(), *my_callbacks], logger=trial.logger("tensorboard"))
-        trainer.fit(model, datamodule=dm)
+        trainer.fit(model, datamodule=dm, ckpt_path=trial.ckpt_path)  # continues a pre-empted trial
     print(search.result())
 
 The callback reports every validation run (the study's pruner answers), stops the Trainer when the
 trial is pruned, and the trial is recorded when the loop moves on (or at ``trial.finish()``, or when
 the process exits). Several copies of the script share one study. Under DDP (Lightning's launcher
 or ``torchrun``) rank 0 asks and reports, the other ranks train the same trials and stop with it.
+
+The callback also keeps the trial's resumable checkpoint (``<trial dir>/resume/latest.ckpt``, as
+every trial of a search does); a pre-empted trial that runs again continues from it when the
+script hands it to the fit: ``trainer.fit(model, datamodule=dm, ckpt_path=trial.ckpt_path)``.
+Lightning picks the checkpoint to load before any callback runs, so this one argument is the
+script's part.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import atexit
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import time
 import uuid
@@ -33,7 +40,8 @@ from lightning_hpt.exceptions import ConfigurationError, StorageError
 from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
 from lightning_hpt.lightning.loggers import TrialContext, make_logger
 from lightning_hpt.lightning.monitor import monitor_class
-from lightning_hpt.lightning.runner import TrialJob, _describe, _outcome
+from lightning_hpt.lightning.resume import checkpoint_to_resume, discard, resume_callbacks
+from lightning_hpt.lightning.runner import TrialJob, _describe, _outcome, end_resume
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.recovery import ACTIVE, recover
 from lightning_hpt.reporting import StudyReporter, record_outcome
@@ -43,6 +51,8 @@ from lightning_hpt.space import Domain, SearchSpace
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, TrialRecord, TrialState
 
 __all__ = ["ScriptSearch", "ScriptTrial"]
+
+log = logging.getLogger(__name__)
 
 #: set by rank 0 before Lightning starts the other ranks of a DDP run, which inherit it.
 GROUP_ENV = "LIGHTNING_HPT_SCRIPT_GROUP"
@@ -100,15 +110,20 @@ class ScriptTrial:
         dir: its directory, ``<root>/<study>/trial_<number>/`` (a ``Path``).
         study: the study's name.
         finished: it is recorded.
+        ckpt_path: the checkpoint this trial continues from, for ``trainer.fit(..., ckpt_path=trial.ckpt_path)``:
+            a rerun of a pre-empted trial's resumable checkpoint, ``None`` for a trial that starts
+            (also for a later fit of one trial: only its first fit continues).
     """
 
     def __init__(self, recorder: _Recorder, monitor: str, direction: Any) -> None:
-        rec = recorder.record
+        rec, job = recorder.record, recorder.job
         self.number, self.params, self.study = rec.number, dict(rec.params), recorder.study
         self.dir = Path(recorder.dir)
         self.finished = False
         self._recorder, self._metric, self._direction = recorder, monitor, direction
         self._callback: Any = None
+        self._resume = job.build.resume
+        self.ckpt_path = checkpoint_to_resume(str(self.dir), self.number, job.attempt) if self._resume else None
         Path(self.dir).mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -129,7 +144,9 @@ class ScriptTrial:
 
         It reports the monitored value after every validation run (steps continue across several
         fits of one trial), stops the Trainer when the study's pruner says so (on every DDP rank),
-        and keeps an exception raised by the fit as the trial's failure.
+        and keeps an exception raised by the fit as the trial's failure. In the trial's first fit
+        it also writes the resumable checkpoint that :attr:`ckpt_path` names on a rerun (unless the
+        Trainer has checkpointing turned off, or the search ``resume=False``).
 
         Args:
             namespace: ``pytorch_lightning`` for a Trainer of that package; ``lightning.pytorch`` by default.
@@ -142,6 +159,12 @@ class ScriptTrial:
         if previous is not None:  # a later fit of the same trial continues its steps and its best value
             cb.values, cb.best_value, cb.best_step = dict(previous.values), previous.best_value, previous.best_step
             cb.fit_error = previous.fit_error
+            if self._resume is not None and _rank() == 0:
+                discard(str(self.dir))  # the first fit's state: a later fit does not continue from it
+            self.ckpt_path = None
+        elif self._resume is not None:
+            cb.writers = resume_callbacks(namespace, self._resume, str(self.dir))
+            cb.expected = self.ckpt_path
         self._callback = cb
         return cb
 
@@ -175,10 +198,38 @@ class ScriptTrial:
 
 
 class _FitEnd:
-    """Keeps what a fit ended with: its Trainer, and the exception it raised, if any."""
+    """Keeps what a fit ended with: its Trainer, and the exception it raised, if any; adds the resumable checkpoint.
+
+    Attributes:
+        writers: the callbacks that write the trial's resumable checkpoint, added to the Trainer when
+            the fit sets up (the script made the Trainer; Lightning calls ``setup`` once its callback
+            list is final). ``ResumeCheckpoint`` goes last, so it saves once every other callback has
+            updated its state.
+        expected: the checkpoint the fit should continue from (:attr:`ScriptTrial.ckpt_path`).
+    """
 
     fit_error: BaseException | None = None
     trainer: Any = None
+    writers: tuple[Any, ...] | list[Any] = ()
+    expected: str | None = None
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        writers, self.writers = self.writers, ()
+        # no checkpoint callback at all: the script turned checkpointing off (enable_checkpointing=False)
+        if stage != "fit" or not writers or not trainer.checkpoint_callbacks:
+            return
+        trainer.callbacks = [*trainer.callbacks, *writers]  # a new list: Lightning's loop over the old one goes on
+        for cb in writers:
+            cb.setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_start(trainer, pl_module)  # type: ignore[misc]
+        if self.expected and getattr(self, "resumed_at", None) is None:
+            log.warning(
+                "the trial could continue from %s but its fit starts over: pass ckpt_path=trial.ckpt_path to"
+                " trainer.fit",
+                self.expected,
+            )
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self.trainer = trainer
@@ -211,6 +262,7 @@ class _Recorder:
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
         if outcome.state is not TrialState.FAILED and best and getattr(ckpt, "monitor", None) == self.job.build.monitor:
             outcome = dataclasses.replace(outcome, checkpoint=best)  # the script's own checkpoint of the best epoch
+        end_resume(self.job, outcome)
         return self._write(self.record, self.reporter, outcome)
 
 
@@ -226,11 +278,12 @@ class ScriptSearch(HyperparameterSearch):
             ``None``: the longest finished trial.
         **kwargs: as :class:`~lightning_hpt.HyperparameterSearch`: ``strategy``, ``pruner``,
             ``n_trials``, ``storage``, ``study_name``, ``root``, ``seed``, ``timeout``,
-            ``retry_interrupted``, ``allow_changes``, ``enqueue``, ``stale_after``.
+            ``retry_interrupted``, ``allow_changes``, ``enqueue``, ``stale_after``, ``resume`` (each
+            trial's resumable checkpoint, see :attr:`ScriptTrial.ckpt_path`).
     """
 
     _SETTINGS = ("strategy", "pruner", "n_trials", "storage", "study_name", "root", "seed", "timeout")
-    _SETTINGS += ("retry_interrupted", "allow_changes", "enqueue", "stale_after")
+    _SETTINGS += ("retry_interrupted", "allow_changes", "enqueue", "stale_after", "resume")
 
     def __init__(
         self,
@@ -336,7 +389,7 @@ class ScriptSearch(HyperparameterSearch):
 
     def _trial(self, rec: TrialRecord, reporter: StudyReporter | None) -> ScriptTrial:
         trial_dir = str(self.root / self.study_name / f"trial_{rec.number}")
-        job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir)
+        job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir, attempt=rec.attempt)
         write = functools.partial(record_outcome, self.storage, self.study_name)
         return ScriptTrial(
             _Recorder(job, rec, self.study_name, reporter, write, self._close), self.monitor, self.direction

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
             enable_progress_bar=False,
             enable_model_summary=False,
         )
-        trainer.fit(model, datamodule=DigitsData(batch_size=p["batch_size"]))
+        # a trial pre-empted in an earlier run of this script continues from its checkpoint
+        trainer.fit(model, datamodule=DigitsData(batch_size=p["batch_size"]), ckpt_path=trial.ckpt_path)
     print(search.result())
 
 

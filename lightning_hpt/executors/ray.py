@@ -61,6 +61,12 @@ def _broker_class() -> type:
             self._queue: asyncio.Queue = asyncio.Queue()
             self._waiting: dict[int, asyncio.Future] = {}
             self._ids = itertools.count()
+            self._starts: dict[str, int] = {}
+
+        async def start(self, key: str) -> int:
+            """How many times the trial's task has started, this one included (more than 1: Ray reran it)."""
+            self._starts[key] = self._starts.get(key, 0) + 1
+            return self._starts[key]
 
         async def post(self, key: str, values: list[tuple[int, float]]) -> None:
             """Reports whose trial does not wait for a decision (no pruner: the answer is always "go on")."""
@@ -123,8 +129,21 @@ class _RayReporter:
 def _run_remote(
     job: TrialJob, build: TrialBuild, broker: Any, key: str, threads: int, answers: bool = True
 ) -> TrialOutcome:
-    """The Ray task of one trial (``build`` arrives from the object store, shared by every trial)."""
+    """The Ray task of one trial (``build`` arrives from the object store, shared by every trial).
+
+    A task Ray reruns (its worker or node died) is another start of the trial: it continues from the
+    trial's checkpoint, or says that it starts over when this node cannot see it.
+    """
     global _FROZEN
+    import ray
+
+    starts = ray.get(broker.start.remote(key))
+    if starts > 1:
+        where = ray.get_runtime_context().get_node_id()
+        log.warning(
+            "trial %d: Ray runs it again (start %d, on node %s): its worker or node died", job.number, starts, where
+        )
+        job = dataclasses.replace(job, attempt=job.attempt + starts - 1)
     if threads > 0:
         import torch
 
@@ -133,7 +152,10 @@ def _run_remote(
         gc.collect()
         gc.freeze()
         _FROZEN = True
-    return run_trial(dataclasses.replace(job, build=build), _RayReporter(broker, key, answers))
+    outcome = run_trial(dataclasses.replace(job, build=build), _RayReporter(broker, key, answers))
+    if starts > 1:
+        outcome = dataclasses.replace(outcome, attrs={**outcome.attrs, "ray_restarts": starts - 1})
+    return outcome
 
 
 def _load_check(build: Any) -> None:
@@ -316,7 +338,12 @@ class RayExecutor(Executor):
         )
         self._task = ray.remote(max_calls=max_calls)(_run_remote)
         self._check = ray.remote(num_cpus=0)(_load_check)
-        self._broker = ray.remote(_broker_class()).options(num_cpus=0).remote()
+        # on this (the driver's) node: a 0-CPU actor may be placed on any node, and dies with it (Ray's
+        # soft affinity still chooses another node, so it is a hard one; it needs no resources)
+        here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False
+        )
+        self._broker = ray.remote(_broker_class()).options(num_cpus=0, scheduling_strategy=here).remote()
         if self._max is None:
             total = ray.cluster_resources()
             need = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], **opts.get("resources", {})}

@@ -4,9 +4,12 @@ The rule (one place for every way a trial is built): the project's callbacks are
 are; a callback of the search that has the same ``state_key`` as one of the project's (an
 ``EarlyStopping`` or ``ModelCheckpoint`` on the same metric and mode) is left out, so the
 project's wins. With the project's ``ModelCheckpoint`` on the monitored metric, the trial's best
-checkpoint is that callback's ``best_model_path``. The search's ``ModelCheckpoint`` is also left
-out when the project turns checkpointing off (``enable_checkpointing=False``), and quiet trials
-keep a progress bar the project put in its callbacks.
+checkpoint is that callback's ``best_model_path``. The trial's resumable checkpoint
+(:class:`~lightning_hpt.lightning.resume.ResumeCheckpoint`) has a key of its own and is always
+kept beside the project's callbacks. The search's checkpoints (the best step's, the resumable one
+and its writer on interruption) are left out when the project turns checkpointing off
+(``enable_checkpointing=False``): such a trial starts over when interrupted. Quiet trials keep a
+progress bar the project put in its callbacks.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from lightning_hpt.lightning.resume import InterruptCheckpoint
 
 __all__ = ["best_checkpoint", "combine_callbacks", "quiet_flags"]
 
@@ -33,7 +38,7 @@ def combine_callbacks(
         pl: the Lightning package (``lightning.pytorch`` or ``pytorch_lightning``).
         user: the project's callbacks for this trial (already its own copies).
         ours: the search's callbacks, its monitor first.
-        checkpointing: the project's ``enable_checkpointing``; ``False`` leaves out the search's ModelCheckpoint.
+        checkpointing: the project's ``enable_checkpointing``; ``False`` leaves out the search's checkpoints.
     """
     user = list(user)
     taken = {k for k in map(_state_key, user) if k is not None}
@@ -42,7 +47,7 @@ def combine_callbacks(
     for cb in rest:
         if _state_key(cb) in taken:
             continue  # the project's own callback of that kind and setting wins
-        if checkpointing is False and isinstance(cb, pl.callbacks.ModelCheckpoint):
+        if checkpointing is False and isinstance(cb, (pl.callbacks.ModelCheckpoint, InterruptCheckpoint)):
             continue
         kept.append(cb)
     return [monitor, *user, *kept]

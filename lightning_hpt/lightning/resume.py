@@ -3,10 +3,10 @@
 Every trial keeps one full Lightning checkpoint of its latest state (model, optimizers,
 schedulers, loop progress, every callback's state: the search's monitor with its reported values
 and the random number generators, ``EarlyStopping``'s counters, the best-step ``ModelCheckpoint``)
-in ``<trial dir>/resume/latest.ckpt``. A ``ModelCheckpoint`` without a monitor writes it at the
-interval of :class:`Resume`; :class:`InterruptCheckpoint` writes it when the trial is stopped
-from outside (Ctrl+C, SIGTERM). A rerun of the
-trial (same number, same directory) hands it to ``trainer.fit(ckpt_path=...)``.
+in ``<trial dir>/resume/latest.ckpt``. :class:`ResumeCheckpoint` (Lightning's ``ModelCheckpoint``
+without a monitor) writes it at the interval of :class:`Resume`; :class:`InterruptCheckpoint` writes
+it when the trial is stopped from outside (Ctrl+C, SIGTERM). A rerun of the trial (same number, same
+directory) hands it to ``trainer.fit(ckpt_path=...)``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ __all__ = [
     "RESUME_DIR",
     "InterruptCheckpoint",
     "Resume",
+    "ResumeCheckpoint",
     "checkpoint_to_resume",
     "discard",
     "load_finished_runs",
@@ -98,11 +99,25 @@ class InterruptCheckpoint(L.Callback):
             log.info("the trial was interrupted: its state is saved in %s", self.path)
 
 
+class ResumeCheckpoint(L.callbacks.ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` under a name of its own, so that it sits beside a project's.
+
+    Lightning keeps each callback's state under its ``state_key`` and refuses two callbacks with one
+    key; ``ModelCheckpoint``'s key is its class name with its monitor, mode and interval, so a
+    project's ``ModelCheckpoint()`` without a monitor would have the key of the trial's resumable
+    checkpoint (and replace it, as the project's callbacks win: ``lightning.callbacks``). This
+    class's name makes its key ``ResumeCheckpoint{...}``: both are kept, each with its own state.
+    """
+
+
 def resume_callbacks(pl: Any, resume: Resume, trial_dir: str) -> list[Any]:
     """The callbacks that write ``<trial_dir>/resume/latest.ckpt``: at the interval, and on interruption."""
     dirpath = os.path.join(trial_dir, RESUME_DIR)
     interval = None if resume.every_minutes is None else datetime.timedelta(minutes=resume.every_minutes)
-    latest = pl.callbacks.ModelCheckpoint(
+    # pytorch_lightning's trainers need its own classes: there the plain ModelCheckpoint, which a
+    # project's ModelCheckpoint without a monitor replaces, and nothing is written on interruption
+    ours = pl is L
+    latest = (ResumeCheckpoint if ours else pl.callbacks.ModelCheckpoint)(
         dirpath=dirpath,
         filename=_NAME,
         monitor=None,
@@ -112,7 +127,7 @@ def resume_callbacks(pl: Any, resume: Resume, trial_dir: str) -> list[Any]:
         enable_version_counter=False,
     )
     cbs = [latest]
-    if pl.__name__.startswith("lightning."):  # pytorch_lightning's own class would be needed there
+    if ours:
         cbs.append(InterruptCheckpoint(os.path.join(dirpath, f"{_NAME}.ckpt")))
     return cbs
 

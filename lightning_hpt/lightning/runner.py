@@ -232,7 +232,7 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
             with contextlib.suppress(Exception):  # a W&B run left open would be reused by the next trial
                 finish_loggers(live.trainer.loggers)
     outcome = _outcome(job, live.monitor, live.trainer, error, interrupted)
-    _end_resume(job, outcome)
+    end_resume(job, outcome)
     if error is not None:  # its traceback holds the trial's frames, and so the model, in a reference cycle
         traceback.clear_frames(error.__traceback__)
     del live, error
@@ -242,7 +242,7 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     return outcome
 
 
-def _end_resume(job: TrialJob, outcome: TrialOutcome) -> None:
+def end_resume(job: TrialJob, outcome: TrialOutcome) -> None:
     """Remove the trial's resumable checkpoint when it ended, unless kept by option; an interrupted one keeps it."""
     r = job.build.resume
     if r is None or r.keep or outcome.interrupted or (outcome.state is TrialState.FAILED and r.failed):
@@ -383,7 +383,7 @@ def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
             save_finished_runs(job, done, runs, sent)
     assert last is not None
     outcome = _parts_outcome(b, runs, done, sent, last)
-    _end_resume(job, outcome)
+    end_resume(job, outcome)
     return outcome
 
 

@@ -24,8 +24,7 @@ from lightning_hpt.exceptions import MetricNotFoundError
 from lightning_hpt.lightning import compat
 from lightning_hpt.lightning.loggers import TrialContext, trial_loggers
 from lightning_hpt.lightning.monitor import TrialReporter, metric_missing
-from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, value_failure
-from lightning_hpt.lightning.runner import _end_resume as end_resume
+from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, end_resume, value_failure
 from lightning_hpt.stacking.resume import write_checkpoint
 from lightning_hpt.trial import INTERRUPTED, Direction, TrialState
 
