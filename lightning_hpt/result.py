@@ -13,6 +13,7 @@ from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.quiet import quiet_lightning
 from lightning_hpt.lightning.schedule import validation_schedule
+from lightning_hpt.objectives import Objective
 from lightning_hpt.storage import Storage, open_storage
 from lightning_hpt.trial import Direction, TrialRecord, best_trial, count_states, rank_trials
 
@@ -38,6 +39,8 @@ class SearchResult:
         builder: how the study's trials were built (:meth:`load_best_model`, :meth:`refit`, :meth:`test` need it).
         root: the directory of the study's files (``<root>/<study>/``; :meth:`refit` saves its model there).
         seed: the study's seed (:meth:`refit` seeds as the best trial did).
+        objectives: with several objectives, all of them (``monitor`` and ``direction`` are the
+            first's); ``()`` with one. See :attr:`pareto_trials`.
 
     Example:
         >>> result = SearchResult.load("runs/studies.db", "mnist", builder=builder, root="runs")  # doctest: +SKIP
@@ -54,6 +57,7 @@ class SearchResult:
     root: str | os.PathLike | None = None
     seed: int | None = None
     _extra: dict[str, Any] = field(default_factory=dict)
+    objectives: tuple[Objective, ...] = ()
 
     @classmethod
     def load(
@@ -75,7 +79,8 @@ class SearchResult:
         storage = open_storage(storage)
         info = storage.load_study(study)
         trials = tuple(storage.trials(study))
-        return cls(study, info.monitor, info.direction, trials, "", storage, builder, root, info.seed)
+        kept = {"storage": storage, "builder": builder, "root": root, "seed": info.seed, "objectives": info.objectives}
+        return cls(study, info.monitor, info.direction, trials, "", **kept)
 
     @property
     def best_trial(self) -> TrialRecord | None:

@@ -182,6 +182,8 @@ def run_search(
         space=space,
         monitor=s.monitor,
         mode=s.mode,
+        constraints=s.constraints,
+        param_constraints=s.param_constraints,
         strategy=strategy,
         pruner=pruner,
         n_trials=s.n_trials,
