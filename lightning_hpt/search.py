@@ -181,6 +181,11 @@ class HyperparameterSearch:
         if self.cv is not None or refit:
             builder.check_cv("cv=..." if self.cv is not None else "refit=True")
         one_score_per_run(self.cv, repeats, objectives, outcome)
+        if refit and len(objectives) > 1:
+            raise ConfigurationError(
+                "refit=True retrains the one best configuration, and several objectives have a Pareto front instead:"
+                " drop refit, then choose a trial of result.pareto_trials and call result.refit(trial=...)"
+            )
         self.refit = refit
         monitor, direction = objectives[0].name, objectives[0].direction
         self.build = TrialBuild(
@@ -384,9 +389,10 @@ class HyperparameterSearch:
             if self._owns_executor:  # an executor passed in is the caller's: it can serve another run()
                 self.executor.shutdown()
         result = self.result(reason)
-        if self.refit and result.best_trial is not None:
+        if self.refit and not result.multi and result.best_trial is not None:
             result.refit()
-        progress.end(str(result), trials_table(result.trials, self.monitor, self.direction, top=10))
+        table = trials_table(result.trials, self.monitor, self.direction, top=10, objectives=self.build.objectives)
+        progress.end(str(result), table)
         failed = no_complete_trial(result.trials, reason or "done")
         if failed is not None:
             raise SearchFailedError(failed, result)

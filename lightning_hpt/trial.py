@@ -165,17 +165,18 @@ _STATE_RANK = {
 
 
 def rank_trials(trials: Iterable[TrialRecord], direction: Direction | str) -> list[TrialRecord]:
-    """Trials best first: COMPLETE by value, then PRUNED by value, then RUNNING, QUEUED and FAILED ones.
+    """Trials best first: COMPLETE by value (infeasible ones after the others), then PRUNED by value, then
+    RUNNING, QUEUED and FAILED ones.
 
     Ties (and trials without a finite value) keep the order of their numbers. The first trial is
     the best one if it is :attr:`~TrialRecord.scored`; this is the package's only definition of "best".
     """
     direction = Direction.parse(direction)
 
-    def key(t: TrialRecord) -> tuple[int, float, int]:
+    def key(t: TrialRecord) -> tuple[int, bool, float, int]:
         finite = t.value is not None and math.isfinite(t.value)
         value = (t.value if direction is Direction.MINIMIZE else -t.value) if finite else math.inf
-        return _STATE_RANK.get(t.state, 5), value, t.number
+        return _STATE_RANK.get(t.state, 5), not t.feasible, value, t.number
 
     return sorted(trials, key=key)
 
