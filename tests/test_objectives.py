@@ -201,3 +201,21 @@ def test_a_version_2_database_is_upgraded_and_takes_several_objectives(tmp_path,
         assert conn.execute("SELECT value FROM hpt_meta WHERE key = 'schema_version'").fetchone() == (
             str(SCHEMA_VERSION),
         )
+
+
+@pytest.mark.parametrize("strategy", ["grid", "sobol", "random"])
+def test_grid_sobol_and_random_run_unchanged_on_several_objectives(tmp_path, fast_trainer, strategy):
+    space = (
+        {"model.hidden": Int(2, 4), "model.lr": Float(0.05, 0.1)} if strategy != "grid" else {"model.hidden": Int(2, 4)}
+    )
+    n = 5 if strategy == "grid" else 3
+    one = make(tmp_path / "1", fast_trainer, monitor="val_loss", mode="min", strategy=strategy, space=space, n_trials=n)
+    two = make(tmp_path / "2", fast_trainer, strategy=strategy, space=space, n_trials=n).run()
+    one = one.run()
+    assert [t.params for t in two.trials] == [t.params for t in one.trials]  # the same proposals as with one metric
+    assert all(
+        t.values is not None and t.values[0] == pytest.approx(o.value)
+        for t, o in zip(two.trials, one.trials, strict=True)
+    )
+    if strategy == "grid":
+        assert two.stopped_reason == "grid strategy exhausted" and len(two.trials) == 3
