@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +21,6 @@ from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation
 from lightning_hpt.lightning.resume import Resume
 from lightning_hpt.lightning.runner import TrialBuild, judge
-from lightning_hpt.lightning.schedule import validation_schedule
 from lightning_hpt.objectives import Objective, parse_objectives
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.pruners import Pruner, StepIndex, make_pruner
@@ -31,7 +30,18 @@ from lightning_hpt.report.live import make_progress
 from lightning_hpt.report.table import trials_table
 from lightning_hpt.result import SearchResult
 from lightning_hpt.run_scope import frozen_gc, heartbeat, sigterm_raises
-from lightning_hpt.search_args import adopt, one_score_per_run, require_positive, resume_of, told, trial_builder
+from lightning_hpt.search_args import (
+    adopt,
+    check_feasible,
+    check_params,
+    max_steps_of,
+    one_score_per_run,
+    record_told,
+    require_positive,
+    resume_of,
+    told,
+    trial_builder,
+)
 from lightning_hpt.space import Domain, SearchSpace, validate_study_name
 from lightning_hpt.storage import Storage, StudyInfo, open_storage, storage_spec
 from lightning_hpt.strategies import Strategy, make_strategy
@@ -219,7 +229,8 @@ class HyperparameterSearch:
             )
         self._enqueue = [dict(p) for p in enqueue]
         for p in self._enqueue:
-            self.space.validate(p)
+            self._check_params(p)
+        check_feasible(self.space, self.param_constraints)
         make_progress(verbose)  # validates it
         self.verbose = verbose
         require_positive("stale_after", stale_after, integer=False)
@@ -303,27 +314,22 @@ class HyperparameterSearch:
     def max_steps(self) -> int | None:
         """The most steps (validation runs) a trial can have, if known: ``trainer.max_epochs`` (its highest
         value if searched), times the validation runs per epoch, times the runs (folds x repeats) of a trial."""
-        trainer = self.build.builder.trainer_settings()
-        dom = self.space.get("trainer.max_epochs")
-        if dom is not None and dom.values() is not None:
-            epochs = int(max(dom.values()))
-        else:
-            epochs = trainer.get("max_epochs")
-            if not (isinstance(epochs, int) and epochs > 0):
-                return None
-        schedule = validation_schedule(trainer)
-        if schedule is None:
-            return None  # validation every k batches: the count of validation runs is not known here
-        every, per_epoch = schedule
-        # steps continue across the folds and repeats of one trial
-        return max(1, epochs // every) * per_epoch * len(self.build.runs)
+        return max_steps_of(self.build, self.space)
 
     def _history(self, storage: Storage) -> History:
-        return storage.history(self.study_name, self.max_steps, StepIndex if self.pruner.active else None)
+        history = storage.history(self.study_name, self.max_steps, StepIndex if self.pruner.active else None)
+        return (
+            dataclasses.replace(history, param_constraints=self.param_constraints)
+            if self.param_constraints
+            else history
+        )
+
+    def _check_params(self, params: Mapping[str, Any]) -> None:
+        check_params(self.space, self.param_constraints, params)
 
     def enqueue(self, params: Mapping[str, Any]) -> TrialRecord | None:
         """Add a configuration to try before the strategy's proposals (once: a known one is not added again)."""
-        self.space.validate(params)
+        self._check_params(params)
         storage = self.open()
         if any(params_key(dict(t.params)) == params_key(dict(params)) for t in storage.trials(self.study_name)):
             return None
@@ -458,27 +464,14 @@ class HyperparameterSearch:
             intermediate: values per step (lists with several objectives).
             metrics: the values of the outcome constraints' metrics, which the trial is judged on.
         """
-        n = len(self.objectives)
-        vector = told(value, n, "value")
-        steps = {int(st): told(v, n, f"intermediate[{st}]") for st, v in (intermediate or {}).items()}
-        attrs = judge(self.build.constraints, metrics or {}) if self.build.constraints else None
-        storage = self.open()
-        if steps:
-            storage.report_many(self.study_name, number, {st: v if n > 1 else v[0] for st, v in steps.items()})
-        if state is TrialState.COMPLETE and (vector is None or not all(math.isfinite(v) for v in vector)):
-            state, error = TrialState.FAILED, error or f"non-finite: value={value!r}"
-            vector = None
-        finite = [(st, v[0]) for st, v in steps.items() if math.isfinite(v[0])]
-        best_step = None
-        if finite:  # the step of the best value, under the study's direction
-            best_step = (min if self.direction is Direction.MINIMIZE else max)(finite, key=lambda sv: sv[1])[0]
-        return storage.finish_trial(
+        return record_told(
+            self.open(),
             self.study_name,
             number,
+            told(value, len(self.objectives), "value"),
+            {int(st): told(v, len(self.objectives), f"intermediate[{st}]") for st, v in (intermediate or {}).items()},
             state=state,
-            value=None if vector is None else vector[0],
-            values=vector if n > 1 else None,
-            best_step=best_step,
             error=error,
-            attrs=attrs,
+            attrs=judge(self.build.constraints, metrics or {}) if self.build.constraints else None,
+            objectives=self.objectives,
         )

@@ -23,7 +23,18 @@ from lightning_hpt.storage import StudyInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["adopt", "one_score_per_run", "require_positive", "resume_of", "told", "trial_builder"]
+__all__ = [
+    "adopt",
+    "check_feasible",
+    "check_params",
+    "max_steps_of",
+    "one_score_per_run",
+    "record_told",
+    "require_positive",
+    "resume_of",
+    "told",
+    "trial_builder",
+]
 
 
 def require_positive(
@@ -118,3 +129,103 @@ def adopt(
         build, monitor=stored.monitor, direction=stored.direction, objectives=stored.objectives, constraints=outcome
     )
     return changed, kept
+
+
+def check_feasible(space: Any, rules: Sequence[ParamConstraint]) -> None:
+    """Refuse parameter constraints that no configuration of the space keeps (every one of a small finite
+    space, else 1000 seeded draws), before anything is written."""
+    if not rules:
+        return
+    import numpy as np
+
+    from lightning_hpt.strategies.base import MAX_DRAWS
+
+    total = 1
+    for domain in space.values():
+        total = None if total is None or domain.cardinality is None else total * domain.cardinality
+    rng = np.random.default_rng(0)
+    candidates = (
+        space.grid() if total is not None and total <= MAX_DRAWS else (space.sample(rng) for _ in range(MAX_DRAWS))
+    )
+    if not any(all(r.holds(p) for r in rules) for p in candidates):
+        what = (
+            f"any of its {total} configurations" if total is not None and total <= MAX_DRAWS else f"{MAX_DRAWS} draws"
+        )
+        raise ConfigurationError(
+            f"param_constraints {[str(r) for r in rules]} reject {what} of the space: it has no (or almost no) feasible"
+            " point; loosen the constraints or widen the space"
+        )
+
+
+def record_told(
+    storage: Any,
+    study: str,
+    number: int,
+    vector: tuple[float, ...] | None,
+    steps: Mapping[int, tuple[float, ...]],
+    *,
+    state: Any,
+    error: str | None,
+    attrs: Mapping[str, Any] | None,
+    objectives: Sequence[Objective],
+) -> Any:
+    """Store what ``tell`` was told (values checked by :func:`told`): the steps, then the trial's end.
+
+    A COMPLETE trial without finite values is recorded FAILED ("non-finite"), as a trained one is.
+    """
+    import math
+
+    from lightning_hpt.trial import Direction, TrialState
+
+    multi = len(objectives) > 1
+    if steps:
+        storage.report_many(study, number, {st: v if multi else v[0] for st, v in steps.items()})
+    if state is TrialState.COMPLETE and (vector is None or not all(math.isfinite(v) for v in vector)):
+        shown = list(vector) if multi and vector is not None else (vector or (None,))[0]
+        state, error, vector = TrialState.FAILED, error or f"non-finite: value={shown!r}", None
+    finite = [(st, v[0]) for st, v in steps.items() if math.isfinite(v[0])]
+    best_step = None
+    if finite:  # the step of the best value, under the first objective's direction
+        pick = min if objectives[0].direction is Direction.MINIMIZE else max
+        best_step = pick(finite, key=lambda sv: sv[1])[0]
+    return storage.finish_trial(
+        study,
+        number,
+        state=state,
+        value=None if vector is None else vector[0],
+        values=vector if multi else None,
+        best_step=best_step,
+        error=error,
+        attrs=attrs,
+    )
+
+
+def check_params(space: Any, rules: Sequence[ParamConstraint], params: Mapping[str, Any]) -> None:
+    """Refuse a configuration outside the space or breaking a parameter constraint (it would never run)."""
+    space.validate(params)
+    broken = [str(r) for r in rules if not r.holds(params)]
+    if broken:
+        raise ConfigurationError(
+            f"the configuration {dict(params)} breaks param_constraints {broken}: it would never run; fix it or drop it"
+        )
+
+
+def max_steps_of(build: TrialBuild, space: Any) -> int | None:
+    """The most steps (validation runs) a trial can have, if known: ``trainer.max_epochs`` (its highest
+    value if searched), times the validation runs per epoch, times the runs (folds x repeats) of a trial."""
+    from lightning_hpt.lightning.schedule import validation_schedule
+
+    trainer = build.builder.trainer_settings()
+    dom = space.get("trainer.max_epochs")
+    if dom is not None and dom.values() is not None:
+        epochs = int(max(dom.values()))
+    else:
+        epochs = trainer.get("max_epochs")
+        if not (isinstance(epochs, int) and epochs > 0):
+            return None
+    schedule = validation_schedule(trainer)
+    if schedule is None:
+        return None  # validation every k batches: the count of validation runs is not known here
+    every, per_epoch = schedule
+    # steps continue across the folds and repeats of one trial
+    return max(1, epochs // every) * per_epoch * len(build.runs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -211,6 +212,9 @@ class History:
             it only while it reflects exactly ``trials``.
         objectives: with several objectives, all of them (the first is ``direction``'s); ``()``
             with one.
+        param_constraints: rules on the parameters alone (:class:`~lightning_hpt.constraints.ParamConstraint`):
+            a strategy proposes only configurations that keep every one (see
+            :func:`lightning_hpt.strategies.base.allowed`).
     """
 
     space: SearchSpace
@@ -220,6 +224,7 @@ class History:
     max_steps: int | None = None
     index: Any = field(default=None, compare=False, repr=False)
     objectives: tuple[Objective, ...] = ()
+    param_constraints: tuple[Any, ...] = ()
 
     @property
     def multi(self) -> bool:
@@ -268,7 +273,7 @@ class History:
             3
         """
         self.space.validate(params)
+        if value is None and fields.get("values") is not None:
+            value = fields["values"][0]
         record = TrialRecord(self.next_number, dict(params), state, value=value, **fields)
-        return History(
-            self.space, self.direction, (*self.trials, record), self.seed, self.max_steps, objectives=self.objectives
-        )
+        return dataclasses.replace(self, trials=(*self.trials, record), index=None)

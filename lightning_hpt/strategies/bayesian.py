@@ -45,7 +45,7 @@ import torch
 import lightning_hpt.surrogate as _surrogate
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.strategies._encoding import _Encoding
-from lightning_hpt.strategies.base import Strategy, params_key, trial_rng
+from lightning_hpt.strategies.base import Strategy, allowed, no_feasible_point, params_key, trial_rng
 from lightning_hpt.trial import History, TrialRecord, TrialState
 
 __all__ = ["ACQUISITIONS", "BayesianStrategy"]
@@ -171,7 +171,9 @@ class BayesianStrategy(Strategy):
                 proposals = []
         while len(proposals) < n:
             number = history.next_number + len(proposals)
-            params = self._design_point(enc, seed, number, seen | {params_key(p) for p in proposals})
+            params = self._design_point(enc, seed, number, seen | {params_key(p) for p in proposals}, history)
+            if params is None and enc.cardinality is None:
+                raise no_feasible_point(history, number)  # an infinite space runs out only of allowed points
             if params is None:
                 break  # a finite space with every configuration already tried
             proposals.append(params)
@@ -205,7 +207,9 @@ class BayesianStrategy(Strategy):
 
     # ---------------------------------------------------------- initial design
 
-    def _design_point(self, enc: _Encoding, seed: int | None, number: int, seen: set) -> dict[str, Any] | None:
+    def _design_point(
+        self, enc: _Encoding, seed: int | None, number: int, seen: set, history: History
+    ) -> dict[str, Any] | None:
         """Scrambled Sobol point ``number``; if already tried, seeded uniform draws until a new one."""
         total = enc.cardinality
         if total is not None and len(seen) >= total:
@@ -218,12 +222,12 @@ class BayesianStrategy(Strategy):
         params = enc.decode(engine.draw(1, dtype=torch.float64)[0])
         rng = trial_rng(seed, number, _SALT)
         for _ in range(1000):
-            if params_key(params) not in seen:
+            if params_key(params) not in seen and allowed(history, params):
                 return params
             params = enc.space.sample(rng)
         if total is not None:  # nearly exhausted: enumerate what is left
             for params in enc.space.grid():
-                if params_key(params) not in seen:
+                if params_key(params) not in seen and allowed(history, params):
                     return params
         return None
 
@@ -262,8 +266,9 @@ class BayesianStrategy(Strategy):
                         raise FloatingPointError(f"the acquisition optimizer returned a non-finite point {x.tolist()}")
                     x = enc.snap(x)
                     params = enc.decode(x)
-                    if params_key(params) in taken:
-                        x = self._best_unseen(acq, enc, x, taken, torch_seed + len(proposals))
+                    if params_key(params) in taken or not allowed(history, params):
+                        ok = functools.partial(allowed, history)
+                        x = self._best_unseen(acq, enc, x, taken, torch_seed + len(proposals), ok)
                         if x is None:
                             break  # every configuration of a finite space is taken
                         params = enc.decode(x)
@@ -316,7 +321,9 @@ class BayesianStrategy(Strategy):
             )
         return x.reshape(-1).detach()
 
-    def _best_unseen(self, acq: Any, enc: _Encoding, x: torch.Tensor, taken: set, seed: int) -> torch.Tensor | None:
+    def _best_unseen(
+        self, acq: Any, enc: _Encoding, x: torch.Tensor, taken: set, seed: int, ok: Any = None
+    ) -> torch.Tensor | None:
         """The best-scoring configuration not yet taken, among neighbours of ``x`` and a Sobol set.
 
         The acquisition's maximizer can round onto a configuration already evaluated (typical for
@@ -333,11 +340,12 @@ class BayesianStrategy(Strategy):
                 candidates.append(y.reshape(1, -1))
         sobol = torch.quasirandom.SobolEngine(enc.dim, scramble=True, seed=seed).draw(256, dtype=torch.float64)
         pool = enc.snap(torch.cat([*candidates, sobol]))
-        keep = [i for i, row in enumerate(pool) if params_key(enc.decode(row)) not in taken]
+        ok = ok or (lambda params: True)  # the parameter constraints
+        keep = [i for i, row in enumerate(pool) if params_key(p := enc.decode(row)) not in taken and ok(p)]
         if not keep:
             if total is None:
                 return None
-            left = [p for p in enc.space.grid() if params_key(p) not in taken]
+            left = [p for p in enc.space.grid() if params_key(p) not in taken and ok(p)]
             if not left:
                 return None
             pool, keep = torch.stack([enc.encode(p) for p in left]), list(range(len(left)))
