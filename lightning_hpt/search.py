@@ -173,10 +173,9 @@ class HyperparameterSearch:
         self.strategy = make_strategy(strategy, seed=None)
         self._strategy_by_name = isinstance(strategy, str)
         self.pruner = make_pruner(pruner)
-        if len(objectives) > 1 and (self.pruner.active or self.strategy.name == "bayes"):
+        if len(objectives) > 1 and self.pruner.active:
             raise ConfigurationError(
-                "several objectives run with the grid, random and Sobol strategies and without pruning so far;"
-                f" got strategy={self.strategy.name!r}, pruner={self.pruner.name!r}"
+                f"several objectives run without pruning so far; got pruner={self.pruner.name!r}: drop it"
             )
         if n_trials is None and not self.strategy.exhaustive:
             raise ConfigurationError(

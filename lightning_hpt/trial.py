@@ -215,6 +215,8 @@ class History:
         param_constraints: rules on the parameters alone (:class:`~lightning_hpt.constraints.ParamConstraint`):
             a strategy proposes only configurations that keep every one (see
             :func:`lightning_hpt.strategies.base.allowed`).
+        outcome_constraints: bounds on logged metrics (:class:`~lightning_hpt.constraints.OutcomeConstraint`),
+            which a model-based strategy may model (trials record them in ``attrs["constraint_values"]``).
     """
 
     space: SearchSpace
@@ -225,6 +227,7 @@ class History:
     index: Any = field(default=None, compare=False, repr=False)
     objectives: tuple[Objective, ...] = ()
     param_constraints: tuple[Any, ...] = ()
+    outcome_constraints: tuple[Any, ...] = ()
 
     @property
     def multi(self) -> bool:

@@ -44,6 +44,7 @@ import torch
 
 import lightning_hpt.surrogate as _surrogate
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.strategies import _outcomes
 from lightning_hpt.strategies._encoding import _Encoding
 from lightning_hpt.strategies.base import Strategy, allowed, no_feasible_point, params_key, trial_rng
 from lightning_hpt.trial import History, TrialRecord, TrialState
@@ -85,6 +86,9 @@ class BayesianStrategy(Strategy):
             seeded random sample of the rest, which keeps proposal time bounded in long studies.
         num_restarts: starting points of the acquisition optimization (BoTorch's ``num_restarts``).
         raw_samples: candidate points screened to choose those starting points.
+        ref_point: with several objectives, the hypervolume's reference point, one value per objective
+            in its own units (the worst values worth having); ``None`` infers it from the observed
+            front. Several objectives and outcome constraints: see :mod:`lightning_hpt.strategies._outcomes`.
 
     Example:
         >>> from lightning_hpt.space import Float, SearchSpace
@@ -111,6 +115,7 @@ class BayesianStrategy(Strategy):
         num_restarts: int = 4,
         raw_samples: int = 256,
         warp: bool = True,
+        ref_point: Sequence[float] | None = None,
     ) -> None:
         super().__init__(seed)
         if n_initial is not None:
@@ -134,6 +139,7 @@ class BayesianStrategy(Strategy):
         self.num_restarts = num_restarts
         self.raw_samples = raw_samples
         self.warp = warp
+        self.ref_point = _outcomes.check_ref_point(ref_point)
 
     def __repr__(self) -> str:
         return f"BayesianStrategy(seed={self.seed!r}, acquisition={self.acquisition!r}, n_initial={self.n_initial!r})"
@@ -154,7 +160,10 @@ class BayesianStrategy(Strategy):
         enc = _Encoding.of(space)
         seed = self.effective_seed(history)
         seen = {params_key(dict(t.params)) for t in history.trials}
-        x_obs, y_obs = self._observations(history, enc)
+        if _outcomes.wanted(history):  # several objectives or outcome constraints: see strategies._outcomes
+            x_obs, y_obs = _outcomes.observations(history, enc.space, self.pruned, self.max_points, self.ref_point)
+        else:
+            x_obs, y_obs = self._observations(history, enc)
         n_initial = self.n_initial if self.n_initial is not None else max(5, space.dim // 2 + 3)
 
         proposals: list[dict[str, Any]] = []
@@ -256,9 +265,13 @@ class BayesianStrategy(Strategy):
             ):
                 warnings.simplefilter("always")
                 torch.manual_seed(torch_seed)
-                y_fit = _surrogate.warp(y_obs) if self.warp else y_obs
-                model = _surrogate.fit_surrogate(x_obs, y_fit, _surrogate.cat_dims(enc.space))
-                acq = self._acquisition(model, x_obs, y_fit, pending)
+                if y_obs.dim() > 1:  # several objectives or outcome constraints
+                    model = _outcomes.fit(x_obs, y_obs, _surrogate.cat_dims(enc.space))
+                    acq = _outcomes.acquisition(model, x_obs, y_obs, history, pending, self.ref_point)
+                else:
+                    y_fit = _surrogate.warp(y_obs) if self.warp else y_obs
+                    model = _surrogate.fit_surrogate(x_obs, y_fit, _surrogate.cat_dims(enc.space))
+                    acq = self._acquisition(model, x_obs, y_fit, pending)
                 taken = set(seen)
                 for _ in range(n):
                     x = self._optimize(acq, enc)
