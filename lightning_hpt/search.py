@@ -173,10 +173,6 @@ class HyperparameterSearch:
         self.strategy = make_strategy(strategy, seed=None)
         self._strategy_by_name = isinstance(strategy, str)
         self.pruner = make_pruner(pruner)
-        if len(objectives) > 1 and self.pruner.active:
-            raise ConfigurationError(
-                f"several objectives run without pruning so far; got pruner={self.pruner.name!r}: drop it"
-            )
         if n_trials is None and not self.strategy.exhaustive:
             raise ConfigurationError(
                 f"n_trials=None (run until exhausted) needs an exhaustive strategy such as 'grid', not"
