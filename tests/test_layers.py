@@ -14,9 +14,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lightning_hpt"
 #: floor of each top-level part of the package (a module or a sub-package), lowest first.
 FLOORS = {
     **dict.fromkeys(("exceptions", "space", "trial", "registry", "names", "checks", "failures", "surrogate"), 0),
+    **dict.fromkeys(("objectives", "constraints", "pareto"), 0),
     **dict.fromkeys(("strategies", "pruners", "storage", "lightning", "report"), 1),
     "executors": 2,
     **dict.fromkeys(("search", "result", "driver", "reporting", "proposals", "recovery", "run_scope", "stacking"), 3),
+    "search_args": 3,
     **dict.fromkeys(("cli", "testing", "script", "__init__", "__main__"), 4),
 }
 

@@ -199,3 +199,12 @@ def test_exports_carry_every_objective(tmp_path):
     assert data[0]["values"] == [0.5, 10.0] and data[0]["intermediate_values"] == {"0": [0.5, 10.0]}
     rows = list(csv.DictReader((export_trials(trials, tmp_path / "t.csv")).open()))
     assert [(r["values.0"], r["values.1"]) for r in rows] == [("0.5", "10.0"), ("0.2", "30.0")]
+
+
+def test_progress_lines_show_every_objective_and_infeasibility():
+    from lightning_hpt.report.table import outcome_text
+
+    assert outcome_text(record(0, 0.5, 10.0), "a, b") == "a=0.5, b=10"
+    assert outcome_text(record(0, 0.5, 10.0, attrs={"infeasible": ["x"]}), "a, b") == "a=0.5, b=10 infeasible"
+    assert outcome_text(TrialRecord(1, {}, TrialState.COMPLETE, value=0.25), "val_loss") == "val_loss=0.25"
+    assert outcome_text(TrialRecord(2, {}, TrialState.FAILED), "val_loss") is None

@@ -18,7 +18,7 @@ from lightning_hpt.objectives import Objective
 from lightning_hpt.pareto import pareto_front, rank_pareto
 from lightning_hpt.trial import Direction, TrialRecord, TrialState, rank_trials
 
-__all__ = ["format_duration", "format_value", "param_labels", "rank_trials", "trials_table"]
+__all__ = ["format_duration", "format_value", "outcome_text", "param_labels", "rank_trials", "trials_table"]
 
 _MAX_CELL = 24
 
@@ -32,6 +32,17 @@ def format_value(value: Any) -> str:
     if not math.isfinite(value):
         return str(value)
     return f"{value:.4g}"
+
+
+def outcome_text(t: TrialRecord, monitor: str) -> str | None:
+    """``val_acc=0.9812`` for a progress line; with several objectives (``monitor`` naming them
+    ``"val_acc, n_params"``) every one's; ``infeasible`` appended when it broke a constraint."""
+    if t.value is None:
+        return None
+    names, values = monitor.split(", "), t.values or (t.value,)
+    pairs = zip(names, values, strict=True) if len(names) == len(values) else [(names[0], t.value)]
+    text = ", ".join(f"{n}={v:.4g}" for n, v in pairs)
+    return text if t.feasible else f"{text} infeasible"
 
 
 def format_duration(seconds: float | None) -> str:
