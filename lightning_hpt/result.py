@@ -160,7 +160,9 @@ class SearchResult:
             return trial
         best = self.best_trial
         if best is None:
-            raise HPTError(f"study {self.study!r} has no COMPLETE trial yet; states: {self.counts()}")
+            broke = any(t.state.value == "COMPLETE" and not t.feasible for t in self.trials)
+            what = "COMPLETE feasible trial (every COMPLETE one broke a constraint)" if broke else "COMPLETE trial"
+            raise HPTError(f"study {self.study!r} has no {what} yet; states: {self.counts()}")
         return best
 
     @property
@@ -401,7 +403,7 @@ class SearchResult:
             return "\n".join(lines + self._front_lines())
         best = self.best_trial
         if best is None:
-            lines.append("No COMPLETE trial.")
+            lines.append("No COMPLETE feasible trial." if infeasible else "No COMPLETE trial.")
             return "\n".join(lines)
         spread = (
             f" (mean of {len(best.attrs['runs'])} runs, std {best.attrs['std']:.3g})" if "std" in best.attrs else ""

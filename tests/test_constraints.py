@@ -224,3 +224,13 @@ def test_changed_constraints_are_refused_on_resume(tmp_path, fast_trainer):
     con = sqlite3.connect(tmp_path / "studies.db")
     (definition,) = con.execute("SELECT definition FROM hpt_studies").fetchone()
     assert '"params": "model.hidden <= 8"' in definition
+
+
+def test_a_study_whose_every_trial_broke_a_constraint_says_so(tmp_path, fast_trainer):
+    from lightning_hpt import HPTError
+
+    result = make(tmp_path, fast_trainer, n_trials=2, constraints={"n_params": ("<=", 1)}).run()
+    assert [t.state for t in result.trials] == [TrialState.COMPLETE] * 2 and result.best_trial is None
+    assert "No COMPLETE feasible trial." in str(result)
+    with pytest.raises(HPTError, match="no COMPLETE feasible trial \\(every COMPLETE one broke a constraint\\)"):
+        _ = result.best_params

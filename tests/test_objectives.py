@@ -219,3 +219,19 @@ def test_grid_sobol_and_random_run_unchanged_on_several_objectives(tmp_path, fas
     )
     if strategy == "grid":
         assert two.stopped_reason == "grid strategy exhausted" and len(two.trials) == 3
+
+
+def test_an_interrupted_trial_continues_with_every_objective(tmp_path, fast_trainer):
+    def model(interrupt):
+        return lambda cfg: SizedModel(interrupt_at_epoch=interrupt, **cfg["model"])
+
+    kw = {"n_trials": 1, "patience": None, "trainer": {"max_epochs": 4}}
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path, fast_trainer, model=model(2), **kw).run()
+    (t,) = make(tmp_path, fast_trainer, model=model(None), **kw).trials
+    assert t.state is TrialState.FAILED and t.error.startswith("interrupted")
+    result = make(tmp_path, fast_trainer, model=model(None), **kw).run()
+    (t,) = result.trials
+    assert t.state is TrialState.COMPLETE and t.attempt == 2 and t.attrs.get("resumed_at_step") == 2
+    assert sorted(t.intermediate_values) == [0, 1, 2, 3]  # the first attempt's steps reported again
+    assert t.values == t.intermediate_values[t.best_step] and t.values[0] == min(t.intermediate.values())
