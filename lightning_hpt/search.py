@@ -190,26 +190,11 @@ class HyperparameterSearch:
         self.cv = CrossValidation.parse(cv)
         if self.cv is not None or refit:
             builder.check_cv("cv=..." if self.cv is not None else "refit=True")
-        one_score_per_run(self.cv, repeats, objectives, outcome)
-        if refit and len(objectives) > 1:
-            raise ConfigurationError(
-                "refit=True retrains the one best configuration, and several objectives have a Pareto front instead:"
-                " drop refit, then choose a trial of result.pareto_trials and call result.refit(trial=...)"
-            )
+        one_score_per_run(self.cv, repeats, objectives, outcome, refit)
         self.refit = refit
-        monitor, direction = objectives[0].name, objectives[0].direction
-        self.build = TrialBuild(
-            builder,
-            monitor,
-            direction,
-            patience,
-            checkpoint,
-            self.cv,
-            repeats,
-            resume_of(resume),
-            objectives if len(objectives) > 1 else (),
-            outcome,
-        )
+        first, several = objectives[0], objectives if len(objectives) > 1 else ()
+        runs = (self.cv, repeats, resume_of(resume), several, outcome)
+        self.build = TrialBuild(builder, first.name, first.direction, patience, checkpoint, *runs)
         if executor is not None and not isinstance(executor, Executor):
             raise ConfigurationError(
                 "executor must be an Executor (LocalExecutor(), ProcessExecutor(...), RayExecutor(...)) or None,"

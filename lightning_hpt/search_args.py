@@ -91,13 +91,21 @@ def told(value: Any, n: int, what: str) -> tuple[float, ...] | None:
     return tuple(float(v) for v in items)
 
 
-def one_score_per_run(cv: CrossValidation | None, repeats: int, objectives: Sequence[Objective], outcome: Any) -> None:
-    """Refuse several objectives or outcome constraints with cv or repeats, whose runs are averaged on one metric."""
+def one_score_per_run(
+    cv: CrossValidation | None, repeats: int, objectives: Sequence[Objective], outcome: Any, refit: bool = False
+) -> None:
+    """Refuse several objectives or outcome constraints with cv or repeats, whose runs are averaged on one metric,
+    and ``refit=True`` (one best configuration) with several objectives."""
     if (cv is not None or repeats > 1) and (len(objectives) > 1 or outcome):
         what = "several objectives" if len(objectives) > 1 else "outcome constraints"
         raise ConfigurationError(
             f"cv= and repeats= average one metric over a trial's runs; {what} need every metric at one step, so they"
             " cannot be combined yet: drop cv/repeats, or optimize one metric"
+        )
+    if refit and len(objectives) > 1:
+        raise ConfigurationError(
+            "refit=True retrains the one best configuration, and several objectives have a Pareto front instead:"
+            " drop refit, then choose a trial of result.pareto_trials and call result.refit(trial=...)"
         )
 
 
