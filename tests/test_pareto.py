@@ -16,6 +16,7 @@ from lightning_hpt import ConfigurationError, HPTError, HyperparameterSearch, Tr
 from lightning_hpt.cli import main
 from lightning_hpt.objectives import parse_objectives
 from lightning_hpt.pareto import crowding_distance, front_ranks, hypervolume, nds_keys, pareto_front, rank_pareto
+from lightning_hpt.storage import open_storage
 from lightning_hpt.trial import TrialRecord
 
 MIN_MIN = parse_objectives(["a", "b"], ["min", "min"])
@@ -159,6 +160,8 @@ def test_search_section_with_several_objectives_writes_the_fronts_configs(tmp_pa
         "verbose": False,
         "monitor": ["val_loss", "n_params"],
         "mode": ["min", "min"],
+        "constraints": {"neg_size": [">=", -60.0]},
+        "param_constraints": ["model.init_args.hidden <= 16"],
     }
     (tmp_path / "fit.yaml").write_text(yaml.safe_dump(fit))
     (tmp_path / "search.yaml").write_text(yaml.safe_dump({"search": section}))
@@ -169,6 +172,9 @@ def test_search_section_with_several_objectives_writes_the_fronts_configs(tmp_pa
     assert written and all(f"Pareto front config (trial {p.stem[6:]})" in out for p in written)
     config = yaml.safe_load(written[0].read_text())
     assert config["model"]["class_path"] == "test_objectives.SizedModel"
+    trials = open_storage(str(tmp_path / "runs" / "studies.db")).trials("default")
+    assert all(t.params["model.init_args.hidden"] <= 16 for t in trials)
+    assert all(t.feasible == (6 * t.params["model.init_args.hidden"] + 1 <= 60) for t in trials)
 
 
 @pytest.mark.parametrize("weights", [{"a": -1.0, "b": 1.0}, {"a": 0, "b": 0}, [1.0], "a"])
