@@ -96,6 +96,25 @@ def _feasible(t: TrialRecord) -> str:
     return "yes" if t.feasible else "no"
 
 
+def _row(t: TrialRecord, names: Sequence[str], width: int, front: set[int], judged: bool, errors: bool) -> list[str]:
+    """One row of :func:`trials_table` (``width``: the number of objectives, 0 with one)."""
+    params: Mapping[str, Any] = t.params
+    shown = [format_value(t.value)]
+    if width:
+        shown = [format_value(v) for v in t.values or (None,) * width]
+        shown.append("*" if t.number in front else "")
+    return [
+        str(t.number),
+        t.state.value,
+        *shown,
+        *([_feasible(t)] if judged else []),
+        *(_cell(format_value(params.get(n))) for n in names),
+        str(len(t.intermediate)),
+        format_duration(t.duration),
+        *([short_error(t.error if t.state is TrialState.FAILED else "")] if errors else []),
+    ]
+
+
 def trials_table(
     trials: Sequence[TrialRecord],
     monitor: str,
@@ -143,25 +162,8 @@ def trials_table(
     header = ["#", "state", *values, *(["feasible"] if judged else []), *(labels[n] for n in names)]
     header += ["epochs", "duration"]
     errors = any(t.state is TrialState.FAILED and t.error for t in chosen)
-    rows = []
-    for t in chosen:
-        params: Mapping[str, Any] = t.params
-        shown = [format_value(t.value)]
-        if multi:
-            shown = [format_value(v) for v in t.values or (None,) * len(objectives)]
-            shown.append("*" if t.number in front else "")
-        rows.append(
-            [
-                str(t.number),
-                t.state.value,
-                *shown,
-                *([_feasible(t)] if judged else []),
-                *(_cell(format_value(params.get(n))) for n in names),
-                str(len(t.intermediate)),
-                format_duration(t.duration),
-                *([short_error(t.error if t.state is TrialState.FAILED else "")] if errors else []),
-            ]
-        )
+    width = len(objectives) if multi else 0
+    rows = [_row(t, names, width, front, judged, errors) for t in chosen]
     right = {0, *range(2, 2 + len(values)), len(header) - 2, len(header) - 1}
     if errors:
         header.append("error")
