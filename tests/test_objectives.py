@@ -6,7 +6,6 @@ import math
 import sqlite3
 
 import pytest
-import torch
 from conftest import TinyData, TinyModel
 
 from lightning_hpt import (
@@ -179,7 +178,27 @@ def test_values_cross_process_channels(tmp_path, fast_trainer):
     result = search.run()
     for t in result.trials:
         assert t.values is not None and sorted(t.intermediate_values) == [0, 1]
-    assert torch.is_tensor(torch.tensor(result.trials[0].values))
+
+
+def test_the_report_channel_carries_every_objective():
+    from lightning_hpt.executors.ipc import ChannelReporter, ReporterRegistry, ReportServer
+
+    class Recorder:
+        answers, seen = True, []
+
+        def report(self, step, value):
+            self.seen.append((step, value))
+            return step == 1
+
+    registry, recorder = ReporterRegistry(), Recorder()
+    server = ReportServer(registry, lambda conn, hello: None)
+    try:
+        channel = ChannelReporter(server.address, server.authkey, registry.register(recorder))
+        assert channel.report(0, (0.5, 10.0)) is False and channel.report(1, (0.4, 10.0)) is True
+        channel.close()
+    finally:
+        server.close()
+    assert recorder.seen == [(0, (0.5, 10.0)), (1, (0.4, 10.0))]
 
 
 def test_a_version_2_database_is_upgraded_and_takes_several_objectives(tmp_path, fast_trainer):

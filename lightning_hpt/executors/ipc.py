@@ -50,7 +50,7 @@ class ReporterRegistry:
         with self._lock:
             self._reporters.pop(key, None)
 
-    def call(self, key: str, step: int, value: float) -> bool:
+    def call(self, key: str, step: int, value: float | tuple[float, ...]) -> bool:
         """The driver's decision for one report: True stops the trial. A broken reporter never prunes."""
         with self._lock:
             reporter = self._reporters.get(key)
