@@ -123,7 +123,8 @@ class StudyDriver:
         self.started.discard(final.number)
         history = self._history = self.read_history()  # one read serves the display and the next proposals
         finished = sum(t.state.is_finished for t in history.trials)
-        self.progress.trial_finished(final, history.best(), self.build.monitor, finished, self.n_trials)
+        names = ", ".join(o.name for o in self.build.objectives) or self.build.monitor
+        self.progress.trial_finished(final, history.best(), names, finished, self.n_trials)
         self.board.trial_finished(final, history.best())
         gc.freeze()  # what outlived this trial (lazy imports, caches) stays out of the next collections
         if outcome.interrupted == PREEMPTED:

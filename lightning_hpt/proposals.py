@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from lightning_hpt.exceptions import DuplicateTrialError
 from lightning_hpt.recovery import HOST
 from lightning_hpt.storage import Storage
 from lightning_hpt.strategies import Strategy
-from lightning_hpt.trial import History, TrialRecord
+from lightning_hpt.strategies.base import MAX_DRAWS, allowed, no_feasible_point
+from lightning_hpt.trial import History, TrialRecord, TrialState
 
 __all__ = ["next_trials"]
 
@@ -26,6 +29,28 @@ def _claim_queued(storage: Storage, study: str, k: int) -> list[TrialRecord]:
             break
         out.append(rec)
     return out
+
+
+def _allowed_proposals(strategy: Strategy, history: History, want: int) -> list[dict[str, Any]]:
+    """The strategy's proposals that keep the parameter constraints (:func:`~.strategies.base.allowed`).
+
+    The built-in strategies keep them already. Another strategy's proposals that break them are
+    dropped; when none is left it is asked again, with the rejected configurations in the history
+    as QUEUED trials (so it proposes elsewhere), up to :data:`~.strategies.base.MAX_DRAWS` of them.
+    """
+    proposals = strategy.ask(history, want)
+    rejected: list[dict[str, Any]] = []
+    while proposals and history.param_constraints:
+        kept = [p for p in proposals if allowed(history, p)]
+        if kept:
+            return kept
+        rejected.extend(proposals)
+        if len(rejected) >= MAX_DRAWS:
+            raise no_feasible_point(history, history.next_number)
+        start = history.next_number
+        view = [TrialRecord(start + i, dict(p), TrialState.QUEUED) for i, p in enumerate(rejected)]
+        proposals = strategy.ask(dataclasses.replace(history, trials=(*history.trials, *view), index=None), want)
+    return proposals
 
 
 def next_trials(
@@ -62,7 +87,7 @@ def next_trials(
         if n_trials is not None and len(history.trials) >= n_trials:
             return out, "n_trials reached"
         want = k - len(out) if n_trials is None else min(k - len(out), n_trials - len(history.trials))
-        proposals = strategy.ask(history, want)
+        proposals = _allowed_proposals(strategy, history, want)
         if not proposals:
             return out, f"{strategy.name} strategy exhausted"
         for i, params in enumerate(proposals):

@@ -46,7 +46,7 @@ class StudyReporter:
         #: steps stored through this reporter (the driver stores the others when the trial ends)
         self.stored: set[int] = set()
         #: values not stored yet (see :meth:`flush`)
-        self.pending: dict[int, float] = {}
+        self.pending: dict[int, float | tuple[float, ...]] = {}
         self._flushed = 0.0
 
     @property
@@ -54,13 +54,13 @@ class StudyReporter:
         """Whether :meth:`report` can answer "stop": only with a pruner (channels need not wait otherwise)."""
         return self.pruner.active
 
-    def report(self, step: int, value: float) -> bool:
-        """Store ``value`` at ``step``; True when the pruner stops the trial."""
+    def report(self, step: int, value: float | tuple[float, ...]) -> bool:
+        """Store ``value`` at ``step`` (every objective's value with several); True when the pruner stops the trial."""
         self.pending[step] = value
         if self.answers or time.monotonic() - self._flushed >= FLUSH_S:
             self.flush()
         if self.progress is not None:
-            self.progress.trial_reported(self.number, step, value)
+            self.progress.trial_reported(self.number, step, value[0] if isinstance(value, tuple) else value)
         if not self.answers:
             return False
         history = self.history()
@@ -99,4 +99,5 @@ def record_outcome(
         error=outcome.error,
         checkpoint=outcome.checkpoint,
         attrs=attrs,
+        values=getattr(outcome, "values", None),
     )

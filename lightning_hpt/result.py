@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,8 +13,9 @@ from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.quiet import quiet_lightning
 from lightning_hpt.lightning.schedule import validation_schedule
+from lightning_hpt.objectives import Objective
 from lightning_hpt.storage import Storage, open_storage
-from lightning_hpt.trial import Direction, TrialRecord, best_trial, count_states, rank_trials
+from lightning_hpt.trial import Direction, TrialRecord, TrialState, best_trial, count_states, rank_trials
 
 __all__ = ["SearchResult"]
 
@@ -38,6 +39,8 @@ class SearchResult:
         builder: how the study's trials were built (:meth:`load_best_model`, :meth:`refit`, :meth:`test` need it).
         root: the directory of the study's files (``<root>/<study>/``; :meth:`refit` saves its model there).
         seed: the study's seed (:meth:`refit` seeds as the best trial did).
+        objectives: with several objectives, all of them (``monitor`` and ``direction`` are the
+            first's); ``()`` with one. See :attr:`pareto_trials`.
 
     Example:
         >>> result = SearchResult.load("runs/studies.db", "mnist", builder=builder, root="runs")  # doctest: +SKIP
@@ -54,6 +57,7 @@ class SearchResult:
     root: str | os.PathLike | None = None
     seed: int | None = None
     _extra: dict[str, Any] = field(default_factory=dict)
+    objectives: tuple[Objective, ...] = ()
 
     @classmethod
     def load(
@@ -75,17 +79,90 @@ class SearchResult:
         storage = open_storage(storage)
         info = storage.load_study(study)
         trials = tuple(storage.trials(study))
-        return cls(study, info.monitor, info.direction, trials, "", storage, builder, root, info.seed)
+        kept = {"storage": storage, "builder": builder, "root": root, "seed": info.seed, "objectives": info.objectives}
+        return cls(study, info.monitor, info.direction, trials, "", **kept)
+
+    @property
+    def multi(self) -> bool:
+        """Whether the study has several objectives (then it has a Pareto front, not one best trial)."""
+        return len(self.objectives) > 1
+
+    @property
+    def pareto_trials(self) -> list[TrialRecord]:
+        """The Pareto front: the COMPLETE, feasible trials that no other one beats in every objective, best first
+        by the first objective; each has its ``params``, ``values`` and ``checkpoint``. With one objective:
+        the best trial (``[]`` without one)."""
+        if not self.multi:
+            best = self.best_trial
+            return [] if best is None else [best]
+        from lightning_hpt.pareto import pareto_front
+
+        return pareto_front(self.trials, self.objectives)
 
     @property
     def best_trial(self) -> TrialRecord | None:
-        """The COMPLETE trial with the best finite value (lowest number on ties), or ``None``."""
+        """The COMPLETE trial with the best finite value (lowest number on ties), or ``None``.
+
+        A study with several objectives has no single best trial: this raises an error that says how to
+        choose one (:meth:`best` with ``weights=`` or ``rule=``, or a trial of :attr:`pareto_trials`).
+        """
+        if self.multi:
+            raise HPTError(self._which_point())
         return best_trial(self.trials, self.direction)
 
-    def _best(self) -> TrialRecord:
+    def best(
+        self,
+        weights: Mapping[str, float] | Sequence[float] | None = None,
+        rule: Callable[[TrialRecord], Any] | None = None,
+    ) -> TrialRecord:
+        """The best trial; with several objectives, the trial of the Pareto front that ``weights`` or ``rule`` prefers.
+
+        Args:
+            weights: one weight >= 0 per objective (``{"val_acc": 1.0, "n_params": 0.5}`` or a list): each
+                objective is scaled over the front to [0, 1] (its worst to its best value there), and
+                the trial with the largest weighted sum is chosen.
+            rule: a function ``trial -> score`` (larger is better), e.g.
+                ``lambda t: t.values[0] if t.values[1] < 1e6 else -inf``; applied to the front.
+
+        Raises:
+            HPTError: the study has no COMPLETE feasible trial yet.
+            ConfigurationError: several objectives and neither (or both) of ``weights`` and ``rule``.
+        """
+        if not self.multi:
+            return self._best()
+        from lightning_hpt.pareto import choose
+
+        front = self.pareto_trials
+        if not front:
+            raise HPTError(f"study {self.study!r} has no COMPLETE feasible trial yet; states: {self.counts()}")
+        return choose(front, self.objectives, weights, rule)
+
+    def _which_point(self) -> str:
+        from lightning_hpt.objectives import describe
+
+        front = [t.number for t in self.pareto_trials]
+        example = ", ".join(f"{o.name!r}: 1.0" for o in self.objectives)
+        return (
+            f"study {self.study!r} has {len(self.objectives)} objectives ({describe(self.objectives)}), so no single"
+            f" best trial: choose one with result.best(weights={{{example}}}) or result.best(rule=...), or take a"
+            f" trial of result.pareto_trials (now trials {front}); then use result.load_model(trial),"
+            " result.refit(trial=trial) or result.test(trial=trial)"
+        )
+
+    def _best(self, trial: TrialRecord | None = None) -> TrialRecord:
+        """``trial`` if given (it must be scored), else the best trial."""
+        if trial is not None:
+            if not isinstance(trial, TrialRecord) or not trial.scored:
+                raise ConfigurationError(
+                    f"trial must be a COMPLETE, feasible TrialRecord of this study (one of result.pareto_trials),"
+                    f" got {trial!r}"
+                )
+            return trial
         best = self.best_trial
         if best is None:
-            raise HPTError(f"study {self.study!r} has no COMPLETE trial yet; states: {self.counts()}")
+            broke = any(t.state.value == "COMPLETE" and not t.feasible for t in self.trials)
+            what = "COMPLETE feasible trial (every COMPLETE one broke a constraint)" if broke else "COMPLETE trial"
+            raise HPTError(f"study {self.study!r} has no {what} yet; states: {self.counts()}")
         return best
 
     @property
@@ -104,6 +181,8 @@ class SearchResult:
     @property
     def test_metrics(self) -> Mapping[str, float] | None:
         """The metrics of the last :meth:`test`, or those stored with the best trial."""
+        if self.multi:
+            return self._extra.get("test")
         return self._extra.get("test") or self._best().attrs.get("test") if self.best_trial else None
 
     @property
@@ -138,12 +217,23 @@ class SearchResult:
         nothing but tensors and plain data is ever unpickled. If the best trial's checkpoint is
         missing or unreadable (a truncated file, say), the next best trial's is used, with a warning.
         """
-        import torch
-
         builder = self._builder("load_best_model")
         self._best()
+        return self._load((t for t in rank_trials(self.trials, self.direction) if t.scored), builder, map_location)
+
+    def load_model(self, trial: TrialRecord, map_location: str = "cpu") -> Any:
+        """Rebuild ``trial``'s model (e.g. one of :attr:`pareto_trials`) and load its best-step checkpoint.
+
+        The checkpoint is read with ``torch.load(weights_only=True)``, as :meth:`load_best_model` reads it.
+        """
+        return self._load([self._best(trial)], self._builder("load_model"), map_location)
+
+    def _load(self, candidates: Any, builder: TrialBuilder, map_location: str) -> Any:
+        """The first of ``candidates`` whose checkpoint loads, in eval mode."""
+        import torch
+
         problems = []
-        for t in (t for t in rank_trials(self.trials, self.direction) if t.scored):
+        for t in candidates:
             if not t.checkpoint:
                 problems.append(f"trial {t.number}: no checkpoint kept")
                 continue
@@ -169,13 +259,14 @@ class SearchResult:
         every, per_epoch = validation_schedule(builder.trainer_settings(best.params)) or (1, 1)
         return max(1, math.ceil(steps * every / per_epoch))
 
-    def refit(self, max_epochs: int | None = None) -> Any:
+    def refit(self, max_epochs: int | None = None, trial: TrialRecord | None = None) -> Any:
         """Retrain the best configuration on training plus validation data and return the model.
 
         The DataModule must have ``cv_dataset()`` (the train+validation data; see
         :class:`~lightning_hpt.KFoldDataModule`). It trains for as many epochs as the best trial
         needed to reach its best score, unless ``max_epochs`` is given, with no validation; the
-        model is saved to ``<root>/<study>/refit/model.ckpt`` and recorded in the study.
+        model is saved to ``<root>/<study>/refit/model.ckpt`` and recorded in the study. ``trial``:
+        retrain that trial's configuration instead (one of :attr:`pareto_trials` with several objectives).
         """
         from lightning.fabric.utilities.seed import seed_everything
 
@@ -184,7 +275,7 @@ class SearchResult:
 
         builder = self._builder("refit")
         storage = self._record("refit")
-        best = self._best()
+        best = self._best(trial)
         model, dm = builder.build_model(best.params), builder.build_datamodule(best.params)
         seed_everything(trial_seed(self.seed, best.number), workers=True, verbose=False)
         view = full_view(dm)
@@ -208,12 +299,14 @@ class SearchResult:
         self._extra["refit_checkpoint"] = path
         return model
 
-    def test(self, model: Any = None) -> dict[str, float]:
+    def test(self, model: Any = None, trial: TrialRecord | None = None) -> dict[str, float]:
         """Run ``Trainer.test`` with the DataModule's test split and store the metrics with the best trial.
 
         Args:
             model: the model to test; by default the refit model if there is one, else the best
                 trial's best checkpoint (:meth:`load_best_model`).
+            trial: the trial the metrics are stored with, and whose checkpoint is tested without a
+                model (one of :attr:`pareto_trials` with several objectives); default: the best trial.
 
         Returns:
             The logged test metrics, e.g. ``{"test_acc": 0.97}``. A warning is logged when the
@@ -221,13 +314,14 @@ class SearchResult:
         """
         builder = self._builder("test")
         storage = self._record("test")
-        best = self._best()
+        best = self._best(trial)
         which = (
             "given model"
             if model is not None
             else ("refit model" if self.refit_model is not None else "best checkpoint")
         )
-        model = model if model is not None else (self.refit_model or self.load_best_model())
+        if model is None:
+            model = self.refit_model or (self.load_model(best) if trial is not None else self.load_best_model())
         dm = builder.build_datamodule(best.params)
         if dm is None or not callable(getattr(dm, "test_dataloader", None)):
             raise ConfigurationError("test() needs a datamodule with a test_dataloader() (the held-out test split)")
@@ -237,7 +331,7 @@ class SearchResult:
         metrics = {k: float(v) for k, v in (out[0] if out else {}).items()}
         storage.set_trial_attrs(self.study, best.number, {"test": metrics, "tested": which})
         self._extra["test"] = metrics
-        gap = self.test_gap()
+        gap = None if self.multi else self.test_gap()
         if gap is not None and gap > GAP_WARNING:
             log.warning("%s", self._gap_text())
         return metrics
@@ -262,6 +356,18 @@ class SearchResult:
             " the search may have overfit the validation set; consider cross-validation (cv=5) or more data"
         )
 
+    def _front_lines(self) -> list[str]:
+        front = self.pareto_trials
+        if not front:
+            return ["No COMPLETE feasible trial."]
+        names = ", ".join(o.name for o in self.objectives)
+        lines = [f"Pareto front ({len(front)} trials) of {names}:"]
+        for t in front:
+            values = ", ".join(f"{o.name}={v:.6g}" for o, v in zip(self.objectives, t.values or (), strict=False))
+            lines.append(f"  #{t.number}: {values}  {dict(t.params)}")
+        lines.append("Choose one with result.best(weights={...}) or result.best(rule=...).")
+        return lines
+
     def to_dataframe(self) -> Any:
         """One row per trial: number, state, value, duration, params (``params.<name>``), error. Needs pandas."""
         try:
@@ -278,6 +384,10 @@ class SearchResult:
                 "steps": len(t.intermediate),
                 "duration_s": t.duration,
             }
+            if self.multi:
+                row.update({f"values.{o.name}": v for o, v in zip(self.objectives, t.values or (), strict=False)})
+            if not t.feasible or "infeasible" in t.attrs:
+                row["feasible"] = t.feasible
             row.update({f"params.{k}": v for k, v in t.params.items()})
             row["error"] = t.error
             rows.append(row)
@@ -286,9 +396,14 @@ class SearchResult:
     def __str__(self) -> str:
         counts = ", ".join(f"{n} {s.lower()}" for s, n in self.counts().items())
         lines = [f"Study {self.study!r}: {len(self.trials)} trials ({counts}); {self.stopped_reason}".rstrip("; ")]
+        infeasible = sum(t.state is TrialState.COMPLETE and not t.feasible for t in self.trials)
+        if infeasible:
+            lines.append(f"{infeasible} COMPLETE trial{'s' if infeasible > 1 else ''} broke a constraint (infeasible).")
+        if self.multi:
+            return "\n".join(lines + self._front_lines())
         best = self.best_trial
         if best is None:
-            lines.append("No COMPLETE trial.")
+            lines.append("No COMPLETE feasible trial." if infeasible else "No COMPLETE trial.")
             return "\n".join(lines)
         spread = (
             f" (mean of {len(best.attrs['runs'])} runs, std {best.attrs['std']:.3g})" if "std" in best.attrs else ""

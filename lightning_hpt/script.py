@@ -294,6 +294,11 @@ class ScriptSearch(HyperparameterSearch):
         max_epochs: int | None = None,
         **kwargs: Any,
     ) -> None:
+        if not isinstance(monitor, str):
+            raise ConfigurationError(
+                f"ScriptSearch optimizes one metric, got monitor={monitor!r}; several objectives need"
+                " HyperparameterSearch"
+            )
         unknown = sorted(set(kwargs) - set(self._SETTINGS))
         if unknown:
             raise ConfigurationError(

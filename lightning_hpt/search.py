@@ -5,23 +5,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning_hpt.checks import check_bool, check_seed, check_writable_dir
+from lightning_hpt.constraints import outcome_constraints
+from lightning_hpt.constraints import param_constraints as param_constraints_of
 from lightning_hpt.driver import StudyDriver
 from lightning_hpt.exceptions import ConfigurationError, DuplicateTrialError, SearchFailedError
 from lightning_hpt.executors import Executor, LocalExecutor
 from lightning_hpt.failures import no_complete_trial
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation
-from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.lightning.resume import Resume
-from lightning_hpt.lightning.runner import DEFAULT_RESUME, TrialBuild
-from lightning_hpt.lightning.schedule import validation_schedule
+from lightning_hpt.lightning.runner import TrialBuild, judge
+from lightning_hpt.objectives import Objective, parse_objectives
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.pruners import Pruner, StepIndex, make_pruner
 from lightning_hpt.recovery import check_checkpoints, recover
@@ -30,6 +30,18 @@ from lightning_hpt.report.live import make_progress
 from lightning_hpt.report.table import trials_table
 from lightning_hpt.result import SearchResult
 from lightning_hpt.run_scope import frozen_gc, heartbeat, sigterm_raises
+from lightning_hpt.search_args import (
+    adopt,
+    check_feasible,
+    check_params,
+    max_steps_of,
+    one_score_per_run,
+    record_told,
+    require_positive,
+    resume_of,
+    told,
+    trial_builder,
+)
 from lightning_hpt.space import Domain, SearchSpace, validate_study_name
 from lightning_hpt.storage import Storage, StudyInfo, open_storage, storage_spec
 from lightning_hpt.strategies import Strategy, make_strategy
@@ -39,44 +51,6 @@ from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 __all__ = ["HyperparameterSearch"]
 
 log = logging.getLogger(__name__)
-
-
-def _require_positive(
-    name: str, value: Any, *, integer: bool = True, optional: bool = False, none_means: str = " or None"
-) -> None:
-    """Refuse ``value`` unless it is a positive integer (or number), or ``None`` when ``optional``."""
-    kind = (int,) if integer else (int, float)
-    if (value is None and optional) or (not isinstance(value, bool) and isinstance(value, kind) and value > 0):
-        return
-    what = "a positive integer" if integer else "a positive number of seconds"
-    raise ConfigurationError(f"{name} must be {what}{none_means if optional else ''}, got {name}={value!r}")
-
-
-def _trial_builder(model: Any, datamodule: Any, trainer_kwargs: Any, builder: TrialBuilder | None) -> TrialBuilder:
-    """The search's builder: ``builder`` itself, or one made of ``model``, ``datamodule`` and ``trainer_kwargs``."""
-    if isinstance(model, TrialBuilder):
-        raise ConfigurationError(f"model={model!r} is a TrialBuilder; pass it as builder= (and no model or datamodule)")
-    if builder is None:
-        if model is None:
-            raise ConfigurationError(
-                "model is required: a LightningModule class or a factory config -> LightningModule (or pass builder=)"
-            )
-        if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
-            raise ConfigurationError(
-                "trainer_kwargs must be a dict of Trainer arguments, got"
-                f" {type(trainer_kwargs).__name__}: {trainer_kwargs!r}"
-            )
-        return ModuleTrialBuilder(model, datamodule, dict(trainer_kwargs or {}))
-    if not isinstance(builder, TrialBuilder):
-        raise ConfigurationError(
-            f"builder must be a TrialBuilder (ModuleTrialBuilder, CLITrialBuilder), got builder={builder!r}"
-        )
-    given = [n for n, v in (("model", model), ("datamodule", datamodule), ("trainer_kwargs", trainer_kwargs)) if v]
-    if given:
-        raise ConfigurationError(
-            f"builder= makes every trial, so {given} must not be given as well; give them to the builder instead"
-        )
-    return builder
 
 
 class HyperparameterSearch:
@@ -91,8 +65,18 @@ class HyperparameterSearch:
         space: ``{"model.lr": Float(1e-4, 1e-1, log=True), ...}``. Keys start with ``model.``, ``data.``,
             ``trainer.`` (Trainer arguments, e.g. ``trainer.max_epochs``) or ``optimizer.`` (the trial's
             optimizer: ``optimizer.lr``, ``optimizer.weight_decay``, ``optimizer.class_path``).
-        monitor: the validation metric to optimize, as logged with ``self.log``.
-        mode: ``"min"`` or ``"max"``.
+        monitor: the validation metric to optimize, as logged with ``self.log``; or a list of metrics
+            to optimize together (several objectives, e.g. ``["val_acc", "val_latency_ms"]``): every
+            trial records each one, and the result has a Pareto front (:attr:`SearchResult.pareto_trials`).
+            The first one chooses a trial's best step (its checkpoint and ``EarlyStopping``); the
+            trial's values are every objective's at that step.
+        mode: ``"min"`` or ``"max"``; with several objectives a list, one per objective.
+        constraints: bounds on metrics the trials log, ``{"n_params": ("<=", 2e6)}`` (``"<="`` or
+            ``">="``), judged at a trial's best step; a trial that breaks one is recorded infeasible
+            (``attrs["infeasible"]``), never best and never on the Pareto front.
+        param_constraints: rules on the parameters alone, checked before a trial runs, so a
+            configuration that breaks one never runs (the strategy is asked again): expressions such
+            as ``"model.width * model.depth <= 4096"`` or functions ``config -> bool``.
         strategy: ``"grid" | "random" | "sobol" | "bayes"`` or a Strategy object.
         pruner: ``None | "median" | "asha" | "hyperband"`` or a Pruner object.
         n_trials: trials in the whole study (a resumed study counts those it has); ``None`` with a
@@ -145,8 +129,10 @@ class HyperparameterSearch:
         space: Mapping[str, Domain] | SearchSpace | None = None,
         *,
         builder: TrialBuilder | None = None,
-        monitor: str = "val_loss",
-        mode: str = "min",
+        monitor: str | Sequence[str] = "val_loss",
+        mode: str | Sequence[str] = "min",
+        constraints: Mapping[str, tuple[str, float]] | None = None,
+        param_constraints: Sequence[str | Callable[[Mapping[str, Any]], bool]] | None = None,
         strategy: str | Strategy = "random",
         pruner: str | Pruner | None = None,
         n_trials: int | None = 20,
@@ -174,12 +160,10 @@ class HyperparameterSearch:
             raise ConfigurationError("space is required: a dict such as {'model.lr': Float(1e-4, 1e-1, log=True)}")
         self.space = SearchSpace(space)
         self.study_name = validate_study_name(study_name)
-        direction = Direction.parse(mode)
-        if not isinstance(monitor, str) or not monitor:
-            raise ConfigurationError(
-                f"monitor must be the name of a logged metric such as 'val_loss', got monitor={monitor!r}"
-            )
-        builder = _trial_builder(model, datamodule, trainer_kwargs, builder)
+        objectives = parse_objectives(monitor, mode)
+        outcome = outcome_constraints(constraints, [o.name for o in objectives])
+        self.param_constraints = param_constraints_of(param_constraints, list(self.space))
+        builder = trial_builder(model, datamodule, trainer_kwargs, builder)
         builder.check(self.space)
         self.seed = check_seed(seed)
         for name, flag in (("checkpoint", checkpoint), ("retry_interrupted", retry_interrupted), ("refit", refit)):
@@ -194,20 +178,23 @@ class HyperparameterSearch:
                 f"n_trials=None (run until exhausted) needs an exhaustive strategy such as 'grid', not"
                 f" {self.strategy.name!r}; give a number"
             )
-        _require_positive("n_trials", n_trials, optional=True, none_means="")
+        require_positive("n_trials", n_trials, optional=True, none_means="")
         self.n_trials = n_trials
-        _require_positive("patience", patience, optional=True, none_means=" or None (no early stopping)")
-        _require_positive("timeout", timeout, integer=False, optional=True)
+        require_positive("patience", patience, optional=True, none_means=" or None (no early stopping)")
+        require_positive("timeout", timeout, integer=False, optional=True)
         self.timeout = timeout
         if not isinstance(root, (str, os.PathLike)):
             raise ConfigurationError(f"root must be a directory path (str or Path), got root={root!r}")
         self.root = Path(root).resolve()
-        _require_positive("repeats", repeats)
+        require_positive("repeats", repeats)
         self.cv = CrossValidation.parse(cv)
         if self.cv is not None or refit:
             builder.check_cv("cv=..." if self.cv is not None else "refit=True")
+        one_score_per_run(self.cv, repeats, objectives, outcome, refit)
         self.refit = refit
-        self.build = TrialBuild(builder, monitor, direction, patience, checkpoint, self.cv, repeats, _resume(resume))
+        first, several = objectives[0], objectives if len(objectives) > 1 else ()
+        runs = (self.cv, repeats, resume_of(resume), several, outcome)
+        self.build = TrialBuild(builder, first.name, first.direction, patience, checkpoint, *runs)
         if executor is not None and not isinstance(executor, Executor):
             raise ConfigurationError(
                 "executor must be an Executor (LocalExecutor(), ProcessExecutor(...), RayExecutor(...)) or None,"
@@ -222,10 +209,11 @@ class HyperparameterSearch:
             )
         self._enqueue = [dict(p) for p in enqueue]
         for p in self._enqueue:
-            self.space.validate(p)
+            self._check_params(p)
+        check_feasible(self.space, self.param_constraints)
         make_progress(verbose)  # validates it
         self.verbose = verbose
-        _require_positive("stale_after", stale_after, integer=False)
+        require_positive("stale_after", stale_after, integer=False)
         self.stale_after = stale_after
         self._storage_spec = storage_spec(storage) if storage is not None else f"sqlite:///{self.root / 'studies.db'}"
         self._storage: Storage | None = None
@@ -240,6 +228,16 @@ class HyperparameterSearch:
     def direction(self) -> Direction:
         """Whether :attr:`monitor` is minimized or maximized (the stored study's, once opened)."""
         return self.build.direction
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        """Every objective (one for a study of one metric: :attr:`monitor` and :attr:`direction`)."""
+        return self.build.objectives or (Objective(self.monitor, self.direction),)
+
+    @property
+    def constraints(self) -> tuple[Any, ...]:
+        """The study's outcome constraints, then its parameter constraints."""
+        return (*self.build.constraints, *self.param_constraints)
 
     # --- storage ------------------------------------------------------------------------------
     @property
@@ -262,10 +260,23 @@ class HyperparameterSearch:
         storage = self.storage
         if self._opened:
             return storage
-        info = StudyInfo(self.study_name, self.space, self.direction, self.monitor, self.strategy.name, self.seed)
+        info = StudyInfo(
+            self.study_name,
+            self.space,
+            self.direction,
+            self.monitor,
+            self.strategy.name,
+            self.seed,
+            objectives=self.build.objectives,
+            constraints=self.constraints,
+        )
         stored = storage.open_study(info, allow_changes=self.allow_changes)
-        if (stored.monitor, stored.direction) != (self.monitor, self.direction):  # allow_changes: the stored study wins
-            self.build = dataclasses.replace(self.build, monitor=stored.monitor, direction=stored.direction)
+        if (stored.monitor, stored.direction, stored.objectives) != (
+            self.monitor,
+            self.direction,
+            self.build.objectives,
+        ) or stored.constraints != self.constraints:  # allow_changes: the stored study wins
+            self.build, self.param_constraints = adopt(self.build, self.param_constraints, stored, self.study_name)
         if stored.strategy != self.strategy.name and self._strategy_by_name:  # allow_changes: the stored one
             self.strategy = make_strategy(stored.strategy)
         elif stored.strategy != self.strategy.name:  # a configured object is the user's choice: it is kept
@@ -283,27 +294,22 @@ class HyperparameterSearch:
     def max_steps(self) -> int | None:
         """The most steps (validation runs) a trial can have, if known: ``trainer.max_epochs`` (its highest
         value if searched), times the validation runs per epoch, times the runs (folds x repeats) of a trial."""
-        trainer = self.build.builder.trainer_settings()
-        dom = self.space.get("trainer.max_epochs")
-        if dom is not None and dom.values() is not None:
-            epochs = int(max(dom.values()))
-        else:
-            epochs = trainer.get("max_epochs")
-            if not (isinstance(epochs, int) and epochs > 0):
-                return None
-        schedule = validation_schedule(trainer)
-        if schedule is None:
-            return None  # validation every k batches: the count of validation runs is not known here
-        every, per_epoch = schedule
-        # steps continue across the folds and repeats of one trial
-        return max(1, epochs // every) * per_epoch * len(self.build.runs)
+        return max_steps_of(self.build, self.space)
 
     def _history(self, storage: Storage) -> History:
-        return storage.history(self.study_name, self.max_steps, StepIndex if self.pruner.active else None)
+        history = storage.history(self.study_name, self.max_steps, StepIndex if self.pruner.active else None)
+        return (
+            dataclasses.replace(history, param_constraints=self.param_constraints)
+            if self.param_constraints
+            else history
+        )
+
+    def _check_params(self, params: Mapping[str, Any]) -> None:
+        check_params(self.space, self.param_constraints, params)
 
     def enqueue(self, params: Mapping[str, Any]) -> TrialRecord | None:
         """Add a configuration to try before the strategy's proposals (once: a known one is not added again)."""
-        self.space.validate(params)
+        self._check_params(params)
         storage = self.open()
         if any(params_key(dict(t.params)) == params_key(dict(params)) for t in storage.trials(self.study_name)):
             return None
@@ -343,7 +349,7 @@ class HyperparameterSearch:
         for params in self._enqueue:
             self.enqueue(params)
         progress = make_progress(self.verbose)
-        board = StudyBoard(self.root / self.study_name / "tensorboard", self.monitor)
+        board = StudyBoard(self.root / self.study_name / "tensorboard", self.monitor, [o.name for o in self.objectives])
         trials = storage.trials(self.study_name)
         finished = sum(t.state.is_finished for t in trials)
         progress.start(self.study_name, self.n_trials, finished, storage.url, monitor=self.monitor, trials=trials)
@@ -374,9 +380,10 @@ class HyperparameterSearch:
             if self._owns_executor:  # an executor passed in is the caller's: it can serve another run()
                 self.executor.shutdown()
         result = self.result(reason)
-        if self.refit and result.best_trial is not None:
+        if self.refit and not result.multi and result.best_trial is not None:
             result.refit()
-        progress.end(str(result), trials_table(result.trials, self.monitor, self.direction, top=10))
+        table = trials_table(result.trials, self.monitor, self.direction, top=10, objectives=self.build.objectives)
+        progress.end(str(result), table)
         failed = no_complete_trial(result.trials, reason or "done")
         if failed is not None:
             raise SearchFailedError(failed, result)
@@ -401,6 +408,7 @@ class HyperparameterSearch:
             builder=self.build.builder,
             root=self.root,
             seed=self.seed,
+            objectives=self.build.objectives,
         )
 
     def ask(self) -> TrialRecord:
@@ -419,36 +427,31 @@ class HyperparameterSearch:
     def tell(
         self,
         number: int,
-        value: float | None = None,
+        value: float | Sequence[float] | None = None,
         *,
         state: TrialState = TrialState.COMPLETE,
         error: str | None = None,
-        intermediate: Mapping[int, float] | None = None,
+        intermediate: Mapping[int, float | Sequence[float]] | None = None,
+        metrics: Mapping[str, float] | None = None,
     ) -> TrialRecord:
-        """Record the result of a trial started with :meth:`ask`."""
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ConfigurationError(
-                f"tell: value must be a number or None, got value={value!r} of type {type(value).__name__}"
-            )
-        storage = self.open()
-        for step, v in sorted((intermediate or {}).items()):
-            storage.report(self.study_name, number, step, v)
-        if state is TrialState.COMPLETE and (value is None or not math.isfinite(value)):
-            state, error = TrialState.FAILED, error or f"non-finite: value={value!r}"
-            value = None
-        finite = [(st, v) for st, v in (intermediate or {}).items() if math.isfinite(v)]
-        best_step = None
-        if finite:  # the step of the best value, under the study's direction
-            best_step = (min if self.direction is Direction.MINIMIZE else max)(finite, key=lambda sv: sv[1])[0]
-        return storage.finish_trial(self.study_name, number, state=state, value=value, best_step=best_step, error=error)
+        """Record the result of a trial started with :meth:`ask`.
 
-
-def _resume(resume: Resume | bool) -> Resume | None:
-    if isinstance(resume, Resume):
-        return resume
-    if isinstance(resume, bool):
-        return DEFAULT_RESUME if resume else None
-    raise ConfigurationError(
-        f"resume must be True, False or a Resume(every_n_epochs=..., every_minutes=..., keep=..., failed=...),"
-        f" got resume={resume!r}"
-    )
+        Args:
+            number: the trial's number.
+            value: its value; with several objectives, the list of every objective's value.
+            state: COMPLETE (the default), PRUNED or FAILED.
+            error: why it failed.
+            intermediate: values per step (lists with several objectives).
+            metrics: the values of the outcome constraints' metrics, which the trial is judged on.
+        """
+        return record_told(
+            self.open(),
+            self.study_name,
+            number,
+            told(value, len(self.objectives), "value"),
+            {int(st): told(v, len(self.objectives), f"intermediate[{st}]") for st, v in (intermediate or {}).items()},
+            state=state,
+            error=error,
+            attrs=judge(self.build.constraints, metrics or {}) if self.build.constraints else None,
+            objectives=self.objectives,
+        )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.space import SearchSpace
+
+if TYPE_CHECKING:
+    from lightning_hpt.objectives import Objective
 
 __all__ = [
     "Direction",
@@ -88,7 +92,12 @@ class TrialRecord:
         started_at, finished_at: POSIX timestamps (seconds).
         host, pid: where the trial ran.
         attempt: how many times this trial number was started (interrupted trials are retried in place).
-        attrs: extra JSON data (fold values, test metrics, ...).
+        attrs: extra JSON data (fold values, test metrics, ...); ``attrs["infeasible"]`` lists the
+            outcome constraints the trial broke (see :attr:`feasible`).
+        values: with several objectives, every objective's value at ``best_step`` in the study's
+            order (``value`` is the first); ``None`` in a study with one objective.
+        intermediate_values: with several objectives, every objective's value per step (``intermediate``
+            holds the first); empty in a study with one objective.
     """
 
     number: int
@@ -105,6 +114,8 @@ class TrialRecord:
     pid: int | None = None
     attempt: int = 0
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    values: tuple[float, ...] | None = None
+    intermediate_values: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def duration(self) -> float | None:
@@ -121,9 +132,27 @@ class TrialRecord:
         return max(self.intermediate) if self.intermediate else None
 
     @property
+    def feasible(self) -> bool:
+        """Whether the trial kept every outcome constraint of its study (a trial without a verdict did)."""
+        return not (isinstance(self.attrs, Mapping) and self.attrs.get("infeasible"))
+
+    @property
+    def objective_values(self) -> tuple[float, ...] | None:
+        """Every objective's value (``(value,)`` with one objective), or ``None`` without a value."""
+        if self.values is not None:
+            return tuple(self.values)
+        return None if self.value is None else (self.value,)
+
+    @property
     def scored(self) -> bool:
-        """Whether the trial counts for "best": COMPLETE with a finite value."""
-        return self.state is TrialState.COMPLETE and self.value is not None and math.isfinite(self.value)
+        """Whether the trial counts for "best" (and the Pareto front): COMPLETE, feasible, with finite values."""
+        values = self.objective_values
+        return (
+            self.state is TrialState.COMPLETE
+            and values is not None
+            and all(v is not None and math.isfinite(v) for v in values)
+            and self.feasible
+        )
 
 
 # The order of states when trials are ranked best first: finished trials with a value before the others.
@@ -137,17 +166,18 @@ _STATE_RANK = {
 
 
 def rank_trials(trials: Iterable[TrialRecord], direction: Direction | str) -> list[TrialRecord]:
-    """Trials best first: COMPLETE by value, then PRUNED by value, then RUNNING, QUEUED and FAILED ones.
+    """Trials best first: COMPLETE by value (infeasible ones after the others), then PRUNED by value, then
+    RUNNING, QUEUED and FAILED ones.
 
     Ties (and trials without a finite value) keep the order of their numbers. The first trial is
     the best one if it is :attr:`~TrialRecord.scored`; this is the package's only definition of "best".
     """
     direction = Direction.parse(direction)
 
-    def key(t: TrialRecord) -> tuple[int, float, int]:
+    def key(t: TrialRecord) -> tuple[int, bool, float, int]:
         finite = t.value is not None and math.isfinite(t.value)
         value = (t.value if direction is Direction.MINIMIZE else -t.value) if finite else math.inf
-        return _STATE_RANK.get(t.state, 5), value, t.number
+        return _STATE_RANK.get(t.state, 5), not t.feasible, value, t.number
 
     return sorted(trials, key=key)
 
@@ -180,6 +210,13 @@ class History:
         index: an index of ``trials`` that the reader keeps up to date between reads (the pruners'
             :class:`~lightning_hpt.pruners.StepIndex`, given to ``Storage.history``); a pruner uses
             it only while it reflects exactly ``trials``.
+        objectives: with several objectives, all of them (the first is ``direction``'s); ``()``
+            with one.
+        param_constraints: rules on the parameters alone (:class:`~lightning_hpt.constraints.ParamConstraint`):
+            a strategy proposes only configurations that keep every one (see
+            :func:`lightning_hpt.strategies.base.allowed`).
+        outcome_constraints: bounds on logged metrics (:class:`~lightning_hpt.constraints.OutcomeConstraint`),
+            which a model-based strategy may model (trials record them in ``attrs["constraint_values"]``).
     """
 
     space: SearchSpace
@@ -188,6 +225,14 @@ class History:
     seed: int | None = None
     max_steps: int | None = None
     index: Any = field(default=None, compare=False, repr=False)
+    objectives: tuple[Objective, ...] = ()
+    param_constraints: tuple[Any, ...] = ()
+    outcome_constraints: tuple[Any, ...] = ()
+
+    @property
+    def multi(self) -> bool:
+        """Whether the study has several objectives (trials then carry :attr:`TrialRecord.values`)."""
+        return len(self.objectives) > 1
 
     @property
     def next_number(self) -> int:
@@ -208,8 +253,9 @@ class History:
         return self.with_state(TrialState.RUNNING, TrialState.QUEUED)
 
     def best(self) -> TrialRecord | None:
-        """The COMPLETE trial with the best value (lowest number on ties), or ``None``."""
-        return best_trial(self.trials, self.direction)
+        """The COMPLETE trial with the best value (lowest number on ties), or ``None``; always ``None`` with
+        several objectives, whose trials have no single best (see :mod:`lightning_hpt.pareto`)."""
+        return None if self.multi else best_trial(self.trials, self.direction)
 
     def add(
         self,
@@ -230,5 +276,7 @@ class History:
             3
         """
         self.space.validate(params)
+        if value is None and fields.get("values") is not None:
+            value = fields["values"][0]
         record = TrialRecord(self.next_number, dict(params), state, value=value, **fields)
-        return History(self.space, self.direction, (*self.trials, record), self.seed, self.max_steps)
+        return dataclasses.replace(self, trials=(*self.trials, record), index=None)

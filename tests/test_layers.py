@@ -28,9 +28,11 @@ FLOORS = {
         ),
         0,
     ),
+    **dict.fromkeys(("objectives", "constraints", "pareto"), 0),
     **dict.fromkeys(("strategies", "pruners", "storage", "lightning", "report"), 1),
     "executors": 2,
     **dict.fromkeys(("search", "result", "driver", "reporting", "proposals", "recovery", "run_scope", "stacking"), 3),
+    "search_args": 3,
     **dict.fromkeys(("cli", "testing", "script", "__init__", "__main__"), 4),
 }
 

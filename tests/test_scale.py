@@ -166,6 +166,9 @@ def test_a_version_1_database_is_upgraded_in_place_and_keeps_every_record(tmp_pa
     before = storage.trials("study")
     storage.close()
     with sqlite3.connect(path) as conn:  # back to the layout of schema_version 1, exactly
+        for table, column in (("hpt_studies", "definition"), ("hpt_trials", "objective_values")):  # version 3's
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.execute("ALTER TABLE hpt_trial_values DROP COLUMN objective_values")
         conn.execute("DROP INDEX hpt_trials_study_seq")
         conn.execute("ALTER TABLE hpt_trials DROP COLUMN seq")
         conn.execute("ALTER TABLE hpt_studies DROP COLUMN seq")

@@ -72,11 +72,18 @@ def _study_parser(command: str) -> argparse.ArgumentParser:
             help="config: the trial's full config for fit (studies run by lightning-hpt search); yaml, json: its"
             " parameters",
         )
+        p.add_argument("--trial", type=int, default=None, help="this trial instead of the best (e.g. of the front)")
+        p.add_argument(
+            "--weights",
+            default=None,
+            help="several objectives: the Pareto trial with the largest weighted sum, e.g. val_acc=1,n_params=0.5",
+        )
     return p
 
 
 def _study_command(command: str, argv: Sequence[str], out: IO[str], err: IO[str]) -> int:
     from lightning_hpt.cli.study import locate, open_study, short_params
+    from lightning_hpt.objectives import describe
     from lightning_hpt.report.table import trials_table
     from lightning_hpt.result import SearchResult
 
@@ -86,14 +93,19 @@ def _study_command(command: str, argv: Sequence[str], out: IO[str], err: IO[str]
     if command in ("retry", "delete"):
         return _change_study(command, args, storage, study, loc.root, out)
     info = storage.load_study(study)
-    result = SearchResult(study, info.monitor, info.direction, tuple(storage.trials(study)))
+    result = SearchResult(study, info.monitor, info.direction, tuple(storage.trials(study)), objectives=info.objectives)
     if command == "show":
         counts = ", ".join(f"{n} {s.lower()}" for s, n in result.counts().items()) or "no trials"
-        out.write(
-            f"study {study!r}: {len(result.trials)} trials ({counts}); {info.monitor} ({info.direction.value});"
-            f" storage {storage.url}\n"
-        )
-        out.write(trials_table(short_params(result.trials), info.monitor, info.direction, top=args.top) + "\n")
+        goal = describe(info.objectives) if result.multi else f"{info.monitor} ({info.direction.value})"
+        rules = "".join(f"; {c}" for c in info.constraints)
+        out.write(f"study {study!r}: {len(result.trials)} trials ({counts}); {goal}{rules}; storage {storage.url}\n")
+        trials = short_params(result.trials)
+        out.write(trials_table(trials, info.monitor, info.direction, top=args.top, objectives=info.objectives) + "\n")
+        if result.multi:
+            front = [t.number for t in result.pareto_trials]
+            if front:
+                out.write(f"Pareto front: trials {front}; lightning-hpt best {study} --trial N (or --weights ...)\n")
+            return 0
         best = result.best_trial
         if best is not None:
             out.write(f"best: trial {best.number}, {info.monitor}={best.value:.6g}\n")
@@ -110,9 +122,9 @@ def _study_command(command: str, argv: Sequence[str], out: IO[str], err: IO[str]
 
 
 def _best(args: argparse.Namespace, info: Any, result: Any, root: Any, out: IO[str], err: IO[str]) -> int:
-    from lightning_hpt.cli.study import best_config, best_params, write_text
+    from lightning_hpt.cli.study import best_config, best_params, chosen_trial, write_text
 
-    best = result.best_trial
+    best = chosen_trial(result, args.trial, args.weights)
     if best is None:
         raise HPTError(
             f"study {info.name!r} has no COMPLETE trial yet ({result.counts()}); lightning-hpt show {info.name} lists"

@@ -161,7 +161,8 @@ def run_search(
         stream: where the best config's path is written (standard output by default).
 
     Returns:
-        The study's result; ``<root>/<study>/best.yaml`` holds the best trial's config.
+        The study's result; ``<root>/<study>/best.yaml`` holds the best trial's config (with several
+        objectives, ``<root>/<study>/pareto/trial_<n>.yaml`` the config of each trial on the Pareto front).
 
     Raises:
         ConfigurationError, SearchSpaceError: before any trial runs, for a key not in the config,
@@ -182,6 +183,8 @@ def run_search(
         space=space,
         monitor=s.monitor,
         mode=s.mode,
+        constraints=s.constraints,
+        param_constraints=s.param_constraints,
         strategy=strategy,
         pruner=pruner,
         n_trials=s.n_trials,
@@ -201,6 +204,12 @@ def run_search(
     )
     _record_config(search, config, f"{cli_class.__module__}.{cli_class.__qualname__}", s.allow_changes)
     result = search.run()
+    if result.multi:  # no single best: the config of every trial on the Pareto front
+        for t in result.pareto_trials:
+            path = search.root / search.study_name / "pareto" / f"trial_{t.number}.yaml"
+            write_text(path, best_config(search.root, search.study_name, t))
+            (stream or sys.stdout).write(f"Pareto front config (trial {t.number}): {path}\n")
+        return result
     best = result.best_trial
     if best is not None:
         path = search.root / search.study_name / "best.yaml"

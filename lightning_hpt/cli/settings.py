@@ -24,8 +24,13 @@ class SearchSettings:
     Args:
         space: config paths to domains, e.g. ``{model.init_args.lr: {type: float, low: 1e-4, high: 0.1, log: true}}``;
             short forms without ``init_args`` (``model.lr``) are accepted where they name one path.
-        monitor: the validation metric to optimize, as logged with ``self.log``.
-        mode: ``min`` or ``max``.
+        monitor: the validation metric to optimize, as logged with ``self.log``; or a list of them
+            (several objectives: ``[val_acc, val_latency_ms]``).
+        mode: ``min`` or ``max``; a list of them, one per objective, with several.
+        constraints: bounds on metrics the trials log: ``{n_params: ["<=", 2.0e6]}``; a trial that
+            breaks one is recorded infeasible.
+        param_constraints: rules on the parameters (the space's keys) checked before a trial runs:
+            ``["model.init_args.width * model.init_args.depth <= 4096"]``.
         strategy: ``grid``, ``random``, ``sobol`` or ``bayes``; or ``{name: grid, points: 5}``; or
             ``{class_path: ..., init_args: {...}}``.
         pruner: ``none``, ``median``, ``asha`` or ``hyperband``, or a mapping as for ``strategy``.
@@ -52,8 +57,10 @@ class SearchSettings:
     """
 
     space: dict[str, Any] | None = None
-    monitor: str = "val_loss"
-    mode: str = "min"
+    monitor: str | list[str] = "val_loss"
+    mode: str | list[str] = "min"
+    constraints: dict[str, list[Any]] | None = None
+    param_constraints: list[str] | None = None
     strategy: str | dict[str, Any] = "random"
     pruner: str | dict[str, Any] | None = None
     n_trials: int | None = 20

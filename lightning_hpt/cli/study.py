@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -17,7 +18,16 @@ from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.storage import Storage, StudyInfo, open_storage
 from lightning_hpt.trial import TrialRecord
 
-__all__ = ["StudyLocation", "best_config", "best_params", "locate", "short_params", "trial_dir", "write_text"]
+__all__ = [
+    "StudyLocation",
+    "best_config",
+    "best_params",
+    "chosen_trial",
+    "locate",
+    "short_params",
+    "trial_dir",
+    "write_text",
+]
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,8 @@ def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
         "value": trial.value,
         "params": dict(trial.params),
     }
+    if trial.values is not None:  # several objectives: every one's value
+        data["values"] = dict(zip((o.name for o in info.objectives), trial.values, strict=False))
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
     return yaml.safe_dump(data, sort_keys=False)
@@ -147,3 +159,42 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def chosen_trial(result: Any, number: int | None, weights: str | None) -> TrialRecord | None:
+    """The trial ``lightning-hpt best`` prints: ``--trial N``, the Pareto trial ``--weights`` prefers, or the best.
+
+    Raises:
+        HPTError: several objectives and neither option (naming both), or an unknown or unscored trial.
+    """
+    if number is not None:
+        found = [t for t in result.trials if t.number == number]
+        if not found or not found[0].scored:
+            raise HPTError(
+                f"--trial {number}: study {result.study!r} has no COMPLETE feasible trial {number};"
+                f" lightning-hpt show {result.study} lists them"
+            )
+        return found[0]
+    if weights is not None:
+        return result.best(weights=_weights(weights))
+    if result.multi:
+        front = [t.number for t in result.pareto_trials]
+        example = ",".join(f"{o.name}=1" for o in result.objectives)
+        raise HPTError(
+            f"study {result.study!r} has several objectives, so no single best trial: give --trial N (one of the"
+            f" Pareto front: {front}) or --weights {example}"
+        )
+    return result.best_trial
+
+
+def _weights(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigurationError(f"--weights must read name=number,..., e.g. val_acc=1,n_params=0.5; got {text!r}")
+    return out

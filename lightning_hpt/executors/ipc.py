@@ -19,7 +19,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
-from lightning_hpt.lightning.monitor import TrialReporter
+from lightning_hpt.lightning.monitor import TrialReporter, wire_value
 
 __all__ = ["KEY_ENV", "ChannelReporter", "ReportServer", "ReporterRegistry"]
 
@@ -50,7 +50,7 @@ class ReporterRegistry:
         with self._lock:
             self._reporters.pop(key, None)
 
-    def call(self, key: str, step: int, value: float) -> bool:
+    def call(self, key: str, step: int, value: float | tuple[float, ...]) -> bool:
         """The driver's decision for one report: True stops the trial. A broken reporter never prunes."""
         with self._lock:
             reporter = self._reporters.get(key)
@@ -160,14 +160,14 @@ class ChannelReporter:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["address"], state["authkey"], state["key"])  # type: ignore[misc]
 
-    def report(self, step: int, value: float) -> bool:
+    def report(self, step: int, value: float | tuple[float, ...]) -> bool:
         import os
 
         if self._conn is None or self._pid != os.getpid():
             self._conn = Client(self.address, authkey=self.authkey)
             self._conn.send(("reporter", self.key))
             self._pid = os.getpid()
-        self._conn.send((int(step), float(value)))
+        self._conn.send((int(step), wire_value(value)))
         return bool(self._conn.recv())
 
     def close(self) -> None:

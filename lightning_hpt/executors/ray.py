@@ -28,7 +28,7 @@ from typing_extensions import override
 from lightning_hpt.exceptions import ConfigurationError, TrialPickleError
 from lightning_hpt.executors.base import Executor, failed_outcome
 from lightning_hpt.executors.ipc import ReporterRegistry
-from lightning_hpt.lightning.monitor import TrialReporter
+from lightning_hpt.lightning.monitor import TrialReporter, wire_value
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome, run_trial
 
 __all__ = ["RayExecutor"]
@@ -114,16 +114,16 @@ class _RayReporter:
         self._held: list[tuple[int, float]] = []
         self._posted = time.monotonic()
 
-    def report(self, step: int, value: float) -> bool:
+    def report(self, step: int, value: float | tuple[float, ...]) -> bool:
         if not self.answers:
-            self._held.append((int(step), float(value)))
+            self._held.append((int(step), wire_value(value)))
             if time.monotonic() - self._posted >= self.every:
                 self.broker.post.remote(self.key, self._held)
                 self._held, self._posted = [], time.monotonic()
             return False
         import ray
 
-        return bool(ray.get(self.broker.report.remote(self.key, int(step), float(value))))
+        return bool(ray.get(self.broker.report.remote(self.key, int(step), wire_value(value))))
 
 
 def _run_remote(

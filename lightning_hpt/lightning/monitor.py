@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import lightning.pytorch as L
@@ -16,7 +16,15 @@ from typing_extensions import override
 from lightning_hpt.exceptions import MetricNotFoundError
 from lightning_hpt.trial import Direction
 
-__all__ = ["MonitorLogic", "TrialMonitor", "TrialReporter", "metric_missing", "metric_value", "monitor_class"]
+__all__ = [
+    "MonitorLogic",
+    "TrialMonitor",
+    "TrialReporter",
+    "metric_missing",
+    "metric_value",
+    "monitor_class",
+    "wire_value",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +37,17 @@ class TrialReporter(Protocol):
     may send the report without waiting for the answer.
     """
 
-    def report(self, step: int, value: float) -> bool:
-        """Send the monitored value of validation run ``step`` (0-based); True means: stop this trial."""
+    def report(self, step: int, value: float | tuple[float, ...]) -> bool:
+        """Send the monitored value of validation run ``step`` (0-based); True means: stop this trial.
+
+        With several objectives ``value`` is the tuple of every objective's value (the monitor's first).
+        """
         ...
+
+
+def wire_value(value: Any) -> float | tuple[float, ...]:
+    """A reported value as plain data for a channel: a float, or a tuple of floats with several objectives."""
+    return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else float(value)
 
 
 def metric_value(name: str, value: Any) -> float:
@@ -69,19 +85,35 @@ class MonitorLogic:
     It never raises from a hook: a problem (missing metric, wrong type) is kept in ``error`` and the
     trial is stopped; the runner turns it into a FAILED record.
 
+    Args:
+        monitor, direction: the metric the trial's best step is chosen by (the first objective).
+        reporter: the channel to the driver.
+        objectives: the other objectives' metrics: recorded and reported with ``monitor`` at every step.
+        watch: more metrics recorded at every step, not reported (those of outcome constraints).
+
     Attributes:
         values: monitored value per step (validation run, from 0).
+        extra: the values of ``objectives`` and ``watch`` per step, ``{step: {name: value}}``.
         best_value, best_step: the best finite value and its step.
         pruned: whether the driver asked this trial to stop.
         error: the exception that ended the trial from inside the callback, if any.
     """
 
-    def __init__(self, monitor: str, direction: Direction, reporter: TrialReporter | None = None) -> None:
+    def __init__(
+        self,
+        monitor: str,
+        direction: Direction,
+        reporter: TrialReporter | None = None,
+        objectives: Sequence[str] = (),
+        watch: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         self.monitor = monitor
         self.direction = direction
         self.reporter = reporter
+        self.objectives, self.watch = tuple(objectives), tuple(watch)
         self.values: dict[int, float] = {}
+        self.extra: dict[int, dict[str, float]] = {}
         self.best_value: float | None = None
         self.best_step: int | None = None
         self.pruned = False
@@ -107,7 +139,7 @@ class MonitorLogic:
         stop = False
         for step in sorted(self.values):
             try:
-                stop = bool(self.reporter.report(step, self.values[step])) or stop
+                stop = bool(self.reporter.report(step, self.reported(step))) or stop
             except Exception:
                 log.exception("reporting step %d of the continued trial failed; it continues unpruned", step)
         if stop:
@@ -129,24 +161,34 @@ class MonitorLogic:
             self.error = e
             trainer.should_stop = True
 
+    def reported(self, step: int) -> float | tuple[float, ...]:
+        """What step ``step`` reports: the monitored value, or every objective's value with several."""
+        if not self.objectives:
+            return self.values[step]
+        return (self.values[step], *(self.extra[step][name] for name in self.objectives))
+
     def _check(self, trainer: Any) -> None:
         metrics = trainer.callback_metrics
-        if self.monitor not in metrics:
-            raise metric_missing(self.monitor, metrics)
+        for name in (self.monitor, *self.objectives, *self.watch):
+            if name not in metrics:
+                raise metric_missing(name, metrics)
         value = metric_value(self.monitor, metrics[self.monitor])
         step = len(self.values)
         self.values[step] = value
+        if self.objectives or self.watch:
+            self.extra[step] = {n: metric_value(n, metrics[n]) for n in (*self.objectives, *self.watch)}
         if math.isfinite(value) and (self.best_value is None or self.direction.better(value, self.best_value)):
             self.best_value, self.best_step = value, step
         stop = False
         if trainer.is_global_zero and self.reporter is not None:
             try:
-                stop = bool(self.reporter.report(step, value))
+                stop = bool(self.reporter.report(step, self.reported(step)))
             except Exception:  # a broken channel must not kill the trial; it just is not pruned
                 log.exception("reporting step %d of the trial failed; it continues unpruned", step)
-        # every rank takes rank 0's decisions, so DDP ranks stop together; a NaN or infinite value ends
-        # the trial at once even without a pruner or EarlyStopping (it is FAILED "non-finite" anyway)
-        stop, broken = trainer.strategy.broadcast((stop, not math.isfinite(value)), src=0)
+        # every rank takes rank 0's decisions, so DDP ranks stop together; a NaN or infinite value (of any
+        # objective) ends the trial at once even without a pruner or EarlyStopping (it is FAILED "non-finite")
+        finite = math.isfinite(value) and all(math.isfinite(self.extra[step][n]) for n in self.objectives)
+        stop, broken = trainer.strategy.broadcast((stop, not finite), src=0)
         if stop:
             self.pruned = True
         if stop or broken:
@@ -156,6 +198,7 @@ class MonitorLogic:
     def state_dict(self) -> dict[str, Any]:
         return {
             "values": dict(self.values),
+            "extra": {step: dict(v) for step, v in self.extra.items()},
             "best_value": self.best_value,
             "best_step": self.best_step,
             "trained_seconds": self.trained_seconds,
@@ -165,6 +208,8 @@ class MonitorLogic:
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.values = {int(k): float(v) for k, v in state_dict["values"].items()}
+        extra = state_dict.get("extra") or {}
+        self.extra = {int(k): {n: float(x) for n, x in v.items()} for k, v in extra.items()}
         self.best_value, self.best_step = state_dict["best_value"], state_dict["best_step"]
         self.trained_before = float(state_dict.get("trained_seconds", 0.0))
         if state_dict.get("rng") is not None:

@@ -11,10 +11,10 @@ import shutil
 import signal
 import threading
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,6 +35,10 @@ from lightning_hpt.lightning.resume import (
     save_finished_runs,
 )
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
+
+if TYPE_CHECKING:
+    from lightning_hpt.constraints import OutcomeConstraint
+    from lightning_hpt.objectives import Objective
 
 __all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "run_trial", "trial_seed", "value_failure"]
 
@@ -66,6 +70,9 @@ class TrialBuild:
         repeats: runs per fold with different seeds, for noisy objectives; the score is the mean.
         resume: when each trial writes its resumable checkpoint (see ``lightning.resume``); ``None``:
             none, an interrupted trial starts over.
+        objectives: with several objectives, all of them (the first is ``monitor`` and ``direction``);
+            every one is recorded at every step. ``()`` with one.
+        constraints: the outcome constraints, judged on the metrics at the trial's best step.
     """
 
     builder: TrialBuilder
@@ -76,6 +83,8 @@ class TrialBuild:
     cv: CrossValidation | None = None
     repeats: int = 1
     resume: Resume | None = DEFAULT_RESUME
+    objectives: tuple[Objective, ...] = ()
+    constraints: tuple[OutcomeConstraint, ...] = ()
 
     @property
     def runs(self) -> list[tuple[int, int]]:
@@ -108,7 +117,9 @@ class TrialOutcome:
         state: COMPLETE, PRUNED or FAILED.
         value: the best finite monitored value (``None`` when FAILED).
         best_step: the step (validation run) of ``value``.
-        intermediate: every reported value ``{step: value}``.
+        intermediate: every reported value ``{step: value}`` (with several objectives, the tuple of
+            every objective's value).
+        values: with several objectives, every objective's value at ``best_step``.
         checkpoint: path of the best step's checkpoint, if kept.
         error: why it failed.
         fatal: every further trial would fail the same way (the metric is never logged).
@@ -128,6 +139,7 @@ class TrialOutcome:
     interrupted: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    values: tuple[float, ...] | None = None
 
 
 def _log_params(trainer: Any, params: Mapping[str, Any]) -> None:
@@ -140,14 +152,16 @@ def _log_params(trainer: Any, params: Mapping[str, Any]) -> None:
         lg.log_hyperparams(dict(params))
 
 
-def _log_hparams(trainer: Any, params: Mapping[str, Any], monitor: str, best: float | None) -> None:
-    """Give TensorBoard's HParams view each trial's parameters with its best value."""
-    if best is None:
+def _log_hparams(trainer: Any, params: Mapping[str, Any], monitor: Any) -> None:
+    """Give TensorBoard's HParams view each trial's parameters with its best value (every objective's, at its step)."""
+    if monitor.best_value is None:
         return
+    best = {f"hp/{monitor.monitor}": monitor.best_value}
+    best.update({f"hp/{n}": v for n, v in monitor.extra.get(monitor.best_step, {}).items() if n in monitor.objectives})
     for lg in trainer.loggers:
         if compat.is_tensorboard_logger(lg):
             try:
-                lg.log_hyperparams(dict(params), {f"hp/{monitor}": best})
+                lg.log_hyperparams(dict(params), best)
                 lg.finalize("success")
             except Exception:  # logging must not fail a finished trial
                 log.warning("could not write the trial's hyperparameters to TensorBoard", exc_info=True)
@@ -184,7 +198,8 @@ def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
         seed_everything(seed, workers=True, verbose=False)
 
         def callbacks(pl: Any) -> list[Any]:
-            live.monitor = monitor_class(pl)(b.monitor, b.direction, reporter)
+            others, watch = [o.name for o in b.objectives[1:]], [c.metric for c in b.constraints]
+            live.monitor = monitor_class(pl)(b.monitor, b.direction, reporter, others, watch)
             return search_callbacks(pl, b, job, live.monitor)
 
         live.model, live.datamodule, live.trainer = b.builder.build(
@@ -194,7 +209,7 @@ def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
             live.datamodule = fold_view(live.datamodule, fold, b.cv)
         _log_params(live.trainer, job.params)
         live.trainer.fit(live.model, datamodule=live.datamodule, ckpt_path=ckpt)
-        _log_hparams(live.trainer, job.params, b.monitor, live.monitor.best_value)
+        _log_hparams(live.trainer, job.params, live.monitor)
 
 
 def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutcome:
@@ -283,7 +298,9 @@ def search_callbacks(pl: Any, b: TrialBuild, job: TrialJob, monitor: Any) -> lis
     return callbacks
 
 
-def value_failure(monitor: str, values: Mapping[int, float], logged: Iterable[str]) -> tuple[str, bool] | None:
+def value_failure(
+    monitor: str, values: Mapping[int, Any], logged: Iterable[str], objectives: Sequence[str] = ()
+) -> tuple[str, bool] | None:
     """Why a trial that reported ``values`` of ``monitor`` fails, and whether every trial would; ``None``: it does not.
 
     No value: the metric was never logged in a validation run (fatal: every trial would fail so). A
@@ -291,8 +308,9 @@ def value_failure(monitor: str, values: Mapping[int, float], logged: Iterable[st
 
     Args:
         monitor: the monitored metric.
-        values: the trial's monitored value per step.
+        values: the trial's monitored value per step (with several objectives, tuples of every objective's value).
         logged: the names of the metrics the trial did log, for the message.
+        objectives: the names of every objective, when there are several (in the order of the tuples).
     """
     if not values:
         err = MetricNotFoundError(
@@ -300,17 +318,17 @@ def value_failure(monitor: str, values: Mapping[int, float], logged: Iterable[st
             f" {sorted(logged)}. Log it with self.log({monitor!r}, ...) in validation_step"
         )
         return _describe(err), True
-    bad = [(s, v) for s, v in values.items() if not math.isfinite(v)]
-    if bad:
-        s, v = bad[0]
-        return f"non-finite: {monitor} was {v} at step {s}", False
+    for s, v in values.items():
+        for name, x in zip(objectives or [monitor], v if isinstance(v, tuple) else (v,), strict=False):
+            if not math.isfinite(x):
+                return f"non-finite: {name} was {x} at step {s}", False
     return None
 
 
 def _outcome(
     job: TrialJob, monitor: Any, trainer: Any, error: BaseException | None, interrupted: str | None
 ) -> TrialOutcome:
-    values = dict(monitor.values) if monitor is not None else {}
+    values = {s: monitor.reported(s) for s in monitor.values} if monitor is not None else {}
     metrics: dict[str, float] = {}
     if trainer is not None:
         for k, v in trainer.callback_metrics.items():
@@ -335,11 +353,27 @@ def _outcome(
         # every trial would fail the same way: a missing metric, or arguments the model/Trainer refuse
         fatal = isinstance(error, (MetricNotFoundError, ConfigurationError)) or compat.is_misconfiguration(error)
         return TrialOutcome(TrialState.FAILED, error=_describe(error), fatal=fatal, **common)
-    failure = value_failure(job.build.monitor, values, metrics)
+    failure = value_failure(job.build.monitor, values, metrics, [o.name for o in job.build.objectives])
     if failure is not None:
         return TrialOutcome(TrialState.FAILED, error=failure[0], fatal=failure[1], **common)
     state = TrialState.PRUNED if monitor.pruned else TrialState.COMPLETE
-    return TrialOutcome(state, value=monitor.best_value, best_step=monitor.best_step, checkpoint=ckpt, **common)
+    at_best = monitor.extra.get(monitor.best_step, {})
+    vector = (monitor.best_value, *(at_best[n] for n in monitor.objectives)) if monitor.objectives else None
+    if job.build.constraints:
+        common["attrs"].update(judge(job.build.constraints, at_best))
+    return TrialOutcome(
+        state, value=monitor.best_value, best_step=monitor.best_step, checkpoint=ckpt, values=vector, **common
+    )
+
+
+def judge(constraints: Any, metrics: Mapping[str, float]) -> dict[str, Any]:
+    """The trial's attrs about its outcome constraints: each metric's value, and what it broke (``[]``: none)."""
+    from lightning_hpt.constraints import violations
+
+    return {
+        "constraint_values": {c.metric: metrics.get(c.metric) for c in constraints},
+        "infeasible": violations(constraints, metrics),
+    }
 
 
 def _run_dir(b: TrialBuild, fold: int, repeat: int) -> str:

@@ -96,7 +96,7 @@ class HyperbandPruner(Pruner):
         budgets = self.budgets(max_resource)
         bracket = _bracket(history.seed, trial.number, budgets)
         halving = SuccessiveHalvingPruner(self.min_resource, self.reduction_factor, min_early_stopping_rate=bracket)
-        if index_of(history) is not None:  # the bracket's rivals from the history's index
+        if index_of(history) is not None and not history.multi:  # the bracket's rivals from the history's index
             return halving.decide(history, trial, max_resource, _Bracket(history.seed, tuple(budgets), bracket))
         mates = tuple(t for t in history.trials if _bracket(history.seed, t.number, budgets) == bracket)
         return halving.decide(dataclasses.replace(history, trials=mates), trial, max_resource)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lightning_hpt.pruners._common import check_int, is_finite, others, previous_step, score
 from lightning_hpt.pruners._index import completed_others, index_of, median_of_others
+from lightning_hpt.pruners._pareto import ahead, finite_vector, rivals_at
 from lightning_hpt.pruners.base import Pruner
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
@@ -17,6 +18,9 @@ class MedianPruner(Pruner):
     being judged (FAILED ones are ignored); their NaN or infinite values count as the worst
     possible. A NaN or infinite value of the judged trial prunes it at once, warm-up or not: a
     diverged run does not come back.
+
+    With several objectives a trial is pruned when more than half of the others at the step rank
+    before it by non-dominated sorting (see :mod:`._pareto`); its own vector is the one at the step.
 
     Args:
         n_startup_trials: no pruning until this many trials are COMPLETE.
@@ -42,7 +46,9 @@ class MedianPruner(Pruner):
         step = trial.last_step
         if step is None:
             return False
-        if not is_finite(trial.intermediate[step]):
+        if not is_finite(trial.intermediate[step]) or (
+            history.multi and not finite_vector(trial.intermediate_values.get(step))
+        ):
             return True
         index = index_of(history)
         if index is not None:
@@ -57,6 +63,9 @@ class MedianPruner(Pruner):
             return False
 
         direction = history.direction
+        if history.multi:
+            rivals = rivals_at(others(history, trial), step, exact=True)
+            return ahead(trial.intermediate_values[step], rivals, history.objectives) > len(rivals) // 2
         if index is not None:
             median = median_of_others(index, trial, step)
             return median is not None and direction.better(median, _best(trial, direction))

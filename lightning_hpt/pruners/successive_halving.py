@@ -13,6 +13,7 @@ from collections.abc import Hashable
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.pruners._common import check_int, is_finite, others, previous_step, score, value_from
 from lightning_hpt.pruners._index import index_of, promotable
+from lightning_hpt.pruners._pareto import ahead, finite_vector, rivals_at
 from lightning_hpt.pruners.base import Pruner
 from lightning_hpt.trial import Direction, History, TrialRecord
 
@@ -30,7 +31,8 @@ class SuccessiveHalvingPruner(Pruner):
     count as the worst). The trial goes on iff it is in the top ``n // reduction_factor`` of the
     ``n`` values, itself included; with fewer than ``reduction_factor`` values, only the best goes
     on, since a trial cannot be paused until more arrive. Ties go on. A trial is judged once
-    per rung, and a NaN or infinite value of its own prunes it at once.
+    per rung, and a NaN or infinite value of its own prunes it at once. With several objectives the
+    trials at a rung are ranked by non-dominated sorting, then crowding distance (see :mod:`._pareto`).
 
     Args:
         min_resource: steps every trial gets before its first judgement (``r`` in the paper).
@@ -108,11 +110,19 @@ class SuccessiveHalvingPruner(Pruner):
         if step is None:
             return False
         value = trial.intermediate[step]
-        if not is_finite(value):
+        vector = trial.intermediate_values.get(step) if history.multi else None
+        if not is_finite(value) or (history.multi and not finite_vector(vector)):
             return True
         # Rungs reached since the previous report; earlier ones were passed already (ASHA never demotes).
         since = previous_step(trial, step)
         due = [r for r in self.rung_steps(max_resource, until_step=step) if r > since]
+        if history.multi and due:  # several objectives: non-dominated sorting over every trial at the rung
+            rivals = others(history, trial)
+            for rung_step in due:
+                vectors = rivals_at(rivals, rung_step, exact=False)
+                if ahead(vector, vectors, history.objectives) >= max((len(vectors) + 1) // self.reduction_factor, 1):
+                    return True
+            return False
         index = index_of(history)
         if index is not None:  # the same rule on lists kept up to date, not rebuilt from every trial
             return not all(promotable(index, trial, value, r, self.reduction_factor, group) for r in due)

@@ -4,7 +4,8 @@
 - :func:`trials_table`: a plain-text table of trials (the end-of-search summary, ``lightning-hpt show``);
 - :func:`export_trials`: every trial with its per-epoch values, as CSV or JSON;
 - :mod:`~lightning_hpt.report.plots`: optimization history, learning curves, parallel coordinates,
-  slices and parameter importance as matplotlib figures (the ``plot`` extra);
+  slices and parameter importance as matplotlib figures (the ``plot`` extra); :func:`plot_pareto`, the
+  Pareto front of a study with several objectives;
 - :func:`param_importance`: the first-order Sobol index of each parameter under a GP model;
 - :func:`write_report`: one self-contained HTML file with all of the above (``lightning-hpt report``).
 
@@ -24,6 +25,7 @@ from lightning_hpt.report.export import export_trials
 from lightning_hpt.report.html import render_report, write_report
 from lightning_hpt.report.importance import param_importance
 from lightning_hpt.report.live import LiveProgress, make_progress
+from lightning_hpt.report.pareto_plot import plot_pareto
 from lightning_hpt.report.plots import (
     plot_history,
     plot_importance,
@@ -45,6 +47,7 @@ __all__ = [
     "plot_importance",
     "plot_learning_curves",
     "plot_parallel_coordinates",
+    "plot_pareto",
     "plot_slices",
     "render_report",
     "save_figure",

@@ -1,10 +1,11 @@
-"""The study's own TensorBoard run: the best value so far after each finished trial."""
+"""The study's own TensorBoard run: each trial's values, and the best value so far after each finished trial."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from lightning_hpt.trial import TrialRecord
@@ -15,14 +16,16 @@ log = logging.getLogger(__name__)
 
 
 class StudyBoard:
-    """Writes ``best_<monitor>`` and each trial's value to ``<root>/<study>/tensorboard``.
+    """Writes ``best_<monitor>`` and each trial's value (``trial_<name>`` of every objective) to
+    ``<root>/<study>/tensorboard``.
 
     Does nothing when TensorBoard is not installed. Point TensorBoard at ``<root>/<study>`` to see
     the study's curve next to every trial's own logs (and the HParams view of all trials).
     """
 
-    def __init__(self, directory: str | os.PathLike, monitor: str) -> None:
+    def __init__(self, directory: str | os.PathLike, monitor: str, objectives: Sequence[str] = ()) -> None:
         self.directory, self.monitor = str(directory), monitor
+        self.names = tuple(objectives) or (monitor,)
         self._writer: Any = None
         try:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
@@ -37,8 +40,8 @@ class StudyBoard:
         try:
             if self._writer is None:
                 self._writer = self._writer_cls(self.directory)
-            if trial.value is not None:
-                self._writer.add_scalar(f"trial_{self.monitor}", trial.value, trial.number)
+            for name, value in zip(self.names, trial.objective_values or (), strict=False):
+                self._writer.add_scalar(f"trial_{name}", value, trial.number)
             if best is not None:
                 self._writer.add_scalar(f"best_{self.monitor}", best.value, trial.number)
             self._writer.flush()

@@ -47,9 +47,10 @@ def _plain(obj: Any) -> Any:
 def trial_to_dict(t: TrialRecord) -> dict[str, Any]:
     """One trial as plain JSON data; ``intermediate`` maps the step (as text) to its value.
 
-    Non-finite numbers (a NaN loss, say) are ``None``: strict JSON has no NaN.
+    Non-finite numbers (a NaN loss, say) are ``None``: strict JSON has no NaN. With several objectives
+    it also has ``values`` (every objective's value) and ``intermediate_values`` (per step).
     """
-    return {
+    out = {
         "number": t.number,
         "state": t.state.value,
         "value": _finite(t.value),
@@ -66,6 +67,12 @@ def trial_to_dict(t: TrialRecord) -> dict[str, Any]:
         "attempt": t.attempt,
         "attrs": _plain(dict(t.attrs)),
     }
+    if t.values is not None or t.intermediate_values:
+        out["values"] = None if t.values is None else [_finite(v) for v in t.values]
+        out["intermediate_values"] = {
+            str(step): [_finite(v) for v in vs] for step, vs in sorted(t.intermediate_values.items())
+        }
+    return out
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -95,10 +102,12 @@ def _csv_text(trials: Sequence[TrialRecord]) -> str:
         names.extend(n for n in t.params if n not in names)
         steps.update(t.intermediate)
     step_cols = sorted(steps)
+    width = max((len(t.values) for t in trials if t.values is not None), default=0)  # several objectives
     header = [
         "number",
         "state",
         "value",
+        *(f"values.{i}" for i in range(width)),
         "best_step",
         "epochs",
         "duration_s",
@@ -117,6 +126,7 @@ def _csv_text(trials: Sequence[TrialRecord]) -> str:
                 t.number,
                 t.state.value,
                 _cell(t.value),
+                *(_cell(v) for v in (t.values or (None,) * width)),
                 _cell(t.best_step),
                 len(t.intermediate),
                 _cell(t.duration),

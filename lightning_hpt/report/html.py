@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning_hpt.exceptions import HPTError
+from lightning_hpt.pareto import pareto_front, rank_pareto
 from lightning_hpt.report.export import write_text_atomic
 from lightning_hpt.report.sample import MAX_CURVES, MAX_ROWS, plot_sample
 from lightning_hpt.report.table import format_duration, format_value, param_cell, param_labels, rank_trials
@@ -65,6 +66,12 @@ def _summary(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
             f"<p>Trial time: {_e(format_duration(sum(durations)))} in all,"
             f" {_e(format_duration(sum(durations) / len(durations)))} per finished trial on average.</p>"
         )
+    infeasible = sum(t.state is TrialState.COMPLETE and not t.feasible for t in trials)
+    if infeasible:
+        rules = ", ".join(str(c) for c in info.constraints if hasattr(c, "metric"))
+        parts.append(f"<p>{infeasible} COMPLETE trial(s) broke a constraint ({_e(rules)}): infeasible, never best.</p>")
+    if len(info.objectives) > 1:
+        return "\n".join([*parts, _front(info, trials)])
     best = best_trial(trials, info.direction)
     if best is None:
         parts.append("<p class='note'>No COMPLETE trial yet.</p>")
@@ -83,6 +90,28 @@ def _summary(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
     return "\n".join(parts)
 
 
+def _front(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
+    """The Pareto front as a table: each trial's values and parameters."""
+    front = pareto_front(trials, info.objectives)
+    if not front:
+        return "<p class='note'>No COMPLETE feasible trial yet.</p>"
+    names = list(dict.fromkeys(n for t in front for n in t.params))
+    labels = param_labels(names)
+    head = "".join(f"<th>{_e(o)}</th>" for o in info.objectives) + "".join(f"<th>{_e(labels[n])}</th>" for n in names)
+    rows = "".join(
+        f"<tr><td class='num'>{t.number}</td>"
+        + "".join(f"<td class='num'>{_e(format_value(v))}</td>" for v in t.values or ())
+        + "".join(f"<td>{_e(format_value(t.params.get(n)))}</td>" for n in names)
+        + f"<td><code>{_e(t.checkpoint or '-')}</code></td></tr>"
+        for t in front
+    )
+    return (
+        f"<p>Pareto front: <b>{len(front)}</b> trials no other trial beats in every objective (best first by"
+        f" {_e(info.objectives[0].name)}).</p><table class='trials'><thead><tr><th>#</th>{head}<th>checkpoint</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def _trials_table(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
     if not trials:
         return "<p class='note'>No trials yet.</p>"
@@ -91,19 +120,27 @@ def _trials_table(info: StudyInfo, trials: Sequence[TrialRecord]) -> str:
         names.extend(n for n in t.params if n not in names)
     labels = param_labels(names)
     head = "".join(f"<th title='{_e(n)}'>{_e(labels[n])}</th>" for n in names)
+    multi = len(info.objectives) > 1
+    metrics = [o.name for o in info.objectives] if multi else [info.monitor]
+    judged = any("infeasible" in t.attrs for t in trials)
+    extra = "".join(f"<th>{_e(m)}</th>" for m in metrics) + ("<th>feasible</th>" if judged else "")
     out = [
         (
-            f"<table class='trials'><thead><tr><th>#</th><th>state</th><th>{_e(info.monitor)}</th>{head}"
+            f"<table class='trials'><thead><tr><th>#</th><th>state</th>{extra}{head}"
             "<th>epochs</th><th>duration</th><th>error</th></tr></thead><tbody>"
         )
     ]
-    ranked = rank_trials(trials, info.direction)
+    ranked = rank_pareto(trials, info.objectives) if multi else rank_trials(trials, info.direction)
     for t in ranked[:MAX_ROWS]:  # a big study: the best rows; the rest is in `lightning-hpt show` and the exports
         cells = "".join(f"<td>{_e(param_cell(t.params, n))}</td>" for n in names)
         error = t.error or ""  # whole: the report is where a failure is read in full
+        shown = (t.values or (None,) * len(metrics)) if multi else (t.value,)
+        values = "".join(f"<td class='num'>{_e(format_value(v))}</td>" for v in shown)
+        if judged:
+            values += f"<td>{'-' if 'infeasible' not in t.attrs else ('yes' if t.feasible else 'no')}</td>"
         out.append(
             f"<tr><td class='num'>{t.number}</td><td class='state-{t.state.value}'>{t.state.value}</td>"
-            f"<td class='num'>{_e(format_value(t.value))}</td>{cells}<td class='num'>{len(t.intermediate)}</td>"
+            f"{values}{cells}<td class='num'>{len(t.intermediate)}</td>"
             f"<td class='num'>{_e(format_duration(t.duration))}</td><td class='error'>{_e(error)}</td></tr>"
         )
     out.append("</tbody></table>")
@@ -124,7 +161,21 @@ def _plots(info: StudyInfo, trials: Sequence[TrialRecord]) -> list[tuple[str, st
     shown, note = plot_sample(trials, d)
     curves, curves_note = plot_sample(trials, d, MAX_CURVES)
     shown_says, curves_says = (f" Drawn: {n}." if n else "" for n in (note, curves_note))
+    front = []
+    if len(info.objectives) > 1:
+        from lightning_hpt.report.pareto_plot import plot_pareto
+
+        names = f"{info.objectives[1].name} against {info.objectives[0].name}"
+        front = [
+            (
+                "Pareto front",
+                f"{names} for every COMPLETE trial; the front over every objective is highlighted."
+                " Plots below show the first objective.",
+                lambda: plot_pareto(trials, info.objectives),
+            )
+        ]
     return [
+        *front,
         (
             "Optimization history",
             (
@@ -207,7 +258,7 @@ def render_report(info: StudyInfo, trials: Sequence[TrialRecord], *, storage_url
 </head>
 <body>
 <h1>Study <code>{_e(info.name)}</code></h1>
-<p class="meta">monitor <b>{_e(info.monitor)}</b> ({direction}) &middot; strategy {_e(info.strategy)}{seed}
+<p class="meta">{_goal(info, direction)} &middot; strategy {_e(info.strategy)}{seed}
 &middot; {len(info.space)} parameters{where}<br>{_e(status)} &middot; report written {_e(now)}</p>
 <section id="summary">
 <h2>Summary</h2>
@@ -218,12 +269,27 @@ def render_report(info: StudyInfo, trials: Sequence[TrialRecord], *, storage_url
 {_figures(info, trials)}
 </section>
 <section id="trials">
-<h2>All trials (best first)</h2>
+<h2>All trials (best first{_nds(info)})</h2>
 {_trials_table(info, trials)}
 </section>
 </body>
 </html>
 """
+
+
+def _nds(info: StudyInfo) -> str:
+    return "; by non-dominated sorting, then crowding distance" if len(info.objectives) > 1 else ""
+
+
+def _goal(info: StudyInfo, direction: str) -> str:
+    """The header's words on what the study optimizes, under which constraints."""
+    if len(info.objectives) > 1:
+        goal = "objectives <b>" + _e(", ".join(str(o) for o in info.objectives)) + "</b>"
+    else:
+        goal = f"monitor <b>{_e(info.monitor)}</b> ({direction})"
+    if info.constraints:
+        goal += " &middot; constraints " + _e("; ".join(str(c) for c in info.constraints))
+    return goal
 
 
 def write_report(storage: Storage, study: str, path: str | os.PathLike[str]) -> Path:

@@ -25,7 +25,7 @@ from typing import IO, Any
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.failures import short_error
 from lightning_hpt.report.progress import LineProgress
-from lightning_hpt.report.table import format_duration, format_value, param_labels
+from lightning_hpt.report.table import format_duration, format_value, outcome_text, param_labels
 from lightning_hpt.trial import TrialRecord, TrialState
 
 __all__ = ["LiveProgress", "make_progress"]
@@ -156,7 +156,7 @@ class LiveProgress:
                 self.counts[t.state] += 1
             self.finished_now += 1
         self._redraw()
-        value = f"{monitor}={t.value:.4g}" if t.value is not None else short_error(t.error, 120)
+        value = outcome_text(t, monitor) or short_error(t.error, 120)
         style = {TrialState.COMPLETE: "green", TrialState.PRUNED: "yellow", TrialState.FAILED: "red"}.get(t.state, "")
         best_txt = f" | best {best.value:.4g} (#{best.number})" if best is not None and best.value is not None else ""
         from rich.text import Text

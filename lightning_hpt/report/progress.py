@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from lightning_hpt.failures import short_error
-from lightning_hpt.report.table import param_labels
+from lightning_hpt.report.table import outcome_text, param_labels
 from lightning_hpt.trial import TrialRecord
 
 __all__ = ["LineProgress"]
@@ -64,7 +64,7 @@ class LineProgress:
     def trial_finished(
         self, t: TrialRecord, best: TrialRecord | None, monitor: str, done: int, total: int | None
     ) -> None:
-        value = f"{monitor}={t.value:.4g}" if t.value is not None else short_error(t.error, 160)
+        value = outcome_text(t, monitor) or short_error(t.error, 160)
         best_txt = f" | best {best.value:.4g} (#{best.number})" if best is not None else ""
         labels = param_labels(list(t.params))
         params = ", ".join(f"{labels[k]}={_fmt(v)}" for k, v in t.params.items())

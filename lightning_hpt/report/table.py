@@ -14,9 +14,19 @@ from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.failures import short_error
+from lightning_hpt.objectives import Objective
+from lightning_hpt.pareto import pareto_front, rank_pareto
 from lightning_hpt.trial import Direction, TrialRecord, TrialState, rank_trials
 
-__all__ = ["format_duration", "format_value", "param_cell", "param_labels", "rank_trials", "trials_table"]
+__all__ = [
+    "format_duration",
+    "format_value",
+    "outcome_text",
+    "param_cell",
+    "param_labels",
+    "rank_trials",
+    "trials_table",
+]
 
 _MAX_CELL = 24
 
@@ -35,6 +45,17 @@ def format_value(value: Any) -> str:
 def param_cell(params: Mapping[str, Any], name: str) -> str:
     """A parameter's value in a table: empty when the trial has no such parameter (inactive in it)."""
     return format_value(params[name]) if name in params else ""
+
+
+def outcome_text(t: TrialRecord, monitor: str) -> str | None:
+    """``val_acc=0.9812`` for a progress line; with several objectives (``monitor`` naming them
+    ``"val_acc, n_params"``) every one's; ``infeasible`` appended when it broke a constraint."""
+    if t.value is None:
+        return None
+    names, values = monitor.split(", "), t.values or (t.value,)
+    pairs = zip(names, values, strict=True) if len(names) == len(values) else [(names[0], t.value)]
+    text = ", ".join(f"{n}={v:.4g}" for n, v in pairs)
+    return text if t.feasible else f"{text} infeasible"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -81,23 +102,55 @@ def _render(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int
     return "\n".join([line(header), *(line(r) for r in rows)])
 
 
+def _feasible(t: TrialRecord) -> str:
+    """``yes``, ``no`` (it broke an outcome constraint) or ``-`` (not judged: the trial has no value)."""
+    if "infeasible" not in t.attrs:
+        return "-"
+    return "yes" if t.feasible else "no"
+
+
+def _row(t: TrialRecord, names: Sequence[str], width: int, front: set[int], judged: bool, errors: bool) -> list[str]:
+    """One row of :func:`trials_table` (``width``: the number of objectives, 0 with one)."""
+    params: Mapping[str, Any] = t.params
+    shown = [format_value(t.value)]
+    if width:
+        shown = [format_value(v) for v in t.values or (None,) * width]
+        shown.append("*" if t.number in front else "")
+    return [
+        str(t.number),
+        t.state.value,
+        *shown,
+        *([_feasible(t)] if judged else []),
+        *(_cell(param_cell(params, n)) for n in names),
+        str(len(t.intermediate)),
+        format_duration(t.duration),
+        *([short_error(t.error if t.state is TrialState.FAILED else "")] if errors else []),
+    ]
+
+
 def trials_table(
     trials: Sequence[TrialRecord],
     monitor: str,
     direction: Direction | str,
     top: int | None = None,
+    objectives: Sequence[Objective] = (),
 ) -> str:
     """A plain-text table of trials, one row each.
 
-    Columns: trial number, state, the monitored value (the trial's best epoch), one column per
-    parameter (empty where a conditional parameter is inactive), epochs (validation runs reported,
-    ``len(intermediate)``), duration, and, when a shown trial FAILED, its error (shortened at a word boundary).
+    Columns: trial number, state, the monitored value (the trial's best epoch; with several
+    objectives, one column per objective and ``pareto``, ``*`` for a trial on the Pareto front), a
+    ``feasible`` column when the study has outcome constraints, one column per parameter (empty
+    where a conditional parameter is inactive), epochs (validation runs reported,
+    ``len(intermediate)``), duration, and, when a shown trial FAILED, its error (shortened at a
+    word boundary).
 
     Args:
         trials: the trials to show, for example ``storage.trials(study)``.
         monitor: the metric's name, used as the value column's header.
         direction: ``Direction`` or ``"min"``/``"max"``; decides what "best" means.
-        top: show only the ``top`` best trials, best first; ``None`` shows every trial by number.
+        top: show only the ``top`` best trials, best first (with several objectives, by non-dominated
+            sorting, see :mod:`lightning_hpt.pareto`); ``None`` shows every trial by number.
+        objectives: with several objectives, all of them.
 
     Returns:
         The table as lines of text (no trailing newline); ``"(no trials)"`` when there are none.
@@ -110,26 +163,22 @@ def trials_table(
         raise ConfigurationError(f"top must be a positive integer or None (every trial), got top={top!r}")
     if not trials:
         return "(no trials)"
-    chosen = sorted(trials, key=lambda t: t.number) if top is None else rank_trials(trials, direction)[:top]
+    multi = len(objectives) > 1
+    if top is None:
+        chosen = sorted(trials, key=lambda t: t.number)
+    else:
+        chosen = (rank_pareto(trials, objectives) if multi else rank_trials(trials, direction))[:top]
     names = _param_names(chosen)
     labels = param_labels(names)
-    header = ["#", "state", monitor, *(labels[n] for n in names), "epochs", "duration"]
+    front = {t.number for t in pareto_front(trials, objectives)} if multi else set()
+    judged = any("infeasible" in t.attrs for t in trials)
+    values = [*(o.name for o in objectives), "pareto"] if multi else [monitor]
+    header = ["#", "state", *values, *(["feasible"] if judged else []), *(labels[n] for n in names)]
+    header += ["epochs", "duration"]
     errors = any(t.state is TrialState.FAILED and t.error for t in chosen)
-    rows = []
-    for t in chosen:
-        params: Mapping[str, Any] = t.params
-        rows.append(
-            [
-                str(t.number),
-                t.state.value,
-                format_value(t.value),
-                *(_cell(param_cell(params, n)) for n in names),
-                str(len(t.intermediate)),
-                format_duration(t.duration),
-                *([short_error(t.error if t.state is TrialState.FAILED else "")] if errors else []),
-            ]
-        )
-    right = {0, 2, len(header) - 2, len(header) - 1}
+    width = len(objectives) if multi else 0
+    rows = [_row(t, names, width, front, judged, errors) for t in chosen]
+    right = {0, *range(2, 2 + len(values)), len(header) - 2, len(header) - 1}
     if errors:
         header.append("error")
     return _render(header, rows, right)

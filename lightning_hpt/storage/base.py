@@ -5,19 +5,27 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_hpt.exceptions import StorageError
 from lightning_hpt.registry import Registry
 from lightning_hpt.space import SearchSpace
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
+if TYPE_CHECKING:
+    from lightning_hpt.objectives import Objective
+
 __all__ = ["STORAGES", "Storage", "StudyInfo"]
 
 
 @dataclass(frozen=True)
 class StudyInfo:
-    """What defines a study; stored once, compared when the study is opened again."""
+    """What defines a study; stored once, compared when the study is opened again.
+
+    ``objectives``: with several objectives, all of them (the first is ``monitor`` and
+    ``direction``); ``()`` with one. ``constraints``: the study's constraints (on outcomes and on
+    parameters, see :mod:`lightning_hpt.constraints`), ``()`` without.
+    """
 
     name: str
     space: SearchSpace
@@ -26,6 +34,8 @@ class StudyInfo:
     strategy: str
     seed: int | None = None
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    objectives: tuple[Objective, ...] = ()
+    constraints: tuple[Any, ...] = ()
 
 
 class Storage(ABC):
@@ -70,7 +80,8 @@ class Storage(ABC):
         (:attr:`History.index`); a storage may ignore it, as this one does.
         """
         info = self.load_study(study)
-        return History(info.space, info.direction, tuple(self.trials(study)), info.seed, max_steps)
+        trials = tuple(self.trials(study))
+        return History(info.space, info.direction, trials, info.seed, max_steps, objectives=info.objectives)
 
     @abstractmethod
     def create_trial(
@@ -106,10 +117,14 @@ class Storage(ABC):
         """Atomically move the lowest-numbered QUEUED trial to RUNNING (``attempt += 1``); ``None`` if none."""
 
     @abstractmethod
-    def report(self, study: str, number: int, step: int, value: float) -> None:
-        """Store (or overwrite) the intermediate value of a RUNNING trial at ``step``; refresh its heartbeat."""
+    def report(self, study: str, number: int, step: int, value: float | Sequence[float]) -> None:
+        """Store (or overwrite) the intermediate value of a RUNNING trial at ``step``; refresh its heartbeat.
 
-    def report_many(self, study: str, number: int, values: Mapping[int, float]) -> None:
+        With several objectives ``value`` is every objective's value (the first is the trial's
+        ``intermediate``, the whole vector its ``intermediate_values``).
+        """
+
+    def report_many(self, study: str, number: int, values: Mapping[int, float | Sequence[float]]) -> None:
         """Store several intermediate values ``{step: value}`` of a RUNNING trial, in one transaction if it can."""
         for step, value in sorted(values.items()):
             self.report(study, number, step, value)
@@ -130,15 +145,19 @@ class Storage(ABC):
         error: str | None = None,
         checkpoint: str | None = None,
         attrs: Mapping[str, Any] | None = None,
+        values: Sequence[float] | None = None,
     ) -> TrialRecord:
-        """Record the end of a trial (COMPLETE, PRUNED or FAILED); ``attrs`` are merged into the trial's."""
+        """Record the end of a trial (COMPLETE, PRUNED or FAILED); ``attrs`` are merged into the trial's.
+
+        ``values``: with several objectives, every objective's value (``value`` is the first).
+        """
 
     @abstractmethod
     def requeue_trial(self, study: str, number: int) -> TrialRecord:
         """Put a RUNNING or FAILED trial back in the queue under the same number and params.
 
         The previous attempt (error, times, host, pid, last step) is appended to
-        ``attrs["attempts"]``; its value, error and intermediate values are cleared.
+        ``attrs["attempts"]``; its value (and values), error and intermediate values are cleared.
         """
 
     def requeue_failed(self, study: str) -> list[int]:

@@ -47,15 +47,20 @@ from lightning_hpt.storage.sql_history import HistoryCache, bump
 from lightning_hpt.storage.sql_schema import (
     FINISHED,
     SCHEMA_VERSION,
+    STEP_COLUMNS,
     STUDIES,
     TRIALS,
     VALUES,
     RowValues,
     check_int,
-    decode_float,
+    decode_step,
+    definition_from_json,
+    definition_to_json,
     differences,
     dumps,
     encode_float,
+    encode_values,
+    split_step_value,
     to_record,
 )
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState, params_key
@@ -121,6 +126,8 @@ class SQLStorage(SQLDatabase, Storage):
             str(info.strategy),
             None if info.seed is None else check_int(info.seed, "seed"),
             dict(info.attrs),
+            tuple(info.objectives),
+            tuple(info.constraints),
         )
         row = {
             "name": given.name,
@@ -131,6 +138,7 @@ class SQLStorage(SQLDatabase, Storage):
             "seed": given.seed,
             "attrs": dumps(given.attrs, "study attrs"),
             "created_at": time.time(),
+            "definition": definition_to_json(given),
         }
 
         def fn(conn: Connection, attempt: int) -> StudyInfo:
@@ -182,8 +190,17 @@ class SQLStorage(SQLDatabase, Storage):
             space = SearchSpace.from_json(row.space)
         except (SearchSpaceError, ValueError) as e:
             raise StorageError(f"the stored space of study {row.name!r} in {self._where} cannot be read: {e}") from None
+        objectives, constraints = definition_from_json(row.definition, f"study {row.name!r} in {self._where}")
         return StudyInfo(
-            row.name, space, Direction(row.direction), row.monitor, row.strategy, row.seed, json.loads(row.attrs)
+            row.name,
+            space,
+            Direction(row.direction),
+            row.monitor,
+            row.strategy,
+            row.seed,
+            json.loads(row.attrs),
+            objectives,
+            constraints,
         )
 
     # ------------------------------------------------------------------ trials: reading
@@ -205,15 +222,15 @@ class SQLStorage(SQLDatabase, Storage):
         return self._txn(f"read the history of study {study!r}", fn, write=False)
 
     def _trials(self, conn: Connection, study_id: int) -> list[TrialRecord]:
-        steps: dict[int, dict[int, float]] = {}
+        steps: dict[int, dict[int, Any]] = {}
         q = (
-            sa.select(VALUES.c.trial_id, VALUES.c.step, VALUES.c.value, VALUES.c.nonfinite)
+            sa.select(*STEP_COLUMNS)
             .join(TRIALS, TRIALS.c.id == VALUES.c.trial_id)
             .where(TRIALS.c.study_id == study_id)
             .order_by(VALUES.c.trial_id, VALUES.c.step)
         )
-        for trial_id, step, value, flag in conn.execute(q):  # one query for every trial's curve
-            steps.setdefault(trial_id, {})[step] = decode_float(value, flag)
+        for trial_id, step, *value in conn.execute(q):  # one query for every trial's curve
+            steps.setdefault(trial_id, {})[step] = decode_step(*value)
         rows = conn.execute(sa.select(TRIALS).where(TRIALS.c.study_id == study_id).order_by(TRIALS.c.number))
         return [to_record(r, steps.get(r.id, {})) for r in rows]
 
@@ -236,9 +253,9 @@ class SQLStorage(SQLDatabase, Storage):
             raise StorageError(f"study {study!r} in {self._where} has no trial number {number}; {known}")
         return row
 
-    def _steps(self, conn: Connection, trial_id: int) -> dict[int, float]:
-        q = sa.select(VALUES.c.step, VALUES.c.value, VALUES.c.nonfinite).where(VALUES.c.trial_id == trial_id)
-        return {step: decode_float(v, f) for step, v, f in conn.execute(q.order_by(VALUES.c.step))}
+    def _steps(self, conn: Connection, trial_id: int) -> dict[int, Any]:
+        q = sa.select(*STEP_COLUMNS[1:]).where(VALUES.c.trial_id == trial_id)
+        return {step: decode_step(*value) for step, *value in conn.execute(q.order_by(VALUES.c.step))}
 
     # ------------------------------------------------------------------ trials: writing
 
@@ -312,6 +329,7 @@ class SQLStorage(SQLDatabase, Storage):
                 "attrs": "{}",
                 "token": token,
                 "seq": self._bump(conn, study),
+                "objective_values": None,
             }
             conn.execute(sa.insert(TRIALS).values(**values))
             return to_record(RowValues(values), {})
@@ -340,13 +358,14 @@ class SQLStorage(SQLDatabase, Storage):
 
         return self._txn(f"claim a queued trial of study {study!r}", fn, write=True)
 
-    def report(self, study: str, number: int, step: int, value: float) -> None:
+    def report(self, study: str, number: int, step: int, value: float | Sequence[float]) -> None:
         self.report_many(study, number, {step: value})
 
-    def report_many(self, study: str, number: int, values: Mapping[int, float]) -> None:
+    def report_many(self, study: str, number: int, values: Mapping[int, float | Sequence[float]]) -> None:
         """Store several intermediate values of a RUNNING trial in one transaction (see :meth:`report`)."""
         encoded = {
-            check_int(step, "step"): encode_float(v, f"the value reported at step {step}") for step, v in values.items()
+            check_int(step, "step"): split_step_value(v, f"the value reported at step {step}")
+            for step, v in values.items()
         }
         if not encoded:
             return
@@ -361,7 +380,11 @@ class SQLStorage(SQLDatabase, Storage):
                     " reported while it runs (was it finished or requeued by another driver?)"
                 )
             conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id, VALUES.c.step.in_(steps)))
-            rows = [{"trial_id": row.id, "step": k, "value": encoded[k][0], "nonfinite": encoded[k][1]} for k in steps]
+            rows = [
+                {"trial_id": row.id, "step": k, "value": v, "nonfinite": f, "objective_values": o}
+                for k in steps
+                for v, f, o in [encoded[k]]
+            ]
             conn.execute(sa.insert(VALUES), rows)
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(heartbeat_at=time.time(), seq=seq))
 
@@ -395,8 +418,10 @@ class SQLStorage(SQLDatabase, Storage):
         error: str | None = None,
         checkpoint: str | None = None,
         attrs: Mapping[str, Any] | None = None,
+        values: Sequence[float] | None = None,
     ) -> TrialRecord:
         state = TrialState(state)
+        vector = encode_values(values, "values")
         if state not in FINISHED:
             raise StorageError(f"finish_trial needs state COMPLETE, PRUNED or FAILED, got state={state.value!r}")
         v, flag = encode_float(value, "value")
@@ -426,6 +451,7 @@ class SQLStorage(SQLDatabase, Storage):
                 "finished_at": time.time(),
                 "attrs": dumps({**json.loads(row.attrs), **extra}, "trial attrs"),
                 "seq": seq,
+                "objective_values": vector,
             }
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
             return to_record(RowValues({**row._asdict(), **changes}), self._steps(conn, row.id))
@@ -492,7 +518,8 @@ class SQLStorage(SQLDatabase, Storage):
                 "last_step": last_step,
             },
         ]
-        cleared = ("value", "value_nonfinite", "best_step", "error", "checkpoint", "started_at", "finished_at")
+        cleared = ("value", "value_nonfinite", "objective_values", "best_step", "error", "checkpoint")
+        cleared = (*cleared, "started_at", "finished_at")
         changes: dict[str, Any] = dict.fromkeys((*cleared, "host", "pid", "heartbeat_at"))
         changes.update(state=TrialState.QUEUED.value, attrs=dumps(attrs, "trial attrs"), seq=seq)
         conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id))

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from lightning_hpt.storage.base import StudyInfo
-from lightning_hpt.storage.sql_schema import STUDIES, TRIALS, VALUES, decode_float, to_record
+from lightning_hpt.storage.sql_schema import STEP_COLUMNS, STUDIES, TRIALS, VALUES, decode_step, to_record
 from lightning_hpt.trial import Direction, History, TrialRecord
 
 __all__ = ["HistoryCache", "bump"]
@@ -80,7 +80,7 @@ class HistoryCache:
                 given; the index then has its ``replace(old, new)`` called for every changed trial
                 and its ``trials`` set to the trials it reflects.
         """
-        key = (row.id, row.created_at, row.space, row.direction, row.seed)
+        key = (row.id, row.created_at, row.space, row.direction, row.seed, row.definition)
         cached = self._studies.get(row.name)
         if cached is None or cached.key != key or row.seq < cached.seq:
             info = make_info(row)
@@ -98,7 +98,15 @@ class HistoryCache:
             cached.trials = tuple(cached.records)
             if cached.index is not None:
                 cached.index.trials = cached.trials
-        return History(info.space, info.direction, cached.trials, info.seed, max_steps, index=cached.index)
+        return History(
+            info.space,
+            info.direction,
+            cached.trials,
+            info.seed,
+            max_steps,
+            index=cached.index,
+            objectives=info.objectives,
+        )
 
     @staticmethod
     def _apply(cached: _Study, changed: list[TrialRecord]) -> None:
@@ -132,8 +140,8 @@ def _changed(conn: Connection, study_id: int, since: int) -> list[TrialRecord]:
     """
     q = sa.select(TRIALS).where(TRIALS.c.study_id == study_id, TRIALS.c.seq > since)
     rows = {r.id: r for r in conn.execute(q)}  # no ORDER BY: SQLite would walk the whole study in number order
-    steps: dict[int, dict[int, float]] = {}
-    cols = (VALUES.c.trial_id, VALUES.c.step, VALUES.c.value, VALUES.c.nonfinite)
+    steps: dict[int, dict[int, Any]] = {}
+    cols = STEP_COLUMNS
     if since < 0:  # everything: one statement over the study
         found = conn.execute(
             sa.select(*cols).join(TRIALS, TRIALS.c.id == VALUES.c.trial_id).where(TRIALS.c.study_id == study_id)
@@ -145,7 +153,7 @@ def _changed(conn: Connection, study_id: int, since: int) -> list[TrialRecord]:
             for i in range(0, len(ids), 500)
             for r in conn.execute(sa.select(*cols).where(VALUES.c.trial_id.in_(ids[i : i + 500])))
         )
-    for trial_id, step, value, flag in found:
-        steps.setdefault(trial_id, {})[step] = decode_float(value, flag)
+    for trial_id, step, *value in found:
+        steps.setdefault(trial_id, {})[step] = decode_step(*value)
     ordered = sorted(rows.values(), key=lambda r: r.number)
     return [to_record(r, dict(sorted(steps.get(r.id, {}).items()))) for r in ordered]

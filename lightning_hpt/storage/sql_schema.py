@@ -22,7 +22,8 @@ from lightning_hpt.storage.base import StudyInfo
 from lightning_hpt.trial import TrialRecord, TrialState
 
 #: 2: a change counter per study (``hpt_studies.seq``) stamped on every trial it changes (``hpt_trials.seq``).
-SCHEMA_VERSION = 2
+#: 3: several objectives and constraints: ``hpt_studies.definition``, ``objective_values`` of trials and steps.
+SCHEMA_VERSION = 3
 #: PostgreSQL schema of the tables unless the URL names another (``?schema=name``).
 PG_SCHEMA = "lightning_hpt"
 PG_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -44,6 +45,7 @@ STUDIES = sa.Table(
     sa.Column("attrs", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),  # the study's change counter
+    sa.Column("definition", sa.Text),  # JSON: objectives and constraints; NULL: one objective, no constraint
 )
 TRIALS = sa.Table(
     "hpt_trials",
@@ -67,6 +69,7 @@ TRIALS = sa.Table(
     sa.Column("attrs", sa.Text, nullable=False),
     sa.Column("token", sa.String(32)),  # lets a retried create_trial find its own committed row
     sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),  # the study's counter at its last change
+    sa.Column("objective_values", sa.Text),  # JSON list: every objective's value (several objectives only)
     sa.UniqueConstraint("study_id", "number", name="hpt_trials_study_number"),
     sa.Index("hpt_trials_study_state", "study_id", "state"),
     sa.Index("hpt_trials_study_seq", "study_id", "seq"),
@@ -78,7 +81,11 @@ VALUES = sa.Table(
     sa.Column("step", sa.Integer, primary_key=True),
     sa.Column("value", sa.Float),
     sa.Column("nonfinite", sa.String(4)),
+    sa.Column("objective_values", sa.Text),  # JSON list: every objective's value at the step (several only)
 )
+
+#: the columns of a step as it is read: trial, step, value, non-finite flag, every objective's value.
+STEP_COLUMNS = (VALUES.c.trial_id, VALUES.c.step, VALUES.c.value, VALUES.c.nonfinite, VALUES.c.objective_values)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED)
 # OperationalErrors that retrying cannot cure: report them at once.
@@ -195,7 +202,66 @@ class RowValues:
         self.__dict__.update(values)
 
 
-def to_record(row: Any, intermediate: dict[int, float]) -> TrialRecord:
+def encode_values(values: Any, what: str) -> str | None:
+    """A vector of objective values as JSON text (``None`` stays ``None``); NaN and inf round-trip."""
+    if values is None:
+        return None
+    try:
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise StorageError(f"{what} must be a list of numbers, got {values!r}") from None
+    return json.dumps(floats)
+
+
+def decode_step(value: float | None, flag: str | None, vector: str | None) -> Any:
+    """A stored step: its value, or ``(value, every objective's value)`` with several objectives."""
+    first = decode_float(value, flag)
+    return first if vector is None else (first, decode_values(vector))
+
+
+def definition_to_json(info: StudyInfo) -> str | None:
+    """The study's objectives and constraints as JSON text; ``None`` for one objective without constraints."""
+    from lightning_hpt.constraints import constraints_to_json
+    from lightning_hpt.objectives import objectives_to_json
+
+    if not info.objectives and not info.constraints:
+        return None
+    data = {"objectives": objectives_to_json(info.objectives), "constraints": constraints_to_json(info.constraints)}
+    return json.dumps(data)
+
+
+def definition_from_json(text: str | None, what: str) -> tuple[tuple, tuple]:
+    """``(objectives, constraints)`` of a stored definition (``((), ())`` for none)."""
+    from lightning_hpt.constraints import constraints_from_json
+    from lightning_hpt.objectives import objectives_from_json
+
+    if text is None:
+        return (), ()
+    try:
+        data = json.loads(text)
+        return objectives_from_json(data.get("objectives")), constraints_from_json(data.get("constraints"))
+    except (ValueError, KeyError, TypeError, SyntaxError) as e:
+        raise StorageError(f"the stored objectives and constraints of {what} cannot be read: {e}") from None
+
+
+def decode_values(text: str | None) -> tuple[float, ...] | None:
+    return None if text is None else tuple(float(v) for v in json.loads(text))
+
+
+def split_step_value(value: Any, what: str) -> tuple[float | None, str | None, str | None]:
+    """``(value, flag, objective_values)`` columns of a reported step: a number, or every objective's value."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise StorageError(f"{what} must be a number or a non-empty list of numbers, got {value!r}")
+        return (*encode_float(value[0], what), encode_values(value, what))
+    return (*encode_float(value, what), None)
+
+
+def to_record(row: Any, intermediate: dict[int, Any]) -> TrialRecord:
+    """A trial from its row and its steps ``{step: value}`` (a step of several objectives: ``(value, vector)``)."""
+    vectors = {s: v[1] for s, v in intermediate.items() if isinstance(v, tuple)}
+    if vectors:
+        intermediate = {s: v[0] if isinstance(v, tuple) else v for s, v in intermediate.items()}
     return TrialRecord(
         number=row.number,
         params=json.loads(row.params),
@@ -211,6 +277,8 @@ def to_record(row: Any, intermediate: dict[int, float]) -> TrialRecord:
         pid=row.pid,
         attempt=row.attempt,
         attrs=json.loads(row.attrs),
+        values=decode_values(getattr(row, "objective_values", None)),
+        intermediate_values=vectors,
     )
 
 
@@ -226,12 +294,19 @@ def differences(stored: StudyInfo, given: StudyInfo) -> list[str]:
     for name in sorted(set(old) & set(new)):
         if old[name] != new[name]:
             diffs.append(f"parameter {name!r} changed from {old[name]} to {new[name]}")
-    for field in ("monitor", "direction", "strategy", "seed"):
+    for field in ("monitor", "direction", "objectives", "constraints", "strategy", "seed"):
         a, b = getattr(stored, field), getattr(given, field)
         if a != b:
-            a, b = getattr(a, "value", a), getattr(b, "value", b)
+            a, b = _shown(a), _shown(b)
             diffs.append(f"{field} changed from {a!r} to {b!r}")
     return diffs
+
+
+def _shown(value: Any) -> Any:
+    """A definition field as the mismatch message shows it."""
+    if isinstance(value, tuple):  # objectives or constraints
+        return [str(v) for v in value]
+    return getattr(value, "value", value)
 
 
 def sqlite_connect(dbapi_conn: Any, record: Any) -> None:

@@ -3,14 +3,47 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from lightning_hpt.checks import check_seed
+from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.trial import History, params_key
 
-__all__ = ["Strategy", "params_key", "trial_rng"]
+__all__ = ["MAX_DRAWS", "Strategy", "allowed", "first_allowed", "params_key", "trial_rng"]
+
+#: configurations drawn for one trial before the parameter constraints are declared unsatisfiable.
+MAX_DRAWS = 1000
+
+
+def allowed(history: History, params: Mapping[str, Any]) -> bool:
+    """Whether ``params`` keeps every parameter constraint of the study (``history.param_constraints``)."""
+    return all(rule.holds(params) for rule in history.param_constraints)
+
+
+def first_allowed(history: History, draws: Iterable[dict[str, Any]], number: int) -> dict[str, Any]:
+    """The first of ``draws`` that :func:`allowed` accepts, among at most :data:`MAX_DRAWS`.
+
+    Raises:
+        ConfigurationError: none of them is allowed: the constraints leave (almost) no feasible point.
+    """
+    for i, params in enumerate(draws):
+        if allowed(history, params):
+            return params
+        if i + 1 >= MAX_DRAWS:
+            break
+    raise no_feasible_point(history, number)
+
+
+def no_feasible_point(history: History, number: int) -> ConfigurationError:
+    """The error of a space whose parameter constraints no drawn configuration keeps."""
+    rules = [str(r) for r in history.param_constraints]
+    return ConfigurationError(
+        f"param_constraints: none of {MAX_DRAWS} configurations drawn for trial {number} keeps {rules}; the space"
+        " has no (or almost no) feasible point: loosen the constraints or widen the space"
+    )
 
 
 def trial_rng(seed: int | None, number: int, salt: int = 0) -> np.random.Generator:

@@ -45,8 +45,9 @@ import torch
 import lightning_hpt.surrogate as _surrogate
 from lightning_hpt.checks import check_bool
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.strategies import _outcomes
 from lightning_hpt.strategies._encoding import _Encoding
-from lightning_hpt.strategies.base import Strategy, params_key, trial_rng
+from lightning_hpt.strategies.base import Strategy, allowed, no_feasible_point, params_key, trial_rng
 from lightning_hpt.trial import History, TrialRecord, TrialState
 
 __all__ = ["ACQUISITIONS", "BayesianStrategy"]
@@ -89,6 +90,9 @@ class BayesianStrategy(Strategy):
         center_first: trial 0 is the centre of the space (midpoints, on the log scale for log
             domains; the middle value of a finite domain), as Ax's first trial is; the Sobol design
             follows.
+        ref_point: with several objectives, the hypervolume's reference point, one value per objective
+            in its own units (the worst values worth having); ``None`` infers it from the observed
+            front. Several objectives and outcome constraints: see :mod:`lightning_hpt.strategies._outcomes`.
 
     Example:
         >>> from lightning_hpt.space import Float, SearchSpace
@@ -116,6 +120,7 @@ class BayesianStrategy(Strategy):
         raw_samples: int = 1024,
         warp: bool = True,
         center_first: bool = True,
+        ref_point: Sequence[float] | None = None,
     ) -> None:
         super().__init__(seed)
         if n_initial is not None:
@@ -140,6 +145,7 @@ class BayesianStrategy(Strategy):
         self.raw_samples = raw_samples
         self.warp = warp
         self.center_first = check_bool(center_first, "center_first")
+        self.ref_point = _outcomes.check_ref_point(ref_point)
 
     def __repr__(self) -> str:
         return f"BayesianStrategy(seed={self.seed!r}, acquisition={self.acquisition!r}, n_initial={self.n_initial!r})"
@@ -160,7 +166,10 @@ class BayesianStrategy(Strategy):
         enc = _Encoding.of(space)
         seed = self.effective_seed(history)
         seen = {params_key(dict(t.params)) for t in history.trials}
-        x_obs, y_obs = self._observations(history, enc)
+        if _outcomes.wanted(history):  # several objectives or outcome constraints: see strategies._outcomes
+            x_obs, y_obs = _outcomes.observations(history, enc.space, self.pruned, self.max_points, self.ref_point)
+        else:
+            x_obs, y_obs = self._observations(history, enc)
         n_initial = self.n_initial if self.n_initial is not None else max(5, space.dim // 2 + 3)
 
         proposals: list[dict[str, Any]] = []
@@ -177,7 +186,9 @@ class BayesianStrategy(Strategy):
                 proposals = []
         while len(proposals) < n:
             number = history.next_number + len(proposals)
-            params = self._design_point(enc, seed, number, seen | {params_key(p) for p in proposals})
+            params = self._design_point(enc, seed, number, seen | {params_key(p) for p in proposals}, history)
+            if params is None and enc.cardinality is None:
+                raise no_feasible_point(history, number)  # an infinite space runs out only of allowed points
             if params is None:
                 break  # a finite space with every configuration already tried
             proposals.append(params)
@@ -211,7 +222,9 @@ class BayesianStrategy(Strategy):
 
     # ---------------------------------------------------------- initial design
 
-    def _design_point(self, enc: _Encoding, seed: int | None, number: int, seen: set) -> dict[str, Any] | None:
+    def _design_point(
+        self, enc: _Encoding, seed: int | None, number: int, seen: set, history: History
+    ) -> dict[str, Any] | None:
         """Scrambled Sobol point ``number``; if already tried, seeded uniform draws until a new one."""
         total = enc.cardinality
         if total is not None and len(seen) >= total:
@@ -227,12 +240,12 @@ class BayesianStrategy(Strategy):
         params = enc.decode(point)
         rng = trial_rng(seed, number, _SALT)
         for _ in range(1000):
-            if params_key(params) not in seen:
+            if params_key(params) not in seen and allowed(history, params):
                 return params
             params = enc.space.sample(rng)
         if total is not None:  # nearly exhausted: enumerate what is left
             for params in enc.space.grid():
-                if params_key(params) not in seen:
+                if params_key(params) not in seen and allowed(history, params):
                     return params
         return None
 
@@ -261,9 +274,13 @@ class BayesianStrategy(Strategy):
             ):
                 warnings.simplefilter("always")
                 torch.manual_seed(torch_seed)
-                y_fit = _surrogate.warp(y_obs) if self.warp else y_obs
-                model = _surrogate.fit_surrogate(x_obs, y_fit, _surrogate.cat_dims(enc.space))
-                acq = enc.wrap(self._acquisition(model, x_obs, y_fit, pending))
+                if y_obs.dim() > 1:  # several objectives or outcome constraints
+                    model = _outcomes.fit(x_obs, y_obs, _surrogate.cat_dims(enc.space))
+                    acq = enc.wrap(_outcomes.acquisition(model, x_obs, y_obs, history, pending, self.ref_point))
+                else:
+                    y_fit = _surrogate.warp(y_obs) if self.warp else y_obs
+                    model = _surrogate.fit_surrogate(x_obs, y_fit, _surrogate.cat_dims(enc.space))
+                    acq = enc.wrap(self._acquisition(model, x_obs, y_fit, pending))
                 taken = set(seen)
                 for _ in range(n):
                     x = self._optimize(acq, enc)
@@ -271,8 +288,9 @@ class BayesianStrategy(Strategy):
                         raise FloatingPointError(f"the acquisition optimizer returned a non-finite point {x.tolist()}")
                     x = enc.snap(x)
                     params = enc.decode(x)
-                    if params_key(params) in taken:
-                        x = self._best_unseen(acq, enc, x, taken, torch_seed + len(proposals))
+                    if params_key(params) in taken or not allowed(history, params):
+                        ok = functools.partial(allowed, history)
+                        x = self._best_unseen(acq, enc, x, taken, torch_seed + len(proposals), ok)
                         if x is None:
                             break  # every configuration of a finite space is taken
                         params = enc.decode(x)
@@ -325,7 +343,9 @@ class BayesianStrategy(Strategy):
             )
         return x.reshape(-1).detach()
 
-    def _best_unseen(self, acq: Any, enc: _Encoding, x: torch.Tensor, taken: set, seed: int) -> torch.Tensor | None:
+    def _best_unseen(
+        self, acq: Any, enc: _Encoding, x: torch.Tensor, taken: set, seed: int, ok: Any = None
+    ) -> torch.Tensor | None:
         """The best-scoring configuration not yet taken, among neighbours of ``x`` and a Sobol set.
 
         The acquisition's maximizer can round onto a configuration already evaluated (typical for
@@ -342,11 +362,12 @@ class BayesianStrategy(Strategy):
                 candidates.append(y.reshape(1, -1))
         sobol = torch.quasirandom.SobolEngine(enc.dim, scramble=True, seed=seed).draw(256, dtype=torch.float64)
         pool = enc.snap(torch.cat([*candidates, sobol]))
-        keep = [i for i, row in enumerate(pool) if params_key(enc.decode(row)) not in taken]
+        ok = ok or (lambda params: True)  # the parameter constraints
+        keep = [i for i, row in enumerate(pool) if params_key(p := enc.decode(row)) not in taken and ok(p)]
         if not keep:
             if total is None:
                 return None
-            left = [p for p in enc.space.grid() if params_key(p) not in taken]
+            left = [p for p in enc.space.grid() if params_key(p) not in taken and ok(p)]
             if not left:
                 return None
             pool, keep = torch.stack([enc.encode(p) for p in left]), list(range(len(left)))

@@ -9,7 +9,7 @@ import numpy as np
 
 from lightning_hpt.checks import check_bool
 from lightning_hpt.exceptions import ConfigurationError
-from lightning_hpt.strategies.base import Strategy, params_key
+from lightning_hpt.strategies.base import Strategy, allowed, params_key
 from lightning_hpt.trial import History
 
 __all__ = ["GridStrategy"]
@@ -23,7 +23,8 @@ class GridStrategy(Strategy):
 
     Configurations of every existing trial (finished, running or queued) are skipped, so a
     resumed or shared search continues the grid; ``ask`` returns ``[]`` once every point has
-    a trial, which ends the search even if ``n_trials`` is larger.
+    a trial, which ends the search even if ``n_trials`` is larger. Points that break a parameter
+    constraint are skipped too: they are not part of the grid.
 
     Args:
         points: grid points for continuous ``Float`` domains: one number for all, or a dict per
@@ -70,7 +71,7 @@ class GridStrategy(Strategy):
         for params in self.grid(history):
             if len(out) == n:
                 break
-            if params_key(params) not in tried:
+            if params_key(params) not in tried and allowed(history, params):
                 out.append(params)
         return out
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
-from lightning_hpt.strategies.base import Strategy, trial_rng
+from lightning_hpt.strategies.base import Strategy, first_allowed, trial_rng
 from lightning_hpt.trial import History
 
 __all__ = ["RandomStrategy"]
@@ -14,7 +15,8 @@ class RandomStrategy(Strategy):
     """Draws each configuration uniformly (log-uniformly on log domains).
 
     The draw for trial number ``k`` depends only on ``(seed, k)``, so a resumed seeded search
-    continues the same sequence it would have produced uninterrupted.
+    continues the same sequence it would have produced uninterrupted. A draw that breaks a
+    parameter constraint is drawn again (from ``(seed, k, 1)``, ``(seed, k, 2)``, ...).
 
     Example:
         >>> from lightning_hpt import Float, SearchSpace
@@ -29,4 +31,8 @@ class RandomStrategy(Strategy):
     def ask(self, history: History, n: int = 1) -> list[dict[str, Any]]:
         seed = self.effective_seed(history)
         start = history.next_number
-        return [history.space.sample(trial_rng(seed, start + i)) for i in range(n)]
+        space = history.space
+        return [
+            first_allowed(history, (space.sample(trial_rng(seed, k, j)) for j in itertools.count()), k)
+            for k in range(start, start + n)
+        ]

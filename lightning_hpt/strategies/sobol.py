@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
 
-from lightning_hpt.strategies.base import Strategy, trial_rng
+from lightning_hpt.strategies.base import Strategy, first_allowed, trial_rng
 from lightning_hpt.trial import History
 
 __all__ = ["SobolStrategy"]
+
+_SALT = 0x50B0
 
 
 class SobolStrategy(Strategy):
     """Trial number ``k`` gets point ``k`` of a scrambled Sobol sequence decoded by the space.
 
     The scrambling is seeded (the study's seed when the strategy has none), so the sequence is
-    reproducible and a resumed search continues it.
+    reproducible and a resumed search continues it. A point that breaks a parameter constraint is
+    replaced by seeded uniform draws until one keeps them.
 
     Example:
         >>> from lightning_hpt import Int, SearchSpace
@@ -35,4 +39,9 @@ class SobolStrategy(Strategy):
         engine = torch.quasirandom.SobolEngine(history.space.dim, scramble=True, seed=seed)
         engine.fast_forward(history.next_number)
         points = engine.draw(n, dtype=torch.float64)
-        return [history.space.from_unit(x) for x in points]
+        out = []
+        for i, x in enumerate(points):
+            k, space = history.next_number + i, history.space
+            redraws = (space.sample(trial_rng(seed, k, _SALT + j)) for j in itertools.count())
+            out.append(first_allowed(history, itertools.chain([space.from_unit(x)], redraws), k))
+        return out

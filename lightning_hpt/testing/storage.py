@@ -26,6 +26,7 @@ import pytest
 from lightning_hpt.exceptions import DuplicateTrialError, HPTError, StorageError, StudyMismatchError
 from lightning_hpt.space import Categorical, Float, Int, SearchSpace
 from lightning_hpt.storage.base import Storage, StudyInfo
+from lightning_hpt.testing.storage_objectives import ObjectivesContract
 from lightning_hpt.trial import Direction, History, TrialState
 
 __all__ = ["StorageContract", "study_info"]
@@ -49,7 +50,7 @@ def study_info(name: str = "study", **changes: object) -> StudyInfo:
     return StudyInfo(**fields)  # type: ignore[arg-type]
 
 
-class StorageContract:
+class StorageContract(ObjectivesContract):
     """Tests that every Storage must pass; override ``make_storage`` in a subclass."""
 
     #: whether several handles may write the same store at once (from several threads)

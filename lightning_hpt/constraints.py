@@ -1,0 +1,288 @@
+"""Constraints of a study: bounds on metrics the trials log, and rules on the parameters alone.
+
+An **outcome constraint** (``constraints={"n_params": ("<=", 2e6)}``) bounds a metric the trial
+logs; it is judged on the metric's value at the trial's best step, and a trial that breaks it is
+recorded COMPLETE but infeasible (``attrs["infeasible"]`` says why): it is never best and never on
+the Pareto front. A **parameter constraint** (``param_constraints=["model.width * model.depth <=
+4096"]``, or a function of the configuration returning True when it is allowed) is checked before a
+trial runs, so a configuration that breaks it never runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_hpt.exceptions import ConfigurationError
+
+__all__ = [
+    "OutcomeConstraint",
+    "ParamConstraint",
+    "constraints_from_json",
+    "constraints_to_json",
+    "outcome_constraints",
+    "param_constraints",
+    "violations",
+]
+
+_OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge}
+
+
+@dataclass(frozen=True)
+class OutcomeConstraint:
+    """``metric op bound`` on a metric a trial logs, e.g. ``n_params <= 2e6``.
+
+    Attributes:
+        metric: the metric's name, as logged with ``self.log``.
+        op: ``"<="`` or ``">="``.
+        bound: the bound.
+    """
+
+    metric: str
+    op: str
+    bound: float
+
+    def holds(self, value: float | None) -> bool:
+        """Whether ``value`` keeps the constraint (a missing or non-finite value does not)."""
+        return value is not None and math.isfinite(value) and _OPS[self.op](value, self.bound)
+
+    def slack(self, value: float) -> float:
+        """How far inside the bound ``value`` is: >= 0 when the constraint holds (BoTorch's sign: <= 0 holds)."""
+        return self.bound - value if self.op == "<=" else value - self.bound
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+@dataclass(frozen=True)
+class ParamConstraint:
+    """A rule on the parameters alone: an expression such as ``"model.width * model.depth <= 4096"`` or a function.
+
+    Attributes:
+        text: the expression, or ``"<function module.name>"`` for a function (how the study stores it).
+        check: ``params -> bool``: True when the configuration is allowed.
+    """
+
+    text: str
+    check: Callable[[Mapping[str, Any]], bool] = field(compare=False, repr=False)
+
+    def holds(self, params: Mapping[str, Any]) -> bool:
+        """Whether ``params`` is allowed; an error of the rule itself is raised as a ConfigurationError."""
+        try:
+            return bool(self.check(params))
+        except Exception as e:
+            raise ConfigurationError(
+                f"param_constraints: {self.text} cannot be evaluated on {dict(params)}: {type(e).__name__}: {e};"
+                " fix the rule (an inactive parameter is absent from the configuration)"
+            ) from None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def outcome_constraints(spec: Any, objectives: Sequence[str] = ()) -> tuple[OutcomeConstraint, ...]:
+    """The outcome constraints of ``constraints={"metric": ("<=", bound), ...}`` (``None``: none).
+
+    Raises:
+        ConfigurationError: naming the entry, the rule and the fix.
+    """
+    if spec is None:
+        return ()
+    if not isinstance(spec, Mapping):
+        raise ConfigurationError(
+            f"constraints must be a dict of metric bounds such as {{'n_params': ('<=', 2e6)}}, got constraints={spec!r}"
+        )
+    out = []
+    for metric, rule in spec.items():
+        example = f"{{{metric!r}: ('<=', 2e6)}}"
+        if not isinstance(metric, str) or not metric:
+            raise ConfigurationError(f"constraints: keys must be metric names, got {metric!r}; e.g. {example}")
+        ok = isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) == 2
+        op, bound = rule if ok else (None, None)
+        if not ok or op not in _OPS or isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise ConfigurationError(
+                f"constraints[{metric!r}] must be ('<=', bound) or ('>=', bound) with a number bound, got {rule!r};"
+                f" e.g. {example}"
+            )
+        if not math.isfinite(bound):
+            raise ConfigurationError(f"constraints[{metric!r}]: the bound must be finite, got {bound!r}")
+        if metric in objectives:
+            raise ConfigurationError(
+                f"constraints[{metric!r}] bounds an objective; bound another metric, or drop {metric!r} from monitor"
+            )
+        out.append(OutcomeConstraint(metric, op, float(bound)))
+    return tuple(out)
+
+
+def violations(constraints: Sequence[OutcomeConstraint], metrics: Mapping[str, float]) -> list[str]:
+    """What each broken constraint reads, e.g. ``["n_params = 3.1e+06, not <= 2e+06"]``; ``[]``: all hold."""
+    out = []
+    for c in constraints:
+        value = metrics.get(c.metric)
+        if not c.holds(value):
+            shown = "missing" if value is None else f"= {value:g}, not {c.op} {c.bound:g}"
+            out.append(f"{c.metric} {shown}")
+    return out
+
+
+def param_constraints(spec: Any, names: Sequence[str]) -> tuple[ParamConstraint, ...]:
+    """The parameter constraints of ``param_constraints=[...]``: expressions over ``names`` or functions.
+
+    Raises:
+        ConfigurationError: an entry that is neither, or an expression with another name or operation.
+    """
+    if spec is None:
+        return ()
+    if isinstance(spec, (str, Mapping)) or callable(spec) or not isinstance(spec, Sequence):
+        raise ConfigurationError(
+            "param_constraints must be a list of expressions such as 'model.width * model.depth <= 4096' or of"
+            f" functions config -> bool, got param_constraints={spec!r}; wrap one in [...]"
+        )
+    out = []
+    for rule in spec:
+        if isinstance(rule, str):
+            out.append(ParamConstraint(rule, _compile(rule, set(names))))
+        elif callable(rule):
+            name = f"{getattr(rule, '__module__', '?')}.{getattr(rule, '__qualname__', type(rule).__name__)}"
+            out.append(ParamConstraint(f"<function {name}>", rule))
+        else:
+            raise ConfigurationError(
+                f"param_constraints: {rule!r} is neither an expression (str) nor a function config -> bool"
+            )
+    return tuple(out)
+
+
+# ----------------------------------------------------------------- expressions
+
+_BIN = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_CMP = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
+_FUNCS: dict[str, Callable[..., Any]] = {"min": min, "max": max, "abs": abs}
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """``model.width`` from its Attribute chain (or a bare Name), else ``None``."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(parts)])
+
+
+def _compile(text: str, names: set[str]) -> Callable[[Mapping[str, Any]], bool]:
+    """A checked expression as a function of the configuration (no ``eval``: a small tree walker)."""
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError as e:
+        raise ConfigurationError(f"param_constraints: {text!r} is not an expression: {e.msg}") from None
+
+    def check(node: ast.AST) -> None:
+        name = _dotted(node)
+        if name is not None:
+            if name not in names:
+                raise ConfigurationError(
+                    f"param_constraints: {text!r} names {name!r}, which is not a parameter of the space {sorted(names)}"
+                )
+            return
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
+            for a in node.args:
+                check(a)
+            return
+        allowed = (ast.BoolOp, ast.UnaryOp, ast.BinOp, ast.Compare, ast.Constant, ast.And, ast.Or, ast.Not, ast.USub)
+        if not isinstance(node, allowed) or (isinstance(node, ast.BinOp) and type(node.op) not in _BIN):
+            raise ConfigurationError(
+                f"param_constraints: {text!r} uses {type(node).__name__}; write arithmetic, comparisons, and/or/not,"
+                f" min/max/abs over parameter names, or pass a function config -> bool instead"
+            )
+        if isinstance(node, ast.Compare) and any(type(op) not in _CMP for op in node.ops):
+            raise ConfigurationError(f"param_constraints: {text!r}: only <, <=, >, >=, ==, != compare")
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.operator, ast.cmpop, ast.boolop, ast.unaryop)):
+                check(child)
+
+    check(tree)
+    return lambda params: bool(_eval(tree, params))
+
+
+def _eval(node: ast.AST, params: Mapping[str, Any]) -> Any:
+    name = _dotted(node)
+    if name is not None:
+        return params[name]
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.BinOp):
+        return _BIN[type(node.op)](_eval(node.left, params), _eval(node.right, params))
+    if isinstance(node, ast.UnaryOp):
+        v = _eval(node.operand, params)
+        return not v if isinstance(node.op, ast.Not) else -v
+    if isinstance(node, ast.BoolOp):
+        values = (_eval(v, params) for v in node.values)
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.Call):
+        return _FUNCS[node.func.id](*(_eval(a, params) for a in node.args))  # type: ignore[attr-defined]
+    assert isinstance(node, ast.Compare)
+    left = _eval(node.left, params)
+    for op, right_node in zip(node.ops, node.comparators, strict=True):
+        right = _eval(right_node, params)
+        if not _CMP[type(op)](left, right):
+            return False
+        left = right
+    return True
+
+
+# ----------------------------------------------------------------- storage
+
+
+def constraints_to_json(constraints: Sequence[OutcomeConstraint | ParamConstraint]) -> list[dict[str, Any]]:
+    """How the study's definition stores its constraints."""
+    out: list[dict[str, Any]] = []
+    for c in constraints:
+        if isinstance(c, OutcomeConstraint):
+            out.append({"metric": c.metric, "op": c.op, "bound": c.bound})
+        else:
+            out.append({"params": c.text})
+    return out
+
+
+def constraints_from_json(data: Any) -> tuple[OutcomeConstraint | ParamConstraint, ...]:
+    """The constraints stored by :func:`constraints_to_json`; a stored function cannot be called (only compared)."""
+    out: list[OutcomeConstraint | ParamConstraint] = []
+    for item in data or ():
+        if "metric" in item:
+            out.append(OutcomeConstraint(str(item["metric"]), str(item["op"]), float(item["bound"])))
+        else:
+            text = str(item["params"])
+            out.append(ParamConstraint(text, _stored(text)))
+    return tuple(out)
+
+
+def _stored(text: str) -> Callable[[Mapping[str, Any]], bool]:
+    """A stored rule, evaluable when it is an expression; a stored function's name only."""
+    if text.startswith("<function "):
+
+        def unavailable(params: Mapping[str, Any]) -> bool:
+            raise ConfigurationError(f"{text} is stored by name only; pass it again in param_constraints")
+
+        return unavailable
+    tree = ast.parse(text, mode="eval").body
+    return lambda params: bool(_eval(tree, params))

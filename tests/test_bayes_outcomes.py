@@ -1,0 +1,93 @@
+"""The Bayesian strategy with several objectives (qLogNEHVI) and outcome constraints (feasibility modelled)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TinyData
+from test_objectives import SPACE, SizedModel
+
+from lightning_hpt import ConfigurationError, Float, HyperparameterSearch, RandomStrategy, TrialState
+from lightning_hpt.constraints import outcome_constraints
+from lightning_hpt.objectives import parse_objectives
+from lightning_hpt.pareto import hypervolume, objective_matrix
+from lightning_hpt.space import SearchSpace
+from lightning_hpt.strategies.bayesian import BayesianStrategy
+from lightning_hpt.trial import Direction, History
+
+pytestmark = pytest.mark.slow
+
+UNIT2 = SearchSpace({"x0": Float(0, 1), "x1": Float(0, 1)})
+
+
+def branin_currin_history(strategy, n: int) -> History:
+    from botorch.test_functions.multi_objective import BraninCurrin
+
+    problem = BraninCurrin()  # both minimized
+    objectives = parse_objectives(["branin", "currin"], ["min", "min"])
+    history = History(UNIT2, Direction.MINIMIZE, seed=0, objectives=objectives)
+    for _ in range(n):
+        [p] = strategy.ask(history)
+        y = problem(torch.tensor([[p["x0"], p["x1"]]], dtype=torch.float64))[0]
+        history = history.add(p, values=tuple(y.tolist()))
+    return history
+
+
+def test_several_objectives_beat_random_search_on_hypervolume():
+    ref = torch.tensor([-18.0, -6.0])  # BoTorch's reference point of BraninCurrin, in maximization form
+    objectives = parse_objectives(["branin", "currin"], ["min", "min"])
+    bayes = branin_currin_history(BayesianStrategy(seed=0, n_initial=5, num_restarts=2, raw_samples=64), 14)
+    random = branin_currin_history(RandomStrategy(seed=0), 14)
+    hv_bayes = hypervolume(objective_matrix(bayes.trials, objectives), ref)
+    hv_random = hypervolume(objective_matrix(random.trials, objectives), ref)
+    assert hv_bayes > hv_random
+
+
+def test_outcome_constraints_are_modelled():
+    # minimize (x - 0.8)^2 subject to the logged metric g = x <= 0.5: the feasible optimum is x = 0.5
+    space = SearchSpace({"x": Float(0, 1)})
+    rules = outcome_constraints({"g": ("<=", 0.5)})
+    history = History(space, Direction.MINIMIZE, seed=0, outcome_constraints=rules)
+    strategy = BayesianStrategy(seed=0, n_initial=4, num_restarts=2, raw_samples=64)
+    for _ in range(12):
+        [p] = strategy.ask(history)
+        x = p["x"]
+        attrs = {"constraint_values": {"g": x}, "infeasible": [] if x <= 0.5 else ["g"]}
+        history = history.add(p, value=(x - 0.8) ** 2, attrs=attrs)
+    model_based = [t.params["x"] for t in history.trials[4:]]
+    # never towards the unconstrained optimum 0.8: the proposals hug the boundary of the feasible region
+    assert all(0.4 < x < 0.55 for x in model_based)
+    best = history.best()
+    assert best.feasible and best.params["x"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_reference_point_of_the_wrong_length_is_refused():
+    with pytest.raises(ConfigurationError, match="ref_point must be one finite number per objective"):
+        BayesianStrategy(ref_point=[1.0])
+    strategy = BayesianStrategy(seed=0, n_initial=3, ref_point=[1.0, 2.0, 3.0])
+    history = History(UNIT2, Direction.MINIMIZE, seed=0, objectives=parse_objectives(["a", "b"], ["min", "max"]))
+    with pytest.raises(
+        ConfigurationError, match=r"one value per objective \['a', 'b'\], got ref_point=\[1.0, 2.0, 3.0\]"
+    ):
+        strategy.ask(history)
+
+
+def test_bayesian_search_with_two_objectives_trains_real_trials(tmp_path, fast_trainer):
+    strategy = BayesianStrategy(seed=0, n_initial=3, num_restarts=2, raw_samples=64)
+    result = HyperparameterSearch(
+        SizedModel,
+        TinyData,
+        SPACE,
+        monitor=["val_loss", "n_params"],
+        mode=["min", "min"],
+        constraints={"neg_size": (">=", -200.0)},
+        strategy=strategy,
+        n_trials=6,
+        seed=0,
+        root=tmp_path,
+        verbose=False,
+        trainer_kwargs=fast_trainer,
+    ).run()
+    assert [t.state for t in result.trials] == [TrialState.COMPLETE] * 6
+    assert result.pareto_trials and all(t.feasible for t in result.pareto_trials)
+    assert len({tuple(sorted(t.params.items())) for t in result.trials}) == 6  # distinct proposals
