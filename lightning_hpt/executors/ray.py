@@ -445,8 +445,8 @@ class RayExecutor(Executor):
             try:
                 requests = ray.get(self._broker.take.remote(0.5))
             except Exception:
-                if self._closed.is_set():
-                    return
+                if self._closed.is_set() or not ray.is_initialized() or not threading.main_thread().is_alive():
+                    return  # shut down, Ray shut down under it, or the interpreter is exiting
                 log.exception("the Ray report channel failed; retrying")
                 time.sleep(1.0)
                 continue

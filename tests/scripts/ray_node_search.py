@@ -86,6 +86,7 @@ def main() -> None:
         if not trials:
             raise SystemExit("the search failed")
         print_result(trials[0])
+        executor.shutdown()  # before Ray goes: its report channel ends with it
     finally:
         ray.shutdown()
         cluster.shutdown()
