@@ -37,3 +37,12 @@ def quiet_single_thread() -> None:
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` or ``"0,3,5-7"`` as a list of seeds."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out

@@ -26,19 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _env import describe, quiet_single_thread
+from _env import describe, parse_seeds, quiet_single_thread
 from bo_peers import METHODS, run_method
 from bo_problems import CHECKING, RESULTS, SUITE, TUNING
 
 RUNS = RESULTS / "bo_suite_runs.jsonl"
-
-
-def _seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
 
 
 def _key(r: dict) -> tuple:
@@ -67,7 +59,7 @@ def main() -> None:
     problems = args.problems or list(half)
     done, t_start = done_keys(args.out), time.time()
     machine = describe()
-    for seed in _seeds(args.seeds):
+    for seed in parse_seeds(args.seeds):
         for batch in args.batch:
             for name in problems:
                 problem = SUITE[name]()

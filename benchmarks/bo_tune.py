@@ -25,10 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _env import parse_seeds
 from bo_peers import bayes_kwargs
 from bo_problems import SUITE, TUNING
 from bo_report import load, regret
-from bo_suite import RUNS, _seeds
+from bo_suite import RUNS
 
 PEERS = ("random", "sobol", "tpe", "gp", "ax_fast", "ax", "botorch")
 
@@ -39,7 +40,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0-4")
     ap.add_argument("--budgets", type=int, nargs="*", default=[10, 20])
     args = ap.parse_args()
-    seeds = set(_seeds(args.seeds))
+    seeds = set(parse_seeds(args.seeds))
     by: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for path in args.runs:
         for r in load(path):

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from _env import describe, quiet_single_thread
+from _env import describe, parse_seeds, quiet_single_thread
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "mo_suite_runs.jsonl"
@@ -224,14 +224,6 @@ def digits_hv(points: list[list[float]], complete: list[bool], n: int) -> float:
 # ---------------------------------------------------------------------- driver and report
 
 
-def _seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
 def _key(r: dict) -> tuple:
     return (r["problem"], r["method"], r.get("pruner"), r["seed"], r["trials"], r.get("epochs_per_trial"))
 
@@ -253,7 +245,7 @@ def main() -> None:
     quiet_single_thread()
     done = {_key(json.loads(line)) for line in args.out.read_text().splitlines()} if args.out.exists() else set()
     machine = describe()
-    for seed in _seeds(args.seeds):
+    for seed in parse_seeds(args.seeds):
         for problem in args.problems:
             for method in args.methods:
                 pruners = ["none"] if problem != "digits" or method in ("nsga2", "tpe") else args.pruners
