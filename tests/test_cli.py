@@ -168,6 +168,18 @@ def test_command_line_overrides_and_print_config(tmp_path, configs, capsys):
     assert not (tmp_path / "runs").exists()  # printing runs nothing
 
 
+def test_print_config_masks_the_storage_password(tmp_path, configs, capsys):
+    fit, search = configs
+    url = "postgresql+psycopg://hpt:TopSecret99@db.example:5432/hpt"
+    code, _, _ = run("search", "--config", fit, "--config", search, "--search.storage", url, "--print_config")
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "TopSecret99" not in captured.out + captured.err
+    merged = yaml.safe_load(captured.out)
+    assert merged["search"]["storage"] == "postgresql+psycopg://hpt:***@db.example:5432/hpt"
+    assert "masked" in captured.err and "PGPASSWORD" in captured.err
+
+
 @pytest.mark.parametrize(
     ("space", "expected"),
     [

@@ -131,7 +131,9 @@ def _brief(error: str) -> str:
 def parse_args_briefly(parser: Any, argv: Sequence[str], prog: str, hint: str | None = None) -> Any:
     """``parser.parse_args(argv)`` whose errors are one or two lines naming the fix, not a usage dump.
 
-    ``--help`` and ``--print_config`` still print and exit. ``hint``: what to do (default: :func:`script_hint`).
+    ``--help`` and ``--print_config`` still print and exit; ``--print_config`` prints the config with the
+    passwords of database URLs masked (:func:`~lightning_hpt.storage.masking.mask_secrets`), saying so on
+    stderr. ``hint``: what to do (default: :func:`script_hint`).
 
     Raises:
         ConfigurationError: the arguments or config files do not parse; for a ``model:`` or ``data:``
@@ -142,7 +144,9 @@ def parse_args_briefly(parser: Any, argv: Sequence[str], prog: str, hint: str | 
     hint = script_hint() if hint is None else hint
     parser.exit_on_error = False
     try:
-        return parser.parse_args(list(argv))
+        if not any(a == "--print_config" or a.startswith("--print_config=") for a in argv):
+            return parser.parse_args(list(argv))
+        return _parse_masked(parser, argv)
     except argparse.ArgumentError as e:
         text = str(e)
         head = text.strip().splitlines()[0] if text.strip() else text
@@ -154,6 +158,30 @@ def parse_args_briefly(parser: Any, argv: Sequence[str], prog: str, hint: str | 
             ) from None
         fix = f"\n(if the project's script passes classes: {hint})" if hint else f" (see {prog} --help)"
         raise ConfigurationError(f"{_brief(text)}{fix}") from None
+
+
+def _parse_masked(parser: Any, argv: Sequence[str]) -> Any:
+    """``parser.parse_args(argv)`` whose ``--print_config`` output has its secrets masked."""
+    import contextlib
+    import io
+    import sys
+
+    from lightning_hpt.storage.masking import mask_secrets
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            return parser.parse_args(list(argv))
+    finally:
+        text = out.getvalue()
+        shown = mask_secrets(text)
+        sys.stdout.write(shown)
+        if shown != text:
+            print(
+                "lightning-hpt: passwords in the printed config are masked (***); a saved copy needs the real one,"
+                " or give it outside the config (for PostgreSQL: the PGPASSWORD environment variable or ~/.pgpass)",
+                file=sys.stderr,
+            )
 
 
 def dump_config(parser: Any, cfg: Any) -> str:
