@@ -13,6 +13,7 @@ from lightning_hpt.exceptions import SearchPreempted
 from lightning_hpt.executors import Executor
 from lightning_hpt.failures import fail_fast
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
+from lightning_hpt.pareto import pareto_front
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.pruners import Pruner
 from lightning_hpt.recovery import ACTIVE, abandon
@@ -124,7 +125,8 @@ class StudyDriver:
         history = self._history = self.read_history()  # one read serves the display and the next proposals
         finished = sum(t.state.is_finished for t in history.trials)
         names = ", ".join(o.name for o in self.build.objectives) or self.build.monitor
-        self.progress.trial_finished(final, history.best(), names, finished, self.n_trials)
+        front = pareto_front(history.trials, history.objectives) if history.multi else None
+        self.progress.trial_finished(final, history.best(), names, finished, self.n_trials, front)
         self.board.trial_finished(final, history.best())
         gc.freeze()  # what outlived this trial (lazy imports, caches) stays out of the next collections
         if outcome.interrupted == PREEMPTED:

@@ -29,7 +29,7 @@ class StudyReporter:
         pruner: decides whether the trial stops.
         history: reads the study's current :class:`History` (called only when the pruner is active).
         number: the trial's number.
-        progress: the live display, told of each value (optional).
+        progress: the live display, told of each value (every objective's, with several) (optional).
     """
 
     def __init__(
@@ -60,7 +60,7 @@ class StudyReporter:
         if self.answers or time.monotonic() - self._flushed >= FLUSH_S:
             self.flush()
         if self.progress is not None:
-            self.progress.trial_reported(self.number, step, value[0] if isinstance(value, tuple) else value)
+            self.progress.trial_reported(self.number, step, value)
         if not self.answers:
             return False
         history = self.history()

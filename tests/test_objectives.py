@@ -254,3 +254,27 @@ def test_an_interrupted_trial_continues_with_every_objective(tmp_path, fast_trai
     assert t.state is TrialState.COMPLETE and t.attempt == 2 and t.attrs.get("resumed_at_step") == 2
     assert sorted(t.intermediate_values) == [0, 1, 2, 3]  # the first attempt's steps reported again
     assert t.values == t.intermediate_values[t.best_step] and t.values[0] == min(t.intermediate.values())
+
+
+def test_the_progress_lines_show_the_pareto_front_so_far(tmp_path, fast_trainer, capsys):
+    result = make(tmp_path, fast_trainer, verbose="lines").run()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(lines) == 3
+    for k, line in enumerate(lines):
+        front = [t for t in result.pareto_trials if t.number <= k]  # the front after trial k, as the line saw it
+        numbers = ", ".join(f"#{t.number}" for t in sorted(front, key=lambda t: (t.values[0], t.number)))
+        assert f" | front {len(front)} ({numbers}) | " in line, line
+
+
+def test_the_live_display_shows_the_pareto_front_and_every_objective_of_running_trials(tmp_path, fast_trainer, capsys):
+    import re
+
+    result = make(tmp_path, fast_trainer, verbose="live").run()
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().out)
+    front = result.pareto_trials
+    assert f"Pareto front {len(front)} trials" in out
+    first = front[0]
+    assert f"#{first.number} val_loss={first.values[0]:.4g}, n_params={first.values[1]:.4g}" in out
+    last = result.trials[-1]
+    shown = ", ".join(f"{v:.4g}" for v in last.intermediate_values[1])  # its report at epoch 2, both objectives
+    assert re.search(rf"\b{last.number}\s+2\s+{shown}\s", out), out

@@ -1,8 +1,10 @@
 """Live progress of a running search in a terminal (rich), and the factory that picks the display.
 
 On an interactive terminal the display shows the study, trials finished / running / pruned /
-failed out of the total, the best value so far with its parameters, each running trial's epoch
-and current value, the elapsed time and an estimate of the time left; a line per finished trial
+failed out of the total, the best value so far with its parameters (with several objectives, the
+Pareto front so far: how many trials, and the first few with their values and parameters), each
+running trial's epoch and current value (every objective's), the elapsed time and an estimate of
+the time left; a line per finished trial
 scrolls above it. Elsewhere (CI logs, ``nohup``, a file) :func:`make_progress` returns the plain
 :class:`~lightning_hpt.report.progress.LineProgress`: one line per finished trial.
 
@@ -24,7 +26,7 @@ from typing import IO, Any
 
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.failures import short_error
-from lightning_hpt.report.progress import LineProgress
+from lightning_hpt.report.progress import LineProgress, best_text
 from lightning_hpt.report.table import format_duration, format_value, outcome_text, param_labels
 from lightning_hpt.trial import TrialRecord, TrialState
 
@@ -38,13 +40,20 @@ class _Running:
     record: TrialRecord
     started: float = field(default_factory=time.monotonic)
     step: int | None = None
-    value: float | None = None
+    value: float | tuple[float, ...] | None = None
 
 
 def _params_text(params: Any, limit: int = 90) -> str:
     labels = param_labels(list(params))
     text = ", ".join(f"{labels[k]}={format_value(v)}" for k, v in params.items())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _reported_text(value: float | tuple[float, ...] | None) -> str:
+    """A running trial's last value; with several objectives every one's, ``"0.1234, 41"``."""
+    if isinstance(value, tuple):
+        return ", ".join(format_value(v) for v in value)
+    return format_value(value)
 
 
 class LiveProgress:
@@ -61,6 +70,7 @@ class LiveProgress:
         width: the display width in characters (default: the terminal's).
         refresh_per_second: how often the elapsed time and estimates are redrawn.
         max_rows: the most running trials listed (the rest are counted).
+        front_rows: with several objectives, the most trials of the Pareto front listed (the rest are counted).
     """
 
     def __init__(
@@ -71,6 +81,7 @@ class LiveProgress:
         width: int | None = None,
         refresh_per_second: float = 2.0,
         max_rows: int = 8,
+        front_rows: int = 3,
     ) -> None:
         try:
             from rich.console import Console
@@ -80,7 +91,7 @@ class LiveProgress:
         # route stray prints through the display only when it owns the process' own output
         self._redirect = stream is None or stream in (sys.stdout, sys.stderr)
         self._refresh = refresh_per_second
-        self.max_rows = max_rows
+        self.max_rows, self.front_rows = max_rows, front_rows
         self._lock = threading.RLock()
         self._live: Any = None
         self.study, self.monitor, self.storage_url = "", "value", ""
@@ -89,6 +100,7 @@ class LiveProgress:
         self.counts = dict.fromkeys((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED), 0)
         self.finished_now = 0  # trials finished by this run: the rate behind the time estimate
         self.best: TrialRecord | None = None
+        self.front: list[TrialRecord] | None = None  # with several objectives: the Pareto front so far
         self.running: dict[int, _Running] = {}
         self._t0 = time.monotonic()
 
@@ -137,8 +149,9 @@ class LiveProgress:
             self.running[record.number] = _Running(record)
         self._redraw()
 
-    def trial_reported(self, number: int, step: int, value: float) -> None:
-        """A running trial reported its monitored ``value`` for validation run ``step`` (from 0)."""
+    def trial_reported(self, number: int, step: int, value: float | tuple[float, ...]) -> None:
+        """A running trial reported its monitored ``value`` for validation run ``step`` (from 0); with
+        several objectives a tuple of every objective's value."""
         with self._lock:
             run = self.running.get(number)
             if run is not None:
@@ -146,19 +159,27 @@ class LiveProgress:
         self._redraw()
 
     def trial_finished(
-        self, t: TrialRecord, best: TrialRecord | None, monitor: str, done: int, total: int | None
+        self,
+        t: TrialRecord,
+        best: TrialRecord | None,
+        monitor: str,
+        done: int,
+        total: int | None,
+        front: Sequence[TrialRecord] | None = None,
     ) -> None:
-        """A trial ended; ``best`` is the study's best trial now, ``done`` the finished count."""
+        """A trial ended; ``best`` is the study's best trial now (with several objectives ``front``, its
+        Pareto front now, best first by the first objective), ``done`` the finished count."""
         with self._lock:
             self.running.pop(t.number, None)
             self.monitor, self.done, self.total, self.best = monitor, done, total, best
+            self.front = None if front is None else list(front)
             if t.state in self.counts:
                 self.counts[t.state] += 1
             self.finished_now += 1
         self._redraw()
         value = outcome_text(t, monitor) or short_error(t.error, 120)
         style = {TrialState.COMPLETE: "green", TrialState.PRUNED: "yellow", TrialState.FAILED: "red"}.get(t.state, "")
-        best_txt = f" | best {best.value:.4g} (#{best.number})" if best is not None and best.value is not None else ""
+        best_txt = best_text(best, front)
         from rich.text import Text
 
         line = Text.assemble(
@@ -232,16 +253,7 @@ class LiveProgress:
                 )
             else:
                 bar.add_row(clock)
-            parts: list[Any] = [head, bar]
-            if self.best is not None and self.best.value is not None and math.isfinite(self.best.value):
-                parts.append(
-                    Text.assemble(
-                        ("best ", "bold"),
-                        f"{self.monitor}={self.best.value:.6g} ",
-                        (f"(#{self.best.number})", "dim"),
-                        f"  {_params_text(self.best.params, 110)}",
-                    )
-                )
+            parts: list[Any] = [head, bar, *self._best_lines()]
             if self.running:
                 table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
                 for col, justify in (
@@ -258,7 +270,7 @@ class LiveProgress:
                     table.add_row(
                         str(number),
                         epoch,
-                        format_value(run.value),
+                        _reported_text(run.value),
                         format_duration(time.monotonic() - run.started),
                         _params_text(run.record.params),
                     )
@@ -266,6 +278,30 @@ class LiveProgress:
                     table.add_row("…", "", "", "", f"and {len(rows) - self.max_rows} more running")
                 parts.append(table)
         return Group(*parts)
+
+    def _best_lines(self) -> list[Any]:
+        """The best trial's line; with several objectives, the Pareto front's head and its first members."""
+        from rich.text import Text
+
+        if self.front is not None:
+            lines = [Text.assemble(("Pareto front ", "bold"), f"{len(self.front)} trials")]
+            for t in self.front[: self.front_rows]:
+                values = outcome_text(t, self.monitor)
+                lines.append(Text.assemble("  ", (f"#{t.number}", "dim"), f" {values}  {_params_text(t.params, 100)}"))
+            if len(self.front) > self.front_rows:
+                lines.append(Text(f"  and {len(self.front) - self.front_rows} more on the front", "dim"))
+            return lines
+        best = self.best
+        if best is None or best.value is None or not math.isfinite(best.value):
+            return []
+        return [
+            Text.assemble(
+                ("best ", "bold"),
+                f"{self.monitor}={best.value:.6g} ",
+                (f"(#{best.number})", "dim"),
+                f"  {_params_text(best.params, 110)}",
+            )
+        ]
 
 
 def make_progress(verbose: bool | str = True, stream: IO[str] | None = None) -> LineProgress | LiveProgress:

@@ -8,14 +8,24 @@ from collections.abc import Sequence
 from typing import IO
 
 from lightning_hpt.failures import short_error
-from lightning_hpt.report.table import outcome_text, param_labels
+from lightning_hpt.report.table import front_text, outcome_text, param_labels
 from lightning_hpt.trial import TrialRecord
 
-__all__ = ["LineProgress"]
+__all__ = ["LineProgress", "best_text"]
 
 
 def _fmt(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else repr(v)
+
+
+def best_text(best: TrialRecord | None, front: Sequence[TrialRecord] | None) -> str:
+    """What a finished trial's line says of the study so far: `` | best 0.75 (#2)``, or with several
+    objectives (``front`` given) `` | front 3 (#1, #0, #2)``; empty before any trial counts."""
+    if front is not None:
+        return f" | {front_text(front)}"
+    if best is None or best.value is None:
+        return ""
+    return f" | best {best.value:.4g} (#{best.number})"
 
 
 class LineProgress:
@@ -58,14 +68,22 @@ class LineProgress:
     def trial_started(self, record: TrialRecord) -> None:
         """A trial was submitted; lines are written only when trials finish."""
 
-    def trial_reported(self, number: int, step: int, value: float) -> None:
+    def trial_reported(self, number: int, step: int, value: float | tuple[float, ...]) -> None:
         """A running trial reported a value; lines are written only when trials finish."""
 
     def trial_finished(
-        self, t: TrialRecord, best: TrialRecord | None, monitor: str, done: int, total: int | None
+        self,
+        t: TrialRecord,
+        best: TrialRecord | None,
+        monitor: str,
+        done: int,
+        total: int | None,
+        front: Sequence[TrialRecord] | None = None,
     ) -> None:
+        """A trial ended: one line with its outcome, then ``best N (#k)``, or with several objectives
+        (``front`` given: the study's Pareto front now) ``front N (#k, ...)``, and its parameters."""
         value = outcome_text(t, monitor) or short_error(t.error, 160)
-        best_txt = f" | best {best.value:.4g} (#{best.number})" if best is not None else ""
+        best_txt = best_text(best, front)
         labels = param_labels(list(t.params))
         params = ", ".join(f"{labels[k]}={_fmt(v)}" for k, v in t.params.items())
         dur = f"{t.duration:.1f}s" if t.duration is not None else "?"

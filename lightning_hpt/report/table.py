@@ -21,6 +21,7 @@ from lightning_hpt.trial import Direction, TrialRecord, TrialState, rank_trials
 __all__ = [
     "format_duration",
     "format_value",
+    "front_text",
     "outcome_text",
     "param_cell",
     "param_labels",
@@ -56,6 +57,15 @@ def outcome_text(t: TrialRecord, monitor: str) -> str | None:
     pairs = zip(names, values, strict=True) if len(names) == len(values) else [(names[0], t.value)]
     text = ", ".join(f"{n}={v:.4g}" for n, v in pairs)
     return text if t.feasible else f"{text} infeasible"
+
+
+def front_text(front: Sequence[TrialRecord], limit: int = 5) -> str:
+    """``front 3 (#1, #0, #2)``: how many trials are on the Pareto front so far, and which (the first
+    ``limit`` numbers, best first by the first objective, then ``+N`` for the rest)."""
+    numbers = [f"#{t.number}" for t in front[:limit]]
+    if len(front) > limit:
+        numbers.append(f"+{len(front) - limit}")
+    return f"front {len(front)} ({', '.join(numbers)})" if front else "front 0"
 
 
 def format_duration(seconds: float | None) -> str:
