@@ -11,6 +11,7 @@ trial runs, so a configuration that breaks it never runs.
 from __future__ import annotations
 
 import ast
+import difflib
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ __all__ = [
     "constraints_to_json",
     "outcome_constraints",
     "param_constraints",
+    "rename_params",
     "violations",
 ]
 
@@ -189,19 +191,58 @@ def _dotted(node: ast.AST) -> str | None:
     return ".".join([node.id, *reversed(parts)])
 
 
-def _compile(text: str, names: set[str]) -> Callable[[Mapping[str, Any]], bool]:
-    """A checked expression as a function of the configuration (no ``eval``: a small tree walker)."""
+def _parse(text: str) -> ast.expr:
     try:
-        tree = ast.parse(text, mode="eval").body
+        return ast.parse(text, mode="eval").body
     except SyntaxError as e:
         raise ConfigurationError(f"param_constraints: {text!r} is not an expression: {e.msg}") from None
+
+
+def _name_nodes(node: ast.AST) -> list[ast.AST]:
+    """The nodes of ``node`` that read a parameter (``model.width``), as :func:`_compile` reads them."""
+    if _dotted(node) is not None:
+        return [node]
+    children = node.args if isinstance(node, ast.Call) else list(ast.iter_child_nodes(node))
+    return [n for child in children for n in _name_nodes(child)]
+
+
+def rename_params(text: str, rename: Callable[[str], str]) -> str:
+    """``text`` with each parameter name it reads replaced by ``rename(name)``, the rest kept as written.
+
+    Example:
+        >>> rename_params("model.width * 2 <= max(model.depth, 4)", lambda n: n.replace(".", ".init_args.", 1))
+        'model.init_args.width * 2 <= max(model.init_args.depth, 4)'
+
+    Raises:
+        ConfigurationError: ``text`` is not an expression; what ``rename`` raises for a name.
+    """
+    lines = text.encode().splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    spans = []
+    for node in _name_nodes(_parse(text)):
+        begin = starts[node.lineno - 1] + node.col_offset  # offsets count UTF-8 bytes
+        end = starts[node.end_lineno - 1] + node.end_col_offset  # type: ignore[operator]
+        spans.append((begin, end, rename(_dotted(node))))  # type: ignore[arg-type]
+    out = text.encode()
+    for begin, end, name in sorted(spans, reverse=True):
+        out = out[:begin] + name.encode() + out[end:]
+    return out.decode()
+
+
+def _compile(text: str, names: set[str]) -> Callable[[Mapping[str, Any]], bool]:
+    """A checked expression as a function of the configuration (no ``eval``: a small tree walker)."""
+    tree = _parse(text)
 
     def check(node: ast.AST) -> None:
         name = _dotted(node)
         if name is not None:
             if name not in names:
+                near = difflib.get_close_matches(name, sorted(names), n=3)
                 raise ConfigurationError(
                     f"param_constraints: {text!r} names {name!r}, which is not a parameter of the space {sorted(names)}"
+                    + (f"; did you mean {near}?" if near else "")
                 )
             return
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:

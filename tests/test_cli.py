@@ -234,6 +234,39 @@ def test_unknown_plugin_names_are_refused_before_any_trial(tmp_path, option, val
     assert not (tmp_path / "runs").exists()
 
 
+def test_param_constraints_name_the_space_keys_short_or_full(tmp_path):
+    space = {"model.hidden": {"type": "int", "low": 2, "high": 16}, "model.init_args.lr": SPACE["model.lr"]}
+    rules = ["model.hidden * 2 <= 12 and model.lr <= 0.05", "model.init_args.hidden >= 3"]
+    search = search_section(tmp_path, space, n_trials=3, param_constraints=rules)
+    code, _, err = run(
+        "search", "--config", write(tmp_path / "fit.yaml", FIT), "--config", write(tmp_path / "s.yaml", search)
+    )
+    assert code == 0, err
+    done = trials(tmp_path)
+    assert len(done) == 3 and all(3 <= t.params["model.init_args.hidden"] <= 6 for t in done)
+    assert all(t.params["model.init_args.lr"] <= 0.05 for t in done)
+    stored = open_storage(str(tmp_path / "runs" / "studies.db")).load_study("default").constraints
+    assert [str(c) for c in stored] == [
+        "model.init_args.hidden * 2 <= 12 and model.init_args.lr <= 0.05",  # the full keys, the rest as written
+        "model.init_args.hidden >= 3",
+    ]
+
+
+def test_a_param_constraint_on_an_unknown_key_is_refused_with_the_nearest_keys(tmp_path):
+    space = {"model.hidden": {"type": "int", "low": 2, "high": 16}, "model.lr": SPACE["model.lr"]}
+    search = search_section(tmp_path, space, param_constraints=["model.hiden * model.lr <= 1"])
+    code, _, err = run(
+        "search", "--config", write(tmp_path / "fit.yaml", FIT), "--config", write(tmp_path / "s.yaml", search)
+    )
+    assert code == 2
+    assert re.search(
+        r"search\.param_constraints: 'model\.hiden \* model\.lr <= 1' names 'model\.hiden', which is not a key of"
+        r" search\.space; nearest keys: \['model\.hidden', 'model\.init_args\.hidden'",
+        err,
+    ), err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_yaml_domains():
     assert domain_from_yaml("k", {"type": "float", "low": "1e-4", "high": 0.1, "log": True}) == Float(
         1e-4, 0.1, log=True

@@ -15,7 +15,7 @@ from lightning_hpt.cli.builder import CLITrialBuilder
 from lightning_hpt.cli.capture import capture_cli, cli_scripts
 from lightning_hpt.cli.parsing import cli_parser, dump_config, load_yaml, parse_args_briefly, parse_base, script_hint
 from lightning_hpt.cli.settings import SearchSettings, make_executor, make_pruner_spec, make_strategy_spec
-from lightning_hpt.cli.space import resolve_params, space_from_config
+from lightning_hpt.cli.space import resolve_constraints, resolve_params, space_from_config
 from lightning_hpt.cli.study import best_config, write_text
 from lightning_hpt.exceptions import ConfigurationError, StudyMismatchError
 from lightning_hpt.lightning.compat import is_lightning_cli
@@ -184,7 +184,7 @@ def run_search(
         monitor=s.monitor,
         mode=s.mode,
         constraints=s.constraints,
-        param_constraints=s.param_constraints,
+        param_constraints=resolve_constraints(s.param_constraints, space),
         strategy=strategy,
         pruner=pruner,
         n_trials=s.n_trials,

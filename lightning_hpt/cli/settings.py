@@ -29,8 +29,8 @@ class SearchSettings:
         mode: ``min`` or ``max``; a list of them, one per objective, with several.
         constraints: bounds on metrics the trials log: ``{n_params: ["<=", 2.0e6]}``; a trial that
             breaks one is recorded infeasible.
-        param_constraints: rules on the parameters (the space's keys) checked before a trial runs:
-            ``["model.init_args.width * model.init_args.depth <= 4096"]``.
+        param_constraints: rules on the parameters checked before a trial runs, naming the space's keys
+            in the short or full form as ``space`` does: ``["model.width * model.depth <= 4096"]``.
         strategy: ``grid``, ``random``, ``sobol`` or ``bayes``; or ``{name: grid, points: 5}``; or
             ``{class_path: ..., init_args: {...}}``.
         pruner: ``none``, ``median``, ``asha`` or ``hyperband``, or a mapping as for ``strategy``.

@@ -12,7 +12,8 @@ Example (YAML)::
 
 A ``when`` names other keys of the space (short or full forms). A conditional argument of a searched
 class (``optimizer.momentum`` when ``optimizer.class_path`` is searched) need not be in the config:
-it is that class's ``init_args`` entry.
+it is that class's ``init_args`` entry. ``search.param_constraints`` and ``search.enqueue`` name the
+space's keys in either form too (:func:`space_key`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning_hpt.cli.parsing import config_paths, layer, resolve_key, short_key
+from lightning_hpt.constraints import rename_params
 from lightning_hpt.exceptions import ConfigurationError, SearchSpaceError
 from lightning_hpt.space import Categorical, Domain, SearchSpace
 
-__all__ = ["check_types", "domain_from_yaml", "representatives", "resolve_params", "space_from_config"]
+__all__ = [
+    "check_types",
+    "domain_from_yaml",
+    "representatives",
+    "resolve_constraints",
+    "resolve_params",
+    "space_from_config",
+    "space_key",
+]
 
 _NUMERIC_FIELDS = ("low", "high", "step")
 
@@ -154,6 +164,39 @@ def _probes(space: SearchSpace) -> list[dict[str, Any]]:
     return probes
 
 
+def space_key(name: str, keys: Sequence[str] | SearchSpace) -> str | None:
+    """The key of the resolved space (full config paths) that ``name`` names, in its full or short form
+    (``model.width`` for ``model.init_args.width``); ``None`` when it names none."""
+    return next((k for k in keys if short_key(k) == short_key(name)), None)
+
+
+def resolve_constraints(rules: Sequence[Any] | None, space: SearchSpace) -> list[Any] | None:
+    """``search.param_constraints`` with each name resolved to its key of ``space`` (:func:`space_key`).
+
+    An expression keeps its text but for the names; one already written with the full keys is unchanged.
+
+    Raises:
+        ConfigurationError: a name that is not a key of the space, with the nearest keys.
+    """
+    if rules is None or isinstance(rules, (str, Mapping)):
+        return rules  # type: ignore[return-value]  # param_constraints() refuses what is not a list
+    keys = list(space)
+
+    def resolved(rule: str, name: str) -> str:
+        full = space_key(name, keys)
+        if full is not None:
+            return full
+        forms = sorted({*keys, *(short_key(k) for k in keys)})
+        near = difflib.get_close_matches(name, forms, n=3, cutoff=0.6)
+        raise ConfigurationError(
+            f"search.param_constraints: {rule!r} names {name!r}, which is not a key of search.space"
+            + (f"; nearest keys: {near}" if near else f"; its keys are {sorted(short_key(k) for k in keys)}")
+            + " (the short form 'model.width' or the full 'model.init_args.width', as in search.space)"
+        )
+
+    return [rename_params(r, lambda name, r=r: resolved(r, name)) if isinstance(r, str) else r for r in rules]
+
+
 def resolve_params(
     params: Mapping[str, Any], base: Mapping[str, Any], where: str, space: SearchSpace | None = None
 ) -> dict[str, Any]:
@@ -163,10 +206,9 @@ def resolve_params(
     searched class is not in the config.
     """
     paths = list(config_paths(base))
-    known = {short_key(k): k for k in space or ()}
     out: dict[str, Any] = {}
     for key, value in params.items():
-        full = known.get(short_key(key)) or resolve_key(key, base, paths)
+        full = space_key(key, space or ()) or resolve_key(key, base, paths)
         if full in out:
             raise ConfigurationError(f"{where}: {key!r} and another key both name {full!r}; give it once")
         out[full] = value
