@@ -15,7 +15,10 @@ Rules:
   is one of them; several names must all hold.
 * A condition names another parameter of the space with a finite set of values (``Categorical``,
   ``Int`` or a ``Float`` with ``step``), and only values of that parameter's domain.
-* Conditions may nest (a condition on a conditional parameter) but never form a cycle.
+* Conditions may nest (a condition on a conditional parameter) but never form a cycle, and each
+  parameter must be active in some configuration: the conditions of it and of its ancestors must
+  not ask one parameter for two disjoint sets of values (``c`` when ``{"p": 1, "q": "a"}`` while ``p``
+  exists only when ``q`` is ``"b"`` could never be active).
 * An inactive parameter is absent: from the configuration, from what the model receives, from the
   stored trial, from the tables and exports.
 
@@ -76,7 +79,8 @@ class Conditions:
 
     Raises:
         SearchSpaceError: a condition on an unknown or continuous parameter, on a value outside
-            the parent's domain, or conditions that form a cycle.
+            the parent's domain, conditions that form a cycle, or a parameter whose conditions
+            (its own and its ancestors') can never hold together.
     """
 
     def __init__(self, domains: Mapping[str, Domain]) -> None:
@@ -92,6 +96,8 @@ class Conditions:
         self.parents: tuple[str, ...] = tuple(
             n for n in self.order if any(r.parent == n for rules in self.rules.values() for r in rules)
         )
+        for name in self.rules:
+            self._check_reachable(name)
 
     def _rule(self, name: str, parent: str, values: tuple[Any, ...]) -> _Rule:
         where = f"space[{name!r}]: when={self._domains[name].when!r}"
@@ -129,6 +135,34 @@ class Conditions:
                 raise SearchSpaceError(self._cycle([n for n in names if n not in order], waiting))
             order.append(ready[0])
         return tuple(order)
+
+    def _check_reachable(self, name: str) -> None:
+        """Refuse ``name`` if it is active in no configuration.
+
+        ``name`` is active iff each of its ancestors is active and equal to a value every rule of
+        ``name`` and of the ancestors allows for it (a ``when`` is a conjunction), so it can be
+        active iff, for every ancestor, the values those rules allow have a common one.
+        """
+        needs: dict[str, list[tuple[str, _Rule]]] = {}
+        todo, seen = [name], {name}
+        while todo:
+            member = todo.pop(0)
+            for rule in self.rules.get(member, ()):
+                needs.setdefault(rule.parent, []).append((member, rule))
+                if rule.parent not in seen:
+                    seen.add(rule.parent)
+                    todo.append(rule.parent)
+        for parent, rules in needs.items():
+            first = rules[0][1]
+            if any(all(r.holds(v) for _, r in rules[1:]) for v in first.allowed):
+                continue
+            why = {m: "its own condition" if m == name else f"for {m!r} to exist" for m, _ in rules}
+            asks = " and ".join(f"{_show(self._domains[m].when[parent])} ({why[m]})" for m, _ in rules)
+            raise SearchSpaceError(
+                f"space[{name!r}]: when={self._domains[name].when!r} can never hold: {name!r} needs {parent!r} to be"
+                f" {asks} at once, so {name!r} would never be active; change these conditions so that they share a"
+                f" value of {parent!r}, or drop {name!r}"
+            )
 
     @staticmethod
     def _cycle(stuck: list[str], waiting: Mapping[str, set[str]]) -> str:

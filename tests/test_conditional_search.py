@@ -182,6 +182,11 @@ def test_cli_yaml_conditions_build_each_branchs_config(tmp_path):
             {"model.nope": {"choices": [1], "when": {"data.batch_size": 16}}},
             r"space key 'model.nope' is not in the config",
         ),
+        (  # model.hidden exists for batch size 16 only
+            {"model.lr": {"choices": [0.01], "when": {"model.hidden": 4, "data.batch_size": 32}}},
+            r"space\['model.init_args.lr'\].*can never hold: .* needs 'data.init_args.batch_size' to be 32"
+            r" \(its own condition\) and 16 \(for 'model.init_args.hidden' to exist\)",
+        ),
     ],
 )
 def test_cli_refuses_a_bad_condition_before_any_trial(tmp_path, change, expected):

@@ -90,11 +90,43 @@ def check(space: SearchSpace, params: dict) -> None:
             r"the conditions form a cycle: 'a.x' -> 'a.y' -> 'a.x'.*remove one of these conditions",
         ),
         ({"a.x": Int(0, 1, when={"a.x": 1})}, r"cycle: 'a.x' -> 'a.x'"),
+        (  # momentum asks for Adam while its parent exists for SGD only
+            {
+                "opt": Categorical(["Adam", "SGD"]),
+                "nesterov": Categorical([True, False], when={"opt": "SGD"}),
+                "momentum": Float(0, 1, when={"nesterov": True, "opt": "Adam"}),
+            },
+            r"space\['momentum'\]: when=\{'nesterov': \[True\], 'opt': \['Adam'\]\} can never hold: 'momentum' needs"
+            r" 'opt' to be 'Adam' \(its own condition\) and 'SGD' \(for 'nesterov' to exist\) at once, so 'momentum'"
+            r" would never be active; change these conditions so that they share a value of 'opt', or drop 'momentum'",
+        ),
+        (  # every two of the three rules on a.n share a value, the three do not
+            {
+                "a.n": Int(1, 3),
+                "a.e": Int(0, 1, when={"a.n": [1, 3]}),
+                "a.d": Int(0, 1, when={"a.n": [2, 3], "a.e": 1}),
+                "a.c": Int(0, 1, when={"a.n": [1, 2], "a.d": 1}),
+            },
+            r"space\['a.c'\].*needs 'a.n' to be one of \[1, 2\] \(its own condition\) and one of \[2, 3\] \(for 'a.d'"
+            r" to exist\) and one of \[1, 3\] \(for 'a.e' to exist\) at once",
+        ),
     ],
 )
 def test_a_condition_is_checked_against_the_space(domains, match):
     with pytest.raises(SearchSpaceError, match=match):
         SearchSpace(domains)
+
+
+def test_conditions_that_hold_together_are_accepted():
+    space = SearchSpace(
+        {
+            "a.n": Int(1, 3),
+            "a.e": Int(0, 1, when={"a.n": [1, 3]}),
+            "a.d": Int(0, 1, when={"a.n": [2, 3], "a.e": 1}),
+            "a.c": Int(0, 1, when={"a.n": [3], "a.d": 1}),  # a.n = 3 keeps all three rules
+        }
+    )
+    assert space.active({"a.n": 3, "a.e": 1, "a.d": 1, "a.c": 0}) == {"a.n": 3, "a.e": 1, "a.d": 1, "a.c": 0}
 
 
 @pytest.mark.parametrize(
