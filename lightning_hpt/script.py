@@ -32,7 +32,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +115,12 @@ class ScriptTrial:
             (also for a later fit of one trial: only its first fit continues).
     """
 
-    def __init__(self, recorder: _Recorder, monitor: str, direction: Any) -> None:
+    def __init__(self, recorder: _Recorder) -> None:
         rec, job = recorder.record, recorder.job
         self.number, self.params, self.study = rec.number, dict(rec.params), recorder.study
         self.dir = Path(recorder.dir)
         self.finished = False
-        self._recorder, self._metric, self._direction = recorder, monitor, direction
+        self._recorder = recorder
         self._callback: Any = None
         self._resume = job.build.resume
         self.ckpt_path = checkpoint_to_resume(str(self.dir), self.number, job.attempt) if self._resume else None
@@ -142,9 +142,10 @@ class ScriptTrial:
     def callback(self, namespace: Any = None) -> Any:
         """The Lightning callback for this trial's Trainer.
 
-        It reports the monitored value after every validation run (steps continue across several
-        fits of one trial), stops the Trainer when the study's pruner says so (on every DDP rank),
-        and keeps an exception raised by the fit as the trial's failure. In the trial's first fit
+        It reports the monitored value (every objective's, with several) after every validation run
+        (steps continue across several fits of one trial), records the metrics of outcome
+        constraints, stops the Trainer when the study's pruner says so (on every DDP rank), and
+        keeps an exception raised by the fit as the trial's failure. In the trial's first fit
         it also writes the resumable checkpoint that :attr:`ckpt_path` names on a rerun (unless the
         Trainer has checkpointing turned off, or the search ``resume=False``).
 
@@ -154,10 +155,11 @@ class ScriptTrial:
         if namespace is None:
             import lightning.pytorch as namespace
         cls = type("ScriptTrialCallback", (_FitEnd, monitor_class(namespace)), {})
-        cb = cls(self._metric, self._direction, self._recorder.reporter)
+        cb = cls.of(self._recorder.job.build, self._recorder.reporter)
         previous = self._callback
         if previous is not None:  # a later fit of the same trial continues its steps and its best value
             cb.values, cb.best_value, cb.best_step = dict(previous.values), previous.best_value, previous.best_step
+            cb.extra = {step: dict(v) for step, v in previous.extra.items()}
             cb.fit_error = previous.fit_error
             if self._resume is not None and _rank() == 0:
                 discard(str(self.dir))  # the first fit's state: a later fit does not continue from it
@@ -273,32 +275,30 @@ class ScriptSearch(HyperparameterSearch):
         space: ``{"lr": Float(1e-4, 1e-1, log=True), ...}``; names are free (``model.lr`` or ``lr``). A
             conditional entry (``Float(0, 0.99, when={"opt": "sgd"})``) is in ``trial.params`` only
             where its condition holds: read it with ``trial.params.get(name, default)``.
-        monitor, mode: the metric the callback reports and its direction.
+        monitor, mode: the metric the callback reports and its direction; or lists of them, one
+            direction per metric, for several objectives (``monitor=["val_loss", "n_params"]``,
+            ``mode=["min", "min"]``), as :class:`~lightning_hpt.HyperparameterSearch` takes them.
         max_epochs: the most validation runs a trial has, for pruners that need it (ASHA, Hyperband);
             ``None``: the longest finished trial.
-        **kwargs: as :class:`~lightning_hpt.HyperparameterSearch`: ``strategy``, ``pruner``,
-            ``n_trials``, ``storage``, ``study_name``, ``root``, ``seed``, ``timeout``,
+        **kwargs: as :class:`~lightning_hpt.HyperparameterSearch`: ``constraints``, ``param_constraints``,
+            ``strategy``, ``pruner``, ``n_trials``, ``storage``, ``study_name``, ``root``, ``seed``, ``timeout``,
             ``retry_interrupted``, ``allow_changes``, ``enqueue``, ``stale_after``, ``resume`` (each
             trial's resumable checkpoint, see :attr:`ScriptTrial.ckpt_path`).
     """
 
-    _SETTINGS = ("strategy", "pruner", "n_trials", "storage", "study_name", "root", "seed", "timeout")
+    _SETTINGS = ("constraints", "param_constraints", "strategy", "pruner", "n_trials", "storage", "study_name")
+    _SETTINGS += ("root", "seed", "timeout")
     _SETTINGS += ("retry_interrupted", "allow_changes", "enqueue", "stale_after", "resume")
 
     def __init__(
         self,
         space: Mapping[str, Domain] | SearchSpace,
         *,
-        monitor: str = "val_loss",
-        mode: str = "min",
+        monitor: str | Sequence[str] = "val_loss",
+        mode: str | Sequence[str] = "min",
         max_epochs: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(monitor, str):
-            raise ConfigurationError(
-                f"ScriptSearch optimizes one metric, got monitor={monitor!r}; several objectives need"
-                " HyperparameterSearch"
-            )
         unknown = sorted(set(kwargs) - set(self._SETTINGS))
         if unknown:
             raise ConfigurationError(
@@ -396,9 +396,7 @@ class ScriptSearch(HyperparameterSearch):
         trial_dir = str(self.root / self.study_name / f"trial_{rec.number}")
         job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir, attempt=rec.attempt)
         write = functools.partial(record_outcome, self.storage, self.study_name)
-        return ScriptTrial(
-            _Recorder(job, rec, self.study_name, reporter, write, self._close), self.monitor, self.direction
-        )
+        return ScriptTrial(_Recorder(job, rec, self.study_name, reporter, write, self._close))
 
     def _end(self, index: int) -> None:
         self.storage.set_study_attrs(self.study_name, {f"script_end.{self._group}": index})

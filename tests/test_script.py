@@ -207,3 +207,42 @@ def test_early_stopping_of_the_script_still_records_the_best_epoch(tmp_path):
         t.fit(TinyModel(lr=0.01, val_schedule=[3.0, 1.0, 2.0, 2.5, 3.0, 4.0]), TinyData())
     (rec,) = s.trials
     assert rec.state is TrialState.COMPLETE and rec.value == pytest.approx(1.0) and rec.best_step == 1
+
+
+class SizedModel(TinyModel):
+    """Logs its parameter count next to the validation loss: a second objective and a constrained metric."""
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        self.log("n_params", float(sum(p.numel() for p in self.parameters())))
+        self.log("n_weights", float(sum(p.numel() for p in self.parameters() if p.dim() > 1)))
+
+
+def test_several_objectives_and_constraints_in_a_script(tmp_path):
+    s = search(
+        tmp_path,
+        monitor=["val_loss", "n_params"],
+        mode=["min", "min"],
+        constraints={"n_weights": ("<=", 40)},
+        param_constraints=["hidden <= 12"],
+        pruner="median",
+    )
+    for trial in s:
+        model = SizedModel(lr=trial.params["lr"], hidden=trial.params["hidden"])
+        for _ in range(2):  # two fits of one trial: its steps (and every objective's values) go on
+            trainer(trial, tmp_path, epochs=1).fit(model, TinyData())
+    trials = s.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        hidden = t.params["hidden"]
+        assert hidden <= 12
+        size, weights = 4 * hidden + hidden + hidden + 1, 4 * hidden + hidden
+        assert sorted(t.intermediate_values) == [0, 1]
+        assert all(v == (t.intermediate[step], size) for step, v in t.intermediate_values.items())
+        assert t.values == (t.value, size) and t.value == min(t.intermediate.values())
+        assert t.attrs["constraint_values"] == {"n_weights": weights} and t.feasible == (weights <= 40)
+    assert {t.feasible for t in trials} == {True, False}  # the seed draws both
+    result = s.result()
+    assert result.multi and result.pareto_trials
+    assert {t.number for t in result.pareto_trials} <= {t.number for t in trials if t.feasible}
+    assert [o.name for o in result.objectives] == ["val_loss", "n_params"]

@@ -123,6 +123,13 @@ class MonitorLogic:
         self.resumed_at: int | None = None  # the first step this attempt reports, when it continued
         self._t0 = time.monotonic()
 
+    @classmethod
+    def of(cls, build: Any, reporter: TrialReporter | None = None) -> MonitorLogic:
+        """The monitor of a trial of ``build`` (a ``TrialBuild``): its first objective, the others, and the
+        metrics its outcome constraints bound."""
+        others, watch = [o.name for o in build.objectives[1:]], [c.metric for c in build.constraints]
+        return cls(build.monitor, build.direction, reporter, others, watch)
+
     @property
     @override
     def state_key(self) -> str:

@@ -198,8 +198,7 @@ def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
         seed_everything(seed, workers=True, verbose=False)
 
         def callbacks(pl: Any) -> list[Any]:
-            others, watch = [o.name for o in b.objectives[1:]], [c.metric for c in b.constraints]
-            live.monitor = monitor_class(pl)(b.monitor, b.direction, reporter, others, watch)
+            live.monitor = monitor_class(pl).of(b, reporter)
             return search_callbacks(pl, b, job, live.monitor)
 
         live.model, live.datamodule, live.trainer = b.builder.build(
