@@ -13,6 +13,26 @@ from torch.utils.data import DataLoader, TensorDataset
 torch.set_num_threads(1)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker gets its own PostgreSQL database: the tests drop and create schemas."""
+    worker, url = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("HPT_TEST_POSTGRES_URL")
+    if not worker or not url:
+        return
+    import sqlalchemy as sa
+
+    base = sa.engine.make_url(url)
+    name = f"{base.database or 'postgres'}_{worker}"
+    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar()
+            if not found:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    os.environ["HPT_TEST_POSTGRES_URL"] = base.set(database=name).render_as_string(hide_password=False)
+
+
 class TinyData(L.LightningDataModule):
     """64 training and 32 validation points of a noisy linear function."""
 
