@@ -14,7 +14,8 @@ epochs vary, which is what stacking is for. Modes:
   not set it gets; ``--modes sequential,sequential-threads,process``);
 - ``process``: ``ProcessExecutor`` with 2 workers of one thread each (all cores of this machine);
 - ``stack-K``: ``StackedExecutor(stack=K)`` in-process, one torch thread; a stacked run does
-  ``max(trials, K)`` trials so that a group is full.
+  ``max(trials, K)`` trials so that a group is full; ``--stack-threads`` adds ``stack-K-threads``,
+  the same with torch's default number of threads (what a user who does not set it gets).
 
 The modes run in interleaved rounds and medians are reported, so that a busy moment of a shared
 machine hits every mode. For each mode it prints trials per minute, the best val_acc over the first
@@ -143,7 +144,7 @@ def run_mode(task: str, mode: str, trials: int, root: str, accelerator: str = "c
         k = int(mode.split("-")[1])
         executor, n = StackedExecutor(stack=k, linger=0.5), max(trials, k)
     threads = torch.get_num_threads()
-    if mode == "sequential-threads":
+    if mode.endswith("-threads"):
         torch.set_num_threads(DEFAULT_THREADS)
     search = HyperparameterSearch(
         model=TASKS[task],
@@ -214,13 +215,17 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=32)
     p.add_argument("--stacks", default="1,4,16,64")
     p.add_argument("--modes", default="sequential,process", help="baselines to run besides the stacked ones")
+    p.add_argument("--stack-threads", action="store_true", help="also run each stack-K with torch's default threads")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds of every mode; medians are reported")
     p.add_argument("--accelerator", default="cpu", help="cpu | gpu (then GPU memory and utilization are printed)")
     args = p.parse_args()
     quiet_single_thread()
     print(describe())
     print("load before:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
-    modes = [m for m in args.modes.split(",") if m] + [f"stack-{k}" for k in args.stacks.split(",") if k]
+    stacks = [f"stack-{k}" for k in args.stacks.split(",") if k]
+    if args.stack_threads:
+        stacks += [f"{m}-threads" for m in stacks]
+    modes = [m for m in args.modes.split(",") if m] + stacks
     for task in args.tasks.split(","):
         rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
         for r in range(args.repeats):

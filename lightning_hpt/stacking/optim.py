@@ -45,6 +45,11 @@ def _hyper(group: dict, kind: str) -> dict[str, float]:
 class StackedOptimizer:
     """Steps the stacked parameters with the members' own hyperparameters; see the module docstring.
 
+    The per-member factors are made once for the parameters that share hyperparameters (one
+    optimizer parameter group, the usual case) and, but for the bias corrections, once until a member
+    ends; a member that has ended is masked (its weights and state stay as they are) rather than cut
+    out, so a step makes no copies.
+
     Args:
         kind: ``"adam"`` or ``"sgd"``.
         stacked: the stacked parameters, ``[K, ...]`` each.
@@ -58,30 +63,10 @@ class StackedOptimizer:
         self.steps = torch.zeros(k, dtype=torch.float64, device=stacked[0].device)
         self.state = [(torch.zeros_like(p.data), torch.zeros_like(p.data)) for p in stacked]
         self.hyper = hyper  # per parameter: [K] float64 vectors (bias corrections are computed from them)
-        self.cols = [self._columns(h, d, p) for h, d, p in zip(hyper, decoupled, stacked, strict=True)]
-
-    def _columns(self, hp: dict[str, Tensor], dec: Tensor, like: Tensor) -> dict[str, Tensor]:
-        """The per-member factors of one parameter's update, shaped ``[K, 1, ...]`` in its dtype."""
-
-        def col(v: Tensor) -> Tensor:
-            return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-
-        wd = hp["weight_decay"]
-        if self.kind == "sgd":
-            return {
-                "lr": col(hp["lr"]),
-                "l2": col(wd),
-                "momentum": col(hp["momentum"]),
-                "keep": col(1 - hp["dampening"]),
-            }
-        return {
-            "decay": col(torch.where(dec, 1 - hp["lr"] * wd, torch.ones_like(wd))),
-            "l2": col(torch.where(dec, torch.zeros_like(wd), wd)),
-            "b1c": col(1 - hp["beta1"]),
-            "beta2": col(hp["beta2"]),
-            "b2c": col(1 - hp["beta2"]),
-            "eps": col(hp["eps"]),
-        }
+        self.groups = _share(hyper, decoupled)  # (parameter indices, their hyperparameters, decoupled)
+        self._mask: Tensor | None = None  # 1 for the members that step, 0 for those that ended
+        self._mask_key: tuple[int, ...] | None = None
+        self._fixed: dict[int, _Columns] = {}
 
     @classmethod
     def build(
@@ -113,25 +98,54 @@ class StackedOptimizer:
 
     def step(self, active: Tensor | None) -> None:
         """Update the members in ``active`` (all of them when ``None``) from the stacked gradients."""
-        steps = (self.steps if active is None else self.steps.index_select(0, active)) + 1
-        for j, p in enumerate(self.stacked):
-            if p.grad is None:
+        key = None if active is None else tuple(active.tolist())
+        if key != self._mask_key or self._mask is None:  # the members that step changed: new fixed factors
+            mask = torch.ones_like(self.steps)
+            self._mask = mask if active is None else torch.zeros_like(mask).index_fill_(0, active, 1)
+            self._mask_key, self._fixed = key, {}
+        self.steps.add_(self._mask)
+        for g, (indices, hp, dec) in enumerate(self.groups):
+            params = [self.stacked[j] for j in indices if self.stacked[j].grad is not None]
+            if not params:
                 continue
-            tensors = (p.data, p.grad, *self.state[j])
-            cols, hp = self.cols[j], self.hyper[j]
-            if active is not None:  # the ended members' slices stay as they are
-                tensors = tuple(t.index_select(0, active) for t in tensors)
-                cols = {k: v.index_select(0, active) for k, v in cols.items()}
-                hp = {k: v.index_select(0, active) for k, v in hp.items()}
-            (self._adam if self.kind == "adam" else self._sgd)(*tensors, cols, hp, steps)
-            if active is not None:
-                for target, value in zip((p.data, None, *self.state[j]), tensors, strict=True):
-                    if target is not None:
-                        target.index_copy_(0, active, value)
-        if active is None:
-            self.steps.copy_(steps)
-        else:
-            self.steps.index_copy_(0, active, steps)
+            if g not in self._fixed:
+                self._fixed[g] = _Columns(self._fixed_factors(hp, dec, self._mask))
+            fixed, now = self._fixed[g], _Columns(self._step_factors(hp, self._mask))
+            for j in (j for j in indices if self.stacked[j].grad is not None):
+                p = self.stacked[j]
+                update = self._adam if self.kind == "adam" else self._sgd
+                update(p.data, p.grad, *self.state[j], fixed.like(p), now.like(p))  # type: ignore[arg-type]
+
+    def _fixed_factors(self, hp: dict[str, Tensor], dec: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """The per-member factors that change only when members end; an ended member's are neutral."""
+        on = mask.bool()
+        if self.kind == "sgd":
+            return {
+                "l2": hp["weight_decay"],
+                "momentum": hp["momentum"],
+                "keep": torch.where(on, hp["momentum"], 1.0),  # an ended member keeps its buffer
+                "damp": (1 - hp["dampening"]) * mask,
+                "lr": hp["lr"] * mask,
+            }
+        return {
+            "decay": torch.where(dec & on, 1 - hp["lr"] * hp["weight_decay"], 1.0),
+            "l2": torch.where(dec, 0.0, hp["weight_decay"]),
+            "b1c": (1 - hp["beta1"]) * mask,
+            "beta2": torch.where(on, hp["beta2"], 1.0),
+            "b2c": (1 - hp["beta2"]) * mask,
+            "eps": hp["eps"],
+            "any_decay": hp["weight_decay"].any().double().expand_as(mask),
+        }
+
+    def _step_factors(self, hp: dict[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
+        """The per-member factors of this step (bias corrections; SGD's first step)."""
+        if self.kind == "sgd":
+            return {"first": ((self.steps == 1) & mask.bool()).double()}
+        steps = self.steps.clamp_min(1)  # a member not stepped yet: its (masked) factors stay finite
+        return {
+            "step_size": hp["lr"] / (1 - hp["beta1"] ** steps) * mask,
+            "bc2_sqrt": (1 - hp["beta2"] ** steps) ** 0.5,
+        }
 
     def member_state(self, i: int) -> list[dict[str, Tensor]]:
         """Member ``i``'s state per stacked parameter, as its own ``torch.optim`` optimizer keeps it.
@@ -163,38 +177,49 @@ class StackedOptimizer:
                 first[i].copy_(state["momentum_buffer"])
 
     @staticmethod
-    def _col(v: Tensor, like: Tensor) -> Tensor:
-        return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-
-    def _adam(
-        self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, c: dict[str, Tensor], hp: dict[str, Tensor], steps: Tensor
-    ) -> None:
+    def _adam(p: Tensor, g: Tensor, m: Tensor, v: Tensor, c: dict[str, Tensor], now: dict[str, Tensor]) -> None:
         """In place: ``torch.optim.adam._single_tensor_adam`` with a column of hyperparameters per member."""
-        if self._any_decay(hp):
+        if bool(c["any_decay"].flatten()[0]):
             p.mul_(c["decay"])
             g = g.addcmul(c["l2"], p)
         m.lerp_(g, c["b1c"])
         v.mul_(c["beta2"]).addcmul_(g * c["b2c"], g)
-        step_size = self._col(hp["lr"] / (1 - hp["beta1"] ** steps), p)
-        bc2_sqrt = self._col((1 - hp["beta2"] ** steps) ** 0.5, p)
-        p.addcdiv_(m * step_size, v.sqrt().div_(bc2_sqrt).add_(c["eps"]), value=-1.0)
+        p.addcdiv_(m * now["step_size"], v.sqrt().div_(now["bc2_sqrt"]).add_(c["eps"]), value=-1.0)
 
     @staticmethod
-    def _any_decay(hp: dict[str, Tensor]) -> bool:
-        return bool(hp["weight_decay"].any())
-
-    def _sgd(
-        self,
-        p: Tensor,
-        g: Tensor,
-        buf: Tensor,
-        unused: Tensor,
-        c: dict[str, Tensor],
-        hp: dict[str, Tensor],
-        steps: Tensor,
-    ) -> None:
+    def _sgd(p: Tensor, g: Tensor, buf: Tensor, unused: Tensor, c: dict[str, Tensor], now: dict[str, Tensor]) -> None:
         """In place: ``torch.optim.sgd._single_tensor_sgd`` (without Nesterov) with a column per member."""
         g = g.addcmul(c["l2"], p)
-        moved = buf * c["momentum"] + c["keep"] * g
-        buf.copy_(torch.where(self._col(steps == 1, p).bool(), g, moved))
+        moved = buf * c["keep"] + c["damp"] * g
+        buf.copy_(torch.where(now["first"].bool(), g, moved))
         p.sub_(c["lr"] * torch.where(c["momentum"] != 0, buf, g))
+
+
+class _Columns:
+    """``[K]`` factors as columns ``[K, 1, ...]`` for tensors of each shape and dtype, made once for each."""
+
+    def __init__(self, factors: dict[str, Tensor]) -> None:
+        self.names, self.stacked = list(factors), torch.stack(list(factors.values()))
+        self._made: dict[tuple[int, torch.dtype], dict[str, Tensor]] = {}
+
+    def like(self, t: Tensor) -> dict[str, Tensor]:
+        key = (t.dim(), t.dtype)
+        if key not in self._made:
+            cols = self.stacked.to(t.dtype).reshape(len(self.names), -1, *([1] * (t.dim() - 1)))
+            self._made[key] = dict(zip(self.names, cols.unbind(0), strict=True))
+        return self._made[key]
+
+
+def _share(
+    hyper: list[dict[str, Tensor]], decoupled: list[Tensor]
+) -> list[tuple[list[int], dict[str, Tensor], Tensor]]:
+    """The parameters grouped by equal hyperparameters (and weight-decay kind), in order of first appearance."""
+    groups: list[tuple[list[int], dict[str, Tensor], Tensor]] = []
+    for j, (hp, dec) in enumerate(zip(hyper, decoupled, strict=True)):
+        for indices, ghp, gdec in groups:
+            if torch.equal(gdec, dec) and all(torch.equal(ghp[k], hp[k]) for k in hp):
+                indices.append(j)
+                break
+        else:
+            groups.append(([j], hp, dec))
+    return groups
