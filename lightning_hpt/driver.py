@@ -127,7 +127,7 @@ class StudyDriver:
         names = ", ".join(o.name for o in self.build.objectives) or self.build.monitor
         front = pareto_front(history.trials, history.objectives) if history.multi else None
         self.progress.trial_finished(final, history.best(), names, finished, self.n_trials, front)
-        self.board.trial_finished(final, history.best())
+        self.board.trial_finished(final, history.best(), front)
         gc.freeze()  # what outlived this trial (lazy imports, caches) stays out of the next collections
         if outcome.interrupted == PREEMPTED:
             raise SearchPreempted()

@@ -169,6 +169,7 @@ def test_tensorboard_gets_every_objective(tmp_path, fast_trainer):
     study_tb.Reload()
     sizes = [e.value for e in study_tb.Scalars("trial_n_params")]
     assert sizes == pytest.approx([t.values[1] for t in result.trials])
+    assert [e.value for e in study_tb.Scalars("pareto_front_size")][-1] == len(result.pareto_trials)
 
 
 def test_values_cross_process_channels(tmp_path, fast_trainer):

@@ -1,4 +1,5 @@
-"""The study's own TensorBoard run: each trial's values, and the best value so far after each finished trial."""
+"""The study's own TensorBoard run: each trial's values, and the best value (with several objectives, the
+size of the Pareto front) so far after each finished trial."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class StudyBoard:
-    """Writes ``best_<monitor>`` and each trial's value (``trial_<name>`` of every objective) to
-    ``<root>/<study>/tensorboard``.
+    """Writes ``best_<monitor>`` (with several objectives ``pareto_front_size``, the number of trials on
+    the front) and each trial's value (``trial_<name>`` of every objective) to ``<root>/<study>/tensorboard``.
 
     Does nothing when TensorBoard is not installed. Point TensorBoard at ``<root>/<study>`` to see
     the study's curve next to every trial's own logs (and the HParams view of all trials).
@@ -34,7 +35,9 @@ class StudyBoard:
         except ImportError:
             self._writer_cls = None
 
-    def trial_finished(self, trial: TrialRecord, best: TrialRecord | None) -> None:
+    def trial_finished(
+        self, trial: TrialRecord, best: TrialRecord | None, front: Sequence[TrialRecord] | None = None
+    ) -> None:
         if self._writer_cls is None:
             return
         try:
@@ -42,7 +45,9 @@ class StudyBoard:
                 self._writer = self._writer_cls(self.directory)
             for name, value in zip(self.names, trial.objective_values or (), strict=False):
                 self._writer.add_scalar(f"trial_{name}", value, trial.number)
-            if best is not None:
+            if front is not None:
+                self._writer.add_scalar("pareto_front_size", len(front), trial.number)
+            elif best is not None:
                 self._writer.add_scalar(f"best_{self.monitor}", best.value, trial.number)
             self._writer.flush()
         except Exception:  # a display must never stop the search
