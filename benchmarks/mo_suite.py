@@ -15,7 +15,9 @@ Problems:
 Methods: ``random``, ``sobol``, ``bayes`` (this package's strategies; ``bayes`` infers the
 hypervolume's reference point, ``bayes_ref`` is given the one the figures use), ``nsga2`` (Optuna's
 NSGAIISampler, population 10 so that 40 trials make four generations), ``tpe`` (Optuna's
-multivariate TPESampler). Runs append to ``benchmarks/results/mo_suite_runs.jsonl`` and are skipped
+multivariate TPESampler), ``ax`` and ``ax_ref`` (Ax's Client with its default generation strategy in
+Ax's own interpreter, ``mo_ax.py``: objective thresholds inferred, or given as the reference point;
+synthetic problems only). Runs append to ``benchmarks/results/mo_suite_runs.jsonl`` and are skipped
 when already there; ``--report`` prints the tables.
 
 Usage::
@@ -43,7 +45,8 @@ from _env import describe, parse_seeds, quiet_single_thread
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "mo_suite_runs.jsonl"
-METHODS = ("random", "sobol", "bayes", "bayes_ref", "nsga2", "tpe")
+METHODS = ("random", "sobol", "bayes", "bayes_ref", "nsga2", "tpe", "ax", "ax_ref")
+AX = ("ax", "ax_ref")  # synthetic problems only
 OURS = ("random", "sobol", "bayes", "bayes_ref")
 DIGITS_REF = (0.5, 200_000.0)  # val_acc (max), parameters (min)
 
@@ -111,8 +114,24 @@ def _optuna_synthetic(method: str, problem, trials: int, seed: int) -> list[list
     return [list(t.values) for t in study.trials]
 
 
+def _ax_synthetic(method: str, problem, trials: int, seed: int, name: str) -> list[list[float]]:
+    import os
+    import subprocess
+
+    from bo_peers import ax_python
+
+    cmd = [ax_python(), str(Path(__file__).resolve().parent / "mo_ax.py"), name, str(trials), str(seed), method]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=dict(os.environ))
+    if out.returncode != 0:
+        raise RuntimeError(f"mo_ax.py failed ({out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith("[")))
+
+
 def run_synthetic(name: str, method: str, trials: int, seed: int) -> dict:
     problem = synthetic()[name]()
+    if method in AX:
+        points = _ax_synthetic(method, problem, trials, seed, name)
+        return {"points": points, "ref": problem.ref_point.tolist(), "max_hv": float(problem.max_hv)}
     run = _ours_synthetic if method in OURS else _optuna_synthetic
     points = run(method, problem, trials, seed)
     ref = problem.ref_point.tolist()
@@ -248,6 +267,8 @@ def main() -> None:
     for seed in parse_seeds(args.seeds):
         for problem in args.problems:
             for method in args.methods:
+                if problem == "digits" and method in AX:
+                    continue
                 pruners = ["none"] if problem != "digits" or method in ("nsga2", "tpe") else args.pruners
                 for pruner in pruners:
                     epochs = args.epochs if problem == "digits" else None
