@@ -33,6 +33,15 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HPT_TEST_POSTGRES_URL"] = base.set(database=name).render_as_string(hide_password=False)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``, set in pyproject.toml), every test that starts Ray runs on one
+    worker, one at a time: two Ray clusters starting at once on a small machine make each other's health
+    checks late, and the module's local Ray is then started once."""
+    for item in items:
+        if "local_ray" in getattr(item, "fixturenames", ()) or item.name.startswith(("test_ray_", "test_dead_ray_")):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 class TinyData(L.LightningDataModule):
     """64 training and 32 validation points of a noisy linear function."""
 
