@@ -71,7 +71,8 @@ def run_strategy(strategy: Strategy, problem: SuiteProblem, trials: int, seed: i
     return run
 
 
-def _suggest(trial: Any, problem: SuiteProblem) -> dict[str, Any]:
+def suggest(trial: Any, problem: Any) -> dict[str, Any]:
+    """An Optuna trial's suggestion of a configuration of ``problem.space`` (this package's domains)."""
     params: dict[str, Any] = {}
     for name, d in problem.space.items():
         if isinstance(d, Float):
@@ -101,7 +102,7 @@ def run_optuna(name: str, problem: SuiteProblem, trials: int, seed: int, batch: 
             asked = []
             for _ in range(min(batch, trials - len(run["true"]))):
                 trial = study.ask()
-                asked.append((trial, _suggest(trial, problem)))
+                asked.append((trial, suggest(trial, problem)))
             run["ask_s"].append(time.perf_counter() - t0)
             run["ask_at"].append(len(run["true"]))
             for trial, params in asked:

@@ -44,9 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contextlib
 
+from bo_peers import suggest
 from problems import PROBLEMS, Problem
 
-from lightning_hpt.space import Categorical, Float, Int
+from lightning_hpt.space import Categorical, Int
 from lightning_hpt.strategies.base import Strategy
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
@@ -80,14 +81,7 @@ def run_optuna(sampler_name: str, problem: Problem, trials: int, seed: int) -> l
     study = optuna.create_study(sampler=sampler, direction="minimize")
 
     def objective(trial: Any) -> float:
-        params: dict[str, Any] = {}
-        for name, d in problem.space.items():
-            if isinstance(d, Float):
-                params[name] = trial.suggest_float(name, d.low, d.high, log=d.log, step=d.step)
-            elif isinstance(d, Int):
-                params[name] = trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
-            else:
-                params[name] = trial.suggest_categorical(name, list(d.choices))
+        params = suggest(trial, problem)
         return problem(params)
 
     with warnings.catch_warnings():
