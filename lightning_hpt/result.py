@@ -331,8 +331,7 @@ class SearchResult:
         metrics = {k: float(v) for k, v in (out[0] if out else {}).items()}
         storage.set_trial_attrs(self.study, best.number, {"test": metrics, "tested": which})
         self._extra["test"] = metrics
-        gap = None if self.multi else self.test_gap()
-        if gap is not None and gap > GAP_WARNING:
+        if not self.multi and self._overfit():
             log.warning("%s", self._gap_text())
         return metrics
 
@@ -348,6 +347,18 @@ class SearchResult:
             return None
         val = self._best().value
         return abs(val - twin[1]) / max(abs(val), 1e-12)
+
+    def _overfit(self) -> bool:
+        """Whether the test value is worse than the validation value by more than ``GAP_WARNING`` (relative);
+        a test value *better* than validation is no sign of overfitting the validation set."""
+        twin = self._test_twin()
+        gap = self.test_gap()
+        return (
+            twin is not None
+            and gap is not None
+            and gap > GAP_WARNING
+            and self.direction.better(self.best_value, twin[1])
+        )
 
     def _gap_text(self) -> str:
         name, test = self._test_twin()  # type: ignore[misc]
@@ -415,7 +426,7 @@ class SearchResult:
         twin = self._test_twin()
         if twin is not None:
             lines.append(f"  validation {self.monitor}={best.value:.4g} | test {twin[0]}={twin[1]:.4g}")
-            if (self.test_gap() or 0) > GAP_WARNING:
+            if self._overfit():
                 lines.append("  " + self._gap_text())
         elif self.test_metrics:
             lines.append("  test: " + ", ".join(f"{k}={v:.4g}" for k, v in self.test_metrics.items()))

@@ -95,6 +95,22 @@ def test_pruning_acts_on_the_running_mean(tmp_path, fast_trainer):
     assert len(bad.attrs["runs"]) == 1 and len(bad.intermediate) < len(good.intermediate)
 
 
+def test_a_test_value_better_than_validation_is_no_overfitting_warning(tmp_path, fast_trainer, caplog):
+    result = HyperparameterSearch(
+        lambda cfg: TinyModel(test_penalty=-100.0, **cfg["model"]),
+        TinyData,
+        SPACE,
+        root=tmp_path,
+        n_trials=1,
+        trainer_kwargs=fast_trainer,
+        verbose=False,
+    ).run()
+    with caplog.at_level(logging.WARNING):
+        metrics = result.test()
+    assert metrics["test_loss"] < result.best_value and result.test_gap() > 0.5  # far apart, but better
+    assert "overfit" not in caplog.text and "overfit" not in str(result)
+
+
 def test_held_out_test_and_overfit_warning(tmp_path, fast_trainer, caplog):
     result = HyperparameterSearch(
         lambda cfg: TinyModel(test_penalty=100.0, **cfg["model"]),
