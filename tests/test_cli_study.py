@@ -96,6 +96,21 @@ def test_best_of_a_python_api_study_says_why_and_writes_its_parameters(tmp_path)
     assert json.loads((tmp_path / "best.json").read_text())["params"] == PARAMS
 
 
+def test_show_into_a_closed_pipe_ends_quietly(tmp_path):
+    """Issue: ``lightning-hpt show STUDY | head -2`` ended with a BrokenPipeError traceback."""
+    db = tmp_path / "studies.db"
+    storage = SQLStorage(f"sqlite:///{db}")
+    storage.open_study(study_info("api"))
+    for _ in range(3):
+        t = storage.create_trial("api", PARAMS)
+        storage.finish_trial("api", t.number, state=TrialState.COMPLETE, value=0.9)
+    cmd = [sys.executable, "-m", "lightning_hpt", "show", "api", "--storage", str(db)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the command writes anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
 def test_failed_search_exits_1_shows_errors_and_goes_on_after_retry(tmp_path):
     """Issue 13 item 5: exit non-zero with no COMPLETE trial, errors in show, retry reruns under the same numbers."""
     flag = tmp_path / "bug"

@@ -217,6 +217,10 @@ def main(
             run_search(rest, cli_class=cli_class, cli_args=cli_args, cli_kwargs=cli_kwargs, stream=out)
             return 0
         return _study_command(command, rest, out, err)
+    except BrokenPipeError:  # the reader went away (``lightning-hpt show STUDY | head``): stop quietly
+        if out is sys.stdout:  # and let the interpreter's last flush of stdout go nowhere, not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a command ended by SIGPIPE
     except KeyboardInterrupt:
         err.write("lightning-hpt: interrupted; the running trial is recorded: run the same command to resume\n")
         return 130
