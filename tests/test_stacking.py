@@ -284,6 +284,19 @@ def test_repeats_and_trainer_callbacks_run_as_ordinary_trials_with_the_reason(tm
         assert o.state is TrialState.COMPLETE and "trainer_kwargs callbacks" in o.attrs["stacked"]["refused"]
 
 
+def test_a_refusal_is_a_warning_once_per_executor(tmp_path, caplog):
+    """Issue: every trial refused for the same reason (a LightningCLI project's) logged the same warning."""
+    params = [{"model.lr": lr, "trainer.max_epochs": 1} for lr in (0.01, 0.02, 0.05)]
+    builder = ModuleTrialBuilder(Regressor, OrderedData, {**TRAINER, "callbacks": [L.Callback()]})
+    jobs = [replace(j, build=replace(j.build, builder=builder)) for j in _jobs(tmp_path, Regressor, params)]
+    said: set[str] = set()
+    with caplog.at_level(logging.WARNING, logger="lightning_hpt.stacking"):
+        for job in jobs:  # one take of the executor each, as when trials arrive one at a time
+            run_jobs([(job, None)], said=said)
+    warnings = [r for r in caplog.records if "not stacked" in r.getMessage()]
+    assert len(warnings) == 1 and "said once" in warnings[0].getMessage()
+
+
 def test_each_member_drops_out_at_its_own_rate(tmp_path):
     params = [{"model.lr": 0.02, "model.dropout": p, "trainer.max_epochs": 2} for p in (0.0, 0.9)]
     jobs = _jobs(tmp_path, Regressor, params)

@@ -88,6 +88,7 @@ class StackedExecutor(Executor):
         self._last_submit = 0.0
         self._unread = 0  # outcomes set but not yet read by the driver
         self._stop = threading.Event()
+        self._said: set[str] = set()  # the refusal reasons already logged as warnings
         self._flushing = False  # the search said it has no more trials: a group need not wait to fill
         self._thread: threading.Thread | None = None
 
@@ -161,6 +162,7 @@ class StackedExecutor(Executor):
                     self.per_member,
                     self._stop,
                     lambda pos, outcome, futures=futures: self._deliver(futures[pos], outcome),
+                    self._said,
                 )
             except BaseException as e:  # a bug here must not leave the driver waiting forever
                 log.exception("the stacked executor failed")

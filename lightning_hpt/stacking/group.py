@@ -43,6 +43,7 @@ def run_jobs(
     per_member: Iterable[str] = PER_MEMBER,
     stop: threading.Event | None = None,
     on_done: Done = _ignore,
+    said: set[str] | None = None,
 ) -> list[TrialOutcome]:
     """The outcomes of ``items`` (in order): trials with equal structure trained as one stacked model each.
 
@@ -55,19 +56,34 @@ def run_jobs(
         stop: once set, the running group stops at its next step; its unfinished members end as
             interrupted and continue from their resumable checkpoints when they run again.
         on_done: called with ``(position in items, outcome)`` as soon as each trial has ended.
+        said: the refusal reasons already logged as warnings (a caller's set, updated here): a reason
+            is a warning the first time, then a debug message.
     """
     per = tuple(per_member)
     by_key: dict[tuple, list[int]] = defaultdict(list)
     for pos, (job, _) in enumerate(items):
         by_key[group_key(job.params, per)].append(pos)
     outcomes: dict[int, TrialOutcome] = {}
+    said = set() if said is None else said
     for positions in by_key.values():
-        outcomes.update(_run_group([items[p] for p in positions], positions, stop, on_done))
+        outcomes.update(_run_group([items[p] for p in positions], positions, stop, on_done, said))
     return [outcomes[p] for p in range(len(items))]
 
 
-def _ordinary(items: Sequence[Item], positions: Sequence[int], reason: str, on_done: Done) -> dict[int, TrialOutcome]:
-    log.warning("trials %s run one by one, not stacked: %s", [j.number for j, _ in items], reason)
+def _ordinary(
+    items: Sequence[Item], positions: Sequence[int], reason: str, on_done: Done, said: set[str]
+) -> dict[int, TrialOutcome]:
+    numbers = [j.number for j, _ in items]
+    if reason in said:
+        log.debug("trials %s run one by one, not stacked: %s", numbers, reason)
+    else:
+        said.add(reason)
+        log.warning(
+            "trials %s run one by one, not stacked: %s (said once; each trial keeps the reason in"
+            " attrs['stacked']['refused'])",
+            numbers,
+            reason,
+        )
     out = {}
     for pos, (job, reporter) in zip(positions, items, strict=True):
         outcome = run_trial(job, reporter)
@@ -105,17 +121,17 @@ def _build(items: Sequence[Item]) -> tuple[list[Any], Any]:
 
 
 def _run_group(
-    items: Sequence[Item], positions: Sequence[int], stop: threading.Event | None, on_done: Done
+    items: Sequence[Item], positions: Sequence[int], stop: threading.Event | None, on_done: Done, said: set[str]
 ) -> dict[int, TrialOutcome]:
     job0 = items[0][0]
     reason = _static_refusal(job0)
     if reason:
-        return _ordinary(items, positions, reason, on_done)
+        return _ordinary(items, positions, reason, on_done, said)
     try:
         with quiet_lightning(job0.build.builder.quiet):
             models, dm = _build(items)
     except Exception as e:  # a trial's own build error: ordinary trials report it each
-        return _ordinary(items, positions, f"building a member raised {type(e).__name__}: {e}", on_done)
+        return _ordinary(items, positions, f"building a member raised {type(e).__name__}: {e}", on_done, said)
     by_sig: dict[tuple, list[int]] = defaultdict(list)
     for k, m in enumerate(models):
         by_sig[signature(m)].append(k)
@@ -124,7 +140,10 @@ def _run_group(
         sub, pos, mods = [items[k] for k in ks], [positions[k] for k in ks], [models[k] for k in ks]
         pl = namespace_of(mods[0])
         reason = refusal(mods[0], pl.LightningModule, job0.build.builder.trainer_settings(job0.params))
-        out.update(_ordinary(sub, pos, reason, on_done) if reason else _fit(sub, pos, mods, dm, pl, stop, on_done))
+        if reason:
+            out.update(_ordinary(sub, pos, reason, on_done, said))
+        else:
+            out.update(_fit(sub, pos, mods, dm, pl, stop, on_done, said))
     del models, dm
     gc.collect()
     return out
@@ -182,6 +201,7 @@ def _fit(
     pl: Any,
     stop: threading.Event | None,
     on_done: Done,
+    said: set[str],
 ) -> dict[int, TrialOutcome]:
     job0 = items[0][0]
     attrs = {"stacked": {"group": [j.number for j, _ in items]}}
@@ -209,7 +229,8 @@ def _fit(
             for k in rest:
                 tracks[k].close(write_best=False)
             out = {p: t.outcome_sent for p, t in zip(positions, tracks, strict=True) if t.outcome_sent is not None}
-            return {**out, **_ordinary([items[k] for k in rest], [positions[k] for k in rest], _reason(e), on_done)}
+            alone = _ordinary([items[k] for k in rest], [positions[k] for k in rest], _reason(e), on_done, said)
+            return {**out, **alone}
         for t in tracks:
             if not t.ended:
                 t.error, t.ended = e, True
