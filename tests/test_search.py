@@ -65,6 +65,27 @@ def test_random_search_end_to_end(tmp_path, fast_trainer):
     assert (tmp_path / "studies.db").exists()
 
 
+def test_a_class_with_fixed_init_arguments_is_a_class(tmp_path, fast_trainer):
+    """Issue: ``functools.partial(MyDataModule, n=...)`` was taken for a factory ``config -> module`` and
+    called with the whole configuration; it is the class with some init arguments fixed."""
+    import functools
+
+    space = {"model.lr": Float(0.01, 0.2, log=True), "data.batch_size": Categorical([16, 32])}
+    model, data = functools.partial(TinyModel, hidden=5, lr=0.5), functools.partial(TinyData, n=48)
+
+    def search(root, space):
+        return HyperparameterSearch(
+            model, data, space, root=root, n_trials=2, trainer_kwargs=fast_trainer, verbose=False
+        )
+
+    result = search(tmp_path, space).run()
+    assert all(t.state is TrialState.COMPLETE for t in result.trials)
+    best = result.load_best_model()
+    assert best.hparams.hidden == 5 and best.hparams.lr == result.best_params["model.lr"]  # the trial's lr wins
+    with pytest.raises(ConfigurationError, match=r"'model.hiden'.*not an init argument of TinyModel"):
+        search(tmp_path / "typo", {"model.hiden": Int(4, 8)})
+
+
 def test_value_is_best_epoch_not_last(tmp_path, fast_trainer):
     # val_schedule is a list, not a search domain, so a factory passes it
     search = HyperparameterSearch(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,13 @@ from lightning_hpt.lightning.loggers import TrialContext, check_logger_spec, tri
 from lightning_hpt.space import SearchSpace
 
 __all__ = ["ModuleTrialBuilder"]
+
+
+def _class_of(obj: Any) -> Any:
+    """The class of ``functools.partial(SomeClass, ...)`` (a class with fixed init arguments), else ``obj``."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    return obj
 
 
 def _is_instance(obj: Any, kind: str) -> bool:
@@ -52,6 +60,7 @@ def _check_model(model: Any) -> None:
 
 
 def _check_datamodule(model: Any, datamodule: Any) -> None:
+    model = _class_of(model)
     if datamodule is None:
         if is_lightning_class(model, "LightningModule") and not _has_own_loaders(model):
             raise ConfigurationError(
@@ -73,13 +82,16 @@ def _check_datamodule(model: Any, datamodule: Any) -> None:
 
 
 def _make(factory: Any, kwargs: dict[str, Any], config: dict[str, Any], kind: str, arg: str) -> Any:
-    if is_lightning_class(factory, kind):
+    """``factory(**kwargs)`` for a class (or a ``functools.partial`` of one: the trial's arguments override
+    its fixed ones), else ``factory(config)``."""
+    cls = _class_of(factory)
+    if is_lightning_class(cls, kind):
         try:
             return factory(**kwargs)
         except TypeError as e:
-            params = inspect.signature(factory).parameters
+            params = inspect.signature(cls).parameters
             raise ConfigurationError(
-                f"{arg}={factory.__name__} cannot be built with {sorted(kwargs)}: {e};"
+                f"{arg}={cls.__name__} cannot be built with {sorted(kwargs)}: {e};"
                 f" its init arguments are {list(params)}"
             ) from e
     obj = factory(config)
@@ -97,10 +109,13 @@ class ModuleTrialBuilder(TrialBuilder):
     optimizer: ``optimizer.lr``, ``optimizer.class_path``, ...).
 
     Attributes:
-        model: a LightningModule class or a factory ``config -> LightningModule``, where ``config`` is
+        model: a LightningModule class, the class with fixed init arguments
+            (``functools.partial(MyModel, n_classes=10)``: a trial's ``model.*`` values override them),
+            or a factory ``config -> LightningModule``, where ``config`` is
             ``{"model": {...}, "data": {...}, "trainer": {...}, "optimizer": {...}}``.
-        datamodule: a LightningDataModule class, a factory ``config -> LightningDataModule``, an
-            instance (then no ``data.*`` parameters), or ``None`` (the module has its own loaders).
+        datamodule: a LightningDataModule class (or a ``functools.partial`` of one), a factory
+            ``config -> LightningDataModule``, an instance (then no ``data.*`` parameters), or ``None``
+            (the module has its own loaders).
         trainer_kwargs: passed to every trial's Trainer (``trainer.*`` parameters override them).
         quiet: no progress bar, model summary or Lightning info logs inside trials.
 
@@ -130,7 +145,8 @@ class ModuleTrialBuilder(TrialBuilder):
     @property
     @override
     def namespace(self) -> Any:
-        return namespace_of(self.model) if inspect.isclass(self.model) else namespace_of(object)
+        model = _class_of(self.model)
+        return namespace_of(model) if inspect.isclass(model) else namespace_of(object)
 
     @override
     def check(self, space: SearchSpace) -> None:
@@ -157,6 +173,7 @@ class ModuleTrialBuilder(TrialBuilder):
     @staticmethod
     def _check_init_keys(space: SearchSpace, cls: Any, section: str, kind: str) -> None:
         """``model.*`` / ``data.*`` names must be init arguments of a class (unless it takes ``**kwargs``)."""
+        cls = _class_of(cls)
         if not is_lightning_class(cls, kind):
             return  # factories receive the whole config and check it themselves
         params = inspect.signature(cls.__init__).parameters
@@ -177,8 +194,9 @@ class ModuleTrialBuilder(TrialBuilder):
     def check_cv(self, what: str) -> None:
         if self.datamodule is None:
             raise ConfigurationError("cv and refit need a datamodule with a cv_dataset() method; datamodule is None")
-        if inspect.isclass(self.datamodule) or _is_instance(self.datamodule, "LightningDataModule"):
-            require_cv(self.datamodule, what)  # a factory: checked when built
+        datamodule = _class_of(self.datamodule)
+        if inspect.isclass(datamodule) or _is_instance(datamodule, "LightningDataModule"):
+            require_cv(datamodule, what)  # a factory: checked when built
 
     @override
     def build_model(self, params: Mapping[str, Any]) -> Any:
