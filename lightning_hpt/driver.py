@@ -132,7 +132,7 @@ class StudyDriver:
         if outcome.interrupted == PREEMPTED:
             raise SearchPreempted()
         if outcome.interrupted:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(f"trial {final.number} is recorded as interrupted: run the same search to resume")
         stop = fail_fast(history.space, history.trials, final)
         if stop is not None:
             raise stop

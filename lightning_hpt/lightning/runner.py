@@ -235,7 +235,8 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
             interrupted = PREEMPTED
         elif isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
             interrupted = INTERRUPTED
-        error = e
+        # Ctrl+C is recorded as the KeyboardInterrupt it was, not as Lightning's SystemExit
+        error = e.__context__ if interrupted == INTERRUPTED and isinstance(e, SystemExit) else e
     except Exception as e:
         error = e
         log.debug("trial %d raised:\n%s", job.number, traceback.format_exc())
