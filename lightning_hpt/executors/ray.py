@@ -406,7 +406,9 @@ class RayExecutor(Executor):
                 continue
             for ref in ready:
                 with self._lock:
-                    run = self._running.pop(ref)
+                    run = self._running.pop(ref, None)
+                if run is None:  # shutdown() took it meanwhile and ended its future
+                    continue
                 self._registry.unregister(run.key)
                 if not run.future.done():
                     run.future.set_result(self._outcome(ray, ref, run))
