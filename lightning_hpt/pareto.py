@@ -9,7 +9,8 @@ front of what is left without fronts ``0..k-1``), and within a front by crowding
 Deb et al. 2002: the sum over objectives of the gap between a point's two neighbours, relative to
 the front's range; the extremes of a front get an infinite distance), larger first: a point in a
 sparse part of the front is kept before one in a crowded part. This order is the package's tie rule
-wherever one point of several objectives must be ranked against others (the pruners, the tables).
+wherever one point of several objectives must be ranked against others (the pruners, the proposals'
+ranking). Tables list a front best first by the first objective, as the Pareto front is shown.
 """
 
 from __future__ import annotations
@@ -108,11 +109,15 @@ def pareto_front(trials: Sequence[TrialRecord], objectives: Sequence[Objective])
 
 
 def rank_pareto(trials: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[TrialRecord]:
-    """Trials best first with several objectives: the scored ones by non-dominated sorting (front, then crowding
-    distance, then number), then the others as :func:`~lightning_hpt.trial.rank_trials` orders them."""
+    """Trials best first with several objectives, for tables: the scored ones by front, within a front best
+    first by the first objective (as :func:`pareto_front` lists the front), then number; then the others as
+    :func:`~lightning_hpt.trial.rank_trials` orders them."""
     scored = [t for t in trials if t.scored]
-    keys = nds_keys(objective_matrix(scored, objectives)) if scored else []
-    ranked = [t for _, t in sorted(zip(keys, scored, strict=True), key=lambda kt: (kt[0], kt[1].number))]
+    points = objective_matrix(scored, objectives) if scored else None
+    fronts = front_ranks(points).tolist() if points is not None else []
+    first = points[:, 0].tolist() if points is not None else []  # maximization form: larger is better
+    order = sorted(range(len(scored)), key=lambda i: (fronts[i], -first[i], scored[i].number))
+    ranked = [scored[i] for i in order]
     return ranked + [t for t in rank_trials(trials, objectives[0].direction) if not t.scored]
 
 
