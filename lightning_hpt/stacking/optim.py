@@ -67,6 +67,7 @@ class StackedOptimizer:
         self._mask: Tensor | None = None  # 1 for the members that step, 0 for those that ended
         self._mask_key: tuple[int, ...] | None = None
         self._fixed: dict[int, _Columns] = {}
+        self._decay = [bool(hp["weight_decay"].any()) for _, hp, _ in self.groups]  # read once: no sync per step
 
     @classmethod
     def build(
@@ -105,16 +106,18 @@ class StackedOptimizer:
             self._mask_key, self._fixed = key, {}
         self.steps.add_(self._mask)
         for g, (indices, hp, dec) in enumerate(self.groups):
-            params = [self.stacked[j] for j in indices if self.stacked[j].grad is not None]
-            if not params:
+            stepped = [j for j in indices if self.stacked[j].grad is not None]
+            if not stepped:
                 continue
             if g not in self._fixed:
                 self._fixed[g] = _Columns(self._fixed_factors(hp, dec, self._mask))
             fixed, now = self._fixed[g], _Columns(self._step_factors(hp, self._mask))
-            for j in (j for j in indices if self.stacked[j].grad is not None):
+            for j in stepped:
                 p = self.stacked[j]
-                update = self._adam if self.kind == "adam" else self._sgd
-                update(p.data, p.grad, *self.state[j], fixed.like(p), now.like(p))  # type: ignore[arg-type]
+                if self.kind == "adam":
+                    self._adam(p.data, p.grad, *self.state[j], fixed.like(p), now.like(p), self._decay[g])  # type: ignore[arg-type]
+                else:
+                    self._sgd(p.data, p.grad, self.state[j][0], fixed.like(p), now.like(p))  # type: ignore[arg-type]
 
     def _fixed_factors(self, hp: dict[str, Tensor], dec: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """The per-member factors that change only when members end; an ended member's are neutral."""
@@ -134,7 +137,6 @@ class StackedOptimizer:
             "beta2": torch.where(on, hp["beta2"], 1.0),
             "b2c": (1 - hp["beta2"]) * mask,
             "eps": hp["eps"],
-            "any_decay": hp["weight_decay"].any().double().expand_as(mask),
         }
 
     def _step_factors(self, hp: dict[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
@@ -177,9 +179,11 @@ class StackedOptimizer:
                 first[i].copy_(state["momentum_buffer"])
 
     @staticmethod
-    def _adam(p: Tensor, g: Tensor, m: Tensor, v: Tensor, c: dict[str, Tensor], now: dict[str, Tensor]) -> None:
+    def _adam(
+        p: Tensor, g: Tensor, m: Tensor, v: Tensor, c: dict[str, Tensor], now: dict[str, Tensor], decay: bool
+    ) -> None:
         """In place: ``torch.optim.adam._single_tensor_adam`` with a column of hyperparameters per member."""
-        if bool(c["any_decay"].flatten()[0]):
+        if decay:
             p.mul_(c["decay"])
             g = g.addcmul(c["l2"], p)
         m.lerp_(g, c["b1c"])
@@ -187,7 +191,7 @@ class StackedOptimizer:
         p.addcdiv_(m * now["step_size"], v.sqrt().div_(now["bc2_sqrt"]).add_(c["eps"]), value=-1.0)
 
     @staticmethod
-    def _sgd(p: Tensor, g: Tensor, buf: Tensor, unused: Tensor, c: dict[str, Tensor], now: dict[str, Tensor]) -> None:
+    def _sgd(p: Tensor, g: Tensor, buf: Tensor, c: dict[str, Tensor], now: dict[str, Tensor]) -> None:
         """In place: ``torch.optim.sgd._single_tensor_sgd`` (without Nesterov) with a column per member."""
         g = g.addcmul(c["l2"], p)
         moved = buf * c["keep"] + c["damp"] * g
