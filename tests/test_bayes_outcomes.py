@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyData
-from test_objectives import SPACE, SizedModel
+from test_objectives import make
 
-from lightning_hpt import ConfigurationError, Float, HyperparameterSearch, RandomStrategy, TrialState
+from lightning_hpt import ConfigurationError, Float, RandomStrategy, TrialState
 from lightning_hpt.constraints import outcome_constraints
 from lightning_hpt.objectives import parse_objectives
 from lightning_hpt.pareto import hypervolume, objective_matrix
@@ -74,20 +73,7 @@ def test_a_reference_point_of_the_wrong_length_is_refused():
 
 def test_bayesian_search_with_two_objectives_trains_real_trials(tmp_path, fast_trainer):
     strategy = BayesianStrategy(seed=0, n_initial=3, num_restarts=2, raw_samples=64)
-    result = HyperparameterSearch(
-        SizedModel,
-        TinyData,
-        SPACE,
-        monitor=["val_loss", "n_params"],
-        mode=["min", "min"],
-        constraints={"neg_size": (">=", -200.0)},
-        strategy=strategy,
-        n_trials=6,
-        seed=0,
-        root=tmp_path,
-        verbose=False,
-        trainer_kwargs=fast_trainer,
-    ).run()
+    result = make(tmp_path, fast_trainer, constraints={"neg_size": (">=", -200.0)}, strategy=strategy, n_trials=6).run()
     assert [t.state for t in result.trials] == [TrialState.COMPLETE] * 6
     assert result.pareto_trials and all(t.feasible for t in result.pareto_trials)
     assert len({tuple(sorted(t.params.items())) for t in result.trials}) == 6  # distinct proposals

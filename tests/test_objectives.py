@@ -63,15 +63,7 @@ def test_every_objective_is_recorded_per_trial_and_per_step(tmp_path, fast_train
         assert all(v == (t.intermediate[s], size) for s, v in t.intermediate_values.items())
         assert t.intermediate_values[t.best_step] == t.values  # every value is taken at the best step
     assert [o.name for o in result.objectives] == ["val_loss", "n_params"]
-    again = HyperparameterSearch(
-        SizedModel,
-        TinyData,
-        SPACE,
-        monitor=["val_loss", "n_params"],
-        mode=["min", "min"],
-        root=tmp_path,
-        verbose=False,
-    ).trials
+    again = make(tmp_path, fast_trainer).trials
     assert [t.values for t in again] == [t.values for t in result.trials]  # read back from storage
 
 

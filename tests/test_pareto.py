@@ -9,10 +9,9 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import TinyData
-from test_objectives import SPACE, SizedModel
+from test_objectives import make
 
-from lightning_hpt import ConfigurationError, HPTError, HyperparameterSearch, TrialState
+from lightning_hpt import ConfigurationError, HPTError, TrialState
 from lightning_hpt.cli import main
 from lightning_hpt.objectives import parse_objectives
 from lightning_hpt.pareto import crowding_distance, front_ranks, hypervolume, nds_keys, pareto_front, rank_pareto
@@ -64,19 +63,7 @@ def test_front_agrees_with_brute_force_and_keeps_out_what_cannot_be_best():
 
 
 def run_study(tmp_path, fast_trainer, n_trials=4, **kw):
-    search = HyperparameterSearch(
-        SizedModel,
-        TinyData,
-        SPACE,
-        monitor=["val_loss", "n_params"],
-        mode=["min", "min"],
-        root=tmp_path,
-        n_trials=n_trials,
-        seed=1,
-        verbose=False,
-        trainer_kwargs=fast_trainer,
-        **kw,
-    )
+    search = make(tmp_path, fast_trainer, n_trials=n_trials, seed=1, **kw)
     return search, search.run()
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import TinyData
-from test_objectives import SPACE, SizedModel
+from test_objectives import make
 
-from lightning_hpt import HyperbandPruner, HyperparameterSearch, MedianPruner, SuccessiveHalvingPruner, TrialState
+from lightning_hpt import HyperbandPruner, MedianPruner, SuccessiveHalvingPruner, TrialState
 from lightning_hpt.objectives import parse_objectives
 from lightning_hpt.space import Float, SearchSpace
 from lightning_hpt.trial import Direction, History, TrialRecord
@@ -88,19 +87,13 @@ def test_hyperband_ranks_by_non_dominated_sorting_within_its_bracket():
 
 @pytest.mark.slow
 def test_a_pruned_search_with_two_objectives_trains_real_trials(tmp_path, fast_trainer):
-    result = HyperparameterSearch(
-        SizedModel,
-        TinyData,
-        SPACE,
-        monitor=["val_loss", "n_params"],
-        mode=["min", "min"],
+    result = make(
+        tmp_path,
+        fast_trainer,
         pruner=SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
         n_trials=8,
-        seed=0,
-        root=tmp_path,
-        verbose=False,
         patience=None,
-        trainer_kwargs={**fast_trainer, "max_epochs": 4},
+        trainer={"max_epochs": 4},
     ).run()
     states = [t.state for t in result.trials]
     assert TrialState.PRUNED in states and TrialState.COMPLETE in states
