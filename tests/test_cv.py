@@ -95,16 +95,21 @@ def test_pruning_acts_on_the_running_mean(tmp_path, fast_trainer):
     assert len(bad.attrs["runs"]) == 1 and len(bad.intermediate) < len(good.intermediate)
 
 
-def test_a_test_value_better_than_validation_is_no_overfitting_warning(tmp_path, fast_trainer, caplog):
-    result = HyperparameterSearch(
-        lambda cfg: TinyModel(test_penalty=-100.0, **cfg["model"]),
+def _tested_search(tmp_path, fast_trainer, test_penalty: float, n_trials: int):
+    """A search of models whose test loss is off by ``test_penalty`` from what they would score."""
+    return HyperparameterSearch(
+        lambda cfg: TinyModel(test_penalty=test_penalty, **cfg["model"]),
         TinyData,
         SPACE,
         root=tmp_path,
-        n_trials=1,
+        n_trials=n_trials,
         trainer_kwargs=fast_trainer,
         verbose=False,
     ).run()
+
+
+def test_a_test_value_better_than_validation_is_no_overfitting_warning(tmp_path, fast_trainer, caplog):
+    result = _tested_search(tmp_path, fast_trainer, test_penalty=-100.0, n_trials=1)
     with caplog.at_level(logging.WARNING):
         metrics = result.test()
     assert metrics["test_loss"] < result.best_value and result.test_gap() > 0.5  # far apart, but better
@@ -112,15 +117,7 @@ def test_a_test_value_better_than_validation_is_no_overfitting_warning(tmp_path,
 
 
 def test_held_out_test_and_overfit_warning(tmp_path, fast_trainer, caplog):
-    result = HyperparameterSearch(
-        lambda cfg: TinyModel(test_penalty=100.0, **cfg["model"]),
-        TinyData,
-        SPACE,
-        root=tmp_path,
-        n_trials=2,
-        trainer_kwargs=fast_trainer,
-        verbose=False,
-    ).run()
+    result = _tested_search(tmp_path, fast_trainer, test_penalty=100.0, n_trials=2)
     with caplog.at_level(logging.WARNING):
         metrics = result.test()
     assert set(metrics) == {"test_loss"} and metrics["test_loss"] > 100
