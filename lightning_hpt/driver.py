@@ -126,8 +126,9 @@ class StudyDriver:
         finished = sum(t.state.is_finished for t in history.trials)
         names = ", ".join(o.name for o in self.build.objectives) or self.build.monitor
         front = pareto_front(history.trials, history.objectives) if history.multi else None
-        self.progress.trial_finished(final, history.best(), names, finished, self.n_trials, front)
-        self.board.trial_finished(final, history.best(), front)
+        best = history.best()
+        self.progress.trial_finished(final, best, names, finished, self.n_trials, front)
+        self.board.trial_finished(final, best, front)
         gc.freeze()  # what outlived this trial (lazy imports, caches) stays out of the next collections
         if outcome.interrupted == PREEMPTED:
             raise SearchPreempted()
