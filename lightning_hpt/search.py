@@ -35,8 +35,8 @@ from lightning_hpt.search_args import (
     check_feasible,
     check_params,
     max_steps_of,
-    one_score_per_run,
     record_told,
+    refit_one_objective,
     require_positive,
     resume_of,
     told,
@@ -190,7 +190,7 @@ class HyperparameterSearch:
         self.cv = CrossValidation.parse(cv)
         if self.cv is not None or refit:
             builder.check_cv("cv=..." if self.cv is not None else "refit=True")
-        one_score_per_run(self.cv, repeats, objectives, outcome, refit)
+        refit_one_objective(objectives, refit)
         self.refit = refit
         first, several = objectives[0], objectives if len(objectives) > 1 else ()
         runs = (self.cv, repeats, resume_of(resume), several, outcome)

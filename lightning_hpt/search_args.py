@@ -14,7 +14,6 @@ from typing import Any
 from lightning_hpt.constraints import OutcomeConstraint, ParamConstraint
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.lightning.builder import TrialBuilder
-from lightning_hpt.lightning.folds import CrossValidation
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.lightning.resume import Resume
 from lightning_hpt.lightning.runner import DEFAULT_RESUME, TrialBuild
@@ -28,8 +27,8 @@ __all__ = [
     "check_feasible",
     "check_params",
     "max_steps_of",
-    "one_score_per_run",
     "record_told",
+    "refit_one_objective",
     "require_positive",
     "resume_of",
     "told",
@@ -91,17 +90,8 @@ def told(value: Any, n: int, what: str) -> tuple[float, ...] | None:
     return tuple(float(v) for v in items)
 
 
-def one_score_per_run(
-    cv: CrossValidation | None, repeats: int, objectives: Sequence[Objective], outcome: Any, refit: bool = False
-) -> None:
-    """Refuse several objectives or outcome constraints with cv or repeats, whose runs are averaged on one metric,
-    and ``refit=True`` (one best configuration) with several objectives."""
-    if (cv is not None or repeats > 1) and (len(objectives) > 1 or outcome):
-        what = "several objectives" if len(objectives) > 1 else "outcome constraints"
-        raise ConfigurationError(
-            f"cv= and repeats= average one metric over a trial's runs; {what} need every metric at one step, so they"
-            " cannot be combined yet: drop cv/repeats, or optimize one metric"
-        )
+def refit_one_objective(objectives: Sequence[Objective], refit: bool) -> None:
+    """Refuse ``refit=True`` (one best configuration) with several objectives (a Pareto front)."""
     if refit and len(objectives) > 1:
         raise ConfigurationError(
             "refit=True retrains the one best configuration, and several objectives have a Pareto front instead:"
@@ -132,7 +122,6 @@ def adopt(
     if lost:
         log.warning("study %r: parameter constraints %s are stored by name only: unchecked", study, lost)
         kept = tuple(c for c in kept if c.text not in lost)
-    one_score_per_run(build.cv, build.repeats, stored.objectives, outcome)
     changed = dataclasses.replace(
         build, monitor=stored.monitor, direction=stored.direction, objectives=stored.objectives, constraints=outcome
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
@@ -11,10 +10,12 @@ import statistics
 import pytest
 import torch
 from conftest import TinyData, TinyModel
+from test_objectives import SizedModel, make
 from torch.utils.data import TensorDataset
 
 from lightning_hpt import ConfigurationError, Float, HyperparameterSearch, Int, TrialState
-from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule
+from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule, fold_view
+from lightning_hpt.lightning.runner import trial_seed
 from lightning_hpt.pruners import MedianPruner
 
 SPACE = {"model.lr": Float(0.01, 0.2, log=True), "model.hidden": Int(4, 16)}
@@ -75,9 +76,10 @@ def test_folds_differ_and_repeats_use_different_seeds(tmp_path, fast_trainer):
     assert result.trials[0].value == pytest.approx(statistics.fmean(values))
 
 
-def test_pruning_acts_on_the_running_mean(tmp_path, fast_trainer):
+@pytest.mark.parametrize("monitor", ["val_loss", ["val_loss", "n_params"]])
+def test_pruning_acts_on_the_running_mean(tmp_path, fast_trainer, monitor):
     def factory(cfg):
-        return TinyModel(val_schedule=[5.0] if cfg["model"]["hidden"] == 16 else [0.1], **cfg["model"])
+        return SizedModel(val_schedule=[5.0] if cfg["model"]["hidden"] == 16 else [0.1], **cfg["model"])
 
     search = HyperparameterSearch(
         factory,
@@ -86,6 +88,8 @@ def test_pruning_acts_on_the_running_mean(tmp_path, fast_trainer):
         strategy="grid",
         root=tmp_path,
         cv=3,
+        monitor=monitor,
+        mode="min" if isinstance(monitor, str) else ["min", "min"],
         pruner=MedianPruner(n_startup_trials=1),
         trainer_kwargs=fast_trainer,
         verbose=False,
@@ -93,6 +97,8 @@ def test_pruning_acts_on_the_running_mean(tmp_path, fast_trainer):
     good, bad = search.run().trials
     assert good.state is TrialState.COMPLETE and bad.state is TrialState.PRUNED
     assert len(bad.attrs["runs"]) == 1 and len(bad.intermediate) < len(good.intermediate)
+    if isinstance(monitor, list):  # a pruned trial's values are its running means at its best step, as its value
+        assert bad.values == bad.intermediate_values[bad.best_step] == (5.0, 6 * 16 + 1)
 
 
 def _tested_search(tmp_path, fast_trainer, test_penalty: float, n_trials: int):
@@ -187,21 +193,110 @@ def test_kfold_datamodule_wraps_any_dataset(tmp_path, fast_trainer):
     assert result.test()["test_loss"] >= 0
 
 
-def test_interrupted_cross_validated_trial_runs_again(tmp_path, fast_trainer):
-    search = HyperparameterSearch(
-        lambda cfg: TinyModel(interrupt_at_epoch=1, **cfg["model"]),
-        TinyData,
-        SPACE,
-        cv=2,
-        root=tmp_path,
-        n_trials=1,
-        trainer_kwargs=fast_trainer,
-        verbose=False,
-    )
+class FoldMetrics(SizedModel):
+    """Logs, next to the validation loss, a second metric that differs from fold to fold and one that differs
+    from repeat to repeat: the seed its run was built with (``seed_everything`` sets it before the model)."""
+
+    def __init__(self, interrupt_fold_1: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.interrupt_fold_1, self.seed = interrupt_fold_1, float(torch.initial_seed() % 1000)
+
+    def on_fit_start(self):
+        FITS.append(os.path.basename(self.trainer.default_root_dir))
+
+    def training_step(self, batch, batch_idx):
+        if self.interrupt_fold_1 and self.current_epoch >= 1 and self.trainer.default_root_dir.endswith("fold_1"):
+            raise KeyboardInterrupt
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        x, y = batch
+        self.log("val_mae", torch.nn.functional.l1_loss(self(x), y))
+        self.log("seed", self.seed)
+
+
+FITS: list[str] = []
+
+
+def _fold_scores(root, number: int, params, k: int) -> list[tuple[float, float]]:
+    """``(val_loss, val_mae)`` of each fold's kept best checkpoint on that fold's validation data, computed here."""
+    scores = []
+    for fold in range(k):
+        model = FoldMetrics(lr=params["model.lr"], hidden=params["model.hidden"])
+        ckpt = torch.load(root / "default" / f"trial_{number}" / f"fold_{fold}" / "checkpoints" / "best.ckpt")
+        model.load_state_dict(ckpt["state_dict"])
+        batches = list(fold_view(TinyData(), fold, CrossValidation(k=k)).val_dataloader())
+        x, y = (torch.cat(b) for b in zip(*batches, strict=True))  # an epoch logs the mean over items
+        with torch.no_grad():
+            out = model(x)
+        scores.append((float(torch.nn.functional.mse_loss(out, y)), float(torch.nn.functional.l1_loss(out, y))))
+    return scores
+
+
+def test_cv_with_two_objectives_scores_each_by_its_mean_over_folds(tmp_path, fast_trainer):
+    result = make(
+        tmp_path, fast_trainer, model=FoldMetrics, monitor=["val_loss", "val_mae"], n_trials=2, cv=3, patience=None
+    ).run()
+    for t in result.trials:
+        assert t.state is TrialState.COMPLETE
+        folds = _fold_scores(tmp_path, t.number, t.params, 3)
+        assert len(set(folds)) == 3  # the folds differ: the mean means something
+        assert t.values == pytest.approx([statistics.fmean(f[i] for f in folds) for i in range(2)], rel=1e-5)
+        stored = [v for r in t.attrs["runs"] for v in r["values"]]  # each fold's own, as a single run records them
+        assert stored == pytest.approx([v for f in folds for v in f], rel=1e-5)
+        assert sorted(t.intermediate_values) == list(range(6)) and t.intermediate_values[t.best_step] == t.values
+    again = make(tmp_path, fast_trainer, model=FoldMetrics, monitor=["val_loss", "val_mae"], n_trials=2, cv=3).trials
+    assert [t.values for t in again] == [t.values for t in result.trials]  # stored and read back
+    assert result.pareto_trials
+
+
+def test_repeats_judge_an_outcome_constraint_on_the_mean_of_the_runs(tmp_path, fast_trainer):
+    seeds = {n: [trial_seed(0, n, r) % 1000 for r in range(3)] for n in (0, 1)}  # the seed each run logs
+    means = {n: statistics.fmean(s) for n, s in seeds.items()}
+    low, high = sorted(means, key=means.get)
+    bound = (means[low] + means[high]) / 2
+    assert min(seeds[high]) < bound  # a run of the infeasible trial alone keeps the bound: only its mean breaks it
+    result = make(
+        tmp_path,
+        fast_trainer,
+        model=FoldMetrics,
+        monitor="val_loss",
+        mode="min",
+        n_trials=2,
+        repeats=3,
+        constraints={"seed": ("<=", bound)},
+    ).run()
+    by = {t.number: t for t in result.trials}
+    assert all(t.state is TrialState.COMPLETE for t in result.trials)
+    assert [r["constraint_values"]["seed"] for r in by[high].attrs["runs"]] == seeds[high]
+    assert by[high].attrs["constraint_values"] == {"seed": pytest.approx(means[high])}
+    assert not by[high].feasible and by[high].attrs["infeasible"] == [f"seed = {means[high]:g}, not <= {bound:g}"]
+    assert by[low].feasible and result.best_trial.number == low
+    assert "1 COMPLETE trial broke a constraint (infeasible)." in str(result)
+
+
+@pytest.mark.parametrize("monitor", ["val_loss", ["val_loss", "val_mae"]])
+def test_interrupted_cross_validated_trial_keeps_its_finished_folds(tmp_path, fast_trainer, monitor):
+    def search(interrupt: bool):
+        def model(cfg):
+            return FoldMetrics(interrupt_fold_1=interrupt, **cfg["model"])
+
+        mode = "min" if isinstance(monitor, str) else ["min", "min"]
+        return make(tmp_path, fast_trainer, model=model, monitor=monitor, mode=mode, n_trials=1, cv=2, patience=None)
+
+    FITS.clear()
+    first = search(True)
     with pytest.raises(KeyboardInterrupt):
-        search.run()
-    assert search.trials[0].error.startswith("interrupted")
-    builder = dataclasses.replace(search.build.builder, model=TinyModel)  # the same study, a model that runs
-    search.build = dataclasses.replace(search.build, builder=builder)
-    (t,) = search.run().trials
+        first.run()
+    assert first.trials[0].error.startswith("interrupted") and FITS == ["fold_0", "fold_1"]
+    (t,) = search(False).run().trials
     assert t.state is TrialState.COMPLETE and t.attempt == 2
+    assert FITS == ["fold_0", "fold_1", "fold_1"]  # fold 0 is kept, fold 1 continues
+    folds = _fold_scores(tmp_path, t.number, t.params, 2)
+    assert t.value == pytest.approx(statistics.fmean(f[0] for f in folds), rel=1e-5)
+    if isinstance(monitor, list):  # every objective of the kept fold, and of the continued one
+        assert t.values == pytest.approx([statistics.fmean(f[i] for f in folds) for i in range(2)], rel=1e-5)
+        assert sorted(t.intermediate_values) == [0, 1, 2, 3] and t.intermediate_values[3] == t.values
+    else:
+        assert t.values is None and "values" not in t.attrs["runs"][0]

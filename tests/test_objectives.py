@@ -117,11 +117,6 @@ def test_bad_objectives_are_refused_before_anything_is_written(tmp_path, fast_tr
     assert not (tmp_path / "studies.db").exists()
 
 
-def test_cv_with_several_objectives_is_refused(tmp_path, fast_trainer):
-    with pytest.raises(ConfigurationError, match="cv= and repeats= average one metric"):
-        make(tmp_path, fast_trainer, repeats=2)
-
-
 def test_a_missing_objective_stops_the_search(tmp_path, fast_trainer):
     with pytest.raises((MetricNotFoundError, SearchFailedError), match="'latency' was not logged"):
         make(tmp_path, fast_trainer, monitor=["val_loss", "latency"]).run()

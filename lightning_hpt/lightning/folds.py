@@ -24,7 +24,7 @@ from typing_extensions import override
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.trial import Direction
 
-__all__ = ["CrossValidation", "KFoldDataModule", "MeanReporter", "fold_view", "full_view"]
+__all__ = ["CrossValidation", "KFoldDataModule", "MeanReporter", "fold_view", "full_view", "mean_of"]
 
 
 @dataclass(frozen=True)
@@ -221,25 +221,45 @@ def full_view(base: Any) -> Any:
     return _view(base, None, None)
 
 
+def mean_of(records: Sequence[float | tuple[float, ...]]) -> float | tuple[float, ...]:
+    """The mean of the runs' values: one number each, or with several objectives a tuple each, averaged per place.
+
+    Example:
+        >>> mean_of([(1.0, 10.0), (2.0, 30.0)])
+        (1.5, 20.0)
+    """
+    if isinstance(records[0], tuple):
+        return tuple(math.fsum(col) / len(records) for col in zip(*records, strict=True))
+    return math.fsum(records) / len(records)
+
+
+def _numbers(value: float | tuple[float, ...]) -> tuple[float, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
 class MeanReporter:
     """Turns one run's reports into reports of the running mean over the trial's runs.
 
     Run ``i`` of a trial reports at steps ``offset, offset + 1, ...`` (steps continue across runs),
-    with the value ``(sum of finished runs' best values + this run's best so far) / (i + 1)``, so
-    a pruner compares trials by their mean score so far.
+    with the value ``mean_of(finished runs' best values + [this run's best so far])``, so a pruner
+    compares trials by their mean score so far. With several objectives each value is a tuple and a
+    run's best so far is its tuple at the best step of the first objective so far, as a single run's
+    values are taken at its best step; a value with a non-finite number passes unchanged (the run fails).
     """
 
-    def __init__(self, reporter: Any, done: Sequence[float], offset: int, direction: Direction) -> None:
+    def __init__(
+        self, reporter: Any, done: Sequence[float | tuple[float, ...]], offset: int, direction: Direction
+    ) -> None:
         self.reporter, self.done, self.offset, self.direction = reporter, list(done), offset, direction
-        self.best: float | None = None
-        self.sent: dict[int, float] = {}
+        self.best: float | tuple[float, ...] | None = None
+        self.sent: dict[int, float | tuple[float, ...]] = {}
 
-    def report(self, step: int, value: float) -> bool:
-        if not math.isfinite(value):
+    def report(self, step: int, value: float | tuple[float, ...]) -> bool:
+        if not all(math.isfinite(v) for v in _numbers(value)):
             mean = value
         else:
-            if self.best is None or self.direction.better(value, self.best):
+            if self.best is None or self.direction.better(_numbers(value)[0], _numbers(self.best)[0]):
                 self.best = value
-            mean = (sum(self.done) + self.best) / (len(self.done) + 1)
+            mean = mean_of([*self.done, self.best])
         self.sent[self.offset + step] = mean
         return bool(self.reporter.report(self.offset + step, mean)) if self.reporter is not None else False

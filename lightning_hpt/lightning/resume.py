@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: a finished run's value in ``runs.json``: a number, or with several objectives the tuple of their values
+Score = float | tuple[float, ...]
 
 #: the folder of a trial's resumable checkpoint, inside its trial directory
 RESUME_DIR = "resume"
@@ -162,8 +165,12 @@ def _runs_file(trial_dir: str) -> str:
     return os.path.join(trial_dir, RESUME_DIR, "runs.json")
 
 
-def save_finished_runs(job: Any, done: list[float], runs: list[dict[str, Any]], sent: dict[int, float]) -> None:
-    """Keep a cross-validated trial's finished runs (folds, repeats), so that a rerun continues after them."""
+def save_finished_runs(job: Any, done: Sequence[Score], runs: list[dict[str, Any]], sent: Mapping[int, Score]) -> None:
+    """Keep a cross-validated trial's finished runs (folds, repeats), so that a rerun continues after them.
+
+    ``done``: each finished run's value (a tuple of every objective's with several); ``runs``: what each run
+    recorded (every objective's and constrained metric's value at its best step); ``sent``: the trial's steps.
+    """
     path = _runs_file(job.trial_dir)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     data = {"done": done, "runs": runs, "sent": {str(k): v for k, v in sent.items()}}
@@ -172,7 +179,12 @@ def save_finished_runs(job: Any, done: list[float], runs: list[dict[str, Any]], 
     os.replace(path + ".tmp", path)  # a kill while writing leaves the previous file whole
 
 
-def load_finished_runs(job: Any) -> tuple[list[float], list[dict[str, Any]], dict[int, float]]:
+def _score(value: Any) -> Score:
+    """A kept value: a number, or with several objectives the tuple of their values (a JSON list)."""
+    return tuple(float(v) for v in value) if isinstance(value, list) else float(value)
+
+
+def load_finished_runs(job: Any) -> tuple[list[Score], list[dict[str, Any]], dict[int, Score]]:
     """The finished runs a cross-validated trial kept (see :func:`save_finished_runs`); none for a fresh one."""
     path = _runs_file(job.trial_dir)
     if job.build.resume is None or not os.path.exists(path):
@@ -183,8 +195,8 @@ def load_finished_runs(job: Any) -> tuple[list[float], list[dict[str, Any]], dic
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         runs = list(data["runs"])
-        done = [float(v) for v in data["done"]]
-        sent = {int(k): float(v) for k, v in data["sent"].items()}
+        done = [_score(v) for v in data["done"]]
+        sent = {int(k): _score(v) for k, v in data["sent"].items()}
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("trial %d: its finished runs in %s cannot be read (%s); its runs start over", job.number, path, e)
         return [], [], {}

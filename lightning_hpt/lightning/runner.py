@@ -22,18 +22,11 @@ from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, Se
 from lightning_hpt.lightning import compat
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.callbacks import best_checkpoint
-from lightning_hpt.lightning.folds import CrossValidation, MeanReporter, fold_view
+from lightning_hpt.lightning.folds import CrossValidation, fold_view
 from lightning_hpt.lightning.loggers import finish_loggers
 from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
 from lightning_hpt.lightning.quiet import quiet_lightning
-from lightning_hpt.lightning.resume import (
-    Resume,
-    checkpoint_to_resume,
-    discard,
-    load_finished_runs,
-    resume_callbacks,
-    save_finished_runs,
-)
+from lightning_hpt.lightning.resume import Resume, checkpoint_to_resume, discard, resume_callbacks
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
 
 if TYPE_CHECKING:
@@ -67,12 +60,14 @@ class TrialBuild:
         patience: ``EarlyStopping`` patience in validation runs; ``None`` disables early stopping.
         checkpoint: keep the best step's checkpoint (``<trial dir>/checkpoints/best.ckpt``).
         cv: k-fold cross-validation: each trial trains one run per fold (see ``lightning.folds``).
-        repeats: runs per fold with different seeds, for noisy objectives; the score is the mean.
+        repeats: runs per fold with different seeds, for noisy objectives; the score is the mean (of every
+            objective's value, and of every constrained metric; see ``lightning.parts``).
         resume: when each trial writes its resumable checkpoint (see ``lightning.resume``); ``None``:
             none, an interrupted trial starts over.
         objectives: with several objectives, all of them (the first is ``monitor`` and ``direction``);
             every one is recorded at every step. ``()`` with one.
-        constraints: the outcome constraints, judged on the metrics at the trial's best step.
+        constraints: the outcome constraints, judged on the metrics at the trial's best step (their mean
+            over the runs with cv or repeats).
     """
 
     builder: TrialBuilder
@@ -219,6 +214,8 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     outcome with ``interrupted`` set, after restoring the SIGINT handler Lightning replaces.
     """
     if job.part is None and len(job.build.runs) > 1:
+        from lightning_hpt.lightning.parts import run_parts  # each of its runs is a run_trial
+
         return run_parts(job, reporter)
     sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     live = _Live()
@@ -374,82 +371,3 @@ def judge(constraints: Any, metrics: Mapping[str, float]) -> dict[str, Any]:
         "constraint_values": {c.metric: metrics.get(c.metric) for c in constraints},
         "infeasible": violations(constraints, metrics),
     }
-
-
-def _run_dir(b: TrialBuild, fold: int, repeat: int) -> str:
-    if b.repeats == 1:
-        return f"fold_{fold}"
-    return f"repeat_{repeat}" if b.cv is None else f"fold_{fold}_repeat_{repeat}"
-
-
-def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
-    """Run every fold/repeat of a trial in turn; the trial's value is the mean of the runs' best values.
-
-    Steps continue across runs and carry the running mean (see :class:`MeanReporter`), so pruning
-    acts on the mean so far; a pruned or failed run ends the trial.
-    """
-    from dataclasses import replace
-
-    b = job.build
-    done, runs, sent = load_finished_runs(job)
-    last: TrialOutcome | None = None
-    for fold, repeat in b.runs[len(runs) :]:
-        channel = MeanReporter(reporter, done, len(sent), b.direction)
-        run_dir = os.path.join(job.trial_dir, _run_dir(b, fold, repeat))
-        attempt = job.attempt if os.path.isdir(run_dir) else 1
-        last = run_trial(replace(job, part=(fold, repeat), trial_dir=run_dir, attempt=attempt), channel)
-        sent.update(channel.sent)
-        runs.append(
-            {
-                "fold": fold,
-                "repeat": repeat,
-                "state": last.state.value,
-                "value": last.value,
-                "best_step": last.best_step,
-                "steps": len(last.intermediate),
-                "checkpoint": last.checkpoint,
-            }
-        )
-        if last.state is not TrialState.COMPLETE:
-            break
-        done.append(last.value)
-        if b.resume is not None:
-            save_finished_runs(job, done, runs, sent)
-    assert last is not None
-    outcome = _parts_outcome(b, runs, done, sent, last)
-    end_resume(job, outcome)
-    return outcome
-
-
-def _parts_outcome(
-    b: TrialBuild, runs: list[dict[str, Any]], done: list[float], sent: dict[int, float], last: TrialOutcome
-) -> TrialOutcome:
-    """The trial's outcome from its runs: the last one's state, the mean of the completed runs' values."""
-    import statistics
-
-    attrs: dict[str, Any] = {"runs": runs}
-    if len(done) > 1:
-        attrs["std"] = statistics.stdev(done)
-    common = {"intermediate": sent, "metrics": last.metrics, "attrs": attrs}
-    if last.state is TrialState.FAILED:
-        where = f"run {len(runs) - 1} (fold {runs[-1]['fold']}, repeat {runs[-1]['repeat']})"
-        # an interrupted trial's error starts with the reason, so that a resumed search retries it
-        error = f"{last.interrupted}: {where}: {last.error}" if last.interrupted else f"{where}: {last.error}"
-        return TrialOutcome(TrialState.FAILED, error=error, fatal=last.fatal, interrupted=last.interrupted, **common)
-    finite = [(s, v) for s, v in sent.items() if math.isfinite(v)]
-    best_step, value = (
-        min(finite, key=lambda sv: sv[1] if b.direction is Direction.MINIMIZE else -sv[1]) if finite else (None, None)
-    )
-    if last.state is TrialState.PRUNED:
-        return TrialOutcome(TrialState.PRUNED, value=value, best_step=best_step, **common)
-    best_run = min(
-        (r for r in runs if r["value"] is not None),
-        key=lambda r: r["value"] if b.direction is Direction.MINIMIZE else -r["value"],
-    )
-    return TrialOutcome(
-        TrialState.COMPLETE,
-        value=statistics.fmean(done),
-        best_step=max(sent) if sent else None,
-        checkpoint=best_run["checkpoint"],
-        **common,
-    )
