@@ -15,8 +15,11 @@ from torch.utils.data import TensorDataset
 
 from lightning_hpt import ConfigurationError, Float, HyperparameterSearch, Int, TrialState
 from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule, fold_view
-from lightning_hpt.lightning.runner import trial_seed
+from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
+from lightning_hpt.lightning.resume import Resume
+from lightning_hpt.lightning.runner import TrialBuild, TrialJob, run_trial, trial_seed
 from lightning_hpt.pruners import MedianPruner
+from lightning_hpt.trial import Direction
 
 SPACE = {"model.lr": Float(0.01, 0.2, log=True), "model.hidden": Int(4, 16)}
 
@@ -300,3 +303,17 @@ def test_interrupted_cross_validated_trial_keeps_its_finished_folds(tmp_path, fa
         assert sorted(t.intermediate_values) == [0, 1, 2, 3] and t.intermediate_values[3] == t.values
     else:
         assert t.values is None and "values" not in t.attrs["runs"][0]
+
+
+def test_a_trial_whose_runs_all_finished_before_it_was_recorded_is_scored_without_training(tmp_path, fast_trainer):
+    """Stopped after the last run was kept in ``runs.json``, before the trial was recorded: the rerun trains nothing."""
+    builder = ModuleTrialBuilder(FoldMetrics, TinyData, fast_trainer)
+    build = TrialBuild(builder, "val_loss", Direction.MINIMIZE, cv=CrossValidation(k=2), resume=Resume(keep=True))
+    job = TrialJob(build, 0, {"model.lr": 0.05}, 0, str(tmp_path / "trial_0"))
+    FITS.clear()
+    first = run_trial(job)
+    assert first.state is TrialState.COMPLETE and FITS == ["fold_0", "fold_1"]
+    again = run_trial(TrialJob(build, 0, {"model.lr": 0.05}, 0, str(tmp_path / "trial_0"), attempt=2))
+    assert FITS == ["fold_0", "fold_1"]  # nothing retrained
+    assert (again.state, again.value, again.best_step) == (first.state, first.value, first.best_step)
+    assert again.checkpoint == first.checkpoint and again.attrs["runs"] == first.attrs["runs"]

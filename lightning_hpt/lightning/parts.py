@@ -73,7 +73,8 @@ def run_parts(job: TrialJob, reporter: TrialReporter | None) -> TrialOutcome:
         done.append(last.value if last.values is None else tuple(last.values))
         if b.resume is not None:
             save_finished_runs(job, done, runs, sent)
-    assert last is not None
+    if last is None:  # every run had finished and was kept (stopped before the trial was recorded): none to train
+        last = TrialOutcome(TrialState.COMPLETE)
     outcome = _parts_outcome(b, runs, done, sent, last)
     end_resume(job, outcome)
     return outcome
