@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -129,7 +128,6 @@ class StudyDriver:
         best = history.best()
         self.progress.trial_finished(final, best, names, finished, self.n_trials, front)
         self.board.trial_finished(final, best, front)
-        gc.freeze()  # what outlived this trial (lazy imports, caches) stays out of the next collections
         if outcome.interrupted == PREEMPTED:
             raise SearchPreempted()
         if outcome.interrupted:

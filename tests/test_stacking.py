@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import importlib.util
 import json
 import logging
@@ -12,9 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from concurrent.futures import wait
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import lightning.pytorch as L
 import pytest
@@ -782,3 +785,27 @@ def test_a_stopped_stacked_search_continues_each_unfinished_member(tmp_path, uni
         assert list(curve.values()) == pytest.approx(list(ref_curve.values()), rel=1e-5)
         assert value == pytest.approx(uninterrupted[n][2], rel=1e-5)
     assert len(_group_epochs(root)) - before == 8 - trials[1][3]  # only the epochs after the checkpoint
+
+
+class CountedRegressor(Regressor):
+    """Notes, as each member is built, how many members of earlier groups a full collection cannot free."""
+
+    made: ClassVar[list[weakref.ref]] = []
+    alive_at_build: ClassVar[list[int]] = []
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        INSTANCES.remove(self)  # a strong reference, kept for other tests
+        gc.collect()
+        type(self).alive_at_build.append(sum(r() is not None for r in self.made))
+        type(self).made.append(weakref.ref(self))
+
+
+def test_a_finished_group_is_freed_while_the_search_goes_on(tmp_path):
+    """The driver records members while their group trains in the same process: nothing it does may keep
+    a group's models (and their tensors) from being collected once the group ends."""
+    CountedRegressor.made, CountedRegressor.alive_at_build = [], []
+    result = _search(tmp_path, "freed", StackedExecutor(stack=2, linger=0.2), model=CountedRegressor).run()
+    assert len(result.trials) == 6 and len(CountedRegressor.made) == 6
+    # the members of a group (of at most 2) are built together: at most the group's own earlier member is alive
+    assert max(CountedRegressor.alive_at_build) <= 1, CountedRegressor.alive_at_build
