@@ -460,7 +460,7 @@ def test_live_progress_shows_counts_best_running_trials_and_time_left():
     progress.trial_finished(done, done, "val_acc", 3, 5)
     time.sleep(0.1)
     frame = plain(buf.getvalue())
-    assert "[3/5] trial 2 COMPLETE val_acc=0.75 steps=3 3.0s | best 0.75 (#2)" in frame
+    assert "[3/5] trial 2 COMPLETE val_acc=0.75 epochs=3 3.0s | best 0.75 (#2)" in frame
     assert "best val_acc=0.75 (#2)" in frame and "1 complete, 1 pruned, 1 failed" in frame and "left" in frame
     assert progress.eta() == pytest.approx(2 * (time.monotonic() - progress._t0), rel=0.5)  # 2 left at 1 per run-time
 
@@ -553,4 +553,4 @@ def test_live_progress_follows_real_lightning_trials(tmp_path, fast_trainer):
         assert number not in progress.running
     progress.end("done")
     out = plain(buf.getvalue())
-    assert "[1/2] trial 0 COMPLETE" in out and "[2/2] trial 1 COMPLETE" in out and "steps=3" in out
+    assert "[1/2] trial 0 COMPLETE" in out and "[2/2] trial 1 COMPLETE" in out and "epochs=3" in out

@@ -185,7 +185,7 @@ class LiveProgress:
         line = Text.assemble(
             f"[{done}/{'?' if total is None else total}] trial {t.number} ",
             (f"{t.state.value:<8}", style),
-            f" {value} steps={len(t.intermediate)} {format_duration(t.duration)}{best_txt} | {_params_text(t.params)}",
+            f" {value} epochs={len(t.intermediate)} {format_duration(t.duration)}{best_txt} | {_params_text(t.params)}",
         )
         self.console.print(line, highlight=False)
 

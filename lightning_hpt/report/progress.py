@@ -89,7 +89,7 @@ class LineProgress:
         dur = f"{t.duration:.1f}s" if t.duration is not None else "?"
         total_txt = "?" if total is None else total
         self._write(
-            f"[{done}/{total_txt}] trial {t.number} {t.state.value:<8} {value} steps={len(t.intermediate)} {dur}"
+            f"[{done}/{total_txt}] trial {t.number} {t.state.value:<8} {value} epochs={len(t.intermediate)} {dur}"
             f"{best_txt} | {params}"
         )
 
