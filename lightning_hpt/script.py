@@ -158,8 +158,7 @@ class ScriptTrial:
         cb = cls.of(self._recorder.job.build, self._recorder.reporter)
         previous = self._callback
         if previous is not None:  # a later fit of the same trial continues its steps and its best value
-            cb.values, cb.best_value, cb.best_step = dict(previous.values), previous.best_value, previous.best_step
-            cb.extra = {step: dict(v) for step, v in previous.extra.items()}
+            cb.curve.load_state_dict(previous.curve.state_dict())
             cb.fit_error = previous.fit_error
             if self._resume is not None and _rank() == 0:
                 discard(str(self.dir))  # the first fit's state: a later fit does not continue from it

@@ -1,11 +1,12 @@
-"""The Lightning callback inside every trial: reports each validation result, applies pruning."""
+"""The Lightning callback inside every trial: reports each validation result, applies pruning.
+
+``metric_value`` and ``metric_missing`` live in :mod:`lightning_hpt.lightning.curve` and are named here too.
+"""
 
 from __future__ import annotations
 
-import logging
-import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import lightning.pytorch as L
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from typing_extensions import override
 
-from lightning_hpt.exceptions import MetricNotFoundError
+from lightning_hpt.lightning.curve import Curve, metric_missing, metric_value
 from lightning_hpt.trial import Direction
 
 __all__ = [
@@ -25,8 +26,6 @@ __all__ = [
     "monitor_class",
     "wire_value",
 ]
-
-log = logging.getLogger(__name__)
 
 
 class TrialReporter(Protocol):
@@ -50,52 +49,22 @@ def wire_value(value: Any) -> float | tuple[float, ...]:
     return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else float(value)
 
 
-def metric_value(name: str, value: Any) -> float:
-    """A logged metric as a float: one-element tensors, numpy scalars and numbers are accepted.
-
-    Raises:
-        TypeError: naming the metric and its type, for anything else.
-    """
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise TypeError(f"metric {name!r} must have one element, got a tensor of shape {tuple(value.shape)}")
-        return float(value.detach().cpu().item())
-    if (
-        isinstance(value, (np.ndarray, np.generic))
-        and np.size(value) == 1
-        and np.issubdtype(np.asarray(value).dtype, np.number)
-    ):
-        return float(np.asarray(value).item())
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise TypeError(f"metric {name!r} must be a number or a one-element tensor, got {type(value).__name__}: {value!r}")
-
-
-def metric_missing(monitor: str, logged: Iterable[str]) -> MetricNotFoundError:
-    """The error of a validation run that did not log ``monitor`` (``logged``: what it did log); every trial would."""
-    return MetricNotFoundError(
-        f"the monitored metric {monitor!r} was not logged; the metrics logged are {sorted(logged)}."
-        f" Log it with self.log({monitor!r}, ...) in validation_step, or set monitor= to one of these"
-    )
-
-
 class MonitorLogic:
     """Behaves like ``EarlyStopping``: skips the sanity check, decides on rank 0, broadcasts, sets ``should_stop``.
 
-    It never raises from a hook: a problem (missing metric, wrong type) is kept in ``error`` and the
-    trial is stopped; the runner turns it into a FAILED record.
+    The rules on the values are its :class:`~lightning_hpt.lightning.curve.Curve`'s; this class feeds it
+    each validation run's ``callback_metrics`` and acts on the Trainer. It never raises from a hook: a
+    problem (missing metric, wrong type) is kept in ``error`` and the trial is stopped; the runner turns
+    it into a FAILED record.
 
     Args:
         monitor, direction: the metric the trial's best step is chosen by (the first objective).
         reporter: the channel to the driver.
         objectives: the other objectives' metrics: recorded and reported with ``monitor`` at every step.
-        watch: more metrics recorded at every step, not reported (those of outcome constraints).
+        constraints: the outcome constraints: their metrics are recorded at every step, not reported.
 
     Attributes:
-        values: monitored value per step (validation run, from 0).
-        extra: the values of ``objectives`` and ``watch`` per step, ``{step: {name: value}}``.
-        best_value, best_step: the best finite value and its step.
-        pruned: whether the driver asked this trial to stop.
+        curve: the values per step, the best step and value, and the pruning decision.
         error: the exception that ended the trial from inside the callback, if any.
     """
 
@@ -105,18 +74,11 @@ class MonitorLogic:
         direction: Direction,
         reporter: TrialReporter | None = None,
         objectives: Sequence[str] = (),
-        watch: Sequence[str] = (),
+        constraints: Sequence[Any] = (),
     ) -> None:
         super().__init__()
-        self.monitor = monitor
-        self.direction = direction
+        self.curve = Curve(monitor, direction, objectives, constraints)  # EarlyStopping is Lightning's callback
         self.reporter = reporter
-        self.objectives, self.watch = tuple(objectives), tuple(watch)
-        self.values: dict[int, float] = {}
-        self.extra: dict[int, dict[str, float]] = {}
-        self.best_value: float | None = None
-        self.best_step: int | None = None
-        self.pruned = False
         self.error: BaseException | None = None
         #: seconds trained before this attempt (restored from a resumable checkpoint)
         self.trained_before = 0.0
@@ -125,10 +87,30 @@ class MonitorLogic:
 
     @classmethod
     def of(cls, build: Any, reporter: TrialReporter | None = None) -> MonitorLogic:
-        """The monitor of a trial of ``build`` (a ``TrialBuild``): its first objective, the others, and the
-        metrics its outcome constraints bound."""
-        others, watch = [o.name for o in build.objectives[1:]], [c.metric for c in build.constraints]
-        return cls(build.monitor, build.direction, reporter, others, watch)
+        """The monitor of a trial of ``build`` (a ``TrialBuild``): its objectives and outcome constraints."""
+        return cls(build.monitor, build.direction, reporter, [o.name for o in build.objectives[1:]], build.constraints)
+
+    @property
+    def monitor(self) -> str:
+        return self.curve.monitor
+
+    @property
+    def values(self) -> dict[int, float]:
+        """Monitored value per step (validation run, from 0)."""
+        return self.curve.values
+
+    @property
+    def best_value(self) -> float | None:
+        return self.curve.best_value
+
+    @property
+    def best_step(self) -> int | None:
+        return self.curve.best_step
+
+    @property
+    def pruned(self) -> bool:
+        """Whether the driver asked this trial to stop."""
+        return self.curve.pruned
 
     @property
     @override
@@ -143,14 +125,7 @@ class MonitorLogic:
             return
         # the stored curve loses the interrupted attempt's steps when the trial is requeued: the same values
         # again, so that the pruner sees one continuous curve
-        stop = False
-        for step in sorted(self.values):
-            try:
-                stop = bool(self.reporter.report(step, self.reported(step))) or stop
-            except Exception:
-                log.exception("reporting step %d of the continued trial failed; it continues unpruned", step)
-        if stop:
-            self.pruned = True
+        if self.curve.replay(self.reporter, "the continued trial"):
             trainer.should_stop = True
 
     @property
@@ -170,54 +145,31 @@ class MonitorLogic:
 
     def reported(self, step: int) -> float | tuple[float, ...]:
         """What step ``step`` reports: the monitored value, or every objective's value with several."""
-        if not self.objectives:
-            return self.values[step]
-        return (self.values[step], *(self.extra[step][name] for name in self.objectives))
+        return self.curve.reported(step)
 
     def _check(self, trainer: Any) -> None:
-        metrics = trainer.callback_metrics
-        for name in (self.monitor, *self.objectives, *self.watch):
-            if name not in metrics:
-                raise metric_missing(name, metrics)
-        value = metric_value(self.monitor, metrics[self.monitor])
-        step = len(self.values)
-        self.values[step] = value
-        if self.objectives or self.watch:
-            self.extra[step] = {n: metric_value(n, metrics[n]) for n in (*self.objectives, *self.watch)}
-        if math.isfinite(value) and (self.best_value is None or self.direction.better(value, self.best_value)):
-            self.best_value, self.best_step = value, step
-        stop = False
-        if trainer.is_global_zero and self.reporter is not None:
-            try:
-                stop = bool(self.reporter.report(step, self.reported(step)))
-            except Exception:  # a broken channel must not kill the trial; it just is not pruned
-                log.exception("reporting step %d of the trial failed; it continues unpruned", step)
+        self.curve.record(trainer.callback_metrics)
+        step = len(self.curve.values) - 1
+        stop = self.curve.ask(self.reporter, step) if trainer.is_global_zero else False
         # every rank takes rank 0's decisions, so DDP ranks stop together; a NaN or infinite value (of any
         # objective) ends the trial at once even without a pruner or EarlyStopping (it is FAILED "non-finite")
-        finite = math.isfinite(value) and all(math.isfinite(self.extra[step][n]) for n in self.objectives)
-        stop, broken = trainer.strategy.broadcast((stop, not finite), src=0)
+        stop, broken = trainer.strategy.broadcast((stop, not self.curve.finite(step)), src=0)
         if stop:
-            self.pruned = True
+            self.curve.pruned = True
         if stop or broken:
             trainer.should_stop = True
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "values": dict(self.values),
-            "extra": {step: dict(v) for step, v in self.extra.items()},
-            "best_value": self.best_value,
-            "best_step": self.best_step,
+            **self.curve.state_dict(),
             "trained_seconds": self.trained_seconds,
             "rng": _get_rng(),  # Lightning's checkpoint does not keep them
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.values = {int(k): float(v) for k, v in state_dict["values"].items()}
-        extra = state_dict.get("extra") or {}
-        self.extra = {int(k): {n: float(x) for n, x in v.items()} for k, v in extra.items()}
-        self.best_value, self.best_step = state_dict["best_value"], state_dict["best_step"]
+        self.curve.load_state_dict(state_dict)
         self.trained_before = float(state_dict.get("trained_seconds", 0.0))
         if state_dict.get("rng") is not None:
             # now, before the fit loop makes its first data iterator (which draws the shuffling seed)

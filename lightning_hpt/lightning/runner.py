@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import math
 import os
 import shutil
 import signal
 import threading
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, Se
 from lightning_hpt.lightning import compat
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.callbacks import best_checkpoint
+from lightning_hpt.lightning.curve import judge, value_failure
 from lightning_hpt.lightning.folds import CrossValidation, fold_view
 from lightning_hpt.lightning.loggers import finish_loggers
 from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from lightning_hpt.constraints import OutcomeConstraint
     from lightning_hpt.objectives import Objective
 
-__all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "run_trial", "trial_seed", "value_failure"]
+__all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "judge", "run_trial", "trial_seed", "value_failure"]
 
 log = logging.getLogger(__name__)
 #: every validation run, removed when the trial ends
@@ -149,10 +149,9 @@ def _log_params(trainer: Any, params: Mapping[str, Any]) -> None:
 
 def _log_hparams(trainer: Any, params: Mapping[str, Any], monitor: Any) -> None:
     """Give TensorBoard's HParams view each trial's parameters with its best value (every objective's, at its step)."""
-    if monitor.best_value is None:
+    best = {f"hp/{name}": value for name, value in monitor.curve.best_metrics().items()}
+    if not best:
         return
-    best = {f"hp/{monitor.monitor}": monitor.best_value}
-    best.update({f"hp/{n}": v for n, v in monitor.extra.get(monitor.best_step, {}).items() if n in monitor.objectives})
     for lg in trainer.loggers:
         if compat.is_tensorboard_logger(lg):
             try:
@@ -295,37 +294,10 @@ def search_callbacks(pl: Any, b: TrialBuild, job: TrialJob, monitor: Any) -> lis
     return callbacks
 
 
-def value_failure(
-    monitor: str, values: Mapping[int, Any], logged: Iterable[str], objectives: Sequence[str] = ()
-) -> tuple[str, bool] | None:
-    """Why a trial that reported ``values`` of ``monitor`` fails, and whether every trial would; ``None``: it does not.
-
-    No value: the metric was never logged in a validation run (fatal: every trial would fail so). A
-    NaN or infinite value: the trial failed ("non-finite"), the search goes on.
-
-    Args:
-        monitor: the monitored metric.
-        values: the trial's monitored value per step (with several objectives, tuples of every objective's value).
-        logged: the names of the metrics the trial did log, for the message.
-        objectives: the names of every objective, when there are several (in the order of the tuples).
-    """
-    if not values:
-        err = MetricNotFoundError(
-            f"the monitored metric {monitor!r} was never logged in a validation run; the metrics logged are"
-            f" {sorted(logged)}. Log it with self.log({monitor!r}, ...) in validation_step"
-        )
-        return _describe(err), True
-    for s, v in values.items():
-        for name, x in zip(objectives or [monitor], v if isinstance(v, tuple) else (v,), strict=False):
-            if not math.isfinite(x):
-                return f"non-finite: {name} was {x} at step {s}", False
-    return None
-
-
 def _outcome(
     job: TrialJob, monitor: Any, trainer: Any, error: BaseException | None, interrupted: str | None
 ) -> TrialOutcome:
-    values = {s: monitor.reported(s) for s in monitor.values} if monitor is not None else {}
+    values = monitor.curve.intermediate() if monitor is not None else {}
     metrics: dict[str, float] = {}
     if trainer is not None:
         for k, v in trainer.callback_metrics.items():
@@ -350,24 +322,10 @@ def _outcome(
         # every trial would fail the same way: a missing metric, or arguments the model/Trainer refuse
         fatal = isinstance(error, (MetricNotFoundError, ConfigurationError)) or compat.is_misconfiguration(error)
         return TrialOutcome(TrialState.FAILED, error=_describe(error), fatal=fatal, **common)
-    failure = value_failure(job.build.monitor, values, metrics, [o.name for o in job.build.objectives])
+    # a builder that never asked for the search's callbacks has no monitor: nothing was logged to it
+    failure = monitor.curve.failure(metrics) if monitor is not None else value_failure(job.build.monitor, {}, metrics)
     if failure is not None:
         return TrialOutcome(TrialState.FAILED, error=failure[0], fatal=failure[1], **common)
     state = TrialState.PRUNED if monitor.pruned else TrialState.COMPLETE
-    at_best = monitor.extra.get(monitor.best_step, {})
-    vector = (monitor.best_value, *(at_best[n] for n in monitor.objectives)) if monitor.objectives else None
-    if job.build.constraints:
-        common["attrs"].update(judge(job.build.constraints, at_best))
-    return TrialOutcome(
-        state, value=monitor.best_value, best_step=monitor.best_step, checkpoint=ckpt, values=vector, **common
-    )
-
-
-def judge(constraints: Any, metrics: Mapping[str, float]) -> dict[str, Any]:
-    """The trial's attrs about its outcome constraints: each metric's value, and what it broke (``[]``: none)."""
-    from lightning_hpt.constraints import violations
-
-    return {
-        "constraint_values": {c.metric: metrics.get(c.metric) for c in constraints},
-        "infeasible": violations(constraints, metrics),
-    }
+    common["attrs"].update(monitor.curve.judgement())  # the outcome constraints, at the best step
+    return TrialOutcome(state, checkpoint=ckpt, **monitor.curve.scores(), **common)

@@ -99,11 +99,6 @@ class StackedExecutor(Executor):
 
     @override
     def _start(self, build: TrialBuild, data: bytes | None) -> None:
-        if build.objectives or build.constraints:
-            raise ConfigurationError(
-                "StackedExecutor records one metric per trial; several objectives or outcome constraints need"
-                " ProcessExecutor or the default executor"
-            )
         with self._cond:
             self._stop.clear()
             self._flushing = False

@@ -185,8 +185,12 @@ def _continue(track: Member, model: Any, pl: Any) -> dict[str, Any] | None:
     if set(own) != set(saved) or any(own[k].shape != saved[k].shape for k in own):  # checked before any copy
         log.warning("trial %d: its checkpoint does not fit its model; it starts over", track.job.number)
         return None
+    try:
+        track.restore(state["member"])
+    except (KeyError, TypeError, ValueError) as e:  # values saved by a search with other objectives (or damaged)
+        log.warning("trial %d: its checkpoint's values cannot be read (%s); it starts over", track.job.number, e)
+        return None
     model.load_state_dict(saved)
-    track.restore(state["member"])
     best = state["best"]
     if best is not None:
         track.keep(member_checkpoint(model, best["epoch"], best["global_step"], pl, state_dict=best["state_dict"]))

@@ -1,9 +1,12 @@
 """One member of a stacked group, seen as a trial: its values, stopping rules, checkpoint, logs and outcome.
 
-The rules are those an ordinary trial gets from its callbacks (see ``lightning.runner.search_callbacks``):
-the monitor reports every validation run and applies the driver's pruning decision, a non-finite value
-ends the member, ``EarlyStopping`` (``patience`` runs without a strict improvement) ends it, and the
-best run's weights are written (once, when the member ends) to ``<trial dir>/checkpoints/best.ckpt``.
+The rules are those an ordinary trial gets from its callbacks (see ``lightning.runner.search_callbacks``),
+taken from the same :class:`~lightning_hpt.lightning.curve.Curve` as an ordinary trial's monitor: every
+objective and every constrained metric recorded at every step, each validation run reported (every
+objective's value) and the driver's pruning decision applied, a non-finite objective ends the member,
+``EarlyStopping`` (``patience`` runs without a strict improvement of the first objective) ends it, the
+outcome constraints are judged at the best step, and the best run's weights are written (once, when the
+member ends) to ``<trial dir>/checkpoints/best.ckpt``.
 A member continued from its resumable checkpoint (:mod:`lightning_hpt.stacking.resume`) starts with
 the counters it had (:meth:`Member.restore`) and reports its earlier values again, as a continued
 ordinary trial's monitor does.
@@ -11,8 +14,6 @@ ordinary trial's monitor does.
 
 from __future__ import annotations
 
-import logging
-import math
 import os
 import shutil
 import time
@@ -22,15 +23,14 @@ from typing import Any
 
 from lightning_hpt.exceptions import MetricNotFoundError
 from lightning_hpt.lightning import compat
+from lightning_hpt.lightning.curve import Curve
 from lightning_hpt.lightning.loggers import TrialContext, trial_loggers
-from lightning_hpt.lightning.monitor import TrialReporter, metric_missing
-from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, end_resume, value_failure
+from lightning_hpt.lightning.monitor import TrialReporter
+from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, end_resume
 from lightning_hpt.stacking.resume import write_checkpoint
-from lightning_hpt.trial import INTERRUPTED, Direction, TrialState
+from lightning_hpt.trial import INTERRUPTED, TrialState
 
 __all__ = ["Member", "member_checkpoint"]
-
-log = logging.getLogger(__name__)
 
 
 class Member:
@@ -42,9 +42,8 @@ class Member:
         on_end: called once with the member's outcome when it ends (before the group does).
         epochs_before, steps_before: the epochs and optimizer steps it trained before this group (resumed).
         resumed_at: the first step this group reports, when the member was continued; else ``None``.
-        values: monitored value per step (validation run).
-        best_value, best_step: the best finite value and its step.
-        pruned: the driver asked this member to stop.
+        curve: its values per step (every objective's and every constrained metric's), best step and
+            value, EarlyStopping's count and the driver's pruning decision.
         ended: the member receives no more updates (pruned, stopped early, done, or failed).
         error: why the member failed, if it did.
         metrics: the member's last logged values, as floats.
@@ -64,19 +63,21 @@ class Member:
         self.attrs: dict[str, Any] = {}
         self.outcome_sent: TrialOutcome | None = None
         self._t0 = time.monotonic()
-        self.values: dict[int, float] = {}
-        self.best_value: float | None = None
-        self.best_step: int | None = None
-        self.pruned = self.ended = False
+        self.curve = Curve.of(job.build, patience=job.build.patience)
+        self.ended = False
         self.error: BaseException | None = None
         self.metrics: dict[str, float] = {}
-        self._wait = 0
         self._loggers: list[Any] = []
         self._best_checkpoint: dict[str, Any] | None = None
 
     @property
-    def direction(self) -> Direction:
-        return self.job.build.direction
+    def values(self) -> dict[int, float]:
+        """The monitored value per step (validation run)."""
+        return self.curve.values
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.job.number}"
 
     @property
     def checkpoint_path(self) -> str:
@@ -116,22 +117,17 @@ class Member:
 
     def _replay(self) -> None:
         """Report the steps of the earlier attempts again: a requeued trial's stored curve lost them."""
-        if self.reporter is None:
-            return
-        for step in sorted(self.values):
-            try:
-                self.pruned = bool(self.reporter.report(step, self.values[step])) or self.pruned
-            except Exception:
-                log.exception("reporting step %d of trial %d failed; it continues unpruned", step, self.job.number)
-        self.ended = self.ended or self.pruned
+        self.curve.replay(self.reporter, self.label)
+        self.ended = self.ended or self.curve.pruned
 
     def snapshot(self, epochs: int, steps: int) -> dict[str, Any]:
-        """The member's counters after ``epochs`` epochs and ``steps`` optimizer steps, for its resumable checkpoint."""
+        """The member's counters after ``epochs`` epochs and ``steps`` optimizer steps, for its resumable checkpoint.
+
+        Its curve as an ordinary trial's monitor saves it (``values``, ``extra``: every objective's and every
+        constrained metric's value per step, ``best_value``, ``best_step``, ``wait``), and its own counters.
+        """
         return {
-            "values": dict(self.values),
-            "best_value": self.best_value,
-            "best_step": self.best_step,
-            "wait": self._wait,
+            **self.curve.state_dict(),
             "metrics": dict(self.metrics),
             "trained_seconds": self.trained_seconds,
             "epochs": epochs,
@@ -139,18 +135,23 @@ class Member:
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        """Continue from a :meth:`snapshot`; a member that had already ended then ends at once."""
-        self.values = {int(k): float(v) for k, v in snapshot["values"].items()}
-        self.best_value, self.best_step = snapshot["best_value"], snapshot["best_step"]
-        self._wait = int(snapshot["wait"])
-        self.metrics = {str(k): float(v) for k, v in snapshot["metrics"].items()}
-        self.trained_before = float(snapshot["trained_seconds"])
-        self.epochs_before, self.steps_before = int(snapshot["epochs"]), int(snapshot["steps"])
+        """Continue from a :meth:`snapshot`; a member that had already ended then ends at once.
+
+        A snapshot written before every objective was recorded (no ``extra``) is read as it was with one
+        objective and no outcome constraints.
+
+        Raises:
+            ValueError: the snapshot lacks a metric this member records (written by a search with other
+                objectives or constraints); nothing is changed (the caller starts the member over).
+            KeyError, TypeError: a snapshot of another layout; nothing is changed.
+        """
+        metrics = {str(k): float(v) for k, v in snapshot["metrics"].items()}
+        trained, epochs, steps = float(snapshot["trained_seconds"]), int(snapshot["epochs"]), int(snapshot["steps"])
+        self.curve.load_state_dict(snapshot)  # checks everything before it changes anything
+        self.metrics, self.trained_before = metrics, trained
+        self.epochs_before, self.steps_before = epochs, steps
         self.resumed_at = len(self.values)
-        last = self.values.get(len(self.values) - 1)
-        patience = self.job.build.patience
-        if (patience is not None and self._wait >= patience) or (last is not None and not math.isfinite(last)):
-            self.ended = True
+        self.ended = self.curve.ends()  # it had stopped early, or its last value was not finite
         self.epoch_done(0)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -168,8 +169,9 @@ class Member:
             write_checkpoint(self._best_checkpoint, self.checkpoint_path)
         self._best_checkpoint = None
         for lg in self._loggers:
-            if self.best_value is not None and compat.is_tensorboard_logger(lg):  # the HParams view
-                lg.log_hyperparams(dict(self.job.params), {f"hp/{self.job.build.monitor}": self.best_value})
+            best = {f"hp/{name}": value for name, value in self.curve.best_metrics().items()}
+            if best and compat.is_tensorboard_logger(lg):  # the HParams view: every objective at the best step
+                lg.log_hyperparams(dict(self.job.params), best)
             lg.finalize("success")
         self._loggers = []
 
@@ -191,7 +193,7 @@ class Member:
         if self.outcome_sent is None:
             self.ended = True
             self.close(write_best=False)  # its best checkpoint so far is in its resumable checkpoint
-            error, values = f"{INTERRUPTED}: the search stopped", dict(self.values)
+            error, values = f"{INTERRUPTED}: the search stopped", self.curve.intermediate()
             self._send(
                 TrialOutcome(
                     TrialState.FAILED, error=error, interrupted=INTERRUPTED, intermediate=values, **self._common()
@@ -215,27 +217,13 @@ class Member:
 
         Returns True when this step is the best so far (save it).
         """
-        monitor = self.job.build.monitor
-        if monitor not in logged:
-            self.error, self.ended = metric_missing(monitor, logged), True
+        try:
+            improved = self.curve.record(logged)
+        except Exception as e:  # a metric not logged, or not a number: the member fails as its trial would
+            self.error, self.ended = e, True
             return False
-        value = logged[monitor]
-        step = len(self.values)
-        self.values[step] = value
-        improved = math.isfinite(value) and (self.best_value is None or self.direction.better(value, self.best_value))
-        if improved:
-            self.best_value, self.best_step, self._wait = value, step, 0
-        else:
-            self._wait += 1
-        if self.reporter is not None:
-            try:
-                self.pruned = bool(self.reporter.report(step, value))
-            except Exception:  # a broken channel must not kill the member; it just is not pruned
-                log.exception("reporting step %d of trial %d failed; it continues unpruned", step, self.job.number)
-        patience = self.job.build.patience
-        stop_early = patience is not None and self._wait >= patience
-        if self.pruned or stop_early or not math.isfinite(value):
-            self.ended = True
+        self.curve.ask(self.reporter, len(self.values) - 1, self.label)
+        self.ended = self.ended or self.curve.ends()
         return improved
 
     def epoch_done(self, group_epochs: int) -> None:
@@ -245,18 +233,19 @@ class Member:
 
     def outcome(self) -> TrialOutcome:
         """The member's trial outcome, as an ordinary trial with the same values would have it."""
-        common: dict[str, Any] = {"intermediate": dict(self.values), **self._common()}
+        common: dict[str, Any] = {"intermediate": self.curve.intermediate(), **self._common()}
         if self.error is not None:
             fatal = isinstance(self.error, MetricNotFoundError)
             return TrialOutcome(
                 TrialState.FAILED, error=f"{type(self.error).__name__}: {self.error}", fatal=fatal, **common
             )
-        failure = value_failure(self.job.build.monitor, self.values, self.metrics)
+        failure = self.curve.failure(self.metrics)
         if failure is not None:
             return TrialOutcome(TrialState.FAILED, error=failure[0], fatal=failure[1], **common)
         ckpt = self.checkpoint_path if os.path.exists(self.checkpoint_path) else None
-        state = TrialState.PRUNED if self.pruned else TrialState.COMPLETE
-        return TrialOutcome(state, value=self.best_value, best_step=self.best_step, checkpoint=ckpt, **common)
+        state = TrialState.PRUNED if self.curve.pruned else TrialState.COMPLETE
+        common["attrs"].update(self.curve.judgement())  # the outcome constraints, at the best step
+        return TrialOutcome(state, checkpoint=ckpt, **self.curve.scores(), **common)
 
 
 def member_checkpoint(
