@@ -180,3 +180,23 @@ def test_a_pytorch_lightning_module_gets_that_flavours_monitor(tmp_path, fast_tr
     )
     (t,) = search.run().trials
     assert t.state is TrialState.COMPLETE and len(t.intermediate) == fast_trainer["max_epochs"], t.error
+
+
+def test_a_trial_stopped_at_its_last_epoch_completes_instead_of_being_pruned(tmp_path, fast_trainer):
+    """Searched epochs: a 1-epoch trial meets ASHA's first rung at its only step. It trained its whole budget,
+    so it is COMPLETE (and not penalized as pruned); a 4-epoch trial as bad is pruned there."""
+    search = HyperparameterSearch(
+        curve_factory,
+        TinyData,
+        {"model.curve": Categorical(["good", "bad"]), "trainer.max_epochs": Categorical([4, 1])},
+        strategy="grid",
+        pruner=SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+        root=tmp_path,
+        trainer_kwargs=fast_trainer,
+        patience=None,
+        verbose=False,
+    )
+    by = {(t.params["model.curve"], t.params["trainer.max_epochs"]): t for t in search.run().trials}
+    assert by[("bad", 4)].state is TrialState.PRUNED and list(by[("bad", 4)].intermediate) == [0]
+    assert by[("bad", 1)].state is TrialState.COMPLETE and by[("bad", 1)].value == CURVES["bad"][0]
+    assert by[("good", 1)].state is TrialState.COMPLETE and by[("good", 4)].state is TrialState.COMPLETE

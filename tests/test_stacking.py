@@ -809,3 +809,12 @@ def test_a_finished_group_is_freed_while_the_search_goes_on(tmp_path):
     assert len(result.trials) == 6 and len(CountedRegressor.made) == 6
     # the members of a group (of at most 2) are built together: at most the group's own earlier member is alive
     assert max(CountedRegressor.alive_at_build) <= 1, CountedRegressor.alive_at_build
+
+
+def test_a_member_told_to_stop_at_its_last_epoch_completes(tmp_path):
+    params = [{"model.lr": 0.02, "trainer.max_epochs": 1}, {"model.lr": 0.02, "trainer.max_epochs": 3}]
+    jobs = _jobs(tmp_path, Regressor, params)
+    outcomes = run_jobs([(j, _PruneAt(0)) for j in jobs])
+    assert {tuple(o.attrs["stacked"]["group"]) for o in outcomes} == {(0, 1)}
+    assert [o.state for o in outcomes] == [TrialState.COMPLETE, TrialState.PRUNED]  # the first trained its budget
+    assert [list(o.intermediate) for o in outcomes] == [[0], [0]]

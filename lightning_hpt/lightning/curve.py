@@ -190,15 +190,17 @@ class Curve:
         early = self.patience is not None and self.wait >= self.patience
         return self.pruned or early or (self.last is not None and not self.finite(self.last))
 
-    def ask(self, reporter: TrialReporter | None, step: int, trial: str = "the trial") -> bool:
+    def ask(self, reporter: TrialReporter | None, step: int, trial: str = "the trial", last: bool = False) -> bool:
         """Report ``step`` to the driver; True (and :attr:`pruned` set) when it says stop.
 
         A broken channel must not kill the trial: the error is logged and the trial continues unpruned.
+        ``last``: the trial trains no more after this step (its own budget is spent): a stop has nothing
+        to stop, so it is not pruned: it completes, as a trial at a pruner's maximum resource does.
         """
         if reporter is None:
             return False
         try:
-            stop = bool(reporter.report(step, self.reported(step)))
+            stop = bool(reporter.report(step, self.reported(step))) and not last
         except Exception:
             log.exception("reporting step %d of %s failed; it continues unpruned", step, trial)
             return False

@@ -24,6 +24,7 @@ __all__ = [
     "metric_missing",
     "metric_value",
     "monitor_class",
+    "trains_no_more",
     "wire_value",
 ]
 
@@ -66,6 +67,8 @@ class MonitorLogic:
     Attributes:
         curve: the values per step, the best step and value, and the pruning decision.
         error: the exception that ended the trial from inside the callback, if any.
+        final_run: no run of the trial follows this one; then a stop at its last validation run is not
+            a pruning (see :func:`trains_no_more`).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class MonitorLogic:
         super().__init__()
         self.curve = Curve(monitor, direction, objectives, constraints)  # EarlyStopping is Lightning's callback
         self.reporter = reporter
+        self.final_run = True
         self.error: BaseException | None = None
         #: seconds trained before this attempt (restored from a resumable checkpoint)
         self.trained_before = 0.0
@@ -86,9 +90,15 @@ class MonitorLogic:
         self._t0 = time.monotonic()
 
     @classmethod
-    def of(cls, build: Any, reporter: TrialReporter | None = None) -> MonitorLogic:
-        """The monitor of a trial of ``build`` (a ``TrialBuild``): its objectives and outcome constraints."""
-        return cls(build.monitor, build.direction, reporter, [o.name for o in build.objectives[1:]], build.constraints)
+    def of(cls, build: Any, reporter: TrialReporter | None = None, final_run: bool = True) -> MonitorLogic:
+        """The monitor of a trial of ``build`` (a ``TrialBuild``): its objectives and outcome constraints.
+
+        ``final_run``: no run of the trial follows this one (False for a fold or repeat before its last).
+        """
+        others = [o.name for o in build.objectives[1:]]
+        monitor = cls(build.monitor, build.direction, reporter, others, build.constraints)
+        monitor.final_run = final_run
+        return monitor
 
     @property
     def monitor(self) -> str:
@@ -150,7 +160,8 @@ class MonitorLogic:
     def _check(self, trainer: Any) -> None:
         self.curve.record(trainer.callback_metrics)
         step = len(self.curve.values) - 1
-        stop = self.curve.ask(self.reporter, step) if trainer.is_global_zero else False
+        last = self.final_run and trains_no_more(trainer)
+        stop = self.curve.ask(self.reporter, step, last=last) if trainer.is_global_zero else False
         # every rank takes rank 0's decisions, so DDP ranks stop together; a NaN or infinite value (of any
         # objective) ends the trial at once even without a pruner or EarlyStopping (it is FAILED "non-finite")
         stop, broken = trainer.strategy.broadcast((stop, not self.curve.finite(step)), src=0)
@@ -175,6 +186,21 @@ class MonitorLogic:
             # now, before the fit loop makes its first data iterator (which draws the shuffling seed)
             _set_rng(state_dict["rng"])
         self.resumed_at = len(self.values)
+
+
+def trains_no_more(trainer: Any) -> bool:
+    """Whether this validation run is the trial's last: ``max_steps`` reached, or the end of its last epoch.
+
+    A trial whose epochs are searched (``trainer.max_epochs``) may end below the pruner's maximum
+    resource; the driver's "stop" at its last run has nothing to stop, and the trial, having trained its
+    whole budget, is COMPLETE rather than PRUNED.
+    """
+    max_steps = trainer.max_steps
+    if max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps:
+        return True
+    max_epochs = trainer.max_epochs
+    last_epoch = max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
+    return last_epoch and trainer.is_last_batch
 
 
 def _get_rng() -> dict[str, Any]:

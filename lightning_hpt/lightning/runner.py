@@ -192,7 +192,7 @@ def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
         seed_everything(seed, workers=True, verbose=False)
 
         def callbacks(pl: Any) -> list[Any]:
-            live.monitor = monitor_class(pl).of(b, reporter)
+            live.monitor = monitor_class(pl).of(b, reporter, final_run=job.part in (None, b.runs[-1]))
             return search_callbacks(pl, b, job, live.monitor)
 
         live.model, live.datamodule, live.trainer = b.builder.build(

@@ -212,17 +212,20 @@ class Member:
             attrs["resumed_at_step"] = self.resumed_at
         return {"metrics": dict(self.metrics), "attrs": attrs}
 
-    def observe(self, logged: dict[str, float]) -> bool:
-        """Take one validation run's metrics (as ``callback_metrics``: the last training step's and the run's).
+    def observe(self, logged: dict[str, float], epoch: int) -> bool:
+        """Take one validation run's metrics (as ``callback_metrics``: the last training step's and the run's),
+        at the end of the member's own epoch ``epoch`` (0-based).
 
-        Returns True when this step is the best so far (save it).
+        Returns True when this step is the best so far (save it). At its last epoch a member is not
+        pruned: it trained its whole budget (see :meth:`Curve.ask <lightning_hpt.lightning.curve.Curve.ask>`).
         """
         try:
             improved = self.curve.record(logged)
         except Exception as e:  # a metric not logged, or not a number: the member fails as its trial would
             self.error, self.ended = e, True
             return False
-        self.curve.ask(self.reporter, len(self.values) - 1, self.label)
+        last = self.max_epochs is not None and epoch + 1 >= self.max_epochs
+        self.curve.ask(self.reporter, len(self.values) - 1, self.label, last=last)
         self.ended = self.ended or self.curve.ends()
         return improved
 

@@ -341,7 +341,7 @@ class _StackedLogic:
         epoch = track.own_epoch(self.current_epoch)
         train = {k: float(v.float().mean()) for k, v in self._logged[i].items()}  # the last step's values
         track.log_metrics({**train, **values, "epoch": epoch}, step=epoch)
-        if track.observe({**train, **values}) and track.job.build.checkpoint:
+        if track.observe({**train, **values}, epoch) and track.job.build.checkpoint:
             track.keep(member_checkpoint(self._members[i], epoch, self._member_steps[i], self._pl))
         if track.ended:
             track.finish()
