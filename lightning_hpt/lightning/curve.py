@@ -52,11 +52,15 @@ def metric_value(name: str, value: Any) -> float:
     raise TypeError(f"metric {name!r} must be a number or a one-element tensor, got {type(value).__name__}: {value!r}")
 
 
-def metric_missing(monitor: str, logged: Iterable[str]) -> MetricNotFoundError:
-    """The error of a validation run that did not log ``monitor`` (``logged``: what it did log); every trial would."""
+def metric_missing(monitor: str, logged: Iterable[str], bounded: bool = False) -> MetricNotFoundError:
+    """The error of a validation run that did not log ``monitor`` (``logged``: what it did log); every trial would.
+
+    ``bounded``: the metric is an outcome constraint's, not an objective (the fix is in ``constraints=``).
+    """
+    what, fix = ("constrained", "constraints=") if bounded else ("monitored", "monitor=")
     return MetricNotFoundError(
-        f"the monitored metric {monitor!r} was not logged; the metrics logged are {sorted(logged)}."
-        f" Log it with self.log({monitor!r}, ...) in validation_step, or set monitor= to one of these"
+        f"the {what} metric {monitor!r} was not logged; the metrics logged are {sorted(logged)}."
+        f" Log it with self.log({monitor!r}, ...) in validation_step, or set {fix} to one of these"
     )
 
 
@@ -157,7 +161,7 @@ class Curve:
         """
         for name in self.names:
             if name not in logged:
-                raise metric_missing(name, logged)
+                raise metric_missing(name, logged, bounded=name not in (self.monitor, *self.objectives))
         value = metric_value(self.monitor, logged[self.monitor])
         others = {n: metric_value(n, logged[n]) for n in (*self.objectives, *self.watch)}
         step = len(self.values)
