@@ -3,6 +3,7 @@
 Usage::
 
     /work/venv-ax/bin/python benchmarks/mo_ax.py PROBLEM TRIALS SEED {ax,ax_ref}
+    /work/venv-ax/bin/python benchmarks/mo_ax.py serve SEED    # ask and tell over stdin/stdout (see serve())
 
 ``ax`` is Ax's Client with its default generation strategy, every objective minimized and the
 objective thresholds inferred by Ax; ``ax_ref`` is given the problem's reference point as thresholds
@@ -19,7 +20,42 @@ import warnings
 import torch
 
 
+def serve(seed: int) -> None:
+    """Ax's Client as a peer for a task that trains in another interpreter (the Lightning task of mo_suite.py).
+
+    Reads one JSON line ``{"parameters": [...], "objective": "...", "thresholds": [...] | null}`` (the
+    keyword arguments of Ax's parameter configs, its objective string and outcome constraints), then
+    for each line ``[v0, v1, ...]`` of the last trial's metric values (``null`` before the first) writes
+    one JSON line ``{"index": i, "params": {...}}``: the next trial. Ends when its input ends.
+    """
+    from ax.api.client import Client
+    from ax.api.configs import ChoiceParameterConfig, RangeParameterConfig
+
+    logging.disable(logging.WARNING)
+    spec = json.loads(sys.stdin.readline())
+    configs = [
+        ChoiceParameterConfig(**p) if "values" in p else RangeParameterConfig(**{**p, "bounds": tuple(p["bounds"])})
+        for p in spec["parameters"]
+    ]
+    client = Client(random_seed=seed)
+    client.configure_experiment(parameters=configs)
+    client.configure_optimization(objective=spec["objective"], outcome_constraints=spec["thresholds"])
+    names = spec["metrics"]
+    index = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for line in sys.stdin:
+            values = json.loads(line)
+            if index is not None:
+                client.complete_trial(trial_index=index, raw_data=dict(zip(names, values, strict=True)))
+            ((index, params),) = client.get_next_trials(max_trials=1).items()
+            print(json.dumps({"index": index, "params": params}), flush=True)
+
+
 def main() -> None:
+    if sys.argv[1] == "serve":
+        serve(int(sys.argv[2]))
+        return
     name, trials, seed, method = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     torch.set_num_threads(1)
     from ax.api.client import Client

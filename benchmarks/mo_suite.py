@@ -17,8 +17,9 @@ hypervolume's reference point, ``bayes_ref`` is given the one the figures use), 
 NSGAIISampler, population 10 so that 40 trials make four generations), ``tpe`` (Optuna's
 multivariate TPESampler), ``ax`` and ``ax_ref`` (Ax's Client with its default generation strategy in
 Ax's own interpreter, ``mo_ax.py``: objective thresholds inferred, or given as the reference point;
-synthetic problems only). Runs append to ``benchmarks/results/mo_suite_runs.jsonl`` and are skipped
-when already there; ``--report`` prints the tables.
+on the Lightning task Ax asks and the trials train in this interpreter, as Optuna's do). Runs append
+to ``benchmarks/results/mo_suite_runs.jsonl`` and are skipped when already there; ``--report`` prints
+the tables.
 
 Usage::
 
@@ -46,7 +47,7 @@ from _env import describe, parse_seeds, quiet_single_thread
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "mo_suite_runs.jsonl"
 METHODS = ("random", "sobol", "bayes", "bayes_ref", "nsga2", "tpe", "ax", "ax_ref")
-AX = ("ax", "ax_ref")  # synthetic problems only
+AX = ("ax", "ax_ref")  # Ax's Client, in its own interpreter (mo_ax.py)
 OURS = ("random", "sobol", "bayes", "bayes_ref")
 DIGITS_REF = (0.5, 200_000.0)  # val_acc (max), parameters (min)
 
@@ -197,12 +198,10 @@ def _ours_digits(method: str, trials: int, seed: int, epochs: int, pruner: str |
         }
 
 
-def _optuna_digits(method: str, trials: int, seed: int, epochs: int) -> dict:
+def _train_digits(params: dict, batch_size: int, seed: int, number: int, epochs: int) -> tuple[float, float]:
+    """Train one configuration of the digits task as a peer's trial: (best val_acc, parameters at that epoch)."""
     import lightning.pytorch as L
-    import optuna
-    from tasks import TabularData, suggest
-
-    model_cls = _sized_mlp()
+    from tasks import TabularData
 
     class Best(L.Callback):
         def __init__(self) -> None:
@@ -213,22 +212,70 @@ def _optuna_digits(method: str, trials: int, seed: int, epochs: int) -> dict:
             if float(m["val_acc"]) > self.acc:
                 self.acc, self.size = float(m["val_acc"]), float(m["n_params"])
 
+    L.seed_everything(seed * 1000 + number, verbose=False)
+    best = Best()
+    trainer = L.Trainer(**_trainer_kwargs(epochs), enable_checkpointing=False, callbacks=[best])
+    trainer.fit(_sized_mlp()(name="digits", **params), datamodule=TabularData("digits", batch_size))
+    return best.acc, best.size
+
+
+def _optuna_digits(method: str, trials: int, seed: int, epochs: int) -> dict:
+    import optuna
+    from tasks import suggest
+
     def objective(trial):
         params, batch_size = suggest(trial)
-        L.seed_everything(seed * 1000 + trial.number, verbose=False)
-        best = Best()
-        trainer = L.Trainer(**_trainer_kwargs(epochs), enable_checkpointing=False, callbacks=[best])
-        trainer.fit(model_cls(name="digits", **params), datamodule=TabularData("digits", batch_size))
-        return best.acc, best.size
+        return _train_digits(params, batch_size, seed, trial.number, epochs)
 
     study = optuna.create_study(sampler=_sampler(method, seed), directions=["maximize", "minimize"])
     study.optimize(objective, n_trials=trials)
     return {"points": [list(t.values) for t in study.trials], "complete": [True] * trials, "epochs": trials * epochs}
 
 
+#: the digits space of tasks.space() in Ax's parameter configs
+AX_DIGITS = [
+    {"name": "lr", "bounds": [1e-4, 1e-1], "parameter_type": "float", "scaling": "log"},
+    {"name": "num_layers", "bounds": [1, 3], "parameter_type": "int"},
+    {"name": "hidden_dim", "bounds": [16, 256], "parameter_type": "int", "scaling": "log"},
+    {"name": "dropout", "bounds": [0.0, 0.5], "parameter_type": "float"},
+    {"name": "weight_decay", "bounds": [1e-6, 1e-2], "parameter_type": "float", "scaling": "log"},
+    {"name": "batch_size", "values": [32, 64, 128], "parameter_type": "int", "is_ordered": True},
+]
+
+
+def _ax_digits(method: str, trials: int, seed: int, epochs: int) -> dict:
+    """Ax's Client (in its own interpreter, ``mo_ax.py serve``) asks; the trials train here, as the others'."""
+    import subprocess
+
+    from bo_peers import ax_python
+
+    thresholds = [f"val_acc >= {DIGITS_REF[0]}", f"n_params <= {DIGITS_REF[1]}"] if method == "ax_ref" else None
+    spec = {"parameters": AX_DIGITS, "objective": "val_acc, -n_params", "thresholds": thresholds}
+    spec["metrics"] = ["val_acc", "n_params"]
+    cmd = [ax_python(), str(Path(__file__).resolve().parent / "mo_ax.py"), "serve", str(seed)]
+    points: list[list[float]] = []
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as ax:
+        ax.stdin.write(json.dumps(spec) + "\n" + "null\n")
+        ax.stdin.flush()
+        for number in range(trials):
+            line = ax.stdout.readline()
+            if not line:
+                raise RuntimeError(f"mo_ax.py serve ended before trial {number} (exit status {ax.wait()})")
+            params = json.loads(line)["params"]
+            batch_size = int(params.pop("batch_size"))
+            points.append(list(_train_digits(params, batch_size, seed, number, epochs)))
+            if number + 1 < trials:
+                ax.stdin.write(json.dumps(points[-1]) + "\n")
+                ax.stdin.flush()
+        ax.stdin.close()
+    return {"points": points, "complete": [True] * trials, "epochs": trials * epochs}
+
+
 def run_digits(method: str, trials: int, seed: int, epochs: int, pruner: str | None) -> dict:
     if method in ("nsga2", "tpe"):
         run = _optuna_digits(method, trials, seed, epochs)
+    elif method in AX:
+        run = _ax_digits(method, trials, seed, epochs)
     else:
         run = _ours_digits(method, trials, seed, epochs, pruner)
     return {**run, "ref": list(DIGITS_REF)}
@@ -267,9 +314,7 @@ def main() -> None:
     for seed in parse_seeds(args.seeds):
         for problem in args.problems:
             for method in args.methods:
-                if problem == "digits" and method in AX:
-                    continue
-                pruners = ["none"] if problem != "digits" or method in ("nsga2", "tpe") else args.pruners
+                pruners = ["none"] if problem != "digits" or method in ("nsga2", "tpe", *AX) else args.pruners
                 for pruner in pruners:
                     epochs = args.epochs if problem == "digits" else None
                     key = (problem, method, None if pruner == "none" else pruner, seed, args.trials, epochs)
