@@ -126,7 +126,9 @@ def _number(value: object, arg: str, cls: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise SearchSpaceError(f"{cls}: {arg} must be a number, got {value!r} of type {type(value).__name__}")
     if not math.isfinite(float(value)):
-        raise SearchSpaceError(f"{cls}: {arg} must be finite, got {arg}={value!r}")
+        raise SearchSpaceError(
+            f"{cls}: {arg} must be finite, got {arg}={value!r}; a search needs a bounded range: give a finite {arg}"
+        )
     return float(value)
 
 
@@ -217,10 +219,12 @@ class Domain(ABC):
 
 def _check_range(cls: str, low: float, high: float, log: bool) -> None:
     if not low < high:
-        raise SearchSpaceError(
-            f"{cls}: low < high must hold, but got low={low!r}, high={high!r};"
-            " to fix a parameter, pass it to the model directly instead of searching it"
+        fix = (
+            f"swap them: {cls}({high!r}, {low!r})"
+            if low > high
+            else "to fix a parameter at one value, pass it to the model directly instead of searching it"
         )
+        raise SearchSpaceError(f"{cls}: low < high must hold, but got low={low!r}, high={high!r}; {fix}")
     if log and low <= 0:
         raise SearchSpaceError(f"{cls}: log=True needs low > 0, but got low={low!r}; use log=False or a positive low")
 

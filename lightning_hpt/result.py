@@ -197,8 +197,10 @@ class SearchResult:
     def _builder(self, what: str) -> TrialBuilder:
         if self.builder is None:
             raise ConfigurationError(
-                f"{what} needs the trials' builder: use the result that the search's run() returns, or"
-                " SearchResult.load(storage, study, builder=...)"
+                f"{what} needs the trials' builder: use the result that the search's run() returns; in a later"
+                " session, make the same HyperparameterSearch(...) (same model, datamodule, root and study_name)"
+                " and call its result(), which reads the study without running a trial; for a CLI study,"
+                " SearchResult.load(storage, study, builder=CLITrialBuilder(...))"
             )
         return self.builder
 

@@ -36,12 +36,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_hpt.exceptions import ConfigurationError, StorageError
+from lightning_hpt.exceptions import ConfigurationError, SearchPreempted, StorageError
+from lightning_hpt.lightning import compat
 from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
 from lightning_hpt.lightning.loggers import TrialContext, make_logger
 from lightning_hpt.lightning.monitor import monitor_class
 from lightning_hpt.lightning.resume import checkpoint_to_resume, discard, resume_callbacks
-from lightning_hpt.lightning.runner import TrialJob, _describe, _outcome, end_resume
+from lightning_hpt.lightning.runner import TrialJob, _describe, _outcome, end_resume, trial_seed
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.recovery import ACTIVE, recover
 from lightning_hpt.reporting import StudyReporter, record_outcome
@@ -110,6 +111,9 @@ class ScriptTrial:
         dir: its directory, ``<root>/<study>/trial_<number>/`` (a ``Path``).
         study: the study's name.
         finished: it is recorded.
+        seed: the seed a search would give this trial (a function of the study's seed and the trial's
+            number): ``L.seed_everything(trial.seed, workers=True)`` before building the model makes a
+            trial's value reproducible, as a :class:`HyperparameterSearch` trial's is.
         ckpt_path: the checkpoint this trial continues from, for ``trainer.fit(..., ckpt_path=trial.ckpt_path)``:
             a rerun of a pre-empted trial's resumable checkpoint, ``None`` for a trial that starts
             (also for a later fit of one trial: only its first fit continues).
@@ -119,6 +123,7 @@ class ScriptTrial:
         rec, job = recorder.record, recorder.job
         self.number, self.params, self.study = rec.number, dict(rec.params), recorder.study
         self.dir = Path(recorder.dir)
+        self.seed = trial_seed(job.seed, rec.number)
         self.finished = False
         self._recorder = recorder
         self._callback: Any = None
@@ -239,6 +244,10 @@ class _FitEnd:
         self.trainer = trainer
         if self.fit_error is None:
             self.fit_error = exception
+        if compat.is_interrupt_exit(exception) and getattr(exception, "code", 0) is None:
+            # Lightning's SIGTERMException has no code, so the script would exit with status 0, as if it
+            # had finished; a pre-empted script exits as a search does (SearchPreempted: 128 + SIGTERM)
+            exception.code = SearchPreempted().code  # type: ignore[attr-defined]
 
 
 class _Recorder:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -268,6 +269,17 @@ def test_plots_show_history_curves_coordinates_slices_and_importance(tmp_path):
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
     assert [ax.get_xlabel() for ax in panels] == ["lr", "hidden", "batch_size"]
     assert panels[0].get_xscale() == "log" and panels[1].get_xscale() == "linear"
+    # a log axis over less than two decades: plain labels at 1, 2 and 5 per decade, none on minor ticks
+    narrow = [dataclasses.replace(t, params={**t.params, "model.lr": 0.003 + 0.001 * t.number}) for t in trials]
+    fig = plot_slices(narrow, "min", space=SPACE, monitor="val_loss")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    shown = [
+        t.get_text()
+        for t in ax.get_xticklabels()
+        if t.get_text() and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]
+    ]
+    assert shown and all(float(x) for x in shown) and not any(t.get_text() for t in ax.get_xticklabels(minor=True))
 
     fig = plot_importance({"model.lr": 0.7, "model.hidden": 0.2, "data.batch_size": 0.01}, method="a method")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["batch_size", "hidden", "lr"]

@@ -187,7 +187,8 @@ def test_script_trial_sigkill_resumes_exactly(tmp_path, reference):
 def test_script_trial_sigterm_saves_the_state_and_resumes(tmp_path, reference):
     """SIGTERM to a ScriptSearch script mid-epoch K: the trial is recorded pre-empted with its state saved.
 
-    (Lightning's SIGTERMException is a SystemExit without a code: the script ends there, with status 0.)
+    The script ends there with status 143, as a search does (Lightning's SIGTERMException is a SystemExit
+    without a code, status 0: a batch system would take the pre-empted script for a finished one).
     """
     root = tmp_path / "run"
     proc = _start(root, "script", 0.3)
@@ -195,7 +196,7 @@ def test_script_trial_sigterm_saves_the_state_and_resumes(tmp_path, reference):
     sent = time.time()
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert "RESULT" not in out, out
+    assert "RESULT" not in out and proc.returncode == 143, out
     assert (root / "default" / "trial_0" / "resume" / "latest.ckpt").stat().st_mtime >= sent
     value, attempt, curve, _ = _finish(root, "script")
     ref_value, ref_curve = reference("script", "script")

@@ -80,6 +80,19 @@ def test_loop_records_each_trial_with_its_steps_and_the_scripts_checkpoint(tmp_p
     assert "at step None" not in str(result) and f"at step {result.best_trial.best_step}" in str(result)
 
 
+def test_a_trial_seeded_with_its_seed_gives_the_same_value_in_another_study(tmp_path):
+    """trial.seed depends on the study's seed and the trial's number only: seeding with it reproduces a value."""
+    values, seeds = [], []
+    for name in ("a", "b"):
+        s = search(tmp_path, study_name=name, n_trials=2)
+        for trial in s:
+            seeds.append(trial.seed)
+            L.seed_everything(trial.seed, workers=True, verbose=False)
+            trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"], hidden=trial.params["hidden"]), TinyData())
+        values.append([t.value for t in s.trials])
+    assert values[0] == values[1] and seeds[:2] == seeds[2:] and seeds[0] != seeds[1]
+
+
 def test_pruned_trials_stop_training_and_are_recorded_pruned(tmp_path):
     s = search(tmp_path, pruner=PruneFromTrial(1), n_trials=2)
     epochs = []

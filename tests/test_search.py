@@ -258,6 +258,31 @@ def test_keyboard_interrupt_in_training_is_recorded(tmp_path, fast_trainer):
     assert result.trials[0].attempt == 2
 
 
+def test_a_trial_interrupted_during_validation_reruns_that_validation(tmp_path, fast_trainer):
+    """Ctrl+C during epoch 2's validation run: the rerun validates epoch 2 (no step missing or renumbered).
+
+    A checkpoint written mid-validation tells Lightning that epoch 2 was trained, and a fit continued from
+    it goes on with epoch 3 without validating 2; the trial continues from its last epoch-end checkpoint.
+    """
+    import lightning.pytorch as L
+
+    class InterruptOnce(L.Callback):
+        fired = False
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            if trainer.current_epoch == 2 and not InterruptOnce.fired:
+                InterruptOnce.fired = True
+                raise KeyboardInterrupt
+
+    search = make(tmp_path, fast_trainer, n_trials=1, trainer={"max_epochs": 4, "callbacks": [InterruptOnce()]})
+    with pytest.raises(KeyboardInterrupt):
+        search.run()
+    assert sorted(search.trials[0].intermediate) == [0, 1]
+    (t,) = search.run().trials
+    assert t.state is TrialState.COMPLETE and t.attempt == 2
+    assert sorted(t.intermediate) == [0, 1, 2, 3]
+
+
 def test_callback_error_is_recorded(tmp_path, fast_trainer):
     """RELIABILITY row 22: a user callback raising in on_train_end fails the trial; nothing stays RUNNING."""
     import lightning.pytorch as L
@@ -399,6 +424,16 @@ def test_ask_tell_without_training(tmp_path):
     res = search.result()
     assert len(res.trials) == 4 and res.best_value == min(t.value for t in res.trials[:3])
     assert res.trials[0].intermediate == {0: 1.0, 1: 0.5, 2: 0.7}
+
+
+def test_a_finished_study_is_read_back_with_its_builder_by_the_same_search(tmp_path, fast_trainer):
+    """Another session makes the same search and calls result(): no trial runs, the winner loads."""
+    first = make(tmp_path, fast_trainer, n_trials=2).run()
+    later = make(tmp_path, fast_trainer, n_trials=2)
+    result = later.result()
+    assert [t.number for t in later.trials] == [0, 1] and result.best_value == first.best_value
+    model = result.load_best_model()
+    assert isinstance(model, TinyModel) and model.hparams.lr == first.best_params["model.lr"]
 
 
 def test_foreign_database_is_not_touched(tmp_path, fast_trainer):

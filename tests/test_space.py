@@ -11,7 +11,8 @@ from lightning_hpt import Categorical, Float, Int, SearchSpace, SearchSpaceError
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: Float(1.0, 0.5), r"low < high must hold, but got low=1.0, high=0.5"),
+        (lambda: Float(1.0, 0.5), r"low < high must hold, but got low=1.0, high=0.5; swap them: Float\(0.5, 1.0\)"),
+        (lambda: Float(0.5, 0.5), r"low < high must hold.*to fix a parameter at one value, pass it to the model"),
         (lambda: Float(0.0, 1.0, log=True), r"log=True needs low > 0, but got low=0.0"),
         (lambda: Float(-1.0, 1.0, log=True), r"log=True needs low > 0"),
         (lambda: Float(0.0, 1.0, step=0.3), r"step must divide high - low.*step=0.3"),

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         max_epochs=args.epochs,
     )
     for trial in search:
-        L.seed_everything(trial.number)
+        L.seed_everything(trial.seed, workers=True)
         p = trial.params
         model = TunedMLP(lr=p["lr"], hidden_dim=p["hidden_dim"], dropout=p["dropout"])
         trainer = L.Trainer(

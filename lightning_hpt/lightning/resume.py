@@ -90,6 +90,11 @@ class InterruptCheckpoint(L.Callback):
     teardown, and makes ``fit(ckpt_path=None)`` look for a "last" checkpoint; a trial that fails on
     its own error keeps the last interval's checkpoint instead (the state at an error is not one to
     continue from), and the runner chooses ``ckpt_path`` itself.
+
+    Nothing is written when the interruption comes during a validation run: Lightning's loops would
+    read such a checkpoint as "this epoch is trained" and go on with the next epoch without finishing
+    the validation run, so the trial's curve would lose that step. The last interval's checkpoint
+    (the end of the previous epoch, by default) stays, and the rerun trains that epoch again.
     """
 
     def __init__(self, path: str) -> None:
@@ -97,9 +102,13 @@ class InterruptCheckpoint(L.Callback):
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if isinstance(exception, (KeyboardInterrupt, SearchPreempted)) or compat.is_interrupt_exit(exception):
-            trainer.save_checkpoint(self.path)
-            log.info("the trial was interrupted: its state is saved in %s", self.path)
+        if not (isinstance(exception, (KeyboardInterrupt, SearchPreempted)) or compat.is_interrupt_exit(exception)):
+            return
+        if trainer.validating:
+            log.info("the trial was interrupted during a validation run: it continues from its last checkpoint")
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+        log.info("the trial was interrupted: its state is saved in %s", self.path)
 
 
 class ResumeCheckpoint(L.callbacks.ModelCheckpoint):
