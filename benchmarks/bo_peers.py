@@ -15,11 +15,13 @@ Peers, with their library defaults:
   categories), ``fit_gpytorch_mll``, ``qLogNoisyExpectedImprovement``, ``optimize_acqf`` (or
   ``optimize_acqf_mixed_alternating`` with integers or categories), BoTorch's default options.
 * ``random``, ``sobol``: lightning-hpt's RandomStrategy and SobolStrategy.
-* ``bayes:key=value,...``: BayesianStrategy with other arguments (``bo_tune.py`` screens them).
+* ``bayes:key=value,...``: BayesianStrategy with other arguments (``bo_tune.py`` screens them);
+  ``cat_kernel=product`` is not an argument but a screened surrogate, :func:`product_kernel_gp`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -198,12 +200,46 @@ def bayes_kwargs(method: str) -> dict[str, Any] | None:
     return kwargs
 
 
+def product_kernel_gp(x: torch.Tensor, y: torch.Tensor, categorical: Any) -> Any:
+    """A screened variant of the surrogate (``bayes:cat_kernel=product``): one product kernel, as GPSampler's.
+
+    BoTorch's ``SingleTaskGP`` with its dimension-scaled RBF kernel on the ordered dimensions times
+    BoTorch's ``CategoricalKernel`` on the categories, instead of ``MixedSingleTaskGP``'s sum of a
+    sum and a product kernel; fitted like the default surrogate.
+    """
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.kernels.categorical import CategoricalKernel
+    from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+    from gpytorch.constraints import GreaterThan
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    from lightning_hpt.surrogate import FIT_MAXITER
+
+    cat = sorted(categorical)
+    ordered = [i for i in range(x.shape[-1]) if i not in cat]
+    covar: Any = CategoricalKernel(ard_num_dims=len(cat), active_dims=cat, lengthscale_constraint=GreaterThan(1e-6))
+    if ordered:
+        covar = get_covar_module_with_dim_scaled_prior(ard_num_dims=len(ordered), active_dims=ordered) * covar
+    model = SingleTaskGP(x, y.reshape(-1, 1), covar_module=covar)
+    mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": FIT_MAXITER}})
+    return model.eval()
+
+
 def run_method(method: str, problem: SuiteProblem, trials: int, seed: int, batch: int) -> Run:
     kwargs = bayes_kwargs(method)
     if kwargs is not None:
+        from unittest import mock
+
         from lightning_hpt.strategies.bayesian import BayesianStrategy
 
-        return run_strategy(BayesianStrategy(seed=seed, **kwargs), problem, trials, seed, batch)
+        product = kwargs.pop("cat_kernel", "mixed") == "product" and any(
+            isinstance(d, Categorical) for d in problem.space.values()
+        )
+        patch = mock.patch("lightning_hpt.surrogate.fit_surrogate", product_kernel_gp)
+        with patch if product else contextlib.nullcontext():
+            return run_strategy(BayesianStrategy(seed=seed, **kwargs), problem, trials, seed, batch)
     if method == "random":
         from lightning_hpt.strategies.random import RandomStrategy
 

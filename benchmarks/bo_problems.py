@@ -1,4 +1,4 @@
-"""The broad Bayesian-optimization suite: 12 problems in the forms a tuner meets, split in two halves.
+"""The broad Bayesian-optimization suite: 13 problems in the forms a tuner meets, split in two halves.
 
 Generic functions come from BoTorch's ``test_functions`` (Branin, Hartmann, Levy, Ackley,
 Styblinski-Tang); each is put in one of the forms a hyperparameter search has:
@@ -8,7 +8,8 @@ form                   TUNING      CHECKING
 =====================  ==========  ==========================================================
 integer-heavy, wide    levy_int4   ackley_int5
 categorical: scale     h6_cat5     h3_cat12 (12 levels)
-and offset change
+and offset change      branin_cat10
+                       (10 levels)
 embedded (irrelevant)  branin_e10  h6_e12 (6 of 12 matter)
 log scale, optimum     styb_log4   h6_log6
 away from the centre
@@ -18,7 +19,9 @@ surrogate of training  tab_digits  tab_wine
 
 Defaults of :class:`~lightning_hpt.strategies.bayesian.BayesianStrategy` are changed looking at
 the TUNING half only; the CHECKING half is reported beside it and never consulted. The split is
-fixed here, in :data:`TUNING` and :data:`CHECKING`.
+fixed here, in :data:`TUNING` and :data:`CHECKING`. ``branin_cat10`` joined the tuning half after
+the first runs, because the checking half had the only categorical of many levels (``h3_cat12``),
+so no change for such spaces could be chosen without looking at it.
 
 A problem returns ``(observed, true)``: the value a search sees (with noise on the noisy
 problems) and the noiseless one, from which the simple regret is computed.
@@ -118,6 +121,22 @@ def h3_cat12() -> SuiteProblem:
         return s * _call(fn, [p[f"x{i}"] for i in range(3)]) + o
 
     return SuiteProblem("h3_cat12", "categorical", space, f, min(s * _H3_MIN + o for s, o in _CAT12.values()))
+
+
+_CAT10 = {f"k{k}": (0.6 + (3 * k % 10) / 7, (7 * k % 10) / 3) for k in range(10)}
+_BRANIN_MIN = 0.397887357729738
+
+
+def branin_cat10() -> SuiteProblem:
+    """Branin times a category's scale plus its offset, 10 levels (the many-level form of the tuning half)."""
+    space = SearchSpace({"x1": Float(-5.0, 10.0), "x2": Float(0.0, 15.0), "c": Categorical(list(_CAT10))})
+    fn = Branin()
+
+    def f(p: dict[str, Any]) -> float:
+        s, o = _CAT10[p["c"]]
+        return s * _call(fn, [p["x1"], p["x2"]]) + o
+
+    return SuiteProblem("branin_cat10", "categorical", space, f, min(s * _BRANIN_MIN + o for s, o in _CAT10.values()))
 
 
 # -------------------------------------------------------------------------------- embedded
@@ -251,6 +270,7 @@ def tab_wine() -> SuiteProblem:
 TUNING: dict[str, Callable[[], SuiteProblem]] = {
     "levy_int4": levy_int4,
     "h6_cat5": h6_cat5,
+    "branin_cat10": branin_cat10,
     "branin_e10": branin_e10,
     "styb_log4": styb_log4,
     "branin_nz": branin_nz,
