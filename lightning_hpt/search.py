@@ -46,6 +46,7 @@ from lightning_hpt.space import Domain, SearchSpace, validate_study_name
 from lightning_hpt.storage import Storage, StudyInfo, open_storage, storage_spec
 from lightning_hpt.strategies import Strategy, make_strategy
 from lightning_hpt.strategies.base import params_key
+from lightning_hpt.strategies.grid import planned_trials
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
 __all__ = ["HyperparameterSearch"]
@@ -180,6 +181,7 @@ class HyperparameterSearch:
             )
         require_positive("n_trials", n_trials, optional=True, none_means="")
         self.n_trials = n_trials
+        self._planned = planned_trials(self.strategy, self.space, n_trials)  # a grid without points fails here
         require_positive("patience", patience, optional=True, none_means=" or None (no early stopping)")
         require_positive("timeout", timeout, integer=False, optional=True)
         self.timeout = timeout
@@ -352,7 +354,7 @@ class HyperparameterSearch:
         board = StudyBoard(self.root / self.study_name / "tensorboard", self.monitor, [o.name for o in self.objectives])
         trials = storage.trials(self.study_name)
         finished = sum(t.state.is_finished for t in trials)
-        progress.start(self.study_name, self.n_trials, finished, storage.url, monitor=self.monitor, trials=trials)
+        progress.start(self.study_name, self._planned, finished, storage.url, monitor=self.monitor, trials=trials)
         driver = StudyDriver(
             storage,
             self.study_name,

@@ -441,8 +441,8 @@ def test_example_project_search_best_then_fit(tmp_path, monkeypatch):
     done = storage.trials("digits_cli")
     assert [t.state for t in done] == [TrialState.COMPLETE] * 2
     best = max(done, key=lambda t: t.value)
-    code, _, err = run("best", "digits_cli", "--root", str(root), "-o", str(tmp_path / "best.yaml"))
-    assert code == 0, err
+    code, out, err = run("best", "digits_cli", "--root", str(root), "-o", str(tmp_path / "best.yaml"))
+    assert code == 0 and f"its checkpoint: {best.checkpoint}" in out, (out, err)
     # the command's entry point in a fresh interpreter reads the same study
     shown = subprocess.run(
         [sys.executable, "-m", "lightning_hpt", "show", "digits_cli", "--root", str(root)],

@@ -156,6 +156,25 @@ def test_refit_on_train_plus_validation(tmp_path, fast_trainer):
     assert result.test()["test_loss"] >= 0 and result.test_metrics is not None
 
 
+def test_refit_and_test_keep_working_with_the_projects_checkpoint_and_early_stopping(tmp_path, fast_trainer):
+    """A project's ModelCheckpoint and EarlyStopping in trainer_kwargs (as the README recommends) do not break them."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    callbacks = [ModelCheckpoint(monitor="val_loss"), EarlyStopping(monitor="val_loss", patience=3)]
+    result = HyperparameterSearch(
+        TinyModel,
+        TinyData,
+        SPACE,
+        root=tmp_path,
+        n_trials=2,
+        trainer_kwargs={**fast_trainer, "callbacks": callbacks},
+        verbose=False,
+    ).run()
+    assert result.test()["test_loss"] >= 0
+    assert isinstance(result.refit(max_epochs=1), TinyModel)
+    assert result.test()["test_loss"] >= 0  # the refit model
+
+
 def test_refit_needs_cv_dataset(tmp_path, fast_trainer):
     class NoCV(TinyData):
         cv_dataset = None

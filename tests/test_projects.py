@@ -116,7 +116,10 @@ def test_cli_fixed_classes_with_one_flag_naming_the_script(project):
     assert plain.returncode != 0
     message = plain.stderr.strip().splitlines()
     assert len(message) <= 2 and "--script" in plain.stderr, plain.stderr[-3000:]
-    done = hpt("search", "--script", "train.py", "--config", "fit.yaml", "--config", "search.yaml", cwd=where)
+    args = ("search", "--script", "train.py", "--config", "fit.yaml", "--config", "search.yaml")
+    typo = hpt(*args, "--search.n_trails", "3", cwd=where)  # with --script given, the hint to give it is noise
+    assert typo.returncode != 0 and "n_trails" in typo.stderr and "give --script" not in typo.stderr, typo.stderr
+    done = hpt(*args, cwd=where)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = open_storage(str(where / "hpt_runs" / "studies.db")).trials("digits_cnn")
     complete(trials, 3)

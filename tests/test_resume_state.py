@@ -155,14 +155,17 @@ def test_a_retried_failed_trial_carries_every_callbacks_state_its_training_time_
     assert not math.isclose(t.duration, t.finished_at - t.started_at)
 
 
-def test_a_failed_trials_checkpoint_is_removed_unless_kept_by_option_so_a_retry_starts_over(tmp_path):
-    """Without Resume(failed=True) a FAILED trial keeps no checkpoint: retry_failed trains it from epoch 0."""
+def test_a_failed_trials_checkpoint_is_removed_unless_kept_by_option_so_a_retry_starts_over(tmp_path, caplog):
+    """Without Resume(failed=True) a FAILED trial keeps no checkpoint: retry_failed trains it from epoch 0,
+    without a warning that a checkpoint is missing (none is meant to be there)."""
     probe, root, marker = tmp_path / "probe.jsonl", tmp_path / "run", str(tmp_path / "failed_once")
     with pytest.raises(SearchFailedError):
         _search(root, marker, probe, Resume(), pause=0.0).run()
     assert not (root / "default" / "trial_0" / "resume").exists()
     probe.unlink()
+    caplog.clear()
     t = _search(root, marker, probe, Resume(keep=True), pause=0.0, retry_failed=True).run().trials[0]
+    assert "no resumable checkpoint" not in caplog.text
     assert t.state is TrialState.COMPLETE and t.attempt == 2 and "resumed_at_step" not in t.attrs
     assert min(k for k in _records(probe) if k != "end") == 0
     # Resume(keep=True): the completed trial keeps its one checkpoint, of its last epoch

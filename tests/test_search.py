@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import math
 import os
 import signal
 import sqlite3
+from pathlib import Path
 
 import pytest
 import torch
@@ -296,6 +299,10 @@ def test_callback_error_is_recorded(tmp_path, fast_trainer):
     result = err.value.result
     assert [t.state for t in result.trials] == [TrialState.FAILED] * 2
     assert all("ValueError: callback bug" in t.error and len(t.intermediate) == 2 for t in result.trials)
+    for t in result.trials:  # the whole traceback is kept beside the trial, naming the user's code
+        text = Path(t.attrs["traceback"]).read_text()
+        assert t.attrs["traceback"] == str(tmp_path / "default" / f"trial_{t.number}" / "error.txt")
+        assert "Traceback (most recent call last)" in text and "in on_train_end" in text and "callback bug" in text
 
 
 def test_optimizer_parameters_override_a_hard_coded_optimizer(tmp_path, fast_trainer):
@@ -434,6 +441,24 @@ def test_a_finished_study_is_read_back_with_its_builder_by_the_same_search(tmp_p
     assert [t.number for t in later.trials] == [0, 1] and result.best_value == first.best_value
     model = result.load_best_model()
     assert isinstance(model, TinyModel) and model.hparams.lr == first.best_params["model.lr"]
+
+
+def test_a_grid_is_checked_when_made_and_a_short_budget_on_it_is_warned_of(tmp_path, fast_trainer, caplog):
+    """A continuous domain without grid points is refused before anything is written; n_trials below an
+    unshuffled grid's size warns (its first parameter varies slowest), and the progress counts the grid."""
+    with pytest.raises(SearchSpaceError, match="a grid needs a number of points"):
+        make(tmp_path / "nopoints", fast_trainer, strategy="grid")
+    assert not (tmp_path / "nopoints").exists()
+    space = {"model.hidden": Int(4, 6), "model.lr": Categorical([0.01, 0.1])}  # 3 x 2 = 6 points
+    with caplog.at_level("WARNING"):
+        make(tmp_path, fast_trainer, space=space, strategy="grid", n_trials=4)
+    assert "n_trials=4 runs 4 of the grid's 6 points" in caplog.text and "shuffle=True" in caplog.text
+    caplog.clear()
+    search = make(tmp_path, fast_trainer, space=space, strategy="grid", n_trials=10, study_name="all", verbose="lines")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        result = search.run()
+    assert len(result.trials) == 6 and "0/6 trials done" in out.getvalue() and "n_trials=" not in caplog.text
 
 
 def test_foreign_database_is_not_touched(tmp_path, fast_trainer):

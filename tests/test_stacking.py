@@ -137,6 +137,21 @@ class TrainMetric(Regressor):
         return nn.functional.mse_loss(out, y)
 
 
+class TrainAccuracy(TrainMetric):
+    """A classification metric updated in training_step and logged once an epoch, as Lightning's docs show it."""
+
+    def __init__(self, lr: float = 0.05, weight_decay: float = 0.0, hidden: int = 8, dropout: float = 0.0) -> None:
+        super().__init__(lr, weight_decay, hidden, dropout)
+        self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes=2)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        out = self(x)
+        self.train_acc(torch.cat([-out, out], dim=-1), (y.squeeze(-1) > 0).long())
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return nn.functional.mse_loss(out, y)
+
+
 SPACE = {
     "model.lr": Float(0.005, 0.1, log=True),
     "model.weight_decay": Float(1e-4, 1e-1, log=True),
@@ -390,6 +405,7 @@ def test_a_pruned_member_stops_while_the_others_go_on(tmp_path):
         (WithBatchNorm, "running statistics"),
         (DataDependent, "vmap"),
         (TrainMetric, "unable to batch"),
+        (TrainAccuracy, "such as a torchmetrics metric: compute training metrics with torchmetrics.functional"),
         (WithScheduler, "schedulers"),
     ],
 )

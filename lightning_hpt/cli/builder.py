@@ -15,10 +15,10 @@ from typing_extensions import override
 from lightning_hpt.cli.parsing import ARGS_WARNING, dump_config, layer, parse_base
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.lightning.builder import (
-    EVALUATION_TRAINER_KEYS,
     CallbackFactory,
     TrialBuilder,
     TrialParts,
+    evaluation_args,
     trainer_params,
 )
 from lightning_hpt.lightning.callbacks import combine_callbacks, quiet_flags
@@ -184,9 +184,7 @@ def _trial_cli(
             if mode == _PARTS:
                 return None
             if mode == _EVALUATION:
-                kept = {k: trainer_cfg[k] for k in EVALUATION_TRAINER_KEYS if trainer_cfg.get(k) is not None}
-                args = {"enable_progress_bar": False, "enable_model_summary": False, **kept, **(overrides or {})}
-                return self.trainer_class(**args)
+                return self.trainer_class(**evaluation_args(trainer_cfg, overrides or {}))
             user = _as_list(kwargs.pop("callbacks", None) or trainer_cfg.get("callbacks"))
             # callbacks the CLI adds itself (parser.add_lightning_class_args(EarlyStopping, ...)) count as the user's
             added = [self.config_init.get(k) for k in getattr(self.parser, "callback_keys", [])]

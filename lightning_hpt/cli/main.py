@@ -142,6 +142,8 @@ def _best(args: argparse.Namespace, info: Any, result: Any, root: Any, out: IO[s
     if args.output:
         what = "config" if fmt == "config" else "parameters"
         out.write(f"best {what} (trial {best.number}): {write_text(args.output, text)}\n")
+        if best.checkpoint:  # for `python main.py test --config best.yaml --ckpt_path ...`
+            out.write(f"its checkpoint: {best.checkpoint}\n")
     else:
         out.write(text)
     return 0
@@ -154,7 +156,7 @@ def _change_study(command: str, args: argparse.Namespace, storage: Any, study: s
             out.write(f"study {study!r} has no FAILED trial: nothing to retry\n")
             return 0
         out.write(
-            f"study {study!r}: {_trials(numbers)} queued again under their numbers; a driver running this study"
+            f"study {study!r}: {_trials(numbers)} queued again under the same numbers; a driver running this study"
             " picks them up, or run the same search again (the lightning-hpt search command, or your script)\n"
         )
         return 0
@@ -222,10 +224,10 @@ def main(
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a command ended by SIGPIPE
     except KeyboardInterrupt:
-        err.write("lightning-hpt: interrupted; the running trial is recorded: run the same command to resume\n")
+        err.write("lightning-hpt: interrupted; the running trials are recorded: run the same command to resume\n")
         return 130
     except SearchPreempted as e:
-        err.write(f"lightning-hpt: {e}; the running trial is recorded: run the same command to resume\n")
+        err.write(f"lightning-hpt: {e}; the running trials are recorded: run the same command to resume\n")
         return 143
     except SystemExit as e:  # argument parsers exit after --help, --print_config and usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

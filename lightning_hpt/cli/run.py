@@ -123,8 +123,10 @@ def parse_search(
     if meta_flags:
         for flag, text in META_FLAGS.items():
             parser.add_argument(f"--{flag}", type=str | None, default=None, help=text)
-    found = cli_scripts() if meta_flags else []
-    hint = script_hint(found[0] if len(found) == 1 else "train.py") if meta_flags else ""
+    # the hint names --script and its kin: no use once the command gives one
+    named = any(a.split("=", 1)[0].removeprefix("--") in META_FLAGS for a in argv)
+    found = cli_scripts() if meta_flags and not named else []
+    hint = script_hint(found[0] if len(found) == 1 else "train.py") if meta_flags and not named else ""
     cfg = parse_args_briefly(parser, argv, parser.prog, hint)  # --print_config prints the merged config and exits here
     given = cfg.get("search")
     settings = SearchSettings(**{f.name: given.get(f.name) for f in fields(SearchSettings)})

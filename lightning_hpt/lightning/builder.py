@@ -9,6 +9,7 @@ project's LightningCLI and its config).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ from typing import Any, NamedTuple
 from lightning_hpt.lightning import compat
 from lightning_hpt.space import SearchSpace
 
-__all__ = ["EVALUATION_TRAINER_KEYS", "TrialBuilder", "TrialParts", "trainer_params"]
+__all__ = ["EVALUATION_TRAINER_KEYS", "TrialBuilder", "TrialParts", "evaluation_args", "trainer_params"]
 
 #: Trainer arguments of the search that a refit or test Trainer keeps: where and how it computes,
 #: not how long it trains, how it validates, logs or checkpoints (refit and test set those).
@@ -36,6 +37,28 @@ EVALUATION_TRAINER_KEYS = (
 
 #: ``callbacks(pl)``: the search's callbacks for a trial's Trainer, given the Lightning package.
 CallbackFactory = Callable[[Any], list[Any]]
+
+
+def evaluation_args(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of a refit or test Trainer: the trials' :data:`EVALUATION_TRAINER_KEYS`, then ``overrides``.
+
+    The callbacks are copies (a refit must not change the trials' callback objects), without a
+    project's ``ModelCheckpoint`` and ``EarlyStopping``: they choose and stop on validation runs,
+    which a refit (a set number of epochs on training and validation data) and a test do not have;
+    Lightning refuses a checkpoint callback in a Trainer without checkpointing, and early stopping on
+    a metric that is never logged.
+    """
+    args = {k: v for k, v in settings.items() if k in EVALUATION_TRAINER_KEYS and v is not None}
+    args.update(overrides)
+    if args.get("callbacks") is not None:
+        callbacks = args["callbacks"]
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        args["callbacks"] = copy.deepcopy([c for c in callbacks if not _chooses_on_validation(c)])
+    return {"enable_progress_bar": False, "enable_model_summary": False, **args}
+
+
+def _chooses_on_validation(callback: Any) -> bool:
+    return any(compat.is_lightning_class(type(callback), name) for name in ("Checkpoint", "EarlyStopping"))
 
 
 class TrialParts(NamedTuple):

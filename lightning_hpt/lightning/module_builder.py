@@ -14,10 +14,10 @@ from typing_extensions import override
 
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.lightning.builder import (
-    EVALUATION_TRAINER_KEYS,
     CallbackFactory,
     TrialBuilder,
     TrialParts,
+    evaluation_args,
     trainer_params,
 )
 from lightning_hpt.lightning.callbacks import combine_callbacks, quiet_flags
@@ -245,12 +245,7 @@ class ModuleTrialBuilder(TrialBuilder):
 
     @override
     def evaluation_trainer(self, params: Mapping[str, Any], **overrides: Any) -> Any:
-        args = {k: v for k, v in self.trainer_kwargs.items() if k in EVALUATION_TRAINER_KEYS}
-        args.update(trainer_params(params))
-        args.update(overrides)
-        if "callbacks" in args:
-            args["callbacks"] = copy.deepcopy(list(args["callbacks"]))
-        return self.namespace.Trainer(enable_progress_bar=False, enable_model_summary=False, **args)
+        return self.namespace.Trainer(**evaluation_args(self.trainer_settings(params), overrides))
 
     @override
     def describe_trainer(self, params: Mapping[str, Any] | None = None) -> str:

@@ -155,7 +155,9 @@ def checkpoint_to_resume(trial_dir: str, number: int, attempt: int = 1, name: st
         return path
     if os.path.exists(path):
         log.warning("trial %d: its checkpoint %s is truncated; it starts over", number, path)
-    elif attempt > 1 or (os.path.isdir(trial_dir) and os.listdir(trial_dir)):
+    elif os.path.isdir(os.path.dirname(path)) or (attempt > 1 and not _has_files(trial_dir)):
+        # the folder is there without the file, or a rerun finds no trial directory on this host; a trial
+        # that ended (a FAILED one retried, a study made again after delete) had the folder removed
         log.warning(
             "trial %d: no resumable checkpoint in %s (not written yet, or not reachable from this host);"
             " it starts over",
@@ -163,6 +165,10 @@ def checkpoint_to_resume(trial_dir: str, number: int, attempt: int = 1, name: st
             trial_dir,
         )
     return None
+
+
+def _has_files(folder: str) -> bool:
+    return os.path.isdir(folder) and bool(os.listdir(folder))
 
 
 def discard(trial_dir: str) -> None:

@@ -168,6 +168,27 @@ def _describe(e: BaseException) -> str:
     return text
 
 
+#: the file in a trial's directory that keeps the traceback of the error it failed with
+ERROR_FILE = "error.txt"
+
+
+def _keep_traceback(job: TrialJob, error: BaseException) -> dict[str, str]:
+    """Write ``error``'s traceback to ``<trial dir>/error.txt`` (the record keeps its last line); its path as attrs.
+
+    Only the exception and the source lines of its frames are written, never their local values.
+    """
+    path = os.path.join(job.trial_dir, ERROR_FILE)
+    try:
+        os.makedirs(job.trial_dir, exist_ok=True)
+        with open(path, "w") as f:
+            f.write("".join(traceback.format_exception(error)))
+    except OSError as e:
+        log.warning("trial %d: its traceback could not be written to %s (%s)", job.number, path, e)
+        return {}
+    log.warning("trial %d failed with %s; its traceback is in %s", job.number, _describe(error), path)
+    return {"traceback": path}
+
+
 @dataclass
 class _Live:
     """What one run of a trial has built so far; the outcome reads it, then the runner drops it."""
@@ -235,7 +256,6 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
         error = e.__context__ if interrupted == INTERRUPTED and isinstance(e, SystemExit) else e
     except Exception as e:
         error = e
-        log.debug("trial %d raised:\n%s", job.number, traceback.format_exc())
     finally:
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)  # Lightning leaves SIGINT ignored after an interrupt
@@ -318,6 +338,8 @@ def _outcome(
         )
     if monitor is not None and monitor.error is not None:
         error = monitor.error
+    elif error is not None:
+        common.setdefault("attrs", {}).update(_keep_traceback(job, error))
     if error is not None:
         # every trial would fail the same way: a missing metric, or arguments the model/Trainer refuse
         fatal = isinstance(error, (MetricNotFoundError, ConfigurationError)) or compat.is_misconfiguration(error)

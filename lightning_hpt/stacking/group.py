@@ -252,6 +252,11 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, StackingRefused):
         return str(e)
     reason = f"the stacked group failed before its first validation run ({type(e).__name__}: {e})"
-    if "vmap" not in str(e):  # vmap's own messages say so; an error inside a batched op does not
+    if "device meta" in str(e):  # the members' shared module holds no data: its own state was written to
+        reason += (
+            "; training_step updates a state of the module itself, such as a torchmetrics metric: compute"
+            " training metrics with torchmetrics.functional, or update metric objects in validation_step only"
+        )
+    elif "vmap" not in str(e):  # vmap's own messages say so; an error inside a batched op does not
         reason += "; vmap may be unable to batch an operation of training_step"
     return reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,10 +10,13 @@ import numpy as np
 
 from lightning_hpt.checks import check_bool
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.space import SearchSpace
 from lightning_hpt.strategies.base import Strategy, allowed, params_key
 from lightning_hpt.trial import History
 
-__all__ = ["GridStrategy"]
+__all__ = ["GridStrategy", "planned_trials"]
+
+log = logging.getLogger(__name__)
 
 
 class GridStrategy(Strategy):
@@ -77,3 +81,25 @@ class GridStrategy(Strategy):
 
     def __repr__(self) -> str:
         return f"GridStrategy(points={self.points!r}, shuffle={self.shuffle!r}, seed={self.seed!r})"
+
+
+def planned_trials(strategy: Strategy, space: SearchSpace, n_trials: int | None) -> int | None:
+    """How many trials a search will run: ``n_trials``, or fewer when a grid has fewer points.
+
+    Warns when ``n_trials`` stops an unshuffled grid early: the grid's first parameters vary
+    slowest, so the trials would all share their first values.
+    """
+    if not isinstance(strategy, GridStrategy):
+        return n_trials
+    size = len(space.grid(strategy.points))
+    if n_trials is not None and n_trials < size and not strategy.shuffle:
+        log.warning(
+            "n_trials=%d runs %d of the grid's %d points in its order, where the first parameter varies slowest:"
+            " most values of the first parameters are never tried; GridStrategy(shuffle=True) (strategy: {name:"
+            " grid, shuffle: true}) spreads the trials over the grid, or give n_trials=%d",
+            n_trials,
+            n_trials,
+            size,
+            size,
+        )
+    return size if n_trials is None else min(n_trials, size)
