@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 
@@ -13,8 +14,12 @@ _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", 
 
 
 @contextlib.contextmanager
-def quiet_lightning(enabled: bool) -> Iterator[None]:
-    """While active (and ``enabled``), Lightning logs only warnings, minus the ones every tiny trial triggers."""
+def quiet_lightning(enabled: bool, resumed: str | None = None) -> Iterator[None]:
+    """While active (and ``enabled``), Lightning logs only warnings, minus the ones every tiny trial triggers.
+
+    ``resumed``: the directory of a trial that continues from its checkpoint, whose checkpoint folders
+    are expected to hold files (Lightning warns that they are not empty).
+    """
     if not enabled:
         yield
         return
@@ -26,6 +31,8 @@ def quiet_lightning(enabled: bool) -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*(number of training batches|log_every_n_steps).*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        if resumed is not None:
+            warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(resumed)}.* is not empty")
         try:
             yield
         finally:

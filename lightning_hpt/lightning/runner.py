@@ -207,7 +207,7 @@ def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
     ckpt = checkpoint_to_resume(job.trial_dir, job.number, job.attempt) if b.resume is not None else None
     if ckpt is None:
         _clean_dir(job.trial_dir)
-    with quiet_lightning(b.builder.quiet):
+    with quiet_lightning(b.builder.quiet, resumed=None if ckpt is None else job.trial_dir):
         fold, repeat = job.part or (0, 0)
         seed = trial_seed(job.seed, job.number, repeat)
         seed_everything(seed, workers=True, verbose=False)
