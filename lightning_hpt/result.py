@@ -406,6 +406,11 @@ class SearchResult:
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def __repr__(self) -> str:
+        """One line (the dataclass's own repr would print every trial): ``print(result)`` gives the summary."""
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in self.counts().items())
+        return f"SearchResult(study={self.study!r}, monitor={self.monitor!r}, {len(self.trials)} trials: {counts})"
+
     def __str__(self) -> str:
         counts = ", ".join(f"{n} {s.lower()}" for s, n in self.counts().items())
         lines = [f"Study {self.study!r}: {len(self.trials)} trials ({counts}); {self.stopped_reason}".rstrip("; ")]

@@ -446,6 +446,8 @@ def test_a_finished_study_is_read_back_with_its_builder_by_the_same_search(tmp_p
     assert [t.number for t in later.trials] == [0, 1] and result.best_value == first.best_value
     model = result.load_best_model()
     assert isinstance(model, TinyModel) and model.hparams.lr == first.best_params["model.lr"]
+    # repr is one line, not every trial's record (print(result.best) without the call shows it)
+    assert repr(result) == "SearchResult(study='default', monitor='val_loss', 2 trials: 2 complete)"
 
 
 def test_a_grid_is_checked_when_made_and_a_short_budget_on_it_is_warned_of(tmp_path, fast_trainer, caplog):
