@@ -17,11 +17,12 @@ import time
 import zipfile
 from collections.abc import Iterable, Sequence
 
-from lightning_hpt.exceptions import MetricNotFoundError, SearchFailedError, SearchPreempted
+from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, SearchFailedError, SearchPreempted
+from lightning_hpt.run_scope import HEARTBEAT_SECONDS
 from lightning_hpt.storage import Storage
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, TrialRecord, TrialState
 
-__all__ = ["ACTIVE", "HOST", "ActiveTrials", "abandon", "check_checkpoints", "recover"]
+__all__ = ["ACTIVE", "HOST", "ActiveTrials", "abandon", "check_checkpoints", "check_stale_after", "recover"]
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
@@ -63,14 +64,49 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from Linux's /proc; ``None`` elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after "pid (name)": field 3 onwards
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def _is_dead(storage: Storage, study: str, t: TrialRecord, stale_after: float, now: float) -> bool:
     beat = storage.last_heartbeat(study, t.number)
-    stale = beat is None or now - beat > stale_after  # also catches a reused pid
+    stale = beat is None or now - beat > stale_after
     if t.host == HOST and t.pid == os.getpid():
         return (storage.url, study, t.number) not in ACTIVE
     if t.host == HOST:
-        return not _pid_alive(t.pid) or stale
+        if not _pid_alive(t.pid):
+            return True
+        started = _process_start(t.pid) if t.pid is not None else None
+        if started is not None and t.started_at is not None:
+            # the pid is alive: the trial's own driver if that process started before the trial did (a
+            # heartbeat older than a short stale_after does not make a live driver dead), another
+            # process that reused the pid otherwise
+            return started > t.started_at + 1.0
+        return stale  # no /proc: a stale heartbeat also catches a reused pid
     return stale
+
+
+def check_stale_after(value: object) -> float:
+    """``stale_after`` as a positive number of seconds; under two heartbeats, allowed with a warning."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"stale_after must be a positive number of seconds, got stale_after={value!r}")
+    if value < 2 * HEARTBEAT_SECONDS:
+        log.warning(
+            "stale_after=%s s is under two heartbeats (a driver marks its trials alive every %.0f s): a live driver"
+            " on another host may be taken for dead and its trials run twice; a dead driver of this host is found"
+            " at once whatever stale_after is",
+            value,
+            HEARTBEAT_SECONDS,
+        )
+    return float(value)
 
 
 def recover(storage: Storage, study: str, *, stale_after: float, retry_interrupted: bool) -> None:

@@ -60,8 +60,12 @@ def frozen_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
+#: seconds between two heartbeats of a driver's running trials
+HEARTBEAT_SECONDS = 30.0
+
+
 @contextlib.contextmanager
-def heartbeat(storage: Storage, study: str, numbers: set[int], every: float = 30.0) -> Iterator[None]:
+def heartbeat(storage: Storage, study: str, numbers: set[int], every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
     """Mark the trials in ``numbers`` (read at each beat) alive every ``every`` seconds while active."""
     stop = threading.Event()
 

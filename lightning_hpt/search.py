@@ -24,7 +24,7 @@ from lightning_hpt.lightning.runner import TrialBuild, judge
 from lightning_hpt.objectives import Objective, parse_objectives
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.pruners import Pruner, StepIndex, make_pruner
-from lightning_hpt.recovery import check_checkpoints, recover
+from lightning_hpt.recovery import check_checkpoints, check_stale_after, recover
 from lightning_hpt.report.board import StudyBoard
 from lightning_hpt.report.live import make_progress
 from lightning_hpt.report.table import trials_table
@@ -215,8 +215,7 @@ class HyperparameterSearch:
         check_feasible(self.space, self.param_constraints)
         make_progress(verbose)  # validates it
         self.verbose = verbose
-        require_positive("stale_after", stale_after, integer=False)
-        self.stale_after = stale_after
+        self.stale_after = check_stale_after(stale_after)
         self._storage_spec = storage_spec(storage) if storage is not None else f"sqlite:///{self.root / 'studies.db'}"
         self._storage: Storage | None = None
         self._opened = False
