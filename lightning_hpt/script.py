@@ -41,7 +41,7 @@ from lightning_hpt.lightning import compat
 from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
 from lightning_hpt.lightning.loggers import TrialContext, make_logger
 from lightning_hpt.lightning.monitor import monitor_class
-from lightning_hpt.lightning.resume import checkpoint_to_resume, discard, resume_callbacks
+from lightning_hpt.lightning.resume import checkpoint_to_resume, claim, discard, resume_callbacks
 from lightning_hpt.lightning.runner import TrialJob, _describe, _outcome, end_resume, trial_seed
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.recovery import ACTIVE, recover
@@ -128,8 +128,10 @@ class ScriptTrial:
         self._recorder = recorder
         self._callback: Any = None
         self._resume = job.build.resume
-        self.ckpt_path = checkpoint_to_resume(str(self.dir), self.number, job.attempt) if self._resume else None
+        self.ckpt_path = checkpoint_to_resume(job) if self._resume else None
         Path(self.dir).mkdir(parents=True, exist_ok=True)
+        if self._resume:
+            claim(job)
 
     def __repr__(self) -> str:
         return f"ScriptTrial(number={self.number}, params={self.params})"

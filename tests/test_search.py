@@ -291,6 +291,37 @@ def test_a_trial_interrupted_during_validation_reruns_that_validation(tmp_path, 
     assert not [w for w in caught if "is not empty" in str(w.message)], [str(w.message) for w in caught]
 
 
+def test_a_study_made_again_after_delete_does_not_continue_the_deleted_ones_checkpoints(tmp_path, fast_trainer, caplog):
+    """delete leaves the trials' files; a new study of that name whose trial 0 has another configuration starts
+    it over (the checkpoint was another trial's), while the same configuration and seed would continue it."""
+
+    def interrupted(seed):
+        search = HyperparameterSearch(
+            lambda cfg: TinyModel(interrupt_at_epoch=1, **cfg["model"]),
+            TinyData,
+            SPACE,
+            root=tmp_path,
+            n_trials=1,
+            seed=seed,
+            trainer_kwargs={**fast_trainer, "max_epochs": 3},
+            verbose=False,
+        )
+        with pytest.raises(KeyboardInterrupt):
+            search.run()
+        assert (tmp_path / "default" / "trial_0" / "resume" / "latest.ckpt").exists()
+        search.storage.delete_study("default")
+
+    interrupted(seed=0)
+    other = make(tmp_path, fast_trainer, n_trials=1, seed=1, trainer={"max_epochs": 3})
+    fresh = other.run().trials[0]
+    assert "resumed_at_step" not in fresh.attrs and sorted(fresh.intermediate) == [0, 1, 2]
+    assert "was written for another trial in this directory" in caplog.text
+    other.storage.delete_study("default")
+    interrupted(seed=0)
+    same = make(tmp_path, fast_trainer, n_trials=1, seed=0, trainer={"max_epochs": 3}).run().trials[0]
+    assert "resumed_at_step" in same.attrs and sorted(same.intermediate) == [0, 1, 2]
+
+
 def test_callback_error_is_recorded(tmp_path, fast_trainer):
     """RELIABILITY row 22: a user callback raising in on_train_end fails the trial; nothing stays RUNNING."""
     import lightning.pytorch as L

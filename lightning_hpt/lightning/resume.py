@@ -11,6 +11,7 @@ directory) hands it to ``trainer.fit(ckpt_path=...)``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -33,6 +34,7 @@ __all__ = [
     "Resume",
     "ResumeCheckpoint",
     "checkpoint_to_resume",
+    "claim",
     "discard",
     "load_finished_runs",
     "resume_callbacks",
@@ -46,6 +48,9 @@ Score = float | tuple[float, ...]
 #: the folder of a trial's resumable checkpoint, inside its trial directory
 RESUME_DIR = "resume"
 _NAME = "latest"
+#: the file beside ``RESUME_DIR`` that says which trial its checkpoints belong to (outside it: Lightning warns
+#: about a checkpoint folder that holds files before its first save)
+_OWNER = "resume_owner.json"
 
 
 @dataclass(frozen=True)
@@ -144,18 +149,31 @@ def resume_callbacks(pl: Any, resume: Resume, trial_dir: str) -> list[Any]:
     return cbs
 
 
-def checkpoint_to_resume(trial_dir: str, number: int, attempt: int = 1, name: str = _NAME) -> str | None:
-    """The trial's resumable checkpoint if one is there and whole; logs why a rerun starts over otherwise.
+def checkpoint_to_resume(job: Any, name: str = _NAME) -> str | None:
+    """The resumable checkpoint of ``job`` (a ``TrialJob``) if one is there, whole and its own; logs why it starts over.
 
-    ``name``: the file's name in ``RESUME_DIR``, without ``.ckpt`` (a stacked member's is ``member``).
+    ``name``: the file's name in ``RESUME_DIR``, without ``.ckpt`` (a stacked member's is ``member``). A
+    checkpoint written for another trial in the same directory (a study of the same name, deleted and
+    made again, whose trial of this number has another configuration or seed) is removed, not used.
     """
+    trial_dir, number = job.trial_dir, job.number
     path = os.path.join(trial_dir, RESUME_DIR, f"{name}.ckpt")
     if os.path.exists(path) and zipfile.is_zipfile(path):
+        owner = _read_owner(trial_dir)
+        if owner is not None and owner != _owner(job):
+            log.warning(
+                "trial %d: the checkpoint %s was written for another trial in this directory (a study of the same"
+                " name, deleted and made again?): it is removed and the trial starts over",
+                number,
+                path,
+            )
+            discard(trial_dir)
+            return None
         log.info("trial %d continues from its checkpoint %s", number, path)
         return path
     if os.path.exists(path):
         log.warning("trial %d: its checkpoint %s is truncated; it starts over", number, path)
-    elif os.path.isdir(os.path.dirname(path)) or (attempt > 1 and not _has_files(trial_dir)):
+    elif os.path.isdir(os.path.dirname(path)) or (job.attempt > 1 and not _has_files(trial_dir)):
         # the folder is there without the file, or a rerun finds no trial directory on this host; a trial
         # that ended (a FAILED one retried, a study made again after delete) had the folder removed
         log.warning(
@@ -167,13 +185,39 @@ def checkpoint_to_resume(trial_dir: str, number: int, attempt: int = 1, name: st
     return None
 
 
+def claim(job: Any) -> None:
+    """Write which trial the resumable checkpoints of ``job``'s directory belong to (before any is written)."""
+    path = os.path.join(job.trial_dir, _OWNER)
+    if _read_owner(job.trial_dir) == _owner(job):
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(_owner(job), f)
+    os.replace(path + ".tmp", path)
+
+
+def _owner(job: Any) -> dict[str, Any]:
+    """What makes a checkpoint this trial's: its number, the study's seed and its configuration."""
+    return json.loads(json.dumps({"number": job.number, "seed": job.seed, "params": dict(job.params)}, default=str))
+
+
+def _read_owner(trial_dir: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(trial_dir, _OWNER), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):  # none (a checkpoint of an earlier version: taken as the trial's) or damaged
+        return None
+
+
 def _has_files(folder: str) -> bool:
     return os.path.isdir(folder) and bool(os.listdir(folder))
 
 
 def discard(trial_dir: str) -> None:
-    """Remove the trial's resumable checkpoint (the trial ended)."""
+    """Remove the trial's resumable checkpoint and what says whose it is (the trial ended)."""
     shutil.rmtree(os.path.join(trial_dir, RESUME_DIR), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(trial_dir, _OWNER))
 
 
 def _runs_file(trial_dir: str) -> str:
@@ -186,6 +230,7 @@ def save_finished_runs(job: Any, done: Sequence[Score], runs: list[dict[str, Any
     ``done``: each finished run's value (a tuple of every objective's with several); ``runs``: what each run
     recorded (every objective's and constrained metric's value at its best step); ``sent``: the trial's steps.
     """
+    claim(job)
     path = _runs_file(job.trial_dir)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     data = {"done": done, "runs": runs, "sent": {str(k): v for k, v in sent.items()}}
@@ -202,8 +247,20 @@ def _score(value: Any) -> Score:
 def load_finished_runs(job: Any) -> tuple[list[Score], list[dict[str, Any]], dict[int, Score]]:
     """The finished runs a cross-validated trial kept (see :func:`save_finished_runs`); none for a fresh one."""
     path = _runs_file(job.trial_dir)
-    if job.build.resume is None or not os.path.exists(path):
-        if job.attempt > 1 and job.build.resume is not None:
+    if job.build.resume is None:
+        return [], [], {}
+    owner = _read_owner(job.trial_dir)
+    if owner is not None and owner != _owner(job):
+        log.warning(
+            "trial %d: the finished runs in %s were kept for another trial in this directory (a study of the same"
+            " name, deleted and made again?): they are removed and its runs start over",
+            job.number,
+            path,
+        )
+        discard(job.trial_dir)
+        return [], [], {}
+    if not os.path.exists(path):
+        if os.path.isdir(os.path.dirname(path)):  # the folder without the file: kept ones are missing
             log.warning("trial %d: no finished runs kept in %s; its runs start over", job.number, path)
         return [], [], {}
     try:

@@ -26,7 +26,7 @@ from lightning_hpt.lightning.folds import CrossValidation, fold_view
 from lightning_hpt.lightning.loggers import finish_loggers
 from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
 from lightning_hpt.lightning.quiet import quiet_lightning
-from lightning_hpt.lightning.resume import Resume, checkpoint_to_resume, discard, resume_callbacks
+from lightning_hpt.lightning.resume import Resume, checkpoint_to_resume, claim, discard, resume_callbacks
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
 
 if TYPE_CHECKING:
@@ -204,9 +204,11 @@ def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
     from lightning.fabric.utilities.seed import seed_everything
 
     b = job.build
-    ckpt = checkpoint_to_resume(job.trial_dir, job.number, job.attempt) if b.resume is not None else None
+    ckpt = checkpoint_to_resume(job) if b.resume is not None else None
     if ckpt is None:
         _clean_dir(job.trial_dir)
+    if b.resume is not None:
+        claim(job)
     with quiet_lightning(b.builder.quiet, resumed=None if ckpt is None else job.trial_dir):
         fold, repeat = job.part or (0, 0)
         seed = trial_seed(job.seed, job.number, repeat)

@@ -228,7 +228,7 @@ class _StackedLogic:
             "member": track.snapshot(epochs, steps),
             "best": best,
         }
-        save_member_state(track.job.trial_dir, state)
+        save_member_state(track.job, state)
         self._clocks[i].written()
 
     # --- training ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lightning_hpt.lightning.resume import RESUME_DIR, Resume, checkpoint_to_resume
+from lightning_hpt.lightning.resume import RESUME_DIR, Resume, checkpoint_to_resume, claim
 from lightning_hpt.lightning.runner import TrialJob
 
 __all__ = ["MEMBER_FILE", "ResumeClock", "load_member_state", "save_member_state", "write_checkpoint"]
@@ -44,7 +44,7 @@ def load_member_state(job: TrialJob) -> dict[str, Any] | None:
     """The member's resumable checkpoint, if the search keeps them and one is there, whole and readable."""
     if job.build.resume is None:
         return None
-    path = checkpoint_to_resume(job.trial_dir, job.number, job.attempt, name=MEMBER_FILE)
+    path = checkpoint_to_resume(job, name=MEMBER_FILE)
     if path is None:
         return None
     try:
@@ -72,9 +72,10 @@ def write_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
     os.replace(f"{path}.tmp", path)
 
 
-def save_member_state(trial_dir: str, state: dict[str, Any]) -> None:
-    """Write the member's resumable checkpoint."""
-    write_checkpoint(state, Path(trial_dir) / RESUME_DIR / f"{MEMBER_FILE}.ckpt")
+def save_member_state(job: TrialJob, state: dict[str, Any]) -> None:
+    """Write the member's resumable checkpoint (and, the first time, which trial it belongs to)."""
+    claim(job)
+    write_checkpoint(state, Path(job.trial_dir) / RESUME_DIR / f"{MEMBER_FILE}.ckpt")
 
 
 class ResumeClock:
