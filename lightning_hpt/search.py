@@ -172,6 +172,7 @@ class HyperparameterSearch:
         self.retry_failed = check_bool(retry_failed, "retry_failed")
         self.allow_changes = check_bool(allow_changes, "allow_changes")
         self.strategy = make_strategy(strategy, seed=None)
+        self.strategy.check(self.space, objectives)
         self._strategy_by_name = isinstance(strategy, str)
         self.pruner = make_pruner(pruner)
         if n_trials is None and not self.strategy.exhaustive:

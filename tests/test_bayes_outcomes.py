@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_objectives import make
@@ -69,6 +70,28 @@ def test_a_reference_point_of_the_wrong_length_is_refused():
         ConfigurationError, match=r"one value per objective \['a', 'b'\], got ref_point=\[1.0, 2.0, 3.0\]"
     ):
         strategy.ask(history)
+
+
+def test_a_search_refuses_a_wrong_reference_point_or_warm_start_before_anything_is_written(
+    tmp_path, fast_trainer, caplog
+):
+    """The strategy's settings are checked against the study when the search is made, not at the first proposal."""
+    wrong = BayesianStrategy(seed=0, ref_point=[1.0, 2.0, 3.0])
+    with pytest.raises(
+        ConfigurationError, match=r"ref_point must give one value per objective \['val_loss', 'n_params'\]"
+    ):
+        make(tmp_path / "ref", fast_trainer, strategy=wrong)
+    misnamed = BayesianStrategy(seed=0, warm_start=[({"lr": 0.01, "hidden": 8}, 0.5)])
+    with pytest.raises(ConfigurationError, match=r"no warm_start result fits the search space.*warm_start\[0\]"):
+        make(tmp_path / "warm", fast_trainer, strategy=misnamed)
+    assert not (tmp_path / "ref").exists() and not (tmp_path / "warm").exists()
+    params = make(tmp_path / "ok", fast_trainer, strategy="random").space.sample(np.random.default_rng(0))
+    some = BayesianStrategy(seed=0, warm_start=[(params, 0.5), ({"lr": 0.01}, 0.4)])
+    make(tmp_path / "some", fast_trainer, strategy=some)  # the fitting half is used, the other said once
+    assert (
+        caplog.text.count("1 of 2 warm_start results do not fit the search space") == 1
+        and "warm_start[1]" in caplog.text
+    )
 
 
 def test_bayesian_search_with_two_objectives_trains_real_trials(tmp_path, fast_trainer):

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lightning_hpt.checks import check_seed
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.trial import History, params_key
+
+if TYPE_CHECKING:
+    from lightning_hpt.objectives import Objective
+    from lightning_hpt.space import SearchSpace
 
 __all__ = ["MAX_DRAWS", "Strategy", "allowed", "first_allowed", "params_key", "trial_rng"]
 
@@ -78,6 +82,16 @@ class Strategy(ABC):
     def effective_seed(self, history: History) -> int | None:
         """The strategy's own seed if given, else the study's."""
         return self.seed if self.seed is not None else history.seed
+
+    def check(self, space: SearchSpace, objectives: Sequence[Objective]) -> None:
+        """Refuse settings that cannot work for a study of ``space`` and ``objectives``, before anything is written.
+
+        A search calls it when it is made; the default accepts everything.
+
+        Raises:
+            ConfigurationError: naming the setting, the rule, the value and the fix.
+        """
+        return None
 
     @abstractmethod
     def ask(self, history: History, n: int = 1) -> list[dict[str, Any]]:

@@ -45,6 +45,8 @@ import torch
 import lightning_hpt.surrogate as _surrogate
 from lightning_hpt.checks import check_bool
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.objectives import Objective
+from lightning_hpt.space import SearchSpace
 from lightning_hpt.strategies import _outcomes
 from lightning_hpt.strategies._encoding import _Encoding
 from lightning_hpt.strategies.base import Strategy, allowed, no_feasible_point, params_key, trial_rng
@@ -150,6 +152,38 @@ class BayesianStrategy(Strategy):
     def __repr__(self) -> str:
         return f"BayesianStrategy(seed={self.seed!r}, acquisition={self.acquisition!r}, n_initial={self.n_initial!r})"
 
+    def check(self, space: SearchSpace, objectives: Sequence[Objective]) -> None:
+        """``ref_point`` gives one value per objective; ``warm_start`` has results that fit ``space``.
+
+        Warm-start results that do not fit are skipped (another study's space may differ a little),
+        said once here with the first one's reason; when none fits, the warm start would do nothing,
+        and the search is refused.
+        """
+        names = [o.name for o in objectives]
+        if self.ref_point is not None and len(self.ref_point) != len(names):
+            raise ConfigurationError(
+                f"BayesianStrategy: ref_point must give one value per objective {names}, in that order and in each"
+                f" one's units, got ref_point={self.ref_point!r} ({len(self.ref_point)} values)"
+            )
+        reasons = []
+        for i, (params, _) in enumerate(self.warm_start):
+            try:
+                space.validate(params)
+            except ValueError as e:
+                reasons.append(f"warm_start[{i}]: {e}")
+        if reasons and len(reasons) == len(self.warm_start):
+            raise ConfigurationError(
+                f"BayesianStrategy: no warm_start result fits the search space, so the warm start would do nothing;"
+                f" {reasons[0]} (give results whose keys and values are the space's: {list(space)})"
+            )
+        if reasons:
+            logger.warning(
+                "BayesianStrategy: %d of %d warm_start results do not fit the search space and are skipped; %s",
+                len(reasons),
+                len(self.warm_start),
+                reasons[0],
+            )
+
     # ------------------------------------------------------------------ ask
 
     def ask(self, history: History, n: int = 1) -> list[dict[str, Any]]:
@@ -198,13 +232,7 @@ class BayesianStrategy(Strategy):
 
     def _observations(self, history: History, enc: _Encoding) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoded inputs ``n x d`` and outcomes ``n`` (larger is better) the model is fitted on."""
-        extra = [(p, v) for p, v in self.warm_start if _surrogate.valid(enc.space, p)]
-        if len(extra) < len(self.warm_start):
-            logger.warning(
-                "warm_start: skipped %d of %d results that do not fit the search space",
-                len(self.warm_start) - len(extra),
-                len(self.warm_start),
-            )
+        extra = [(p, v) for p, v in self.warm_start if _surrogate.valid(enc.space, p)]  # the others: see check()
         x, y = _surrogate.observations(history.trials, enc.space, history.direction, pruned=self.pruned, extra=extra)
         if len(y) > self.max_points:
             x, y = self._subset(x, y, history)
