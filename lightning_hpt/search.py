@@ -81,7 +81,7 @@ class HyperparameterSearch:
         strategy: ``"grid" | "random" | "sobol" | "bayes"`` or a Strategy object.
         pruner: ``None | "median" | "asha" | "hyperband"`` or a Pruner object.
         n_trials: trials in the whole study (a resumed study counts those it has); ``None`` with a
-            grid runs the whole grid.
+            grid runs the whole grid, with ``timeout`` it runs until the time is up.
         trainer_kwargs: arguments of every trial's Trainer (accelerator, devices, precision, ...).
         builder: how every trial is built, instead of ``model``, ``datamodule`` and ``trainer_kwargs``
             (which make a :class:`ModuleTrialBuilder`): e.g. a ``CLITrialBuilder`` for a LightningCLI project.
@@ -96,7 +96,8 @@ class HyperparameterSearch:
         executor: where trials run; in-process, one at a time, by default. An executor passed in keeps
             its workers after ``run()`` (for another run); call its ``shutdown()`` when done. A stopped
             search (Ctrl+C, SIGTERM, an error) always shuts it down.
-        timeout: seconds after which no new trial starts.
+        timeout: seconds after which no new trial starts (the running ones finish); the search ends
+            with the reason ``"timeout"``.
         retry_interrupted: rerun, under the same number, trials stopped by Ctrl+C, SIGTERM or a
             killed driver (else they stay FAILED).
         retry_failed: rerun every FAILED trial of the study under its number (after fixing what made
@@ -175,17 +176,17 @@ class HyperparameterSearch:
         self.strategy.check(self.space, objectives)
         self._strategy_by_name = isinstance(strategy, str)
         self.pruner = make_pruner(pruner)
-        if n_trials is None and not self.strategy.exhaustive:
+        require_positive("timeout", timeout, integer=False, optional=True)
+        self.timeout = timeout
+        if n_trials is None and timeout is None and not self.strategy.exhaustive:
             raise ConfigurationError(
                 f"n_trials=None (run until exhausted) needs an exhaustive strategy such as 'grid', not"
-                f" {self.strategy.name!r}; give a number"
+                f" {self.strategy.name!r}, or a timeout; give a number, or timeout=SECONDS"
             )
         require_positive("n_trials", n_trials, optional=True, none_means="")
         self.n_trials = n_trials
         self._planned = planned_trials(self.strategy, self.space, n_trials)  # a grid without points fails here
         require_positive("patience", patience, optional=True, none_means=" or None (no early stopping)")
-        require_positive("timeout", timeout, integer=False, optional=True)
-        self.timeout = timeout
         if not isinstance(root, (str, os.PathLike)):
             raise ConfigurationError(f"root must be a directory path (str or Path), got root={root!r}")
         self.root = Path(root).resolve()

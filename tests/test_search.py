@@ -499,6 +499,15 @@ def test_a_grid_is_checked_when_made_and_a_short_budget_on_it_is_warned_of(tmp_p
     assert len(result.trials) == 6 and "0/6 trials done" in out.getvalue() and "n_trials=" not in caplog.text
 
 
+def test_n_trials_none_runs_until_the_timeout_with_any_strategy(tmp_path, fast_trainer):
+    """Optuna's study.optimize(n_trials=None, timeout=...): trials start until the time is up, then the search ends."""
+    with pytest.raises(ConfigurationError, match=r"n_trials=None .* or a timeout; give a number, or timeout=SECONDS"):
+        make(tmp_path / "never", fast_trainer, n_trials=None)
+    result = make(tmp_path, fast_trainer, n_trials=None, timeout=2.0).run()
+    assert result.stopped_reason == "timeout" and len(result.trials) >= 2
+    assert all(t.state is TrialState.COMPLETE for t in result.trials)
+
+
 def test_foreign_database_is_not_touched(tmp_path, fast_trainer):
     """RELIABILITY row 15: a SQLite file with unrelated tables is refused, not written into."""
     db = tmp_path / "other.db"
