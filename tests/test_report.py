@@ -223,6 +223,33 @@ def test_param_importance_uses_pruned_trials_like_the_proposals():
         param_importance(trials[:3], space, direction="min")
 
 
+def test_param_importance_does_not_depend_on_the_keys_order_and_barely_on_the_seed():
+    """A report reads the stored space (keys sorted) and a user passes their own order: the same numbers; and
+    its quasi-Monte Carlo estimate moves little with the seed (uniform draws moved it by 0.1 on this study)."""
+    doms = {
+        "lr": Float(1e-4, 1e-1, log=True),
+        "hidden": Int(8, 64),
+        "dropout": Float(0, 0.5),
+        "opt": Categorical(["a", "b"]),
+    }
+    space = SearchSpace(doms)
+    rng = np.random.default_rng(0)
+    trials = []
+    for i in range(12):
+        p = space.sample(rng)
+        v = (
+            (math.log10(p["lr"]) + 2.5) ** 2
+            + 0.3 * p["dropout"]
+            + (0.2 if p["opt"] == "a" else 0)
+            + 0.05 * rng.normal()
+        )
+        trials.append(TrialRecord(i, p, TrialState.COMPLETE if i % 3 == 0 or i < 4 else TrialState.PRUNED, value=v))
+    reordered = SearchSpace(dict(reversed(list(doms.items()))))
+    assert param_importance(trials, space, direction="min") == param_importance(trials, reordered, direction="min")
+    lr = [param_importance(trials, space, direction="min", seed=s)["lr"] for s in range(4)]
+    assert max(lr) - min(lr) < 0.05 and min(lr) > 0.8, lr
+
+
 # ------------------------------------------------------------------------------------------ plots
 
 

@@ -14,8 +14,10 @@ Method (sensitivity of the Bayesian strategy's own surrogate):
 3. The importance of parameter ``i`` is the first-order Sobol index of the GP posterior mean ``m``
    under a uniform distribution on the space: ``S_i = Var_{x_i}[ E_{x_-i}[m(x)] ] / Var_x[m(x)]``,
    the fraction of the value's variance explained by ``x_i`` alone (a functional ANOVA main effect).
-   It is estimated by Monte Carlo with a fixed seed: a grid of values of ``x_i`` (every value of a
-   discrete domain) crossed with shared random draws of the other parameters.
+   It is estimated by quasi-Monte Carlo with a fixed seed: a grid of values of ``x_i`` (every value
+   of a discrete domain, else the middles of equally likely strata) crossed with shared scrambled
+   Sobol draws of the other parameters. The parameters are taken in the order of their names, so
+   the result does not depend on the order of the space's keys (a report reads the stored space).
 
 Indices are in ``[0, 1]``; their sum is at most about 1, the rest being interactions between
 parameters. A conditional parameter is drawn like the others, but where its condition does not
@@ -56,16 +58,16 @@ def _draws(dom: Any, u: torch.Tensor) -> torch.Tensor:
     return torch.tensor([dom.to_unit(dom.from_unit(float(v))) for v in u], dtype=torch.float64)
 
 
-def _axis(dom: Any, k: int, gen: torch.Generator) -> torch.Tensor:
-    """Values of one parameter at which its main effect is evaluated (equally weighted), encoded: ``k'``."""
+def _axis(dom: Any, k: int) -> torch.Tensor:
+    """Values of one parameter at which its main effect is evaluated (equally weighted), encoded: ``k'``.
+
+    Every value of a discrete domain of at most ``k`` equally likely values; otherwise the middles of
+    ``k`` equally likely strata (a log integer's values are not equally likely): no random draws.
+    """
     values = dom.values()
-    if values is not None and len(values) <= k:
-        if not isinstance(dom, Categorical) and getattr(dom, "log", False):
-            # log integers: values are not equally likely, so evaluate at equally spaced quantiles
-            return _draws(dom, (torch.arange(k, dtype=torch.float64) + 0.5) / k)
+    if values is not None and len(values) <= k and (isinstance(dom, Categorical) or not getattr(dom, "log", False)):
         return torch.tensor([dom.to_unit(v) for v in values], dtype=torch.float64)
-    u = (torch.arange(k, dtype=torch.float64) + torch.rand(k, generator=gen, dtype=torch.float64)) / k  # stratified
-    return _draws(dom, u)
+    return _draws(dom, (torch.arange(k, dtype=torch.float64) + 0.5) / k)
 
 
 def _posterior_mean(model: Any, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
@@ -106,6 +108,7 @@ def param_importance(
         HPTError: fewer than :data:`MIN_TRIALS` usable trials.
     """
     space = space if isinstance(space, SearchSpace) else SearchSpace(space)
+    space = SearchSpace({name: space[name] for name in sorted(space)})  # the same result whatever the keys' order
     trials = list(trials)
     d = Direction.MINIMIZE if direction is None else Direction.parse(direction)
     # without a direction there is no "worse than the median": pruned trials count at their own value
@@ -126,15 +129,14 @@ def param_importance(
             warnings.simplefilter("ignore")
             torch.manual_seed(seed)
             model = fit_surrogate(x, warp(y), cat_dims(space))
-            gen = torch.Generator().manual_seed(seed)
-            base = torch.stack(
-                [_draws(dom, torch.rand(samples, generator=gen, dtype=torch.float64)) for dom in space.values()], dim=-1
-            )  # samples x d
+            # scrambled Sobol draws of the other parameters: far less Monte Carlo noise than uniform ones
+            u = torch.quasirandom.SobolEngine(len(names), scramble=True, seed=seed).draw(samples, dtype=torch.float64)
+            base = torch.stack([_draws(dom, u[:, j]) for j, dom in enumerate(space.values())], dim=-1)  # samples x d
             # an inactive parameter sits where the model saw it in every trial: at its placeholder
             total = float(_posterior_mean(model, space.project(base)).var(unbiased=False))
             scores: dict[str, float] = {}
             for i, name in enumerate(names):
-                points = _axis(space[name], grid, gen)  # k
+                points = _axis(space[name], grid)  # k
                 xs = base.unsqueeze(0).repeat(len(points), 1, 1)  # k x samples x d
                 xs[:, :, i] = points.unsqueeze(1)
                 xs = space.project(xs.reshape(-1, base.shape[-1]))
