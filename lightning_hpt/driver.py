@@ -21,7 +21,7 @@ from lightning_hpt.storage import Storage
 from lightning_hpt.strategies import Strategy
 from lightning_hpt.trial import PREEMPTED, History, TrialRecord
 
-__all__ = ["StudyDriver"]
+__all__ = ["StudyDriver", "show_finished"]
 
 
 class StudyDriver:
@@ -122,11 +122,7 @@ class StudyDriver:
         ACTIVE.discard(self.storage, self.study, final.number)
         self.started.discard(final.number)
         history = self._history = self.read_history()  # one read serves the display and the next proposals
-        finished = sum(t.state.is_finished for t in history.trials)
-        names = ", ".join(o.name for o in self.build.objectives) or self.build.monitor
-        front = pareto_front(history.trials, history.objectives) if history.multi else None
-        best = history.best()
-        self.progress.trial_finished(final, best, names, finished, self.n_trials, front)
+        best, front = show_finished(self.progress, history, final, self.build, self.n_trials)
         self.board.trial_finished(final, best, front)
         if outcome.interrupted == PREEMPTED:
             raise SearchPreempted()
@@ -138,3 +134,15 @@ class StudyDriver:
 
     def _finish(self, rec: TrialRecord, reporter: StudyReporter, outcome: TrialOutcome) -> TrialRecord:
         return record_outcome(self.storage, self.study, rec, reporter, outcome)
+
+
+def show_finished(
+    progress: Any, history: History, final: TrialRecord, build: Any, n_trials: int | None
+) -> tuple[TrialRecord | None, list[TrialRecord] | None]:
+    """Tell ``progress`` that ``final`` was recorded; the study's best trial and, with several objectives, its front."""
+    finished = sum(t.state.is_finished for t in history.trials)
+    names = ", ".join(o.name for o in build.objectives) or build.monitor
+    front = pareto_front(history.trials, history.objectives) if history.multi else None
+    best = history.best()
+    progress.trial_finished(final, best, names, finished, n_trials, front)
+    return best, front

@@ -36,6 +36,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_hpt.checks import check_bool
+from lightning_hpt.driver import show_finished
 from lightning_hpt.exceptions import ConfigurationError, SearchPreempted, StorageError
 from lightning_hpt.lightning import compat
 from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
@@ -45,6 +47,7 @@ from lightning_hpt.lightning.resume import checkpoint_to_resume, claim, discard,
 from lightning_hpt.lightning.runner import TrialJob, _describe, _outcome, end_resume, trial_seed
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.recovery import ACTIVE, recover
+from lightning_hpt.report import make_progress
 from lightning_hpt.reporting import StudyReporter, record_outcome
 from lightning_hpt.run_scope import heartbeat
 from lightning_hpt.search import HyperparameterSearch
@@ -290,6 +293,8 @@ class ScriptSearch(HyperparameterSearch):
             ``mode=["min", "min"]``), as :class:`~lightning_hpt.HyperparameterSearch` takes them.
         max_epochs: the most validation runs a trial has, for pruners that need it (ASHA, Hyperband);
             ``None``: the longest finished trial.
+        verbose: a line for each recorded trial (``[done/n_trials] trial 3 COMPLETE ...``, as a search's
+            plain display writes it; rank 0 only); ``False``: none.
         **kwargs: as :class:`~lightning_hpt.HyperparameterSearch`: ``constraints``, ``param_constraints``,
             ``strategy``, ``pruner``, ``n_trials``, ``storage``, ``study_name``, ``root``, ``seed``, ``timeout``,
             ``retry_interrupted``, ``allow_changes``, ``enqueue``, ``stale_after``, ``resume`` (each
@@ -307,6 +312,7 @@ class ScriptSearch(HyperparameterSearch):
         monitor: str | Sequence[str] = "val_loss",
         mode: str | Sequence[str] = "min",
         max_epochs: int | None = None,
+        verbose: bool = True,
         **kwargs: Any,
     ) -> None:
         unknown = sorted(set(kwargs) - set(self._SETTINGS))
@@ -330,6 +336,7 @@ class ScriptSearch(HyperparameterSearch):
         ):
             raise ConfigurationError(f"max_epochs must be a positive integer or None, got max_epochs={max_epochs!r}")
         self._max_epochs = max_epochs
+        self._lines = make_progress("lines" if check_bool(verbose, "verbose") else False)
         self._open_trials: dict[int, ScriptTrial] = {}
         self._asked = 0
         self._recovered = False
@@ -405,8 +412,13 @@ class ScriptSearch(HyperparameterSearch):
     def _trial(self, rec: TrialRecord, reporter: StudyReporter | None) -> ScriptTrial:
         trial_dir = str(self.root / self.study_name / f"trial_{rec.number}")
         job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir, attempt=rec.attempt)
-        write = functools.partial(record_outcome, self.storage, self.study_name)
-        return ScriptTrial(_Recorder(job, rec, self.study_name, reporter, write, self._close))
+        return ScriptTrial(_Recorder(job, rec, self.study_name, reporter, self._record, self._close))
+
+    def _record(self, rec: TrialRecord, reporter: StudyReporter, outcome: Any) -> TrialRecord:
+        """Store a finished trial, then write its line."""
+        final = record_outcome(self.storage, self.study_name, rec, reporter, outcome)
+        show_finished(self._lines, self._history(self.storage), final, self.build, self.n_trials)
+        return final
 
     def _end(self, index: int) -> None:
         self.storage.set_study_attrs(self.study_name, {f"script_end.{self._group}": index})

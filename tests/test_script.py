@@ -62,13 +62,15 @@ def search(tmp_path: Path, **kwargs) -> ScriptSearch:
     return ScriptSearch(**{**settings, **kwargs})
 
 
-def test_loop_records_each_trial_with_its_steps_and_the_scripts_checkpoint(tmp_path):
+def test_loop_records_each_trial_with_its_steps_and_the_scripts_checkpoint(tmp_path, capsys):
     s = search(tmp_path)
     seen = []
     for trial in s:
         seen.append(trial.number)
         trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"], hidden=trial.params["hidden"]), TinyData())
     assert seen == [0, 1, 2]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "] trial " in ln]  # one line per recorded trial
+    assert [ln.split(" trial ")[0] for ln in lines] == ["[1/3]", "[2/3]", "[3/3]"] and "COMPLETE" in lines[0], lines
     trials = s.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     for t in trials:
@@ -80,16 +82,17 @@ def test_loop_records_each_trial_with_its_steps_and_the_scripts_checkpoint(tmp_p
     assert "at step None" not in str(result) and f"at step {result.best_trial.best_step}" in str(result)
 
 
-def test_a_trial_seeded_with_its_seed_gives_the_same_value_in_another_study(tmp_path):
+def test_a_trial_seeded_with_its_seed_gives_the_same_value_in_another_study(tmp_path, capsys):
     """trial.seed depends on the study's seed and the trial's number only: seeding with it reproduces a value."""
     values, seeds = [], []
     for name in ("a", "b"):
-        s = search(tmp_path, study_name=name, n_trials=2)
+        s = search(tmp_path, study_name=name, n_trials=2, verbose=False)
         for trial in s:
             seeds.append(trial.seed)
             L.seed_everything(trial.seed, workers=True, verbose=False)
             trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"], hidden=trial.params["hidden"]), TinyData())
         values.append([t.value for t in s.trials])
+    assert "] trial " not in capsys.readouterr().out  # verbose=False: no line
     assert values[0] == values[1] and seeds[:2] == seeds[2:] and seeds[0] != seeds[1]
 
 
