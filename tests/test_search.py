@@ -38,7 +38,7 @@ def make(tmp_path, fast_trainer, space=SPACE, **kw):
     kw.setdefault("seed", 0)
     kw.setdefault("verbose", False)
     return HyperparameterSearch(
-        TinyModel,
+        kw.pop("model", TinyModel),
         TinyData,
         space,
         monitor="val_loss",
@@ -296,16 +296,8 @@ def test_a_study_made_again_after_delete_does_not_continue_the_deleted_ones_chec
     it over (the checkpoint was another trial's), while the same configuration and seed would continue it."""
 
     def interrupted(seed):
-        search = HyperparameterSearch(
-            lambda cfg: TinyModel(interrupt_at_epoch=1, **cfg["model"]),
-            TinyData,
-            SPACE,
-            root=tmp_path,
-            n_trials=1,
-            seed=seed,
-            trainer_kwargs={**fast_trainer, "max_epochs": 3},
-            verbose=False,
-        )
+        model = lambda cfg: TinyModel(interrupt_at_epoch=1, **cfg["model"])  # noqa: E731
+        search = make(tmp_path, fast_trainer, model=model, n_trials=1, seed=seed, trainer={"max_epochs": 3})
         with pytest.raises(KeyboardInterrupt):
             search.run()
         assert (tmp_path / "default" / "trial_0" / "resume" / "latest.ckpt").exists()
