@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -190,22 +191,28 @@ class ScriptTrial:
         lg.log_hyperparams(dict(self.params))
         return lg
 
-    def finish(self, reason: str | None = None) -> TrialRecord | None:
+    @property
+    def trained(self) -> bool:
+        """A fit with the trial's callback ended (finished or raised)."""
+        cb = self._callback
+        return cb is not None and (cb.trainer is not None or cb.fit_error is not None)
+
+    def finish(self, reason: str | None = None, error: BaseException | None = None) -> TrialRecord | None:
         """Record the trial from what its callback saw (COMPLETE, PRUNED or FAILED); once. Rank 0 writes.
 
         Args:
             reason: the failure to record if the trial never trained with its callback.
+            error: the exception that stopped the script before the trial trained, recorded instead.
         """
         if self.finished:
             return None
         self.finished = True
         cb = self._callback
-        error: BaseException | None = cb.fit_error if cb is not None else None
-        if cb is None and error is None:
+        if not self.trained and error is None:
             error = ConfigurationError(
                 reason or "the trial ended without a fit using its callback: pass callbacks=[trial.callback(), ...]"
             )
-        return self._recorder.finish(cb, error)
+        return self._recorder.finish(cb, cb.fit_error if self.trained else error)
 
 
 class _FitEnd:
@@ -369,8 +376,11 @@ class ScriptSearch(HyperparameterSearch):
                     return
                 yield trial
         finally:
-            if trial is not None:
-                trial.finish(reason="the loop stopped before the trial trained")
+            # the loop stopped (a break, or an exception in its body, which a generator cannot see): a trial
+            # that trained is recorded now; one that did not is recorded when the script ends, with the
+            # exception that ended it, if one did (see _finish_open)
+            if trial is not None and trial.trained:
+                trial.finish()
 
     def ask(self) -> ScriptTrial:  # type: ignore[override]
         """Start the next trial: queued configurations first, then the strategy's proposal.
@@ -450,10 +460,15 @@ class ScriptSearch(HyperparameterSearch):
             self._beating.close()
 
     def _finish_open(self) -> None:
-        """At exit: record the trials the script asked for and did not finish (from what their callbacks saw)."""
+        """At exit: record the trials the script asked for and did not finish (from what their callbacks saw).
+
+        A script that dies of an exception has it in ``sys.last_value`` by now: a trial that never trained
+        is recorded FAILED with it (and its traceback in ``error.txt``), not with a missing metric.
+        """
+        ended_by = getattr(sys, "last_value", None)
         for trial in list(self._open_trials.values()):
             try:
-                trial.finish(reason="the script ended before the trial trained")
+                trial.finish(reason="the script ended before the trial trained", error=ended_by)
             except Exception as e:  # the interpreter is exiting: say why instead of raising
                 print(f"lightning-hpt: trial {trial.number} could not be recorded at exit: {_describe(e)}")
 

@@ -184,6 +184,27 @@ def test_ask_without_finish_is_recorded_when_the_script_exits(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_script_that_raises_before_the_fit_records_its_error_not_a_missing_metric(tmp_path):
+    """The loop's body raises between trial.callback() and the fit (a logger that cannot start, a bug): the trial
+    is FAILED with that exception and its traceback, recorded when the script dies."""
+    body = textwrap.dedent(
+        """
+        def main():
+            for trial in search:
+                trial.callback()
+                raise RuntimeError("the tracking server refused the run")
+
+        main()
+        """
+    )
+    done = run_script(tmp_path, body)
+    assert done.returncode == 1 and "the tracking server refused the run" in done.stderr
+    (t,) = open_storage(str(tmp_path / "s.db")).trials("default")
+    assert t.state is TrialState.FAILED and t.error == "RuntimeError: the tracking server refused the run", t.error
+    assert "in main" in Path(t.attrs["traceback"]).read_text()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "launcher",
     [(), ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")],
