@@ -102,11 +102,13 @@ class Conditions:
     def _rule(self, name: str, parent: str, values: tuple[Any, ...]) -> _Rule:
         where = f"space[{name!r}]: when={self._domains[name].when!r}"
         if parent not in self._domains:
-            others = sorted(n for n in self._domains if n != name)
+            # only parameters a condition can name: those with a finite set of values
+            others = sorted(n for n, d in self._domains.items() if n != name and d.values() is not None)
             near = difflib.get_close_matches(parent, others, n=3)
+            hint = f"; did you mean {near}?" if near else ""
             raise SearchSpaceError(
                 f"{where} names {parent!r}, which is not a parameter of the space; a condition must name another"
-                f" searched parameter ({others})" + (f"; did you mean {near}?" if near else "")
+                f" searched parameter with a finite set of values ({others}){hint}"
             )
         domain = self._domains[parent]
         choices = domain.values()

@@ -378,7 +378,10 @@ class SearchResult:
         for t in front:
             values = ", ".join(f"{o.name}={v:.6g}" for o, v in zip(self.objectives, t.values or (), strict=False))
             lines.append(f"  #{t.number}: {values}  {dict(t.params)}")
-        lines.append("Choose one with result.best(weights={...}) or result.best(rule=...).")
+        lines.append(
+            "Choose one with result.best(weights={...}) or result.best(rule=...) in Python, or"
+            f" lightning-hpt best {self.study} --weights NAME=W,... (or --trial N) on the command line."
+        )
         return lines
 
     def to_dataframe(self) -> Any:
@@ -413,7 +416,8 @@ class SearchResult:
 
     def __str__(self) -> str:
         counts = ", ".join(f"{n} {s.lower()}" for s, n in self.counts().items())
-        lines = [f"Study {self.study!r}: {len(self.trials)} trials ({counts}); {self.stopped_reason}".rstrip("; ")]
+        many = f"{len(self.trials)} trial{'' if len(self.trials) == 1 else 's'}"
+        lines = [f"Study {self.study!r}: {many} ({counts}); {self.stopped_reason}".rstrip("; ")]
         infeasible = sum(t.state is TrialState.COMPLETE and not t.feasible for t in self.trials)
         if infeasible:
             lines.append(f"{infeasible} COMPLETE trial{'s' if infeasible > 1 else ''} broke a constraint (infeasible).")

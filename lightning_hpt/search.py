@@ -14,7 +14,7 @@ from lightning_hpt.checks import check_bool, check_seed, check_writable_dir
 from lightning_hpt.constraints import outcome_constraints
 from lightning_hpt.constraints import param_constraints as param_constraints_of
 from lightning_hpt.driver import StudyDriver
-from lightning_hpt.exceptions import ConfigurationError, DuplicateTrialError, SearchFailedError
+from lightning_hpt.exceptions import ConfigurationError, DuplicateTrialError, SearchFailedError, SearchSpaceError
 from lightning_hpt.executors import Executor, LocalExecutor
 from lightning_hpt.failures import no_complete_trial
 from lightning_hpt.lightning.builder import TrialBuilder
@@ -212,8 +212,11 @@ class HyperparameterSearch:
                 f"enqueue must be a list of configurations (dicts), got enqueue={enqueue!r}; wrap one in [...]"
             )
         self._enqueue = [dict(p) for p in enqueue]
-        for p in self._enqueue:
-            self._check_params(p)
+        for i, p in enumerate(self._enqueue):
+            try:
+                self._check_params(p)
+            except (ConfigurationError, SearchSpaceError) as e:
+                raise type(e)(f"enqueue[{i}]: {e}") from None
         check_feasible(self.space, self.param_constraints)
         make_progress(verbose)  # validates it
         self.verbose = verbose

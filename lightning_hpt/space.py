@@ -180,7 +180,9 @@ class SearchSpace(Mapping[str, Domain]):
             raise SearchSpaceError(f"configuration does not match the space: missing {missing}, unknown {extra}")
         for n, v in params.items():
             if not self._domains[n].contains(v):
-                raise SearchSpaceError(f"value {n}={v!r} is not in {self._domains[n]!r}")
+                raise SearchSpaceError(
+                    f"value {n}={v!r} is not in {self._domains[n]!r}; give a value of that domain, or widen it"
+                )
         for n, v in params.items():
             if n not in on:
                 raise SearchSpaceError(

@@ -73,6 +73,10 @@ def check(space: SearchSpace, params: dict) -> None:
             {"optimizer.class_path": Categorical([SGD]), "m": Float(0, 1, when={"optimizer.clas_path": SGD})},
             r"did you mean \['optimizer.class_path'\]",
         ),
+        (  # a continuous parameter is no suggestion: a condition could not name it
+            {"model.lrs": Categorical(["a"]), "model.lr": Float(0.1, 1), "m": Float(0, 1, when={"model.lrr": "a"})},
+            r"finite set of values \(\['model.lrs'\]\); did you mean \['model.lrs'\]\?$",
+        ),
         (
             {"model.n": Int(1, 3), "model.w": Int(1, 2, when={"model.n": 5})},
             r"5 is not a value of 'model.n' \(Int\(low=1, high=3.*condition could never hold; use values.*\[1, 2, 3\]",

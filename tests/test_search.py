@@ -443,6 +443,11 @@ def test_enqueued_configurations_run_first_once(tmp_path, fast_trainer):
     assert result.trials[0].params == good
     result = make(tmp_path, fast_trainer, n_trials=3, enqueue=[good]).run()
     assert sum(t.params == good for t in result.trials) == 1
+    # a bad entry is named, with the rule and the fix, before anything is written
+    bad = {"model.lr": 5.0, "model.hidden": 8}
+    with pytest.raises(SearchSpaceError, match=r"enqueue\[1\]: value model.lr=5.0 is not in Float.*give a value of"):
+        make(tmp_path / "bad", fast_trainer, enqueue=[good, bad])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_ask_tell_without_training(tmp_path):

@@ -156,7 +156,8 @@ def _change_study(command: str, args: argparse.Namespace, storage: Any, study: s
             out.write(f"study {study!r} has no FAILED trial: nothing to retry\n")
             return 0
         out.write(
-            f"study {study!r}: {_trials(numbers)} queued again under the same numbers; a driver running this study"
+            f"study {study!r}: {_trials(numbers)} queued again under the same number{'' if len(numbers) == 1 else 's'};"
+            " a driver running this study"
             " picks them up, or run the same search again (the lightning-hpt search command, or your script)\n"
         )
         return 0
