@@ -175,6 +175,7 @@ def no_complete_trial(trials: Sequence[TrialRecord], stopped: str) -> str | None
         lines.append(f"  {_trials(same)}: {same[0].error}" + (f"\n    Fix: {fix}" if fix else ""))
     lines.append(
         "Fix the cause, then retry_failed=True (lightning-hpt retry STUDY) reruns the FAILED trials under their"
-        " numbers; or raise n_trials, or start a new study_name"
+        " numbers; or raise n_trials, or start a new study_name. A fix that changes the study itself (its space,"
+        " monitor or constraints) needs a new study_name, or lightning-hpt delete STUDY first"
     )
     return "\n".join(lines)

@@ -153,8 +153,10 @@ class SQLStorage(SQLDatabase, Storage):
                     raise StudyMismatchError(
                         f"study {given.name!r} in {self._where} was created with a different setup: "
                         + "; ".join(diffs)
-                        + ". To keep both, pass a new study name; to continue the stored study as it is (its stored"
-                        " space, monitor, direction, strategy and seed are used), pass allow_changes=True"
+                        + ". To keep both, pass a new study name (search.study_name in a CLI config); to start this"
+                        " study over with the new setup, delete it first (lightning-hpt delete STUDY); to continue the"
+                        " stored study as it is (its stored space, monitor, direction, strategy and seed are used),"
+                        " pass allow_changes=True (search.allow_changes: true)"
                     )
             return stored
 
