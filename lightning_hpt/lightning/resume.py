@@ -159,15 +159,7 @@ def checkpoint_to_resume(job: Any, name: str = _NAME) -> str | None:
     trial_dir, number = job.trial_dir, job.number
     path = os.path.join(trial_dir, RESUME_DIR, f"{name}.ckpt")
     if os.path.exists(path) and zipfile.is_zipfile(path):
-        owner = _read_owner(trial_dir)
-        if owner is not None and owner != _owner(job):
-            log.warning(
-                "trial %d: the checkpoint %s was written for another trial in this directory (a study of the same"
-                " name, deleted and made again?): it is removed and the trial starts over",
-                number,
-                path,
-            )
-            discard(trial_dir)
+        if _foreign(job, f"the checkpoint {path}"):
             return None
         log.info("trial %d continues from its checkpoint %s", number, path)
         return path
@@ -194,6 +186,21 @@ def claim(job: Any) -> None:
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(_owner(job), f)
     os.replace(path + ".tmp", path)
+
+
+def _foreign(job: Any, what: str) -> bool:
+    """Whether ``job``'s directory keeps ``what`` for another trial; if so it is removed, with a warning."""
+    owner = _read_owner(job.trial_dir)
+    if owner is None or owner == _owner(job):
+        return False
+    log.warning(
+        "trial %d: %s was written for another trial in this directory (a study of the same name, deleted and made"
+        " again?): it is removed and the trial starts over",
+        job.number,
+        what,
+    )
+    discard(job.trial_dir)
+    return True
 
 
 def _owner(job: Any) -> dict[str, Any]:
@@ -249,15 +256,7 @@ def load_finished_runs(job: Any) -> tuple[list[Score], list[dict[str, Any]], dic
     path = _runs_file(job.trial_dir)
     if job.build.resume is None:
         return [], [], {}
-    owner = _read_owner(job.trial_dir)
-    if owner is not None and owner != _owner(job):
-        log.warning(
-            "trial %d: the finished runs in %s were kept for another trial in this directory (a study of the same"
-            " name, deleted and made again?): they are removed and its runs start over",
-            job.number,
-            path,
-        )
-        discard(job.trial_dir)
+    if _foreign(job, f"the finished runs in {path}"):
         return [], [], {}
     if not os.path.exists(path):
         if os.path.isdir(os.path.dirname(path)):  # the folder without the file: kept ones are missing
