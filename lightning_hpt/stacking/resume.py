@@ -41,10 +41,15 @@ _KEYS = ("state_dict", "optimizer_states", "epoch", "global_step", "member", "be
 
 
 def load_member_state(job: TrialJob) -> dict[str, Any] | None:
-    """The member's resumable checkpoint, if the search keeps them and one is there, whole and readable."""
+    """The member's resumable checkpoint, if the search keeps them and one is there, whole and readable.
+
+    Called once per member as its group starts, so it also claims the trial's directory for the
+    checkpoints the member will write (once, not at every save).
+    """
     if job.build.resume is None:
         return None
     path = checkpoint_to_resume(job, name=MEMBER_FILE)
+    claim(job)
     if path is None:
         return None
     try:
@@ -73,8 +78,7 @@ def write_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
 
 
 def save_member_state(job: TrialJob, state: dict[str, Any]) -> None:
-    """Write the member's resumable checkpoint (and, the first time, which trial it belongs to)."""
-    claim(job)
+    """Write the member's resumable checkpoint (its directory was claimed by :func:`load_member_state`)."""
     write_checkpoint(state, Path(job.trial_dir) / RESUME_DIR / f"{MEMBER_FILE}.ckpt")
 
 
