@@ -343,7 +343,7 @@ class ScriptSearch(HyperparameterSearch):
         ):
             raise ConfigurationError(f"max_epochs must be a positive integer or None, got max_epochs={max_epochs!r}")
         self._max_epochs = max_epochs
-        self._lines = make_progress("lines" if check_bool(verbose, "verbose") else False)
+        self._lines = make_progress("lines") if check_bool(verbose, "verbose") else None
         self._open_trials: dict[int, ScriptTrial] = {}
         self._asked = 0
         self._recovered = False
@@ -427,7 +427,8 @@ class ScriptSearch(HyperparameterSearch):
     def _record(self, rec: TrialRecord, reporter: StudyReporter, outcome: Any) -> TrialRecord:
         """Store a finished trial, then write its line."""
         final = record_outcome(self.storage, self.study_name, rec, reporter, outcome)
-        show_finished(self._lines, self._history(self.storage), final, self.build, self.n_trials)
+        if self._lines is not None:  # the study's history is read only for the line
+            show_finished(self._lines, self._history(self.storage), final, self.build, self.n_trials)
         return final
 
     def _end(self, index: int) -> None:
