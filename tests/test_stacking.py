@@ -230,7 +230,16 @@ def test_members_are_stored_and_loaded_as_ordinary_trials(pair):
     assert os.path.isdir(os.path.join(trial_dir, "tb")) is (importlib.util.find_spec("tensorboard") is not None)
     with open(os.path.join(trial_dir, "csv", "metrics.csv")) as f:  # where an ordinary trial's CSV log goes
         rows = list(csv.DictReader(f))
-    assert [float(r["val_loss"]) for r in rows] == pytest.approx([best.intermediate[s] for s in range(len(rows))])
+    steps = sorted(best.intermediate)
+    assert len(steps) > 1
+    assert [float(r["val_loss"]) for r in rows] == pytest.approx([best.intermediate[s] for s in steps])
+    if importlib.util.find_spec("tensorboard") is not None:  # the TensorBoard log has every step's value too
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(os.path.join(trial_dir, "tb")).Reload()
+        scalars = events.Scalars("val_loss")
+        assert [e.step for e in scalars] == steps
+        assert [e.value for e in scalars] == pytest.approx([best.intermediate[e.step] for e in scalars])
 
 
 class ValMetric(Regressor):

@@ -6,7 +6,7 @@ objective and every constrained metric recorded at every step, each validation r
 objective's value) and the driver's pruning decision applied, a non-finite objective ends the member,
 ``EarlyStopping`` (``patience`` runs without a strict improvement of the first objective) ends it, the
 outcome constraints are judged at the best step, and the best run's weights are written (once, when the
-member ends) to ``<trial dir>/checkpoints/best.ckpt``.
+member ends) to ``<trial dir>/checkpoints/best.ckpt``, and its logs (CSV, TensorBoard) when it ends too.
 A member continued from its resumable checkpoint (:mod:`lightning_hpt.stacking.resume`) starts with
 the counters it had (:meth:`Member.restore`) and reports its earlier values again, as a continued
 ordinary trial's monitor does.
@@ -67,7 +67,8 @@ class Member:
         self.ended = False
         self.error: BaseException | None = None
         self.metrics: dict[str, float] = {}
-        self._loggers: list[Any] = []
+        self._namespace: Any = None  # the Lightning package, once the member is opened
+        self._logged: list[tuple[dict[str, float], int]] = []  # (values, step) for the loggers
         self._best_checkpoint: dict[str, Any] | None = None
 
     @property
@@ -98,19 +99,17 @@ class Member:
         return self.epochs_before + group_epoch
 
     def open(self, namespace: Any) -> None:
-        """Start the member's trial directory and its loggers; a continued member reports its earlier values.
+        """Start the member's trial directory; a continued member reports its earlier values.
 
-        A new member's directory is emptied, as a retried trial's is. Loggers as an ordinary trial's
-        (:func:`~lightning_hpt.lightning.loggers.trial_loggers`): a CSV log in ``csv/``, and a
-        TensorBoard log in ``tb/`` when ``tensorboard`` is installed.
+        A new member's directory is emptied, as a retried trial's is. Its logs are written when it ends
+        (:meth:`close`): a logger per member alive while the group trains would put a writer thread per
+        member (TensorBoard's) beside the training loop.
         """
         trial_dir = self.job.trial_dir
         if self.resumed_at is None:
             shutil.rmtree(trial_dir, ignore_errors=True)
         Path(trial_dir).mkdir(parents=True, exist_ok=True)
-        self._loggers = trial_loggers(namespace, None, TrialContext.from_dir(trial_dir, self.job.params))
-        for lg in self._loggers:
-            lg.log_hyperparams(dict(self.job.params))
+        self._namespace = namespace
         self._t0 = time.monotonic()
         if self.resumed_at is not None:
             self._replay()
@@ -155,25 +154,37 @@ class Member:
         self.epoch_done(0)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Take one validation run's logged values; they reach the member's loggers when it ends."""
         self.metrics.update(metrics)
-        for lg in self._loggers:
-            lg.log_metrics(metrics, step=step)
+        self._logged.append((dict(metrics), step))
 
     def keep(self, checkpoint: dict[str, Any]) -> None:
         """Hold the best step's checkpoint; it is written once, when the member ends."""
         self._best_checkpoint = checkpoint
 
     def close(self, write_best: bool = True) -> None:
-        """Write the kept checkpoint (unless ``write_best`` is False) and finish the logs."""
+        """Write the kept checkpoint (unless ``write_best`` is False) and the logs.
+
+        The logs are an ordinary trial's (:func:`~lightning_hpt.lightning.loggers.trial_loggers`): a CSV
+        log in ``csv/``, and a TensorBoard log in ``tb/`` when ``tensorboard`` is installed, each with the
+        trial's parameters and every value the member logged, at its own steps.
+        """
         if self._best_checkpoint is not None and write_best:
             write_checkpoint(self._best_checkpoint, self.checkpoint_path)
         self._best_checkpoint = None
-        for lg in self._loggers:
+        logged, self._logged = self._logged, []
+        if self._namespace is None:  # never opened
+            return
+        context = TrialContext.from_dir(self.job.trial_dir, self.job.params)
+        for lg in trial_loggers(self._namespace, None, context):
+            lg.log_hyperparams(dict(self.job.params))
+            for metrics, step in logged:
+                lg.log_metrics(metrics, step=step)
             best = {f"hp/{name}": value for name, value in self.curve.best_metrics().items()}
             if best and compat.is_tensorboard_logger(lg):  # the HParams view: every objective at the best step
                 lg.log_hyperparams(dict(self.job.params), best)
             lg.finalize("success")
-        self._loggers = []
+        self._namespace = None
 
     def finish(self) -> TrialOutcome:
         """End the member: write its checkpoint, make its outcome and send it (once).
