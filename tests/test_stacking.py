@@ -719,6 +719,26 @@ def test_members_write_their_checkpoint_at_the_interval_of_resume(tmp_path, resu
     assert all(sorted(o.intermediate) == list(range(6)) for o in rerun)
 
 
+@pytest.mark.parametrize(("write_every", "written"), [(0.0, [False, True, True, True]), (3600.0, [False] * 4)])
+def test_members_states_are_written_at_most_every_write_every_seconds_and_when_stopped(tmp_path, write_every, written):
+    stop = threading.Event()
+    jobs = _jobs(tmp_path, Regressor, [{"model.lr": 0.01, "trainer.max_epochs": 6}])
+    path = os.path.join(jobs[0].trial_dir, "resume", "member.ckpt")
+    on_disk: list[bool] = []
+
+    class Looks(_Stops):
+        def report(self, step: int, value: float) -> bool:
+            on_disk.append(os.path.exists(path))  # at validation run k, epoch k-1's state was taken
+            return super().report(step, value)
+
+    out = run_jobs([(jobs[0], Looks(stop, stop_at=3))], stop=stop, write_every=write_every)
+    assert out[0].interrupted and on_disk == written
+    assert torch.load(path, weights_only=True)["epoch"] == 3  # the held state of epoch 2's end, written at the stop
+    rerun = run_jobs([(replace(jobs[0], attempt=2), None)])
+    assert rerun[0].attrs.get("resumed_at_step") == 3 and sorted(rerun[0].intermediate) == list(range(6))
+    assert not os.path.exists(path)  # removed when the trial ended
+
+
 def test_a_member_that_ends_is_recorded_while_its_group_trains_on(tmp_path):
     jobs = _jobs(tmp_path, Regressor, [{"model.lr": 0.01, "trainer.max_epochs": n} for n in (1, 6)])
     executor = StackedExecutor(stack=2, linger=0.05)
@@ -755,8 +775,8 @@ STACKED_SCRIPT = Path(__file__).parent / "scripts" / "stacked_search.py"
 KILL_AT = 4  # the group epoch during which the driver is stopped (of 8)
 
 
-def _stacked_search(root: Path, sleep: float) -> subprocess.Popen:
-    cmd = [sys.executable, str(STACKED_SCRIPT), str(root), f"{root}.log", str(sleep)]
+def _stacked_search(root: Path, sleep: float, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(STACKED_SCRIPT), str(root), f"{root}.log", str(sleep), *extra]
     return subprocess.Popen(cmd, preexec_fn=default_sigint, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -788,9 +808,13 @@ def uninterrupted(tmp_path_factory) -> dict[int, tuple]:
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_a_stopped_stacked_search_continues_each_unfinished_member(tmp_path, uninterrupted, how):
-    """The driver stopped in group epoch 4: the member done after 2 epochs stays; the others continue."""
+    """The driver stopped in group epoch 4: the member done after 2 epochs stays; the others continue.
+
+    A hard kill leaves what was written: with ``write_every=0``, every epoch's state. A SIGTERM stops the
+    group, which writes the states it holds (the default ``write_every`` wrote none before).
+    """
     root = tmp_path / "run"
-    proc = _stacked_search(root, 0.3)
+    proc = _stacked_search(root, 0.3, *(["0"] if how == "SIGKILL" else []))
     deadline = time.monotonic() + 120
     while not any(e == KILL_AT for _, e in _group_epochs(root)) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()

@@ -275,10 +275,15 @@ def run_trial(job: TrialJob, reporter: TrialReporter | None = None) -> TrialOutc
     return outcome
 
 
-def end_resume(job: TrialJob, outcome: TrialOutcome) -> None:
-    """Remove the trial's resumable checkpoint when it ended, unless kept by option; an interrupted one keeps it."""
+def keeps_resume(job: TrialJob, outcome: TrialOutcome) -> bool:
+    """Whether the trial's resumable checkpoint stays when it ends so: kept by option, or it was interrupted."""
     r = job.build.resume
-    if r is None or r.keep or outcome.interrupted or (outcome.state is TrialState.FAILED and r.failed):
+    return r is not None and bool(r.keep or outcome.interrupted or (outcome.state is TrialState.FAILED and r.failed))
+
+
+def end_resume(job: TrialJob, outcome: TrialOutcome) -> None:
+    """Remove the trial's resumable checkpoint when it ended, unless :func:`keeps_resume`."""
+    if job.build.resume is None or keeps_resume(job, outcome):
         return
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
         discard(job.trial_dir)

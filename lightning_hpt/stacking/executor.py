@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.stacking.group import run_jobs
 from lightning_hpt.stacking.grouping import PER_MEMBER
+from lightning_hpt.stacking.resume import WRITE_EVERY
 from lightning_hpt.trial import INTERRUPTED, TrialState
 
 __all__ = ["StackedExecutor"]
@@ -60,6 +62,9 @@ class StackedExecutor(Executor):
         per_member: ``model.*`` init arguments that may differ inside a group; they must reach the model
             only through ``configure_optimizers`` or ``nn.Dropout`` modules.
         linger: seconds to wait for more trials before starting a group smaller than ``stack``.
+        write_every: the members' resumable states, taken at the search's ``Resume`` interval, are written
+            at most every this many seconds, and always when the group stops; ``0``: each as it is taken.
+            A hard kill loses at most this much of a group's training.
 
     Example:
         >>> executor = StackedExecutor(stack=16)  # HyperparameterSearch(..., executor=executor)
@@ -71,11 +76,18 @@ class StackedExecutor(Executor):
     )
     trial_kind = "a StackedExecutor (it trains its groups in this process on one device)"
 
-    def __init__(self, stack: int = 16, per_member: Iterable[str] = PER_MEMBER, linger: float = 1.0) -> None:
+    def __init__(
+        self,
+        stack: int = 16,
+        per_member: Iterable[str] = PER_MEMBER,
+        linger: float = 1.0,
+        write_every: float = WRITE_EVERY,
+    ) -> None:
         if not isinstance(stack, int) or isinstance(stack, bool) or stack < 1:
             raise ConfigurationError(f"stack must be an integer >= 1 (trials trained at once), got stack={stack!r}")
-        if not isinstance(linger, (int, float)) or linger < 0:
-            raise ConfigurationError(f"linger must be a number of seconds >= 0, got linger={linger!r}")
+        for name, value in (("linger", linger), ("write_every", write_every)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {name}={value!r}")
         names = [per_member] if isinstance(per_member, str) else list(per_member)
         if not all(isinstance(n, str) and n for n in names):
             raise ConfigurationError(
@@ -83,6 +95,7 @@ class StackedExecutor(Executor):
                 f" got per_member={per_member!r}"
             )
         self.stack, self.per_member, self.linger = stack, tuple(names), float(linger)
+        self.write_every = float(write_every)
         self._pending: list[_Pending] = []
         self._cond = threading.Condition()
         self._last_submit = 0.0
@@ -158,6 +171,7 @@ class StackedExecutor(Executor):
                     self._stop,
                     lambda pos, outcome, futures=futures: self._deliver(futures[pos], outcome),
                     self._said,
+                    self.write_every,
                 )
             except BaseException as e:  # a bug here must not leave the driver waiting forever
                 log.exception("the stacked executor failed")

@@ -13,7 +13,7 @@ import threading
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -25,7 +25,7 @@ from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, run_trial, tr
 from lightning_hpt.stacking.grouping import PER_MEMBER, StackingRefused, group_key, refusal, signature
 from lightning_hpt.stacking.members import Member, member_checkpoint
 from lightning_hpt.stacking.module import stacked_module_class
-from lightning_hpt.stacking.resume import load_member_state
+from lightning_hpt.stacking.resume import WRITE_EVERY, load_member_state
 
 __all__ = ["run_jobs"]
 
@@ -44,6 +44,7 @@ def run_jobs(
     stop: threading.Event | None = None,
     on_done: Done = _ignore,
     said: set[str] | None = None,
+    write_every: float = WRITE_EVERY,
 ) -> list[TrialOutcome]:
     """The outcomes of ``items`` (in order): trials with equal structure trained as one stacked model each.
 
@@ -58,26 +59,36 @@ def run_jobs(
         on_done: called with ``(position in items, outcome)`` as soon as each trial has ended.
         said: the refusal reasons already logged as warnings (a caller's set, updated here): a reason
             is a warning the first time, then a debug message.
+        write_every: seconds between writes of the members' resumable checkpoints
+            (:mod:`lightning_hpt.stacking.resume`).
     """
     per = tuple(per_member)
     by_key: dict[tuple, list[int]] = defaultdict(list)
     for pos, (job, _) in enumerate(items):
         by_key[group_key(job.params, per)].append(pos)
     outcomes: dict[int, TrialOutcome] = {}
-    said = set() if said is None else said
+    run = _Run(stop, on_done, set() if said is None else said, write_every)
     for positions in by_key.values():
-        outcomes.update(_run_group([items[p] for p in positions], positions, stop, on_done, said))
+        outcomes.update(_run_group([items[p] for p in positions], positions, run))
     return [outcomes[p] for p in range(len(items))]
 
 
-def _ordinary(
-    items: Sequence[Item], positions: Sequence[int], reason: str, on_done: Done, said: set[str]
-) -> dict[int, TrialOutcome]:
+@dataclass(frozen=True)
+class _Run:
+    """How :func:`run_jobs` runs its groups (its arguments of that name)."""
+
+    stop: threading.Event | None
+    on_done: Done
+    said: set[str]
+    write_every: float
+
+
+def _ordinary(items: Sequence[Item], positions: Sequence[int], reason: str, run: _Run) -> dict[int, TrialOutcome]:
     numbers = [j.number for j, _ in items]
-    if reason in said:
+    if reason in run.said:
         log.debug("trials %s run one by one, not stacked: %s", numbers, reason)
     else:
-        said.add(reason)
+        run.said.add(reason)
         log.warning(
             "trials %s run one by one, not stacked: %s (said once; each trial keeps the reason in"
             " attrs['stacked']['refused'])",
@@ -88,7 +99,7 @@ def _ordinary(
     for pos, (job, reporter) in zip(positions, items, strict=True):
         outcome = run_trial(job, reporter)
         out[pos] = replace(outcome, attrs={**outcome.attrs, "stacked": {"refused": reason}})
-        on_done(pos, out[pos])
+        run.on_done(pos, out[pos])
     return out
 
 
@@ -120,18 +131,16 @@ def _build(items: Sequence[Item]) -> tuple[list[Any], Any]:
     return models, dms[0]
 
 
-def _run_group(
-    items: Sequence[Item], positions: Sequence[int], stop: threading.Event | None, on_done: Done, said: set[str]
-) -> dict[int, TrialOutcome]:
+def _run_group(items: Sequence[Item], positions: Sequence[int], run: _Run) -> dict[int, TrialOutcome]:
     job0 = items[0][0]
     reason = _static_refusal(job0)
     if reason:
-        return _ordinary(items, positions, reason, on_done, said)
+        return _ordinary(items, positions, reason, run)
     try:
         with quiet_lightning(job0.build.builder.quiet):
             models, dm = _build(items)
     except Exception as e:  # a trial's own build error: ordinary trials report it each
-        return _ordinary(items, positions, f"building a member raised {type(e).__name__}: {e}", on_done, said)
+        return _ordinary(items, positions, f"building a member raised {type(e).__name__}: {e}", run)
     by_sig: dict[tuple, list[int]] = defaultdict(list)
     for k, m in enumerate(models):
         by_sig[signature(m)].append(k)
@@ -141,9 +150,9 @@ def _run_group(
         pl = namespace_of(mods[0])
         reason = refusal(mods[0], pl.LightningModule, job0.build.builder.trainer_settings(job0.params))
         if reason:
-            out.update(_ordinary(sub, pos, reason, on_done, said))
+            out.update(_ordinary(sub, pos, reason, run))
         else:
-            out.update(_fit(sub, pos, mods, dm, pl, stop, on_done, said))
+            out.update(_fit(sub, pos, mods, dm, pl, run))
     del models, dm
     gc.collect()
     return out
@@ -203,14 +212,12 @@ def _fit(
     models: list[Any],
     dm: Any,
     pl: Any,
-    stop: threading.Event | None,
-    on_done: Done,
-    said: set[str],
+    run: _Run,
 ) -> dict[int, TrialOutcome]:
     job0 = items[0][0]
     attrs = {"stacked": {"group": [j.number for j, _ in items]}}
     tracks = [
-        Member(job, reporter, _max_epochs(job), on_end=partial(on_done, pos))
+        Member(job, reporter, _max_epochs(job), on_end=partial(run.on_done, pos))
         for pos, (job, reporter) in zip(positions, items, strict=True)
     ]
     for t in tracks:
@@ -223,7 +230,7 @@ def _fit(
                 if t.ended:  # it had ended before it was interrupted, or its pruner stops it now
                     t.finish()
             if not all(t.ended for t in tracks):
-                module = stacked_module_class(pl)(models, tracks, pl, stop, states)
+                module = stacked_module_class(pl)(models, tracks, pl, run.stop, states, run.write_every)
                 trainer = _trainer(pl, job0, _group_epochs(tracks))
                 trainer.fit(module, datamodule=dm)
     except Exception as e:  # StackingRefused, a vmap refusal, or the trials' own error
@@ -233,12 +240,12 @@ def _fit(
             for k in rest:
                 tracks[k].close(write_best=False)
             out = {p: t.outcome_sent for p, t in zip(positions, tracks, strict=True) if t.outcome_sent is not None}
-            alone = _ordinary([items[k] for k in rest], [positions[k] for k in rest], _reason(e), on_done, said)
+            alone = _ordinary([items[k] for k in rest], [positions[k] for k in rest], _reason(e), run)
             return {**out, **alone}
         for t in tracks:
             if not t.ended:
                 t.error, t.ended = e, True
-    stopped = stop is not None and stop.is_set()
+    stopped = run.stop is not None and run.stop.is_set()
     for t in tracks:
         if t.outcome_sent is None and stopped and t.error is None:
             t.interrupt()

@@ -26,8 +26,8 @@ from lightning_hpt.lightning import compat
 from lightning_hpt.lightning.curve import Curve
 from lightning_hpt.lightning.loggers import TrialContext, trial_loggers
 from lightning_hpt.lightning.monitor import TrialReporter
-from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, end_resume
-from lightning_hpt.stacking.resume import write_checkpoint
+from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, end_resume, keeps_resume
+from lightning_hpt.stacking.resume import save_member_state, write_checkpoint
 from lightning_hpt.trial import INTERRUPTED, TrialState
 
 __all__ = ["Member", "member_checkpoint"]
@@ -70,6 +70,7 @@ class Member:
         self._namespace: Any = None  # the Lightning package, once the member is opened
         self._logged: list[tuple[dict[str, float], int]] = []  # (values, step) for the loggers
         self._best_checkpoint: dict[str, Any] | None = None
+        self._held: dict[str, Any] | None = None  # its latest resumable state, not written yet
 
     @property
     def values(self) -> dict[int, float]:
@@ -186,23 +187,38 @@ class Member:
             lg.finalize("success")
         self._namespace = None
 
+    def hold_resume(self, state: dict[str, Any]) -> None:
+        """Keep ``state`` (its own tensors, not views) as the member's resumable checkpoint, to write later."""
+        self._held = state
+
+    def write_resume(self) -> None:
+        """Write the held resumable checkpoint, if any (see :mod:`lightning_hpt.stacking.resume`)."""
+        if self._held is not None:
+            save_member_state(self.job, self._held)
+            self._held = None
+
     def finish(self) -> TrialOutcome:
         """End the member: write its checkpoint, make its outcome and send it (once).
 
-        Its resumable checkpoint is then removed, as an ordinary trial's is when it ends.
+        Its resumable checkpoint is then removed, as an ordinary trial's is when it ends, or written
+        when it stays (``Resume(keep=True)``, or ``failed=True`` for a failed member).
         """
         if self.outcome_sent is None:
             self.ended = True
             self.close()
             outcome = self.outcome()
+            if keeps_resume(self.job, outcome):
+                self.write_resume()
+            self._held = None
             end_resume(self.job, outcome)
             self._send(outcome)
         return self.outcome_sent  # type: ignore[return-value]
 
     def interrupt(self) -> TrialOutcome:
-        """End an unfinished member as interrupted (it continues from its resumable checkpoint when rerun)."""
+        """End an unfinished member as interrupted: its held resumable checkpoint is written, to continue from."""
         if self.outcome_sent is None:
             self.ended = True
+            self.write_resume()
             self.close(write_best=False)  # its best checkpoint so far is in its resumable checkpoint
             error, values = f"{INTERRUPTED}: the search stopped", self.curve.intermediate()
             self._send(

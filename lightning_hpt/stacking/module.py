@@ -18,6 +18,7 @@ import contextlib
 import copy
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ from typing_extensions import override
 from lightning_hpt.stacking.grouping import StackingRefused
 from lightning_hpt.stacking.members import Member, member_checkpoint
 from lightning_hpt.stacking.optim import StackedOptimizer
-from lightning_hpt.stacking.resume import ResumeClock, save_member_state
+from lightning_hpt.stacking.resume import WRITE_EVERY, ResumeClock
 
 __all__ = ["stacked_module_class"]
 
@@ -125,6 +126,8 @@ class _StackedLogic:
 
     ``optimizer_states[i]``, when given, is member ``i``'s optimizer state to continue from (its
     resumable checkpoint's); ``stop`` set ends the fit at the next step, every member unfinished.
+    The members' resumable states are taken at their ``Resume`` interval and written at most every
+    ``write_every`` seconds (see :mod:`lightning_hpt.stacking.resume`).
     """
 
     def __init__(
@@ -134,9 +137,11 @@ class _StackedLogic:
         namespace: Any,
         stop: threading.Event | None = None,
         optimizer_states: Sequence[dict[str, Any] | None] | None = None,
+        write_every: float = WRITE_EVERY,
     ) -> None:
         super().__init__()
         self._stop = stop
+        self._write_every, self._written = write_every, time.monotonic()
         self._restore = list(optimizer_states or [None] * len(members))
         self._clocks = [ResumeClock(t.job.build.resume) for t in tracks]
         self.automatic_optimization = False
@@ -198,10 +203,15 @@ class _StackedLogic:
             self._vectorized.load_member_state(i, moments, self._member_steps[i])
 
     def _optimizer_state(self, i: int) -> dict[str, Any]:
-        """Member ``i``'s optimizer ``state_dict``, as its own optimizer alone would have it."""
+        """Member ``i``'s optimizer ``state_dict``, as its own optimizer alone would have it, with its own tensors."""
         opt = self._optimizers[i]
         state = opt.state_dict()
-        if self._vectorized is not None:
+        if self._vectorized is None:  # torch's state_dict holds the live tensors; the state is written later
+            state["state"] = {
+                n: {k: v.clone() if isinstance(v, Tensor) else v for k, v in held.items()}
+                for n, held in state["state"].items()
+            }
+        else:
             index = {
                 id(p): n
                 for group, packed in zip(opt.param_groups, state["param_groups"], strict=True)
@@ -211,8 +221,8 @@ class _StackedLogic:
             state["state"] = {index[id(v)]: m for (_, v), m in zip(self._grads[i], moments, strict=True) if m}
         return state
 
-    def _save_resume(self, i: int, epochs: int) -> None:
-        """Write member ``i``'s resumable checkpoint, after its ``epochs`` epochs."""
+    def _hold_resume(self, i: int, epochs: int) -> None:
+        """Take member ``i``'s resumable state after its ``epochs`` epochs: copies, held by its track until written."""
         track, steps = self._tracks[i], self._member_steps[i]
         kept = track.kept
         best = None if kept is None else {k: kept[k] for k in ("state_dict", "epoch", "global_step")}
@@ -228,7 +238,7 @@ class _StackedLogic:
             "member": track.snapshot(epochs, steps),
             "best": best,
         }
-        save_member_state(track.job, state)
+        track.hold_resume(state)
         self._clocks[i].written()
 
     # --- training ---------------------------------------------------------------------------------
@@ -293,7 +303,11 @@ class _StackedLogic:
             if t.ended:
                 t.finish()
             elif self._clocks[i].due(t.own_epoch(self.current_epoch + 1)):
-                self._save_resume(i, t.own_epoch(self.current_epoch + 1))
+                self._hold_resume(i, t.own_epoch(self.current_epoch + 1))
+        if time.monotonic() - self._written >= self._write_every:
+            for t in self._tracks:
+                t.write_resume()
+            self._written = time.monotonic()
         if not self._active():
             self.trainer.should_stop = True
 

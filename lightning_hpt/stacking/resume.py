@@ -1,10 +1,16 @@
 """A stacked member's resumable checkpoint: its own slice of the group's state, so that a rerun continues it.
 
 An ordinary trial's resumable checkpoint is Lightning's own (:mod:`lightning_hpt.lightning.resume`). A
-stacked group has one Trainer for all its members, so the group writes each member's state itself, in
-the same folder (``<trial dir>/resume/``) as ``member.ckpt``, at the search's ``Resume`` interval (at the
-end of an epoch: an interval in minutes writes at the first epoch end after it), and the same rule
-removes it when the trial ends (``Resume(keep=..., failed=...)``). It holds, for that member only:
+stacked group has one Trainer for all its members, so the group keeps each member's state itself, in
+the same folder (``<trial dir>/resume/``) as ``member.ckpt``, and the same rule removes it when the trial
+ends (``Resume(keep=..., failed=...)``). The state is taken at the search's ``Resume`` interval (at the
+end of an epoch: an interval in minutes takes it at the first epoch end after it) and held in memory; the
+held states are written at most every ``write_every`` seconds (:data:`WRITE_EVERY` by default; ``0``:
+each as it is taken), and always when the group is stopped (its unfinished members are interrupted) or
+fails, and when a member's checkpoint stays after it ends. A stacked member's epoch takes its group
+milliseconds, and a file per member and epoch took a sixth of a small group's time; what a hard kill
+(``SIGKILL``, a power cut) loses is at most ``write_every`` seconds of the group's training. It holds,
+for that member only:
 
 - ``state_dict``: its weights (copies of its slices, not views of the group's tensors);
 - ``optimizer_states``: its own optimizer's ``state_dict``, in ``torch.optim``'s format;
@@ -31,12 +37,14 @@ import torch
 from lightning_hpt.lightning.resume import RESUME_DIR, Resume, checkpoint_to_resume, claim
 from lightning_hpt.lightning.runner import TrialJob
 
-__all__ = ["MEMBER_FILE", "ResumeClock", "load_member_state", "save_member_state", "write_checkpoint"]
+__all__ = ["MEMBER_FILE", "WRITE_EVERY", "ResumeClock", "load_member_state", "save_member_state", "write_checkpoint"]
 
 log = logging.getLogger(__name__)
 
 #: the member's resumable checkpoint in ``<trial dir>/resume/``, without ``.ckpt``
 MEMBER_FILE = "member"
+#: seconds between writes of a group's held member states (``StackedExecutor(write_every=)``'s default)
+WRITE_EVERY = 10.0
 _KEYS = ("state_dict", "optimizer_states", "epoch", "global_step", "member", "best")
 
 
@@ -83,7 +91,7 @@ def save_member_state(job: TrialJob, state: dict[str, Any]) -> None:
 
 
 class ResumeClock:
-    """When a member writes its resumable checkpoint: :class:`Resume`'s interval, at epoch ends.
+    """When a member's resumable state is taken: :class:`Resume`'s interval, at epoch ends.
 
     Args:
         resume: the search's setting; ``None``: never.
@@ -94,7 +102,7 @@ class ResumeClock:
         self._last = time.monotonic()
 
     def due(self, epochs: int) -> bool:
-        """Whether to write now, the member having trained ``epochs`` epochs in all."""
+        """Whether to take it now, the member having trained ``epochs`` epochs in all."""
         r = self.resume
         if r is None:
             return False
@@ -103,5 +111,5 @@ class ResumeClock:
         return r.every_minutes is not None and time.monotonic() - self._last >= 60 * r.every_minutes
 
     def written(self) -> None:
-        """The checkpoint was just written."""
+        """The state was just taken."""
         self._last = time.monotonic()

@@ -1,10 +1,11 @@
 """A stacked search of three trials whose group epochs are logged, so that a test can kill it and rerun it.
 
-Usage: python stacked_search.py ROOT EPOCH_LOG SLEEP_PER_STEP
+Usage: python stacked_search.py ROOT EPOCH_LOG SLEEP_PER_STEP [WRITE_EVERY]
 
 The three trials (learning rates 0.02, 0.05, 0.1; 2, 8 and 8 epochs) form one stacked group. Every
 training epoch of a group appends ``<pid> <epoch of the group>`` to EPOCH_LOG. The batches come in
 the same order in every epoch, so a member continued in another group sees what it would have seen.
+WRITE_EVERY is the executor's ``write_every`` (default: its own).
 Each trial is printed as ``TRIAL <number> <state> <attempt> <value> <resumed at step> <curve as JSON>``.
 """
 
@@ -50,6 +51,7 @@ def main() -> None:
 
     root = sys.argv[1]
     os.environ["HPT_EPOCH_LOG"], os.environ["HPT_STEP_SLEEP"] = sys.argv[2], sys.argv[3]
+    write_every = {"write_every": float(sys.argv[4])} if len(sys.argv) > 4 else {}
     search = HyperparameterSearch(
         factory,
         FixedOrderData,
@@ -58,7 +60,7 @@ def main() -> None:
         n_trials=3,
         seed=0,
         patience=None,
-        executor=StackedExecutor(stack=3, linger=0.2),
+        executor=StackedExecutor(stack=3, linger=0.2, **write_every),
         trainer_kwargs={"accelerator": "cpu", "devices": 1, "logger": False},
         verbose=False,
     )
