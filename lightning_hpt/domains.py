@@ -378,6 +378,16 @@ class Int(Domain):
         return self._with_when({"type": "int", "low": self.low, "high": self.high, "log": self.log, "step": self.step})
 
 
+def _choice_fix(value: Any) -> str:
+    """How to search a value that cannot be a choice: a class by its path, a sequence item by item."""
+    if isinstance(value, (list, tuple)):
+        return (
+            "a list or tuple (Adam's betas, say) is not one choice: search its items as parameters of your"
+            " module (model.beta1, model.beta2) and build it there"
+        )
+    return "name classes by their import path, e.g. 'torch.optim.AdamW'"
+
+
 @dataclass(frozen=True, repr=False)
 class Categorical(Domain):
     """An unordered set of choices: strings, numbers, booleans or ``None``.
@@ -403,8 +413,7 @@ class Categorical(Domain):
             if not isinstance(c, SCALARS):
                 raise SearchSpaceError(
                     f"Categorical: choices must be str, int, float, bool or None (so the study can be stored),"
-                    f" got {c!r} of type {type(c).__name__}; name classes by their import path, e.g."
-                    " 'torch.optim.AdamW'"
+                    f" got {c!r} of type {type(c).__name__}; {_choice_fix(c)}"
                 )
             if isinstance(c, float) and not math.isfinite(c):
                 raise SearchSpaceError(f"Categorical: choices must be finite, got {c!r}")

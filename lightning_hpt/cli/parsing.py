@@ -26,6 +26,7 @@ __all__ = [
     "layer",
     "parse_args_briefly",
     "parse_base",
+    "parser_reason",
     "require_jsonargparse",
     "resolve_key",
     "script_hint",
@@ -115,17 +116,42 @@ def script_hint(script: str = "train.py") -> str:
     )
 
 
+#: lines of a jsonargparse error that say nothing about this value: a Union's frame, and the
+#: ``None`` alternative of every ``X | None`` argument (its only reason would otherwise be "expected None")
+_FRAME = ("Subtypes:", "Errors:", "Given value type:", "Does not validate against any of the Union subtypes")
+_NONE_ALTERNATIVE = "Expected a <class 'NoneType'>"
+
+
+def parser_reason(error: BaseException | str) -> str:
+    r"""Why jsonargparse refused a value, in one line: what it expected or refused, and the value given.
+
+    Example:
+        >>> parser_reason(
+        ...     'Parser key "search.n_trials":\n  Does not validate against any of the Union subtypes\n'
+        ...     "  Subtypes: [<class 'int'>, <class 'NoneType'>]\n  Errors:\n    - Expected a <class 'int'>\n"
+        ...     "    - Expected a <class 'NoneType'>\n  Given value type: <class 'str'>\n  Given value: ten"
+        ... )
+        "Expected a <class 'int'>; Given value: ten"
+    """
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    reasons: list[str] = []
+    for line in lines[1:]:
+        line = line.removeprefix("- ").strip()
+        if line.startswith(_FRAME) or line == _NONE_ALTERNATIVE:
+            continue
+        if reasons and reasons[-1].endswith(":"):  # "Problem with given class_path 'X':", then its reason
+            reasons[-1] = f"{reasons[-1]} {line}"
+        else:
+            reasons.append(line)
+    text = "; ".join(reasons) or (lines[0].rstrip(":") if lines else str(error))
+    return text if len(text) <= 400 else f"{text[:397]}..."
+
+
 def _brief(error: str) -> str:
-    """A jsonargparse error in one line: where it is and its innermost reason."""
+    """A jsonargparse error in one line: where it is and why (:func:`parser_reason`)."""
     lines = [ln.strip() for ln in error.strip().splitlines() if ln.strip()]
     where = lines[0].rstrip(":") if lines else error
-    reasons = [
-        ln.lstrip("- ")
-        for ln in lines[1:]
-        if not ln.startswith(("Subtypes:", "Errors:", "Given value", "- Expected a"))
-    ]
-    reasons = [r for r in reasons if "Does not validate against any of the Union subtypes" not in r]
-    return f"{where}: {reasons[-1]}" if reasons else where
+    return f"{where}: {parser_reason(error)}" if len(lines) > 1 else where
 
 
 def parse_args_briefly(parser: Any, argv: Sequence[str], prog: str, hint: str | None = None) -> Any:

@@ -59,7 +59,7 @@ class SearchSettings:
     space: dict[str, Any] | None = None
     monitor: str | list[str] = "val_loss"
     mode: str | list[str] = "min"
-    constraints: dict[str, list[Any]] | None = None
+    constraints: dict[str, Any] | None = None  # each value checked by the search, which names the form
     param_constraints: list[str] | None = None
     strategy: str | dict[str, Any] = "random"
     pruner: str | dict[str, Any] | None = None

@@ -24,7 +24,7 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lightning_hpt.cli.parsing import config_paths, layer, resolve_key, short_key
+from lightning_hpt.cli.parsing import config_paths, layer, parser_reason, resolve_key, short_key
 from lightning_hpt.constraints import rename_params
 from lightning_hpt.exceptions import ConfigurationError, SearchSpaceError
 from lightning_hpt.space import Categorical, Domain, SearchSpace
@@ -85,12 +85,6 @@ def representatives(domain: Domain) -> list[Any]:
     return [domain.from_unit(0.0), domain.from_unit(1.0), domain.from_unit(0.37)]
 
 
-def _reason(error: BaseException) -> str:
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    detail = [ln for ln in lines if ln.startswith(("Expected", "- Expected", "Got value", "No action", "Key "))]
-    return " ".join(detail or lines)[:400]
-
-
 def check_types(parser: Any, base_cfg: Any, space: SearchSpace) -> None:
     """Parse each domain's representative values through the CLI's parser, before any trial runs.
 
@@ -114,14 +108,27 @@ def check_types(parser: Any, base_cfg: Any, space: SearchSpace) -> None:
                 try:
                     layer(parser, base_cfg, {**needs, key: value})
                 except argparse.ArgumentError as e:
-                    raise ConfigurationError(
-                        f"space[{key!r}] = {space[key]!r} does not fit the argument's type: the config parser refuses"
-                        f" {key}={value!r} ({_reason(e)}); give a domain of values the argument accepts"
-                        " (Int for an int, Categorical of the allowed values for a Literal or a class path)"
-                    ) from None
-            raise ConfigurationError(f"the configuration {params} is refused by the config parser: {_reason(error)}")
+                    raise _unfit(space, key, value, parser_reason(e)) from None
+            raise ConfigurationError(
+                f"the configuration {params} is refused by the config parser: {parser_reason(error)}"
+            )
     finally:
         parser.exit_on_error = exit_on_error
+
+
+def _unfit(space: SearchSpace, key: str, value: Any, reason: str) -> ConfigurationError:
+    """The error for a domain value the config parser refuses, with the parser's ``reason`` and the fix."""
+    if "is not accepted" in reason:  # an argument the class (of the config, or chosen by a when) does not take
+        fix = "search it only for the classes that take it: give it a when on the class_path that chooses them"
+    else:
+        fix = (
+            "give a domain of values the argument accepts (Int for an int, Categorical of the allowed values"
+            " for a Literal or a class path)"
+        )
+    return ConfigurationError(
+        f"space[{key!r}] = {space[key]!r} does not fit the argument's type: the config parser refuses"
+        f" {key}={value!r} ({reason}); {fix}"
+    )
 
 
 def _ancestors(space: SearchSpace, name: str) -> list[str]:
