@@ -141,7 +141,8 @@ def fail_fast(space: SearchSpace, trials: Sequence[TrialRecord], last: TrialReco
         f"the search stopped: {_trials(same)} failed with this error and no trial has completed ({why}):"
         f"\n  {last.error}\n" + (f"Fix: {fix}\n" if fix else "") + "Then run the search again: the failed trials"
         " count towards n_trials; retry_failed=True (lightning-hpt retry STUDY) runs them again under their numbers."
-        " A fix that changes the study itself (monitor, mode, space) needs a new study_name, or this study deleted"
+        " A fix that changes the study itself (monitor, mode, space, constraints) needs a new study_name, or this"
+        " study deleted"
         " first (lightning-hpt delete STUDY; Storage.delete_study)"
     )
     return MetricNotFoundError(message) if independent else SearchFailedError(message)

@@ -134,7 +134,7 @@ def _best(args: argparse.Namespace, info: Any, result: Any, root: Any, out: IO[s
     if fmt == "config" and "cli_config" not in info.attrs:
         err.write(
             f"lightning-hpt best: study {info.name!r} was made through the Python API, so its trials have no"
-            " config.yaml (a LightningCLI config) to print; here are the best trial's parameters as YAML instead"
+            f" config.yaml (a LightningCLI config) to print; here are trial {best.number}'s parameters as YAML instead"
             " (--format json for JSON)\n"
         )
         fmt = "yaml"

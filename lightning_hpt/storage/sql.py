@@ -155,7 +155,8 @@ class SQLStorage(SQLDatabase, Storage):
                         + "; ".join(diffs)
                         + ". To keep both, pass a new study name (search.study_name in a CLI config); to start this"
                         " study over with the new setup, delete it first (lightning-hpt delete STUDY); to continue the"
-                        " stored study as it is (its stored space, monitor, direction, strategy and seed are used),"
+                        " stored study as it is (its stored space, objectives, constraints, strategy and seed are"
+                        " used),"
                         " pass allow_changes=True (search.allow_changes: true)"
                     )
             return stored
