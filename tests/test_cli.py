@@ -147,6 +147,22 @@ def test_user_callbacks_loggers_and_fixed_seed_are_kept(tmp_path):
         assert (tmp_path / "runs" / "default" / f"trial_{n}" / "csv" / "metrics.csv").exists()
 
 
+@pytest.mark.parametrize("logger", [None, True])
+def test_a_config_without_a_logger_logs_each_trial_as_the_python_api_does(tmp_path, logger):
+    """Lightning's default logger (no ``trainer.logger``) would write ``lightning_logs/version_k`` in each trial."""
+    trainer = {k: v for k, v in FIT["trainer"].items() if k != "logger"}
+    fit = dict(FIT, trainer=trainer if logger is None else {**trainer, "logger": logger})
+    search = write(tmp_path / "search.yaml", search_section(tmp_path))
+    code, _, err = run("search", "--config", write(tmp_path / "fit.yaml", fit), "--config", search)
+    assert code == 0, err
+    for n in (0, 1):
+        trial = tmp_path / "runs" / "default" / f"trial_{n}"
+        assert not (trial / "lightning_logs").exists()
+        with open(trial / "csv" / "metrics.csv") as f:
+            assert "val_loss" in f.readline()
+        assert (trial / "tb").is_dir()
+
+
 def test_command_line_overrides_and_print_config(tmp_path, configs, capsys):
     fit, search = configs
     code, _, _ = run(

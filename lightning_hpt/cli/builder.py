@@ -23,7 +23,7 @@ from lightning_hpt.lightning.builder import (
 )
 from lightning_hpt.lightning.callbacks import combine_callbacks, quiet_flags
 from lightning_hpt.lightning.config import namespace_of
-from lightning_hpt.lightning.loggers import TrialContext, config_loggers
+from lightning_hpt.lightning.loggers import TrialContext, config_loggers, trial_loggers
 from lightning_hpt.space import SearchSpace
 
 __all__ = ["TRIAL_CONFIG", "CLITrialBuilder"]
@@ -193,6 +193,8 @@ def _trial_cli(
             )
             kwargs["callbacks"] = [monitor, *user, *ours[len(user) + len(added) :]]
             kwargs["default_root_dir"] = os.fspath(trial_dir)
+            if trainer_cfg.get("logger") in (None, True):  # Lightning's default: the trial's, as in the Python API
+                kwargs["logger"] = trial_loggers(pl, None, TrialContext.from_dir(trial_dir, params))
             kwargs.update(quiet_flags(pl, [*user, *added], quiet))
             if "enable_autolog_hparams" in trainer_cfg:
                 kwargs["enable_autolog_hparams"] = False  # the runner logs the trial's parameters, full names
