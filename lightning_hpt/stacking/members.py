@@ -154,8 +154,9 @@ class Member:
         self.ended = self.curve.ends()  # it had stopped early, or its last value was not finite
         self.epoch_done(0)
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.metrics.update(metrics)
+    def log_metrics(self, metrics: dict[str, float], step: int, final: dict[str, float] | None = None) -> None:
+        """Send ``metrics`` to the member's loggers; its last metrics take ``final`` (default: ``metrics``)."""
+        self.metrics.update(metrics if final is None else {**final, "epoch": metrics.get("epoch", step)})
         for lg in self._loggers:
             lg.log_metrics(metrics, step=step)
 
