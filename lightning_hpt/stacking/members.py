@@ -118,7 +118,6 @@ class Member:
     def _replay(self) -> None:
         """Report the steps of the earlier attempts again: a requeued trial's stored curve lost them."""
         self.curve.replay(self.reporter, self.label)
-        self.ended = self.ended or self.curve.pruned
 
     def snapshot(self, epochs: int, steps: int) -> dict[str, Any]:
         """The member's counters after ``epochs`` epochs and ``steps`` optimizer steps, for its resumable checkpoint.
