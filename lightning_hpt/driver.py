@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -92,10 +93,18 @@ class StudyDriver:
                     handling = False
                     self._recorded(final, outcome)
         except BaseException as e:
-            self._running.clear()
+            running, self._running = list(self._running.values()), {}
             if not (handling and isinstance(e, (KeyboardInterrupt, SearchPreempted))):
-                abandon(self.storage, self.study, self.started, e)  # a second Ctrl+C here also ends it at once
+                for _, reporter in running:  # the values reported so far, before the trials are recorded as stopped
+                    with contextlib.suppress(Exception):
+                        reporter.flush()
+                numbers = sorted(self.started)
+                abandon(self.storage, self.study, numbers, e)  # a second Ctrl+C here also ends it at once
                 self.started.clear()
+                if type(e) is KeyboardInterrupt and numbers and not e.args:
+                    raise KeyboardInterrupt(
+                        f"trials {numbers} are recorded as interrupted: run the same search to resume"
+                    ) from None
             raise
 
     def _start(self, free: int) -> str | None:

@@ -144,6 +144,19 @@ def parse_search(
     return clean, settings, config, parse_base(clean, config)
 
 
+def _refuse_stacking(executor: Any) -> None:
+    """A stacked group would leave out what LightningCLI builds for each trial: every trial would run alone."""
+    from lightning_hpt.stacking import StackedExecutor
+
+    if isinstance(executor, StackedExecutor):
+        raise ConfigurationError(
+            "search.executor: stacked cannot stack a LightningCLI project's trials: LightningCLI builds each"
+            " trial's Trainer, callbacks and loggers, which a stacked group leaves out, so every trial would run"
+            " one by one. Leave search.executor out, or stack from Python with your classes: HyperparameterSearch("
+            f"model=MyModel, datamodule=MyData, ..., executor=StackedExecutor(stack={executor.stack}))"
+        )
+
+
 def run_search(
     argv: Sequence[str],
     *,
@@ -179,6 +192,7 @@ def run_search(
     enqueue = [resolve_params(p, config, "search.enqueue", space) for p in s.enqueue or []]
     strategy, pruner = make_strategy_spec(s.strategy), make_pruner_spec(s.pruner)
     executor = make_executor(s.executor)
+    _refuse_stacking(executor)
     builder = CLITrialBuilder(cli_class, tuple(cli_args), cli_kwargs, config, s.quiet)
     search = HyperparameterSearch(
         builder=builder,

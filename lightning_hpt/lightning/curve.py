@@ -211,12 +211,15 @@ class Curve:
         self.pruned = self.pruned or stop
         return stop
 
-    def replay(self, reporter: TrialReporter | None, trial: str = "the trial") -> bool:
-        """Report every step again (a continued trial: its requeued record lost them); True when told to stop."""
-        stop = False
+    def replay(self, reporter: TrialReporter | None, trial: str = "the trial") -> None:
+        """Report every step again (a continued trial: its requeued record lost them).
+
+        The earlier attempt was judged at these steps and went on. The pruner's answer now is not taken: it
+        would judge the trial again against trials that reached a step after it did (ASHA judges a trial once
+        per rung), so an interrupted trial could end where the uninterrupted one goes on.
+        """
         for step in sorted(self.values):
-            stop = self.ask(reporter, step, trial) or stop
-        return stop
+            self.ask(reporter, step, trial, last=True)  # ``last``: an answer "stop" stops nothing
 
     def failure(self, logged: Iterable[str]) -> tuple[str, bool] | None:
         """Why the trial fails on its values (see :func:`value_failure`); ``logged``: the names it did log."""

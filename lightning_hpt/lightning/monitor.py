@@ -135,8 +135,7 @@ class MonitorLogic:
             return
         # the stored curve loses the interrupted attempt's steps when the trial is requeued: the same values
         # again, so that the pruner sees one continuous curve
-        if self.curve.replay(self.reporter, "the continued trial"):
-            trainer.should_stop = True
+        self.curve.replay(self.reporter, "the continued trial")
 
     @property
     def trained_seconds(self) -> float:

@@ -118,7 +118,6 @@ class Member:
     def _replay(self) -> None:
         """Report the steps of the earlier attempts again: a requeued trial's stored curve lost them."""
         self.curve.replay(self.reporter, self.label)
-        self.ended = self.ended or self.curve.pruned
 
     def snapshot(self, epochs: int, steps: int) -> dict[str, Any]:
         """The member's counters after ``epochs`` epochs and ``steps`` optimizer steps, for its resumable checkpoint.
@@ -154,9 +153,10 @@ class Member:
         self.ended = self.curve.ends()  # it had stopped early, or its last value was not finite
         self.epoch_done(0)
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Take one validation run's logged values; they reach the member's loggers when it ends."""
-        self.metrics.update(metrics)
+    def log_metrics(self, metrics: dict[str, float], step: int, final: dict[str, float] | None = None) -> None:
+        """Take one validation run's logged values, for the member's loggers when it ends; its last metrics
+        take ``final`` (default: ``metrics``)."""
+        self.metrics.update(metrics if final is None else {**final, "epoch": metrics.get("epoch", step)})
         self._logged.append((dict(metrics), step))
 
     def keep(self, checkpoint: dict[str, Any]) -> None:

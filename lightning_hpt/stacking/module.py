@@ -32,6 +32,7 @@ from lightning_hpt.stacking.grouping import StackingRefused
 from lightning_hpt.stacking.members import Member, member_checkpoint
 from lightning_hpt.stacking.optim import StackedOptimizer
 from lightning_hpt.stacking.resume import WRITE_EVERY, ResumeClock
+from lightning_hpt.stacking.train_logs import TrainLogs
 
 __all__ = ["stacked_module_class"]
 
@@ -158,7 +159,8 @@ class _StackedLogic:
         self._optimizers: list[torch.optim.Optimizer] = []
         self._grads: list[list[tuple[Tensor, Tensor]]] = []
         self._vectorized: StackedOptimizer | None = None
-        self._logged: list[dict[str, Tensor]] = [{} for _ in self._members]
+        self._train_logs = TrainLogs(len(self._members))
+        self._log_kwargs: dict[str, dict[str, Any]] = {}
         self._member_steps = [t.steps_before for t in tracks]
         self._val: list[tuple[dict[str, tuple[float, float]], dict[str, Any]]] = []
 
@@ -254,7 +256,7 @@ class _StackedLogic:
     def _member_loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: Any, idx: int) -> Any:
         step = self._parts[0]
         logged: dict[str, Any] = {}
-        with _capture_logs(step.inner, logged):
+        with _capture_logs(step.inner, logged, self._log_kwargs):
             out = functional_call(step, (params, buffers), (batch, idx))
         loss = out["loss"] if isinstance(out, Mapping) else out
         return loss, {
@@ -277,20 +279,21 @@ class _StackedLogic:
         self.manual_backward(losses.sum())
         if self._vectorized is not None:
             self._vectorized.step(index)
-        for j, i in enumerate(active):
+        for i in active:
             if self._vectorized is None:
                 for stacked, view in self._grads[i]:
                     view.grad = None if stacked.grad is None else stacked.grad[i]
                 self._optimizers[i].step()
                 self._optimizers[i].zero_grad(set_to_none=True)
-            self._logged[i] = {k: v[j].detach() for k, v in logged.items()}
             self._member_steps[i] += 1
+        self._train_logs.add(logged, self._log_kwargs, active, lambda: extract_batch_size(batch))
         for p in self.stacked.values():
             p.grad = None
 
     @override
     def on_train_epoch_start(self) -> None:
         self._parts[0].train()
+        self._train_logs.start_epoch()
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -353,8 +356,9 @@ class _StackedLogic:
             metric.reset()
         track = self._tracks[i]
         epoch = track.own_epoch(self.current_epoch)
-        train = {k: float(v.float().mean()) for k, v in self._logged[i].items()}  # the last step's values
-        track.log_metrics({**train, **values, "epoch": epoch}, step=epoch)
+        train = self._train_logs.monitored(i)  # the last step's values, as callback_metrics holds them now
+        shown, final = self._train_logs.logged(i)  # named and reduced over the epoch as Lightning logs them
+        track.log_metrics({**shown, **values, "epoch": epoch}, step=epoch, final={**final, **values})
         if track.observe({**train, **values}, epoch) and track.job.build.checkpoint:
             track.keep(member_checkpoint(self._members[i], epoch, self._member_steps[i], self._pl))
         if track.ended:
