@@ -34,6 +34,7 @@ class PressesCtrlC(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if self.current_epoch == AT["epoch"] and ARMED.is_set() and not PRESSED.is_set():
             PRESSED.set()
+            time.sleep(1.0)  # the driver records the members that ended before (a loaded machine is slow)
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl+C, in the driver's thread
         if PRESSED.is_set():
             time.sleep(1.0)  # the driver stops the group before its next validation run
