@@ -85,10 +85,9 @@ def record_outcome(
     """Store a finished trial: the values not stored yet, then its end (``outcome``: a ``TrialOutcome``).
 
     Not stored yet are the reporter's last batch and the values the channel did not carry (it
-    failed, or the executor batches); all of them go in one transaction.
+    failed, or the executor batches); they go in the trial's end's transaction.
     """
     missing = {s: v for s, v in outcome.intermediate.items() if s not in reporter.stored}
-    storage.report_many(study, rec.number, {**reporter.pending, **missing})
     attrs = {**outcome.attrs, "metrics": dict(outcome.metrics)} if outcome.metrics or outcome.attrs else None
     return storage.finish_trial(
         study,
@@ -100,4 +99,5 @@ def record_outcome(
         checkpoint=outcome.checkpoint,
         attrs=attrs,
         values=getattr(outcome, "values", None),
+        steps={**reporter.pending, **missing},
     )

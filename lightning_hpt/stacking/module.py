@@ -318,8 +318,9 @@ class _StackedLogic:
     @override
     def on_validation_epoch_start(self) -> None:
         self._val = [({}, {}) for _ in self._members]
-        for m in self._members:
-            m.eval()
+        for m in self._members:  # a member's own module only validates (training runs the template): it stays so
+            if m.training:
+                m.eval()
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -343,8 +344,6 @@ class _StackedLogic:
             return
         for i in self._active():
             self._end_validation(i)
-        for m in self._members:
-            m.train()
         if not self._active():
             self.trainer.should_stop = True
 

@@ -146,8 +146,12 @@ class Storage(ABC):
         checkpoint: str | None = None,
         attrs: Mapping[str, Any] | None = None,
         values: Sequence[float] | None = None,
+        steps: Mapping[int, float | Sequence[float]] | None = None,
     ) -> TrialRecord:
         """Record the end of a trial (COMPLETE, PRUNED or FAILED); ``attrs`` are merged into the trial's.
+
+        ``steps``: intermediate values not stored yet, stored first as :meth:`report_many` does, in the
+        same transaction.
 
         ``values``: with several objectives, every objective's value (``value`` is the first).
         """

@@ -366,31 +366,17 @@ class SQLStorage(SQLDatabase, Storage):
 
     def report_many(self, study: str, number: int, values: Mapping[int, float | Sequence[float]]) -> None:
         """Store several intermediate values of a RUNNING trial in one transaction (see :meth:`report`)."""
-        encoded = {
-            check_int(step, "step"): split_step_value(v, f"the value reported at step {step}")
-            for step, v in values.items()
-        }
+        encoded = _encode_steps(values)
         if not encoded:
             return
-        steps = sorted(encoded)
 
         def fn(conn: Connection, attempt: int) -> None:
             seq = self._bump(conn, study)  # first: every writer locks the study row before a trial row
             row = self._trial(conn, study, number, lock=True)
-            if row.state != TrialState.RUNNING.value:
-                raise StorageError(
-                    f"trial {number} of study {study!r} is {row.state}, not RUNNING: intermediate values can only be"
-                    " reported while it runs (was it finished or requeued by another driver?)"
-                )
-            conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id, VALUES.c.step.in_(steps)))
-            rows = [
-                {"trial_id": row.id, "step": k, "value": v, "nonfinite": f, "objective_values": o}
-                for k in steps
-                for v, f, o in [encoded[k]]
-            ]
-            conn.execute(sa.insert(VALUES), rows)
+            _store_steps(conn, study, row, encoded)
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(heartbeat_at=time.time(), seq=seq))
 
+        steps = sorted(encoded)
         where = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]} to {steps[-1]}"
         self._txn(f"report {where} of trial {number} of study {study!r}", fn, write=True)
 
@@ -422,8 +408,10 @@ class SQLStorage(SQLDatabase, Storage):
         checkpoint: str | None = None,
         attrs: Mapping[str, Any] | None = None,
         values: Sequence[float] | None = None,
+        steps: Mapping[int, float | Sequence[float]] | None = None,
     ) -> TrialRecord:
         state = TrialState(state)
+        encoded = _encode_steps(steps or {})
         vector = encode_values(values, "values")
         if state not in FINISHED:
             raise StorageError(f"finish_trial needs state COMPLETE, PRUNED or FAILED, got state={state.value!r}")
@@ -444,6 +432,8 @@ class SQLStorage(SQLDatabase, Storage):
                     f"trial {number} of study {study!r} is already {row.state}; a finished trial is not overwritten"
                     " (requeue_trial puts a FAILED trial back in the queue)"
                 )
+            if encoded:
+                _store_steps(conn, study, row, encoded)
             changes = {
                 "state": state.value,
                 "value": v,
@@ -539,3 +529,27 @@ class SQLStorage(SQLDatabase, Storage):
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(attrs=merged, seq=seq))
 
         self._txn(f"set attrs of trial {number} of study {study!r}", fn, write=True)
+
+
+def _encode_steps(values: Mapping[int, float | Sequence[float]]) -> dict[int, tuple]:
+    """Reported values as columns, checked before any transaction."""
+    return {
+        check_int(step, "step"): split_step_value(v, f"the value reported at step {step}") for step, v in values.items()
+    }
+
+
+def _store_steps(conn: Connection, study: str, row: Any, encoded: Mapping[int, tuple]) -> None:
+    """Store (or replace) a RUNNING trial's values at these steps."""
+    if row.state != TrialState.RUNNING.value:
+        raise StorageError(
+            f"trial {row.number} of study {study!r} is {row.state}, not RUNNING: intermediate values can only be"
+            " reported while it runs (was it finished or requeued by another driver?)"
+        )
+    steps = sorted(encoded)
+    conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id, VALUES.c.step.in_(steps)))
+    rows = [
+        {"trial_id": row.id, "step": k, "value": v, "nonfinite": f, "objective_values": o}
+        for k in steps
+        for v, f, o in [encoded[k]]
+    ]
+    conn.execute(sa.insert(VALUES), rows)

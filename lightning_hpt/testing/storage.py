@@ -260,6 +260,16 @@ class StorageContract(ObjectivesContract):
             storage.report(study, n, -1, 1.0)
         assert all(not t.intermediate for t in storage.trials(study))
 
+    def test_finish_trial_stores_the_steps_not_stored_yet_with_the_end(self, storage: Storage, study: str) -> None:
+        n = storage.create_trial(study, PARAMS).number
+        storage.report(study, n, 0, 0.5)
+        done = storage.finish_trial(study, n, state=TrialState.COMPLETE, value=0.4, steps={1: 0.45, 2: 0.4})
+        assert dict(done.intermediate) == dict(storage.trials(study)[0].intermediate) == {0: 0.5, 1: 0.45, 2: 0.4}
+        queued = storage.create_trial(study, PARAMS, state=TrialState.QUEUED).number
+        with pytest.raises(StorageError, match="not RUNNING"):  # nothing is stored, the trial stays QUEUED
+            storage.finish_trial(study, queued, state=TrialState.COMPLETE, value=1.0, steps={0: 1.0})
+        assert storage.trials(study)[1].state is TrialState.QUEUED and not storage.trials(study)[1].intermediate
+
     def test_heartbeat_marks_running_trials_only(self, storage: Storage, study: str) -> None:
         running = storage.create_trial(study, PARAMS)
         done = storage.create_trial(study, PARAMS)
