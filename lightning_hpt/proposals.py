@@ -71,9 +71,11 @@ def next_trials(
         k: how many trials are wanted.
         read_history: reads the study's current history.
         history: the study as just read, if it was (saves reading it again); a stale one only
-            costs a refused proposal, made again from a fresh read.
+            costs a refused proposal, made again from a fresh read, or a queued trial claimed at the
+            next call (one with no QUEUED trial saves the claim's transaction).
     """
-    out = _claim_queued(storage, study, k)
+    queued = history is None or any(t.state is TrialState.QUEUED for t in history.trials)
+    out = _claim_queued(storage, study, k) if queued else []
     if len(out) == k:
         return out, None
     # Another driver sharing the study may add a trial between our read and our write: then the proposal
