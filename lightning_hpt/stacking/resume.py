@@ -51,13 +51,12 @@ _KEYS = ("state_dict", "optimizer_states", "epoch", "global_step", "member", "be
 def load_member_state(job: TrialJob) -> dict[str, Any] | None:
     """The member's resumable checkpoint, if the search keeps them and one is there, whole and readable.
 
-    Called once per member as its group starts, so it also claims the trial's directory for the
-    checkpoints the member will write (once, not at every save).
+    Called once per member as its group starts. A checkpoint written for another trial in this directory
+    is removed (:func:`~lightning_hpt.lightning.resume.checkpoint_to_resume`).
     """
     if job.build.resume is None:
         return None
     path = checkpoint_to_resume(job, name=MEMBER_FILE)
-    claim(job)
     if path is None:
         return None
     try:
@@ -86,7 +85,8 @@ def write_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
 
 
 def save_member_state(job: TrialJob, state: dict[str, Any]) -> None:
-    """Write the member's resumable checkpoint (its directory was claimed by :func:`load_member_state`)."""
+    """Write the member's resumable checkpoint, the trial's directory claimed first (most members write none)."""
+    claim(job)
     write_checkpoint(state, Path(job.trial_dir) / RESUME_DIR / f"{MEMBER_FILE}.ckpt")
 
 
