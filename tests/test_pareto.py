@@ -192,6 +192,31 @@ def test_exports_carry_every_objective(tmp_path):
     assert data[0]["values"] == [0.5, 10.0] and data[0]["intermediate_values"] == {"0": [0.5, 10.0]}
     rows = list(csv.DictReader((export_trials(trials, tmp_path / "t.csv")).open()))
     assert [(r["values.0"], r["values.1"]) for r in rows] == [("0.5", "10.0"), ("0.2", "30.0")]
+    assert "feasible" not in rows[0]  # a study without outcome constraints
+
+
+def test_exports_name_the_objectives_and_say_which_trials_are_feasible(tmp_path):
+    import csv
+    import json
+
+    from lightning_hpt.report.export import export_trials
+
+    trials = [
+        record(0, 0.5, 10.0, attrs={"infeasible": ["n_params <= 5"]}),
+        record(1, 0.2, 3.0, attrs={"infeasible": []}),
+    ]
+    names = ["val_loss", "n_params"]
+    rows = list(csv.DictReader(export_trials(trials, tmp_path / "t.csv", objectives=names).open()))
+    assert [(r["values.val_loss"], r["values.n_params"], r["feasible"]) for r in rows] == [
+        ("0.5", "10.0", "False"),
+        ("0.2", "3.0", "True"),
+    ]
+    data = json.loads(export_trials(trials, tmp_path / "t.json", objectives=MIN_MIN).read_text())
+    assert data[1]["objective_values"] == {"a": 0.2, "b": 3.0}
+    assert [d["feasible"] for d in data] == [False, True]
+    with pytest.raises(ConfigurationError, match=r"objectives=\['val_acc', 'n_params'\]"):
+        export_trials(trials, tmp_path / "u.csv", objectives=[1, 2])
+    assert not (tmp_path / "u.csv").exists()
 
 
 def test_progress_lines_show_every_objective_and_infeasibility():

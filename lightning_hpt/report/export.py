@@ -44,11 +44,13 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def trial_to_dict(t: TrialRecord) -> dict[str, Any]:
+def trial_to_dict(t: TrialRecord, objectives: Sequence[str] = ()) -> dict[str, Any]:
     """One trial as plain JSON data; ``intermediate`` maps the step (as text) to its value.
 
     Non-finite numbers (a NaN loss, say) are ``None``: strict JSON has no NaN. With several objectives
-    it also has ``values`` (every objective's value) and ``intermediate_values`` (per step).
+    it also has ``values`` (every objective's value) and ``intermediate_values`` (per step), and with
+    their names given (``objectives``) ``objective_values`` (name -> value). A trial judged against
+    outcome constraints has ``feasible``.
     """
     out = {
         "number": t.number,
@@ -72,6 +74,10 @@ def trial_to_dict(t: TrialRecord) -> dict[str, Any]:
         out["intermediate_values"] = {
             str(step): [_finite(v) for v in vs] for step, vs in sorted(t.intermediate_values.items())
         }
+        if objectives and t.values is not None:
+            out["objective_values"] = {n: _finite(v) for n, v in zip(objectives, t.values, strict=False)}
+    if "infeasible" in t.attrs:
+        out["feasible"] = t.feasible
     return out
 
 
@@ -95,7 +101,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _csv_text(trials: Sequence[TrialRecord]) -> str:
+def _csv_text(trials: Sequence[TrialRecord], objectives: Sequence[str]) -> str:
     names: list[str] = []
     steps: set[int] = set()
     for t in trials:
@@ -103,11 +109,14 @@ def _csv_text(trials: Sequence[TrialRecord]) -> str:
         steps.update(t.intermediate)
     step_cols = sorted(steps)
     width = max((len(t.values) for t in trials if t.values is not None), default=0)  # several objectives
+    labels = list(objectives) if len(objectives) == width else [str(i) for i in range(width)]
+    judged = any("infeasible" in t.attrs for t in trials)  # outcome constraints: a feasible column
     header = [
         "number",
         "state",
         "value",
-        *(f"values.{i}" for i in range(width)),
+        *(f"values.{label}" for label in labels),
+        *(["feasible"] if judged else []),
         "best_step",
         "epochs",
         "duration_s",
@@ -127,6 +136,7 @@ def _csv_text(trials: Sequence[TrialRecord]) -> str:
                 t.state.value,
                 _cell(t.value),
                 *(_cell(v) for v in (t.values or (None,) * width)),
+                *([t.feasible] if judged else []),
                 _cell(t.best_step),
                 len(t.intermediate),
                 _cell(t.duration),
@@ -149,13 +159,15 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def export_trials(trials: Sequence[TrialRecord], path: str | os.PathLike[str]) -> Path:
+def export_trials(trials: Sequence[TrialRecord], path: str | os.PathLike[str], objectives: Sequence[Any] = ()) -> Path:
     """Write every trial, with its per-epoch values, to a CSV or JSON file chosen by the suffix.
 
     - ``.csv``: one row per trial, by number: ``number, state, value, best_step, epochs, duration_s,
       started_at, finished_at``, one ``params.<name>`` column per parameter, one ``step_<k>`` column
-      per validation run ``k`` (empty where a trial has no value at that step, e.g. pruned early),
-      and ``error``. Empty cells mean "none"; non-finite values are written ``nan``/``inf``.
+      per validation run ``k`` (empty where a trial has no value at that step, e.g. pruned early; the
+      first objective's), and ``error``. With several objectives, ``values.<name>`` per objective
+      (``values.0``, ``values.1``, ... without ``objectives``); with outcome constraints, ``feasible``.
+      Empty cells mean "none"; non-finite values are written ``nan``/``inf``.
     - ``.json``: a list of objects (see :func:`trial_to_dict`): params and ``intermediate``
       (``{"<step>": value}``) are nested; non-finite values are ``null`` (strict JSON).
 
@@ -165,6 +177,7 @@ def export_trials(trials: Sequence[TrialRecord], path: str | os.PathLike[str]) -
     Args:
         trials: the trials to export, for example ``storage.trials(study)``.
         path: the file to write; its suffix (``.csv`` or ``.json``, any case) picks the format.
+        objectives: the study's objectives (names, or ``SearchResult.objectives``), to name their values.
 
     Returns:
         The path written.
@@ -179,10 +192,16 @@ def export_trials(trials: Sequence[TrialRecord], path: str | os.PathLike[str]) -
             f"export_trials chooses the format by the file suffix, which must be one of {list(_FORMATS)};"
             f" got path={os.fspath(path)!r}; name the file e.g. 'trials.csv' or 'trials.json'"
         )
+    names = [getattr(o, "name", o) for o in objectives]
+    if not all(isinstance(n, str) and n for n in names):
+        raise ConfigurationError(
+            f"export_trials(objectives=) takes the objectives' names (or Objective objects), got {objectives!r};"
+            " e.g. objectives=['val_acc', 'n_params'] or objectives=result.objectives"
+        )
     ordered = sorted(trials, key=lambda t: t.number)
     if suffix == ".csv":
-        text = _csv_text(ordered)
+        text = _csv_text(ordered, names)
     else:
-        text = json.dumps([trial_to_dict(t) for t in ordered], indent=2, allow_nan=False) + "\n"
+        text = json.dumps([trial_to_dict(t, names) for t in ordered], indent=2, allow_nan=False) + "\n"
     write_text_atomic(target, text)
     return target
