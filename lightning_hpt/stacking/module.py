@@ -112,7 +112,8 @@ def _one_optimizer(member: Any) -> torch.optim.Optimizer:
     if not isinstance(out, torch.optim.Optimizer):
         raise StackingRefused(
             f"{type(member).__name__}.configure_optimizers returned {type(out).__name__}; a stacked group needs"
-            " one optimizer without learning-rate schedulers"
+            " one optimizer without learning-rate schedulers: return the optimizer alone to stack these trials"
+            " (a scheduler's settings cannot vary per member), or run them with the default executor"
         )
     return out
 
