@@ -47,7 +47,7 @@ class StudyReporter:
         self.stored: set[int] = set()
         #: values not stored yet (see :meth:`flush`)
         self.pending: dict[int, float | tuple[float, ...]] = {}
-        self._flushed = time.monotonic()  # a trial's first value waits too: most trials end within FLUSH_S
+        self._flushed = 0.0  # the first value is stored at once: `show` sees the trial has started training
 
     @property
     def answers(self) -> bool:

@@ -341,7 +341,7 @@ def test_without_a_pruner_a_trials_values_are_stored_in_batches_and_none_is_lost
     assert all(len(t.intermediate) == 6 for t in result.trials)  # every value stored
     stored = [v for b in batches if b for v in b]
     assert len(stored) == 12
-    if pruner is None:  # every 2 s and with the trial's end: fewer writes
+    if pruner is None:  # the first value at once, the rest every 2 s and with the trial's end: fewer writes
         assert len([b for b in batches if b]) <= 6
     else:  # the pruner judges each value as it comes: each is stored first
         assert all(len(b) == 1 for b in batches if b) and len([b for b in batches if b]) == 12
