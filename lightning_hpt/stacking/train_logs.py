@@ -80,11 +80,11 @@ class TrainLogs:
         self._kwargs.update(kwargs)
         for name, value in logged.items():
             rows = value.detach().reshape(len(active), -1).float().mean(1)
-            index = torch.tensor(list(active), dtype=torch.long, device=rows.device)
             for j, i in enumerate(active):
                 self.last[i][name] = rows[j]
             kw = kwargs.get(name, {})
-            if kw.get("on_epoch"):
+            if kw.get("on_epoch"):  # the members' index is made only for a value reduced over the epoch
+                index = torch.tensor(list(active), dtype=torch.long, device=rows.device)
                 self._accumulate(name, kw, rows, index, batch_size)
 
     def _accumulate(
