@@ -177,11 +177,11 @@ class Member:
         if self._namespace is None:  # never opened
             return
         context = TrialContext.from_dir(self.job.trial_dir, self.job.params)
+        best = {f"hp/{name}": value for name, value in self.curve.best_metrics().items()}
         for lg in trial_loggers(self._namespace, None, context):
             lg.log_hyperparams(dict(self.job.params))
             for metrics, step in logged:
                 lg.log_metrics(metrics, step=step)
-            best = {f"hp/{name}": value for name, value in self.curve.best_metrics().items()}
             if best and compat.is_tensorboard_logger(lg):  # the HParams view: every objective at the best step
                 lg.log_hyperparams(dict(self.job.params), best)
             lg.finalize("success")
