@@ -18,7 +18,9 @@ epochs vary, which is what stacking is for. Modes:
   the same with torch's default number of threads (what a user who does not set it gets).
 
 The modes run in interleaved rounds and medians are reported, so that a busy moment of a shared
-machine hits every mode. For each mode it prints trials per minute, the best val_acc over the first
+machine hits every mode. Each search runs in a fresh Python process, as a user's search does: in one
+shared process, the thread pools left by the modes before it slowed a stacked search with torch's
+default threads by a third (``--shared-process`` runs them so). For each mode it prints trials per minute, the best val_acc over the first
 ``--trials`` trials (equal trial count), and the best val_acc reached after 15, 30 and 60 s of search.
 Writes nothing but its temporary directories.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import statistics
@@ -209,6 +212,20 @@ def report(task: str, rows: dict[str, list[dict[str, Any]]], trials: int) -> Non
         print(f"| {mode}{note} | {rate:.0f} | {rounds} | {ratio} | {_median([r['best'] for r in rs])} | {over} |")
 
 
+def _fresh(task: str, mode: str, args: argparse.Namespace, root: str) -> dict[str, Any]:
+    """:func:`run_mode` in a fresh Python process: no thread pool, cache or state left by the modes before it."""
+    cmd = [sys.executable, __file__, "--one", task, mode, root, "--trials", str(args.trials)]
+    done = subprocess.run([*cmd, "--accelerator", args.accelerator], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{task} {mode} failed (exit code {done.returncode}):\n{done.stderr[-4000:]}")
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    for line in lines[:-1]:  # the GPU summary, when there is one
+        print(line)
+    out = json.loads(lines[-1])
+    out["over_time"] = {int(s): v for s, v in out["over_time"].items()}
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="mlp,cnn")
@@ -218,8 +235,17 @@ def main() -> int:
     p.add_argument("--stack-threads", action="store_true", help="also run each stack-K with torch's default threads")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds of every mode; medians are reported")
     p.add_argument("--accelerator", default="cpu", help="cpu | gpu (then GPU memory and utilization are printed)")
+    p.add_argument(
+        "--shared-process",
+        action="store_true",
+        help="run every search in this process (by default each runs in a fresh one, as a user's search does)",
+    )
+    p.add_argument("--one", nargs=3, metavar=("TASK", "MODE", "ROOT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     quiet_single_thread()
+    if args.one:  # a child of the run below: one search, its figures as JSON on the last line
+        print(json.dumps(run_mode(args.one[0], args.one[1], args.trials, args.one[2], args.accelerator)))
+        return 0
     print(describe())
     print("load before:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     stacks = [f"stack-{k}" for k in args.stacks.split(",") if k]
@@ -232,7 +258,10 @@ def main() -> int:
             for mode in modes:
                 root = tempfile.mkdtemp(prefix="hpt_stacked_")
                 try:
-                    rows[mode].append(run_mode(task, mode, args.trials, root, args.accelerator))
+                    if args.shared_process:
+                        rows[mode].append(run_mode(task, mode, args.trials, root, args.accelerator))
+                    else:
+                        rows[mode].append(_fresh(task, mode, args, root))
                 finally:
                     shutil.rmtree(root, ignore_errors=True)
                 print(f"  {task} round {r} {mode}: {rows[mode][-1]['rate']:.1f} trials/min", flush=True)

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from functools import partial
 
 from typing_extensions import override
 
@@ -16,7 +17,7 @@ from lightning_hpt.executors.base import Executor, failed_outcome
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.stacking.group import run_jobs
-from lightning_hpt.stacking.grouping import PER_MEMBER
+from lightning_hpt.stacking.grouping import PER_MEMBER, group_key
 from lightning_hpt.stacking.resume import WRITE_EVERY
 from lightning_hpt.trial import INTERRUPTED, TrialState
 
@@ -65,6 +66,9 @@ class StackedExecutor(Executor):
         write_every: the members' resumable states, taken at the search's ``Resume`` interval, are written
             at most every this many seconds, and always when the group stops; ``0``: each as it is taken.
             A hard kill loses at most this much of a group's training.
+        refill: at the end of each epoch, a running group gives the slots of its ended members to trials
+            waiting with its structure, which train from the next epoch up to their own ``max_epochs``;
+            ``False``: a group trains only the trials it started with.
 
     Example:
         >>> executor = StackedExecutor(stack=16)  # HyperparameterSearch(..., executor=executor)
@@ -82,6 +86,7 @@ class StackedExecutor(Executor):
         per_member: Iterable[str] = PER_MEMBER,
         linger: float = 1.0,
         write_every: float = WRITE_EVERY,
+        refill: bool = True,
     ) -> None:
         if not isinstance(stack, int) or isinstance(stack, bool) or stack < 1:
             raise ConfigurationError(f"stack must be an integer >= 1 (trials trained at once), got stack={stack!r}")
@@ -95,7 +100,9 @@ class StackedExecutor(Executor):
                 f" got per_member={per_member!r}"
             )
         self.stack, self.per_member, self.linger = stack, tuple(names), float(linger)
-        self.write_every = float(write_every)
+        if not isinstance(refill, bool):
+            raise ConfigurationError(f"refill must be True or False, got refill={refill!r}")
+        self.write_every, self.refill = float(write_every), refill
         self._pending: list[_Pending] = []
         self._cond = threading.Condition()
         self._last_submit = 0.0
@@ -172,12 +179,31 @@ class StackedExecutor(Executor):
                     lambda pos, outcome, futures=futures: self._deliver(futures[pos], outcome),
                     self._said,
                     self.write_every,
+                    self if self.refill else None,
                 )
             except BaseException as e:  # a bug here must not leave the driver waiting forever
                 log.exception("the stacked executor failed")
                 outcomes = [failed_outcome(f"the stacked executor failed: {type(e).__name__}: {e}")] * len(taken)
             for future, outcome in zip(futures, outcomes, strict=True):
                 self._deliver(future, outcome)
+
+    def take(self, n: int, key: tuple) -> list[tuple[TrialJob, TrialReporter, Callable[[TrialOutcome], None]]]:
+        """Up to ``n`` waiting trials of group key ``key``, for the slots of a running group's ended members."""
+        with self._cond:
+            if self._stop.is_set():
+                return []
+            taken = [p for p in self._pending if group_key(p[0].params, self.per_member) == key][:n]
+            ids = {id(p) for p in taken}
+            self._pending = [p for p in self._pending if id(p) not in ids]
+        return [(job, reporter, partial(self._deliver, future)) for job, reporter, future in taken]
+
+    def give_back(self, items: list[tuple[TrialJob, TrialReporter, Callable[[TrialOutcome], None]]]) -> None:
+        """Trials :meth:`take` returned that cannot join that group: first in line for the next one."""
+        with self._cond:
+            # each ``deliver`` is take's ``partial(self._deliver, future)``
+            back = [(job, reporter, deliver.args[0]) for job, reporter, deliver in items]  # type: ignore[attr-defined]
+            self._pending = back + self._pending
+            self._cond.notify_all()
 
     def _deliver(self, future: _Outcome, outcome: TrialOutcome) -> None:
         """Hand a trial's outcome to the driver, once."""

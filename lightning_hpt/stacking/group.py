@@ -6,16 +6,20 @@ stopped early) is recorded while the rest of its group trains on.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import logging
+import os
 import threading
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
+
+import torch
 
 from lightning_hpt.lightning.config import namespace_of
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
@@ -34,6 +38,16 @@ Item = tuple[TrialJob, TrialReporter | None]
 Done = Callable[[int, TrialOutcome], None]
 
 
+class Source(Protocol):
+    """Where a running group finds trials for the slots of its ended members (the executor's waiting trials)."""
+
+    def take(self, n: int, key: tuple) -> list[tuple[TrialJob, TrialReporter | None, Callable[[TrialOutcome], None]]]:
+        """Up to ``n`` waiting trials whose :func:`group_key` is ``key``, each with where its outcome goes."""
+
+    def give_back(self, items: list[tuple[TrialJob, TrialReporter | None, Callable[[TrialOutcome], None]]]) -> None:
+        """Trials taken that cannot join this group after all: they wait for the next one."""
+
+
 def _ignore(position: int, outcome: TrialOutcome) -> None:
     """The default ``on_done``: outcomes are only returned."""
 
@@ -45,6 +59,7 @@ def run_jobs(
     on_done: Done = _ignore,
     said: set[str] | None = None,
     write_every: float = WRITE_EVERY,
+    source: Source | None = None,
 ) -> list[TrialOutcome]:
     """The outcomes of ``items`` (in order): trials with equal structure trained as one stacked model each.
 
@@ -61,15 +76,17 @@ def run_jobs(
             is a warning the first time, then a debug message.
         write_every: seconds between writes of the members' resumable checkpoints
             (:mod:`lightning_hpt.stacking.resume`).
+        source: where a group finds new members for the slots of ended ones, at the end of an epoch
+            (``None``: a group trains the trials it started with).
     """
     per = tuple(per_member)
     by_key: dict[tuple, list[int]] = defaultdict(list)
     for pos, (job, _) in enumerate(items):
         by_key[group_key(job.params, per)].append(pos)
     outcomes: dict[int, TrialOutcome] = {}
-    run = _Run(stop, on_done, set() if said is None else said, write_every)
-    for positions in by_key.values():
-        outcomes.update(_run_group([items[p] for p in positions], positions, run))
+    run = _Run(stop, on_done, set() if said is None else said, write_every, source)
+    for key, positions in by_key.items():
+        outcomes.update(_run_group([items[p] for p in positions], positions, replace(run, key=key)))
     return [outcomes[p] for p in range(len(items))]
 
 
@@ -81,6 +98,8 @@ class _Run:
     on_done: Done
     said: set[str]
     write_every: float
+    source: Source | None = None
+    key: tuple = ()  # the group's :func:`group_key`
 
 
 def _ordinary(items: Sequence[Item], positions: Sequence[int], reason: str, run: _Run) -> dict[int, TrialOutcome]:
@@ -121,14 +140,16 @@ def _static_refusal(job: TrialJob) -> str | None:
 
 def _build(items: Sequence[Item]) -> tuple[list[Any], Any]:
     """Each member built as its own trial would be (its own seed), and the first member's datamodule."""
+    models = [_build_model(job) for job, _ in items]
+    return models, items[0][0].build.builder.build_datamodule(items[0][0].params)
+
+
+def _build_model(job: TrialJob) -> Any:
+    """The trial's model, built after seeding as its own trial would be."""
     from lightning.fabric.utilities.seed import seed_everything
 
-    models, dms = [], []
-    for job, _ in items:
-        seed_everything(trial_seed(job.seed, job.number), workers=True, verbose=False)
-        models.append(job.build.builder.build_model(job.params))
-        dms.append(job.build.builder.build_datamodule(job.params))
-    return models, dms[0]
+    seed_everything(trial_seed(job.seed, job.number), workers=True, verbose=False)
+    return job.build.builder.build_model(job.params)
 
 
 def _run_group(items: Sequence[Item], positions: Sequence[int], run: _Run) -> dict[int, TrialOutcome]:
@@ -230,12 +251,18 @@ def _fit(
                 if t.ended:  # it had ended before it was interrupted, or its pruner stops it now
                     t.finish()
             if not all(t.ended for t in tracks):
+                epochs = _group_epochs(tracks)
                 module = stacked_module_class(pl)(models, tracks, pl, run.stop, states, run.write_every)
-                trainer = _trainer(pl, job0, _group_epochs(tracks))
-                trainer.fit(module, datamodule=dm)
+                module.join = _joiner(module, signature(models[0]), epochs is not None, attrs, pl, run)
+                trainer = _trainer(pl, job0, epochs)
+                try:
+                    trainer.fit(module, datamodule=dm)
+                finally:
+                    tracks = module.members_seen
     except Exception as e:  # StackingRefused, a vmap refusal, or the trials' own error
         log.debug("stacked group %s raised:\n%s", attrs["stacked"]["group"], traceback.format_exc())
-        if not any(len(t.values) > (t.resumed_at or 0) for t in tracks):  # no value yet: run them on their own
+        if len(tracks) == len(items) and not any(len(t.values) > (t.resumed_at or 0) for t in tracks):
+            # no value yet (and no member joined): run them on their own
             rest = [k for k, t in enumerate(tracks) if t.outcome_sent is None]
             for k in rest:
                 tracks[k].close(write_best=False)
@@ -251,7 +278,67 @@ def _fit(
             t.interrupt()
         elif t.outcome_sent is None:
             t.finish()
-    return {p: t.outcome_sent for p, t in zip(positions, tracks, strict=True)}  # type: ignore[misc]
+    return {p: t.outcome_sent for p, t in zip(positions, tracks, strict=False)}  # type: ignore[misc]
+
+
+def _joiner(module: Any, layout: tuple, bounded: bool, attrs: dict[str, Any], pl: Any, run: _Run) -> Any:
+    """``module``'s ``join``: waiting trials of its group key, built, checked and opened as its new members.
+
+    A trial that cannot take a slot (another layout, an optimizer the group's update does not follow, no
+    ``max_epochs`` in a group that has one) goes back to wait for a later group.
+    """
+
+    def join(n: int) -> list[tuple[Any, Member, dict[str, Any] | None]]:
+        if run.source is None:
+            return []
+        taken, joined, back = run.source.take(n, run.key), [], []
+        for job, reporter, deliver in taken:
+            track = Member(job, reporter, _max_epochs(job), on_end=deliver)
+            try:
+                with quiet_lightning(job.build.builder.quiet), _rng_kept():
+                    model = _build_model(job)
+            except Exception:  # its own build error: it runs, and reports it, in a later group
+                back.append((job, reporter, deliver))
+                continue
+            if signature(model) != layout or (bounded and track.max_epochs is None) or not module.accepts(model):
+                back.append((job, reporter, deliver))
+                continue
+            attrs["stacked"]["group"].append(job.number)
+            track.attrs = attrs
+            state = _continue(track, model, pl)
+            track.open(pl)
+            if track.ended:  # it had ended before it was interrupted
+                track.finish()
+                continue
+            joined.append((model, track, state))
+        if back:
+            run.source.give_back(back)
+        return joined
+
+    return join
+
+
+@contextlib.contextmanager
+def _rng_kept() -> Iterator[None]:
+    """The global random states (Python's, NumPy's, torch's) as they were: a member built mid-group
+    (seeded with its own seed) leaves the group's data order and dropout draws as they would have been."""
+    import random
+
+    import numpy as np
+
+    py, nps = random.getstate(), np.random.get_state()
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}  # seed_everything sets them
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(nps)
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _reason(e: BaseException) -> str:

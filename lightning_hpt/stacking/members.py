@@ -14,6 +14,7 @@ ordinary trial's monitor does.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import time
@@ -41,6 +42,7 @@ class Member:
         max_epochs: the member's own epoch count (``trainer.max_epochs``), or ``None``: the group's.
         on_end: called once with the member's outcome when it ends (before the group does).
         epochs_before, steps_before: the epochs and optimizer steps it trained before this group (resumed).
+        joined_at: the group's epoch at which it took the slot of an ended member (0: it started with it).
         resumed_at: the first step this group reports, when the member was continued; else ``None``.
         curve: its values per step (every objective's and every constrained metric's), best step and
             value, EarlyStopping's count and the driver's pruning decision.
@@ -58,6 +60,7 @@ class Member:
     ) -> None:
         self.job, self.reporter, self.max_epochs, self.on_end = job, reporter, max_epochs, on_end
         self.epochs_before = self.steps_before = 0
+        self.joined_at = 0  # the group's epoch at which it joined (0: it started with its group)
         self.resumed_at: int | None = None
         self.trained_before = 0.0
         self.attrs: dict[str, Any] = {}
@@ -97,7 +100,7 @@ class Member:
 
     def own_epoch(self, group_epoch: int) -> int:
         """The member's own epoch number at its group's epoch ``group_epoch`` (both 0-based)."""
-        return self.epochs_before + group_epoch
+        return self.epochs_before + group_epoch - self.joined_at
 
     def open(self, namespace: Any) -> None:
         """Start the member's trial directory; a continued member reports its earlier values.
@@ -234,7 +237,7 @@ class Member:
             self.on_end(outcome)
 
     def _common(self) -> dict[str, Any]:
-        attrs = {**self.attrs, "train_seconds": round(self.trained_seconds, 3)}
+        attrs = {**copy.deepcopy(self.attrs), "train_seconds": round(self.trained_seconds, 3)}  # its group grows
         if self.resumed_at is not None:
             attrs["resumed_at_step"] = self.resumed_at
         return {"metrics": dict(self.metrics), "attrs": attrs}

@@ -19,7 +19,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -37,6 +37,8 @@ from lightning_hpt.stacking.train_logs import TrainLogs
 __all__ = ["stacked_module_class"]
 
 log = logging.getLogger(__name__)
+#: ``join(n)``: up to ``n`` new members for the slots of ended ones, as (model, track, optimizer state or None)
+Join = Callable[[int], list[tuple[Any, Member, "dict[str, Any] | None"]]]
 
 
 class _MemberDropout(nn.Module):
@@ -129,7 +131,9 @@ class _StackedLogic:
     ``optimizer_states[i]``, when given, is member ``i``'s optimizer state to continue from (its
     resumable checkpoint's); ``stop`` set ends the fit at the next step, every member unfinished.
     The members' resumable states are taken at their ``Resume`` interval and written at most every
-    ``write_every`` seconds (see :mod:`lightning_hpt.stacking.resume`).
+    ``write_every`` seconds (see :mod:`lightning_hpt.stacking.resume`). At the end of an epoch, the slots
+    of members that ended go to the new members ``join`` returns (``None``: none); each trains from the
+    next epoch, up to its own ``max_epochs``.
     """
 
     def __init__(
@@ -143,6 +147,8 @@ class _StackedLogic:
     ) -> None:
         super().__init__()
         self._stop = stop
+        self.join: Join | None = None  # set by the caller: new members for the slots of ended ones
+        self.members_seen = list(tracks)  # every member this group trained, those that joined later included
         self._write_every, self._written = write_every, time.monotonic()
         self._restore = list(optimizer_states or [None] * len(members))
         self._clocks = [ResumeClock(t.job.build.resume) for t in tracks]
@@ -168,21 +174,24 @@ class _StackedLogic:
     # --- the members' views and optimizers ------------------------------------------------------
     def _bind_members(self) -> None:
         """Make every member's parameters and buffers views of its slice (after Lightning moved the tensors)."""
-        bufs = dict(self.named_buffers())
-        self._grads = []
-        for i, m in enumerate(self._members):
-            m.to(self.device)
-            pairs = []
-            for k, p in self.stacked.items():
-                view = nn.Parameter(p.data[i], requires_grad=p.requires_grad)
-                _set_tensor(m, k.replace("/", "."), view)
-                pairs.append((p, view))
-            self._grads.append(pairs)
-            for k in self._buffer_names:
-                if k not in self._dropout_names:
-                    _set_tensor(m, k, bufs["buf/" + k.replace(".", "/")][i])
-            m.trainer = self.trainer
+        self._grads = [self._bind(i) for i in range(len(self._members))]
         self._parts[0].inner.trainer = self.trainer
+
+    def _bind(self, i: int) -> list[tuple[Tensor, Tensor]]:
+        """Make member ``i``'s parameters and buffers views of slice ``i``; its (stacked, view) parameter pairs."""
+        bufs = dict(self.named_buffers())
+        m = self._members[i]
+        m.to(self.device)
+        pairs = []
+        for k, p in self.stacked.items():
+            view = nn.Parameter(p.data[i], requires_grad=p.requires_grad)
+            _set_tensor(m, k.replace("/", "."), view)
+            pairs.append((p, view))
+        for k in self._buffer_names:
+            if k not in self._dropout_names:
+                _set_tensor(m, k, bufs["buf/" + k.replace(".", "/")][i])
+        m.trainer = self.trainer
+        return pairs
 
     @override
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -312,8 +321,62 @@ class _StackedLogic:
             for t in self._tracks:
                 t.write_resume()
             self._written = time.monotonic()
+        self._refill()
         if not self._active():
             self.trainer.should_stop = True
+
+    # --- new members in the slots of ended ones ---------------------------------------------------
+    def _refill(self) -> None:
+        """Give the slots of ended members to trials waiting for a group like this one (``join``)."""
+        free = [i for i, t in enumerate(self._tracks) if t.ended and t.outcome_sent is not None]
+        if not free or self.join is None or self._stopped() or not self._active():
+            return
+        for i, (model, track, state) in zip(free, self.join(len(free)), strict=False):
+            self._take_slot(i, model, track, state)
+
+    def accepts(self, model: Any) -> bool:
+        """Whether ``model`` (of the group's layout) can take an ended member's slot: its optimizer is one the
+        group's update follows (the same kind, over all its parameters)."""
+        try:
+            optimizer = _one_optimizer(model)
+        except StackingRefused:
+            return False
+        if self._vectorized is None:
+            return True
+        own = dict(model.named_parameters())
+        return self._vectorized.follows(optimizer, [own[k.replace("/", ".")] for k in self.stacked])
+
+    def _take_slot(self, i: int, model: Any, track: Member, state: dict[str, Any] | None) -> None:
+        """Member ``i`` is now ``model``: its weights and dropout rates in slot ``i``, its own optimizer and counters.
+
+        It trains from the group's next epoch (``track.joined_at``); ``state`` is its optimizer's state when it
+        continues from its resumable checkpoint.
+        """
+        with torch.no_grad():
+            own = dict(model.named_parameters())
+            for k, p in self.stacked.items():
+                p.data[i].copy_(own[k.replace("/", ".")].detach())
+            bufs, mine = dict(self.named_buffers()), dict(model.named_buffers())
+            for name, rate in _dropout_rates([model]).items():
+                bufs["buf/" + name.replace(".", "/")][i] = float(rate[0])
+            for k in self._buffer_names:
+                if k not in self._dropout_names:
+                    bufs["buf/" + k.replace(".", "/")][i].copy_(mine[k])
+        self._members[i], self._tracks[i] = model, track
+        self._grads[i] = self._bind(i)
+        optimizer = _one_optimizer(model)
+        if self._vectorized is not None:
+            self._vectorized.set_member(i, optimizer, [v for _, v in self._grads[i]])
+        self._optimizers[i] = optimizer
+        self._member_steps[i] = track.steps_before
+        self._clocks[i] = ResumeClock(track.job.build.resume)
+        track.joined_at = self.current_epoch + 1
+        if state is not None:
+            self._load_optimizer(i, state)
+        self.members_seen.append(track)
+        if self.trainer.max_epochs is not None and track.max_epochs is not None:
+            needed = track.joined_at + track.max_epochs - track.epochs_before
+            self.trainer.fit_loop.max_epochs = max(self.trainer.max_epochs, needed)
 
     # --- validation: each member's own validation_step ---------------------------------------------
     @override

@@ -63,6 +63,7 @@ class StackedOptimizer:
         self.steps = torch.zeros(k, dtype=torch.float64, device=stacked[0].device)
         self.state = [(torch.zeros_like(p.data), torch.zeros_like(p.data)) for p in stacked]
         self.hyper = hyper  # per parameter: [K] float64 vectors (bias corrections are computed from them)
+        self._decoupled = decoupled
         self.groups = _share(hyper, decoupled)  # (parameter indices, their hyperparameters, decoupled)
         self._mask: Tensor | None = None  # 1 for the members that step, 0 for those that ended
         self._mask_key: tuple[int, ...] | None = None
@@ -96,6 +97,29 @@ class StackedOptimizer:
         ]
         decoupled = [torch.tensor(f, device=device) for f in flags]
         return cls(kind, stacked, hyper, decoupled)
+
+    def follows(self, optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> bool:
+        """Whether this update can be ``optimizer``'s over ``params`` (in the order of the stacked tensors)."""
+        where = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        return _kind(optimizer) == self.kind and all(id(p) in where for p in params)
+
+    def set_member(self, i: int, optimizer: torch.optim.Optimizer, views: Sequence[Tensor]) -> None:
+        """Give slot ``i`` to a new member: its optimizer's hyperparameters, no state, no step yet.
+
+        ``optimizer`` updates ``views`` (the member's views of the stacked tensors) and :meth:`follows` it.
+        """
+        where = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        groups = [where[id(v)] for v in views]
+        for j, group in enumerate(groups):
+            for k, value in _hyper(group, self.kind).items():
+                self.hyper[j][k][i] = value
+            self._decoupled[j][i] = type(optimizer) is torch.optim.AdamW or bool(group.get("decoupled_weight_decay"))
+            for buf in self.state[j]:
+                buf[i].zero_()
+        self.steps[i] = 0.0
+        self.groups = _share(self.hyper, self._decoupled)
+        self._decay = [bool(hp["weight_decay"].any()) for _, hp, _ in self.groups]
+        self._mask, self._mask_key, self._fixed = None, None, {}  # the mask and factors are made again
 
     def step(self, active: Tensor | None) -> None:
         """Update the members in ``active`` (all of them when ``None``) from the stacked gradients."""
