@@ -16,7 +16,9 @@ Peers, with their library defaults:
   ``optimize_acqf_mixed_alternating`` with integers or categories), BoTorch's default options.
 * ``random``, ``sobol``: lightning-hpt's RandomStrategy and SobolStrategy.
 * ``bayes:key=value,...``: BayesianStrategy with other arguments (``bo_tune.py`` screens them);
-  ``cat_kernel=product`` is not an argument but a screened surrogate, :func:`product_kernel_gp`.
+  ``cat_kernel=product`` is not an argument but a screened surrogate, :func:`product_kernel_gp`;
+  nor is ``fit_maxiter=N``: the surrogate's fit runs up to N L-BFGS-B steps instead of
+  ``lightning_hpt.surrogate.FIT_MAXITER`` (15000 is scipy's default, the plain BoTorch loop's).
 """
 
 from __future__ import annotations
@@ -237,8 +239,10 @@ def run_method(method: str, problem: SuiteProblem, trials: int, seed: int, batch
         product = kwargs.pop("cat_kernel", "mixed") == "product" and any(
             isinstance(d, Categorical) for d in problem.space.values()
         )
+        maxiter = kwargs.pop("fit_maxiter", None)
         patch = mock.patch("lightning_hpt.surrogate.fit_surrogate", product_kernel_gp)
-        with patch if product else contextlib.nullcontext():
+        steps = mock.patch("lightning_hpt.surrogate.FIT_MAXITER", maxiter)
+        with patch if product else contextlib.nullcontext(), steps if maxiter else contextlib.nullcontext():
             return run_strategy(BayesianStrategy(seed=seed, **kwargs), problem, trials, seed, batch)
     if method == "random":
         from lightning_hpt.strategies.random import RandomStrategy

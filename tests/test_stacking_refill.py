@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from concurrent.futures import wait
+from dataclasses import replace
 
 import pytest
 import torch
-from test_stacking import TRAINER, OrderedData, Regressor, _alone, _jobs, _PruneAt
+from test_stacking import TRAINER, OrderedData, Regressor, _alone, _jobs, _PruneAt, _Stops
 from torch.utils.data import DataLoader
 
 from lightning_hpt import Float, HyperparameterSearch, Int
-from lightning_hpt.stacking import StackedExecutor
+from lightning_hpt.lightning.runner import run_trial
+from lightning_hpt.stacking import StackedExecutor, group_key, run_jobs
+from lightning_hpt.stacking.grouping import PER_MEMBER
 from lightning_hpt.trial import TrialState
 
 
@@ -55,7 +60,7 @@ def _run(executor: StackedExecutor, jobs, first: int, after_first_ends) -> list:
 def test_a_trial_takes_the_slot_of_an_ended_member_and_trains_as_alone(tmp_path):
     params = [
         {"model.lr": 0.05, "trainer.max_epochs": 2},
-        {"model.lr": 0.02, "trainer.max_epochs": 40},  # still training when trial 2 arrives
+        {"model.lr": 0.02, "trainer.max_epochs": 100},  # still training when trial 2 arrives
         {"model.lr": 0.08, "trainer.max_epochs": 3},
     ]
     jobs = _jobs(tmp_path, Regressor, params, data=FixedData)
@@ -143,3 +148,53 @@ def test_a_search_with_more_trials_than_slots_gets_each_trials_values_as_alone(t
 def test_refill_must_be_a_bool():
     with pytest.raises(Exception, match=r"refill must be True or False, got refill='yes'"):
         StackedExecutor(refill="yes")  # type: ignore[arg-type]
+
+
+class _Waiting:
+    """A source of waiting trials (as the executor is): hands ``items`` over at the first call, and keeps what
+    comes back."""
+
+    def __init__(self, items) -> None:
+        self.items, self.calls, self.back = list(items), [], []
+
+    def take(self, n, key):
+        self.calls.append((n, key))
+        taken, self.items = self.items[:n], self.items[n:]
+        return taken
+
+    def give_back(self, items) -> None:
+        self.back += items
+
+
+def test_an_interrupted_trial_continues_from_its_checkpoint_in_a_slot_it_joins(tmp_path):
+    configs = [{"model.lr": 0.03, "trainer.max_epochs": 6}, {"model.lr": 0.01, "trainer.max_epochs": 6}]
+    first_jobs = _jobs(tmp_path, Regressor, configs, data=FixedData)
+    stop = threading.Event()
+    # stopped as trial 0 reports step 2: the epoch cut short does not count, so it continues at step 2
+    first = run_jobs([(first_jobs[0], _Stops(stop, stop_at=2)), (first_jobs[1], _Stops(stop))], stop=stop)
+    assert all(o.interrupted for o in first)
+    assert os.path.exists(os.path.join(first_jobs[0].trial_dir, "resume", "member.ckpt"))
+
+    configs = [{"model.lr": 0.05, "trainer.max_epochs": n} for n in (2, 9)]
+    others = [replace(j, number=10 + j.number) for j in _jobs(tmp_path / "others", Regressor, configs, data=FixedData)]
+    resumed = replace(first_jobs[0], attempt=2)
+    got = []
+    source = _Waiting([(resumed, _Stops(threading.Event()), got.append)])
+    stop.clear()
+    run_jobs([(j, None) for j in others], stop=stop, source=source)
+    assert source.calls[0] == (1, group_key(others[0].params, PER_MEMBER))  # at the end of trial 10's 2 epochs
+    (joined,) = got
+    assert joined.attrs["resumed_at_step"] == 2 and joined.attrs["stacked"]["group"] == [10, 11, 0]
+    alone = run_trial(replace(first_jobs[0], trial_dir=str(tmp_path / "alone")))
+    _same_values(alone, joined)
+    assert not os.path.exists(os.path.join(first_jobs[0].trial_dir, "resume"))  # removed at its end
+
+
+def test_a_trial_that_cannot_join_is_given_back(tmp_path):
+    jobs = _jobs(tmp_path, AdamOrSGD, [{"model.lr": 0.05, "trainer.max_epochs": n} for n in (1, 3)], data=FixedData)
+    sgd = _jobs(tmp_path / "sgd", AdamOrSGD, [{"model.lr": 0.05, "model.momentum": 0.5, "trainer.max_epochs": 2}])
+    item = (replace(sgd[0], number=5, build=jobs[0].build), None, lambda outcome: None)
+    source = _Waiting([item])
+    outcomes = run_jobs([(j, None) for j in jobs], source=source)
+    assert [o.state for o in outcomes] == [TrialState.COMPLETE] * 2
+    assert source.back == [item] and outcomes[1].attrs["stacked"]["group"] == [0, 1]
