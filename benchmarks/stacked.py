@@ -20,8 +20,9 @@ epochs vary, which is what stacking is for. Modes:
 The modes run in interleaved rounds and medians are reported, so that a busy moment of a shared
 machine hits every mode. Each search runs in a fresh Python process, as a user's search does: in one
 shared process, the thread pools left by the modes before it slowed a stacked search with torch's
-default threads by a third (``--shared-process`` runs them so). For each mode it prints trials per minute, the best val_acc over the first
-``--trials`` trials (equal trial count), and the best val_acc reached after 15, 30 and 60 s of search.
+default threads by a third (``--shared-process`` runs them so). For each mode it prints trials per
+minute, the best val_acc over the first ``--trials`` trials (equal trial count), and the best val_acc
+reached after 15, 30 and 60 s of search.
 Writes nothing but its temporary directories.
 """
 

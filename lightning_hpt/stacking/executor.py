@@ -52,9 +52,11 @@ class StackedExecutor(Executor):
     be stacked run as ordinary trials, with the reason in the log and in ``attrs["stacked"]["refused"]``.
 
     Each member's outcome goes to the search as soon as the member ends (done, pruned, stopped early), while
-    the rest of its group trains on. The search refills the slots of finished trials once it has recorded
-    them; the executor starts a group when it holds ``stack`` trials, or when every finished trial has
-    been read and no new one has arrived for ``linger`` seconds (the search's last, smaller group). A
+    the rest of its group trains on. The search hands over new trials once it has recorded the finished
+    ones; at the end of each epoch a running group gives its ended members' slots to waiting trials of
+    its structure (``refill``). The executor starts a group when it holds ``stack`` trials, or when every
+    finished trial has been read and no new one has arrived for ``linger`` seconds (the search's last,
+    smaller group). A
     stopped group's unfinished members end as interrupted; when they run again each continues from its
     own resumable checkpoint (:mod:`lightning_hpt.stacking.resume`), in whatever group it joins.
 
