@@ -14,6 +14,7 @@ from test_stacking import TRAINER, OrderedData, Regressor, _alone, _jobs, _Prune
 from torch.utils.data import DataLoader
 
 from lightning_hpt import Float, HyperparameterSearch, Int
+from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.lightning.runner import run_trial
 from lightning_hpt.stacking import StackedExecutor, group_key, run_jobs
 from lightning_hpt.stacking.grouping import PER_MEMBER
@@ -198,3 +199,13 @@ def test_a_trial_that_cannot_join_is_given_back(tmp_path):
     outcomes = run_jobs([(j, None) for j in jobs], source=source)
     assert [o.state for o in outcomes] == [TrialState.COMPLETE] * 2
     assert source.back == [item] and outcomes[1].attrs["stacked"]["group"] == [0, 1]
+
+
+@pytest.mark.parametrize("names", [("model.lr",), ["dropout", "optimizer.weight_decay"]])
+def test_per_member_names_with_their_section_are_refused_with_the_names_to_use(names):
+    # a full parameter name ('model.lr') once left 'lr' structural: every trial its own group, silently
+    fixed = tuple(n.split(".", 1)[-1] for n in names)
+    with pytest.raises(ConfigurationError, match=r"without their section \('lr', not 'model.lr'") as info:
+        StackedExecutor(per_member=names)
+    assert f"got per_member={names!r}: use per_member={fixed!r}" in str(info.value)
+    assert StackedExecutor(per_member=("lr", "backbone.dropout")).per_member == ("lr", "backbone.dropout")

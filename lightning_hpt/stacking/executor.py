@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.executors.base import Executor, failed_outcome
+from lightning_hpt.lightning.config import SECTIONS
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.stacking.group import run_jobs
@@ -95,12 +96,7 @@ class StackedExecutor(Executor):
         for name, value in (("linger", linger), ("write_every", write_every)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {name}={value!r}")
-        names = [per_member] if isinstance(per_member, str) else list(per_member)
-        if not all(isinstance(n, str) and n for n in names):
-            raise ConfigurationError(
-                "per_member must be names of model init arguments, e.g. ('lr', 'dropout'),"
-                f" got per_member={per_member!r}"
-            )
+        names = _per_member_names(per_member)
         self.stack, self.per_member, self.linger = stack, tuple(names), float(linger)
         if not isinstance(refill, bool):
             raise ConfigurationError(f"refill must be True or False, got refill={refill!r}")
@@ -230,3 +226,25 @@ class StackedExecutor(Executor):
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=60)
         self._thread = None
+
+
+def _per_member_names(per_member: Iterable[str]) -> list[str]:
+    """``StackedExecutor``'s ``per_member`` as a list of init argument names, checked.
+
+    Raises:
+        ConfigurationError: a name is empty or not a string, or starts with a section (``model.lr``), which
+            would name an init argument ``model`` and leave ``lr`` structural (every trial its own group).
+    """
+    names = [per_member] if isinstance(per_member, str) else list(per_member)
+    if not all(isinstance(n, str) and n for n in names):
+        raise ConfigurationError(
+            f"per_member must be names of model init arguments, e.g. ('lr', 'dropout'), got per_member={per_member!r}"
+        )
+    if any(n.partition(".")[0] in SECTIONS for n in names):
+        fixed = tuple(n.partition(".")[2] if n.partition(".")[0] in SECTIONS else n for n in names)
+        raise ConfigurationError(
+            "per_member names the model's init arguments without their section ('lr', not 'model.lr';"
+            " every 'optimizer.*' parameter and 'trainer.max_epochs' are per member already),"
+            f" got per_member={per_member!r}: use per_member={fixed!r}"
+        )
+    return names
