@@ -93,6 +93,8 @@ class StudyDriver:
                     handling = False
                     self._recorded(final, outcome)
         except BaseException as e:
+            if not handling and isinstance(e, (KeyboardInterrupt, SearchPreempted)):
+                self._record_ended()
             running, self._running = list(self._running.values()), {}
             if not (handling and isinstance(e, (KeyboardInterrupt, SearchPreempted))):
                 for _, reporter in running:  # the values reported so far, before the trials are recorded as stopped
@@ -106,6 +108,22 @@ class StudyDriver:
                         f"trials {numbers} are recorded as interrupted: run the same search to resume"
                     ) from None
             raise
+
+    def _record_ended(self) -> None:
+        """On Ctrl+C or SIGTERM: the trials that ended before it are recorded as they ended, not as interrupted.
+
+        The executor is halted first: a stacked group trains on until it is, and a member that ends as the
+        signal comes is delivered then (its resumable checkpoint already removed: recorded as interrupted,
+        it would start over).
+        """
+        self.executor.halt()
+        for fut, (rec, reporter) in list(self._running.items()):
+            outcome = fut.result() if fut.done() else None
+            if outcome is not None and outcome.interrupted is None:
+                del self._running[fut]
+                self._finish(rec, reporter, outcome)
+                ACTIVE.discard(self.storage, self.study, rec.number)
+                self.started.discard(rec.number)
 
     def _start(self, free: int) -> str | None:
         recs, reason = next_trials(

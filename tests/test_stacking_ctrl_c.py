@@ -61,7 +61,7 @@ def _search(tmp_path, **kw: Any) -> HyperparameterSearch:
         root=str(tmp_path),
         patience=None,
         trainer_kwargs={"accelerator": "cpu", "devices": 1, "max_epochs": 6, "logger": False},
-        executor=StackedExecutor(stack=3, linger=0.2),
+        executor=kw.pop("executor", None) or StackedExecutor(stack=3, linger=0.2),
         verbose=False,
         **kw,
     )
@@ -111,3 +111,39 @@ def test_a_continued_member_is_not_judged_again_at_a_rung_it_had_passed(tmp_path
     assert stopped[0].attrs["resumed_at_step"] == 1
     assert [t.state for t in stopped] == [t.state for t in alone] == [TrialState.COMPLETE] * 2
     assert sorted(stopped[0].intermediate) == sorted(alone[0].intermediate) == [0, 1, 2, 3]
+
+
+class _CtrlCAsAMemberEnds(StackedExecutor):
+    """Ctrl+C comes just as the group delivers a member that completed, before the driver can read it."""
+
+    def _deliver(self, future: Any, outcome: Any) -> None:
+        if outcome.state is TrialState.COMPLETE and ARMED.is_set() and not PRESSED.is_set():
+            PRESSED.set()
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.5)  # the driver handles Ctrl+C before this outcome is set
+        super()._deliver(future, outcome)
+
+
+def test_a_member_that_ends_as_ctrl_c_comes_is_recorded_as_it_ended(tmp_path):
+    space = {"model.lr": Float(0.01, 0.1, log=True), "trainer.max_epochs": Int(1, 8)}
+    enqueue = [{"model.lr": 0.05, "trainer.max_epochs": 2}, {"model.lr": 0.02, "trainer.max_epochs": 8}]
+
+    def search() -> HyperparameterSearch:
+        executor = _CtrlCAsAMemberEnds(stack=2, linger=0.2)
+        return _search(tmp_path, space=space, n_trials=2, enqueue=enqueue, executor=executor)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    ARMED.set()
+    try:
+        with pytest.raises(KeyboardInterrupt, match=r"trials \[1\] are recorded as interrupted"):
+            search().run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        ARMED.clear()
+        PRESSED.clear()
+    trials = search().result().trials
+    assert trials[0].state is TrialState.COMPLETE and sorted(trials[0].intermediate) == [0, 1]
+    assert trials[1].state is TrialState.FAILED and trials[1].error.startswith("interrupted")
+    again = search().run().trials  # the script run again: only the interrupted trial trains
+    assert again[0].attempt == 1 and again[0].state is TrialState.COMPLETE
+    assert again[1].attempt == 2 and again[1].attrs["resumed_at_step"] >= 1 and again[1].state is TrialState.COMPLETE

@@ -137,5 +137,10 @@ class Executor(ABC):
     def flush(self) -> None:  # noqa: B027  (an executor that starts each trial at once has nothing to flush)
         """The search has no more trials to submit for now: start any trial held back to be batched with others."""
 
+    def halt(self) -> None:  # noqa: B027  (an executor whose trials stop with the driver's signal has nothing to do)
+        """The search is stopping (Ctrl+C, SIGTERM): stop the trials that train on regardless, so that every
+        submitted trial's outcome is set, or will be only as interrupted; the driver then records the trials
+        that ended before the stop as they ended."""
+
     def shutdown(self) -> None:  # noqa: B027  (an executor without workers has nothing to stop)
         """Stop workers and release resources; running trials are ended."""

@@ -212,6 +212,11 @@ class StackedExecutor(Executor):
         future.set_result(outcome)
 
     @override
+    def halt(self) -> None:
+        """Stop the running group at its next step: a member that ended meanwhile is delivered as ended."""
+        self.shutdown()
+
+    @override
     def shutdown(self) -> None:
         """Stop the running group (its trials end as interrupted) and the background thread."""
         with self._cond:
