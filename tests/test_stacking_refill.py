@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_stacking import TRAINER, OrderedData, Regressor, _alone, _jobs, _PruneAt, _Stops
-from torch.utils.data import DataLoader
+from test_stacking import TRAINER, Regressor, _alone, _jobs, _PruneAt, _Stops
+from test_stacking import FixedOrderData as FixedData  # the same batches every epoch: a late member sees them
 
 from lightning_hpt import Float, HyperparameterSearch, Int
 from lightning_hpt.exceptions import ConfigurationError
@@ -19,13 +19,6 @@ from lightning_hpt.lightning.runner import run_trial
 from lightning_hpt.stacking import StackedExecutor, group_key, run_jobs
 from lightning_hpt.stacking.grouping import PER_MEMBER
 from lightning_hpt.trial import TrialState
-
-
-class FixedData(OrderedData):
-    """The same batches in the same order every epoch: a member that joins late sees what it sees alone."""
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size)
 
 
 class AdamOrSGD(Regressor):
