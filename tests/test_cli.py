@@ -522,3 +522,19 @@ def test_ddp_in_the_configs_trainer_is_refused_in_process(tmp_path):
     code, _, err = run("search", "--config", fit, "--config", write(tmp_path / "s.yaml", search_section(tmp_path)))
     assert code != 0 and "ProcessExecutor" in err and "'strategy': 'ddp'" in err
     assert trials(tmp_path) == []  # refused before any trial ran
+
+
+def test_lightning_clis_warning_about_the_configs_optimizer_is_shown_once_a_search(tmp_path):
+    # TinyModel has its own configure_optimizers, which the config's optimizer overrides in every trial
+    fit = dict(FIT, optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}})
+    section = search_section(tmp_path, {"optimizer.init_args.lr": {"type": "float", "low": 0.01, "high": 0.1}})
+    section["search"]["n_trials"] = 3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        code, _, err = run(
+            "search", "--config", write(tmp_path / "fit.yaml", fit), "--config", write(tmp_path / "s.yaml", section)
+        )
+    assert code == 0, err
+    said = [w for w in caught if "configure_optimizers` will be overridden by" in str(w.message)]
+    assert len(said) == 1, [str(w.message) for w in said]
+    assert len(trials(tmp_path)) == 3

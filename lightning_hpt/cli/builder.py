@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,10 @@ def _instantiate(value: Any) -> Any:
     return value
 
 
+#: LightningCLI's warnings about the config, the same for every trial: shown once a search
+ONCE_WARNING = re.compile(r"`\S+\.configure_optimizers` will be overridden by")
+
+
 @dataclass(frozen=True)
 class CLITrialBuilder(TrialBuilder):
     """Builds whole trials with the project's LightningCLI: same parser, defaults, callbacks and loggers.
@@ -77,6 +82,8 @@ class CLITrialBuilder(TrialBuilder):
     cli_kwargs: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
     quiet: bool = True
+    #: the messages of warnings said once for the whole search, not once per trial (see :meth:`_cli`)
+    _said: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @property
     @override
@@ -103,10 +110,24 @@ class CLITrialBuilder(TrialBuilder):
         return seed if self.config.get("seed_everything", True) is True else None
 
     def _cli(self, params: Mapping[str, Any], mode: str, **options: Any) -> Any:
+        """The project's CLI for one trial (or its parts), built as ``fit`` would build it.
+
+        Its warnings are shown as they come, but for those about the config itself, the same for every
+        trial (LightningCLI's "``configure_optimizers`` will be overridden"), which are shown once: each
+        trial's filter context would otherwise show them again.
+        """
         cls = _trial_cli(self.cli_class, self.config, params, mode, self.quiet, self.namespace, **options)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             warnings.filterwarnings("ignore", message=ARGS_WARNING)
-            return cls(*self.cli_args, **dict(self.cli_kwargs), args=[], run=False)
+            cli = cls(*self.cli_args, **dict(self.cli_kwargs), args=[], run=False)
+        for w in caught:
+            message = str(w.message)
+            if ONCE_WARNING.search(message):
+                if message in self._said:
+                    continue
+                self._said.add(message)
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+        return cli
 
     @override
     def build(self, params: Mapping[str, Any], *, seed: int, trial_dir: str, callbacks: CallbackFactory) -> TrialParts:
