@@ -121,9 +121,7 @@ class StudyDriver:
             outcome = fut.result() if fut.done() else None
             if outcome is not None and outcome.interrupted is None:
                 del self._running[fut]
-                self._finish(rec, reporter, outcome)
-                ACTIVE.discard(self.storage, self.study, rec.number)
-                self.started.discard(rec.number)
+                self._forget(self._finish(rec, reporter, outcome).number)
 
     def _start(self, free: int) -> str | None:
         recs, reason = next_trials(
@@ -144,10 +142,14 @@ class StudyDriver:
         trial_dir = self.root / self.study / f"trial_{rec.number}"
         return TrialJob(self.build, rec.number, dict(rec.params), self.seed, str(trial_dir), attempt=rec.attempt)
 
+    def _forget(self, number: int) -> None:
+        """Trial ``number`` is recorded: no longer this run's to keep alive or to record as interrupted."""
+        ACTIVE.discard(self.storage, self.study, number)
+        self.started.discard(number)
+
     def _recorded(self, final: TrialRecord, outcome: TrialOutcome) -> None:
         """After a trial is stored: update the display, and stop the run if the trial says so."""
-        ACTIVE.discard(self.storage, self.study, final.number)
-        self.started.discard(final.number)
+        self._forget(final.number)
         history = self._history = self.read_history()  # one read serves the display and the next proposals
         best, front = show_finished(self.progress, history, final, self.build, self.n_trials)
         self.board.trial_finished(final, best, front)

@@ -206,6 +206,17 @@ def _group_epochs(tracks: Sequence[Member]) -> int | None:
     return None if None in left else max(left)  # type: ignore[type-var]
 
 
+def _begin(track: Member, model: Any, pl: Any) -> dict[str, Any] | None:
+    """Start a member: continued from its resumable checkpoint if it has one, its trial directory opened,
+    and ended at once if it had ended before it was interrupted (or its pruner stops it now); its optimizer
+    state to continue from is returned."""
+    state = _continue(track, model, pl)
+    track.open(pl)
+    if track.ended:
+        track.finish()
+    return state
+
+
 def _continue(track: Member, model: Any, pl: Any) -> dict[str, Any] | None:
     """Give a member its resumable checkpoint's weights and counters; its optimizer state is returned."""
     state = load_member_state(track.job)
@@ -245,11 +256,7 @@ def _fit(
         t.attrs = attrs
     try:
         with quiet_lightning(job0.build.builder.quiet):
-            states = [_continue(t, m, pl) for t, m in zip(tracks, models, strict=True)]
-            for t in tracks:
-                t.open(pl)
-                if t.ended:  # it had ended before it was interrupted, or its pruner stops it now
-                    t.finish()
+            states = [_begin(t, m, pl) for t, m in zip(tracks, models, strict=True)]
             if not all(t.ended for t in tracks):
                 epochs = _group_epochs(tracks)
                 module = stacked_module_class(pl)(models, tracks, pl, run.stop, states, run.write_every)
@@ -305,12 +312,9 @@ def _joiner(module: Any, layout: tuple, bounded: bool, attrs: dict[str, Any], pl
                 continue
             attrs["stacked"]["group"].append(job.number)
             track.attrs = attrs
-            state = _continue(track, model, pl)
-            track.open(pl)
-            if track.ended:  # it had ended before it was interrupted
-                track.finish()
-                continue
-            joined.append((model, track, state))
+            state = _begin(track, model, pl)
+            if not track.ended:
+                joined.append((model, track, state))
         if back:
             run.source.give_back(back)
         return joined
