@@ -33,11 +33,12 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning_hpt.checks import check_bool
+from lightning_hpt.define_by_run import answer
 from lightning_hpt.driver import show_finished
 from lightning_hpt.exceptions import ConfigurationError, SearchPreempted, StorageError
 from lightning_hpt.lightning import compat
@@ -123,8 +124,9 @@ class ScriptTrial:
             (also for a later fit of one trial: only its first fit continues).
     """
 
-    def __init__(self, recorder: _Recorder) -> None:
+    def __init__(self, recorder: _Recorder, space: SearchSpace) -> None:
         rec, job = recorder.record, recorder.job
+        self._space = space
         self.number, self.params, self.study = rec.number, dict(rec.params), recorder.study
         self.dir = Path(recorder.dir)
         self.seed = trial_seed(job.seed, rec.number)
@@ -144,6 +146,17 @@ class ScriptTrial:
     def pruned(self) -> bool:
         """The study's pruner stopped this trial."""
         return bool(self._callback is not None and self._callback.pruned)
+
+    def suggest(self, name: str, domain: Domain) -> Any:
+        """The trial's value of ``name``: what a space function (``ScriptSearch(space=fn)``) asks with.
+
+        ``fn(trial)`` then runs as it was traced, with this trial's values (see :mod:`lightning_hpt.define_by_run`).
+
+        Raises:
+            SearchSpaceError: ``name`` is not in the search space, has another domain there, or is
+                inactive in this trial.
+        """
+        return answer(self._space, self.params, name, domain, "trial")
 
     def section(self, prefix: str) -> dict[str, Any]:
         """The parameters under ``prefix.`` without it: ``trial.section("model")`` -> ``{"lr": ...}``."""
@@ -294,7 +307,9 @@ class ScriptSearch(HyperparameterSearch):
     Args:
         space: ``{"lr": Float(1e-4, 1e-1, log=True), ...}``; names are free (``model.lr`` or ``lr``). A
             conditional entry (``Float(0, 0.99, when={"opt": "sgd"})``) is in ``trial.params`` only
-            where its condition holds: read it with ``trial.params.get(name, default)``.
+            where its condition holds: read it with ``trial.params.get(name, default)``. Or a function
+            of a trial that calls ``trial.suggest(name, domain)`` and branches with ``if``: it is
+            traced into a space with conditions, and ``fn(trial)`` in the loop gets the trial's values.
         monitor, mode: the metric the callback reports and its direction; or lists of them, one
             direction per metric, for several objectives (``monitor=["val_loss", "n_params"]``,
             ``mode=["min", "min"]``), as :class:`~lightning_hpt.HyperparameterSearch` takes them.
@@ -314,7 +329,7 @@ class ScriptSearch(HyperparameterSearch):
 
     def __init__(
         self,
-        space: Mapping[str, Domain] | SearchSpace,
+        space: Mapping[str, Domain] | SearchSpace | Callable[[Any], Any],
         *,
         monitor: str | Sequence[str] = "val_loss",
         mode: str | Sequence[str] = "min",
@@ -422,7 +437,7 @@ class ScriptSearch(HyperparameterSearch):
     def _trial(self, rec: TrialRecord, reporter: StudyReporter | None) -> ScriptTrial:
         trial_dir = str(self.root / self.study_name / f"trial_{rec.number}")
         job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir, attempt=rec.attempt)
-        return ScriptTrial(_Recorder(job, rec, self.study_name, reporter, self._record, self._close))
+        return ScriptTrial(_Recorder(job, rec, self.study_name, reporter, self._record, self._close), self.space)
 
     def _record(self, rec: TrialRecord, reporter: StudyReporter, outcome: Any) -> TrialRecord:
         """Store a finished trial, then write its line."""

@@ -65,7 +65,9 @@ class HyperparameterSearch:
             factory ``config -> LightningDataModule``, an instance (no ``data.*`` parameters), or ``None``.
         space: ``{"model.lr": Float(1e-4, 1e-1, log=True), ...}``. Keys start with ``model.``, ``data.``,
             ``trainer.`` (Trainer arguments, e.g. ``trainer.max_epochs``) or ``optimizer.`` (the trial's
-            optimizer: ``optimizer.lr``, ``optimizer.weight_decay``, ``optimizer.class_path``).
+            optimizer: ``optimizer.lr``, ``optimizer.weight_decay``, ``optimizer.class_path``). Or a function
+            of a trial that calls ``trial.suggest(name, domain)`` and branches with ``if``, traced into a
+            space with conditions (:mod:`lightning_hpt.define_by_run`).
         monitor: the validation metric to optimize, as logged with ``self.log``; or a list of metrics
             to optimize together (several objectives, e.g. ``["val_acc", "val_latency_ms"]``): every
             trial records each one, and the result has a Pareto front (:attr:`SearchResult.pareto_trials`).
@@ -128,7 +130,7 @@ class HyperparameterSearch:
         self,
         model: Any = None,
         datamodule: Any = None,
-        space: Mapping[str, Domain] | SearchSpace | None = None,
+        space: Mapping[str, Domain] | SearchSpace | Callable[[Any], Any] | None = None,
         *,
         builder: TrialBuilder | None = None,
         monitor: str | Sequence[str] = "val_loss",

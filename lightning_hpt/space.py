@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lightning_hpt.conditions import Conditions, placeholder
+from lightning_hpt.define_by_run import trace_space
 from lightning_hpt.domains import Categorical, Domain, Float, Int
 from lightning_hpt.exceptions import SearchSpaceError
 from lightning_hpt.names import validate_name, validate_study_name
@@ -33,7 +34,9 @@ class SearchSpace(Mapping[str, Domain]):
     does not hold is absent (see :mod:`lightning_hpt.conditions`).
 
     Args:
-        domains: ``{"model.lr": Float(...), ...}``. Names are dotted identifiers.
+        domains: ``{"model.lr": Float(...), ...}``. Names are dotted identifiers. Or a function of a trial
+            that asks for them, ``trial.suggest("model.lr", Float(...))``, and branches with ``if``: it is
+            traced into domains with conditions (:mod:`lightning_hpt.define_by_run`).
 
     Example:
         >>> space = SearchSpace({"model.num_layers": Int(1, 3), "data.batch_size": Categorical([32, 64])})
@@ -47,8 +50,13 @@ class SearchSpace(Mapping[str, Domain]):
     def __init__(self, domains: Mapping[str, Domain] | SearchSpace) -> None:
         if isinstance(domains, SearchSpace):
             domains = {name: domains[name] for name in domains}
+        elif callable(domains) and not isinstance(domains, (Mapping, type)):
+            domains = trace_space(domains)
         if not isinstance(domains, Mapping):
-            raise SearchSpaceError(f"space must be a dict of name -> domain, got {type(domains).__name__}")
+            raise SearchSpaceError(
+                f"space must be a dict of name -> domain, or a function of a trial that calls"
+                f" trial.suggest(name, domain); got {type(domains).__name__}"
+            )
         if not domains:
             raise SearchSpaceError("space must not be empty: give at least one hyperparameter to search")
         checked: dict[str, Domain] = {}

@@ -1,0 +1,225 @@
+"""A search space written as a function of the trial (``trial.suggest`` and ``if``): tracing, and real searches."""
+
+from __future__ import annotations
+
+import lightning.pytorch as L
+import pytest
+import torch
+from conftest import FAST, TinyData
+from torch import nn
+
+from lightning_hpt import (
+    BayesianStrategy,
+    Categorical,
+    Float,
+    HyperparameterSearch,
+    Int,
+    ScriptSearch,
+    SearchSpace,
+    StudyMismatchError,
+)
+from lightning_hpt import define_by_run as dbr
+from lightning_hpt.exceptions import SearchSpaceError
+from lightning_hpt.storage import open_storage
+from lightning_hpt.trial import TrialState
+
+
+def mlp_space(trial, top: int = 3):
+    """An MLP's depth, a width per layer, an optimizer, and momentum for SGD only."""
+    n = trial.suggest("layers", Int(1, top))
+    widths = [trial.suggest(f"width{i}", Categorical([4, 8])) for i in range(n)]
+    opt = trial.suggest("opt", Categorical(["sgd", "adam"]))
+    momentum = trial.suggest("momentum", Categorical([0.0, 0.9])) if opt == "sgd" else None
+    lr = trial.suggest("lr", Float(1e-3, 1e-1, log=True))
+    return {"widths": widths, "opt": opt, "momentum": momentum, "lr": lr}
+
+
+def test_a_function_is_traced_into_domains_with_the_conditions_of_its_ifs():
+    space = SearchSpace(mlp_space)
+    assert list(space) == ["layers", "width0", "width1", "width2", "opt", "momentum", "lr"]  # the function's order
+    when = {name: space[name].when.to_dict() if space[name].when else None for name in space}
+    assert when == {
+        "layers": None,
+        "width0": None,
+        "width1": {"layers": [2, 3]},
+        "width2": {"layers": [3]},
+        "opt": None,
+        "momentum": {"opt": ["sgd"]},
+        "lr": None,
+    }
+    # every branch once: (2 + 4 + 8 widths) x (2 momenta + adam) x 2 learning rates
+    assert len(space.grid(points={"lr": 2})) == 14 * 3 * 2
+    assert SearchSpace(mlp_space) == space  # a trace is deterministic: a resumed study compares equal
+
+
+def test_nested_choices_and_an_and_of_two_choices():
+    def nested(trial):
+        sgd = trial.suggest("opt", Categorical(["sgd", "adam"])) == "sgd"
+        if sgd and trial.suggest("nesterov", Categorical([True, False])):  # asked for SGD only
+            trial.suggest("m", Float(0.5, 0.99))
+        a, b = trial.suggest("a", Int(0, 2)), trial.suggest("b", Categorical(["x", "y"]))
+        if a >= 1 and b == "x":
+            trial.suggest("c", Float(0.0, 1.0))
+
+    space = SearchSpace(nested)
+    assert space["nesterov"].when.to_dict() == {"opt": ["sgd"]}
+    assert space["m"].when.to_dict() == {"nesterov": [True], "opt": ["sgd"]}
+    assert space["c"].when.to_dict() == {"a": [1, 2], "b": ["x"]}
+
+
+def _or(t):
+    a, b = t.suggest("a", Int(0, 1)), t.suggest("b", Categorical(["x", "y"]))
+    if a == 1 or b == "x":
+        t.suggest("c", Float(0, 1))
+
+
+def _float_branch(t):
+    if t.suggest("lr", Float(1e-4, 1e-1, log=True)) > 0.01:
+        t.suggest("warmup", Int(0, 5))
+
+
+def _range_of_another(t):
+    n = t.suggest("n", Int(1, 3))
+    t.suggest("k", Int(0, n))
+
+
+def _two_domains(t):
+    t.suggest("a", Float(0, 1))
+    t.suggest("a", Float(0, 2))
+
+
+def _raises(t):
+    return {"x": t.suggest("x", Float(0, 1)), "y": t.params["y"]}
+
+
+@pytest.mark.parametrize(
+    "fn, match",
+    [
+        (_or, r"asks for 'c' under a condition a space cannot hold .*with \{'a': 0, 'b': 'y'\}.*`and`, not `or`"),
+        (_float_branch, r"branches on 'lr' .*too many values to trace; branch only on a Categorical"),
+        (_range_of_another, r"asks for 'k' with Int\(low=0, high=1.*and Int\(low=0, high=2.*may not depend"),
+        (_two_domains, r"suggest\('a', \.\.\.\) is asked twice with different domains"),
+        (_raises, r"space function _raises raised AttributeError: .*only call trial.suggest"),
+        (lambda t: None, r"asked for no parameter"),
+        (lambda t: t.suggest("x", [1, 2]), r"the domain must be a Float, Int or Categorical"),
+        (lambda t: t.suggest("x", Float(0, 1, when={"y": 1})), r"drop when="),
+        (lambda t: t.suggest("../x", Float(0, 1)), r"parameter name"),
+    ],
+)
+def test_a_function_a_space_cannot_hold_is_refused_with_the_reason(fn, match):
+    with pytest.raises(SearchSpaceError, match=match):
+        SearchSpace(fn)
+
+
+def test_too_many_branches_are_refused(monkeypatch):
+    monkeypatch.setattr(dbr, "MAX_BRANCHES", 10)
+    with pytest.raises(SearchSpaceError, match=r"more than 10 branches.*when= conditions"):
+        SearchSpace(mlp_space)
+
+
+class Deep(L.LightningModule):
+    """An MLP of any depth on TinyData, with SGD (and momentum) or Adam: what ``mlp_space`` returns."""
+
+    def __init__(self, widths, opt, momentum, lr) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        layers, d = [], 4
+        for w in widths:
+            layers += [nn.Linear(d, w), nn.ReLU()]
+            d = w
+        self.net = nn.Sequential(*layers, nn.Linear(d, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
+
+    def configure_optimizers(self):
+        h = self.hparams
+        if h.opt == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=h.lr, momentum=h.momentum)
+        return torch.optim.Adam(self.parameters(), lr=h.lr)
+
+
+def script_search(tmp_path, space=mlp_space, **kw) -> ScriptSearch:
+    kw = {"strategy": "random", "n_trials": 6, **kw}
+    return ScriptSearch(
+        space=space, monitor="val_loss", storage=str(tmp_path / "s.db"), root=str(tmp_path / "runs"), seed=0,
+        verbose=False, **kw,
+    )  # fmt: skip
+
+
+def train(trial, model) -> None:
+    settings = {**FAST, "max_epochs": 1, "enable_progress_bar": False, "default_root_dir": trial.dir}
+    L.Trainer(callbacks=[trial.callback()], **settings).fit(model, TinyData())
+
+
+def test_the_script_calls_the_function_with_its_trial_and_gets_the_trials_values(tmp_path):
+    search = script_search(tmp_path, strategy=BayesianStrategy(n_initial=3, raw_samples=64, num_restarts=2))
+    built = []
+    for trial in search:
+        config = mlp_space(trial)  # the same function: each suggest answers with the trial's value
+        model = Deep(**config)
+        built.append((trial.params, config, [m.out_features for m in model.net if isinstance(m, nn.Linear)]))
+        train(trial, model)
+    assert [t.state for t in search.trials] == [TrialState.COMPLETE] * 6
+    for params, config, outs in built:
+        n = params["layers"]
+        assert set(params) == {"layers", "opt", "lr", *(f"width{i}" for i in range(n))} | (
+            {"momentum"} if params["opt"] == "sgd" else set()
+        )  # exactly what the function asks for: nothing inactive in the record
+        assert config["widths"] == [params[f"width{i}"] for i in range(n)] and outs == [*config["widths"], 1]
+        assert config["momentum"] == params.get("momentum")
+    stored = open_storage(str(tmp_path / "s.db")).trials("default")
+    assert [t.params for t in stored] == [p for p, _, _ in built]
+
+
+def test_a_trials_suggest_refuses_what_the_space_does_not_hold(tmp_path):
+    search = script_search(tmp_path, n_trials=1, enqueue=[{"layers": 1, "width0": 4, "opt": "adam", "lr": 0.01}])
+    trial = search.ask()
+    assert trial.suggest("width0", Categorical([4, 8])) == 4
+    with pytest.raises(SearchSpaceError, match=r"'width1' is inactive in this trial \(it exists when \{'layers'"):
+        trial.suggest("width1", Categorical([4, 8]))
+    with pytest.raises(SearchSpaceError, match=r"'dropout' is not in the search space"):
+        trial.suggest("dropout", Float(0, 0.5))
+    with pytest.raises(SearchSpaceError, match=r"the search space has 'lr' as Float\(low=0.001"):
+        trial.suggest("lr", Float(1e-4, 1e-1, log=True))
+    trial.finish("not trained in this test")
+
+
+def test_a_grid_over_a_function_visits_each_branch_once_through_the_api(tmp_path):
+    def space(trial):
+        sgd, adam = "torch.optim.SGD", "torch.optim.Adam"
+        if trial.suggest("optimizer.class_path", Categorical([sgd, adam])) == sgd:
+            trial.suggest("optimizer.momentum", Categorical([0.0, 0.9]))
+        trial.suggest("model.hidden", Categorical([4, 16]))
+
+    trainer = {**FAST, "max_epochs": 1}
+    from conftest import TinyModel
+
+    result = HyperparameterSearch(
+        TinyModel, TinyData, space, strategy="grid", n_trials=None, root=tmp_path, seed=0, verbose=False,
+        trainer_kwargs=trainer,
+    ).run()  # fmt: skip
+    assert [t.state for t in result.trials] == [TrialState.COMPLETE] * 6  # (2 momenta + Adam) x 2 widths
+    assert sorted(tuple(sorted(t.params.items())) for t in result.trials) == sorted(
+        tuple(sorted(p.items())) for p in SearchSpace(space).grid()
+    )
+
+
+def test_a_changed_function_is_refused_on_resume(tmp_path):
+    for trial in script_search(tmp_path, n_trials=1):
+        train(trial, Deep(**mlp_space(trial)))
+    with pytest.raises(StudyMismatchError, match=r"added.*width3|'layers' changed"):
+        for trial in script_search(tmp_path, space=lambda t: mlp_space(t, top=4), n_trials=2):
+            train(trial, Deep(**mlp_space(trial, top=4)))
+    assert len(open_storage(str(tmp_path / "s.db")).trials("default")) == 1
+
+
+def test_the_modules_example_runs():
+    import doctest
+
+    assert doctest.testmod(dbr).attempted > 0 and doctest.testmod(dbr).failed == 0
