@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -70,6 +72,34 @@ def test_a_reference_point_of_the_wrong_length_is_refused():
         ConfigurationError, match=r"one value per objective \['a', 'b'\], got ref_point=\[1.0, 2.0, 3.0\]"
     ):
         strategy.ask(history)
+
+
+@pytest.mark.parametrize(
+    "ref, warned",
+    [
+        ([2e5, 0.5], r"ref_point=\[200000.0, 0.5\] is better than every trial so far on val_acc 200000 \(max; the best"
+         r" of 6 trials: 0.9[0-9]*\) and n_params 0.5 \(min; the best of 6 trials: 10000\).*did you mean ref_point="
+         r"\[0.5, 200000.0\]\?"),
+        ([0.99, 2e5], r"ref_point=\[0.99, 200000.0\] is better than every trial so far on val_acc 0.99 \(max"),
+        ([0.5, 2e5], None),
+    ],
+)  # fmt: skip
+def test_a_reference_point_no_trial_beats_is_warned_about_once(ref, warned, caplog):
+    objectives = parse_objectives(["val_acc", "n_params"], ["max", "min"])
+    history = History(UNIT2, Direction.MAXIMIZE, seed=0, objectives=objectives)
+    rng = np.random.default_rng(0)
+    for i in range(6):  # accuracy 0.80 to 0.95 with 10,000 to 60,000 parameters
+        params = {"x0": float(rng.random()), "x1": float(rng.random())}
+        history = history.add(params, values=(0.8 + 0.03 * i, 1e4 * (1 + i)))
+    strategy = BayesianStrategy(seed=0, n_initial=3, num_restarts=2, raw_samples=64, ref_point=ref)
+    for _ in range(2):
+        assert len(strategy.ask(history)) == 1  # the search goes on
+    said = [r.getMessage() for r in caplog.records if "ref_point=" in r.getMessage()]
+    if warned is None:
+        assert said == []
+    else:
+        assert len(said) == 1, said  # once, not at every proposal
+        assert re.search(warned, said[0]), said[0]
 
 
 def test_a_search_refuses_a_wrong_reference_point_or_warm_start_before_anything_is_written(

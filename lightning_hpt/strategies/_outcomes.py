@@ -26,6 +26,7 @@ non-dominated sorting and a seeded sample of the rest.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -39,11 +40,12 @@ from lightning_hpt.objectives import Objective, to_maximize
 from lightning_hpt.space import SearchSpace
 from lightning_hpt.strategies.base import trial_rng
 from lightning_hpt.surrogate import FIT_MAXITER, valid
-from lightning_hpt.trial import History, TrialRecord, TrialState
+from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
 __all__ = ["acquisition", "check_ref_point", "fit", "objectives_of", "observations", "wanted"]
 
 _SALT = 0xB1
+logger = logging.getLogger(__name__)
 
 
 def wanted(history: History) -> bool:
@@ -142,10 +144,51 @@ def reference_point(y: torch.Tensor, history: History, given: Sequence[float] | 
     objectives = objectives_of(history)
     m = len(objectives)
     if given is not None:  # its length is checked with the observations
-        return torch.tensor(to_maximize(given, objectives), dtype=torch.float64)
+        ref = torch.tensor(to_maximize(given, objectives), dtype=torch.float64)
+        _warn_unbeaten(ref, y[:, :m], objectives, given)
+        return ref
     feasible = (y[:, m:] >= 0).all(dim=-1) if y.shape[1] > m else torch.ones(len(y), dtype=torch.bool)
     points = y[feasible, :m] if bool(feasible.any()) else y[:, :m]
     return infer_reference_point(points[is_non_dominated(points)])
+
+
+_WARNED: set[tuple[Any, ...]] = set()
+
+
+def _warn_unbeaten(
+    ref: torch.Tensor, points: torch.Tensor, objectives: Sequence[Objective], given: Sequence[float]
+) -> None:
+    """Warn once when some objective's given reference value is better than every trial's (often a swapped order).
+
+    No trial then adds hypervolume, so the acquisition cannot rank configurations by it; it is a warning,
+    not an error, because a demanding reference point is allowed (the first trials may not reach it).
+    """
+    unbeaten = [j for j in range(len(objectives)) if len(points) and not bool((points[:, j] > ref[j]).any())]
+    key = (tuple(given), tuple(o.name for o in objectives))
+    if not unbeaten or key in _WARNED:
+        return
+    _WARNED.add(key)
+    best = points.max(dim=0).values
+    said = [
+        f"{objectives[j].name} {given[j]:g} ({'max' if objectives[j].direction is Direction.MAXIMIZE else 'min'};"
+        f" the best of {len(points)} trials: {to_maximize([float(best[j])], [objectives[j]])[0]:g})"
+        for j in unbeaten
+    ]
+    hint = ""
+    if len(given) == 2:
+        swapped = [given[1], given[0]]
+        other = torch.tensor(to_maximize(swapped, objectives), dtype=torch.float64)
+        if bool((points > other).all(dim=1).any()):
+            hint = f"; did you mean ref_point={swapped!r}?"
+    logger.warning(
+        "BayesianStrategy: ref_point=%r is better than every trial so far on %s, so no trial adds hypervolume"
+        " and the proposals cannot rank configurations by it. ref_point gives one value per objective %s, in that"
+        " order and in each one's units: the worst value you would accept%s",
+        list(given),
+        " and ".join(said),
+        [o.name for o in objectives],
+        hint,
+    )
 
 
 def acquisition(
