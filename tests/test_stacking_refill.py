@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import FAST, TinyData, TinyModel
 from test_stacking import TRAINER, Regressor, _alone, _jobs, _PruneAt, _Stops
 from test_stacking import FixedOrderData as FixedData  # the same batches every epoch: a late member sees them
 
@@ -202,3 +203,15 @@ def test_per_member_names_with_their_section_are_refused_with_the_names_to_use(n
         StackedExecutor(per_member=names)
     assert f"got per_member={names!r}: use per_member={fixed!r}" in str(info.value)
     assert StackedExecutor(per_member=("lr", "backbone.dropout")).per_member == ("lr", "backbone.dropout")
+
+
+def test_a_per_member_name_that_is_not_an_init_argument_is_refused_before_anything_is_written(tmp_path):
+    # "lrr" let nothing differ inside a group: every trial ran alone, silently
+    search = HyperparameterSearch(
+        TinyModel, TinyData, {"model.lr": Float(0.01, 0.1, log=True)}, executor=StackedExecutor(per_member=("lrr",)),
+        n_trials=2, root=tmp_path, verbose=False, trainer_kwargs=FAST,
+    )  # fmt: skip
+    with pytest.raises(ConfigurationError, match=r"per_member names \['lrr'\], which is not an init argument") as info:
+        search.run()
+    assert "of TinyModel (['lr', 'hidden'," in str(info.value) and "did you mean 'lr' for 'lrr'?" in str(info.value)
+    assert list(tmp_path.iterdir()) == []

@@ -18,7 +18,7 @@ from lightning_hpt.lightning.config import SECTIONS
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.stacking.group import run_jobs
-from lightning_hpt.stacking.grouping import PER_MEMBER, group_key
+from lightning_hpt.stacking.grouping import PER_MEMBER, check_per_member, group_key
 from lightning_hpt.stacking.resume import WRITE_EVERY
 from lightning_hpt.trial import INTERRUPTED, TrialState
 
@@ -117,6 +117,7 @@ class StackedExecutor(Executor):
 
     @override
     def _start(self, build: TrialBuild, data: bytes | None) -> None:
+        check_per_member(getattr(build.builder, "model", None), self.per_member)  # before anything is written
         with self._cond:
             self._stop.clear()
             self._flushing = False

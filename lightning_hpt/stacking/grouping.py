@@ -18,14 +18,17 @@ hooks, manual optimization, ...); such trials run as ordinary trials.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import nn
 
-from lightning_hpt.exceptions import HPTError
+from lightning_hpt.exceptions import ConfigurationError, HPTError
 
-__all__ = ["PER_MEMBER", "StackingRefused", "group_key", "is_per_member", "refusal", "signature"]
+__all__ = ["PER_MEMBER", "StackingRefused", "check_per_member", "group_key", "is_per_member", "refusal", "signature"]
 
 #: ``model.*`` init arguments that may differ between the members of a group by default. They must reach
 #: the model only through its optimizer (``configure_optimizers``) or through ``nn.Dropout`` modules.
@@ -63,6 +66,33 @@ def is_per_member(key: str, per_member: Iterable[str] = PER_MEMBER) -> bool:
     if section == "optimizer" or key == "trainer.max_epochs":
         return True
     return section == "model" and name in set(per_member)
+
+
+def check_per_member(model: Any, per_member: Iterable[str]) -> None:
+    """Refuse ``per_member`` names that are not init arguments of the model class (a misspelt ``"lrr"``).
+
+    Such a name lets nothing differ inside a group. The defaults (:data:`PER_MEMBER`) need not all
+    exist; a factory, or an ``__init__`` with ``**kwargs``, is not checked.
+
+    Raises:
+        ConfigurationError: naming the unknown names, the class's arguments and the closest ones.
+    """
+    cls = model.func if isinstance(model, functools.partial) else model
+    if not isinstance(cls, type):
+        return
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = [n for n in per_member if n not in PER_MEMBER and n.partition(".")[0] not in accepted]
+    if unknown:
+        near = {n: difflib.get_close_matches(n.partition(".")[0], accepted, n=1) for n in unknown}
+        what = "is not an init argument" if len(unknown) == 1 else "are not init arguments"
+        hint = "; ".join(f"did you mean {m[0]!r} for {n!r}?" for n, m in near.items() if m)
+        raise ConfigurationError(
+            f"StackedExecutor: per_member names {unknown}, which {what} of {cls.__name__} ({accepted}), so nothing"
+            " would differ inside a group by it; give init arguments of the model" + (f" ({hint})" if hint else "")
+        )
 
 
 def group_key(params: Mapping[str, Any], per_member: Iterable[str] = PER_MEMBER) -> tuple:
