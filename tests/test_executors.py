@@ -305,6 +305,25 @@ def test_driver_signal_ends_the_workers(tmp_path, sig, code):
         assert all(t.error.startswith("pre-empted" if sig == signal.SIGTERM else "interrupted") for t in trials)
 
 
+@pytest.mark.slow
+def test_a_trial_that_ends_as_ctrl_c_comes_is_recorded_as_it_ended(tmp_path, monkeypatch):
+    """Its worker is still sending the outcome when the driver's Ctrl+C handler runs; its resumable
+    checkpoint is already removed, so recorded as interrupted it would train again from the start."""
+    import lightning_hpt.executors.process as process
+
+    monkeypatch.setattr(process, "HALT_WAIT", 10.0)  # the mechanism, with room on a loaded machine
+    space = {"model.ctrl_c_at_end": Categorical([str(tmp_path / "pressed")]), "model.lr": Categorical([0.01, 0.05])}
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            search(tmp_path, ProcessExecutor(workers=1, devices=[], terminate_grace=1.0), space).run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (tmp_path / "pressed").exists()
+    trials = open_storage(f"sqlite:///{tmp_path / 'studies.db'}").trials("default")
+    assert [(t.number, t.state, t.error) for t in trials] == [(0, TrialState.COMPLETE, None)]
+
+
 if __name__ == "__main__":
     root = Path(sys.argv[1])
     space = {

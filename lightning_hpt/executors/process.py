@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from concurrent.futures import TimeoutError as FutureTimeoutError  # not the builtin before Python 3.11
 from multiprocessing.connection import Connection
 from typing import Any
@@ -42,6 +42,9 @@ from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 __all__ = ["ProcessExecutor"]
 
 log = logging.getLogger(__name__)
+
+#: on Ctrl+C or SIGTERM, how long the driver waits for outcomes its workers are sending (see ``halt``).
+HALT_WAIT = 1.0
 
 
 class ProcessExecutor(Executor):
@@ -217,6 +220,23 @@ class ProcessExecutor(Executor):
         data = pickle_dumps(dataclasses.replace(job, build=None))
         self._queue.put(Task(job.number, data, key, self._registry.register(reporter), future))
         return future
+
+    @override
+    def halt(self) -> None:
+        """The search is stopping: wait up to :data:`HALT_WAIT` seconds for the outcomes of running trials.
+
+        A trial that ended as the signal came (its worker still sending its outcome, or the outcome not
+        yet read) is then recorded as it ended, not as interrupted: its resumable checkpoint is already
+        removed, so an interrupted record would train it again from the start. Trials still training
+        are ended by :meth:`shutdown`, as before.
+        """
+        with self._lock:
+            if not self._started or self._closed.is_set():
+                return
+            tasks = [w.task for w in self._workers.values()]
+        futures = [t.future for t in tasks if t is not None and t.number >= 0]
+        if futures:
+            wait(futures, timeout=HALT_WAIT)
 
     def shutdown(self) -> None:
         """End every worker now (SIGTERM, then SIGKILL after ``terminate_grace``); running trials are FAILED."""

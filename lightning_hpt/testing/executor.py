@@ -87,6 +87,8 @@ class ContractModel(L.LightningModule):
         hang_at_epoch: sleep ten minutes at that epoch.
         sleep: seconds to sleep per training step.
         marker: a file written with this process's id at the first training step.
+        ctrl_c_at_end: a file; when the fit ends and it does not exist yet, create it and send SIGINT to
+            the parent process (a worker's driver: Ctrl+C as the trial ends).
 
     Besides ``val_loss`` it logs where it ran: ``pid``, ``threads`` (torch threads) and ``cuda_visible``
     (the first index in ``CUDA_VISIBLE_DEVICES``, -1 if none).
@@ -103,6 +105,7 @@ class ContractModel(L.LightningModule):
         hang_at_epoch: int | None = None,
         sleep: float = 0.0,
         marker: str | None = None,
+        ctrl_c_at_end: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -146,6 +149,13 @@ class ContractModel(L.LightningModule):
                 "cuda_visible": float(visible) if visible.lstrip("-").isdigit() else -2.0,
             }
         )
+
+    @override
+    def on_fit_end(self) -> None:
+        mark = self.hparams.ctrl_c_at_end
+        if mark and not os.path.exists(mark):
+            Path(mark).touch()
+            os.kill(os.getppid(), signal.SIGINT)
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
