@@ -28,7 +28,9 @@ What a function can do:
 * Ask for each name with one domain: a range that depends on another parameter (``Int(1, n)``) is
   refused.
 
-The function should only ask for values (no training, no files): it runs many times.
+The function should only ask for values (no training, no files): it runs many times, and must ask for
+the same names with the same domains each time it makes the same choices (no random numbers, no state
+kept between calls); a run repeated while tracing checks this.
 """
 
 from __future__ import annotations
@@ -92,6 +94,19 @@ class _Tracer:
         self.asked[name], self.values[name] = domain, value
         return value
 
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        if attr.startswith("suggest_"):
+            raise _AskError(
+                f"trial.{attr} is Optuna's; write trial.suggest('lr', Float(1e-4, 1e-1, log=True)) (or an Int or"
+                " Categorical domain) in a space function"
+            )
+        raise _AskError(
+            f"trial.{attr}: a space function's trial has only trial.suggest(name, domain), which returns the value;"
+            " branch on that value (x = trial.suggest('x', Categorical([1, 2])); if x == 2: ...)"
+        )
+
 
 def _run(fn: Callable[[Any], Any], forced: list[int], overrides: Mapping[str, Any] | None = None) -> _Tracer:
     tracer = _Tracer(forced, overrides)
@@ -101,8 +116,8 @@ def _run(fn: Callable[[Any], Any], forced: list[int], overrides: Mapping[str, An
         raise
     except Exception as exc:
         raise SearchSpaceError(
-            f"the space function {_name(fn)} raised {type(exc).__name__}: {exc} while traced with {tracer.values!r};"
-            " it should only call trial.suggest(name, domain) and branch on the values"
+            f"the space function {_name(fn)} raised {type(exc).__name__}: {exc} (while traced with"
+            f" {tracer.values!r}); it should only call trial.suggest(name, domain) and branch on the values"
         ) from exc
     if not tracer.asked:
         raise SearchSpaceError(
@@ -123,6 +138,8 @@ def _branches(fn: Callable[[Any], Any]) -> list[_Tracer]:
     while todo:
         forced = todo.pop()
         run = _run(fn, forced)
+        if not out:
+            _check_same(fn, run, _run(fn, forced))
         out.append(run)
         if len(out) > MAX_BRANCHES:
             raise SearchSpaceError(
@@ -145,6 +162,8 @@ def _check_wide(fn: Callable[[Any], Any], run: _Tracer, forced: list[int]) -> No
             continue
         for u in (0.0, 1.0):
             other = _run(fn, forced, {name: domain.from_unit(u)})
+            upto = list(run.asked).index(name) + 1  # what it asks up to `name` cannot depend on `name`'s value
+            _check_same(fn, run, other, upto)
             if list(other.asked.items()) != list(run.asked.items()):
                 raise SearchSpaceError(
                     f"the space function {_name(fn)} asks for {sorted(other.asked)} when {name}={other.values[name]!r}"
@@ -154,13 +173,24 @@ def _check_wide(fn: Callable[[Any], Any], run: _Tracer, forced: list[int]) -> No
                 )
 
 
+def _check_same(fn: Callable[[Any], Any], run: _Tracer, again: _Tracer, upto: int | None = None) -> None:
+    """A run again with the same choices asks for the same names with the same domains (up to ``upto``)."""
+    first, second = list(run.asked.items())[:upto], list(again.asked.items())[:upto]
+    if first != second:
+        raise SearchSpaceError(
+            f"the space function {_name(fn)} asks for something else when run again with the same values:"
+            f" {dict(first)!r}, then {dict(second)!r}; it must ask for the same names with the same domains every"
+            " time it runs (no random numbers, no state kept between calls)"
+        )
+
+
 def trace_space(fn: Callable[[Any], Any]) -> dict[str, Domain]:
     """The domains a space function asks for, each with the condition under which it is asked.
 
     Raises:
-        SearchSpaceError: the function fails, asks for nothing, gives a name two domains, branches on a
-            parameter with too many values, asks for a parameter under a condition a space cannot hold,
-            or has more than :data:`MAX_BRANCHES` branches.
+        SearchSpaceError: the function fails, asks for nothing, asks for something else when run again,
+            gives a name two domains, branches on a parameter with too many values, asks for a parameter
+            under a condition a space cannot hold, or has more than :data:`MAX_BRANCHES` branches.
     """
     runs = _branches(fn)
     domains: dict[str, Domain] = {}
@@ -237,12 +267,16 @@ def answer(space: Mapping[str, Domain], params: Mapping[str, Any], name: str, do
     if name not in space:
         raise SearchSpaceError(
             f"{owner}.suggest({name!r}, ...): {name!r} is not in the search space {sorted(space)}; a space function"
-            " given to the search must ask for every parameter the script asks for"
+            " given to the search must ask for every parameter the script asks for (where it does, tracing missed"
+            " the branch that asks: it branches on a Float, or an Int with more than"
+            f" {MAX_BRANCH_VALUES} values, which is tried at its low, middle and high values only; branch on a"
+            " Categorical)"
         )
     if dataclasses.replace(space[name], when=None) != dataclasses.replace(domain, when=None):
         raise SearchSpaceError(
             f"{owner}.suggest({name!r}, {domain!r}): the search space has {name!r} as {space[name]!r}; ask with the"
-            " same domain (call the function the search was given)"
+            " same domain (call the function the search was given; a study continued with allow_changes=True"
+            " keeps the space it was created with)"
         )
     if name not in params:
         raise SearchSpaceError(

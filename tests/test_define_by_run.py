@@ -89,7 +89,7 @@ def _two_domains(t):
 
 
 def _raises(t):
-    return {"x": t.suggest("x", Float(0, 1)), "y": t.params["y"]}
+    return {"x": t.suggest("x", Float(0, 1)), "y": int("many")}
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def _raises(t):
         (_float_branch, r"branches on 'lr' .*too many values to trace; branch only on a Categorical"),
         (_range_of_another, r"asks for 'k' with Int\(low=0, high=1.*and Int\(low=0, high=2.*may not depend"),
         (_two_domains, r"suggest\('a', \.\.\.\) is asked twice with different domains"),
-        (_raises, r"space function _raises raised AttributeError: .*only call trial.suggest"),
+        (_raises, r"_raises raised ValueError: .* \(while traced with \{'x': 0.5\}\); it should only call"),
         (lambda t: None, r"asked for no parameter"),
         (lambda t: t.suggest("x", [1, 2]), r"the domain must be a Float, Int or Categorical"),
         (lambda t: t.suggest("x", Float(0, 1, when={"y": 1})), r"drop when="),
@@ -223,3 +223,47 @@ def test_the_modules_example_runs():
     import doctest
 
     assert doctest.testmod(dbr).attempted > 0 and doctest.testmod(dbr).failed == 0
+
+
+def _flaky(t, calls=[]):  # noqa: B006 - the state kept between calls is the point
+    calls.append(1)
+    if len(calls) % 2:
+        t.suggest("lr", Float(1e-4, 1e-1, log=True))  # every other run only
+    t.suggest("x", Float(0, 1))
+
+
+def _moving_domain(t, calls=[]):  # noqa: B006
+    calls.append(1)
+    t.suggest("seed", Int(0, 10 + len(calls)))
+
+
+@pytest.mark.parametrize("fn", [_flaky, _moving_domain])
+def test_a_function_that_changes_between_runs_is_refused_with_the_reason(fn):
+    with pytest.raises(SearchSpaceError, match=r"asks for something else when run again.*no random numbers"):
+        SearchSpace(fn)
+
+
+@pytest.mark.parametrize(
+    "fn, match",
+    [
+        (lambda t: t.params["x"], r"trial.params: .*only trial.suggest\(name, domain\), which returns the value"),
+        (lambda t: t.suggest_float("lr", 1e-4, 1e-1), r"trial.suggest_float is Optuna's; write trial.suggest\('lr'"),
+    ],
+)
+def test_what_a_traced_trial_does_not_have_is_named_with_the_fix(fn, match):
+    with pytest.raises(SearchSpaceError, match=match):
+        SearchSpace(fn)
+
+
+def _missed(t):
+    if 0.8 < t.suggest("x", Float(0.0, 1.0)) < 0.95:  # between the values tracing tries (0, 0.5, 1)
+        t.suggest("y", Int(0, 5))
+
+
+def test_a_branch_that_tracing_missed_is_named_in_the_loop(tmp_path):
+    search = script_search(tmp_path, space=_missed, n_trials=1, enqueue=[{"x": 0.9}])
+    assert list(search.space) == ["x"]
+    trial = search.ask()
+    with pytest.raises(SearchSpaceError, match=r"'y' is not in the search space \['x'\].*tracing missed.*on a Float"):
+        _missed(trial)
+    trial.finish("not trained in this test")
