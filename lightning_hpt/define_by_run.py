@@ -12,25 +12,32 @@ Example:
     >>> traced["width2"].when, traced["momentum"].when
     ({'layers': [3]}, {'opt': ['sgd']})
 
-The function is traced once, when the space is made: it runs once for every branch of its choices,
-and each parameter gets the condition (``when``) under which the function asks for it. The result is
-an ordinary space with conditions (:mod:`lightning_hpt.conditions`): every strategy, the grid, the
-study's stored definition and its check on resume work as they do for a dict of domains.
+The function is traced once, when the space is made, and each parameter gets the condition
+(``when``) under which the function asks for it. The result is an ordinary space with conditions
+(:mod:`lightning_hpt.conditions`): every strategy, the grid, the study's stored definition and its
+check on resume work as they do for a dict of domains.
+
+How: the function runs with a stand-in trial whose values notice being looked at
+(:mod:`lightning_hpt._watched`). A choice with at most :data:`MAX_BRANCH_VALUES` values that the
+function compares, hashes, computes with or formats is tried at each of its values (in every
+combination with the other choices it looks at); a choice it only stores (``return {"bs": bs}``) is
+not, so a flat space traces in one run. Parameters with more values (``Int(8, 128)``, a ``Float``) are
+tried at their low, middle and high values. Last, the function runs on 64 seeded configurations of
+the traced space and must ask for exactly the parameters the space says are active in each.
 
 What a function can do:
 
-* Branch on a parameter with at most :data:`MAX_BRANCH_VALUES` values (a ``Categorical``, an ``Int``
-  or a ``Float`` with ``step``): every value is tried. Parameters with more values (``Int(8, 128)``,
-  a ``Float``) are tried at their low, middle and high values, and the function must ask for the
-  same parameters at each; tracing refuses a function that branches on one.
-* Ask for a parameter only under a conjunction of such choices (``if a == 1 and b == "x"``); an
-  ``or`` across two parameters is not a condition a space can hold, and is refused.
+* Branch on a choice with at most :data:`MAX_BRANCH_VALUES` values (a ``Categorical``, an ``Int``
+  or a ``Float`` with ``step``); not on a parameter with more (a ``Float``, ``Int(8, 128)``).
+* Ask for a parameter under a conjunction of such choices (``if a == 1 and b == "x"``); an ``or``
+  across two parameters is not a condition a space can hold, and is refused.
 * Ask for each name with one domain: a range that depends on another parameter (``Int(1, n)``) is
   refused.
 
-The function should only ask for values (no training, no files): it runs many times, and must ask for
-the same names with the same domains each time it makes the same choices (no random numbers, no state
-kept between calls); a run repeated while tracing checks this.
+While traced, a numeric choice acts as a number (``range(n)``, ``n * 2``) but is not an ``int``
+instance. The function should only ask for values (no training, no files): it runs many times, and
+must ask for the same names with the same domains each time it makes the same choices (no random
+numbers, no state kept between calls). Each rule is checked, and the error names the parameter.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
+from lightning_hpt._watched import watched
 from lightning_hpt.conditions import Conditions
 from lightning_hpt.domains import Domain, make_when, value_key
 from lightning_hpt.exceptions import SearchSpaceError
@@ -48,8 +58,10 @@ __all__ = ["MAX_BRANCHES", "MAX_BRANCH_VALUES", "answer", "trace_space"]
 
 #: a parameter with at most this many values is traced at every value (a function may branch on it).
 MAX_BRANCH_VALUES = 16
-#: the most branches (runs of the function) a trace may take.
+#: the most branches (distinct paths through the function's choices) a trace may take.
 MAX_BRANCHES = 4096
+#: the seeded configurations of the traced space the function is checked on.
+DRAWS = 64
 
 
 class _AskError(SearchSpaceError):
@@ -57,13 +69,24 @@ class _AskError(SearchSpaceError):
 
 
 class _Tracer:
-    """One run of a space function: the choices it is forced to take, and what it asked for."""
+    """One run of a space function: the choices it is forced to take, and what it asked for and looked at.
 
-    def __init__(self, forced: list[int], overrides: Mapping[str, Any] | None = None) -> None:
+    Args:
+        forced: the index of the value to take at each choice with at most :data:`MAX_BRANCH_VALUES` values
+            (a branching point), in the order the function asks for them; the first value past its end.
+        overrides: values to give as they are, by name (not watched): a wide parameter's probe, or a
+            whole configuration to replay.
+    """
+
+    def __init__(self, forced: list[int] | tuple[int, ...], overrides: Mapping[str, Any] | None = None) -> None:
         self.forced, self.overrides = forced, dict(overrides or {})
-        self.options: list[int] = []  # at each branching point, how many values it has
+        self.points: list[str] = []  # the branching points' names, in order
+        self.options: list[int] = []  # how many values each has
+        self.taken: list[int] = []  # the index each took
+        self.used: set[str] = set()  # the branching points whose value the function looked at
         self.asked: dict[str, Domain] = {}
         self.values: dict[str, Any] = {}
+        self._given: dict[str, Any] = {}
 
     def suggest(self, name: str, domain: Domain) -> Any:
         validate_name(name)
@@ -83,16 +106,41 @@ class _Tracer:
                     f"trial.suggest({name!r}, ...) is asked twice with different domains, {self.asked[name]!r} and"
                     f" {domain!r}; give one name one domain"
                 )
-            return self.values[name]
+            return self._given[name]
         values = domain.values()
+        value = domain.from_unit(0.5)
         if values is not None and len(values) <= MAX_BRANCH_VALUES:
-            point = len(self.options)
+            point = len(self.points)
+            index = self.forced[point] if point < len(self.forced) and self.forced[point] < len(values) else 0
+            self.points.append(name)
             self.options.append(len(values))
-            value = values[self.forced[point] if point < len(self.forced) else 0]
-        else:
-            value = self.overrides.get(name, domain.from_unit(0.5))
-        self.asked[name], self.values[name] = domain, value
-        return value
+            self.taken.append(index)
+            value = values[index]
+        self.asked[name] = domain
+        self.values[name] = self.overrides.get(name, value)
+        self._given[name] = self._watch(name, values) if name not in self.overrides else self.values[name]
+        return self._given[name]
+
+    def _watch(self, name: str, values: list[Any] | None) -> Any:
+        """A branching point's value, watched; one that cannot be (a bool, None, mixed types) counts as looked at."""
+        value = self.values[name]
+        if values is None or len(values) > MAX_BRANCH_VALUES or len(values) == 1:
+            return value
+        seen = watched(value, lambda: self.used.add(name)) if len({type(v) for v in values}) == 1 else None
+        if seen is None:
+            self.used.add(name)
+            return value
+        return seen
+
+    def used_before(self, parent: str, name: str) -> bool:
+        """``parent`` is a branching point whose value this run looked at, asked before ``name``."""
+        order = list(self.asked)
+        return parent in self.used and parent in order and order.index(parent) < order.index(name)
+
+    def path(self) -> tuple[Any, ...]:
+        """What makes this run's branch: the names it asked (with domains) and the values it looked at."""
+        looked = tuple((n, value_key(self.values[n])) for n in self.points if n in self.used)
+        return tuple(self.asked.items()), looked
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("_"):
@@ -108,16 +156,24 @@ class _Tracer:
         )
 
 
-def _run(fn: Callable[[Any], Any], forced: list[int], overrides: Mapping[str, Any] | None = None) -> _Tracer:
+def _run(
+    fn: Callable[[Any], Any], forced: list[int] | tuple[int, ...], overrides: Mapping[str, Any] | None = None
+) -> _Tracer:
     tracer = _Tracer(forced, overrides)
     try:
         fn(tracer)
     except _AskError:
         raise
     except Exception as exc:
+        domain = isinstance(exc, SearchSpaceError) and tracer.used  # a domain made from a choice: Int(0, n)
+        fix = (
+            "a parameter's domain may not depend on another parameter's value: give each name one domain"
+            if domain
+            else "it should only call trial.suggest(name, domain) and branch on the values"
+        )
         raise SearchSpaceError(
             f"the space function {_name(fn)} raised {type(exc).__name__}: {exc} (while traced with"
-            f" {tracer.values!r}); it should only call trial.suggest(name, domain) and branch on the values"
+            f" {tracer.values!r}); {fix}"
         ) from exc
     if not tracer.asked:
         raise SearchSpaceError(
@@ -132,29 +188,39 @@ def _name(fn: Any) -> str:
 
 
 def _branches(fn: Callable[[Any], Any]) -> list[_Tracer]:
-    """Every branch of the function's choices, depth first: each run is forced down one more path."""
+    """Every branch of the choices the function looks at: each run's looked-at choices tried at their other values."""
     out: list[_Tracer] = []
-    todo: list[list[int]] = [[]]
+    paths: set[tuple[Any, ...]] = set()
+    tried: set[tuple[int, ...]] = set()
+    todo: list[tuple[int, ...]] = [()]
     while todo:
         forced = todo.pop()
+        if forced in tried:
+            continue
+        tried.add(forced)
         run = _run(fn, forced)
         if not out:
             _check_same(fn, run, _run(fn, forced))
+        if run.path() in paths:
+            continue
+        paths.add(run.path())
         out.append(run)
         if len(out) > MAX_BRANCHES:
             raise SearchSpaceError(
-                f"the space function {_name(fn)} has more than {MAX_BRANCHES} branches of its choices (parameters"
-                f" with at most {MAX_BRANCH_VALUES} values are each tried at every value); give the space as a dict"
-                " with when= conditions, or use fewer such choices"
+                f"the space function {_name(fn)} has more than {MAX_BRANCHES} branches (combinations of the choices"
+                f" it branches on, each with at most {MAX_BRANCH_VALUES} values); give the space as a dict with when="
+                " conditions, or branch on fewer choices"
             )
-        taken = forced + [0] * (len(run.options) - len(forced))
-        for point in reversed(range(len(forced), len(run.options))):
-            for choice in reversed(range(1, run.options[point])):
-                todo.append([*taken[:point], choice])
+        taken = tuple(run.taken)
+        for point in reversed(range(len(run.points))):
+            if run.points[point] in run.used:
+                todo += [
+                    (*taken[:point], c, *taken[point + 1 :]) for c in range(run.options[point]) if c != taken[point]
+                ]
     return out
 
 
-def _check_wide(fn: Callable[[Any], Any], run: _Tracer, forced: list[int]) -> None:
+def _check_wide(fn: Callable[[Any], Any], run: _Tracer, forced: list[int] | tuple[int, ...]) -> None:
     """A parameter with many values must not change what the function asks for: try its ends."""
     for name, domain in run.asked.items():
         values = domain.values()
@@ -203,18 +269,57 @@ def trace_space(fn: Callable[[Any], Any]) -> dict[str, Domain]:
                     " parameters: give it one domain, or a different name in each branch"
                 )
     for run in runs:
-        _check_wide(fn, run, _forced_of(run))
+        _check_wide(fn, run, run.taken)
     out = {name: _conditional(name, domains, runs) for name in _ordered(runs)}
     conditions = Conditions(out)
     for run in runs:
-        if conditions.active(run.values) != set(run.asked):
-            odd = sorted(conditions.active(run.values) ^ set(run.asked))
-            raise SearchSpaceError(
-                f"the space function {_name(fn)} asks for {odd[0]!r} under a condition a space cannot hold (with"
-                f" {run.values!r} it {'does not ask' if odd[0] in conditions.active(run.values) else 'asks'}); a"
-                " parameter may depend on choices joined by `and`, not `or`: give it a different name in each branch"
-            )
+        _check_run(fn, run, conditions, out)
+    _check_draws(fn, out, conditions)
     return out
+
+
+def _check_run(fn: Callable[[Any], Any], run: _Tracer, conditions: Conditions, domains: Mapping[str, Domain]) -> None:
+    """The conditions say the run's parameters are active: at its values, and at any value of a choice it ignored."""
+    variants = [run.values]
+    for name in run.points:
+        if name not in run.used:
+            variants += [{**run.values, name: v} for v in domains[name].values() or () if v != run.values[name]]
+    for values in variants:
+        active = conditions.active(values)
+        if active != set(run.asked):
+            odd = sorted(active ^ set(run.asked))[0]
+            raise SearchSpaceError(
+                f"the space function {_name(fn)} asks for {odd!r} under a condition a space cannot hold (with"
+                f" {values!r} it {'does not ask' if odd in active else 'asks'}); a parameter may depend on choices"
+                " joined by `and`, not `or`: give it a different name in each branch"
+            )
+
+
+def _check_draws(fn: Callable[[Any], Any], domains: Mapping[str, Domain], conditions: Conditions) -> None:
+    """On :data:`DRAWS` seeded configurations of the traced space, the function asks for exactly the active ones."""
+    rng = np.random.default_rng(0)
+    for _ in range(DRAWS):
+        drawn = {name: d.sample(rng) for name, d in domains.items()}
+        active = conditions.active(drawn)
+        run = _run(fn, (), {n: v for n, v in drawn.items() if n in active})
+        plain = {n: dataclasses.replace(d, when=None) for n, d in domains.items()}
+        if set(run.asked) != active or any(plain.get(n) != d for n, d in run.asked.items()):
+            values = {n: v for n, v in drawn.items() if n in active}
+            extra, missing = sorted(set(run.asked) - active), sorted(active - set(run.asked))
+            what = (
+                f"asks for {extra}"
+                if extra
+                else f"does not ask for {missing}"
+                if missing
+                else "asks with other domains"
+            )
+            raise SearchSpaceError(
+                f"the space function {_name(fn)} {what} with {values!r}, which tracing did not see: it decides with a"
+                " value in a way tracing cannot follow (a Float or an Int with more than"
+                f" {MAX_BRANCH_VALUES} values, or a choice joined into a name with + or str.join); branch with"
+                " ==, in or < on a choice with fewer values, build names with f-strings, or give the space as a dict"
+                " with when= conditions"
+            )
 
 
 def _ordered(runs: list[_Tracer]) -> list[str]:
@@ -231,16 +336,6 @@ def _ordered(runs: list[_Tracer]) -> list[str]:
     return order
 
 
-def _forced_of(run: _Tracer) -> list[int]:
-    """The choices that reproduce a run: the index of each branching parameter's value, in order."""
-    out = []
-    for name, domain in run.asked.items():
-        values = domain.values()
-        if values is not None and len(values) <= MAX_BRANCH_VALUES:
-            out.append(next(i for i, v in enumerate(values) if value_key(v) == value_key(run.values[name])))
-    return out
-
-
 def _conditional(name: str, domains: Mapping[str, Domain], runs: list[_Tracer]) -> Domain:
     """``name``'s domain with a ``when``: the branching choices it always follows, at the values they take there."""
     with_it = [r for r in runs if name in r.asked]
@@ -249,8 +344,8 @@ def _conditional(name: str, domains: Mapping[str, Domain], runs: list[_Tracer]) 
         values = domain.values()
         if parent == name or values is None or len(values) > MAX_BRANCH_VALUES:
             continue
-        if not all(parent in r.asked and list(r.asked).index(parent) < list(r.asked).index(name) for r in with_it):
-            continue
+        if not all(r.used_before(parent, name) for r in with_it):
+            continue  # a choice not looked at before ``name`` in some branch: ``name`` does not depend on it there
         seen = {value_key(r.values[parent]) for r in with_it}
         if len(seen) < len(values):
             when[parent] = [v for v in values if value_key(v) in seen]

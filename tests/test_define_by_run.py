@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning.pytorch as L
 import pytest
 import torch
@@ -19,6 +21,7 @@ from lightning_hpt import (
     StudyMismatchError,
 )
 from lightning_hpt import define_by_run as dbr
+from lightning_hpt._watched import watched
 from lightning_hpt.exceptions import SearchSpaceError
 from lightning_hpt.storage import open_storage
 from lightning_hpt.trial import TrialState
@@ -97,7 +100,7 @@ def _raises(t):
     [
         (_or, r"asks for 'c' under a condition a space cannot hold .*with \{'a': 0, 'b': 'y'\}.*`and`, not `or`"),
         (_float_branch, r"branches on 'lr' .*too many values to trace; branch only on a Categorical"),
-        (_range_of_another, r"asks for 'k' with Int\(low=0, high=1.*and Int\(low=0, high=2.*may not depend"),
+        (_range_of_another, r"raised SearchSpaceError: Int: .*domain may not depend on another parameter's value"),
         (_two_domains, r"suggest\('a', \.\.\.\) is asked twice with different domains"),
         (_raises, r"_raises raised ValueError: .* \(while traced with \{'x': 0.5\}\); it should only call"),
         (lambda t: None, r"asked for no parameter"),
@@ -112,9 +115,16 @@ def test_a_function_a_space_cannot_hold_is_refused_with_the_reason(fn, match):
 
 
 def test_too_many_branches_are_refused(monkeypatch):
-    monkeypatch.setattr(dbr, "MAX_BRANCHES", 10)
-    with pytest.raises(SearchSpaceError, match=r"more than 10 branches.*when= conditions"):
-        SearchSpace(mlp_space)
+    def many(t):  # 4 x 4 x 4 x 4 = 256 branches
+        for i in range(4):
+            if t.suggest(f"c{i}", Categorical(["a", "b", "c", "d"])) == "a":
+                t.suggest(f"x{i}", Float(0, 1))
+
+    monkeypatch.setattr(dbr, "MAX_BRANCHES", 100)
+    with pytest.raises(SearchSpaceError, match=r"more than 100 branches.*when= conditions"):
+        SearchSpace(many)
+    monkeypatch.setattr(dbr, "MAX_BRANCHES", 256)
+    assert SearchSpace(many)["x3"].when.to_dict() == {"c3": ["a"]}
 
 
 class Deep(L.LightningModule):
@@ -260,10 +270,80 @@ def _missed(t):
         t.suggest("y", Int(0, 5))
 
 
-def test_a_branch_that_tracing_missed_is_named_in_the_loop(tmp_path):
-    search = script_search(tmp_path, space=_missed, n_trials=1, enqueue=[{"x": 0.9}])
-    assert list(search.space) == ["x"]
-    trial = search.ask()
-    with pytest.raises(SearchSpaceError, match=r"'y' is not in the search space \['x'\].*tracing missed.*on a Float"):
-        _missed(trial)
-    trial.finish("not trained in this test")
+def _joined(t):
+    opt = t.suggest("opt", Categorical(["sgd", "adam"]))
+    t.suggest("lr_" + opt, Float(1e-4, 1e-1, log=True))  # str + choice: a concatenation no value can see
+
+
+@pytest.mark.parametrize(
+    "fn, match",
+    [
+        (_missed, r"_missed asks for \['y'\] with \{'x': 0.8[0-9]*\}, which tracing did not see.*a Float"),
+        (
+            _joined,
+            r"_joined asks for \['lr_adam'\] with \{'opt': 'adam', 'lr_sgd': .*\}, which tracing did not"
+            r" see.*str.join",
+        ),
+    ],
+)
+def test_a_branch_that_tracing_missed_is_found_on_seeded_configurations(fn, match):
+    with pytest.raises(SearchSpaceError, match=match):
+        SearchSpace(fn)
+
+
+def test_choices_the_function_only_stores_are_not_branched_on(monkeypatch):
+    def flat(t):  # 4 x 3 x 3 x 3 x 10 x 6 = 19,440 combinations, none branched on
+        cfg = {name: t.suggest(name, Categorical(values)) for name, values in [
+            ("batch", [16, 32, 64, 128]), ("act", ["relu", "gelu", "tanh"]), ("norm", ["batch", "layer", "none"]),
+            ("sched", ["cosine", "step", "none"])]}  # fmt: skip
+        cfg["patience"], cfg["warmup"] = t.suggest("patience", Int(1, 10)), t.suggest("warmup", Int(0, 5))
+        if t.suggest("opt", Categorical(["sgd", "adam"])) == "sgd":  # the one choice it branches on
+            cfg["momentum"] = t.suggest("momentum", Float(0.0, 0.99))
+        return cfg
+
+    runs = []
+    real = dbr._run
+    monkeypatch.setattr(dbr, "_run", lambda *a, **k: runs.append(a[1]) or real(*a, **k))
+    space = SearchSpace(flat)
+    assert {n: d.when.to_dict() for n, d in space.items() if d.when} == {"momentum": {"opt": ["sgd"]}}
+    assert len(runs) < 100  # 2 branches, the repeat check and the 64 seeded configurations
+
+
+@pytest.mark.parametrize(
+    "use, counts",
+    [
+        (lambda v: {"stored": v, "listed": [v]}, False),
+        (lambda v: list(range(v)), True),
+        (lambda v: v * 2, True),
+        (lambda v: 1 < v, True),  # noqa: SIM300  (the reflected comparison, on purpose)
+        (lambda v: {3: "a"}.get(v), True),
+        (lambda v: f"width{v}", True),
+        (lambda v: math.log(v), True),
+        (lambda v: [0] * v, True),
+    ],
+)
+def test_a_watched_number_counts_what_is_done_with_it_and_acts_as_the_number(use, counts):
+    seen = []
+    result = use(watched(3, lambda: seen.append(1)))
+    assert bool(seen) is counts
+    assert result == use(3)
+
+
+@pytest.mark.parametrize(
+    "use, counts",
+    [
+        (lambda v: {"opt": v}, False),
+        (lambda v: v == "sgd", True),
+        (lambda v: v in ("sgd", "adam"), True),
+        (lambda v: v.startswith("s"), True),
+        (lambda v: f"lr_{v}", True),
+        (lambda v: v + "_lr", True),
+        (lambda v: {"sgd": 1}[v], True),
+    ],
+)
+def test_a_watched_string_counts_what_is_done_with_it_and_is_a_str(use, counts):
+    seen = []
+    value = watched("sgd", lambda: seen.append(1))
+    result = use(value)
+    assert bool(seen) is counts
+    assert isinstance(value, str) and result == use("sgd")
