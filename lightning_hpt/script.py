@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -34,27 +33,22 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from lightning_hpt.checks import check_bool
-from lightning_hpt.define_by_run import answer
 from lightning_hpt.driver import show_finished
-from lightning_hpt.exceptions import ConfigurationError, SearchPreempted, StorageError
-from lightning_hpt.lightning import compat
+from lightning_hpt.exceptions import ConfigurationError, StorageError
 from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
-from lightning_hpt.lightning.loggers import TrialContext, make_logger
-from lightning_hpt.lightning.monitor import monitor_class
-from lightning_hpt.lightning.resume import checkpoint_to_resume, claim, discard, resume_callbacks
-from lightning_hpt.lightning.runner import TrialJob, _describe, _outcome, end_resume, trial_seed
+from lightning_hpt.lightning.runner import TrialJob, _describe
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.recovery import ACTIVE, recover
 from lightning_hpt.report import make_progress
 from lightning_hpt.reporting import StudyReporter, record_outcome
 from lightning_hpt.run_scope import heartbeat
+from lightning_hpt.script_trial import ScriptTrial, TrialRecorder, rank
 from lightning_hpt.search import HyperparameterSearch
 from lightning_hpt.space import Domain, SearchSpace
-from lightning_hpt.trial import INTERRUPTED, PREEMPTED, TrialRecord, TrialState
+from lightning_hpt.trial import TrialRecord
 
 __all__ = ["ScriptSearch", "ScriptTrial"]
 
@@ -94,211 +88,6 @@ class _ScriptBuilder(TrialBuilder):
 
     def evaluation_trainer(self, params: Mapping[str, Any], **overrides: Any) -> Any:
         raise ConfigurationError(f"{self._WHY}: refit or test the best configuration with your own Trainer")
-
-
-def _rank() -> int:
-    """This process's rank in a DDP run, as torchrun or Lightning's launcher set it (0 without DDP).
-
-    Lightning's launcher sets ``LOCAL_RANK`` and ``NODE_RANK`` in the processes it starts; torchrun
-    sets ``RANK``. A SLURM array task is not a DDP rank: every task of an array is a rank 0.
-    """
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"])
-    return int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0"))
-
-
-class ScriptTrial:
-    """One trial of a :class:`ScriptSearch`, trained by the user's own code.
-
-    Attributes:
-        number: the trial's number in the study.
-        params: its configuration, the space's names as keys.
-        dir: its directory, ``<root>/<study>/trial_<number>/`` (a ``Path``).
-        study: the study's name.
-        finished: it is recorded.
-        seed: the seed a search would give this trial (a function of the study's seed and the trial's
-            number): ``L.seed_everything(trial.seed, workers=True)`` before building the model makes a
-            trial's value reproducible, as a :class:`HyperparameterSearch` trial's is.
-        ckpt_path: the checkpoint this trial continues from, for ``trainer.fit(..., ckpt_path=trial.ckpt_path)``:
-            a rerun of a pre-empted trial's resumable checkpoint, ``None`` for a trial that starts
-            (also for a later fit of one trial: only its first fit continues).
-    """
-
-    def __init__(self, recorder: _Recorder, space: SearchSpace) -> None:
-        rec, job = recorder.record, recorder.job
-        self._space = space
-        self.number, self.params, self.study = rec.number, dict(rec.params), recorder.study
-        self.dir = Path(recorder.dir)
-        self.seed = trial_seed(job.seed, rec.number)
-        self.finished = False
-        self._recorder = recorder
-        self._callback: Any = None
-        self._resume = job.build.resume
-        self.ckpt_path = checkpoint_to_resume(job) if self._resume else None
-        Path(self.dir).mkdir(parents=True, exist_ok=True)
-        if self._resume:
-            claim(job)
-
-    def __repr__(self) -> str:
-        return f"ScriptTrial(number={self.number}, params={self.params})"
-
-    @property
-    def pruned(self) -> bool:
-        """The study's pruner stopped this trial."""
-        return bool(self._callback is not None and self._callback.pruned)
-
-    def suggest(self, name: str, domain: Domain) -> Any:
-        """The trial's value of ``name``: what a space function (``ScriptSearch(space=fn)``) asks with.
-
-        ``fn(trial)`` then runs as it was traced, with this trial's values (see :mod:`lightning_hpt.define_by_run`).
-
-        Raises:
-            SearchSpaceError: ``name`` is not in the search space, has another domain there, or is
-                inactive in this trial.
-        """
-        return answer(self._space, self.params, name, domain, "trial")
-
-    def section(self, prefix: str) -> dict[str, Any]:
-        """The parameters under ``prefix.`` without it: ``trial.section("model")`` -> ``{"lr": ...}``."""
-        head = prefix.rstrip(".") + "."
-        return {k[len(head) :]: v for k, v in self.params.items() if k.startswith(head)}
-
-    def callback(self, namespace: Any = None) -> Any:
-        """The Lightning callback for this trial's Trainer.
-
-        It reports the monitored value (every objective's, with several) after every validation run
-        (steps continue across several fits of one trial), records the metrics of outcome
-        constraints, stops the Trainer when the study's pruner says so (on every DDP rank), and
-        keeps an exception raised by the fit as the trial's failure. In the trial's first fit
-        it also writes the resumable checkpoint that :attr:`ckpt_path` names on a rerun (unless the
-        Trainer has checkpointing turned off, or the search ``resume=False``).
-
-        Args:
-            namespace: ``pytorch_lightning`` for a Trainer of that package; ``lightning.pytorch`` by default.
-        """
-        if namespace is None:
-            import lightning.pytorch as namespace
-        cls = type("ScriptTrialCallback", (_FitEnd, monitor_class(namespace)), {})
-        cb = cls.of(self._recorder.job.build, self._recorder.reporter)
-        previous = self._callback
-        if previous is not None:  # a later fit of the same trial continues its steps and its best value
-            cb.curve.load_state_dict(previous.curve.state_dict())
-            cb.fit_error = previous.fit_error
-            if self._resume is not None and _rank() == 0:
-                discard(str(self.dir))  # the first fit's state: a later fit does not continue from it
-            self.ckpt_path = None
-        elif self._resume is not None:
-            cb.writers = resume_callbacks(namespace, self._resume, str(self.dir))
-            cb.expected = self.ckpt_path
-        self._callback = cb
-        return cb
-
-    def logger(self, kind: Any = "tensorboard", **kwargs: Any) -> Any:
-        """A logger whose run is this trial's own: ``trial.logger("csv")``, ``trial.logger(WandbLogger, project=...)``.
-
-        TensorBoard and CSV write under the trial's directory; W&B runs are named ``trial_<n>`` in
-        the group of the study; MLflow runs are named ``trial_<n>`` in the experiment of the study.
-        The trial's parameters are logged as hyperparameters under their full names.
-        """
-        lg = make_logger(kind, TrialContext(self.study, self.number, str(self.dir), self.params), **kwargs)
-        lg.log_hyperparams(dict(self.params))
-        return lg
-
-    @property
-    def trained(self) -> bool:
-        """A fit with the trial's callback ended (finished or raised)."""
-        cb = self._callback
-        return cb is not None and (cb.trainer is not None or cb.fit_error is not None)
-
-    def finish(self, reason: str | None = None, error: BaseException | None = None) -> TrialRecord | None:
-        """Record the trial from what its callback saw (COMPLETE, PRUNED or FAILED); once. Rank 0 writes.
-
-        Args:
-            reason: the failure to record if the trial never trained with its callback.
-            error: the exception that stopped the script before the trial trained, recorded instead.
-        """
-        if self.finished:
-            return None
-        self.finished = True
-        cb = self._callback
-        if not self.trained and error is None:
-            error = ConfigurationError(
-                reason or "the trial ended without a fit using its callback: pass callbacks=[trial.callback(), ...]"
-            )
-        return self._recorder.finish(cb, cb.fit_error if self.trained else error)
-
-
-class _FitEnd:
-    """Keeps what a fit ended with: its Trainer, and the exception it raised, if any; adds the resumable checkpoint.
-
-    Attributes:
-        writers: the callbacks that write the trial's resumable checkpoint, added to the Trainer when
-            the fit sets up (the script made the Trainer; Lightning calls ``setup`` once its callback
-            list is final). ``ResumeCheckpoint`` goes last, so it saves once every other callback has
-            updated its state.
-        expected: the checkpoint the fit should continue from (:attr:`ScriptTrial.ckpt_path`).
-    """
-
-    fit_error: BaseException | None = None
-    trainer: Any = None
-    writers: tuple[Any, ...] | list[Any] = ()
-    expected: str | None = None
-
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        writers, self.writers = self.writers, ()
-        # no checkpoint callback at all: the script turned checkpointing off (enable_checkpointing=False)
-        if stage != "fit" or not writers or not trainer.checkpoint_callbacks:
-            return
-        trainer.callbacks = [*trainer.callbacks, *writers]  # a new list: Lightning's loop over the old one goes on
-        for cb in writers:
-            cb.setup(trainer, pl_module, stage)
-
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        super().on_train_start(trainer, pl_module)  # type: ignore[misc]
-        if self.expected and getattr(self, "resumed_at", None) is None:
-            log.warning(
-                "the trial could continue from %s but its fit starts over: pass ckpt_path=trial.ckpt_path to"
-                " trainer.fit",
-                self.expected,
-            )
-
-    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self.trainer = trainer
-
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self.trainer = trainer
-        if self.fit_error is None:
-            self.fit_error = exception
-        if compat.is_interrupt_exit(exception) and getattr(exception, "code", 0) is None:
-            # Lightning's SIGTERMException has no code, so the script would exit with status 0, as if it
-            # had finished; a pre-empted script exits as a search does (SearchPreempted: 128 + SIGTERM)
-            exception.code = SearchPreempted().code  # type: ignore[attr-defined]
-
-
-class _Recorder:
-    """Writes one trial's result to the study (rank 0 only); what a :class:`ScriptTrial` gets from its search."""
-
-    def __init__(self, job: TrialJob, record: TrialRecord, study: str, reporter: Any, write: Any, close: Any) -> None:
-        self.job, self.record, self.study, self.dir = job, record, study, job.trial_dir
-        self.reporter, self._write, self._close = reporter, write, close
-
-    def finish(self, cb: Any, error: BaseException | None) -> TrialRecord | None:
-        self._close(self.record.number)
-        if self.reporter is None:  # a DDP rank other than 0: rank 0 records the trial
-            return None
-        interrupted = None
-        if error is not None and type(error).__name__ == "SIGTERMException":
-            interrupted = PREEMPTED
-        elif isinstance(error, KeyboardInterrupt):
-            interrupted = INTERRUPTED
-        trainer = cb.trainer if cb is not None else None
-        outcome = _outcome(self.job, cb, trainer, error, interrupted)
-        ckpt = getattr(trainer, "checkpoint_callback", None)
-        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        if outcome.state is not TrialState.FAILED and best and getattr(ckpt, "monitor", None) == self.job.build.monitor:
-            outcome = dataclasses.replace(outcome, checkpoint=best)  # the script's own checkpoint of the best epoch
-        end_resume(self.job, outcome)
-        return self._write(self.record, self.reporter, outcome)
 
 
 class ScriptSearch(HyperparameterSearch):
@@ -364,7 +153,7 @@ class ScriptSearch(HyperparameterSearch):
         self._recovered = False
         self._t0 = time.monotonic()
         self._group = os.environ.get(GROUP_ENV) or _torchrun_group()
-        self._leader = _rank() == 0
+        self._leader = rank() == 0
         if self._leader and self._group is None:
             self._group = uuid.uuid4().hex  # the other ranks of a DDP run started from here inherit it
             os.environ[GROUP_ENV] = self._group
@@ -437,7 +226,7 @@ class ScriptSearch(HyperparameterSearch):
     def _trial(self, rec: TrialRecord, reporter: StudyReporter | None) -> ScriptTrial:
         trial_dir = str(self.root / self.study_name / f"trial_{rec.number}")
         job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir, attempt=rec.attempt)
-        return ScriptTrial(_Recorder(job, rec, self.study_name, reporter, self._record, self._close), self.space)
+        return ScriptTrial(TrialRecorder(job, rec, self.study_name, reporter, self._record, self._close), self.space)
 
     def _record(self, rec: TrialRecord, reporter: StudyReporter, outcome: Any) -> TrialRecord:
         """Store a finished trial, then write its line."""
@@ -464,9 +253,7 @@ class ScriptSearch(HyperparameterSearch):
             if end is not None and end <= index:
                 raise _Exhausted("no trial to ask for: rank 0 has no more trials")
             time.sleep(0.2)
-        raise ConfigurationError(
-            f"rank {_rank()} waited {timeout:.0f} s for rank 0's trial {index}; is rank 0 running?"
-        )
+        raise ConfigurationError(f"rank {rank()} waited {timeout:.0f} s for rank 0's trial {index}; is rank 0 running?")
 
     def _close(self, number: int) -> None:
         self._open_trials.pop(number, None)
