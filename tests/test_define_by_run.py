@@ -347,3 +347,17 @@ def test_a_watched_string_counts_what_is_done_with_it_and_is_a_str(use, counts):
     result = use(value)
     assert bool(seen) is counts
     assert isinstance(value, str) and result == use("sgd")
+
+
+def test_the_example_script_runs(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "script" / "tune_space_function.py"
+    spec = importlib.util.spec_from_file_location("tune_space_function", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--trials", "3", "--epochs", "1", "--root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "'width2': Int(low=16, high=256, log=True, step=1, when={'layers': [3]})" in out
+    assert "Study 'digits_space_function': 3 trials (3 complete)" in out
