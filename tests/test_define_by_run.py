@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import lightning.pytorch as L
+import numpy as np
 import pytest
 import torch
 from conftest import FAST, TinyData
@@ -320,6 +321,7 @@ def test_choices_the_function_only_stores_are_not_branched_on(monkeypatch):
         (lambda v: f"width{v}", True),
         (lambda v: math.log(v), True),
         (lambda v: [0] * v, True),
+        (lambda v: float(np.log2(v)), True),
     ],
 )
 def test_a_watched_number_counts_what_is_done_with_it_and_acts_as_the_number(use, counts):
@@ -347,3 +349,32 @@ def test_a_watched_string_counts_what_is_done_with_it_and_is_a_str(use, counts):
     result = use(value)
     assert bool(seen) is counts
     assert isinstance(value, str) and result == use("sgd")
+
+
+@pytest.mark.parametrize(
+    "left, right, use",
+    [
+        (3, 5, lambda a, b: a < b),
+        (3, 5, lambda a, b: a * b),
+        (3, 5, lambda a, b: max(a, b)),
+        ("sgd", "adam", lambda a, b: a == b),
+        ("sgd", "adam", lambda a, b: a + b),
+    ],
+)
+def test_both_watched_values_of_one_operation_are_looked_at(left, right, use):
+    seen = set()
+    result = use(watched(left, lambda: seen.add("a")), watched(right, lambda: seen.add("b")))
+    assert seen == {"a", "b"}
+    assert result == use(left, right)
+
+
+def test_a_choice_on_the_right_of_an_operation_is_branched_on():
+    def blocks(t):
+        for i in range(t.suggest("n", Int(1, 2))):
+            c, k = t.suggest(f"c{i}", Categorical([8, 32])), t.suggest(f"k{i}", Categorical([3, 5]))
+            if c * k > 100:  # k is looked at as much as c
+                t.suggest(f"groups{i}", Categorical([1, 2]))
+
+    space = SearchSpace(blocks)
+    assert space["groups0"].when.to_dict() == {"c0": [32], "k0": [5]}
+    assert space["groups1"].when.to_dict() == {"c1": [32], "k1": [5], "n": [2]}
