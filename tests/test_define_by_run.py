@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import lightning.pytorch as L
@@ -96,6 +97,10 @@ def _raises(t):
     return {"x": t.suggest("x", Float(0, 1)), "y": int("many")}
 
 
+def _dumps(t):
+    print(json.dumps({"width": t.suggest("width", Categorical([16, 32]))}))
+
+
 @pytest.mark.parametrize(
     "fn, match",
     [
@@ -104,6 +109,10 @@ def _raises(t):
         (_range_of_another, r"raised SearchSpaceError: Int: .*domain may not depend on another parameter's value"),
         (_two_domains, r"suggest\('a', \.\.\.\) is asked twice with different domains"),
         (_raises, r"_raises raised ValueError: .* \(while traced with \{'x': 0.5\}\); it should only call"),
+        (
+            _dumps,
+            r"raised TypeError: Object of type WatchedNumber .*; while traced, a numeric choice is a stand-in.*json",
+        ),
         (lambda t: None, r"asked for no parameter"),
         (lambda t: t.suggest("x", [1, 2]), r"the domain must be a Float, Int or Categorical"),
         (lambda t: t.suggest("x", Float(0, 1, when={"y": 1})), r"drop when="),
@@ -122,7 +131,9 @@ def test_too_many_branches_are_refused(monkeypatch):
                 t.suggest(f"x{i}", Float(0, 1))
 
     monkeypatch.setattr(dbr, "MAX_BRANCHES", 100)
-    with pytest.raises(SearchSpaceError, match=r"more than 100 branches.*when= conditions"):
+    with pytest.raises(
+        SearchSpaceError, match=r"more than 100 branches: it looks at .*\['c0', 'c1', 'c2'.*when= conditions"
+    ):
         SearchSpace(many)
     monkeypatch.setattr(dbr, "MAX_BRANCHES", 256)
     assert SearchSpace(many)["x3"].when.to_dict() == {"c3": ["a"]}
@@ -271,6 +282,11 @@ def _missed(t):
         t.suggest("y", Int(0, 5))
 
 
+def _typed(t):
+    if isinstance(t.suggest("n", Categorical([1, 2])), int):  # false while traced
+        t.suggest("x", Float(0, 1))
+
+
 def _joined(t):
     opt = t.suggest("opt", Categorical(["sgd", "adam"]))
     t.suggest("lr_" + opt, Float(1e-4, 1e-1, log=True))  # str + choice: a concatenation no value can see
@@ -279,6 +295,7 @@ def _joined(t):
 @pytest.mark.parametrize(
     "fn, match",
     [
+        (_typed, r"_typed asks for \['x'\] with \{'n': [12]\}, which tracing did not see.*isinstance\(x, int\)"),
         (_missed, r"_missed asks for \['y'\] with \{'x': 0.8[0-9]*\}, which tracing did not see.*a Float"),
         (
             _joined,
