@@ -6,7 +6,7 @@ iterates it, calls a method. A choice the function never looked at cannot have c
 for, so tracing need not try its other values.
 
 A watched string is a ``str`` (a subclass); a watched number is not an ``int`` or ``float`` but acts as
-one (``range(n)``, ``x * 2``, ``math.log(x)``, ``{16: a}[n]``), because Python reads the value of an
+one (``range(n)``, ``x * 2``, ``math.log(x)``, ``np.log2(x)``, ``{16: a}[n]``), because Python reads the value of an
 ``int`` subclass without calling any of its methods (``range`` would go unseen).
 
 Example:
@@ -25,6 +25,8 @@ import math
 import operator
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 __all__ = ["watched"]
 
@@ -52,7 +54,7 @@ def _str_hook(name: str) -> Callable[..., Any]:
 
     def hooked(self: Any, *args: Any, **kwargs: Any) -> Any:
         object.__getattribute__(self, "__dict__")["_on_use"]()
-        return method(self, *args, **kwargs)
+        return method(self, *map(_plain, args), **kwargs)  # ``a == b``: both are looked at
 
     hooked.__name__ = name
     return hooked
@@ -75,7 +77,12 @@ _WatchedStr = type(
 
 
 def _plain(x: Any) -> Any:
-    return x.value() if isinstance(x, WatchedNumber) else x
+    """``x`` as the operation that gets it sees it: a watched operand is looked at too (``c * k``, ``a == b``)."""
+    if isinstance(x, WatchedNumber):
+        return x.value()
+    if isinstance(x, _WatchedStr):
+        object.__getattribute__(x, "__dict__")["_on_use"]()
+    return x
 
 
 class WatchedNumber:
@@ -87,7 +94,8 @@ class WatchedNumber:
         self._value, self._on_use = value, on_use
 
     def value(self) -> int | float:
-        """The number itself, without counting as a use."""
+        """The number itself, for an operation that looks at it: counts as a use."""
+        self._on_use()
         return self._value
 
     def __getattr__(self, attr: str) -> Any:  # .real, .bit_length(), .is_integer(), ...
@@ -111,6 +119,10 @@ class WatchedNumber:
     def __format__(self, spec: str) -> str:
         self._on_use()
         return format(self._value, spec)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:  # ``np.log2(width)``
+        self._on_use()
+        return np.asarray(self._value, dtype=dtype)
 
 
 def _binary(op: Callable[[Any, Any], Any], reflected: bool) -> Callable[[WatchedNumber, Any], Any]:

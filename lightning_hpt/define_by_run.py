@@ -64,6 +64,13 @@ MAX_BRANCHES = 4096
 DRAWS = 64
 
 
+_STAND_IN = (
+    "while traced, a numeric choice is a stand-in that acts as the number but is not an int or float, which"
+    " json.dumps, torch.tensor and isinstance(x, int) need: do that with what the function returns, outside it"
+    " (cfg = fn(trial) in the loop gets plain values)"
+)
+
+
 class _AskError(SearchSpaceError):
     """A call of ``trial.suggest`` that tracing refuses; it names the call, so it is raised as it is."""
 
@@ -169,6 +176,8 @@ def _run(
         fix = (
             "a parameter's domain may not depend on another parameter's value: give each name one domain"
             if domain
+            else _STAND_IN
+            if "WatchedNumber" in str(exc)
             else "it should only call trial.suggest(name, domain) and branch on the values"
         )
         raise SearchSpaceError(
@@ -207,9 +216,11 @@ def _branches(fn: Callable[[Any], Any]) -> list[_Tracer]:
         out.append(run)
         if len(out) > MAX_BRANCHES:
             raise SearchSpaceError(
-                f"the space function {_name(fn)} has more than {MAX_BRANCHES} branches (combinations of the choices"
-                f" it branches on, each with at most {MAX_BRANCH_VALUES} values); give the space as a dict with when="
-                " conditions, or branch on fewer choices"
+                f"the space function {_name(fn)} has more than {MAX_BRANCHES} branches: it looks at (compares,"
+                f" computes with or formats) {[n for n in run.points if n in run.used]}, and each choice it looks at"
+                " is tried at each of its values, in every combination; compute with the values where they are used"
+                " (the model, after the function returns), branch on fewer choices, or give the space as a dict"
+                " with when= conditions"
             )
         taken = tuple(run.taken)
         for point in reversed(range(len(run.points))):
@@ -316,7 +327,8 @@ def _check_draws(fn: Callable[[Any], Any], domains: Mapping[str, Domain], condit
             raise SearchSpaceError(
                 f"the space function {_name(fn)} {what} with {values!r}, which tracing did not see: it decides with a"
                 " value in a way tracing cannot follow (a Float or an Int with more than"
-                f" {MAX_BRANCH_VALUES} values, or a choice joined into a name with + or str.join); branch with"
+                f" {MAX_BRANCH_VALUES} values, a choice joined into a name with + or str.join, or an"
+                " isinstance(x, int) check, false while traced); branch with"
                 " ==, in or < on a choice with fewer values, build names with f-strings, or give the space as a dict"
                 " with when= conditions"
             )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import lightning.pytorch as L
+import numpy as np
 import pytest
 import torch
 from conftest import FAST, TinyData
@@ -95,6 +97,10 @@ def _raises(t):
     return {"x": t.suggest("x", Float(0, 1)), "y": int("many")}
 
 
+def _dumps(t):
+    print(json.dumps({"width": t.suggest("width", Categorical([16, 32]))}))
+
+
 @pytest.mark.parametrize(
     "fn, match",
     [
@@ -103,6 +109,10 @@ def _raises(t):
         (_range_of_another, r"raised SearchSpaceError: Int: .*domain may not depend on another parameter's value"),
         (_two_domains, r"suggest\('a', \.\.\.\) is asked twice with different domains"),
         (_raises, r"_raises raised ValueError: .* \(while traced with \{'x': 0.5\}\); it should only call"),
+        (
+            _dumps,
+            r"raised TypeError: Object of type WatchedNumber .*; while traced, a numeric choice is a stand-in.*json",
+        ),
         (lambda t: None, r"asked for no parameter"),
         (lambda t: t.suggest("x", [1, 2]), r"the domain must be a Float, Int or Categorical"),
         (lambda t: t.suggest("x", Float(0, 1, when={"y": 1})), r"drop when="),
@@ -121,7 +131,9 @@ def test_too_many_branches_are_refused(monkeypatch):
                 t.suggest(f"x{i}", Float(0, 1))
 
     monkeypatch.setattr(dbr, "MAX_BRANCHES", 100)
-    with pytest.raises(SearchSpaceError, match=r"more than 100 branches.*when= conditions"):
+    with pytest.raises(
+        SearchSpaceError, match=r"more than 100 branches: it looks at .*\['c0', 'c1', 'c2'.*when= conditions"
+    ):
         SearchSpace(many)
     monkeypatch.setattr(dbr, "MAX_BRANCHES", 256)
     assert SearchSpace(many)["x3"].when.to_dict() == {"c3": ["a"]}
@@ -270,6 +282,11 @@ def _missed(t):
         t.suggest("y", Int(0, 5))
 
 
+def _typed(t):
+    if isinstance(t.suggest("n", Categorical([1, 2])), int):  # false while traced
+        t.suggest("x", Float(0, 1))
+
+
 def _joined(t):
     opt = t.suggest("opt", Categorical(["sgd", "adam"]))
     t.suggest("lr_" + opt, Float(1e-4, 1e-1, log=True))  # str + choice: a concatenation no value can see
@@ -278,6 +295,7 @@ def _joined(t):
 @pytest.mark.parametrize(
     "fn, match",
     [
+        (_typed, r"_typed asks for \['x'\] with \{'n': [12]\}, which tracing did not see.*isinstance\(x, int\)"),
         (_missed, r"_missed asks for \['y'\] with \{'x': 0.8[0-9]*\}, which tracing did not see.*a Float"),
         (
             _joined,
@@ -320,6 +338,7 @@ def test_choices_the_function_only_stores_are_not_branched_on(monkeypatch):
         (lambda v: f"width{v}", True),
         (lambda v: math.log(v), True),
         (lambda v: [0] * v, True),
+        (lambda v: float(np.log2(v)), True),
     ],
 )
 def test_a_watched_number_counts_what_is_done_with_it_and_acts_as_the_number(use, counts):
@@ -361,3 +380,32 @@ def test_the_example_script_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "'width2': Int(low=16, high=256, log=True, step=1, when={'layers': [3]})" in out
     assert "Study 'digits_space_function': 3 trials (3 complete)" in out
+
+
+@pytest.mark.parametrize(
+    "left, right, use",
+    [
+        (3, 5, lambda a, b: a < b),
+        (3, 5, lambda a, b: a * b),
+        (3, 5, lambda a, b: max(a, b)),
+        ("sgd", "adam", lambda a, b: a == b),
+        ("sgd", "adam", lambda a, b: a + b),
+    ],
+)
+def test_both_watched_values_of_one_operation_are_looked_at(left, right, use):
+    seen = set()
+    result = use(watched(left, lambda: seen.add("a")), watched(right, lambda: seen.add("b")))
+    assert seen == {"a", "b"}
+    assert result == use(left, right)
+
+
+def test_a_choice_on_the_right_of_an_operation_is_branched_on():
+    def blocks(t):
+        for i in range(t.suggest("n", Int(1, 2))):
+            c, k = t.suggest(f"c{i}", Categorical([8, 32])), t.suggest(f"k{i}", Categorical([3, 5]))
+            if c * k > 100:  # k is looked at as much as c
+                t.suggest(f"groups{i}", Categorical([1, 2]))
+
+    space = SearchSpace(blocks)
+    assert space["groups0"].when.to_dict() == {"c0": [32], "k0": [5]}
+    assert space["groups1"].when.to_dict() == {"c1": [32], "k1": [5], "n": [2]}
