@@ -1,13 +1,14 @@
 """Values that notice being looked at: how tracing tells which choices a space function branches on.
 
 A watched value stands for an ``int``, ``float`` or ``str`` and calls ``on_use`` whenever code does
-anything with it besides passing it along: compares it, hashes it, does arithmetic, formats it,
-iterates it, calls a method. A choice the function never looked at cannot have changed what it asked
-for, so tracing need not try its other values.
+anything with it besides passing it along: compares it, hashes it, formats it, iterates it, calls a
+method. Arithmetic on a watched number gives a watched number that looks at both operands when it
+is looked at itself (``padding = k // 2`` only stored is not a use). A choice the function never
+looked at cannot have changed what it asked for, so tracing need not try its other values.
 
-A watched string is a ``str`` (a subclass); a watched number is not an ``int`` or ``float`` but acts as
-one (``range(n)``, ``x * 2``, ``math.log(x)``, ``np.log2(x)``, ``{16: a}[n]``), because Python reads the value of an
-``int`` subclass without calling any of its methods (``range`` would go unseen).
+A watched string is a ``str`` (a subclass); a watched number is not an ``int`` or ``float`` but acts
+as one (``range(n)``, ``x * 2``, ``math.log(x)``, ``np.log2(x)``, ``{16: a}[n]``), because Python
+reads the value of an ``int`` subclass without calling any of its methods (``range`` would go unseen).
 
 Example:
     >>> seen = []
@@ -125,6 +126,49 @@ class WatchedNumber:
         return np.asarray(self._value, dtype=dtype)
 
 
+def _looker(x: Any) -> Callable[[], None] | None:
+    """What marks ``x`` as looked at, when it is watched."""
+    if isinstance(x, WatchedNumber):
+        return object.__getattribute__(x, "_on_use")
+    if isinstance(x, _WatchedStr):
+        return object.__getattribute__(x, "__dict__")["_on_use"]
+    return None
+
+
+def _derived(result: Any, *sources: Any) -> Any:
+    """A number computed from watched numbers stays watched: looking at it looks at each of them.
+
+    ``k // 2`` or ``sum(widths)`` only stored is not a use, so it does not make tracing try every value.
+    """
+    lookers = [f for f in map(_looker, sources) if f is not None]
+    if type(result) not in (int, float) or not lookers:
+        return result
+
+    def on_use() -> None:
+        for look in lookers:
+            look()
+
+    return WatchedNumber(result, on_use)
+
+
+def _unwatched(x: Any) -> Any:
+    return object.__getattribute__(x, "_value") if isinstance(x, WatchedNumber) else x
+
+
+def _arithmetic(op: Callable[[Any, Any], Any], reflected: bool) -> Callable[[WatchedNumber, Any], Any]:
+    def method(self: WatchedNumber, other: Any) -> Any:
+        a, b = (_unwatched(other), self._value) if reflected else (self._value, _unwatched(other))
+        if isinstance(other, bool) or not isinstance(other, (int, float, WatchedNumber)):  # [0] * n, "ab" * n
+            self._on_use()
+            return op(_plain(a), _plain(b))
+        result = op(a, b)
+        if isinstance(result, tuple):  # divmod
+            return tuple(_derived(r, self, other) for r in result)
+        return _derived(result, self, other)
+
+    return method
+
+
 def _binary(op: Callable[[Any, Any], Any], reflected: bool) -> Callable[[WatchedNumber, Any], Any]:
     def method(self: WatchedNumber, other: Any) -> Any:
         self._on_use()
@@ -133,8 +177,10 @@ def _binary(op: Callable[[Any, Any], Any], reflected: bool) -> Callable[[Watched
     return method
 
 
-def _unary(op: Callable[..., Any]) -> Callable[..., Any]:
+def _unary(op: Callable[..., Any], derived: bool = False) -> Callable[..., Any]:
     def method(self: WatchedNumber, *args: Any) -> Any:
+        if derived and not args:
+            return _derived(op(self._value), self)
         self._on_use()
         return op(self._value, *map(_plain, args))
 
@@ -143,26 +189,17 @@ def _unary(op: Callable[..., Any]) -> Callable[..., Any]:
 
 for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "lshift", "rshift", "and", "or", "xor"):
     _op = getattr(operator, _name + "_" if _name in ("and", "or") else _name)
-    setattr(WatchedNumber, f"__{_name}__", _binary(_op, False))
-    setattr(WatchedNumber, f"__r{_name}__", _binary(_op, True))
+    setattr(WatchedNumber, f"__{_name}__", _arithmetic(_op, False))
+    setattr(WatchedNumber, f"__r{_name}__", _arithmetic(_op, True))
 for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
     setattr(WatchedNumber, f"__{_name}__", _binary(getattr(operator, _name), False))
 for _name, _reflected in (("divmod", False), ("rdivmod", True)):
-    setattr(WatchedNumber, f"__{_name}__", _binary(divmod, _reflected))
-for _name, _fn in {
-    "neg": operator.neg,
-    "pos": operator.pos,
-    "abs": abs,
-    "invert": operator.invert,
-    "bool": bool,
-    "int": int,
-    "float": float,
-    "hash": hash,
-    "round": round,
-    "trunc": math.trunc,
-    "floor": math.floor,
-    "ceil": math.ceil,
-}.items():
+    setattr(WatchedNumber, f"__{_name}__", _arithmetic(divmod, _reflected))
+for _name, _fn in {"neg": operator.neg, "pos": operator.pos, "abs": abs, "invert": operator.invert}.items():
+    setattr(WatchedNumber, f"__{_name}__", _unary(_fn, derived=True))
+for _name, _fn in {"round": round, "trunc": math.trunc, "floor": math.floor, "ceil": math.ceil}.items():
+    setattr(WatchedNumber, f"__{_name}__", _unary(_fn, derived=True))
+for _name, _fn in {"bool": bool, "int": int, "float": float, "hash": hash}.items():
     setattr(WatchedNumber, f"__{_name}__", _unary(_fn))
 
 

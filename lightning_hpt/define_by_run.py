@@ -279,7 +279,7 @@ def trace_space(fn: Callable[[Any], Any]) -> dict[str, Domain]:
                     f" {domain!r} in another (with {run.values!r}); a parameter's domain may not depend on other"
                     " parameters: give it one domain, or a different name in each branch"
                 )
-    for run in runs:
+    for run in {tuple(run.asked): run for run in reversed(runs)}.values():  # one run of each sequence of asks
         _check_wide(fn, run, run.taken)
     out = {name: _conditional(name, domains, runs) for name in _ordered(runs)}
     conditions = Conditions(out)

@@ -332,7 +332,8 @@ def test_choices_the_function_only_stores_are_not_branched_on(monkeypatch):
     [
         (lambda v: {"stored": v, "listed": [v]}, False),
         (lambda v: list(range(v)), True),
-        (lambda v: v * 2, True),
+        (lambda v: v * 2, False),  # a number made from it, only stored: not yet looked at
+        (lambda v: (v * 2 + 1) // 3 > 1, True),  # ... until it is
         (lambda v: 1 < v, True),  # noqa: SIM300  (the reflected comparison, on purpose)
         (lambda v: {3: "a"}.get(v), True),
         (lambda v: f"width{v}", True),
@@ -386,7 +387,7 @@ def test_the_example_script_runs(tmp_path, capsys):
     "left, right, use",
     [
         (3, 5, lambda a, b: a < b),
-        (3, 5, lambda a, b: a * b),
+        (3, 5, lambda a, b: a * b > 1),
         (3, 5, lambda a, b: max(a, b)),
         ("sgd", "adam", lambda a, b: a == b),
         ("sgd", "adam", lambda a, b: a + b),
@@ -397,6 +398,23 @@ def test_both_watched_values_of_one_operation_are_looked_at(left, right, use):
     result = use(watched(left, lambda: seen.add("a")), watched(right, lambda: seen.add("b")))
     assert seen == {"a", "b"}
     assert result == use(left, right)
+
+
+def test_numbers_computed_from_choices_and_only_stored_are_not_branched_on(monkeypatch):
+    def blocks(t):
+        out = []
+        for i in range(t.suggest("n", Int(1, 3))):
+            k = t.suggest(f"k{i}", Categorical([3, 5, 7]))
+            c = t.suggest(f"c{i}", Categorical([8, 16, 32, 64]))
+            out.append({"kernel": k, "padding": k // 2, "channels": c, "hidden": c * 4, "flag": -c})
+        return {"blocks": out, "total": sum(b["channels"] for b in out)}
+
+    runs = []
+    real = dbr._run
+    monkeypatch.setattr(dbr, "_run", lambda *a, **k: runs.append(1) or real(*a, **k))
+    space = SearchSpace(blocks)
+    assert space["k2"].when.to_dict() == {"n": [3]} and space["c1"].when.to_dict() == {"n": [2, 3]}
+    assert len(runs) < 100  # 3 branches of n, not 3 x 12 ** 3
 
 
 def test_a_choice_on_the_right_of_an_operation_is_branched_on():
