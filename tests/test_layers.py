@@ -18,6 +18,8 @@ FLOORS = {
             "exceptions",
             "domains",
             "conditions",
+            "_watched",
+            "define_by_run",
             "space",
             "trial",
             "registry",
@@ -33,7 +35,7 @@ FLOORS = {
     "executors": 2,
     **dict.fromkeys(("search", "result", "driver", "reporting", "proposals", "recovery", "run_scope", "stacking"), 3),
     "search_args": 3,
-    **dict.fromkeys(("cli", "testing", "script", "__init__", "__main__"), 4),
+    **dict.fromkeys(("cli", "testing", "script", "script_trial", "__init__", "__main__"), 4),
 }
 
 
