@@ -486,6 +486,24 @@ def test_shutdown_ends_the_running_group_as_interrupted(tmp_path):
     assert all(o.state is TrialState.FAILED and o.interrupted == "interrupted" for o in outcomes)
 
 
+@pytest.mark.slow
+def test_an_executor_passed_in_has_its_thread_joined_before_the_interpreter_ends(tmp_path):
+    # its group's last clean-up once ran while the interpreter ended: "terminate called", exit status -6
+    code = f"""
+import atexit, sys, threading
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+atexit.register(lambda: print("ALIVE", [t.name for t in threading.enumerate() if "stacked" in t.name]))
+from conftest import FAST, TinyData, TinyModel
+from lightning_hpt import Float, HyperparameterSearch, StackedExecutor
+space = {{"model.lr": Float(0.01, 0.1, log=True)}}
+HyperparameterSearch(TinyModel, TinyData, space, executor=StackedExecutor(stack=2, linger=0.05), n_trials=2,
+                     root={str(tmp_path)!r}, verbose=False, trainer_kwargs=FAST).run()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ALIVE []" in out.stdout, out.stdout  # atexit runs last-registered first: the executor's came before
+
+
 def test_a_driver_slow_to_refill_the_slots_still_gets_full_groups(tmp_path):
     # as the search does: it reads the outcomes that are done, records each (slowly, here), then
     # refills the freed slots; a wait may return only part of a finished group. The next group

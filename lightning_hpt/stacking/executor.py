@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from functools import partial
@@ -109,6 +111,10 @@ class StackedExecutor(Executor):
         self._said: set[str] = set()  # the refusal reasons already logged as warnings
         self._flushing = False  # the search said it has no more trials: a group need not wait to fill
         self._thread: threading.Thread | None = None
+        # an executor passed to a search outlives its run(): its thread is joined before the interpreter ends, or
+        # a group's last clean-up could still run in it then (an abort at exit, "terminate called")
+        ref = weakref.ref(self)
+        atexit.register(lambda: (e := ref()) is not None and e.shutdown())
 
     @property
     @override
