@@ -309,13 +309,13 @@ def _check_run(fn: Callable[[Any], Any], run: _Tracer, conditions: Conditions, d
 def _check_draws(fn: Callable[[Any], Any], domains: Mapping[str, Domain], conditions: Conditions) -> None:
     """On :data:`DRAWS` seeded configurations of the traced space, the function asks for exactly the active ones."""
     rng = np.random.default_rng(0)
+    plain = {n: dataclasses.replace(d, when=None) for n, d in domains.items()}
     for _ in range(DRAWS):
         drawn = {name: d.sample(rng) for name, d in domains.items()}
         active = conditions.active(drawn)
-        run = _run(fn, (), {n: v for n, v in drawn.items() if n in active})
-        plain = {n: dataclasses.replace(d, when=None) for n, d in domains.items()}
+        values = {n: v for n, v in drawn.items() if n in active}
+        run = _run(fn, (), values)
         if set(run.asked) != active or any(plain.get(n) != d for n, d in run.asked.items()):
-            values = {n: v for n, v in drawn.items() if n in active}
             extra, missing = sorted(set(run.asked) - active), sorted(active - set(run.asked))
             what = (
                 f"asks for {extra}"
