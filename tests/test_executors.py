@@ -306,22 +306,31 @@ def test_driver_signal_ends_the_workers(tmp_path, sig, code):
 
 
 @pytest.mark.slow
+def _ends_as_ctrl_c_comes(tmp_path, executor) -> list:
+    space = {
+        "model.ctrl_c_at_end": Categorical([str(tmp_path / "pressed")]),
+        "model.ctrl_c_pid": Categorical([os.getpid()]),
+        "model.lr": Categorical([0.01, 0.05]),
+    }
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            search(tmp_path, executor, space).run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (tmp_path / "pressed").exists()
+    trials = open_storage(f"sqlite:///{tmp_path / 'studies.db'}").trials("default")
+    return [(t.number, t.state, t.error) for t in trials]
+
+
 def test_a_trial_that_ends_as_ctrl_c_comes_is_recorded_as_it_ended(tmp_path, monkeypatch):
     """Its worker is still sending the outcome when the driver's Ctrl+C handler runs; its resumable
     checkpoint is already removed, so recorded as interrupted it would train again from the start."""
     import lightning_hpt.executors.process as process
 
     monkeypatch.setattr(process, "HALT_WAIT", 10.0)  # the mechanism, with room on a loaded machine
-    space = {"model.ctrl_c_at_end": Categorical([str(tmp_path / "pressed")]), "model.lr": Categorical([0.01, 0.05])}
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            search(tmp_path, ProcessExecutor(workers=1, devices=[], terminate_grace=1.0), space).run()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert (tmp_path / "pressed").exists()
-    trials = open_storage(f"sqlite:///{tmp_path / 'studies.db'}").trials("default")
-    assert [(t.number, t.state, t.error) for t in trials] == [(0, TrialState.COMPLETE, None)]
+    executor = ProcessExecutor(workers=1, devices=[], terminate_grace=1.0)
+    assert _ends_as_ctrl_c_comes(tmp_path, executor) == [(0, TrialState.COMPLETE, None)]
 
 
 if __name__ == "__main__":
@@ -362,6 +371,17 @@ def test_ray_dead_worker_is_failed_or_retried(tmp_path, local_ray, retries):
 
 
 @pytest.mark.slow
+def test_ray_a_trial_that_ends_as_ctrl_c_comes_is_recorded_as_it_ended(tmp_path, local_ray, monkeypatch):
+    """Ray's workers do not get the driver's Ctrl+C: a trial ending as it comes is collected, not cancelled."""
+    import lightning_hpt.executors.ray as ray_executor
+    from lightning_hpt.executors import RayExecutor
+
+    monkeypatch.setattr(ray_executor, "HALT_WAIT", 30.0)  # the mechanism, with room on a loaded machine
+    executor = RayExecutor({"cpu": 1}, max_concurrency=1)
+    assert _ends_as_ctrl_c_comes(tmp_path, executor) == [(0, TrialState.COMPLETE, None)]
+
+
+@pytest.mark.slow
 def test_ray_refuses_ddp_and_public_dashboards(local_ray):
     from lightning_hpt.executors import RayExecutor
 
@@ -396,18 +416,18 @@ class _Remote:
 def test_ray_reports_without_a_pruner_go_in_batches_at_most_every_interval():
     # each message to the report actor costs CPU that trials lose: with nobody to answer "stop",
     # values are held and sent together at most once per interval (the outcome carries them all anyway)
-    from lightning_hpt.executors.ray import _RayReporter
+    from lightning_hpt.executors.ray_channel import RayReporter
 
     broker = types.SimpleNamespace(post=_Remote())
-    held = _RayReporter(broker, "k", answers=False, every=3600.0)
+    held = RayReporter(broker, "k", answers=False, every=3600.0)
     assert [held.report(step, 1.0 / (step + 1)) for step in range(3)] == [False] * 3
     assert broker.post.calls == []  # within the interval: nothing sent yet
-    eager = _RayReporter(broker, "k", answers=False, every=0.0)
+    eager = RayReporter(broker, "k", answers=False, every=0.0)
     eager.report(0, 0.5)
     eager.report(1, 0.25)
     assert broker.post.calls == [("k", [(0, 0.5)]), ("k", [(1, 0.25)])]
     broker.post.calls.clear()
-    timed = _RayReporter(broker, "k", answers=False, every=0.2)
+    timed = RayReporter(broker, "k", answers=False, every=0.2)
     timed.report(0, 3.0)  # the interval counts from the trial's start
     time.sleep(0.25)
     timed.report(1, 2.0)  # the interval has passed: both values go in one message

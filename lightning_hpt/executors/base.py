@@ -30,9 +30,12 @@ from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 from lightning_hpt.trial import TrialState
 
-__all__ = ["Executor", "describe_exit", "done", "failed_outcome"]
+__all__ = ["HALT_WAIT", "Executor", "describe_exit", "done", "failed_outcome"]
 
 log = logging.getLogger(__name__)
+
+#: on Ctrl+C or SIGTERM, how long the driver waits in :meth:`Executor.halt` for outcomes of trials that are ending.
+HALT_WAIT = 1.0
 
 
 def failed_outcome(error: str) -> TrialOutcome:

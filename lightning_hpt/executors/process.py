@@ -34,7 +34,7 @@ from lightning_hpt.exceptions import ConfigurationError, TrialPickleError
 from lightning_hpt.executors._pickling import check_picklable, pickle_dumps, refers_to_main
 from lightning_hpt.executors._slots import Slot, plan_slots
 from lightning_hpt.executors._workers import Task, WorkerProcess, main_spec, signal_group, worker_command, worker_env
-from lightning_hpt.executors.base import Executor, describe_exit, failed_outcome
+from lightning_hpt.executors.base import HALT_WAIT, Executor, describe_exit, failed_outcome
 from lightning_hpt.executors.ipc import ReporterRegistry, ReportServer
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
@@ -42,9 +42,6 @@ from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
 __all__ = ["ProcessExecutor"]
 
 log = logging.getLogger(__name__)
-
-#: on Ctrl+C or SIGTERM, how long the driver waits for outcomes its workers are sending (see ``halt``).
-HALT_WAIT = 1.0
 
 
 class ProcessExecutor(Executor):

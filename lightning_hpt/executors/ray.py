@@ -26,9 +26,10 @@ from typing import Any
 from typing_extensions import override
 
 from lightning_hpt.exceptions import ConfigurationError, TrialPickleError
-from lightning_hpt.executors.base import Executor, failed_outcome
+from lightning_hpt.executors.base import HALT_WAIT, Executor, failed_outcome
 from lightning_hpt.executors.ipc import ReporterRegistry
-from lightning_hpt.lightning.monitor import TrialReporter, wire_value
+from lightning_hpt.executors.ray_channel import RayReporter, broker_class
+from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome, run_trial
 
 __all__ = ["RayExecutor"]
@@ -47,83 +48,6 @@ def _import_ray() -> Any:
             "RayExecutor needs Ray, which is not installed: pip install 'lightning-hpt[ray]'"
         ) from None
     return ray
-
-
-def _broker_class() -> type:
-    """The report broker, defined here so that Ray pickles it by value: its actor imports no torch or Lightning."""
-    import asyncio
-    import itertools
-
-    class ReportBroker:
-        """A Ray actor between trials and the driver: holds each report until the driver's decision comes."""
-
-        def __init__(self) -> None:
-            self._queue: asyncio.Queue = asyncio.Queue()
-            self._waiting: dict[int, asyncio.Future] = {}
-            self._ids = itertools.count()
-            self._starts: dict[str, int] = {}
-
-        async def start(self, key: str) -> int:
-            """How many times the trial's task has started, this one included (more than 1: Ray reran it)."""
-            self._starts[key] = self._starts.get(key, 0) + 1
-            return self._starts[key]
-
-        async def post(self, key: str, values: list[tuple[int, float]]) -> None:
-            """Reports whose trial does not wait for a decision (no pruner: the answer is always "go on")."""
-            for step, value in values:
-                await self._queue.put((None, key, step, value))
-
-        async def report(self, key: str, step: int, value: float) -> bool:
-            rid = next(self._ids)
-            self._waiting[rid] = asyncio.get_running_loop().create_future()
-            await self._queue.put((rid, key, step, value))
-            return await self._waiting[rid]
-
-        async def take(self, timeout: float) -> list[tuple[int | None, str, int, float]]:
-            """The reports waiting for a decision; waits up to ``timeout`` seconds for the first."""
-            try:
-                first = await asyncio.wait_for(self._queue.get(), timeout)
-            except asyncio.TimeoutError:
-                return []
-            out = [first]
-            while not self._queue.empty():
-                out.append(self._queue.get_nowait())
-            return out
-
-        async def decide(self, rid: int, stop: bool) -> None:
-            future = self._waiting.pop(rid, None)
-            if future is not None and not future.done():
-                future.set_result(stop)
-
-    return ReportBroker
-
-
-class _RayReporter:
-    """The trial's reporter inside a Ray task: asks the broker actor and waits for the driver's answer.
-
-    When the driver's reporter never answers "stop" (``answers`` False: the search has no pruner),
-    reports are posted without waiting, at most one message every ``every`` seconds: the trial does
-    not stall on a round trip through the actor and the driver each epoch, and short epochs do not
-    keep the actor busy (each message costs a few milliseconds of CPU that trials would lose).
-    Values held back go with the next message, and the trial's outcome carries every value, so
-    none is lost when the trial ends first.
-    """
-
-    def __init__(self, broker: Any, key: str, answers: bool = True, every: float = 1.0) -> None:
-        self.broker, self.key, self.answers, self.every = broker, key, answers, every
-        self._held: list[tuple[int, float]] = []
-        self._posted = time.monotonic()
-
-    def report(self, step: int, value: float | tuple[float, ...]) -> bool:
-        if not self.answers:
-            self._held.append((int(step), wire_value(value)))
-            if time.monotonic() - self._posted >= self.every:
-                self.broker.post.remote(self.key, self._held)
-                self._held, self._posted = [], time.monotonic()
-            return False
-        import ray
-
-        return bool(ray.get(self.broker.report.remote(self.key, int(step), wire_value(value))))
 
 
 def _run_remote(
@@ -152,7 +76,7 @@ def _run_remote(
         gc.collect()
         gc.freeze()
         _FROZEN = True
-    outcome = run_trial(dataclasses.replace(job, build=build), _RayReporter(broker, key, answers))
+    outcome = run_trial(dataclasses.replace(job, build=build), RayReporter(broker, key, answers))
     if starts > 1:
         outcome = dataclasses.replace(outcome, attrs={**outcome.attrs, "ray_restarts": starts - 1})
     return outcome
@@ -343,7 +267,7 @@ class RayExecutor(Executor):
         here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
             ray.get_runtime_context().get_node_id(), soft=False
         )
-        self._broker = ray.remote(_broker_class()).options(num_cpus=0, scheduling_strategy=here).remote()
+        self._broker = ray.remote(broker_class()).options(num_cpus=0, scheduling_strategy=here).remote()
         if self._max is None:
             total = ray.cluster_resources()
             need = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], **opts.get("resources", {})}
@@ -405,13 +329,7 @@ class RayExecutor(Executor):
                 time.sleep(0.5)
                 continue
             for ref in ready:
-                with self._lock:
-                    run = self._running.pop(ref, None)
-                if run is None:  # shutdown() took it meanwhile and ended its future
-                    continue
-                self._registry.unregister(run.key)
-                if not run.future.done():
-                    run.future.set_result(self._outcome(ray, ref, run))
+                self._finish(ray, ref)
             now = time.monotonic()
             for ref, run in list(self._running.items()):
                 if self.trial_timeout is not None and not run.timed_out and now - run.started > self.trial_timeout:
@@ -419,6 +337,39 @@ class RayExecutor(Executor):
                     self._registry.unregister(run.key)
                     with contextlib.suppress(Exception):
                         ray.cancel(ref, force=True)
+
+    def _finish(self, ray: Any, ref: Any) -> None:
+        """Complete the future of the ended task ``ref`` with its outcome (unless another thread took it)."""
+        with self._lock:
+            run = self._running.pop(ref, None)
+        if run is None:  # shutdown() or halt() took it meanwhile and ended its future
+            return
+        self._registry.unregister(run.key)
+        if not run.future.done():
+            run.future.set_result(self._outcome(ray, ref, run))
+
+    @override
+    def halt(self) -> None:
+        """The search is stopping: wait up to :data:`HALT_WAIT` seconds for running trials to end.
+
+        Ray's workers do not get the driver's Ctrl+C, so a trial that ended as the signal came (its
+        outcome in Ray's object store, not yet collected) is recorded as it ended, not as interrupted:
+        its resumable checkpoint is already removed, so an interrupted record would train it again
+        from the start. Trials still training are cancelled by :meth:`shutdown`, as before.
+        """
+        if not self._started or self._closed.is_set():
+            return
+        ray = _import_ray()
+        with self._lock:
+            refs = list(self._running)
+        if not refs:
+            return
+        try:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=HALT_WAIT)
+        except Exception:  # Ray is shutting down: shutdown() ends the futures
+            return
+        for ref in ready:
+            self._finish(ray, ref)
 
     def _outcome(self, ray: Any, ref: Any, run: _Running) -> TrialOutcome:
         try:

@@ -88,7 +88,8 @@ class ContractModel(L.LightningModule):
         sleep: seconds to sleep per training step.
         marker: a file written with this process's id at the first training step.
         ctrl_c_at_end: a file; in the last epoch's validation, if it does not exist yet, create it and send
-            SIGINT to the parent process (a worker's driver: Ctrl+C as the trial ends).
+            SIGINT to ``ctrl_c_pid`` (Ctrl+C as the trial ends).
+        ctrl_c_pid: the process ``ctrl_c_at_end`` signals (the search's driver); the parent process if not given.
 
     Besides ``val_loss`` it logs where it ran: ``pid``, ``threads`` (torch threads) and ``cuda_visible``
     (the first index in ``CUDA_VISIBLE_DEVICES``, -1 if none).
@@ -106,6 +107,7 @@ class ContractModel(L.LightningModule):
         sleep: float = 0.0,
         marker: str | None = None,
         ctrl_c_at_end: str | None = None,
+        ctrl_c_pid: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -144,7 +146,7 @@ class ContractModel(L.LightningModule):
         mark, last = self.hparams.ctrl_c_at_end, self.current_epoch == self.trainer.max_epochs - 1
         if mark and last and not os.path.exists(mark):  # a hook (on_fit_end) would keep it out of stacked groups
             Path(mark).touch()
-            os.kill(os.getppid(), signal.SIGINT)
+            os.kill(self.hparams.ctrl_c_pid or os.getppid(), signal.SIGINT)
         visible = (os.environ.get("CUDA_VISIBLE_DEVICES") or "-1").split(",")[0]
         self.log_dict(
             {
