@@ -283,7 +283,9 @@ class Float(Domain):
         if u in (0.0, 1.0):  # exact ends: exp(log(x)) is not always x
             return self.low if u == 0.0 else self.high
         if self.log:
-            v = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+            # base 10: a decade range's points are round (the centre of [1e-4, 1] is 0.01, not 0.010000000000000004)
+            lo, hi = math.log10(self.low), math.log10(self.high)
+            v = 10.0 ** (lo + u * (hi - lo))
         else:
             v = self.low + u * (self.high - self.low)
         return min(max(v, self.low), self.high)
@@ -295,7 +297,7 @@ class Float(Domain):
             k = min(range(len(values)), key=lambda i: abs(values[i] - v))
             return (k + 0.5) / len(values)
         if self.log:
-            return (math.log(v) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
+            return (math.log10(v) - math.log10(self.low)) / (math.log10(self.high) - math.log10(self.low))
         return (v - self.low) / (self.high - self.low)
 
     def contains(self, value: Any) -> bool:

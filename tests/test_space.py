@@ -107,6 +107,14 @@ def test_log_grid_is_geometric():
     assert Float(1e-3, 1e-1, log=True).grid(3) == pytest.approx([1e-3, 1e-2, 1e-1])
 
 
+def test_a_decade_ranges_points_are_round():
+    """What a user reads in a trial's config: the centre of [1e-4, 1] is 0.01, not 0.010000000000000004."""
+    assert Float(1e-4, 1.0, log=True).grid(5) == [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    assert Float(1e-5, 1e-1, log=True).from_unit(0.5) == 1e-3
+    d = Float(2e-4, 3e-2, log=True)
+    assert all(d.to_unit(d.from_unit(u)) == pytest.approx(u, abs=1e-12) for u in np.linspace(0, 1, 17))
+
+
 def test_space_json_round_trip_and_equality():
     space = SearchSpace(
         {"model.lr": Float(1e-4, 1e-1, log=True), "model.n": Int(1, 3), "data.bs": Categorical([32, 64])}
