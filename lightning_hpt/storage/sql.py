@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -35,35 +36,40 @@ from sqlalchemy.engine import Connection
 
 from lightning_hpt.exceptions import (
     DuplicateTrialError,
-    SearchSpaceError,
     StorageError,
     StudyMismatchError,
-    StudyNotFoundError,
 )
-from lightning_hpt.space import SearchSpace, validate_study_name
 from lightning_hpt.storage.base import Storage, StudyInfo
 from lightning_hpt.storage.sql_engine import SQLDatabase
 from lightning_hpt.storage.sql_history import HistoryCache, bump
+from lightning_hpt.storage.sql_rows import (
+    check_unique,
+    encode_steps,
+    new_trial_values,
+    normalized_study,
+    store_steps,
+    study_info,
+    study_row,
+    study_values,
+    trial_records,
+    trial_row,
+    trial_steps,
+)
 from lightning_hpt.storage.sql_schema import (
     FINISHED,
     SCHEMA_VERSION,
-    STEP_COLUMNS,
     STUDIES,
     TRIALS,
     VALUES,
     RowValues,
     check_int,
-    decode_step,
-    definition_from_json,
-    definition_to_json,
     differences,
     dumps,
     encode_float,
     encode_values,
-    split_step_value,
     to_record,
 )
-from lightning_hpt.trial import Direction, History, TrialRecord, TrialState, params_key
+from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
 __all__ = ["SCHEMA_VERSION", "SQLStorage"]
 
@@ -111,42 +117,21 @@ class SQLStorage(SQLDatabase, Storage):
         """Take the study's change counter up (see :mod:`.sql_history`); every write that changes a trial does."""
         seq = bump(conn, study)
         if seq is None:
-            self._study(conn, study)  # raises: no such study
+            study_row(conn, self._where, study)  # raises: no such study
         return seq
 
     # ------------------------------------------------------------------ studies
 
     def open_study(self, info: StudyInfo, *, allow_changes: bool = False) -> StudyInfo:
-        validate_study_name(info.name)
-        given = StudyInfo(
-            info.name,
-            SearchSpace(info.space),
-            Direction.parse(info.direction),
-            str(info.monitor),
-            str(info.strategy),
-            None if info.seed is None else check_int(info.seed, "seed"),
-            dict(info.attrs),
-            tuple(info.objectives),
-            tuple(info.constraints),
-        )
-        row = {
-            "name": given.name,
-            "space": given.space.to_json(),
-            "direction": given.direction.value,
-            "monitor": given.monitor,
-            "strategy": given.strategy,
-            "seed": given.seed,
-            "attrs": dumps(given.attrs, "study attrs"),
-            "created_at": time.time(),
-            "definition": definition_to_json(given),
-        }
+        given = normalized_study(info)
+        row = study_values(given)
 
         def fn(conn: Connection, attempt: int) -> StudyInfo:
             found = conn.execute(sa.select(STUDIES).where(STUDIES.c.name == given.name)).first()
             if found is None:
                 conn.execute(sa.insert(STUDIES).values(**row))
                 return given
-            stored = self._info(found)
+            stored = study_info(found, self._where)
             if not allow_changes:
                 diffs = differences(stored, given)
                 if diffs:
@@ -164,7 +149,9 @@ class SQLStorage(SQLDatabase, Storage):
         return self._txn(f"open study {given.name!r}", fn, write=True)
 
     def load_study(self, name: str) -> StudyInfo:
-        return self._txn(f"load study {name!r}", lambda c, a: self._info(self._study(c, name)), write=False)
+        return self._txn(
+            f"load study {name!r}", lambda c, a: study_info(study_row(c, self._where, name), self._where), write=False
+        )
 
     def study_names(self) -> list[str]:
         q = sa.select(STUDIES.c.name).order_by(STUDIES.c.name)
@@ -174,43 +161,19 @@ class SQLStorage(SQLDatabase, Storage):
         dumps(dict(attrs), "study attrs")  # fail before touching the database
 
         def fn(conn: Connection, attempt: int) -> None:
-            row = self._study(conn, study, lock=True)
+            row = study_row(conn, self._where, study, lock=True)
             merged = {**json.loads(row.attrs), **attrs}
             conn.execute(sa.update(STUDIES).where(STUDIES.c.id == row.id).values(attrs=dumps(merged, "study attrs")))
 
         self._txn(f"set attrs of study {study!r}", fn, write=True)
 
-    def _study(self, conn: Connection, name: str, *, lock: bool = False) -> sa.Row:
-        q = sa.select(STUDIES).where(STUDIES.c.name == name)
-        row = conn.execute(q.with_for_update() if lock else q).first()  # FOR UPDATE: serialises writers on PostgreSQL
-        if row is None:
-            known = list(conn.execute(sa.select(STUDIES.c.name).order_by(STUDIES.c.name)).scalars())
-            raise StudyNotFoundError(name, self._where, known)
-        return row
-
-    def _info(self, row: sa.Row) -> StudyInfo:
-        try:
-            space = SearchSpace.from_json(row.space)
-        except (SearchSpaceError, ValueError) as e:
-            raise StorageError(f"the stored space of study {row.name!r} in {self._where} cannot be read: {e}") from None
-        objectives, constraints = definition_from_json(row.definition, f"study {row.name!r} in {self._where}")
-        return StudyInfo(
-            row.name,
-            space,
-            Direction(row.direction),
-            row.monitor,
-            row.strategy,
-            row.seed,
-            json.loads(row.attrs),
-            objectives,
-            constraints,
-        )
-
     # ------------------------------------------------------------------ trials: reading
 
     def trials(self, study: str) -> list[TrialRecord]:
         return self._txn(
-            f"read the trials of study {study!r}", lambda c, a: self._trials(c, self._study(c, study).id), write=False
+            f"read the trials of study {study!r}",
+            lambda c, a: trial_records(c, study_row(c, self._where, study).id),
+            write=False,
         )
 
     def history(
@@ -220,45 +183,17 @@ class SQLStorage(SQLDatabase, Storage):
 
         def fn(conn: Connection, attempt: int) -> History:
             with self._cache_lock:  # one reader at a time: each sees the study no older than the last one did
-                return self._cache.history(conn, self._study(conn, study), self._info, max_steps, index)
+                info = functools.partial(study_info, where=self._where)
+                return self._cache.history(conn, study_row(conn, self._where, study), info, max_steps, index)
 
         return self._txn(f"read the history of study {study!r}", fn, write=False)
 
-    def _trials(self, conn: Connection, study_id: int) -> list[TrialRecord]:
-        steps: dict[int, dict[int, Any]] = {}
-        q = (
-            sa.select(*STEP_COLUMNS)
-            .join(TRIALS, TRIALS.c.id == VALUES.c.trial_id)
-            .where(TRIALS.c.study_id == study_id)
-            .order_by(VALUES.c.trial_id, VALUES.c.step)
-        )
-        for trial_id, step, *value in conn.execute(q):  # one query for every trial's curve
-            steps.setdefault(trial_id, {})[step] = decode_step(*value)
-        rows = conn.execute(sa.select(TRIALS).where(TRIALS.c.study_id == study_id).order_by(TRIALS.c.number))
-        return [to_record(r, steps.get(r.id, {})) for r in rows]
-
     def last_heartbeat(self, study: str, number: int) -> float | None:
         def fn(conn: Connection, attempt: int) -> float | None:
-            row = self._trial(conn, study, number)
+            row = trial_row(conn, self._where, study, number)
             return row.heartbeat_at if row.heartbeat_at is not None else row.started_at
 
         return self._txn(f"read the heartbeat of trial {number} of study {study!r}", fn, write=False)
-
-    def _trial(self, conn: Connection, study: str, number: int, *, lock: bool = False) -> sa.Row:
-        check_int(number, "trial number")
-        q = sa.select(TRIALS).join(STUDIES, STUDIES.c.id == TRIALS.c.study_id)
-        q = q.where(STUDIES.c.name == study, TRIALS.c.number == number)
-        row = conn.execute(q.with_for_update(of=TRIALS) if lock else q).first()
-        if row is None:
-            study_id = self._study(conn, study).id  # raises if the study itself is unknown
-            count = conn.execute(sa.select(sa.func.count()).where(TRIALS.c.study_id == study_id)).scalar()
-            known = f"its trials are numbered 0 to {count - 1}" if count else "it has no trials yet"
-            raise StorageError(f"study {study!r} in {self._where} has no trial number {number}; {known}")
-        return row
-
-    def _steps(self, conn: Connection, trial_id: int) -> dict[int, Any]:
-        q = sa.select(*STEP_COLUMNS[1:]).where(VALUES.c.trial_id == trial_id)
-        return {step: decode_step(*value) for step, *value in conn.execute(q.order_by(VALUES.c.step))}
 
     # ------------------------------------------------------------------ trials: writing
 
@@ -283,11 +218,10 @@ class SQLStorage(SQLDatabase, Storage):
             check_int(max_trials, "max_trials")
         params_json = dumps(dict(params), "params", allow_nan=False)
         token = uuid.uuid4().hex
-        running = state is TrialState.RUNNING
         now = time.time()
 
         def fn(conn: Connection, attempt: int) -> TrialRecord | None:
-            study_id = self._study(conn, study, lock=True).id
+            study_id = study_row(conn, self._where, study, lock=True).id
             if attempt:  # a commit whose answer was lost must not give a second row
                 row = conn.execute(
                     sa.select(TRIALS).where(TRIALS.c.study_id == study_id, TRIALS.c.token == token)
@@ -306,34 +240,9 @@ class SQLStorage(SQLDatabase, Storage):
                     " trial since this proposal was made"
                 )
             if unique:  # under the study's write lock: no other driver can insert between this check and ours
-                key = params_key(json.loads(params_json))
-                q = sa.select(TRIALS.c.number, TRIALS.c.params).where(TRIALS.c.study_id == study_id)
-                for other, text in conn.execute(q):
-                    if params_key(json.loads(text)) == key:
-                        raise DuplicateTrialError(
-                            f"study {study!r} already has trial {other} with params {json.loads(params_json)}"
-                        )
-            values = {
-                "study_id": study_id,
-                "number": free,
-                "state": state.value,
-                "params": params_json,
-                "value": None,
-                "value_nonfinite": None,
-                "best_step": None,
-                "error": None,
-                "checkpoint": None,
-                "started_at": now if running else None,
-                "finished_at": None,
-                "host": (host or socket.gethostname()) if running else host,
-                "pid": (pid or os.getpid()) if running else pid,
-                "heartbeat_at": now if running else None,
-                "attempt": 1 if running else 0,
-                "attrs": "{}",
-                "token": token,
-                "seq": self._bump(conn, study),
-                "objective_values": None,
-            }
+                check_unique(conn, study, study_id, params_json)
+            values = new_trial_values(study_id, free, state, params_json, host, pid, now)
+            values.update(token=token, seq=self._bump(conn, study))
             conn.execute(sa.insert(TRIALS).values(**values))
             return to_record(RowValues(values), {})
 
@@ -341,7 +250,7 @@ class SQLStorage(SQLDatabase, Storage):
 
     def claim_queued(self, study: str, *, host: str | None = None, pid: int | None = None) -> TrialRecord | None:
         def fn(conn: Connection, attempt: int) -> TrialRecord | None:
-            study_id = self._study(conn, study, lock=True).id
+            study_id = study_row(conn, self._where, study, lock=True).id
             q = sa.select(TRIALS).where(TRIALS.c.study_id == study_id, TRIALS.c.state == TrialState.QUEUED.value)
             row = conn.execute(q.order_by(TRIALS.c.number).limit(1)).first()
             if row is None:
@@ -357,7 +266,7 @@ class SQLStorage(SQLDatabase, Storage):
                 "seq": self._bump(conn, study),
             }
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
-            return to_record(RowValues({**row._asdict(), **changes}), self._steps(conn, row.id))
+            return to_record(RowValues({**row._asdict(), **changes}), trial_steps(conn, row.id))
 
         return self._txn(f"claim a queued trial of study {study!r}", fn, write=True)
 
@@ -366,14 +275,14 @@ class SQLStorage(SQLDatabase, Storage):
 
     def report_many(self, study: str, number: int, values: Mapping[int, float | Sequence[float]]) -> None:
         """Store several intermediate values of a RUNNING trial in one transaction (see :meth:`report`)."""
-        encoded = _encode_steps(values)
+        encoded = encode_steps(values)
         if not encoded:
             return
 
         def fn(conn: Connection, attempt: int) -> None:
             seq = self._bump(conn, study)  # first: every writer locks the study row before a trial row
-            row = self._trial(conn, study, number, lock=True)
-            _store_steps(conn, study, row, encoded)
+            row = trial_row(conn, self._where, study, number, lock=True)
+            store_steps(conn, study, row, encoded)
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(heartbeat_at=time.time(), seq=seq))
 
         steps = sorted(encoded)
@@ -386,7 +295,7 @@ class SQLStorage(SQLDatabase, Storage):
             return
 
         def fn(conn: Connection, attempt: int) -> None:
-            study_id = self._study(conn, study).id
+            study_id = study_row(conn, self._where, study).id
             where = (TRIALS.c.study_id == study_id) & TRIALS.c.number.in_(numbers)
             conn.execute(
                 sa.update(TRIALS)
@@ -411,7 +320,7 @@ class SQLStorage(SQLDatabase, Storage):
         steps: Mapping[int, float | Sequence[float]] | None = None,
     ) -> TrialRecord:
         state = TrialState(state)
-        encoded = _encode_steps(steps or {})
+        encoded = encode_steps(steps or {})
         vector = encode_values(values, "values")
         if state not in FINISHED:
             raise StorageError(f"finish_trial needs state COMPLETE, PRUNED or FAILED, got state={state.value!r}")
@@ -423,17 +332,17 @@ class SQLStorage(SQLDatabase, Storage):
 
         def fn(conn: Connection, attempt: int) -> TrialRecord:
             seq = self._bump(conn, study)
-            row = self._trial(conn, study, number, lock=True)
+            row = trial_row(conn, self._where, study, number, lock=True)
             if row.state in {s.value for s in FINISHED}:
                 same = row.state == state.value and (row.value, row.value_nonfinite) == (v, flag)
                 if attempt and same:  # our own commit, retried after its answer was lost
-                    return to_record(row, self._steps(conn, row.id))
+                    return to_record(row, trial_steps(conn, row.id))
                 raise StorageError(
                     f"trial {number} of study {study!r} is already {row.state}; a finished trial is not overwritten"
                     " (requeue_trial puts a FAILED trial back in the queue)"
                 )
             if encoded:
-                _store_steps(conn, study, row, encoded)
+                store_steps(conn, study, row, encoded)
             changes = {
                 "state": state.value,
                 "value": v,
@@ -447,14 +356,14 @@ class SQLStorage(SQLDatabase, Storage):
                 "objective_values": vector,
             }
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(**changes))
-            return to_record(RowValues({**row._asdict(), **changes}), self._steps(conn, row.id))
+            return to_record(RowValues({**row._asdict(), **changes}), trial_steps(conn, row.id))
 
         return self._txn(f"finish trial {number} of study {study!r}", fn, write=True)
 
     def requeue_trial(self, study: str, number: int) -> TrialRecord:
         def fn(conn: Connection, attempt: int) -> TrialRecord:
             seq = self._bump(conn, study)
-            row = self._trial(conn, study, number, lock=True)
+            row = trial_row(conn, self._where, study, number, lock=True)
             if row.state not in (TrialState.RUNNING.value, TrialState.FAILED.value):
                 raise StorageError(
                     f"trial {number} of study {study!r} is {row.state}: only RUNNING or FAILED trials can be requeued"
@@ -466,7 +375,9 @@ class SQLStorage(SQLDatabase, Storage):
     def requeue_failed(self, study: str) -> list[int]:
         def fn(conn: Connection, attempt: int) -> list[int]:
             seq = self._bump(conn, study)  # first: every writer locks the study row before a trial row
-            study_id = self._study(conn, study, lock=True).id  # one driver at a time: each trial is requeued once
+            study_id = study_row(
+                conn, self._where, study, lock=True
+            ).id  # one driver at a time: each trial is requeued once
             q = sa.select(TRIALS).where(TRIALS.c.study_id == study_id, TRIALS.c.state == TrialState.FAILED.value)
             return [self._requeue(conn, row, seq).number for row in conn.execute(q.order_by(TRIALS.c.number)).all()]
 
@@ -474,7 +385,7 @@ class SQLStorage(SQLDatabase, Storage):
 
     def delete_study(self, study: str, *, force: bool = False) -> int:
         def fn(conn: Connection, attempt: int) -> int:
-            study_id = self._study(conn, study, lock=True).id
+            study_id = study_row(conn, self._where, study, lock=True).id
             running = conn.execute(
                 sa.select(TRIALS.c.number, TRIALS.c.host, TRIALS.c.pid).where(
                     TRIALS.c.study_id == study_id, TRIALS.c.state == TrialState.RUNNING.value
@@ -524,32 +435,8 @@ class SQLStorage(SQLDatabase, Storage):
 
         def fn(conn: Connection, attempt: int) -> None:
             seq = self._bump(conn, study)
-            row = self._trial(conn, study, number, lock=True)
+            row = trial_row(conn, self._where, study, number, lock=True)
             merged = dumps({**json.loads(row.attrs), **attrs}, "trial attrs")
             conn.execute(sa.update(TRIALS).where(TRIALS.c.id == row.id).values(attrs=merged, seq=seq))
 
         self._txn(f"set attrs of trial {number} of study {study!r}", fn, write=True)
-
-
-def _encode_steps(values: Mapping[int, float | Sequence[float]]) -> dict[int, tuple]:
-    """Reported values as columns, checked before any transaction."""
-    return {
-        check_int(step, "step"): split_step_value(v, f"the value reported at step {step}") for step, v in values.items()
-    }
-
-
-def _store_steps(conn: Connection, study: str, row: Any, encoded: Mapping[int, tuple]) -> None:
-    """Store (or replace) a RUNNING trial's values at these steps."""
-    if row.state != TrialState.RUNNING.value:
-        raise StorageError(
-            f"trial {row.number} of study {study!r} is {row.state}, not RUNNING: intermediate values can only be"
-            " reported while it runs (was it finished or requeued by another driver?)"
-        )
-    steps = sorted(encoded)
-    conn.execute(sa.delete(VALUES).where(VALUES.c.trial_id == row.id, VALUES.c.step.in_(steps)))
-    rows = [
-        {"trial_id": row.id, "step": k, "value": v, "nonfinite": f, "objective_values": o}
-        for k in steps
-        for v, f, o in [encoded[k]]
-    ]
-    conn.execute(sa.insert(VALUES), rows)
