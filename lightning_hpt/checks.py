@@ -1,4 +1,4 @@
-"""Checks of plain arguments shared by several classes: booleans, seeds, the trials' directory.
+"""Checks of plain arguments shared by several classes: booleans, integers, seeds, the trials' directory.
 
 Each check raises an error of the package's family naming the argument, the rule, the value and
 the fix, and writes nothing.
@@ -6,6 +6,7 @@ the fix, and writes nothing.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 
 from lightning_hpt.exceptions import ConfigurationError, HPTError
 
-__all__ = ["MAX_SEED", "check_bool", "check_seed", "check_writable_dir"]
+__all__ = ["MAX_SEED", "check_bool", "check_int", "check_seed", "check_writable_dir"]
 
 #: seeds are 32-bit: numpy's and Lightning's ``seed_everything`` range, and what every derived seed keeps.
 MAX_SEED = 2**32 - 1
@@ -38,6 +39,15 @@ def check_bool(value: Any, name: str, error: type[HPTError] = ConfigurationError
         f"{where}{name} must be True or False, got {name}={value!r} of type {type(value).__name__};"
         f" write {name}=True or {name}=False (in YAML: true or false, without quotes)"
     )
+
+
+def check_int(owner: str, arg: str, value: object, minimum: int, fix: str = "") -> int:
+    """``value`` if it is an integer ``>= minimum``; otherwise a ConfigurationError that says how to fix it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigurationError(
+            f"{owner}: {arg} must be an integer >= {minimum}, got {arg}={value!r}" + (f"; {fix}" if fix else "")
+        )
+    return int(value)
 
 
 def check_seed(seed: Any, name: str = "seed") -> int | None:

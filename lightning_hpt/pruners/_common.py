@@ -7,10 +7,8 @@ resource.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 
-from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
 # FAILED trials are left out: their values may come from a broken configuration or a crash
@@ -50,10 +48,3 @@ def value_from(intermediate: Mapping[int, float], step: int) -> float | None:
 def previous_step(trial: TrialRecord, step: int) -> int:
     """The trial's latest recorded step before ``step``, or -1."""
     return max((s for s in trial.intermediate if s < step), default=-1)
-
-
-def check_int(owner: str, arg: str, value: object, minimum: int, fix: str) -> int:
-    """``value`` if it is an integer ``>= minimum``; otherwise a ConfigurationError that says how to fix it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigurationError(f"{owner}: {arg} must be an integer >= {minimum}, got {arg}={value!r}; {fix}")
-    return int(value)

@@ -6,8 +6,9 @@ import dataclasses
 import hashlib
 import math
 
+from lightning_hpt.checks import check_int
 from lightning_hpt.exceptions import ConfigurationError
-from lightning_hpt.pruners._common import check_int, is_finite
+from lightning_hpt.pruners._common import is_finite
 from lightning_hpt.pruners._index import index_of
 from lightning_hpt.pruners.base import Pruner
 from lightning_hpt.pruners.successive_halving import SuccessiveHalvingPruner

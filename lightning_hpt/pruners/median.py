@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lightning_hpt.pruners._common import check_int, is_finite, others, previous_step, score
+from lightning_hpt.checks import check_int
+from lightning_hpt.pruners._common import is_finite, others, previous_step, score
 from lightning_hpt.pruners._index import completed_others, index_of, median_of_others
 from lightning_hpt.pruners._pareto import ahead, finite_vector, rivals_at
 from lightning_hpt.pruners.base import Pruner

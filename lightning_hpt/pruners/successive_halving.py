@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from lightning_hpt.checks import check_int
 from lightning_hpt.exceptions import ConfigurationError
-from lightning_hpt.pruners._common import check_int, is_finite, others, previous_step, score, value_from
+from lightning_hpt.pruners._common import is_finite, others, previous_step, score, value_from
 from lightning_hpt.pruners._index import index_of, promotable
 from lightning_hpt.pruners._pareto import ahead, finite_vector, rivals_at
 from lightning_hpt.pruners.base import Pruner

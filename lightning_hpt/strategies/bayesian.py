@@ -31,7 +31,6 @@ strategy logs a warning and proposes quasi-random configurations instead.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -43,12 +42,14 @@ import numpy as np
 import torch
 
 import lightning_hpt.surrogate as _surrogate
-from lightning_hpt.checks import check_bool
+from lightning_hpt.checks import check_bool, check_int
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.objectives import Objective
 from lightning_hpt.space import SearchSpace
 from lightning_hpt.strategies import _outcomes
 from lightning_hpt.strategies._encoding import _Encoding
+from lightning_hpt.strategies._threads import blas_threads
+from lightning_hpt.strategies._warm_start import warm_start_pairs
 from lightning_hpt.strategies.base import Strategy, allowed, no_feasible_point, params_key, trial_rng
 from lightning_hpt.trial import History, TrialRecord, TrialState
 
@@ -126,21 +127,21 @@ class BayesianStrategy(Strategy):
     ) -> None:
         super().__init__(seed)
         if n_initial is not None:
-            _check_int("n_initial", n_initial, 1)
+            check_int("BayesianStrategy", "n_initial", n_initial, 1)
         if acquisition not in ACQUISITIONS:
             raise ConfigurationError(
                 f"acquisition must be one of {list(ACQUISITIONS)}, got acquisition={acquisition!r}"
             )
         if pruned not in ("penalize", "ignore"):
             raise ConfigurationError(f"pruned must be 'penalize' or 'ignore', got pruned={pruned!r}")
-        _check_int("threads", threads, 1)
-        _check_int("max_points", max_points, 10)
-        _check_int("num_restarts", num_restarts, 1)
-        _check_int("raw_samples", raw_samples, 1)
+        check_int("BayesianStrategy", "threads", threads, 1)
+        check_int("BayesianStrategy", "max_points", max_points, 10)
+        check_int("BayesianStrategy", "num_restarts", num_restarts, 1)
+        check_int("BayesianStrategy", "raw_samples", raw_samples, 1)
         self.n_initial = n_initial
         self.acquisition = acquisition
         self.pruned = pruned
-        self.warm_start = _check_warm_start(warm_start)
+        self.warm_start = warm_start_pairs(warm_start)
         self.threads = threads
         self.max_points = max_points
         self.num_restarts = num_restarts
@@ -193,7 +194,7 @@ class BayesianStrategy(Strategy):
             history: every trial so far; RUNNING and QUEUED trials are pending points.
             n: how many configurations are wanted.
         """
-        _check_int("n", n, 0)
+        check_int("BayesianStrategy", "n", n, 0)
         if n == 0:
             return []
         space = history.space
@@ -296,7 +297,7 @@ class BayesianStrategy(Strategy):
         try:
             torch.set_num_threads(self.threads)
             with (
-                _blas_threads(self.threads),
+                blas_threads(self.threads),
                 torch.random.fork_rng(devices=[]),
                 warnings.catch_warnings(record=True) as caught,
             ):
@@ -406,29 +407,6 @@ class BayesianStrategy(Strategy):
         return pool[int(torch.argmax(values))]
 
 
-@functools.cache
-def _threadpools() -> Any:
-    """threadpoolctl's view of the loaded thread pools (found once: finding them reads /proc)."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - installed with BoTorch
-        return None
-    return ThreadpoolController()
-
-
-def _blas_threads(threads: int) -> contextlib.AbstractContextManager:
-    """Limit the BLAS thread pools (SciPy's L-BFGS-B, NumPy) like torch's.
-
-    SciPy's optimizers call into OpenBLAS for tiny problems; with its threads spinning against
-    torch's and a training process for the same cores, each call costs milliseconds instead of
-    microseconds.
-    """
-    controller = _threadpools()
-    if controller is None:  # pragma: no cover
-        return contextlib.nullcontext()
-    return controller.limit(limits=threads, user_api="blas")
-
-
 def _pending_points(history: History, enc: _Encoding) -> torch.Tensor | None:
     """``m x d`` points of RUNNING/QUEUED trials, then FAILED ones (most recent first), at most 64."""
     ordered = sorted(history.pending, key=lambda t: -t.number) + sorted(
@@ -436,41 +414,3 @@ def _pending_points(history: History, enc: _Encoding) -> torch.Tensor | None:
     )
     xs = [enc.encode(t.params) for t in ordered if _surrogate.valid(enc.space, t.params)][:_MAX_PENDING]
     return torch.stack(xs) if xs else None
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
-
-
-def _check_warm_start(
-    warm_start: Sequence[TrialRecord | tuple[Mapping[str, Any], float]] | None,
-) -> list[tuple[dict[str, Any], float]]:
-    """Normalize warm-start results to ``(params, value)`` pairs with finite values."""
-    if warm_start is None:
-        return []
-    if isinstance(warm_start, (str, bytes, Mapping)) or not isinstance(warm_start, Sequence):
-        raise ConfigurationError(
-            f"warm_start must be a list of TrialRecord or (params, value) pairs, got {type(warm_start).__name__}"
-        )
-    out: list[tuple[dict[str, Any], float]] = []
-    for i, item in enumerate(warm_start):
-        if isinstance(item, TrialRecord):
-            if item.state is TrialState.COMPLETE and item.value is not None and math.isfinite(item.value):
-                out.append((dict(item.params), float(item.value)))
-            continue
-        if (
-            isinstance(item, tuple)
-            and len(item) == 2
-            and isinstance(item[0], Mapping)
-            and isinstance(item[1], (int, float))
-            and not isinstance(item[1], bool)
-        ):
-            if math.isfinite(item[1]):
-                out.append((dict(item[0]), float(item[1])))
-            continue
-        raise ConfigurationError(
-            f"warm_start[{i}] must be a TrialRecord or a (params, value) pair such as ({{'model.lr': 0.01}}, 0.93),"
-            f" got {item!r}"
-        )
-    return out
