@@ -111,16 +111,17 @@ def test_monitor_state_is_saved_in_checkpoints_and_restored(tmp_path, fast_train
     """Issue 14: TrialMonitor has a state_key and a state dict, so a checkpoint carries (and restores) its values."""
     import lightning.pytorch as L
 
+    from lightning_hpt.lightning.curve import Curve
     from lightning_hpt.lightning.monitor import TrialMonitor
     from lightning_hpt.trial import Direction
 
-    monitor = TrialMonitor("val_loss", Direction.MINIMIZE)
+    monitor = TrialMonitor(Curve("val_loss", Direction.MINIMIZE))
     ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last", save_top_k=1, monitor="val_loss")
     trainer = L.Trainer(**{**fast_trainer, "max_epochs": 3}, callbacks=[monitor, ckpt], default_root_dir=tmp_path)
     trainer.fit(TinyModel(), datamodule=TinyData())
     assert monitor.state_key == "TrialMonitor{'monitor': 'val_loss'}"
     state = torch.load(ckpt.best_model_path, weights_only=True)["callbacks"][monitor.state_key]
-    again = TrialMonitor("val_loss", Direction.MINIMIZE)
+    again = TrialMonitor(Curve("val_loss", Direction.MINIMIZE))
     again.load_state_dict(state)
     assert again.best_step == state["best_step"] and again.values == {
         k: v for k, v in monitor.values.items() if k in state["values"]

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 import lightning.pytorch as L
@@ -15,7 +14,6 @@ import torch
 from typing_extensions import override
 
 from lightning_hpt.lightning.curve import Curve, metric_missing, metric_value
-from lightning_hpt.trial import Direction
 
 __all__ = [
     "MonitorLogic",
@@ -59,10 +57,8 @@ class MonitorLogic:
     it into a FAILED record.
 
     Args:
-        monitor, direction: the metric the trial's best step is chosen by (the first objective).
+        curve: the trial's curve (:meth:`Curve.of`): its monitor, other objectives and constraints.
         reporter: the channel to the driver.
-        objectives: the other objectives' metrics: recorded and reported with ``monitor`` at every step.
-        constraints: the outcome constraints: their metrics are recorded at every step, not reported.
 
     Attributes:
         curve: the values per step, the best step and value, and the pruning decision.
@@ -71,16 +67,9 @@ class MonitorLogic:
             a pruning (see :func:`trains_no_more`).
     """
 
-    def __init__(
-        self,
-        monitor: str,
-        direction: Direction,
-        reporter: TrialReporter | None = None,
-        objectives: Sequence[str] = (),
-        constraints: Sequence[Any] = (),
-    ) -> None:
+    def __init__(self, curve: Curve, reporter: TrialReporter | None = None) -> None:
         super().__init__()
-        self.curve = Curve(monitor, direction, objectives, constraints)  # EarlyStopping is Lightning's callback
+        self.curve = curve  # EarlyStopping is Lightning's callback
         self.reporter = reporter
         self.final_run = True
         self.error: BaseException | None = None
@@ -95,8 +84,7 @@ class MonitorLogic:
 
         ``final_run``: no run of the trial follows this one (False for a fold or repeat before its last).
         """
-        others = [o.name for o in build.objectives[1:]]
-        monitor = cls(build.monitor, build.direction, reporter, others, build.constraints)
+        monitor = cls(Curve.of(build), reporter)
         monitor.final_run = final_run
         return monitor
 
@@ -224,7 +212,7 @@ class TrialMonitor(MonitorLogic, L.Callback):
 
     Example:
         >>> from lightning_hpt.trial import Direction
-        >>> cb = TrialMonitor("val_acc", Direction.MAXIMIZE)  # Trainer(callbacks=[cb])
+        >>> cb = TrialMonitor(Curve("val_acc", Direction.MAXIMIZE))  # Trainer(callbacks=[cb])
     """
 
 
