@@ -76,10 +76,17 @@ class ParamConstraint:
         """Whether ``params`` is allowed; an error of the rule itself is raised as a ConfigurationError."""
         try:
             return bool(self.check(params))
+        except KeyError as e:
+            raise ConfigurationError(
+                f"param_constraints: {self.text!r} reads {e.args[0]!r}, which the configuration {dict(params)} does"
+                f" not have: a conditional parameter is absent where its when= does not hold; make the rule hold"
+                f" without it by testing first, with or, what is true where it is absent (e.g. 'model.num_layers == 1"
+                f" or model.width1 * model.width2 <= 2048', where width2 has when={{model.num_layers: [2, 3]}})"
+            ) from None
         except Exception as e:
             raise ConfigurationError(
-                f"param_constraints: {self.text} cannot be evaluated on {dict(params)}: {type(e).__name__}: {e};"
-                " fix the rule (an inactive parameter is absent from the configuration)"
+                f"param_constraints: {self.text!r} cannot be evaluated on {dict(params)}: {type(e).__name__}: {e};"
+                " fix the rule"
             ) from None
 
     def __str__(self) -> str:
@@ -195,7 +202,10 @@ def _parse(text: str) -> ast.expr:
     try:
         return ast.parse(text, mode="eval").body
     except SyntaxError as e:
-        raise ConfigurationError(f"param_constraints: {text!r} is not an expression: {e.msg}") from None
+        raise ConfigurationError(
+            f"param_constraints: {text!r} is not an expression: {e.msg}; a rule is arithmetic over the space's names"
+            " that you compare with <, <=, >, >=, ==, !=, e.g. 'model.width * model.depth <= 4096'"
+        ) from None
 
 
 def _name_nodes(node: ast.AST) -> list[ast.AST]:
@@ -262,7 +272,24 @@ def _compile(text: str, names: set[str]) -> Callable[[Mapping[str, Any]], bool]:
                 check(child)
 
     check(tree)
+    _check_condition(tree, text)
     return lambda params: bool(_eval(tree, params))
+
+
+def _check_condition(node: ast.AST, text: str) -> None:
+    """Refuse a rule (or an operand of its and/or) that computes a number: it would allow every nonzero value."""
+    if isinstance(node, ast.BoolOp):
+        for value in node.values:
+            _check_condition(value, text)
+        return
+    negated = isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
+    number = negated or isinstance(node, (ast.BinOp, ast.Call))
+    if number or (isinstance(node, ast.Constant) and not isinstance(node.value, bool)):
+        part = ast.unparse(node)
+        raise ConfigurationError(
+            f"param_constraints: {text!r} computes a number ({part}), not a condition, so it would allow every"
+            f" configuration where that number is nonzero; compare it, e.g. '{part} <= 4096'"
+        )
 
 
 def _eval(node: ast.AST, params: Mapping[str, Any]) -> Any:

@@ -129,8 +129,9 @@ def adopt(
 
 
 def check_feasible(space: Any, rules: Sequence[ParamConstraint]) -> None:
-    """Refuse parameter constraints that no configuration of the space keeps (every one of a small finite
-    space, else 1000 seeded draws), before anything is written."""
+    """Refuse parameter constraints that no configuration of the space keeps, or that cannot be evaluated on
+    one (a rule that reads a conditional parameter where it is absent), looking at every configuration of a
+    small finite space, else at 1000 seeded draws, before anything is written."""
     if not rules:
         return
     import numpy as np
@@ -144,7 +145,10 @@ def check_feasible(space: Any, rules: Sequence[ParamConstraint]) -> None:
     candidates = (
         space.grid() if total is not None and total <= MAX_DRAWS else (space.sample(rng) for _ in range(MAX_DRAWS))
     )
-    if not any(all(r.holds(p) for r in rules) for p in candidates):
+    kept = False
+    for params in candidates:  # every rule on every candidate: one that reads an absent parameter is refused now
+        kept = all([r.holds(params) for r in rules]) or kept  # noqa: C419 (no short cut)
+    if not kept:
         what = (
             f"any of its {total} configurations" if total is not None and total <= MAX_DRAWS else f"{MAX_DRAWS} draws"
         )

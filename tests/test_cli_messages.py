@@ -91,3 +91,22 @@ def test_a_search_setting_of_the_wrong_form_names_the_rule_and_the_value(tmp_pat
     code, err = run("search", *configs(tmp_path, "torch.optim.SGD", **search))
     assert code == 2 and re.search(expected, err), err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("when", [None, {"model.hidden": 8}])
+def test_an_argument_of_a_searched_class_without_a_condition_on_it_says_to_give_one(tmp_path, when):
+    """``optimizer.momentum`` is not in the config (Adam): with no condition, or one on another parameter, the
+    message says how to search an argument of some of the searched optimizers."""
+    argv = configs(tmp_path, "torch.optim.SGD")
+    search = yaml.safe_load(Path(argv[3]).read_text())
+    search["search"]["space"]["model.hidden"] = [8, 16]
+    momentum = search["search"]["space"]["optimizer.momentum"]
+    momentum.pop("when")
+    if when:
+        momentum["when"] = when
+    Path(argv[3]).write_text(yaml.safe_dump(search))
+    code, err = run("search", *argv)
+    assert code == 2, err
+    assert "space key 'optimizer.momentum' is not in the config" in err, err
+    assert "give it when: {optimizer.class_path: <those classes>}" in err, err
+    assert not (tmp_path / "runs").exists()

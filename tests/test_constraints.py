@@ -10,6 +10,7 @@ from conftest import TinyData
 from test_objectives import SizedModel
 
 from lightning_hpt import (
+    Categorical,
     ConfigurationError,
     Float,
     HyperparameterSearch,
@@ -164,12 +165,32 @@ def test_a_strategy_that_ignores_the_rules_is_asked_again(tmp_path, fast_trainer
         (["model.hidden.__class__ == 1"], r"not a parameter"),
         ("model.hidden < 3", r"wrap one in \[...\]"),
         ([3], r"neither an expression"),
+        (["model.hidden =< 8"], r"is not an expression: .*compare with <, <=, >, >=, ==, !=, e\.g\."),
+        (["model.hidden * 2"], r"computes a number .*not a condition.*'model\.hidden \* 2 <= 4096'"),
+        (["model.lr < 0.1 or max(model.hidden, 4)"], r"computes a number \(max\(model\.hidden, 4\)\)"),
+        (["not model.hidden - 4 and -model.lr"], r"computes a number \(-model\.lr\)"),
     ],
 )
 def test_bad_parameter_constraints_are_refused_before_anything_is_written(tmp_path, fast_trainer, rules, match):
     with pytest.raises(ConfigurationError, match=match):
         make(tmp_path, fast_trainer, param_constraints=rules)
     assert not (tmp_path / "studies.db").exists()
+
+
+def test_a_rule_that_reads_a_conditional_parameter_must_hold_without_it(tmp_path, fast_trainer):
+    """The grid's first configurations have ``model.lr`` and keep the rule; those with ``hidden=4`` lack it.
+    The rule is refused when the search is made, not when such a configuration is drawn mid-search."""
+    space = {"model.hidden": Categorical([8, 4]), "model.lr": Float(0.01, 0.2, step=0.01, when={"model.hidden": 8})}
+    absent = r"reads 'model\.lr', which .*\{'model\.hidden': 4\} does not have.*with or"
+    with pytest.raises(ConfigurationError, match=absent):
+        make(tmp_path, fast_trainer, space=space, param_constraints=["model.lr <= 0.1"], strategy="random")
+    assert not (tmp_path / "studies.db").exists()
+    guarded = ["model.hidden == 4 or model.lr <= 0.1"]
+    result = make(tmp_path, fast_trainer, space=space, param_constraints=guarded, strategy="random", n_trials=6).run()
+    hidden = [t.params["model.hidden"] for t in result.trials]
+    assert all(t.state is TrialState.COMPLETE for t in result.trials)
+    assert 4 in hidden and 8 in hidden  # both branches ran: the rule was evaluated without model.lr
+    assert all(t.params["model.lr"] <= 0.1 for t in result.trials if t.params["model.hidden"] == 8)
 
 
 @pytest.mark.parametrize(

@@ -253,7 +253,7 @@ def _resolve_space(domains: Mapping[str, Domain], base: Mapping[str, Any]) -> di
         sections = [p.removesuffix(".class_path") for p in parents if p.endswith(".class_path")]
         section = next((s for s in sections if short_key(key).startswith(short_key(s) + ".")), None)
         if section is None:
-            raise error
+            raise _without_class_condition(key, error, [resolved(k) for k in domains])
         full[key] = f"{section}.init_args.{short_key(key)[len(short_key(section)) + 1 :]}"
     by_short = {short_key(path): path for path in full.values()}
     out: dict[str, Domain] = {}
@@ -263,6 +263,18 @@ def _resolve_space(domains: Mapping[str, Domain], base: Mapping[str, Any]) -> di
         when = domain.when and {resolved(p): list(v) for p, v in domain.when.items()}
         out[full[key]] = dataclasses.replace(domain, when=when) if when else domain
     return out
+
+
+def _without_class_condition(key: str, error: ConfigurationError, keys: Sequence[str]) -> ConfigurationError:
+    """``error`` (the key is not in the config), with the fix when its section's class is searched: a condition."""
+    choosers = [k for k in keys if k.endswith(".class_path")]
+    chooser = next((k for k in choosers if short_key(key).startswith(short_key(k).removesuffix("class_path"))), None)
+    if chooser is None:
+        return error
+    return ConfigurationError(
+        f"{error}; if {key!r} is an argument of some of the classes that {short_key(chooser)!r} searches, give it"
+        f" when: {{{short_key(chooser)}: <those classes>}} (e.g. momentum for torch.optim.SGD only)"
+    )
 
 
 def space_from_config(raw: Any, base: Mapping[str, Any], parser: Any, base_cfg: Any) -> SearchSpace:
