@@ -121,7 +121,10 @@ def outcome_constraints(spec: Any, objectives: Sequence[str] = ()) -> tuple[Outc
             raise ConfigurationError(f"constraints[{metric!r}]: the bound must be finite, got {bound!r}")
         if metric in objectives:
             raise ConfigurationError(
-                f"constraints[{metric!r}] bounds an objective; bound another metric, or drop {metric!r} from monitor"
+                f"constraints[{metric!r}] bounds an objective, which a study cannot do; drop {metric!r} from monitor"
+                " to keep it as a constraint, or, with several objectives, keep it an objective and give the bayes"
+                " strategy the worst value worth having as its reference point (BayesianStrategy(ref_point=...),"
+                " one value per objective), or bound another metric"
             )
         out.append(OutcomeConstraint(metric, op, float(bound)))
     return tuple(out)

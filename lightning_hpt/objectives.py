@@ -80,7 +80,19 @@ def parse_objectives(monitor: Any, mode: Any) -> tuple[Objective, ...]:
             f"mode must give one direction per objective: monitor has {len(names)} ({names}) but mode has"
             f" {len(modes)} ({mode!r}); give a list of {len(names)} 'min'/'max'"
         )
-    return tuple(Objective(n, Direction.parse(m)) for n, m in zip(names, modes, strict=True))
+    return tuple(
+        Objective(n, _direction(m, i, n, len(names))) for i, (n, m) in enumerate(zip(names, modes, strict=True))
+    )
+
+
+def _direction(mode: Any, index: int, name: str, count: int) -> Direction:
+    """``mode`` parsed; with several objectives an error names which one's mode is wrong."""
+    try:
+        return Direction.parse(mode)
+    except ConfigurationError as e:
+        if count == 1:
+            raise
+        raise ConfigurationError(f"mode[{index}] (for objective {name!r}): {e}") from None
 
 
 def describe(objectives: Sequence[Objective]) -> str:

@@ -58,7 +58,9 @@ class Direction(str, Enum):
             return mode
         aliases = {"min": cls.MINIMIZE, "minimize": cls.MINIMIZE, "max": cls.MAXIMIZE, "maximize": cls.MAXIMIZE}
         if not isinstance(mode, str) or mode.lower() not in aliases:
-            raise ConfigurationError(f"mode must be 'min' or 'max', got mode={mode!r}")
+            raise ConfigurationError(
+                f"mode must be 'min' or 'max' (also 'minimize' or 'maximize', in any case), got mode={mode!r}"
+            )
         return aliases[mode.lower()]
 
     def better(self, a: float, b: float) -> bool:

@@ -256,3 +256,8 @@ def test_a_study_whose_every_trial_broke_a_constraint_says_so(tmp_path, fast_tra
     assert "No COMPLETE feasible trial." in str(result)
     with pytest.raises(HPTError, match="no COMPLETE feasible trial \\(every COMPLETE one broke a constraint\\)"):
         _ = result.best_params
+    from test_pareto import run_cli
+
+    code, _, err = run_cli("best", "--root", str(tmp_path), "--trial", "1")
+    assert code == 1 and "--trial 1: trial 1 of study 'default' is COMPLETE but infeasible (n_params = " in err
+    assert ", not <= 1)" in err

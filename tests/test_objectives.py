@@ -108,7 +108,11 @@ def test_changed_objectives_are_refused_on_resume(tmp_path, fast_trainer):
         (["val_loss", "val_loss"], ["min", "min"], r"\['val_loss'\] appear twice"),
         ([], [], r"monitor must be the name of a logged metric"),
         (["val_loss", 3], ["min", "min"], r"monitor must be the name"),
-        (["val_loss", "n_params"], ["min", "down"], r"mode must be 'min' or 'max', got mode='down'"),
+        (
+            ["val_loss", "n_params"],
+            ["min", "down"],
+            r"mode\[1\] \(for objective 'n_params'\): mode must be 'min' or 'max'.*got mode='down'",
+        ),
     ],
 )
 def test_bad_objectives_are_refused_before_anything_is_written(tmp_path, fast_trainer, monitor, mode, match):

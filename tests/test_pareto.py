@@ -115,6 +115,8 @@ def test_show_best_and_report_list_the_front(tmp_path, fast_trainer):
     assert marked == sorted(front) and lines[-1].startswith(f"Pareto front: trials {front}")
     code, out, err = run_cli("best", "--root", str(tmp_path))
     assert code == 1 and f"give --trial N (one of the Pareto front: {front})" in err
+    code, out, err = run_cli("best", "--root", str(tmp_path), "--trial", "99")
+    assert code == 1 and f"--trial 99: study 'default' has no trial 99 (it has {len(result.trials)})" in err
     code, out, err = run_cli("best", "--root", str(tmp_path), "--trial", str(front[-1]), "--format", "json")
     assert code == 0, err
     chosen = yaml.safe_load(out)  # JSON is YAML
@@ -159,6 +161,10 @@ def test_search_section_with_several_objectives_writes_the_fronts_configs(tmp_pa
     assert written and all(f"Pareto front config (trial {p.stem[6:]})" in out for p in written)
     config = yaml.safe_load(written[0].read_text())
     assert config["model"]["class_path"] == "test_objectives.SizedModel"
+    first = written[0].read_text().splitlines()[0]  # every objective's value, not the first one's alone
+    assert (
+        first.startswith(f"# study 'default', trial {written[0].stem[6:]}: values val_loss=") and ", n_params=" in first
+    )
     trials = open_storage(str(tmp_path / "runs" / "studies.db")).trials("default")
     assert all(t.params["model.init_args.hidden"] <= 16 for t in trials)
     assert all(t.feasible == (6 * t.params["model.init_args.hidden"] + 1 <= 60) for t in trials)

@@ -138,7 +138,7 @@ def _best(args: argparse.Namespace, info: Any, result: Any, root: Any, out: IO[s
             " (--format json for JSON)\n"
         )
         fmt = "yaml"
-    text = best_config(root, info.name, best) if fmt == "config" else best_params(info, best, fmt)
+    text = best_config(root, info.name, best, info.objectives) if fmt == "config" else best_params(info, best, fmt)
     if args.output:
         what = "config" if fmt == "config" else "parameters"
         out.write(f"best {what} (trial {best.number}): {write_text(args.output, text)}\n")

@@ -223,7 +223,7 @@ def run_search(
     if result.multi:  # no single best: the config of every trial on the Pareto front
         for t in result.pareto_trials:
             path = search.root / search.study_name / "pareto" / f"trial_{t.number}.yaml"
-            write_text(path, best_config(search.root, search.study_name, t))
+            write_text(path, best_config(search.root, search.study_name, t, search.objectives))
             (stream or sys.stdout).write(f"Pareto front config (trial {t.number}): {path}\n")
         return result
     best = result.best_trial

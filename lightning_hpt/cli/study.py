@@ -16,7 +16,7 @@ from lightning_hpt.cli.builder import TRIAL_CONFIG
 from lightning_hpt.cli.parsing import load_yaml, short_key
 from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.storage import Storage, StudyInfo, open_storage
-from lightning_hpt.trial import TrialRecord
+from lightning_hpt.trial import TrialRecord, TrialState
 
 __all__ = [
     "StudyLocation",
@@ -108,11 +108,12 @@ def trial_dir(root: Path, study: str, trial: TrialRecord) -> Path:
     return root / study / name
 
 
-def best_config(root: Path, study: str, trial: TrialRecord) -> str:
+def best_config(root: Path, study: str, trial: TrialRecord, objectives: Sequence[Any] = ()) -> str:
     """The config ``trial`` ran with (``<trial dir>/config.yaml``), ready for ``fit --config``.
 
     It is the user's config with the trial's parameters and its ``seed_everything``; ``fit``
-    with it trains the trial's model again.
+    with it trains the trial's model again. Its first line names the trial and its value, or each
+    of ``objectives``' values when the study has several.
     """
     path = trial_dir(root, study, trial) / TRIAL_CONFIG
     try:
@@ -122,8 +123,11 @@ def best_config(root: Path, study: str, trial: TrialRecord) -> str:
             f"trial {trial.number}'s config is not readable at {path} ({e.strerror}): its directory is on the machine"
             " that ran it, or was removed; give --root with the directory the search ran in"
         ) from None
-    value = f"{trial.value:.6g}" if trial.value is not None else "-"
-    return f"# study {study!r}, trial {trial.number}: value {value}\n{text}"
+    if trial.values is not None and len(objectives) == len(trial.values):
+        value = "values " + ", ".join(f"{o.name}={v:.6g}" for o, v in zip(objectives, trial.values, strict=True))
+    else:
+        value = "value " + (f"{trial.value:.6g}" if trial.value is not None else "-")
+    return f"# study {study!r}, trial {trial.number}: {value}\n{text}"
 
 
 def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
@@ -161,6 +165,19 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return path
 
 
+def _unscored(result: Any, trial: TrialRecord | None, number: int) -> str:
+    """Why trial ``number`` of ``result`` counts for no best: absent, not COMPLETE, infeasible or not finite."""
+    if trial is None:
+        return f"study {result.study!r} has no trial {number} (it has {len(result.trials)})"
+    if trial.state is not TrialState.COMPLETE:
+        return f"trial {number} of study {result.study!r} is {trial.state.value}"
+    if not trial.feasible:
+        broken = trial.attrs.get("infeasible")
+        why = f" ({'; '.join(broken)})" if isinstance(broken, list) and broken else ""
+        return f"trial {number} of study {result.study!r} is COMPLETE but infeasible{why}"
+    return f"trial {number} of study {result.study!r} is COMPLETE without finite values ({trial.objective_values})"
+
+
 def chosen_trial(result: Any, number: int | None, weights: str | None) -> TrialRecord | None:
     """The trial ``lightning-hpt best`` prints: ``--trial N``, the Pareto trial ``--weights`` prefers, or the best.
 
@@ -171,8 +188,8 @@ def chosen_trial(result: Any, number: int | None, weights: str | None) -> TrialR
         found = [t for t in result.trials if t.number == number]
         if not found or not found[0].scored:
             raise HPTError(
-                f"--trial {number}: study {result.study!r} has no COMPLETE feasible trial {number};"
-                f" lightning-hpt show {result.study} lists them"
+                f"--trial {number}: {_unscored(result, found[0] if found else None, number)}, so it has no"
+                f" result to print; lightning-hpt show {result.study} lists the COMPLETE feasible trials"
             )
         return found[0]
     if weights is not None:
