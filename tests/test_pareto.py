@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import math
 
 import pytest
@@ -127,6 +128,16 @@ def test_show_best_and_report_list_the_front(tmp_path, fast_trainer):
     assert code == 0, err
     smallest = min(result.pareto_trials, key=lambda t: t.values[1])
     assert str(smallest.params["model.hidden"]) in out
+    code, out, err = run_cli("export", "--root", str(tmp_path))  # a CLI user has no result to pass objectives
+    assert code == 0 and out == f"{len(result.trials)} trials: {tmp_path / 'default' / 'trials.csv'}\n", err
+    header = (tmp_path / "default" / "trials.csv").read_text().splitlines()[0].split(",")
+    assert {"values.val_loss", "values.n_params", "params.model.hidden"} <= set(header)
+    code, out, err = run_cli("export", "--root", str(tmp_path), "-o", str(tmp_path / "t.json"))
+    assert code == 0 and [t["number"] for t in json.loads((tmp_path / "t.json").read_text())] == [
+        t.number for t in result.trials
+    ]
+    code, out, err = run_cli("export", "--root", str(tmp_path), "-o", str(tmp_path / "t.txt"))
+    assert code == 2 and "'trials.csv' or 'trials.json'" in err and not (tmp_path / "t.txt").exists()
     pytest.importorskip("matplotlib")
     code, out, err = run_cli("report", "--root", str(tmp_path), "-o", str(tmp_path / "r.html"))
     assert code == 0, err

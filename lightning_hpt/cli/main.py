@@ -1,4 +1,7 @@
-"""The ``lightning-hpt`` command (also ``python -m lightning_hpt``): search, show, best, report, retry, delete."""
+"""The ``lightning-hpt`` command (also ``python -m lightning_hpt``).
+
+Its commands: search, show, best, report, export, retry, delete.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +21,13 @@ COMMANDS = {
     "show": "a table of a study's trials: lightning-hpt show STUDY [--top N]",
     "best": "the best trial's config, ready for fit: lightning-hpt best STUDY [-o best.yaml] [--format json]",
     "report": "an HTML report of a study: lightning-hpt report STUDY [-o report.html]",
+    "export": "every trial with its per-epoch values, as CSV or JSON: lightning-hpt export STUDY [-o trials.csv]",
     "retry": "queue a study's FAILED trials again under their numbers: lightning-hpt retry STUDY",
     "delete": "delete a study and its trials from the database: lightning-hpt delete STUDY [--force]",
 }
 
 USAGE = (
-    "usage: lightning-hpt {search,show,best,report,retry,delete} ...\n\n"
+    "usage: lightning-hpt {search,show,best,report,export,retry,delete} ...\n\n"
     + "\n".join(f"  {name:<7} {text}" for name, text in COMMANDS.items())
     + (
         "\n\nsearch takes the configs LightningCLI's fit takes plus a search: section, and --script train.py"
@@ -58,11 +62,12 @@ def _study_parser(command: str) -> argparse.ArgumentParser:
     )
     if command == "show":
         p.add_argument("--top", type=int, default=None, help="only the N best trials, best first")
-    if command in ("best", "report"):
+    if command in ("best", "report", "export"):
         p.add_argument(
             "-o",
             "--output",
-            help="the file to write (best: standard output by default; report: ROOT/STUDY/report.html)",
+            help="the file to write (best: standard output by default; report: ROOT/STUDY/report.html; export:"
+            " ROOT/STUDY/trials.csv, or .json by the suffix)",
         )
     if command == "best":
         p.add_argument(
@@ -112,6 +117,12 @@ def _study_command(command: str, argv: Sequence[str], out: IO[str], err: IO[str]
         return 0
     if command == "best":
         return _best(args, info, result, loc.root, out, err)
+    if command == "export":
+        from lightning_hpt.report.export import export_trials
+
+        path = export_trials(result.trials, args.output or loc.root / study / "trials.csv", info.objectives)
+        out.write(f"{len(result.trials)} trials: {path}\n")
+        return 0
     try:
         from lightning_hpt.report.html import write_report
     except ImportError as e:
