@@ -103,11 +103,12 @@ def outcome_constraints(spec: Any, objectives: Sequence[str] = ()) -> tuple[Outc
         return ()
     if not isinstance(spec, Mapping):
         raise ConfigurationError(
-            f"constraints must be a dict of metric bounds such as {{'n_params': ('<=', 2e6)}}, got constraints={spec!r}"
+            "constraints must be a dict of metric bounds such as {'n_params': ('<=', 2e6)} (in a YAML search: section,"
+            f" constraints: {{n_params: ['<=', 2.0e+6]}}), got constraints={spec!r}"
         )
     out = []
     for metric, rule in spec.items():
-        example = f"{{{metric!r}: ('<=', 2e6)}}"
+        example = f"{{{metric!r}: ('<=', 2e6)}} (in a YAML search: section, {metric}: ['<=', 2.0e+6])"
         if not isinstance(metric, str) or not metric:
             raise ConfigurationError(f"constraints: keys must be metric names, got {metric!r}; e.g. {example}")
         ok = isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) == 2
