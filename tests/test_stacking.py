@@ -290,6 +290,19 @@ def test_a_refusal_names_what_a_stacked_group_cannot_honour(model, trainer, word
     assert reason == words if words is None else words in reason
 
 
+class ManualTiedClipped(Tied):
+    def __init__(self, lr: float = 0.05) -> None:
+        super().__init__(lr)
+        self.automatic_optimization = False
+
+
+def test_a_refusal_names_every_reason_at_once():
+    """A user fixes them all in one go, not one per run."""
+    reason = refusal(ManualTiedClipped(), L.LightningModule, {"gradient_clip_val": 1.0})
+    assert reason.count("; ") == 2 and "manual optimization" in reason and "shares (ties)" in reason
+    assert "['gradient_clip_val']" in reason
+
+
 def test_per_member_names_the_arguments_that_may_differ_inside_a_group():
     a = {"model.lr": 0.1, "model.dropout": 0.1, "optimizer.betas": 0.9, "trainer.max_epochs": 3, "model.hidden": 4}
     b = {**a, "model.lr": 0.2, "model.dropout": 0.2, "optimizer.betas": 0.8, "trainer.max_epochs": 5}

@@ -123,6 +123,7 @@ def _ordinary(items: Sequence[Item], positions: Sequence[int], reason: str, run:
 
 
 def _static_refusal(job: TrialJob) -> str | None:
+    """Why the trials of ``job``'s build cannot be stacked, whatever their model (every reason), or ``None``."""
     b = job.build
     if not isinstance(b.builder, ModuleTrialBuilder):
         # another builder (a LightningCLI project's) makes its own Trainer, callbacks and loggers, which a
@@ -131,11 +132,12 @@ def _static_refusal(job: TrialJob) -> str | None:
             f"the trials are built by {type(b.builder).__name__}, which makes its own Trainer, callbacks and"
             " loggers; only trials of a LightningModule and Trainer arguments (ModuleTrialBuilder) are stacked"
         )
+    reasons = []
     if len(b.runs) > 1:
-        return "cross-validation and repeats train one Trainer per fold and repeat"
+        reasons.append("cross-validation and repeats train one Trainer per fold and repeat")
     if b.builder.trainer_settings(job.params).get("callbacks"):
-        return "trainer_kwargs callbacks would see the stacked module instead of each trial's own"
-    return None
+        reasons.append("trainer_kwargs callbacks would see the stacked module instead of each trial's own")
+    return "; ".join(reasons) or None
 
 
 def _build(items: Sequence[Item]) -> tuple[list[Any], Any]:

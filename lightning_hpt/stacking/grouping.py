@@ -117,28 +117,29 @@ def _overridden_hooks(cls: type, base: type) -> list[str]:
 
 
 def refusal(model: Any, base: type, trainer_kwargs: Mapping[str, Any]) -> str | None:
-    """Why ``model`` (one built member) cannot be stacked, or ``None`` when it can.
+    """Why ``model`` (one built member) cannot be stacked (every reason, joined by ``"; "``), or ``None``.
 
     Args:
         model: a member as built for its trial.
         base: the ``LightningModule`` class of the Lightning package in use.
         trainer_kwargs: the Trainer arguments of the group.
     """
+    reasons = []
     if not getattr(model, "automatic_optimization", True):
-        return f"{type(model).__name__} uses manual optimization (automatic_optimization=False)"
+        reasons.append(f"{type(model).__name__} uses manual optimization (automatic_optimization=False)")
     hooks = _overridden_hooks(type(model), base)
     if hooks:
-        return f"{type(model).__name__} overrides {', '.join(hooks)}, which a stacked group does not call"
-    for name, m in model.named_modules():
-        if getattr(m, "track_running_stats", False):
-            return (
-                f"module {name!r} ({type(m).__name__}) updates running statistics in training mode, which vmap"
-                " cannot do per member"
-            )
+        reasons.append(f"{type(model).__name__} overrides {', '.join(hooks)}, which a stacked group does not call")
+    stats = next((nm for nm in model.named_modules() if getattr(nm[1], "track_running_stats", False)), None)
+    if stats is not None:
+        reasons.append(
+            f"module {stats[0]!r} ({type(stats[1]).__name__}) updates running statistics in training mode, which"
+            " vmap cannot do per member"
+        )
     all_params = list(model.named_parameters(remove_duplicate=False))
     if len({id(p) for _, p in all_params}) != len(all_params):
-        return f"{type(model).__name__} shares (ties) parameters between modules"
+        reasons.append(f"{type(model).__name__} shares (ties) parameters between modules")
     used = [k for k, inert in _TRAINER_REFUSED.items() if trainer_kwargs.get(k) not in inert]
     if used:
-        return f"trainer arguments {used} act through automatic optimization, which a stacked group replaces"
-    return None
+        reasons.append(f"trainer arguments {used} act through automatic optimization, which a stacked group replaces")
+    return "; ".join(reasons) or None
