@@ -78,12 +78,14 @@ def _run(root: Path, executor: StackedExecutor | None):
 
 
 def _epoch_rows(trial_dir: Path) -> dict[int, dict[str, float]]:
-    """``{epoch: {name: value}}`` of the epoch-level columns of a trial's CSV log."""
+    """``{epoch: {name: value}}`` of the epoch-level columns of a trial's CSV log, with the row's ``step``."""
     rows: dict[int, dict[str, float]] = {}
     with open(trial_dir / "csv" / "metrics.csv") as f:
         for row in csv.DictReader(f):
             at = rows.setdefault(int(row["epoch"]), {})
             at.update({k: float(v) for k, v in row.items() if k in NAMES and v != ""})
+            if row.get("val_loss"):  # the validation run's row: at the trial's global step
+                at["step"] = float(row["step"])
     return rows
 
 
@@ -101,8 +103,8 @@ def test_epoch_level_training_logs_are_the_epochs_reduction_as_alone(runs):
         member = _epoch_rows(Path(stacked.root) / stacked.study / f"trial_{n}")
         assert sorted(own) == sorted(member) == [0, 1, 2]
         for epoch in own:
-            assert set(member[epoch]) == set(own[epoch]) == set(NAMES), (member[epoch], own[epoch])
-            for name in NAMES:
+            assert set(member[epoch]) == set(own[epoch]) == {*NAMES, "step"}, (member[epoch], own[epoch])
+            for name in (*NAMES, "step"):
                 assert member[epoch][name] == pytest.approx(own[epoch][name], rel=1e-4), (n, epoch, name)
 
 

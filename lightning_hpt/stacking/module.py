@@ -421,7 +421,9 @@ class _StackedLogic:
         epoch = track.own_epoch(self.current_epoch)
         train = self._train_logs.monitored(i)  # the last step's values, as callback_metrics holds them now
         shown, final = self._train_logs.logged(i)  # named and reduced over the epoch as Lightning logs them
-        track.log_metrics({**shown, **values, "epoch": epoch}, step=epoch, final={**final, **values})
+        # at the step an ordinary trial logs them: its last training step's (steps trained, less one)
+        step = max(self._member_steps[i] - 1, 0)
+        track.log_metrics({**shown, **values, "epoch": epoch}, step=step, final={**final, **values})
         if track.observe({**train, **values}, epoch) and track.job.build.checkpoint:
             track.keep(member_checkpoint(self._members[i], epoch, self._member_steps[i], self._pl))
         if track.ended:
