@@ -7,6 +7,7 @@ tables are dropped first).
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import os
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from lightning_hpt.exceptions import HPTError
 from lightning_hpt.pruners import HyperbandPruner, MedianPruner, Pruner, StepIndex, SuccessiveHalvingPruner
 from lightning_hpt.pruners._index import index_of
-from lightning_hpt.storage import SCHEMA_VERSION, SQLStorage
+from lightning_hpt.storage import SCHEMA_VERSION, SQLStorage, sql_rows
 from lightning_hpt.testing.storage import PARAMS, study_info
 from lightning_hpt.trial import History, TrialRecord, TrialState
 
@@ -56,10 +57,12 @@ def both_in_one_snapshot(storage: SQLStorage, study: str = "study") -> tuple[His
     """The incremental read and a full read of the trials in the same transaction (one snapshot on SQLite)."""
 
     def fn(conn: sa.Connection, attempt: int) -> tuple[History, list[TrialRecord]]:
-        row = storage._study(conn, study)
+        row = sql_rows.study_row(conn, storage._where, study)
         with storage._cache_lock:
-            history = storage._cache.history(conn, row, storage._info, None)
-        return history, storage._trials(conn, row.id)
+            history = storage._cache.history(
+                conn, row, functools.partial(sql_rows.study_info, where=storage._where), None
+            )
+        return history, sql_rows.trial_records(conn, row.id)
 
     return storage._txn("read twice", fn, write=False)
 
