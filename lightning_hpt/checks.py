@@ -89,14 +89,14 @@ def check_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
             break
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        where = "is" if existing == path else f"cannot be created: its parent {existing}"
+        where = "" if existing == path else f" cannot be created: its parent {existing}"
         raise ConfigurationError(
-            f"{what} {path} {where} is a regular file, not a directory; move the file away or choose another directory"
+            f"{what} {path}{where} is a regular file, not a directory; move the file away or choose another directory"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "is" if existing == path else f"cannot be created: {existing}"
+        where = "" if existing == path else f" cannot be created: {existing}"
         raise ConfigurationError(
-            f"{what} {path} {where} is not writable (permissions or a read-only file system); choose a directory"
+            f"{what} {path}{where} is not writable (permissions or a read-only file system); choose a directory"
             " you can write to, or fix its permissions"
         )
     return path

@@ -17,7 +17,13 @@ import time
 import zipfile
 from collections.abc import Iterable, Sequence
 
-from lightning_hpt.exceptions import ConfigurationError, MetricNotFoundError, SearchFailedError, SearchPreempted
+from lightning_hpt.exceptions import (
+    ConfigurationError,
+    DatabaseLockedError,
+    MetricNotFoundError,
+    SearchFailedError,
+    SearchPreempted,
+)
 from lightning_hpt.run_scope import HEARTBEAT_SECONDS
 from lightning_hpt.storage import Storage
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, TrialRecord, TrialState
@@ -145,6 +151,9 @@ def abandon(storage: Storage, study: str, numbers: Iterable[int], error: BaseExc
         # these trials run again on resume: they were stopped, not at fault
         reason = PREEMPTED if isinstance(error, SearchPreempted) else INTERRUPTED
         why = f"{reason}: the search stopped ({type(error).__name__})"
+    elif isinstance(error, DatabaseLockedError):
+        # the database could not take a record (a finished trial's, often): the trial is not at fault either
+        why = f"{INTERRUPTED}: the search stopped on a database error ({type(error).__name__}: {error})"
     else:  # a driver error is not retried forever: the trial keeps the real reason
         why = f"the search stopped on an error in the driver: {type(error).__name__}: {error}"
     for number in sorted(numbers):

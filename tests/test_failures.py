@@ -248,8 +248,9 @@ def test_a_trials_directory_that_cannot_be_made_is_refused_before_any_record(tmp
         root = tmp_path / "file"
         root.write_text("a file where the root should be")
     s = search(root, n_trials=2)
-    with pytest.raises(ConfigurationError, match=r"the trials' directory .* regular file, not a directory"):
+    with pytest.raises(ConfigurationError, match=r"the trials' directory .* regular file, not a directory") as err:
         s.run()
+    assert " is is " not in str(err.value)  # it said "<root>/default is is a regular file"
     assert not (tmp_path / "runs" / "studies.db").exists()  # no study, no trial record
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import lightning.pytorch as L
 import pytest
+from conftest import TinyData, TinyModel
 
 from lightning_hpt.recovery import HOST, recover
 from lightning_hpt.storage import SQLStorage
@@ -67,3 +71,62 @@ def test_stale_after_below_two_heartbeats_is_allowed_with_a_warning(caplog) -> N
     assert check_stale_after(10) == 10.0 and "stale_after=10 s is under two heartbeats" in caplog.text
     with pytest.raises(ConfigurationError, match=r"a positive number of seconds, got stale_after=0"):
         check_stale_after(0)
+
+
+class LockAtTheEnd(L.Callback):
+    """Once per study, holds the database's write lock from another connection for ``seconds`` from the end of
+    a trial's fit: the driver's record of that trial waits past its lock timeout."""
+
+    def __init__(self, db: Path, seconds: float) -> None:
+        self.db, self.seconds = db, seconds
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        marker = self.db.with_suffix(".locked")
+        if marker.exists():
+            return
+        marker.touch()
+        ready = threading.Event()
+
+        def hold() -> None:
+            conn = sqlite3.connect(self.db, timeout=30, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            ready.set()
+            time.sleep(self.seconds)
+            conn.execute("COMMIT")
+            conn.close()
+
+        threading.Thread(target=hold, daemon=True).start()
+        ready.wait()
+
+
+def test_a_trial_whose_record_meets_a_locked_database_runs_again_on_resume(tmp_path: Path, fast_trainer) -> None:
+    """The database locked past lock_timeout as a finished trial is recorded: the search stops with
+    DatabaseLockedError, and the trial, which the database could not take, is recorded as interrupted (its record
+    written once the lock is gone) and runs again on resume; it was FAILED for good, its trained result lost and
+    the study one COMPLETE trial short."""
+    from lightning_hpt import DatabaseLockedError, Float, HyperparameterSearch
+    from lightning_hpt.storage import open_storage
+
+    db = tmp_path / "studies.db"
+
+    def search() -> HyperparameterSearch:
+        return HyperparameterSearch(
+            TinyModel,
+            TinyData,
+            {"model.lr": Float(0.01, 0.1, log=True)},
+            monitor="val_loss",
+            n_trials=2,
+            seed=0,
+            root=tmp_path,
+            storage=open_storage(db, lock_timeout=1.0),
+            trainer_kwargs={**fast_trainer, "callbacks": [LockAtTheEnd(db, 1.6)]},
+            verbose=False,
+        )
+
+    with pytest.raises(DatabaseLockedError, match="finish trial 0"):
+        search().run()
+    (stopped,) = SQLStorage(f"sqlite:///{db}", create=False).trials("default")
+    assert stopped.state is TrialState.FAILED and stopped.error.startswith("interrupted"), stopped.error
+    result = search().run()
+    assert [(t.number, t.state) for t in result.trials] == [(0, TrialState.COMPLETE), (1, TrialState.COMPLETE)]
+    assert result.trials[0].attrs["attempts"][0]["error"].startswith("interrupted")

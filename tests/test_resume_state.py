@@ -207,3 +207,22 @@ def test_a_script_trial_writes_its_checkpoint_in_its_first_fit_only_and_never_wi
             assert resume.exists() == (on and fit == 0)
     assert [sorted(t.intermediate) for t in search.trials] == [[0, 1, 2, 3]] * 2  # steps go on over both fits
     assert not any((tmp_path / "default" / f"trial_{n}" / "resume").exists() for n in (0, 1))
+
+
+def test_a_damaged_checkpoint_that_is_still_a_zip_file_starts_the_trial_over(tmp_path, caplog):
+    """A resumable checkpoint whose data is damaged but whose zip directory is whole (zeros written over its
+    middle, as a power loss can leave a file renamed before its data reached the disk): the rerun starts over
+    with a warning. It passed the check (a zip file), failed to load, and the trial was FAILED."""
+    probe, root, marker = tmp_path / "probe.jsonl", tmp_path / "run", str(tmp_path / "failed_once")
+    with pytest.raises(SearchFailedError):
+        _search(root, marker, probe, Resume(failed=True), pause=0.0).run()
+    ckpt = root / "default" / "trial_0" / "resume" / "latest.ckpt"
+    data = bytearray(ckpt.read_bytes())
+    n = len(data)
+    data[n // 4 : n // 2] = bytes(n // 2 - n // 4)
+    ckpt.write_bytes(bytes(data))
+    probe.unlink()
+    t = _search(root, marker, probe, Resume(failed=True), pause=0.0, retry_failed=True).run().trials[0]
+    assert t.state is TrialState.COMPLETE and t.attempt == 2 and "resumed_at_step" not in t.attrs, t.error
+    assert f"its checkpoint {ckpt} is damaged" in caplog.text and "it starts over" in caplog.text
+    assert min(k for k in _records(probe) if k != "end") == 0

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -158,13 +159,14 @@ def checkpoint_to_resume(job: Any, name: str = _NAME) -> str | None:
     """
     trial_dir, number = job.trial_dir, job.number
     path = os.path.join(trial_dir, RESUME_DIR, f"{name}.ckpt")
-    if os.path.exists(path) and zipfile.is_zipfile(path):
+    damage = _damage(path) if os.path.exists(path) else None
+    if os.path.exists(path) and damage is None:
         if _foreign(job, f"the checkpoint {path}"):
             return None
         log.info("trial %d continues from its checkpoint %s", number, path)
         return path
     if os.path.exists(path):
-        log.warning("trial %d: its checkpoint %s is truncated; it starts over", number, path)
+        log.warning("trial %d: its checkpoint %s is %s; it starts over", number, path, damage)
     elif os.path.isdir(os.path.dirname(path)) or (job.attempt > 1 and not _has_files(trial_dir)):
         # the folder is there without the file, or a rerun finds no trial directory on this host; a trial
         # that ended (a FAILED one retried, a study made again after delete) had the folder removed
@@ -175,6 +177,20 @@ def checkpoint_to_resume(job: Any, name: str = _NAME) -> str | None:
             trial_dir,
         )
     return None
+
+
+def _damage(path: str) -> str | None:
+    """What is wrong with the checkpoint file ``path``, or ``None`` if it is whole.
+
+    A torch checkpoint is a zip file whose members carry a CRC: a truncated file has no zip directory, and a
+    damaged one (zeros in place of data that never reached the disk before a power loss) fails a member's CRC.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
+        return f"truncated or not a checkpoint ({type(e).__name__}: {e})"
+    return None if bad is None else f"damaged (its member {bad!r} fails its CRC check)"
 
 
 def claim(job: Any) -> None:
