@@ -11,6 +11,12 @@ parameters:
   failure caused by one value of a setting (``trainer.accelerator: Categorical(["gpu", "cpu"])``
   on a machine without a GPU) never stops the search: the trials with the other value complete.
 
+Once trials have completed, an error that can depend on the parameters never stops the search. One
+that comes from the code or the machine does (a metric no longer logged, a full disk, a directory
+that became read-only, a module gone): when the last :data:`MIN_FAILURES` trials to finish, with
+nothing COMPLETE or PRUNED among them, failed that way over different configurations, the code or
+the machine changed since the trials that completed, and every trial left would fail too.
+
 Trials stopped from outside (Ctrl+C, SIGTERM, a killed driver) do not count.
 
 Example:
@@ -65,6 +71,10 @@ _FIXES: tuple[tuple[re.Pattern[str], str], ...] = (
         "a searched parameter is not an argument of the class it is given to: rename or remove it from the space",
     ),
 )
+
+
+#: errors of the machine or the installation, which no configuration causes
+_ENVIRONMENT = re.compile(r"No space left on device|disk is full|Read-only file system|No module named", re.I)
 
 
 def error_signature(error: str | None) -> str:
@@ -128,8 +138,10 @@ def fail_fast(space: SearchSpace, trials: Sequence[TrialRecord], last: TrialReco
         trials: every trial of the study, as stored after ``last`` finished.
         last: the trial that just finished.
     """
-    if not _counted(last) or any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+    if not _counted(last):
         return None
+    if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+        return _changed_since(space, trials, last)
     signature = error_signature(last.error)
     same = [t for t in trials if _counted(t) and error_signature(t.error) == signature]
     independent = _cannot_depend_on_params(last.error or "")
@@ -146,6 +158,32 @@ def fail_fast(space: SearchSpace, trials: Sequence[TrialRecord], last: TrialReco
         " first (lightning-hpt delete STUDY; Storage.delete_study)"
     )
     return MetricNotFoundError(message) if independent else SearchFailedError(message)
+
+
+def _changed_since(space: SearchSpace, trials: Sequence[TrialRecord], last: TrialRecord) -> HPTError | None:
+    """Stop a study with completed trials when its last trials failed alike on the code or the machine."""
+    if not (_cannot_depend_on_params(last.error or "") or _ENVIRONMENT.search(last.error or "")):
+        return None
+    signature, streak = error_signature(last.error), []
+    finished = sorted((t for t in trials if t.state.is_finished), key=lambda t: (t.finished_at or 0.0, t.number))
+    for t in reversed(finished):  # back from the latest to finish, to the last trial that did not fail so
+        if t.state is not TrialState.FAILED or (_counted(t) and error_signature(t.error) != signature):
+            break
+        if _counted(t):
+            streak.append(t)
+    if len(streak) < MIN_FAILURES or not _varied(space, streak):
+        return None
+    streak.reverse()
+    fix = known_fix(last.error)
+    message = (
+        f"the search stopped: {_trials(streak)}, the last to finish, failed with this error over different"
+        " configurations, after trials had completed, so the code or the machine changed since and every trial"
+        f" left would fail too:\n  {last.error}\n" + (f"Fix: {fix}\n" if fix else "") + "Then run the search"
+        " again: the failed trials count towards n_trials; retry_failed=True (lightning-hpt retry STUDY) runs them"
+        " again under their numbers. A fix that changes the study itself (monitor, mode, space, constraints) needs a"
+        " new study_name"
+    )
+    return MetricNotFoundError(message) if _cannot_depend_on_params(last.error or "") else SearchFailedError(message)
 
 
 def _trials(trials: Sequence[TrialRecord]) -> str:

@@ -19,6 +19,7 @@ from lightning_hpt import (
     Float,
     HyperparameterSearch,
     Int,
+    MetricNotFoundError,
     SearchFailedError,
     StudyMismatchError,
     TrialState,
@@ -102,6 +103,40 @@ def test_fail_fast_needs_several_failures_and_no_success():
     assert fail_fast(space, done, fails[2]) is None  # a configuration works: the error depends on the parameters
     stopped = [_failed(n, f.params, f"interrupted: the search stopped ({n})") for n, f in enumerate(fails)]
     assert fail_fast(space, stopped, stopped[2]) is None  # Ctrl+C and SIGTERM are not the trials' failures
+
+
+def test_after_completed_trials_only_a_run_of_errors_of_the_code_or_machine_stops_the_search():
+    """Completed trials show the code worked; the last MIN_FAILURES failing alike show it changed since."""
+    space = SearchSpace(SPACE)
+    done = TrialRecord(0, {"model.lr": 0.1, "model.hidden": 8}, TrialState.COMPLETE, value=1.0, finished_at=1.0)
+
+    def failed(n: int, error: str) -> TrialRecord:
+        return TrialRecord(
+            n, {"model.lr": 0.01 * n, "model.hidden": 4 + n}, TrialState.FAILED, error=error, finished_at=float(n)
+        )
+
+    missing = "MetricNotFoundError: the search monitors 'val_acc' but trial {} did not log it"
+    fails = [failed(n, missing.format(n)) for n in (1, 2, 3)]
+    stop = fail_fast(space, [done, *fails], fails[-1])
+    assert isinstance(stop, MetricNotFoundError) and "trials 1, 2, 3, the last to finish" in str(stop)
+    assert fail_fast(space, [done, *fails[:2]], fails[1]) is None  # fewer than MIN_FAILURES
+    later = TrialRecord(9, {"model.lr": 0.2, "model.hidden": 9}, TrialState.COMPLETE, value=1.0, finished_at=2.5)
+    assert fail_fast(space, [done, *fails, later], fails[-1]) is None  # one completed among them
+    disk = [failed(n, f"OSError: [Errno 28] No space left on device: '/runs/trial_{n}/x.ckpt'") for n in (1, 2, 3)]
+    stop = fail_fast(space, [done, *disk], disk[-1])
+    assert isinstance(stop, SearchFailedError) and "Fix: free disk space, then resume the study" in str(stop)
+    bugs = [failed(n, f"RuntimeError: shape mismatch {n}") for n in (1, 2, 3)]
+    assert fail_fast(space, [done, *bugs], bugs[-1]) is None  # may depend on the parameters: the search goes on
+
+
+def test_a_metric_renamed_after_trials_completed_stops_the_resumed_search(tmp_path):
+    """Outside probe: the module now logs another name; every trial left would fail, and stay FAILED."""
+    assert search(tmp_path, n_trials=2).run().trials[-1].state is TrialState.COMPLETE
+    renamed = lambda cfg: TinyModel(log_name="val_loss_renamed", **cfg["model"])  # noqa: E731
+    s = search(tmp_path, renamed, n_trials=10)
+    with pytest.raises(MetricNotFoundError, match=r"trials 2, 3, 4, the last to finish, failed"):
+        s.run()
+    assert [t.state for t in s.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAILED] * 3
 
 
 def test_no_complete_trial_shows_each_error_once_with_its_fix():
