@@ -333,6 +333,18 @@ def test_a_trial_that_ends_as_ctrl_c_comes_is_recorded_as_it_ended(tmp_path, mon
     assert _ends_as_ctrl_c_comes(tmp_path, executor) == [(0, TrialState.COMPLETE, None)]
 
 
+def test_a_worker_whose_driver_is_gone_ends_with_one_line(tmp_path, monkeypatch, capsys):
+    """The driver was killed: the worker cannot reach its socket, and says so without a traceback."""
+    from lightning_hpt.executors import worker
+    from lightning_hpt.executors.ipc import KEY_ENV
+
+    monkeypatch.setenv(KEY_ENV, "00" * 16)
+    monkeypatch.setattr(worker, "_watch_parent", lambda: None)
+    code = worker.main(["--address", str(tmp_path / "gone.sock"), "--token", "w0"])
+    err = capsys.readouterr().err
+    assert code == 1 and err == f"lightning-hpt worker {os.getpid()}: the search's driver is gone; this worker ends\n"
+
+
 if __name__ == "__main__":
     root = Path(sys.argv[1])
     space = {

@@ -206,13 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
     try:
         conn = Client(address, authkey=key)
+    except (ConnectionError, FileNotFoundError):  # its socket refuses, or was removed
+        return _driver_gone()
+    try:
         if local_rank > 0:
             return _serve_rank(conn, args.token, local_rank)
         conn.send(("worker", args.token, os.getpid()))
         return _serve(conn, address, key)
-    except ConnectionError:  # the driver died (killed) before the parent watch ended this worker: no traceback
-        sys.stderr.write(f"lightning-hpt worker {os.getpid()}: the search's driver is gone; this worker ends\n")
-        return 1
+    except ConnectionError:
+        return _driver_gone()
+
+
+def _driver_gone() -> int:
+    """The driver died (killed) before the parent watch ended this worker: one line, not a traceback."""
+    sys.stderr.write(f"lightning-hpt worker {os.getpid()}: the search's driver is gone; this worker ends\n")
+    return 1
 
 
 if __name__ == "__main__":
