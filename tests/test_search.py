@@ -235,6 +235,13 @@ def test_missing_metric_stops_the_search(tmp_path, fast_trainer):
     assert len(trials) == 1 and trials[0].state is TrialState.FAILED and "val_acc" in trials[0].error
 
 
+def test_a_misspelt_monitor_is_named_with_the_closest_logged_metric(tmp_path, fast_trainer):
+    search = make(tmp_path, fast_trainer, n_trials=5)
+    search.build = dataclasses.replace(search.build, monitor="val_los")
+    with pytest.raises(MetricNotFoundError, match=r"'val_los' was not logged \(did you mean 'val_loss'\?\)"):
+        search.run()
+
+
 def test_keyboard_interrupt_in_training_is_recorded(tmp_path, fast_trainer):
     """RELIABILITY row 2 (in-process): FAILED 'interrupted', handler restored, KeyboardInterrupt raised."""
     before = signal.getsignal(signal.SIGINT)
