@@ -94,6 +94,33 @@ def test_new_file_gets_versioned_schema_in_wal_mode(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def test_a_study_in_a_directory_that_cannot_be_written_is_read_as_it_is(tmp_path: Path, monkeypatch) -> None:
+    """Read-only media, or another user's files: SQLite's WAL mode would need to create its -shm file there."""
+    folder = tmp_path / "archive"
+    storage = SQLStorage(f"sqlite:///{folder / 'studies.db'}")
+    storage.open_study(study_info())
+    trial = storage.create_trial("study", PARAMS)
+    storage.finish_trial("study", trial.number, state=TrialState.COMPLETE, value=0.5)
+    storage.close()
+    files = sorted(p.name for p in folder.iterdir())
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):  # root writes anywhere: play the read-only directory
+            real = os.access
+            monkeypatch.setattr(
+                os, "access", lambda p, mode: not (mode & os.W_OK and Path(p) == folder) and real(p, mode)
+            )
+        reader = open_storage(str(folder / "studies.db"), create=False)
+        assert [(t.number, t.value) for t in reader.trials("study")] == [(0, 0.5)]
+        assert "file '" + str(folder / "studies.db") + "'" in reader._where
+        with pytest.raises(StorageError, match="readonly"):
+            reader.create_trial("study", PARAMS)
+        reader.close()
+        assert sorted(p.name for p in folder.iterdir()) == files  # nothing written beside it
+    finally:
+        folder.chmod(0o755)
+
+
 def test_empty_file_is_initialised(db: Path) -> None:
     db.touch()
     SQLStorage(f"sqlite:///{db}").open_study(study_info())

@@ -65,6 +65,24 @@ def parse_url(url: str | URL) -> URL:
     return u
 
 
+def _read_only(u: URL, path: str) -> URL:
+    """A SQLite file to read in a directory this process cannot write (read-only media, another user's files).
+
+    SQLite's WAL mode needs its ``-shm`` file beside the database, even to read; opened ``immutable`` it
+    reads the file as it is, without it. The last changes of a search still running, or killed, may be in
+    the ``-wal`` file, which is not read then: a warning says so.
+    """
+    wal = path + "-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        log.warning(
+            "the study database %s is in a directory this process cannot write, so it is read as it is: the last"
+            " changes in %s (a search running or killed) are not read",
+            path,
+            wal,
+        )
+    return u.set(database=f"file:{path}", query={"mode": "ro", "immutable": "1", "uri": "true"})
+
+
 class SQLDatabase:
     """A SQLite file or PostgreSQL database with lightning-hpt's tables; arguments as :class:`SQLStorage`'s."""
 
@@ -100,6 +118,8 @@ class SQLDatabase:
                     f"there is no study database at {path!r} (no such file); check the path (reading a study never"
                     " creates its database)"
                 )
+            if not self.create and not os.access(os.path.dirname(path), os.W_OK):
+                return _read_only(u, path), None
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
             except OSError as e:
@@ -139,7 +159,8 @@ class SQLDatabase:
         if self._schema not in (None, PG_SCHEMA):
             shown = shown.update_query_dict({"schema": self._schema})
         self.url = mask_secrets(shown.render_as_string(hide_password=True))
-        self._where = f"file {self._url.database!r}" if self._sqlite and not self._memory else self.url
+        path = (self._url.database or "").removeprefix("file:")  # a read-only file's is a URI (_read_only)
+        self._where = f"file {path!r}" if self._sqlite and not self._memory else self.url
 
     def __getstate__(self) -> dict[str, Any]:
         if self._memory:
