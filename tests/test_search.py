@@ -587,6 +587,18 @@ def test_reading_trials_writes_nothing(tmp_path, fast_trainer):
     assert len(search.trials) == 1 and search.strategy is strategy
 
 
+def test_a_grid_run_to_exhaustion_counts_its_size_on_every_line(tmp_path, fast_trainer, capsys):
+    """With n_trials=None the grid's size is the total: the start line said 0/4 while each trial's
+    line said [1/?], [2/?], ..."""
+    space = {"model.lr": Categorical([0.05, 0.1]), "model.hidden": Categorical([4, 8])}
+    result = make(tmp_path, fast_trainer, space=space, strategy="grid", n_trials=None, verbose="lines").run()
+    assert len(result.trials) == 4
+    out = capsys.readouterr().out
+    assert "0/4 trials done" in out
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert [line.split()[0] for line in lines] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+
+
 def test_capabilities_are_attributes_not_names(tmp_path, fast_trainer):
     """Issue 14: n_trials=None needs Strategy.exhaustive, not the name 'grid'; answers follow Pruner.active."""
     from lightning_hpt.pruners import NopPruner, Pruner
