@@ -34,6 +34,8 @@ class StudyDriver:
         executor: where trials run.
         strategy, pruner: what to try next, and when a running trial stops.
         n_trials: trials in the whole study, or ``None`` (until the strategy runs out).
+        planned: the trials the display counts towards: ``n_trials``, or a grid's size when smaller or
+            when ``n_trials`` is ``None`` (``None``: unknown).
         timeout: seconds after which no new trial starts, or ``None``.
         root: trials run in ``<root>/<study>/trial_<number>/``.
         seed: the study's seed, handed to every trial.
@@ -51,6 +53,7 @@ class StudyDriver:
         pruner: Pruner,
         *,
         n_trials: int | None,
+        planned: int | None,
         timeout: float | None,
         root: Path,
         seed: int | None,
@@ -60,6 +63,7 @@ class StudyDriver:
     ) -> None:
         self.storage, self.study, self.build, self.executor = storage, study, build, executor
         self.strategy, self.pruner, self.n_trials, self.timeout = strategy, pruner, n_trials, timeout
+        self.planned = planned
         self.root, self.seed, self.read_history = root, seed, read_history
         self.progress, self.board = progress, board
         #: numbers this run started and has not recorded yet (the heartbeat keeps them alive)
@@ -151,7 +155,7 @@ class StudyDriver:
         """After a trial is stored: update the display, and stop the run if the trial says so."""
         self._forget(final.number)
         history = self._history = self.read_history()  # one read serves the display and the next proposals
-        best, front = show_finished(self.progress, history, final, self.build, self.n_trials)
+        best, front = show_finished(self.progress, history, final, self.build, self.planned)
         self.board.trial_finished(final, best, front)
         if outcome.interrupted == PREEMPTED:
             raise SearchPreempted()
@@ -166,12 +170,13 @@ class StudyDriver:
 
 
 def show_finished(
-    progress: Any, history: History, final: TrialRecord, build: Any, n_trials: int | None
+    progress: Any, history: History, final: TrialRecord, build: Any, planned: int | None
 ) -> tuple[TrialRecord | None, list[TrialRecord] | None]:
-    """Tell ``progress`` that ``final`` was recorded; the study's best trial and, with several objectives, its front."""
+    """Tell ``progress`` that ``final`` was recorded (``planned``: the trials it counts towards); the study's
+    best trial and, with several objectives, its front."""
     finished = sum(t.state.is_finished for t in history.trials)
     names = ", ".join(o.name for o in build.objectives) or build.monitor
     front = pareto_front(history.trials, history.objectives) if history.multi else None
     best = history.best()
-    progress.trial_finished(final, best, names, finished, n_trials, front)
+    progress.trial_finished(final, best, names, finished, planned, front)
     return best, front

@@ -298,7 +298,7 @@ class SearchResult:
             trainer.save_checkpoint(path)
         storage.set_study_attrs(self.study, {"refit": {"trial": best.number, "epochs": epochs, "checkpoint": path}})
         self._extra["refit_model"] = model.eval()
-        self._extra["refit_checkpoint"] = path
+        self._extra["refit"] = (best.number, epochs, path)
         return model
 
     def test(self, model: Any = None, trial: TrialRecord | None = None) -> dict[str, float]:
@@ -332,7 +332,7 @@ class SearchResult:
             out = trainer.test(model, datamodule=dm, verbose=False)
         metrics = {k: float(v) for k, v in (out[0] if out else {}).items()}
         storage.set_trial_attrs(self.study, best.number, {"test": metrics, "tested": which})
-        self._extra["test"] = metrics
+        self._extra["test"], self._extra["tested"] = metrics, which
         if not self.multi and self._overfit():
             log.warning("%s", self._gap_text())
         return metrics
@@ -434,9 +434,12 @@ class SearchResult:
         lines += [f"  {k} = {v!r}" for k, v in best.params.items()]
         if best.checkpoint:
             lines.append(f"  checkpoint: {best.checkpoint}")
-        twin = self._test_twin()
+        if "refit" in self._extra:
+            lines.append("  refit of trial #{} on train+validation, {} epochs: {}".format(*self._extra["refit"]))
+        twin, tested = self._test_twin(), self._extra.get("tested") or best.attrs.get("tested")
         if twin is not None:
-            lines.append(f"  validation {self.monitor}={best.value:.4g} | test {twin[0]}={twin[1]:.4g}")
+            on = f" ({tested})" if tested else ""
+            lines.append(f"  validation {self.monitor}={best.value:.4g} | test {twin[0]}={twin[1]:.4g}{on}")
             if self._overfit():
                 lines.append("  " + self._gap_text())
         elif self.test_metrics:

@@ -232,7 +232,7 @@ class ScriptSearch(HyperparameterSearch):
         """Store a finished trial, then write its line."""
         final = record_outcome(self.storage, self.study_name, rec, reporter, outcome)
         if self._lines is not None:  # the study's history is read only for the line
-            show_finished(self._lines, self._history(self.storage), final, self.build, self.n_trials)
+            show_finished(self._lines, self._history(self.storage), final, self.build, self._planned)
         return final
 
     def _end(self, index: int) -> None:

@@ -369,6 +369,7 @@ class HyperparameterSearch:
             self.strategy,
             self.pruner,
             n_trials=self.n_trials,
+            planned=self._planned,
             timeout=self.timeout,
             root=self.root,
             seed=self.seed,

@@ -14,7 +14,7 @@ from typing import Any
 from lightning_hpt.constraints import OutcomeConstraint, ParamConstraint
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.lightning.builder import TrialBuilder
-from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
+from lightning_hpt.lightning.module_builder import ModuleTrialBuilder, check_trainer_kwargs
 from lightning_hpt.lightning.resume import Resume
 from lightning_hpt.lightning.runner import DEFAULT_RESUME, TrialBuild
 from lightning_hpt.objectives import Objective
@@ -56,11 +56,8 @@ def trial_builder(model: Any, datamodule: Any, trainer_kwargs: Any, builder: Tri
             raise ConfigurationError(
                 "model is required: a LightningModule class or a factory config -> LightningModule (or pass builder=)"
             )
-        if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
-            raise ConfigurationError(
-                "trainer_kwargs must be a dict of Trainer arguments, got"
-                f" {type(trainer_kwargs).__name__}: {trainer_kwargs!r}"
-            )
+        if trainer_kwargs is not None:
+            check_trainer_kwargs(trainer_kwargs)
         return ModuleTrialBuilder(model, datamodule, dict(trainer_kwargs or {}))
     if not isinstance(builder, TrialBuilder):
         raise ConfigurationError(

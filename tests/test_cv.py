@@ -131,7 +131,8 @@ def test_held_out_test_and_overfit_warning(tmp_path, fast_trainer, caplog):
         metrics = result.test()
     assert set(metrics) == {"test_loss"} and metrics["test_loss"] > 100
     assert "overfit the validation set" in caplog.text and "overfit the validation set" in str(result)
-    assert f"test test_loss={metrics['test_loss']:.4g}" in str(result)
+    assert f"test test_loss={metrics['test_loss']:.4g} (best checkpoint)" in str(result)
+    assert "refit" not in str(result)
     stored = next(
         t
         for t in HyperparameterSearch(TinyModel, TinyData, SPACE, root=tmp_path, n_trials=2).trials
@@ -154,6 +155,12 @@ def test_refit_on_train_plus_validation(tmp_path, fast_trainer):
     assert isinstance(result.refit_model, Counting)
     assert os.path.exists(tmp_path / "default" / "refit" / "model.ckpt")
     assert result.test()["test_loss"] >= 0 and result.test_metrics is not None
+    # the summary says that a refit model exists, where, and that the test score is that model's
+    summary = str(result)
+    best = result.best_trial
+    assert f"refit of trial #{best.number} on train+validation, {best.best_step + 1} epochs: " in summary
+    assert str(tmp_path / "default" / "refit" / "model.ckpt") in summary
+    assert f"test test_loss={result.test_metrics['test_loss']:.4g} (refit model)" in summary
 
 
 def test_refit_and_test_keep_working_with_the_projects_checkpoint_and_early_stopping(tmp_path, fast_trainer):

@@ -427,7 +427,11 @@ def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
             ConfigurationError,
             "enqueue must be a list of configurations",
         ),
-        ({"trainer_kwargs": ["max_epochs", 2]}, ConfigurationError, "trainer_kwargs must be a dict"),
+        (
+            {"trainer_kwargs": ["max_epochs", 2]},
+            ConfigurationError,
+            r"trainer_kwargs must be a dict.*got list.*pass e.g. trainer_kwargs=\{\"max_epochs\": 10\}",
+        ),
         ({"root": None}, ConfigurationError, "root must be a directory path"),
         ({"executor": object()}, ConfigurationError, "executor must be an Executor"),
         ({"stale_after": "x"}, ConfigurationError, "stale_after must be a positive number"),
@@ -442,6 +446,28 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, kwargs, error
     if "study_name" in kwargs:  # study names as examples, not parameter names
         assert "model.lr" not in str(err.value) and not isinstance(err.value, SearchSpaceError)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_trainer_given_as_trainer_kwargs_is_refused_with_the_fix(tmp_path):
+    """A Lightning user's first try is often ``trainer_kwargs=Trainer(...)``: the error says to pass its
+    arguments as a dict (the search builds a Trainer per trial), and nothing is written."""
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False)
+    for model_builder_too in (False, True):
+        root = tmp_path / f"runs{model_builder_too}"
+        with pytest.raises(ConfigurationError) as err:
+            if model_builder_too:
+                from lightning_hpt import ModuleTrialBuilder
+
+                ModuleTrialBuilder(TinyModel, TinyData, trainer)
+            else:
+                HyperparameterSearch(TinyModel, TinyData, SPACE, root=root, trainer_kwargs=trainer)
+        msg = str(err.value)
+        assert "trainer_kwargs must be a dict of Trainer arguments, got a Trainer instance" in msg
+        assert "every trial builds its own Trainer" in msg and 'trainer_kwargs={"max_epochs": 10' in msg
+        assert "object at 0x" not in msg  # no repr of the Trainer object
+        assert not root.exists()
 
 
 def test_enqueued_configurations_run_first_once(tmp_path, fast_trainer):
@@ -559,6 +585,18 @@ def test_reading_trials_writes_nothing(tmp_path, fast_trainer):
     search.run()
     search.strategy = strategy = make(tmp_path, fast_trainer).strategy  # not rebuilt by a read
     assert len(search.trials) == 1 and search.strategy is strategy
+
+
+def test_a_grid_run_to_exhaustion_counts_its_size_on_every_line(tmp_path, fast_trainer, capsys):
+    """With n_trials=None the grid's size is the total: the start line said 0/4 while each trial's
+    line said [1/?], [2/?], ..."""
+    space = {"model.lr": Categorical([0.05, 0.1]), "model.hidden": Categorical([4, 8])}
+    result = make(tmp_path, fast_trainer, space=space, strategy="grid", n_trials=None, verbose="lines").run()
+    assert len(result.trials) == 4
+    out = capsys.readouterr().out
+    assert "0/4 trials done" in out
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert [line.split()[0] for line in lines] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
 
 
 def test_capabilities_are_attributes_not_names(tmp_path, fast_trainer):

@@ -26,7 +26,7 @@ from lightning_hpt.lightning.folds import require_cv
 from lightning_hpt.lightning.loggers import TrialContext, check_logger_spec, trial_loggers
 from lightning_hpt.space import SearchSpace
 
-__all__ = ["ModuleTrialBuilder"]
+__all__ = ["ModuleTrialBuilder", "check_trainer_kwargs"]
 
 
 def _class_of(obj: Any) -> Any:
@@ -57,6 +57,26 @@ def _check_model(model: Any) -> None:
         raise ConfigurationError(
             f"model must be a LightningModule class or a factory function config -> LightningModule, got {model!r}"
         )
+
+
+def check_trainer_kwargs(trainer_kwargs: Any) -> None:
+    """Refuse ``trainer_kwargs`` that is not a mapping of Trainer arguments, saying what to pass instead.
+
+    Raises:
+        ConfigurationError: ``trainer_kwargs`` is a Trainer (every trial builds its own) or not a mapping.
+    """
+    if isinstance(trainer_kwargs, Mapping):
+        return
+    if _is_instance(trainer_kwargs, "Trainer"):
+        raise ConfigurationError(
+            "trainer_kwargs must be a dict of Trainer arguments, got a Trainer instance: every trial builds its"
+            " own Trainer, so pass the arguments you gave Trainer(...) as a dict, e.g."
+            ' trainer_kwargs={"max_epochs": 10, "accelerator": "auto", "callbacks": [...]}'
+        )
+    raise ConfigurationError(
+        "trainer_kwargs must be a dict of Trainer arguments, got"
+        f' {type(trainer_kwargs).__name__}: {trainer_kwargs!r}; pass e.g. trainer_kwargs={{"max_epochs": 10}}'
+    )
 
 
 def _check_datamodule(model: Any, datamodule: Any) -> None:
@@ -136,11 +156,7 @@ class ModuleTrialBuilder(TrialBuilder):
     def __post_init__(self) -> None:
         _check_model(self.model)
         _check_datamodule(self.model, self.datamodule)
-        if not isinstance(self.trainer_kwargs, Mapping):
-            raise ConfigurationError(
-                "trainer_kwargs must be a dict of Trainer arguments, got"
-                f" {type(self.trainer_kwargs).__name__}: {self.trainer_kwargs!r}"
-            )
+        check_trainer_kwargs(self.trainer_kwargs)
 
     @property
     @override
