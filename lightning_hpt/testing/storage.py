@@ -118,11 +118,16 @@ class StorageContract(ObjectivesContract):
         got = storage.open_study(study_info(monitor="val_loss", strategy="grid"), allow_changes=True)
         assert (got.monitor, got.strategy) == ("val_acc", "random")
 
-    @pytest.mark.parametrize("name", ["", "../x", "a/b", "nul\x00l", "x" * 200, "has space"])
+    @pytest.mark.parametrize("name", ["", "../x", "a/b", "nul\x00l", "x" * 200, "has space", "-x", "a.-b", ".."])
     def test_bad_study_names_are_refused(self, storage: Storage, name: str) -> None:
         with pytest.raises(HPTError, match=r"study.name"):
             storage.open_study(study_info(name))
         assert storage.study_names() == []
+
+    def test_study_names_may_have_hyphens_and_start_with_digits(self, storage: Storage) -> None:
+        for name in ("prec_bf16-mixed", "2024-11.lr-sweep"):
+            assert storage.open_study(study_info(name)).name == name
+        assert storage.study_names() == ["2024-11.lr-sweep", "prec_bf16-mixed"]
 
     def test_unknown_study_lists_the_known_ones(self, storage: Storage) -> None:
         storage.open_study(study_info("alpha"))
