@@ -153,9 +153,9 @@ def fail_fast(space: SearchSpace, trials: Sequence[TrialRecord], last: TrialReco
         f"the search stopped: {_trials(same)} failed with this error and no trial has completed ({why}):"
         f"\n  {last.error}\n" + (f"Fix: {fix}\n" if fix else "") + "Then run the search again: the failed trials"
         " count towards n_trials; retry_failed=True (lightning-hpt retry STUDY) runs them again under their numbers."
-        " A fix that changes the study itself (monitor, mode, space, constraints) needs a new study_name, or this"
-        " study deleted"
-        " first (lightning-hpt delete STUDY; Storage.delete_study)"
+        " The study has no result yet, so a fix that changes the study itself (monitor, mode, space, constraints) is"
+        " taken as it is, unless a trial was interrupted (it runs again as it was: then a new study_name, or"
+        " lightning-hpt delete STUDY first)"
     )
     return MetricNotFoundError(message) if independent else SearchFailedError(message)
 
@@ -214,7 +214,8 @@ def no_complete_trial(trials: Sequence[TrialRecord], stopped: str) -> str | None
         lines.append(f"  {_trials(same)}: {same[0].error}" + (f"\n    Fix: {fix}" if fix else ""))
     lines.append(
         "Fix the cause, then retry_failed=True (lightning-hpt retry STUDY) reruns the FAILED trials under their"
-        " numbers; or raise n_trials, or start a new study_name. A fix that changes the study itself (its space,"
-        " monitor or constraints) needs a new study_name, or lightning-hpt delete STUDY first"
+        " numbers; or raise n_trials, or start a new study_name. The study has no result yet, so a fix that changes"
+        " the study itself (its space, monitor or constraints) is taken as it is, unless a trial was interrupted"
+        " (it runs again as it was: then a new study_name, or lightning-hpt delete STUDY first)"
     )
     return "\n".join(lines)

@@ -236,10 +236,13 @@ def test_missing_metric_stops_the_search(tmp_path, fast_trainer):
 
 
 def test_a_misspelt_monitor_is_named_with_the_closest_logged_metric(tmp_path, fast_trainer):
-    search = make(tmp_path, fast_trainer, n_trials=5)
+    search = make(tmp_path, fast_trainer, n_trials=3)
     search.build = dataclasses.replace(search.build, monitor="val_los")
     with pytest.raises(MetricNotFoundError, match=r"'val_los' was not logged \(did you mean 'val_loss'\?\)"):
         search.run()
+    result = make(tmp_path, fast_trainer, n_trials=3).run()  # fixed: the study goes on, nothing to delete
+    assert [t.state for t in result.trials] == [TrialState.FAILED] + [TrialState.COMPLETE] * 2
+    assert result.monitor == "val_loss"
 
 
 def test_keyboard_interrupt_in_training_is_recorded(tmp_path, fast_trainer):

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -37,7 +38,6 @@ from sqlalchemy.engine import Connection
 from lightning_hpt.exceptions import (
     DuplicateTrialError,
     StorageError,
-    StudyMismatchError,
 )
 from lightning_hpt.storage.base import Storage, StudyInfo
 from lightning_hpt.storage.sql_engine import SQLDatabase
@@ -45,8 +45,11 @@ from lightning_hpt.storage.sql_history import HistoryCache, bump
 from lightning_hpt.storage.sql_rows import (
     check_unique,
     encode_steps,
+    has_results,
+    mismatch,
     new_trial_values,
     normalized_study,
+    redefinition,
     store_steps,
     study_info,
     study_row,
@@ -134,16 +137,18 @@ class SQLStorage(SQLDatabase, Storage):
             stored = study_info(found, self._where)
             if not allow_changes:
                 diffs = differences(stored, given)
-                if diffs:
-                    raise StudyMismatchError(
-                        f"study {given.name!r} in {self._where} was created with a different setup: "
-                        + "; ".join(diffs)
-                        + ". To keep both, pass a new study name (search.study_name in a CLI config); to start this"
-                        " study over with the new setup, delete it first (lightning-hpt delete STUDY); to continue the"
-                        " stored study as it is (its stored space, objectives, constraints, strategy and seed are"
-                        " used),"
-                        " pass allow_changes=True (search.allow_changes: true)"
+                if diffs and not has_results(conn, found.id):  # every trial failed on its own error, or none ran
+                    conn.execute(sa.update(STUDIES).where(STUDIES.c.id == found.id).values(**redefinition(row)))
+                    log.warning(
+                        "study %r in %s has no trial that completed, was pruned or runs, so it takes the setup"
+                        " given now (%s); its failed trials stay in it",
+                        given.name,
+                        self._where,
+                        "; ".join(diffs),
                     )
+                    return dataclasses.replace(given, attrs=stored.attrs)
+                if diffs:
+                    raise mismatch(given.name, self._where, diffs)
             return stored
 
         return self._txn(f"open study {given.name!r}", fn, write=True)

@@ -12,7 +12,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from lightning_hpt.exceptions import DuplicateTrialError, SearchSpaceError, StorageError, StudyNotFoundError
+from lightning_hpt.exceptions import (
+    DuplicateTrialError,
+    SearchSpaceError,
+    StorageError,
+    StudyMismatchError,
+    StudyNotFoundError,
+)
 from lightning_hpt.space import SearchSpace, validate_study_name
 from lightning_hpt.storage.base import StudyInfo
 from lightning_hpt.storage.sql_schema import (
@@ -28,13 +34,16 @@ from lightning_hpt.storage.sql_schema import (
     split_step_value,
     to_record,
 )
-from lightning_hpt.trial import Direction, TrialRecord, TrialState, params_key
+from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialRecord, TrialState, params_key
 
 __all__ = [
     "check_unique",
     "encode_steps",
+    "has_results",
+    "mismatch",
     "new_trial_values",
     "normalized_study",
+    "redefinition",
     "store_steps",
     "study_info",
     "study_row",
@@ -200,3 +209,32 @@ def new_trial_values(
         "attrs": "{}",
         "objective_values": None,
     }
+
+
+def has_results(conn: Connection, study_id: int) -> bool:
+    """Whether the study has a trial that completed, was pruned, runs, waits, or failed only because it was
+    stopped (interrupted, pre-empted: it runs again): something its definition must stay valid for."""
+    live = (TrialState.COMPLETE.value, TrialState.PRUNED.value, TrialState.RUNNING.value, TrialState.QUEUED.value)
+    stopped = sa.or_(TRIALS.c.error.like(f"{INTERRUPTED}%"), TRIALS.c.error.like(f"{PREEMPTED}%"))
+    q = sa.select(sa.func.count()).where(
+        TRIALS.c.study_id == study_id,
+        sa.or_(TRIALS.c.state.in_(live), sa.and_(TRIALS.c.state == TrialState.FAILED.value, stopped)),
+    )
+    return bool(conn.execute(q).scalar())
+
+
+def redefinition(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns of a study row (:func:`study_values`) that define it: all but its name, creation and attrs."""
+    return {k: v for k, v in values.items() if k not in ("name", "created_at", "attrs")}
+
+
+def mismatch(name: str, where: str, diffs: Sequence[str]) -> StudyMismatchError:
+    """The refusal of a study opened with another setup than the stored one (``diffs``: what differs)."""
+    return StudyMismatchError(
+        f"study {name!r} in {where} was created with a different setup: "
+        + "; ".join(diffs)
+        + ". To keep both, pass a new study name (search.study_name in a CLI config); to start this"
+        " study over with the new setup, delete it first (lightning-hpt delete STUDY); to continue the"
+        " stored study as it is (its stored space, objectives, constraints, strategy and seed are"
+        " used), pass allow_changes=True (search.allow_changes: true)"
+    )

@@ -108,10 +108,45 @@ class StorageContract(ObjectivesContract):
     )
     def test_changed_study_is_refused(self, storage: Storage, change: dict, expected: str) -> None:
         storage.open_study(study_info())
+        done = storage.create_trial("study", PARAMS)
+        storage.finish_trial("study", done.number, state=TrialState.COMPLETE, value=0.5)
         with pytest.raises(StudyMismatchError, match=expected) as err:
             storage.open_study(study_info(**change))
         assert "allow_changes=True" in str(err.value) and "new study name" in str(err.value)
         assert storage.load_study("study").space == SearchSpace(SPACE)  # nothing was overwritten
+
+    @pytest.mark.parametrize(
+        ("state", "error", "refused"),
+        [
+            (None, None, False),  # no trial ran
+            (TrialState.FAILED, "MetricNotFoundError: the monitored metric 'val_acc' was not logged", False),
+            (TrialState.FAILED, "interrupted: the search stopped (KeyboardInterrupt)", True),  # it runs again
+            (TrialState.PRUNED, None, True),
+            (TrialState.RUNNING, None, True),
+        ],
+    )
+    def test_a_study_without_results_takes_the_setup_given(
+        self, storage: Storage, state: TrialState | None, error: str | None, refused: bool
+    ) -> None:
+        """A misspelt monitor fails the first trial: fixed, the study goes on without being deleted."""
+        storage.open_study(study_info())
+        if state is not None:
+            trial = storage.create_trial("study", PARAMS)
+            if state is not TrialState.RUNNING:
+                storage.finish_trial(
+                    "study", trial.number, state=state, error=error, value=0.5 if error is None else None
+                )
+        changed = study_info(monitor="val_loss", direction=Direction.MINIMIZE, seed=8)
+        if refused:
+            with pytest.raises(StudyMismatchError, match="monitor changed from 'val_acc' to 'val_loss'"):
+                storage.open_study(changed)
+            assert storage.load_study("study").monitor == "val_acc"
+            return
+        got = storage.open_study(changed)
+        stored = storage.load_study("study")
+        assert (got.monitor, got.direction, got.seed) == (stored.monitor, stored.direction, stored.seed)
+        assert (stored.monitor, stored.direction, stored.seed) == ("val_loss", Direction.MINIMIZE, 8)
+        assert len(storage.trials("study")) == (0 if state is None else 1)  # the failed trial stays
 
     def test_allow_changes_continues_the_stored_study(self, storage: Storage) -> None:
         storage.open_study(study_info())
