@@ -1,5 +1,6 @@
 """lightning-hpt: hyperparameter search for PyTorch Lightning."""
 
+from lightning_hpt.define_by_run import replay
 from lightning_hpt.exceptions import (
     ConfigurationError,
     DatabaseLockedError,
@@ -72,6 +73,7 @@ __all__ = [
     "TrialLogger",
     "TrialRecord",
     "TrialState",
+    "replay",
 ]
 
 

@@ -54,7 +54,7 @@ from lightning_hpt.domains import Domain, make_when, value_key
 from lightning_hpt.exceptions import SearchSpaceError
 from lightning_hpt.names import validate_name
 
-__all__ = ["MAX_BRANCHES", "MAX_BRANCH_VALUES", "answer", "trace_space"]
+__all__ = ["MAX_BRANCHES", "MAX_BRANCH_VALUES", "answer", "replay", "trace_space"]
 
 #: a parameter with at most this many values is traced at every value (a function may branch on it).
 MAX_BRANCH_VALUES = 16
@@ -391,3 +391,52 @@ def answer(space: Mapping[str, Domain], params: Mapping[str, Any], name: str, do
             f" {space[name].when!r}, and the trial has {dict(params)!r})"
         )
     return params[name]
+
+
+class _Replay:
+    """A trial that answers each ``suggest`` with a configuration's value (see :func:`replay`)."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = values
+
+    def suggest(self, name: str, domain: Domain) -> Any:
+        if name not in self._values:
+            raise SearchSpaceError(
+                f"replay: the space function asks for {name!r}, which this configuration does not have (its names:"
+                f" {sorted(self._values)}); give replay the configuration of a trial of the search the function"
+                " defined (the config a model factory receives, or trial.params)"
+            )
+        return self._values[name]
+
+
+def replay(fn: Callable[[Any], Any], config: Mapping[str, Any]) -> Any:
+    """What the space function ``fn`` returns for one trial: each ``trial.suggest(name, ...)`` answers its value.
+
+    So a model factory of :class:`~lightning_hpt.HyperparameterSearch` builds with the function that
+    defined the space, as a training loop of :class:`~lightning_hpt.ScriptSearch` does with ``fn(trial)``.
+
+    Args:
+        fn: the space function given to the search.
+        config: the trial's configuration: the nested config a factory receives (``{"model": {...}, ...}``),
+            or its flat parameters (``trial.params``).
+
+    Example:
+        >>> from lightning_hpt import Int
+        >>> def space(trial):
+        ...     n = trial.suggest("model.layers", Int(1, 3))
+        ...     return {"widths": [trial.suggest(f"model.width{i}", Int(8, 64)) for i in range(n)]}
+        >>> replay(space, {"model": {"layers": 2, "width0": 16, "width1": 32}})
+        {'widths': [16, 32]}
+        >>> # HyperparameterSearch(model=lambda cfg: MyMLP(**replay(space, cfg)), space=space, ...)
+    """
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        flat[prefix] = value
+        if isinstance(value, Mapping):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+
+    for key, value in config.items():
+        walk(str(key), value)
+    return fn(_Replay(flat))

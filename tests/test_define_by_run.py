@@ -21,6 +21,7 @@ from lightning_hpt import (
     ScriptSearch,
     SearchSpace,
     StudyMismatchError,
+    replay,
 )
 from lightning_hpt import define_by_run as dbr
 from lightning_hpt._watched import watched
@@ -230,6 +231,34 @@ def test_a_grid_over_a_function_visits_each_branch_once_through_the_api(tmp_path
     assert sorted(tuple(sorted(t.params.items())) for t in result.trials) == sorted(
         tuple(sorted(p.items())) for p in SearchSpace(space).grid()
     )
+
+
+def model_space(trial):
+    """mlp_space under the Python API's names: the model's init arguments are model.*."""
+    n = trial.suggest("model.layers", Int(1, 3))
+    widths = [trial.suggest(f"model.width{i}", Categorical([4, 8])) for i in range(n)]
+    opt = trial.suggest("model.opt", Categorical(["sgd", "adam"]))
+    momentum = trial.suggest("model.momentum", Categorical([0.0, 0.9])) if opt == "sgd" else None
+    return {"widths": widths, "opt": opt, "momentum": momentum, "lr": trial.suggest("model.lr", Float(1e-3, 1e-1))}
+
+
+def build_deep(cfg):
+    return Deep(**replay(model_space, cfg))  # the factory builds with the function that defined the space
+
+
+def test_a_factory_builds_with_the_space_function_through_replay(tmp_path):
+    result = HyperparameterSearch(
+        build_deep, TinyData, model_space, strategy="random", n_trials=4, root=tmp_path, seed=0, verbose=False,
+        trainer_kwargs={**FAST, "max_epochs": 1},
+    ).run()  # fmt: skip
+    assert [t.state for t in result.trials] == [TrialState.COMPLETE] * 4
+    model = result.load_best_model()
+    p = result.best_params
+    assert list(model.hparams.widths) == [p[f"model.width{i}"] for i in range(p["model.layers"])]
+    assert model.hparams.momentum == p.get("model.momentum")  # None where Adam has none
+    assert replay(model_space, p) == replay(model_space, {"model": {k[6:]: v for k, v in p.items()}})  # flat or nested
+    with pytest.raises(SearchSpaceError, match=r"replay: the space function asks for 'model.layers', which this"):
+        replay(model_space, {"model": {}})
 
 
 def test_a_changed_function_is_refused_on_resume(tmp_path):
