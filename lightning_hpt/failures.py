@@ -13,7 +13,7 @@ parameters:
 
 Once trials have completed, an error that can depend on the parameters never stops the search. One
 that comes from the code or the machine does (a metric no longer logged, a full disk, a directory
-that became read-only, a module gone): when the last :data:`MIN_FAILURES` trials to finish, with
+that cannot be written, a module gone): when the last :data:`MIN_FAILURES` trials to finish, with
 nothing COMPLETE or PRUNED among them, failed that way over different configurations, the code or
 the machine changed since the trials that completed, and every trial left would fail too.
 
@@ -41,6 +41,18 @@ MIN_FAILURES = 3
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.\-~@+=]+){2,}[\\/]?|(?:\.{1,2}[\\/])[\w.\-\\/]+")
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]+\b")
 _NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+#: (pattern, fix) of errors of the machine or the installation, which no configuration causes
+_MACHINE: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"No space left on device|disk is full", re.I), "free disk space, then resume the study"),
+    (
+        re.compile(r"Permission denied|Read-only file system", re.I),
+        "the trials' directory is not writable: choose another root",
+    ),
+    (
+        re.compile(r"No module named '([\w.]+)'"),
+        "install the missing module, or start the search from the project's directory",
+    ),
+)
 # (pattern, fix) for errors whose cure is known; the first match wins.
 _FIXES: tuple[tuple[re.Pattern[str], str], ...] = (
     (
@@ -57,24 +69,12 @@ _FIXES: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(r"out of memory", re.I),
         "lower the batch size or the model's size (or search smaller values), or run fewer trials per GPU",
     ),
-    (re.compile(r"No space left on device|disk is full", re.I), "free disk space, then resume the study"),
-    (
-        re.compile(r"Permission denied|Read-only file system", re.I),
-        "the trials' directory is not writable: choose another root",
-    ),
-    (
-        re.compile(r"No module named '([\w.]+)'"),
-        "install the missing module, or start the search from the project's directory",
-    ),
+    *_MACHINE,
     (
         re.compile(r"got an unexpected keyword argument '(\w+)'"),
         "a searched parameter is not an argument of the class it is given to: rename or remove it from the space",
     ),
 )
-
-
-#: errors of the machine or the installation, which no configuration causes
-_ENVIRONMENT = re.compile(r"No space left on device|disk is full|Read-only file system|No module named", re.I)
 
 
 def error_signature(error: str | None) -> str:
@@ -148,21 +148,19 @@ def fail_fast(space: SearchSpace, trials: Sequence[TrialRecord], last: TrialReco
     if not independent and (len(same) < MIN_FAILURES or not _varied(space, same)):
         return None
     why = "it cannot depend on the parameters" if independent else "different configurations failed the same way"
-    fix = known_fix(last.error)
-    message = (
-        f"the search stopped: {_trials(same)} failed with this error and no trial has completed ({why}):"
-        f"\n  {last.error}\n" + (f"Fix: {fix}\n" if fix else "") + "Then run the search again: the failed trials"
-        " count towards n_trials; retry_failed=True (lightning-hpt retry STUDY) runs them again under their numbers."
-        " The study has no result yet, so a fix that changes the study itself (monitor, mode, space, constraints) is"
+    return _stop(
+        f"{_trials(same)} failed with this error and no trial has completed ({why})",
+        last.error,
+        "The study has no result yet, so a fix that changes the study itself (monitor, mode, space, constraints) is"
         " taken as it is, unless a trial was interrupted (it runs again as it was: then a new study_name, or"
-        " lightning-hpt delete STUDY first)"
+        " lightning-hpt delete STUDY first)",
     )
-    return MetricNotFoundError(message) if independent else SearchFailedError(message)
 
 
 def _changed_since(space: SearchSpace, trials: Sequence[TrialRecord], last: TrialRecord) -> HPTError | None:
     """Stop a study with completed trials when its last trials failed alike on the code or the machine."""
-    if not (_cannot_depend_on_params(last.error or "") or _ENVIRONMENT.search(last.error or "")):
+    error = last.error or ""
+    if not (_cannot_depend_on_params(error) or any(pattern.search(error) for pattern, _ in _MACHINE)):
         return None
     signature, streak = error_signature(last.error), []
     finished = sorted((t for t in trials if t.state.is_finished), key=lambda t: (t.finished_at or 0.0, t.number))
@@ -174,16 +172,23 @@ def _changed_since(space: SearchSpace, trials: Sequence[TrialRecord], last: Tria
     if len(streak) < MIN_FAILURES or not _varied(space, streak):
         return None
     streak.reverse()
-    fix = known_fix(last.error)
-    message = (
-        f"the search stopped: {_trials(streak)}, the last to finish, failed with this error over different"
-        " configurations, after trials had completed, so the code or the machine changed since and every trial"
-        f" left would fail too:\n  {last.error}\n" + (f"Fix: {fix}\n" if fix else "") + "Then run the search"
-        " again: the failed trials count towards n_trials; retry_failed=True (lightning-hpt retry STUDY) runs them"
-        " again under their numbers. A fix that changes the study itself (monitor, mode, space, constraints) needs a"
-        " new study_name"
+    return _stop(
+        f"{_trials(streak)}, the last to finish, failed with this error over different configurations, after trials"
+        " had completed, so the code or the machine changed since and every trial left would fail too",
+        last.error,
+        "A fix that changes the study itself (monitor, mode, space, constraints) needs a new study_name",
     )
-    return MetricNotFoundError(message) if _cannot_depend_on_params(last.error or "") else SearchFailedError(message)
+
+
+def _stop(what: str, error: str | None, tail: str) -> HPTError:
+    """The error that stops a search: what failed, the error once, its fix when known, and how to go on."""
+    fix = known_fix(error)
+    message = (
+        f"the search stopped: {what}:\n  {error}\n" + (f"Fix: {fix}\n" if fix else "") + "Then run the search"
+        " again: the failed trials count towards n_trials; retry_failed=True (lightning-hpt retry STUDY) runs them"
+        f" again under their numbers. {tail}"
+    )
+    return MetricNotFoundError(message) if _cannot_depend_on_params(error or "") else SearchFailedError(message)
 
 
 def _trials(trials: Sequence[TrialRecord]) -> str:
