@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import math
 import os
 import random
 import signal
@@ -72,8 +73,12 @@ def test_kill_and_resume_soak(tmp_path):
         verbose=False,
     ).run()
     assert [t.params for t in trials] == [t.params for t in clean.trials]
-    best = min(trials, key=lambda t: t.value)
-    assert best.number == clean.best_trial.number and best.value == pytest.approx(clean.best_value, rel=1e-5)
+    for t, c in zip(trials, clean.trials, strict=True):
+        assert sorted(t.intermediate) == list(range(len(t.intermediate))) and math.isfinite(t.value)  # whole curves
+        if "resumed_at_step" not in t.attrs:  # never interrupted: the uninterrupted run's value, exactly
+            assert t.value == pytest.approx(c.value, rel=1e-5), t.number
+        # a continued trial: exact from an epoch-end checkpoint, not from a mid-epoch one (Ctrl+C and SIGTERM
+        # save the state of that moment; docs/reliability.md, "How exact"), which test_resume.py checks apart
 
 
 @pytest.mark.slow
