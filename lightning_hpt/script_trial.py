@@ -157,7 +157,30 @@ class ScriptTrial:
             error = ConfigurationError(
                 reason or "the trial ended without a fit using its callback: pass callbacks=[trial.callback(), ...]"
             )
+        elif cb is None and isinstance(error, Exception) and _raised_by_trainer(error):
+            cause, error = (
+                error,
+                ConfigurationError(
+                    f"the trial's Trainer ran without the trial's callback (trial.callback() was never called) and"
+                    f" raised {type(error).__name__}: {error}; pass callbacks=[trial.callback(), ...] to the Trainer"
+                    " (a call: trial.callback is a method)"
+                ),
+            )
+            error.__cause__ = cause
         return self._recorder.finish(cb, cb.fit_error if self.trained else error)
+
+
+_TRAINER_MODULES = ("lightning.pytorch.trainer", "pytorch_lightning.trainer")
+
+
+def _raised_by_trainer(error: BaseException) -> bool:
+    """``error`` went through a Lightning Trainer's own code (``lightning.pytorch`` or ``pytorch_lightning``)."""
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith(_TRAINER_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class _FitEnd:

@@ -33,6 +33,7 @@ from lightning_hpt.run_scope import frozen_gc, heartbeat, sigterm_raises
 from lightning_hpt.search_args import (
     adopt,
     check_feasible,
+    check_function_kept,
     check_params,
     max_steps_of,
     record_told,
@@ -163,6 +164,7 @@ class HyperparameterSearch:
         if space is None:
             raise ConfigurationError("space is required: a dict such as {'model.lr': Float(1e-4, 1e-1, log=True)}")
         self.space = SearchSpace(space)
+        self._traced = self.space if callable(space) and not isinstance(space, (Mapping, SearchSpace, type)) else None
         self.study_name = validate_study_name(study_name)
         objectives = parse_objectives(monitor, mode)
         outcome = outcome_constraints(constraints, [o.name for o in objectives])
@@ -279,6 +281,8 @@ class HyperparameterSearch:
             constraints=self.constraints,
         )
         stored = storage.open_study(info, allow_changes=self.allow_changes)
+        if self._traced is not None:  # allow_changes: the stored space must answer what the function asks
+            check_function_kept(self._traced, stored.space, self.study_name)
         if (stored.monitor, stored.direction, stored.objectives) != (
             self.monitor,
             self.direction,

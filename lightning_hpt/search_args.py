@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning_hpt.constraints import OutcomeConstraint, ParamConstraint
-from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.exceptions import ConfigurationError, StudyMismatchError
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder, check_trainer_kwargs
 from lightning_hpt.lightning.resume import Resume
@@ -123,6 +123,22 @@ def adopt(
         build, monitor=stored.monitor, direction=stored.direction, objectives=stored.objectives, constraints=outcome
     )
     return changed, kept
+
+
+def check_function_kept(traced: Any, stored: Any, study: str) -> None:
+    """Refuse to continue a study with ``allow_changes`` when the space function given asks for a parameter the
+    stored space, which the study keeps, does not have as asked: every trial would fail at that ``suggest``."""
+    changed = [
+        f"{name!r} (the stored space has " + (f"{stored[name]!r})" if name in stored else "no such parameter)")
+        for name in traced
+        if name not in stored or stored[name] != traced[name]
+    ]
+    if changed:
+        raise StudyMismatchError(
+            f"study {study!r} continues with the space it was created with (allow_changes=True), but the space"
+            f" function given asks for {', '.join(changed)}: each trial would fail when the function asks. Continue"
+            " the study with the function it was created with, or search the new space under a new study_name"
+        )
 
 
 def check_feasible(space: Any, rules: Sequence[ParamConstraint]) -> None:

@@ -270,6 +270,21 @@ def test_a_changed_function_is_refused_on_resume(tmp_path):
     assert len(open_storage(str(tmp_path / "s.db")).trials("default")) == 1
 
 
+def test_allow_changes_with_a_function_asking_for_what_the_stored_space_lacks_is_refused_before_a_trial(tmp_path, caplog):
+    for trial in script_search(tmp_path, n_trials=1):
+        train(trial, Deep(**mlp_space(trial)))
+    match = r"continues with the space it was created with \(allow_changes=True\), but the space function given asks"
+    with pytest.raises(StudyMismatchError, match=match + r" for 'layers' \(the stored space has Int\(low=1, high=3"):
+        for trial in script_search(tmp_path, space=lambda t: mlp_space(t, top=4), n_trials=2, allow_changes=True):
+            train(trial, Deep(**mlp_space(trial, top=4)))
+    assert len(open_storage(str(tmp_path / "s.db")).trials("default")) == 1  # nothing ran, nothing lost
+    narrower = lambda t: {"lr": t.suggest("lr", Float(1e-3, 1e-1, log=True))}  # noqa: E731 - one stored parameter
+    for trial in script_search(tmp_path, space=narrower, n_trials=2, allow_changes=True):
+        train(trial, Deep(**mlp_space(trial)))  # the stored space answers what the function asks for
+    assert [t.state for t in open_storage(str(tmp_path / "s.db")).trials("default")] == [TrialState.COMPLETE] * 2
+    assert "continues as it was created (allow_changes=True); what was given differs: parameters removed" in caplog.text
+
+
 def test_the_modules_example_runs():
     import doctest
 

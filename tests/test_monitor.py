@@ -201,3 +201,19 @@ def test_a_trial_stopped_at_its_last_epoch_completes_instead_of_being_pruned(tmp
     assert by[("bad", 4)].state is TrialState.PRUNED and list(by[("bad", 4)].intermediate) == [0]
     assert by[("bad", 1)].state is TrialState.COMPLETE and by[("bad", 1)].value == CURVES["bad"][0]
     assert by[("good", 1)].state is TrialState.COMPLETE and by[("good", 4)].state is TrialState.COMPLETE
+
+
+def test_the_random_states_a_checkpoint_keeps_are_restored_after_a_weights_only_load(tmp_path):
+    """Python's, NumPy's and torch's generators go on after a save and a ``weights_only`` load as if never stopped."""
+    import random
+
+    from lightning_hpt.lightning.monitor import _get_rng, _set_rng
+
+    def draw():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    torch.save({"rng": _get_rng()}, tmp_path / "s.pt")
+    expected = draw()
+    draw(), draw()  # move every generator on
+    _set_rng(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
+    assert draw() == expected

@@ -128,6 +128,22 @@ def test_a_trial_trained_without_its_callback_fails_with_the_fix(tmp_path):
     assert t.state is TrialState.FAILED and "trial.callback()" in t.error
 
 
+def test_a_trainer_given_the_callback_method_uncalled_fails_the_trial_with_the_fix(tmp_path):
+    """``callbacks=[trial.callback]`` (no call): Lightning's own error says nothing of it; the trial's does."""
+    s = search(tmp_path, n_trials=1)
+    for trial in s:
+        t = L.Trainer(max_epochs=1, callbacks=[trial.callback], logger=False, enable_progress_bar=False)
+        with pytest.raises(AttributeError) as raised:
+            t.fit(TinyModel(), TinyData())
+        trial.finish(error=raised.value)  # what the script's exit records, when the exception ends it
+    (t,) = s.trials
+    assert t.state is TrialState.FAILED and "raised AttributeError: 'function' object has no attribute" in t.error
+    assert "trial.callback() was never called" in t.error and "pass callbacks=[trial.callback(), ...]" in t.error
+    for failed in search(tmp_path, study_name="own", n_trials=1):  # an error of the script's own, no Trainer
+        failed.finish(error=ValueError("bad width"))
+    assert search(tmp_path, study_name="own").trials[0].error == "ValueError: bad width"
+
+
 def test_script_search_refuses_run_and_trainer_arguments(tmp_path):
     with pytest.raises(ConfigurationError, match="trainer_kwargs"):
         search(tmp_path, trainer_kwargs={"max_epochs": 2})

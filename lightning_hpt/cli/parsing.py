@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -47,9 +48,8 @@ class _ParserReady(Exception):
 
 def require_jsonargparse() -> None:
     """Raise ``ImportError`` naming the extra to install when LightningCLI's parser is unavailable."""
-    from lightning.pytorch.cli import _JSONARGPARSE_SIGNATURES_AVAILABLE
-
-    if not _JSONARGPARSE_SIGNATURES_AVAILABLE:
+    # jsonargparse and the two packages its "signatures" extra adds (Lightning's own flag for this is private)
+    if any(importlib.util.find_spec(name) is None for name in ("jsonargparse", "docstring_parser", "typeshed_client")):
         raise ImportError(
             "the lightning-hpt command needs LightningCLI's parser (jsonargparse with signatures): "
             'pip install "lightning-hpt[cli]" (or "jsonargparse[signatures]>=4.39")'

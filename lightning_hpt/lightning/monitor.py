@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any, Protocol
 
@@ -191,20 +192,30 @@ def trains_no_more(trainer: Any) -> bool:
 
 
 def _get_rng() -> dict[str, Any]:
-    """The random states Lightning's ``seed_everything`` seeds, in types ``torch.load(weights_only=True)`` reads."""
-    from lightning.fabric.utilities.seed import _collect_rng_states
+    """The random states Lightning's ``seed_everything`` seeds, in types ``torch.load(weights_only=True)`` reads.
 
-    states = _collect_rng_states(include_cuda=torch.cuda.is_available())
-    name, keys, *rest = states["numpy"]
-    states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), *rest)
+    Lightning's checkpoint does not keep them (its own helpers for this are private); the keys are the
+    ones Lightning uses, so a checkpoint written before reads the same.
+    """
+    name, keys, *rest = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest),
+    }
+    if torch.cuda.is_available():
+        states["torch.cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
 def _set_rng(states: dict[str, Any]) -> None:
-    from lightning.fabric.utilities.seed import _set_rng_states
-
+    torch.set_rng_state(states["torch"])
+    if "torch.cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
     name, keys, *rest = states["numpy"]
-    _set_rng_states({**states, "numpy": (name, keys.numpy().astype(np.uint32), *rest)})
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
 
 
 class TrialMonitor(MonitorLogic, L.Callback):

@@ -149,6 +149,13 @@ class SQLStorage(SQLDatabase, Storage):
                     return dataclasses.replace(given, attrs=stored.attrs)
                 if diffs:
                     raise mismatch(given.name, self._where, diffs)
+            elif diffs := differences(stored, given):
+                log.warning(
+                    "study %r in %s continues as it was created (allow_changes=True); what was given differs: %s",
+                    given.name,
+                    self._where,
+                    "; ".join(diffs),
+                )
             return stored
 
         return self._txn(f"open study {given.name!r}", fn, write=True)
