@@ -31,10 +31,10 @@ from lightning_hpt.report.table import trials_table
 from lightning_hpt.result import SearchResult
 from lightning_hpt.run_scope import frozen_gc, heartbeat, sigterm_raises
 from lightning_hpt.search_args import (
-    adopt,
     check_feasible,
     check_function_kept,
     check_params,
+    continued,
     max_steps_of,
     record_told,
     refit_one_objective,
@@ -283,21 +283,9 @@ class HyperparameterSearch:
         stored = storage.open_study(info, allow_changes=self.allow_changes)
         if self._traced is not None:  # allow_changes: the stored space must answer what the function asks
             check_function_kept(self._traced, stored.space, self.study_name)
-        if (stored.monitor, stored.direction, stored.objectives) != (
-            self.monitor,
-            self.direction,
-            self.build.objectives,
-        ) or stored.constraints != self.constraints:  # allow_changes: the stored study wins
-            self.build, self.param_constraints = adopt(self.build, self.param_constraints, stored, self.study_name)
-        if stored.strategy != self.strategy.name and self._strategy_by_name:  # allow_changes: the stored one
-            self.strategy = make_strategy(stored.strategy)
-        elif stored.strategy != self.strategy.name:  # a configured object is the user's choice: it is kept
-            log.warning(
-                "study %r ran with strategy %r; it continues with the %r given here",
-                self.study_name,
-                stored.strategy,
-                self.strategy,
-            )
+        self.build, self.param_constraints, self.strategy = continued(
+            stored, self.build, self.param_constraints, self.strategy, self._strategy_by_name, self.study_name
+        )
         self.space, self.seed = stored.space, stored.seed
         self._opened = True
         return storage

@@ -19,6 +19,7 @@ from lightning_hpt.lightning.resume import Resume
 from lightning_hpt.lightning.runner import DEFAULT_RESUME, TrialBuild
 from lightning_hpt.objectives import Objective
 from lightning_hpt.storage import StudyInfo
+from lightning_hpt.strategies import make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,25 @@ def resume_of(resume: Resume | bool) -> Resume | None:
         f"resume must be True, False or a Resume(every_n_epochs=..., every_minutes=..., keep=..., failed=...),"
         f" got resume={resume!r}"
     )
+
+
+def continued(
+    stored: StudyInfo, build: TrialBuild, rules: tuple[ParamConstraint, ...], strategy: Any, by_name: bool, study: str
+) -> tuple[TrialBuild, tuple[ParamConstraint, ...], Any]:
+    """What a search goes on with once its study is open: the stored objectives and constraints when they differ
+    (``allow_changes``: trials must stay comparable), the stored strategy when it was given by name."""
+    if (stored.monitor, stored.direction, stored.objectives, stored.constraints) != (
+        build.monitor,
+        build.direction,
+        build.objectives,
+        (*build.constraints, *rules),
+    ):
+        build, rules = adopt(build, rules, stored, study)
+    if stored.strategy != strategy.name and by_name:
+        strategy = make_strategy(stored.strategy)
+    elif stored.strategy != strategy.name:  # a configured object is the user's choice: it is kept
+        log.warning("study %r ran with strategy %r; it goes on with the %r given", study, stored.strategy, strategy)
+    return build, rules, strategy
 
 
 def adopt(

@@ -151,7 +151,8 @@ class SQLStorage(SQLDatabase, Storage):
                     raise mismatch(given.name, self._where, diffs)
             elif diffs := differences(stored, given):
                 log.warning(
-                    "study %r in %s continues as it was created (allow_changes=True); what was given differs: %s",
+                    "study %r in %s is continued with allow_changes=True; what was given differs from what it was"
+                    " created with: %s",
                     given.name,
                     self._where,
                     "; ".join(diffs),
