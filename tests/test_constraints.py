@@ -91,7 +91,7 @@ def test_infeasible_trials_are_never_on_the_front(tmp_path, fast_trainer):
 
 
 def test_a_missing_constraint_metric_stops_the_search(tmp_path, fast_trainer):
-    match = r"the constrained metric 'latency_ms' was not logged.* or set constraints= to one of these"
+    match = r"the constrained metric .latency_ms. was not logged.* or set constraints= \(search.constraints: in a CLI"
     with pytest.raises((MetricNotFoundError, SearchFailedError), match=match):
         make(tmp_path, fast_trainer, constraints={"latency_ms": ("<=", 5)}).run()
 

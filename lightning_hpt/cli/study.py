@@ -193,7 +193,7 @@ def chosen_trial(result: Any, number: int | None, weights: str | None) -> TrialR
             )
         return found[0]
     if weights is not None:
-        return result.best(weights=_weights(weights))
+        return result.best(weights=_weights(weights, [o.name for o in result.objectives]))
     if result.multi:
         front = [t.number for t in result.pareto_trials]
         example = ",".join(f"{o.name}=1" for o in result.objectives)
@@ -204,7 +204,9 @@ def chosen_trial(result: Any, number: int | None, weights: str | None) -> TrialR
     return result.best_trial
 
 
-def _weights(text: str) -> dict[str, float]:
+def _weights(text: str, names: list[str]) -> dict[str, float]:
+    """``--weights val_acc=1,n_params=0.5`` as a dict, checked against the study's objectives in the CLI's words."""
+    example = ",".join(f"{n}=1" for n in names)
     out = {}
     for part in text.split(","):
         name, sep, value = part.partition("=")
@@ -213,5 +215,12 @@ def _weights(text: str) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep:
-            raise ConfigurationError(f"--weights must read name=number,..., e.g. val_acc=1,n_params=0.5; got {text!r}")
+            raise ConfigurationError(f"--weights must read name=number,...; got {text!r}; e.g. --weights {example}")
+    unknown = sorted(set(out) - set(names))
+    if unknown:
+        raise ConfigurationError(
+            f"--weights names {unknown}, which are not objectives of the study ({names}); e.g. --weights {example}"
+        )
+    if not all(v >= 0 for v in out.values()) or not any(out.values()):  # not v >= 0: NaN too
+        raise ConfigurationError(f"--weights must be numbers >= 0, not all 0; got {text!r}; e.g. --weights {example}")
     return out

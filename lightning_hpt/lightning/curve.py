@@ -58,12 +58,12 @@ def metric_missing(monitor: str, logged: Iterable[str], bounded: bool = False) -
 
     ``bounded``: the metric is an outcome constraint's, not an objective (the fix is in ``constraints=``).
     """
-    what, fix = ("constrained", "constraints=") if bounded else ("monitored", "monitor=")
+    what, key = ("constrained", "constraints") if bounded else ("monitored", "monitor")
     near = difflib.get_close_matches(monitor, sorted(logged), n=1)
     return MetricNotFoundError(
         f"the {what} metric {monitor!r} was not logged{f' (did you mean {near[0]!r}?)' if near else ''}; the"
         f" metrics logged are {sorted(logged)}. Log it with self.log({monitor!r}, ...) in validation_step, or set"
-        f" {fix} to one of these"
+        f" {key}= (search.{key}: in a CLI config) to one of these"
     )
 
 
