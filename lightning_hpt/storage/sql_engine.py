@@ -4,13 +4,12 @@
 databases, not studies: it opens SQLite files and PostgreSQL servers, checks (and creates) the
 tables, runs each unit of work in one transaction that takes the write lock up front, and retries
 lock waits and transient errors. Every text it shows passes through
-:func:`~lightning_hpt.storage.masking.mask_secrets`.
+:func:`~lightning_hpt.masking.mask_secrets`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
 import threading
@@ -25,7 +24,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from lightning_hpt.exceptions import DatabaseLockedError, HPTError, StorageError
-from lightning_hpt.storage.masking import mask_secrets, safe_cause
+from lightning_hpt.masking import get_logger, mask_secrets, safe_cause
 from lightning_hpt.storage.sql_migrate import migrate
 from lightning_hpt.storage.sql_schema import (
     META,
@@ -44,7 +43,7 @@ from lightning_hpt.storage.sql_schema import (
 
 __all__ = ["SQLDatabase", "parse_url"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 T = TypeVar("T")
 
 
