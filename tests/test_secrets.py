@@ -229,3 +229,13 @@ def test_the_stored_cli_config_has_its_secrets_masked(tmp_path) -> None:
     assert SECRET in (tmp_path / "runs" / "default" / "trial_0" / "config.yaml").read_text()
     (tmp_path / "search.yaml").unlink()
     assert _cli_search(tmp_path, "rotated-password") == (0, "")  # resumes: n_trials reached, nothing is refused
+
+
+@pytest.mark.parametrize("url", ["sqlit:///runs/studies.db", f"postgress://hpt:{SECRET}@h/hpt"])
+def test_a_misspelt_database_kind_is_named_as_such(tmp_path, url: str) -> None:
+    """Issue: 'sqlit:///x.db' was 'the database driver is missing', with advice to install PostgreSQL's driver."""
+    with pytest.raises(StorageError) as err:
+        open_storage(url, retries=0)
+    kind = url.split(":", 1)[0]
+    assert f"{kind!r} is not a database kind SQLAlchemy knows" in str(err.value) and "'sqlite:///'" in str(err.value)
+    assert "driver is missing" not in str(err.value) and SECRET not in _everything(err.value)

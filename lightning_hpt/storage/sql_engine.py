@@ -227,7 +227,13 @@ class SQLDatabase:
             kwargs["execution_options"] = options
         try:
             engine = sa.create_engine(self._url, **kwargs)
-        except (ImportError, sa_exc.NoSuchModuleError) as e:
+        except sa_exc.NoSuchModuleError as e:  # a scheme or driver name SQLAlchemy does not know: a typo, mostly
+            raise StorageError(
+                f"cannot open {self.url}: {self._url.drivername!r} is not a database kind SQLAlchemy knows"
+                f" ({mask_secrets(e)}); a URL starts with 'sqlite:///' (a file) or 'postgresql+psycopg://'"
+                " (PostgreSQL, with pip install 'psycopg[binary]'), or give a file path ending in .db"
+            ) from None
+        except ImportError as e:
             raise StorageError(
                 f"cannot open {self.url}: the database driver is missing ({mask_secrets(e)}); for PostgreSQL install"
                 " it with pip install 'psycopg[binary]' and use a URL starting with 'postgresql+psycopg://'"
