@@ -26,6 +26,10 @@ class StorageError(HPTError, RuntimeError):
     """The study database cannot be opened, read or written."""
 
 
+class OutputError(HPTError, OSError):
+    """A file asked for (a report, an export, a best config) cannot be written where it was asked."""
+
+
 class StudyMismatchError(StorageError):
     """An existing study was opened with a different space, monitor or direction."""
 

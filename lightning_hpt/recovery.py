@@ -9,7 +9,6 @@ later search object after a crash of the first) would otherwise take it for its 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import threading
@@ -24,13 +23,14 @@ from lightning_hpt.exceptions import (
     SearchFailedError,
     SearchPreempted,
 )
+from lightning_hpt.masking import get_logger
 from lightning_hpt.run_scope import HEARTBEAT_SECONDS
 from lightning_hpt.storage import Storage
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, TrialRecord, TrialState
 
 __all__ = ["ACTIVE", "HOST", "ActiveTrials", "abandon", "check_checkpoints", "check_stale_after", "recover"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 HOST = socket.gethostname()
 
 

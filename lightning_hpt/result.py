@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -13,13 +12,14 @@ from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.quiet import quiet_lightning
 from lightning_hpt.lightning.schedule import validation_schedule
+from lightning_hpt.masking import get_logger
 from lightning_hpt.objectives import Objective
 from lightning_hpt.storage import Storage, open_storage
 from lightning_hpt.trial import Direction, TrialRecord, TrialState, best_trial, count_states, rank_trials
 
 __all__ = ["SearchResult"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: relative gap between validation and test score above which the summary warns of overfitting the search.
 GAP_WARNING = 0.05

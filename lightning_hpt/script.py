@@ -27,7 +27,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import logging
 import os
 import sys
 import time
@@ -40,6 +39,7 @@ from lightning_hpt.driver import show_finished
 from lightning_hpt.exceptions import ConfigurationError, StorageError
 from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
 from lightning_hpt.lightning.runner import TrialJob, _describe
+from lightning_hpt.masking import get_logger
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.recovery import ACTIVE, recover
 from lightning_hpt.report import make_progress
@@ -52,7 +52,7 @@ from lightning_hpt.trial import TrialRecord
 
 __all__ = ["ScriptSearch", "ScriptTrial"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: set by rank 0 before Lightning starts the other ranks of a DDP run, which inherit it.
 GROUP_ENV = "LIGHTNING_HPT_SCRIPT_GROUP"

@@ -8,7 +8,6 @@ ended with, and records the trial from that when the loop moves on (:class:`Tria
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,13 @@ from lightning_hpt.lightning.loggers import TrialContext, make_logger
 from lightning_hpt.lightning.monitor import monitor_class
 from lightning_hpt.lightning.resume import checkpoint_to_resume, claim, discard, resume_callbacks
 from lightning_hpt.lightning.runner import TrialJob, _outcome, end_resume, trial_seed
+from lightning_hpt.masking import get_logger
 from lightning_hpt.space import Domain, SearchSpace
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, TrialRecord, TrialState
 
 __all__ = ["ScriptTrial", "TrialRecorder", "rank"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def rank() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.folds import CrossValidation
 from lightning_hpt.lightning.resume import Resume
 from lightning_hpt.lightning.runner import TrialBuild, judge
+from lightning_hpt.masking import get_logger
 from lightning_hpt.objectives import Objective, parse_objectives
 from lightning_hpt.proposals import next_trials
 from lightning_hpt.pruners import Pruner, StepIndex, make_pruner
@@ -52,7 +52,7 @@ from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
 __all__ = ["HyperparameterSearch"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class HyperparameterSearch:

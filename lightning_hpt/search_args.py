@@ -7,7 +7,6 @@ fix, and writes nothing.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,11 +16,12 @@ from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder, check_trainer_kwargs
 from lightning_hpt.lightning.resume import Resume
 from lightning_hpt.lightning.runner import DEFAULT_RESUME, TrialBuild
+from lightning_hpt.masking import get_logger
 from lightning_hpt.objectives import Objective
 from lightning_hpt.storage import StudyInfo
 from lightning_hpt.strategies import make_strategy
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 __all__ = [
     "adopt",

@@ -96,6 +96,29 @@ def test_best_of_a_python_api_study_says_why_and_writes_its_parameters(tmp_path)
     assert json.loads((tmp_path / "best.json").read_text())["params"] == PARAMS
 
 
+def test_an_output_path_that_cannot_be_written_is_an_error_naming_it(tmp_path):
+    """Issue: report/best -o DIR and export -o FILE/x.csv ended with an IsADirectoryError (NotADirectoryError)."""
+    db = tmp_path / "studies.db"
+    storage = SQLStorage(f"sqlite:///{db}")
+    storage.open_study(study_info("api"))
+    t = storage.create_trial("api", PARAMS)
+    storage.finish_trial("api", t.number, state=TrialState.COMPLETE, value=0.9)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "afile").write_text("mine")
+    before = sorted(tmp_path.rglob("*"))
+    for command, output, why in [
+        ("report", tmp_path / "out", "it is a directory; name a file in it"),
+        ("best", tmp_path / "out", "it is a directory; name a file in it"),
+        ("export", tmp_path / "afile" / "t.csv", f"{tmp_path / 'afile'} is a file, not a directory"),
+    ]:
+        code, out, err = run(command, "api", "--storage", str(db), "-o", str(output))
+        assert code == 1 and f"cannot write {str(output)!r}: {why}" in err and out == "", err
+    assert sorted(p for p in tmp_path.rglob("*") if not p.name.startswith("studies.db")) == [
+        p for p in before if not p.name.startswith("studies.db")
+    ]
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_show_into_a_closed_pipe_ends_quietly(tmp_path):
     """Issue: ``lightning-hpt show STUDY | head -2`` ended with a BrokenPipeError traceback."""
     db = tmp_path / "studies.db"

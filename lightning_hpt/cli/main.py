@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 from lightning_hpt.exceptions import ConfigurationError, HPTError, SearchPreempted, SearchSpaceError, StudyMismatchError
+from lightning_hpt.masking import mask_secrets
 
 __all__ = ["COMMANDS", "main"]
 
@@ -244,10 +245,10 @@ def main(
     except SystemExit as e:  # argument parsers exit after --help, --print_config and usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except (ConfigurationError, SearchSpaceError, StudyMismatchError) as e:
-        err.write(f"lightning-hpt {command}: error: {e}\n")
+        err.write(f"lightning-hpt {command}: error: {mask_secrets(e)}\n")
         return 2
     except (HPTError, ImportError) as e:
-        err.write(f"lightning-hpt {command}: error: {e}\n")
+        err.write(f"lightning-hpt {command}: error: {mask_secrets(e)}\n")
         return 1
 
 

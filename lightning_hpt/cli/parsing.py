@@ -158,7 +158,7 @@ def parse_args_briefly(parser: Any, argv: Sequence[str], prog: str, hint: str | 
     """``parser.parse_args(argv)`` whose errors are one or two lines naming the fix, not a usage dump.
 
     ``--help`` and ``--print_config`` still print and exit; ``--print_config`` prints the config with the
-    passwords of database URLs masked (:func:`~lightning_hpt.storage.masking.mask_secrets`), saying so on
+    passwords of database URLs masked (:func:`~lightning_hpt.masking.mask_secrets`), saying so on
     stderr. ``hint``: what to do (default: :func:`script_hint`).
 
     Raises:
@@ -192,7 +192,7 @@ def _parse_masked(parser: Any, argv: Sequence[str]) -> Any:
     import io
     import sys
 
-    from lightning_hpt.storage.masking import mask_secrets
+    from lightning_hpt.masking import mask_secrets
 
     out = io.StringIO()
     try:

@@ -19,6 +19,7 @@ from lightning_hpt.cli.space import resolve_constraints, resolve_params, space_f
 from lightning_hpt.cli.study import best_config, write_text
 from lightning_hpt.exceptions import ConfigurationError, StudyMismatchError
 from lightning_hpt.lightning.compat import is_lightning_cli
+from lightning_hpt.masking import mask_config
 from lightning_hpt.result import SearchResult
 from lightning_hpt.search import HyperparameterSearch
 
@@ -95,11 +96,17 @@ def _config_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int =
 
 
 def _record_config(search: HyperparameterSearch, base: Mapping[str, Any], cli: str, allow_changes: bool) -> None:
-    """Store the base config with the study; refuse to continue a study that ran with another one."""
+    """Store the base config with the study; refuse to continue a study that ran with another one.
+
+    The stored config has its secrets masked (:func:`~lightning_hpt.masking.mask_config`): a logger's API key or
+    a password in a URL never reaches the database, and a changed secret alone is no change of the config.
+    """
     storage, name = search.storage, search.study_name
+    base = mask_config(json.loads(json.dumps(base)))
     if name in storage.study_names():
         stored = storage.load_study(name).attrs.get("cli_config")
-        if stored is not None and stored != json.loads(json.dumps(base)) and not allow_changes:
+        stored = None if stored is None else mask_config(stored)  # stored before secrets were masked, too
+        if stored is not None and stored != base and not allow_changes:
             raise StudyMismatchError(
                 f"study {name!r} ran with another config (what every trial shares): {_config_changes(stored, base)};"
                 " use a new search.study_name, or search.allow_changes: true to continue it with this config"

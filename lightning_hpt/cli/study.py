@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from lightning_hpt.cli.builder import TRIAL_CONFIG
 from lightning_hpt.cli.parsing import load_yaml, short_key
 from lightning_hpt.exceptions import ConfigurationError, HPTError
+from lightning_hpt.report.export import write_text_atomic
 from lightning_hpt.storage import Storage, StudyInfo, open_storage
 from lightning_hpt.trial import TrialRecord, TrialState
 
@@ -152,17 +152,7 @@ def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` atomically (a temporary file renamed), creating the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text)
 
 
 def _unscored(result: Any, trial: TrialRecord | None, number: int) -> str:

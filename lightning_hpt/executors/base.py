@@ -17,7 +17,6 @@ the driver:
 
 from __future__ import annotations
 
-import logging
 import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -28,11 +27,12 @@ from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.executors._pickling import check_picklable
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
+from lightning_hpt.masking import get_logger
 from lightning_hpt.trial import TrialState
 
 __all__ = ["HALT_WAIT", "Executor", "describe_exit", "done", "failed_outcome"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: on Ctrl+C or SIGTERM, how long the driver waits in :meth:`Executor.halt` for outcomes of trials that are ending.
 HALT_WAIT = 1.0

@@ -11,7 +11,6 @@ reporters through one :class:`ReporterRegistry`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import secrets
 import socket
 import threading
@@ -20,10 +19,11 @@ from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
 from lightning_hpt.lightning.monitor import TrialReporter, wire_value
+from lightning_hpt.masking import get_logger
 
 __all__ = ["KEY_ENV", "ChannelReporter", "ReportServer", "ReporterRegistry"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: environment variable that carries the channel's key (hex) to worker processes, so it is in no command line.
 KEY_ENV = "HPT_WORKER_KEY"

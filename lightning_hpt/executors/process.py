@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import logging
 import queue
 import secrets
 import signal
@@ -38,10 +37,11 @@ from lightning_hpt.executors.base import HALT_WAIT, Executor, describe_exit, fai
 from lightning_hpt.executors.ipc import ReporterRegistry, ReportServer
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
+from lightning_hpt.masking import get_logger
 
 __all__ = ["ProcessExecutor"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class ProcessExecutor(Executor):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import logging
 import math
 import os
 import sys
@@ -31,10 +30,11 @@ from lightning_hpt.executors.ipc import ReporterRegistry
 from lightning_hpt.executors.ray_channel import RayReporter, broker_class
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome, run_trial
+from lightning_hpt.masking import get_logger
 
 __all__ = ["RayExecutor"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _NICENESS = "RAY_worker_niceness"
 _FROZEN = False  # whether this Ray worker process froze its long-lived objects

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,10 +11,11 @@ import torch
 
 from lightning_hpt.exceptions import ConfigurationError
 from lightning_hpt.lightning.compat import is_lightning_class
+from lightning_hpt.masking import get_logger
 
 __all__ = ["SECTIONS", "check_keys", "is_lightning_class", "nest", "patch_optimizer", "split_params"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: the prefixes a parameter name may start with, and what they configure.
 SECTIONS = {

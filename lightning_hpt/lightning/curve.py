@@ -12,7 +12,6 @@ metric not logged, a NaN or infinite objective). An ordinary trial's monitor
 from __future__ import annotations
 
 import difflib
-import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from lightning_hpt.exceptions import MetricNotFoundError
+from lightning_hpt.masking import get_logger
 from lightning_hpt.trial import Direction
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Curve", "judge", "metric_missing", "metric_value", "value_failure"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def metric_value(name: str, value: Any) -> float:

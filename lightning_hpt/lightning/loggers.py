@@ -9,7 +9,6 @@ import contextlib
 import csv
 import importlib
 import inspect
-import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.masking import get_logger
 
 __all__ = [
     "EARLIER_METRICS",
@@ -45,7 +45,7 @@ KNOWN_LOGGERS = {
     "mlflow": "lightning.pytorch.loggers.MLFlowLogger",
 }
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: where a continued trial's CSV logger keeps the earlier attempt's rows until its own first row
 EARLIER_METRICS = "metrics.earlier.csv"

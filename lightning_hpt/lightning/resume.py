@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import logging
 import os
 import shutil
 import zipfile
@@ -28,6 +27,7 @@ from typing_extensions import override
 
 from lightning_hpt.exceptions import ConfigurationError, SearchPreempted
 from lightning_hpt.lightning import compat
+from lightning_hpt.masking import get_logger
 
 __all__ = [
     "RESUME_DIR",
@@ -42,7 +42,7 @@ __all__ = [
     "save_finished_runs",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 #: a finished run's value in ``runs.json``: a number, or with several objectives the tuple of their values
 Score = float | tuple[float, ...]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from lightning_hpt.lightning.loggers import finish_loggers
 from lightning_hpt.lightning.monitor import TrialReporter, monitor_class
 from lightning_hpt.lightning.quiet import quiet_lightning
 from lightning_hpt.lightning.resume import Resume, checkpoint_to_resume, claim, discard, resume_callbacks
+from lightning_hpt.masking import get_logger, mask_secrets
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialState
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TrialBuild", "TrialJob", "TrialOutcome", "judge", "run_trial", "trial_seed", "value_failure"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 #: every validation run, removed when the trial ends
 DEFAULT_RESUME = Resume()
 
@@ -175,13 +175,14 @@ ERROR_FILE = "error.txt"
 def _keep_traceback(job: TrialJob, error: BaseException) -> dict[str, str]:
     """Write ``error``'s traceback to ``<trial dir>/error.txt`` (the record keeps its last line); its path as attrs.
 
-    Only the exception and the source lines of its frames are written, never their local values.
+    Only the exception and the source lines of its frames are written, never their local values, and
+    the password fields of what they quote are masked.
     """
     path = os.path.join(job.trial_dir, ERROR_FILE)
     try:
         os.makedirs(job.trial_dir, exist_ok=True)
         with open(path, "w") as f:
-            f.write("".join(traceback.format_exception(error)))
+            f.write(mask_secrets("".join(traceback.format_exception(error))))
     except OSError as e:
         log.warning("trial %d: its traceback could not be written to %s (%s)", job.number, path, e)
         return {}

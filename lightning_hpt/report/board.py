@@ -4,16 +4,16 @@ size of the Pareto front) so far after each finished trial."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
+from lightning_hpt.masking import get_logger
 from lightning_hpt.trial import TrialRecord
 
 __all__ = ["StudyBoard"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class StudyBoard:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.exceptions import ConfigurationError, OutputError
 from lightning_hpt.trial import TrialRecord
 
 __all__ = ["export_trials", "trial_to_dict", "write_text_atomic"]
@@ -81,24 +81,40 @@ def trial_to_dict(t: TrialRecord, objectives: Sequence[str] = ()) -> dict[str, A
     return out
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``.
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``; returns the path.
 
     A reader (or a crash, or a full disk) never sees a half-written file: the old one stays
-    intact until the new one is complete.
+    intact until the new one is complete. A path that cannot be written (a directory, a directory
+    that is a file, no permission) raises :class:`~lightning_hpt.exceptions.OutputError` naming it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         # mkstemp makes the file private (0600); a report or export is meant to be shared like any file
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.is_file() else 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _cannot_write(path, e) from None
         raise
+    return path
+
+
+def _cannot_write(path: Path, error: OSError) -> OutputError:
+    if path.is_dir():
+        why = f"it is a directory; name a file in it ({os.path.join(path, 'NAME')})"
+    else:
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a directory" if blocker else error.strerror or str(error)
+    return OutputError(f"cannot write {str(path)!r}: {why}; give a file path in a directory you can write")
 
 
 def _csv_text(trials: Sequence[TrialRecord], objectives: Sequence[str]) -> str:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning_hpt.exceptions import HPTError
+from lightning_hpt.masking import get_logger
 from lightning_hpt.pareto import pareto_front, rank_pareto
 from lightning_hpt.report.export import write_text_atomic
 from lightning_hpt.report.sample import MAX_CURVES, MAX_ROWS, plot_sample
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # storage sits on the same floor as report: only its interfac
 
 __all__ = ["render_report", "write_report"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1100px;

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import logging
 import math
 import threading
 import time
@@ -19,6 +18,7 @@ from lightning_hpt.executors.base import Executor, failed_outcome
 from lightning_hpt.lightning.config import SECTIONS
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.runner import TrialBuild, TrialJob, TrialOutcome
+from lightning_hpt.masking import get_logger
 from lightning_hpt.stacking.group import run_jobs
 from lightning_hpt.stacking.grouping import PER_MEMBER, check_per_member, group_key
 from lightning_hpt.stacking.resume import WRITE_EVERY
@@ -26,7 +26,7 @@ from lightning_hpt.trial import INTERRUPTED, TrialState
 
 __all__ = ["StackedExecutor"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _Pending = tuple[TrialJob, TrialReporter, "_Outcome"]
 
 

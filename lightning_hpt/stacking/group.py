@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
-import logging
 import os
 import threading
 import traceback
@@ -26,6 +25,7 @@ from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.lightning.monitor import TrialReporter
 from lightning_hpt.lightning.quiet import quiet_lightning
 from lightning_hpt.lightning.runner import TrialJob, TrialOutcome, run_trial, trial_seed
+from lightning_hpt.masking import get_logger
 from lightning_hpt.stacking.grouping import PER_MEMBER, StackingRefused, group_key, refusal, signature
 from lightning_hpt.stacking.members import Member, member_checkpoint
 from lightning_hpt.stacking.module import stacked_module_class
@@ -33,7 +33,7 @@ from lightning_hpt.stacking.resume import WRITE_EVERY, load_member_state
 
 __all__ = ["run_jobs"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 Item = tuple[TrialJob, TrialReporter | None]
 Done = Callable[[int, TrialOutcome], None]
 

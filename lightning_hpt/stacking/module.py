@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from typing_extensions import override
 
+from lightning_hpt.masking import get_logger
 from lightning_hpt.stacking.grouping import StackingRefused
 from lightning_hpt.stacking.members import Member, member_checkpoint
 from lightning_hpt.stacking.optim import StackedOptimizer
@@ -36,7 +36,7 @@ from lightning_hpt.stacking.train_logs import TrainLogs
 
 __all__ = ["stacked_module_class"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 #: ``join(n)``: up to ``n`` new members for the slots of ended ones, as (model, track, optimizer state or None)
 Join = Callable[[int], list[tuple[Any, Member, "dict[str, Any] | None"]]]
 

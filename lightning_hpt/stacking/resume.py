@@ -26,7 +26,6 @@ that runs as an ordinary trial on its rerun starts over.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import time
 from pathlib import Path
@@ -36,10 +35,11 @@ import torch
 
 from lightning_hpt.lightning.resume import RESUME_DIR, Resume, checkpoint_to_resume, claim
 from lightning_hpt.lightning.runner import TrialJob
+from lightning_hpt.masking import get_logger
 
 __all__ = ["MEMBER_FILE", "WRITE_EVERY", "ResumeClock", "load_member_state", "save_member_state", "write_checkpoint"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: the member's resumable checkpoint in ``<trial dir>/resume/``, without ``.ckpt``
 MEMBER_FILE = "member"

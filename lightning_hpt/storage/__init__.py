@@ -11,8 +11,8 @@ import os
 from typing import Any
 
 from lightning_hpt.exceptions import StorageError
+from lightning_hpt.masking import mask_secrets
 from lightning_hpt.storage.base import STORAGES, Storage, StudyInfo
-from lightning_hpt.storage.masking import mask_secrets
 from lightning_hpt.storage.sql import SCHEMA_VERSION, SQLStorage
 from lightning_hpt.storage.sql_engine import parse_url
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import os
 import socket
 import threading
@@ -39,6 +38,7 @@ from lightning_hpt.exceptions import (
     DuplicateTrialError,
     StorageError,
 )
+from lightning_hpt.masking import get_logger, mask_secrets
 from lightning_hpt.storage.base import Storage, StudyInfo
 from lightning_hpt.storage.sql_engine import SQLDatabase
 from lightning_hpt.storage.sql_history import HistoryCache, bump
@@ -76,7 +76,7 @@ from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 
 __all__ = ["SCHEMA_VERSION", "SQLStorage"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 T = TypeVar("T")
 
 
@@ -361,7 +361,7 @@ class SQLStorage(SQLDatabase, Storage):
                 "value": v,
                 "value_nonfinite": flag,
                 "best_step": best_step,
-                "error": None if error is None else str(error),
+                "error": None if error is None else mask_secrets(error),  # a trial's error may quote a password
                 "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
                 "finished_at": time.time(),
                 "attrs": dumps({**json.loads(row.attrs), **extra}, "trial attrs"),

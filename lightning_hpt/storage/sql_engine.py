@@ -4,13 +4,12 @@
 databases, not studies: it opens SQLite files and PostgreSQL servers, checks (and creates) the
 tables, runs each unit of work in one transaction that takes the write lock up front, and retries
 lock waits and transient errors. Every text it shows passes through
-:func:`~lightning_hpt.storage.masking.mask_secrets`.
+:func:`~lightning_hpt.masking.mask_secrets`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
 import threading
@@ -25,7 +24,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from lightning_hpt.exceptions import DatabaseLockedError, HPTError, StorageError
-from lightning_hpt.storage.masking import mask_secrets, safe_cause
+from lightning_hpt.masking import get_logger, mask_secrets, safe_cause
 from lightning_hpt.storage.sql_migrate import migrate
 from lightning_hpt.storage.sql_schema import (
     META,
@@ -44,7 +43,7 @@ from lightning_hpt.storage.sql_schema import (
 
 __all__ = ["SQLDatabase", "parse_url"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 T = TypeVar("T")
 
 
@@ -228,7 +227,13 @@ class SQLDatabase:
             kwargs["execution_options"] = options
         try:
             engine = sa.create_engine(self._url, **kwargs)
-        except (ImportError, sa_exc.NoSuchModuleError) as e:
+        except sa_exc.NoSuchModuleError as e:  # a scheme or driver name SQLAlchemy does not know: a typo, mostly
+            raise StorageError(
+                f"cannot open {self.url}: {self._url.drivername!r} is not a database kind SQLAlchemy knows"
+                f" ({mask_secrets(e)}); a URL starts with 'sqlite:///' (a file) or 'postgresql+psycopg://'"
+                " (PostgreSQL, with pip install 'psycopg[binary]'), or give a file path ending in .db"
+            ) from None
+        except ImportError as e:
             raise StorageError(
                 f"cannot open {self.url}: the database driver is missing ({mask_secrets(e)}); for PostgreSQL install"
                 " it with pip install 'psycopg[binary]' and use a URL starting with 'postgresql+psycopg://'"

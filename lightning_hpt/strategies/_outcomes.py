@@ -26,7 +26,6 @@ non-dominated sorting and a seeded sample of the rest.
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.masking import get_logger
 from lightning_hpt.objectives import Objective, to_maximize
 from lightning_hpt.space import SearchSpace
 from lightning_hpt.strategies.base import trial_rng
@@ -45,7 +45,7 @@ from lightning_hpt.trial import Direction, History, TrialRecord, TrialState
 __all__ = ["acquisition", "check_ref_point", "fit", "objectives_of", "observations", "wanted"]
 
 _SALT = 0xB1
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def wanted(history: History) -> bool:

@@ -32,7 +32,6 @@ strategy logs a warning and proposes quasi-random configurations instead.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ import torch
 import lightning_hpt.surrogate as _surrogate
 from lightning_hpt.checks import check_bool, check_int
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.masking import get_logger
 from lightning_hpt.objectives import Objective
 from lightning_hpt.space import SearchSpace
 from lightning_hpt.strategies import _outcomes
@@ -55,7 +55,7 @@ from lightning_hpt.trial import History, TrialRecord, TrialState
 
 __all__ = ["ACQUISITIONS", "BayesianStrategy"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: acquisition functions selectable by name.
 ACQUISITIONS = ("lognei", "logei", "ucb", "pi")

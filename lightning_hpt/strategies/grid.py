@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,13 +9,14 @@ import numpy as np
 
 from lightning_hpt.checks import check_bool
 from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.masking import get_logger
 from lightning_hpt.space import SearchSpace
 from lightning_hpt.strategies.base import Strategy, allowed, params_key
 from lightning_hpt.trial import History
 
 __all__ = ["GridStrategy", "planned_trials"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class GridStrategy(Strategy):

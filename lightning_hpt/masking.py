@@ -1,7 +1,8 @@
-"""Secrets out of text: the password fields of database URLs and connection strings, masked.
+"""Secrets out of text: the password fields of URLs and connection strings, masked.
 
-A database URL can reach an error message, a log line, the live display or the HTML report,
-whole or quoted inside a driver's message. :func:`mask_secrets` is the one function that
+A database URL (or a tracking server's ``https://user:token@host``) can reach an error message, a
+log line, the live display, a trial's stored error or the HTML report, whole or quoted inside a
+driver's or a logger's message. :func:`mask_secrets` is the one function that
 makes such text safe to show: it finds the *fields* that hold a password and replaces their
 values with ``***``; it never searches the text for the password itself (a short password
 would garble the message and show which characters it contains).
@@ -18,10 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
-__all__ = ["MASK", "mask_secrets", "safe_cause"]
+__all__ = ["MASK", "get_logger", "mask_config", "mask_secrets", "safe_cause"]
 
 MASK = "***"
 _KEYS = r"(?:password|passwd|pwd|sslpassword|sslkey_?password)"
@@ -65,6 +67,23 @@ def mask_secrets(text: Any) -> str:
     return _MAPPING.sub(_masked, text)
 
 
+#: keys of a config whose value is a secret: a password, a logger's API key (Comet, Neptune) or a token
+_SECRET_KEY = re.compile(rf"(?i:{_KEYS}|api_?key|(?:access_|auth_|api_)?token|secret(?:_?key)?)")
+
+
+def mask_config(node: Any) -> Any:
+    """A copy of a config (mappings, lists, scalars) to store or show: secret keys' values and URL passwords masked.
+
+    A value under a key that names a secret (``password``, ``api_key``, ``token``, ``secret``) becomes ``***``;
+    every string goes through :func:`mask_secrets` (``tracking_uri: https://user:***@host``).
+    """
+    if isinstance(node, dict):
+        return {k: MASK if _SECRET_KEY.fullmatch(str(k)) and v else mask_config(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [mask_config(v) for v in node]
+    return mask_secrets(node) if isinstance(node, str) else node
+
+
 def safe_cause(error: BaseException) -> BaseException | None:
     """``error`` if its text holds no secret, else ``None``: what to chain (``raise ... from``) to a masked error.
 
@@ -78,3 +97,36 @@ def safe_cause(error: BaseException) -> BaseException | None:
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return error
+
+
+class _MaskSecrets(logging.Filter):
+    """Masks the password fields of a log record's message and traceback before any handler sees them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:  # a trial's exception may quote a URL with its password
+            text = logging.Formatter().formatException(record.exc_info)
+            if mask_secrets(text) != text:
+                record.exc_text = mask_secrets(text)  # what a Formatter prints instead of formatting exc_info
+        elif record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_secrets(record.stack_info)
+        return True
+
+
+_FILTER = _MaskSecrets()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` whose records have their secrets masked (every module of the package uses one).
+
+    A logger's filters apply to the records logged on it, not on its children, so each module's logger gets it.
+    """
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger
