@@ -188,3 +188,11 @@ def test_delete_is_refused_while_another_driver_runs_the_study(tmp_path):
     assert (tmp_path / "shared").is_dir()  # the files are the user's to remove
     code, _, err = run("show", "shared", "--storage", db)
     assert code == 1 and "no study 'shared'" in err
+
+
+@pytest.mark.parametrize("top", ["-1", "0", "ten"])
+def test_show_top_must_be_a_count_and_is_refused_before_any_output(tmp_path, top, capsys):
+    open_storage(str(tmp_path / "studies.db")).open_study(study_info("s"))
+    code, out, err = run("show", "s", "--root", str(tmp_path), "--top", top)
+    err += capsys.readouterr().err  # argparse's own refusal goes to sys.stderr
+    assert code == 2 and out == "" and f"argument --top: must be a whole number of at least 1, got '{top}'" in err, err

@@ -45,6 +45,17 @@ def _names_a_config(argv: Sequence[str]) -> bool:
     return any(arg.startswith(starts) for arg in argv)
 
 
+def _count(text: str) -> int:
+    """``--top N``: a whole number of at least 1 (argparse names the option in its refusal)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}; e.g. --top 10")
+    return n
+
+
 def _study_parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"lightning-hpt {command}", description=COMMANDS[command])
     if command == "delete":  # never a default: deleting the wrong study cannot be undone
@@ -62,7 +73,7 @@ def _study_parser(command: str) -> argparse.ArgumentParser:
         "-c", "--config", action="append", default=[], help="a YAML file with the search: section (repeatable)"
     )
     if command == "show":
-        p.add_argument("--top", type=int, default=None, help="only the N best trials, best first")
+        p.add_argument("--top", type=_count, default=None, help="only the N best trials, best first")
     if command in ("best", "report", "export"):
         p.add_argument(
             "-o",

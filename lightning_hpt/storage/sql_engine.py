@@ -122,7 +122,10 @@ class SQLDatabase:
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
             except OSError as e:
-                raise StorageError(f"cannot create the directory of the study database file {path!r}: {e}") from e
+                raise StorageError(
+                    f"cannot create the directory of the study database file {path!r}: {e}; give a study database"
+                    " path (storage=, or root= for ROOT/studies.db) whose directories exist or can be created"
+                ) from e
             u = u.set(database=path)
         schema = None
         if u.get_backend_name() == "postgresql":
