@@ -159,6 +159,7 @@ class ScriptSearch(HyperparameterSearch):
             os.environ[GROUP_ENV] = self._group
         self._beating = contextlib.ExitStack()
         self._live: set[int] = set()  # the numbers the heartbeat keeps alive
+        self._told_checkpoint = False
         atexit.register(self._finish_open)
 
     @property
@@ -228,9 +229,12 @@ class ScriptSearch(HyperparameterSearch):
         job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir, attempt=rec.attempt)
         return ScriptTrial(TrialRecorder(job, rec, self.study_name, reporter, self._record, self._close), self.space)
 
-    def _record(self, rec: TrialRecord, reporter: StudyReporter, outcome: Any) -> TrialRecord:
-        """Store a finished trial, then write its line."""
+    def _record(self, rec: TrialRecord, reporter: StudyReporter, outcome: Any, hint: str | None = None) -> TrialRecord:
+        """Store a finished trial, then write its line; ``hint``: why it has no checkpoint (said once per script)."""
         final = record_outcome(self.storage, self.study_name, rec, reporter, outcome)
+        if hint is not None and not self._told_checkpoint:
+            self._told_checkpoint = True
+            log.warning("trial %d has no checkpoint: %s", rec.number, hint)
         if self._lines is not None:  # the study's history is read only for the line
             show_finished(self._lines, self._history(self.storage), final, self.build, self._planned)
         return final

@@ -283,3 +283,34 @@ def test_several_objectives_and_constraints_in_a_script(tmp_path):
     assert result.multi and result.pareto_trials
     assert {t.number for t in result.pareto_trials} <= {t.number for t in trials if t.feasible}
     assert [o.name for o in result.objectives] == ["val_loss", "n_params"]
+
+
+def test_the_checkpoint_recorded_is_of_the_best_epoch_in_the_studys_mode_or_none_with_the_fix(tmp_path, caplog):
+    """A study that maximizes val_loss, tried with the script's ModelCheckpoint in the wrong mode, then the right one.
+
+    The ModelCheckpoint in Lightning's default mode ("min") keeps the worst epoch of a maximized metric: the trial
+    records no checkpoint (not that file), and the script is told once which ModelCheckpoint to add.
+    """
+    s = search(tmp_path, mode="max", n_trials=3, verbose=False)
+    schedule = [1.0, 3.0, 2.0]  # the best epoch (max) is 1, the worst is 0
+    for trial in s:
+        mode = "min" if trial.number < 2 else "max"
+        ckpt = ModelCheckpoint(dirpath=trial.dir / "ckpt", monitor="val_loss", mode=mode, filename="{epoch}")
+        t = L.Trainer(
+            max_epochs=3,
+            accelerator="cpu",
+            callbacks=[trial.callback(), ckpt],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        t.fit(TinyModel(lr=0.01, val_schedule=schedule), TinyData())
+    wrong, wrong_again, right = s.trials
+    assert wrong.value == 3.0 and wrong.best_step == 1
+    assert wrong.checkpoint is None and wrong_again.checkpoint is None  # not epoch=0.ckpt, the worst epoch
+    assert right.checkpoint and Path(right.checkpoint).name == "epoch=1.ckpt"
+    told = [r.getMessage() for r in caplog.records if "has no checkpoint" in r.getMessage()]
+    assert len(told) == 1, told  # once per script
+    assert "ModelCheckpoint(monitor='val_loss', mode='min')" in told[0]
+    assert "Add ModelCheckpoint(monitor='val_loss', mode='max')" in told[0]
