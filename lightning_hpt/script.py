@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 GROUP_ENV = "LIGHTNING_HPT_SCRIPT_GROUP"
 
 
-class _ScriptBuilder(TrialBuilder):
+class ScriptBuilder(TrialBuilder):
     """The trial builder of a :class:`ScriptSearch`: the user's script builds each trial itself."""
 
     _WHY = "a ScriptSearch's trials are built by the script itself (for trial in search: ...)"
@@ -81,7 +81,7 @@ class _ScriptBuilder(TrialBuilder):
         )
 
     def build_datamodule(self, params: Mapping[str, Any]) -> Any:
-        return None
+        raise ConfigurationError(f"{self._WHY}: test the best model with your own Trainer and datamodule")
 
     def trainer_settings(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return {}
@@ -134,7 +134,7 @@ class ScriptSearch(HyperparameterSearch):
             )
         super().__init__(
             space=space,
-            builder=_ScriptBuilder(),
+            builder=ScriptBuilder(),
             monitor=monitor,
             mode=mode,
             patience=None,

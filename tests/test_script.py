@@ -314,3 +314,24 @@ def test_the_checkpoint_recorded_is_of_the_best_epoch_in_the_studys_mode_or_none
     assert len(told) == 1, told  # once per script
     assert "ModelCheckpoint(monitor='val_loss', mode='min')" in told[0]
     assert "Add ModelCheckpoint(monitor='val_loss', mode='max')" in told[0]
+
+
+def test_a_script_studys_result_refuses_to_rebuild_models_with_the_script_fix_also_when_read_back(tmp_path, caplog):
+    """load_best_model/test/refit of a ScriptSearch's result say to use the script's own class, at once (no fallback
+    from trial to trial, no advice about checkpoint=True or refit()), also from SearchResult.load without a builder."""
+    from lightning_hpt import SearchResult
+
+    s = search(tmp_path, n_trials=2, verbose=False)
+    for trial in s:
+        trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"], hidden=trial.params["hidden"]), TinyData())
+    assert all(t.checkpoint for t in s.trials)
+    for result in (s.result(), SearchResult.load(str(tmp_path / "s.db"), "default")):
+        with pytest.raises(
+            ConfigurationError, match=r"^a ScriptSearch's trials are built by the script itself.*own class"
+        ):
+            result.load_best_model()
+        with pytest.raises(ConfigurationError, match="your own Trainer and datamodule"):
+            result.test(TinyModel())
+        with pytest.raises(ConfigurationError, match="a ScriptSearch's trials are built by the script itself"):
+            result.refit()
+    assert not [r for r in caplog.records if "falling back" in r.getMessage()]
