@@ -37,7 +37,8 @@ from typing import Any
 
 from lightning_hpt.checks import check_bool
 from lightning_hpt.driver import show_finished
-from lightning_hpt.exceptions import ConfigurationError, StorageError
+from lightning_hpt.exceptions import ConfigurationError, HPTError, StorageError
+from lightning_hpt.failures import fail_fast
 from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
 from lightning_hpt.lightning.runner import TrialJob, _describe
 from lightning_hpt.proposals import next_trials
@@ -108,13 +109,15 @@ class ScriptSearch(HyperparameterSearch):
             plain display writes it; rank 0 only); ``False``: none.
         **kwargs: as :class:`~lightning_hpt.HyperparameterSearch`: ``constraints``, ``param_constraints``,
             ``strategy``, ``pruner``, ``n_trials``, ``storage``, ``study_name``, ``root``, ``seed``, ``timeout``,
-            ``retry_interrupted``, ``allow_changes``, ``enqueue``, ``stale_after``, ``resume`` (each
-            trial's resumable checkpoint, see :attr:`ScriptTrial.ckpt_path`).
+            ``retry_interrupted``, ``retry_failed``, ``allow_changes``, ``enqueue``, ``stale_after``, ``resume``
+            (each trial's resumable checkpoint, see :attr:`ScriptTrial.ckpt_path`). The loop stops as a search
+            does when the trials that failed show that every trial would fail (a monitored metric never
+            logged; see :mod:`lightning_hpt.failures`): the next ``ask()`` raises that error.
     """
 
     _SETTINGS = ("constraints", "param_constraints", "strategy", "pruner", "n_trials", "storage", "study_name")
     _SETTINGS += ("root", "seed", "timeout")
-    _SETTINGS += ("retry_interrupted", "allow_changes", "enqueue", "stale_after", "resume")
+    _SETTINGS += ("retry_interrupted", "retry_failed", "allow_changes", "enqueue", "stale_after", "resume")
 
     def __init__(
         self,
@@ -160,6 +163,7 @@ class ScriptSearch(HyperparameterSearch):
         self._beating = contextlib.ExitStack()
         self._live: set[int] = set()  # the numbers the heartbeat keeps alive
         self._told_checkpoint = False
+        self._stop: HPTError | None = None  # why every trial would fail: the next ask() raises it
         atexit.register(self._finish_open)
 
     @property
@@ -198,9 +202,14 @@ class ScriptSearch(HyperparameterSearch):
         index, self._asked = self._asked, self._asked + 1
         if not self._leader:
             return self._trial(self._follow(index), None)
+        if self._stop is not None:
+            self._end(index)
+            raise self._stop
         storage = self.open()
         if not self._recovered:
             recover(storage, self.study_name, stale_after=self.stale_after, retry_interrupted=self.retry_interrupted)
+            if self.retry_failed:
+                storage.requeue_failed(self.study_name)
             for params in self._enqueue:
                 self.enqueue(params)
             self._recovered, self._t0 = True, time.monotonic()
@@ -235,8 +244,10 @@ class ScriptSearch(HyperparameterSearch):
         if hint is not None and not self._told_checkpoint:
             self._told_checkpoint = True
             log.warning("trial %d has no checkpoint: %s", rec.number, hint)
-        if self._lines is not None:  # the study's history is read only for the line
-            show_finished(self._lines, self._history(self.storage), final, self.build, self._planned)
+        history = self._history(self.storage)
+        if self._lines is not None:
+            show_finished(self._lines, history, final, self.build, self._planned)
+        self._stop = self._stop or fail_fast(history.space, history.trials, final)
         return final
 
     def _end(self, index: int) -> None:

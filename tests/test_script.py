@@ -335,3 +335,24 @@ def test_a_script_studys_result_refuses_to_rebuild_models_with_the_script_fix_al
         with pytest.raises(ConfigurationError, match="a ScriptSearch's trials are built by the script itself"):
             result.refit()
     assert not [r for r in caplog.records if "falling back" in r.getMessage()]
+
+
+def test_a_misspelt_monitor_stops_the_loop_after_one_trial_and_retry_failed_reruns_it(tmp_path):
+    """As a search does: the first trial that never logs the monitor ends the loop with the error and its fix (not
+    n_trials FAILED trials, which would use up the study); the corrected script reruns it with retry_failed=True."""
+    from lightning_hpt.exceptions import MetricNotFoundError
+
+    s = search(tmp_path, monitor="val_los", n_trials=3, verbose=False)
+    numbers = []
+    with pytest.raises(MetricNotFoundError, match=r"(?s)did you mean 'val_loss'.*retry_failed=True"):
+        for trial in s:
+            numbers.append(trial.number)
+            trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"]), TinyData())
+    assert numbers == [0]
+    (failed,) = s.trials
+    assert failed.state is TrialState.FAILED and "val_los" in failed.error
+    fixed = search(tmp_path, n_trials=3, verbose=False, retry_failed=True)
+    for trial in fixed:
+        numbers.append(trial.number)
+        trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"]), TinyData())
+    assert numbers == [0, 0, 1, 2] and [t.state for t in fixed.trials] == [TrialState.COMPLETE] * 3
