@@ -173,6 +173,7 @@ class _FitEnd:
 
     fit_error: BaseException | None = None
     trainer: Any = None
+    fit_metrics: Any = None  # what the fit logged last: a trainer.test() after it replaces the Trainer's
     writers: tuple[Any, ...] | list[Any] = ()
     expected: str | None = None
 
@@ -195,10 +196,10 @@ class _FitEnd:
             )
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self.trainer = trainer
+        self.trainer, self.fit_metrics = trainer, dict(trainer.callback_metrics)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self.trainer = trainer
+        self.trainer, self.fit_metrics = trainer, dict(trainer.callback_metrics)
         if self.fit_error is None:
             self.fit_error = exception
         if compat.is_interrupt_exit(exception) and getattr(exception, "code", 0) is None:
@@ -225,7 +226,7 @@ class TrialRecorder:
             interrupted = INTERRUPTED
         trainer = cb.trainer if cb is not None else None
         # the checkpoint is the best file of the script's own ModelCheckpoint on the monitor, in the study's mode
-        outcome = _outcome(self.job, cb, trainer, error, interrupted)
+        outcome = _outcome(self.job, cb, trainer, error, interrupted, getattr(cb, "fit_metrics", None))
         hint = None
         if outcome.state is not TrialState.FAILED and not outcome.checkpoint:
             mode = "min" if self.job.build.direction is Direction.MINIMIZE else "max"

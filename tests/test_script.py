@@ -356,3 +356,17 @@ def test_a_misspelt_monitor_stops_the_loop_after_one_trial_and_retry_failed_reru
         numbers.append(trial.number)
         trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"]), TinyData())
     assert numbers == [0, 0, 1, 2] and [t.state for t in fixed.trials] == [TrialState.COMPLETE] * 3
+
+
+def test_a_test_run_after_the_fit_leaves_the_trials_recorded_metrics_those_of_the_fit(tmp_path):
+    """The project template's ``trainer.test(ckpt_path="best")`` after ``fit`` in the loop: the Trainer's metrics
+    are then the test run's, but the trial records what its fit logged last."""
+    s = search(tmp_path, n_trials=1, verbose=False)
+    for trial in s:
+        t = trainer(trial, tmp_path)
+        t.fit(TinyModel(lr=trial.params["lr"]), TinyData())
+        t.test(datamodule=TinyData(), ckpt_path="best", verbose=False)
+    (rec,) = s.trials
+    assert rec.state is TrialState.COMPLETE
+    assert "val_loss" in rec.attrs["metrics"] and "test_loss" not in rec.attrs["metrics"], rec.attrs["metrics"]
+    assert rec.attrs["metrics"]["val_loss"] == pytest.approx(rec.intermediate[2])
