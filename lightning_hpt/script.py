@@ -248,6 +248,13 @@ class ScriptSearch(HyperparameterSearch):
         if self._lines is not None:
             show_finished(self._lines, history, final, self.build, self._planned)
         self._stop = self._stop or fail_fast(history.space, history.trials, final)
+        if outcome.interrupted and self.retry_interrupted:
+            log.warning(
+                "trial %d is recorded as %s: run the script again to continue it (from its resumable checkpoint"
+                " when trainer.fit gets ckpt_path=trial.ckpt_path)",
+                final.number,
+                outcome.interrupted,
+            )
         return final
 
     def _end(self, index: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -370,3 +371,26 @@ def test_a_test_run_after_the_fit_leaves_the_trials_recorded_metrics_those_of_th
     assert rec.state is TrialState.COMPLETE
     assert "val_loss" in rec.attrs["metrics"] and "test_loss" not in rec.attrs["metrics"], rec.attrs["metrics"]
     assert rec.attrs["metrics"]["val_loss"] == pytest.approx(rec.intermediate[2])
+
+
+def test_an_interrupted_trial_says_how_to_continue_it_and_continues_when_the_script_runs_again(tmp_path, caplog):
+    """Ctrl+C in a fit: Lightning exits the script with status 1 and no word of the study; the trial is recorded
+    as interrupted with a line saying to run the script again, and the next run continues it from its checkpoint."""
+    s = search(tmp_path, n_trials=1)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's own answer to Ctrl+C: sys.exit(1) after a graceful shutdown
+            for trial in s:
+                trainer(trial, tmp_path).fit(TinyModel(lr=0.01, interrupt_at_epoch=1), TinyData())
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl+C from its shutdown on
+    (rec,) = s.trials
+    assert rec.state is TrialState.FAILED and rec.error == "interrupted: KeyboardInterrupt"
+    said = [r.getMessage() for r in caplog.records if "recorded as interrupted" in r.getMessage()]
+    assert len(said) == 1 and "run the script again" in said[0] and "ckpt_path=trial.ckpt_path" in said[0]
+    again = search(tmp_path, n_trials=1)
+    for trial in again:
+        assert trial.number == 0 and trial.ckpt_path
+        trainer(trial, tmp_path).fit(TinyModel(lr=0.01), TinyData(), ckpt_path=trial.ckpt_path)
+    (rec,) = again.trials
+    assert rec.state is TrialState.COMPLETE and sorted(rec.intermediate) == [0, 1, 2]
