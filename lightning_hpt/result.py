@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +80,8 @@ class SearchResult:
         storage = open_storage(storage)
         info = storage.load_study(study)
         trials = tuple(storage.trials(study))
+        if builder is None and any("script_group" in t.attrs for t in trials):  # a ScriptSearch's: refusals say so
+            builder = importlib.import_module("lightning_hpt.script").ScriptBuilder()  # lazy: script imports this
         kept = {"storage": storage, "builder": builder, "root": root, "seed": info.seed, "objectives": info.objectives}
         return cls(study, info.monitor, info.direction, trials, "", **kept)
 
@@ -243,6 +246,8 @@ class SearchResult:
                 ckpt = torch.load(t.checkpoint, map_location=map_location, weights_only=True)
                 model = builder.build_model(t.params)
                 model.load_state_dict(ckpt["state_dict"])
+            except ConfigurationError:  # the builder cannot build models (a ScriptSearch's): no trial's file would do
+                raise
             except Exception as e:
                 problems.append(f"trial {t.number}: cannot load {t.checkpoint!r}: {type(e).__name__}: {e}")
                 log.warning("%s; falling back to the next best trial", problems[-1])
@@ -276,9 +281,9 @@ class SearchResult:
         from lightning_hpt.lightning.runner import trial_seed
 
         builder = self._builder("refit")
-        storage = self._record("refit")
         best = self._best(trial)
         model, dm = builder.build_model(best.params), builder.build_datamodule(best.params)
+        storage = self._record("refit")
         seed_everything(trial_seed(self.seed, best.number), workers=True, verbose=False)
         view = full_view(dm)
         epochs = max_epochs or self._epochs(builder, best)
@@ -315,8 +320,9 @@ class SearchResult:
             test score is far from the validation score (the search overfit the validation set).
         """
         builder = self._builder("test")
-        storage = self._record("test")
         best = self._best(trial)
+        dm = builder.build_datamodule(best.params)  # before the storage: a builder that cannot test says so first
+        storage = self._record("test")
         which = (
             "given model"
             if model is not None
@@ -324,7 +330,6 @@ class SearchResult:
         )
         if model is None:
             model = self.refit_model or (self.load_model(best) if trial is not None else self.load_best_model())
-        dm = builder.build_datamodule(best.params)
         if dm is None or not callable(getattr(dm, "test_dataloader", None)):
             raise ConfigurationError("test() needs a datamodule with a test_dataloader() (the held-out test split)")
         with quiet_lightning(True):

@@ -36,7 +36,8 @@ from typing import Any
 
 from lightning_hpt.checks import check_bool
 from lightning_hpt.driver import show_finished
-from lightning_hpt.exceptions import ConfigurationError, StorageError
+from lightning_hpt.exceptions import ConfigurationError, HPTError, StorageError
+from lightning_hpt.failures import fail_fast
 from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
 from lightning_hpt.lightning.runner import TrialJob, _describe
 from lightning_hpt.masking import get_logger
@@ -58,7 +59,7 @@ log = get_logger(__name__)
 GROUP_ENV = "LIGHTNING_HPT_SCRIPT_GROUP"
 
 
-class _ScriptBuilder(TrialBuilder):
+class ScriptBuilder(TrialBuilder):
     """The trial builder of a :class:`ScriptSearch`: the user's script builds each trial itself."""
 
     _WHY = "a ScriptSearch's trials are built by the script itself (for trial in search: ...)"
@@ -81,7 +82,7 @@ class _ScriptBuilder(TrialBuilder):
         )
 
     def build_datamodule(self, params: Mapping[str, Any]) -> Any:
-        return None
+        raise ConfigurationError(f"{self._WHY}: test the best model with your own Trainer and datamodule")
 
     def trainer_settings(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return {}
@@ -108,13 +109,15 @@ class ScriptSearch(HyperparameterSearch):
             plain display writes it; rank 0 only); ``False``: none.
         **kwargs: as :class:`~lightning_hpt.HyperparameterSearch`: ``constraints``, ``param_constraints``,
             ``strategy``, ``pruner``, ``n_trials``, ``storage``, ``study_name``, ``root``, ``seed``, ``timeout``,
-            ``retry_interrupted``, ``allow_changes``, ``enqueue``, ``stale_after``, ``resume`` (each
-            trial's resumable checkpoint, see :attr:`ScriptTrial.ckpt_path`).
+            ``retry_interrupted``, ``retry_failed``, ``allow_changes``, ``enqueue``, ``stale_after``, ``resume``
+            (each trial's resumable checkpoint, see :attr:`ScriptTrial.ckpt_path`). The loop stops as a search
+            does when the trials that failed show that every trial would fail (a monitored metric never
+            logged; see :mod:`lightning_hpt.failures`): the next ``ask()`` raises that error.
     """
 
     _SETTINGS = ("constraints", "param_constraints", "strategy", "pruner", "n_trials", "storage", "study_name")
     _SETTINGS += ("root", "seed", "timeout")
-    _SETTINGS += ("retry_interrupted", "allow_changes", "enqueue", "stale_after", "resume")
+    _SETTINGS += ("retry_interrupted", "retry_failed", "allow_changes", "enqueue", "stale_after", "resume")
 
     def __init__(
         self,
@@ -134,7 +137,7 @@ class ScriptSearch(HyperparameterSearch):
             )
         super().__init__(
             space=space,
-            builder=_ScriptBuilder(),
+            builder=ScriptBuilder(),
             monitor=monitor,
             mode=mode,
             patience=None,
@@ -159,6 +162,8 @@ class ScriptSearch(HyperparameterSearch):
             os.environ[GROUP_ENV] = self._group
         self._beating = contextlib.ExitStack()
         self._live: set[int] = set()  # the numbers the heartbeat keeps alive
+        self._told_checkpoint = False
+        self._stop: HPTError | None = None  # why every trial would fail: the next ask() raises it
         atexit.register(self._finish_open)
 
     @property
@@ -197,9 +202,14 @@ class ScriptSearch(HyperparameterSearch):
         index, self._asked = self._asked, self._asked + 1
         if not self._leader:
             return self._trial(self._follow(index), None)
+        if self._stop is not None:
+            self._end(index)
+            raise self._stop
         storage = self.open()
         if not self._recovered:
             recover(storage, self.study_name, stale_after=self.stale_after, retry_interrupted=self.retry_interrupted)
+            if self.retry_failed:
+                storage.requeue_failed(self.study_name)
             for params in self._enqueue:
                 self.enqueue(params)
             self._recovered, self._t0 = True, time.monotonic()
@@ -228,11 +238,23 @@ class ScriptSearch(HyperparameterSearch):
         job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir, attempt=rec.attempt)
         return ScriptTrial(TrialRecorder(job, rec, self.study_name, reporter, self._record, self._close), self.space)
 
-    def _record(self, rec: TrialRecord, reporter: StudyReporter, outcome: Any) -> TrialRecord:
-        """Store a finished trial, then write its line."""
+    def _record(self, rec: TrialRecord, reporter: StudyReporter, outcome: Any, hint: str | None = None) -> TrialRecord:
+        """Store a finished trial, then write its line; ``hint``: why it has no checkpoint (said once per script)."""
         final = record_outcome(self.storage, self.study_name, rec, reporter, outcome)
-        if self._lines is not None:  # the study's history is read only for the line
-            show_finished(self._lines, self._history(self.storage), final, self.build, self._planned)
+        if hint is not None and not self._told_checkpoint:
+            self._told_checkpoint = True
+            log.warning("trial %d has no checkpoint: %s", rec.number, hint)
+        history = self._history(self.storage)
+        if self._lines is not None:
+            show_finished(self._lines, history, final, self.build, self._planned)
+        self._stop = self._stop or fail_fast(history.space, history.trials, final)
+        if outcome.interrupted and self.retry_interrupted:
+            log.warning(
+                "trial %d is recorded as %s: run the script again to continue it (from its resumable checkpoint"
+                " when trainer.fit gets ckpt_path=trial.ckpt_path)",
+                final.number,
+                outcome.interrupted,
+            )
         return final
 
     def _end(self, index: int) -> None:

@@ -7,7 +7,6 @@ ended with, and records the trial from that when the loop moves on (:class:`Tria
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,14 @@ from typing import Any
 from lightning_hpt.define_by_run import answer
 from lightning_hpt.exceptions import ConfigurationError, SearchPreempted
 from lightning_hpt.lightning import compat
+from lightning_hpt.lightning.callbacks import missing_checkpoint_hint
 from lightning_hpt.lightning.loggers import TrialContext, make_logger
 from lightning_hpt.lightning.monitor import monitor_class
 from lightning_hpt.lightning.resume import checkpoint_to_resume, claim, discard, resume_callbacks
 from lightning_hpt.lightning.runner import TrialJob, _outcome, end_resume, trial_seed
 from lightning_hpt.masking import get_logger
 from lightning_hpt.space import Domain, SearchSpace
-from lightning_hpt.trial import INTERRUPTED, PREEMPTED, TrialRecord, TrialState
+from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialRecord, TrialState
 
 __all__ = ["ScriptTrial", "TrialRecorder", "rank"]
 
@@ -196,6 +196,7 @@ class _FitEnd:
 
     fit_error: BaseException | None = None
     trainer: Any = None
+    fit_metrics: Any = None  # what the fit logged last: a trainer.test() after it replaces the Trainer's
     writers: tuple[Any, ...] | list[Any] = ()
     expected: str | None = None
 
@@ -218,10 +219,10 @@ class _FitEnd:
             )
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self.trainer = trainer
+        self.trainer, self.fit_metrics = trainer, dict(trainer.callback_metrics)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self.trainer = trainer
+        self.trainer, self.fit_metrics = trainer, dict(trainer.callback_metrics)
         if self.fit_error is None:
             self.fit_error = exception
         if compat.is_interrupt_exit(exception) and getattr(exception, "code", 0) is None:
@@ -247,10 +248,11 @@ class TrialRecorder:
         elif isinstance(error, KeyboardInterrupt):
             interrupted = INTERRUPTED
         trainer = cb.trainer if cb is not None else None
-        outcome = _outcome(self.job, cb, trainer, error, interrupted)
-        ckpt = getattr(trainer, "checkpoint_callback", None)
-        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        if outcome.state is not TrialState.FAILED and best and getattr(ckpt, "monitor", None) == self.job.build.monitor:
-            outcome = dataclasses.replace(outcome, checkpoint=best)  # the script's own checkpoint of the best epoch
+        # the checkpoint is the best file of the script's own ModelCheckpoint on the monitor, in the study's mode
+        outcome = _outcome(self.job, cb, trainer, error, interrupted, getattr(cb, "fit_metrics", None))
+        hint = None
+        if outcome.state is not TrialState.FAILED and not outcome.checkpoint:
+            mode = "min" if self.job.build.direction is Direction.MINIMIZE else "max"
+            hint = missing_checkpoint_hint(trainer, self.job.build.monitor, mode)
         end_resume(self.job, outcome)
-        return self._write(self.record, self.reporter, outcome)
+        return self._write(self.record, self.reporter, outcome, hint)

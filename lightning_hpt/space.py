@@ -67,6 +67,7 @@ class SearchSpace(Mapping[str, Domain]):
             if isinstance(domain, (list, tuple)):
                 raise SearchSpaceError(
                     f"space[{name!r}] is a {type(domain).__name__}; wrap it: Categorical({list(domain)!r})"
+                    + _range_hint(domain)
                 )
             if not isinstance(domain, Domain):
                 raise SearchSpaceError(
@@ -212,3 +213,13 @@ class SearchSpace(Mapping[str, Domain]):
     @classmethod
     def from_json(cls, s: str) -> SearchSpace:
         return cls.from_dict(json.loads(s))
+
+
+def _range_hint(pair: Any) -> str:
+    """For two numbers, low < high (``(1e-4, 1e-1)``): the range domain that was likely meant."""
+    numbers = len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+    if not numbers or not pair[0] < pair[1]:
+        return ""
+    kind = "Int" if all(isinstance(v, int) for v in pair) else "Float"
+    log = ", log=True" if pair[0] > 0 and pair[1] / pair[0] >= 100 else ""
+    return f" for these values, or {kind}({pair[0]!r}, {pair[1]!r}{log}) for the range between them"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -299,3 +300,113 @@ def test_several_objectives_and_constraints_in_a_script(tmp_path):
     assert result.multi and result.pareto_trials
     assert {t.number for t in result.pareto_trials} <= {t.number for t in trials if t.feasible}
     assert [o.name for o in result.objectives] == ["val_loss", "n_params"]
+
+
+def test_the_checkpoint_recorded_is_of_the_best_epoch_in_the_studys_mode_or_none_with_the_fix(tmp_path, caplog):
+    """A study that maximizes val_loss, tried with the script's ModelCheckpoint in the wrong mode, then the right one.
+
+    The ModelCheckpoint in Lightning's default mode ("min") keeps the worst epoch of a maximized metric: the trial
+    records no checkpoint (not that file), and the script is told once which ModelCheckpoint to add.
+    """
+    s = search(tmp_path, mode="max", n_trials=3, verbose=False)
+    schedule = [1.0, 3.0, 2.0]  # the best epoch (max) is 1, the worst is 0
+    for trial in s:
+        mode = "min" if trial.number < 2 else "max"
+        ckpt = ModelCheckpoint(dirpath=trial.dir / "ckpt", monitor="val_loss", mode=mode, filename="{epoch}")
+        t = L.Trainer(
+            max_epochs=3,
+            accelerator="cpu",
+            callbacks=[trial.callback(), ckpt],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        t.fit(TinyModel(lr=0.01, val_schedule=schedule), TinyData())
+    wrong, wrong_again, right = s.trials
+    assert wrong.value == 3.0 and wrong.best_step == 1
+    assert wrong.checkpoint is None and wrong_again.checkpoint is None  # not epoch=0.ckpt, the worst epoch
+    assert right.checkpoint and Path(right.checkpoint).name == "epoch=1.ckpt"
+    told = [r.getMessage() for r in caplog.records if "has no checkpoint" in r.getMessage()]
+    assert len(told) == 1, told  # once per script
+    assert "ModelCheckpoint(monitor='val_loss', mode='min')" in told[0]
+    assert "Add ModelCheckpoint(monitor='val_loss', mode='max')" in told[0]
+
+
+def test_a_script_studys_result_refuses_to_rebuild_models_with_the_script_fix_also_when_read_back(tmp_path, caplog):
+    """load_best_model/test/refit of a ScriptSearch's result say to use the script's own class, at once (no fallback
+    from trial to trial, no advice about checkpoint=True or refit()), also from SearchResult.load without a builder."""
+    from lightning_hpt import SearchResult
+
+    s = search(tmp_path, n_trials=2, verbose=False)
+    for trial in s:
+        trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"], hidden=trial.params["hidden"]), TinyData())
+    assert all(t.checkpoint for t in s.trials)
+    for result in (s.result(), SearchResult.load(str(tmp_path / "s.db"), "default")):
+        with pytest.raises(
+            ConfigurationError, match=r"^a ScriptSearch's trials are built by the script itself.*own class"
+        ):
+            result.load_best_model()
+        with pytest.raises(ConfigurationError, match="your own Trainer and datamodule"):
+            result.test(TinyModel())
+        with pytest.raises(ConfigurationError, match="a ScriptSearch's trials are built by the script itself"):
+            result.refit()
+    assert not [r for r in caplog.records if "falling back" in r.getMessage()]
+
+
+def test_a_misspelt_monitor_stops_the_loop_after_one_trial_and_retry_failed_reruns_it(tmp_path):
+    """As a search does: the first trial that never logs the monitor ends the loop with the error and its fix (not
+    n_trials FAILED trials, which would use up the study); the corrected script reruns it with retry_failed=True."""
+    from lightning_hpt.exceptions import MetricNotFoundError
+
+    s = search(tmp_path, monitor="val_los", n_trials=3, verbose=False)
+    numbers = []
+    with pytest.raises(MetricNotFoundError, match=r"(?s)did you mean 'val_loss'.*retry_failed=True"):
+        for trial in s:
+            numbers.append(trial.number)
+            trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"]), TinyData())
+    assert numbers == [0]
+    (failed,) = s.trials
+    assert failed.state is TrialState.FAILED and "val_los" in failed.error
+    fixed = search(tmp_path, n_trials=3, verbose=False, retry_failed=True)
+    for trial in fixed:
+        numbers.append(trial.number)
+        trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"]), TinyData())
+    assert numbers == [0, 0, 1, 2] and [t.state for t in fixed.trials] == [TrialState.COMPLETE] * 3
+
+
+def test_a_test_run_after_the_fit_leaves_the_trials_recorded_metrics_those_of_the_fit(tmp_path):
+    """The project template's ``trainer.test(ckpt_path="best")`` after ``fit`` in the loop: the Trainer's metrics
+    are then the test run's, but the trial records what its fit logged last."""
+    s = search(tmp_path, n_trials=1, verbose=False)
+    for trial in s:
+        t = trainer(trial, tmp_path)
+        t.fit(TinyModel(lr=trial.params["lr"]), TinyData())
+        t.test(datamodule=TinyData(), ckpt_path="best", verbose=False)
+    (rec,) = s.trials
+    assert rec.state is TrialState.COMPLETE
+    assert "val_loss" in rec.attrs["metrics"] and "test_loss" not in rec.attrs["metrics"], rec.attrs["metrics"]
+    assert rec.attrs["metrics"]["val_loss"] == pytest.approx(rec.intermediate[2])
+
+
+def test_an_interrupted_trial_says_how_to_continue_it_and_continues_when_the_script_runs_again(tmp_path, caplog):
+    """Ctrl+C in a fit: Lightning exits the script with status 1 and no word of the study; the trial is recorded
+    as interrupted with a line saying to run the script again, and the next run continues it from its checkpoint."""
+    s = search(tmp_path, n_trials=1)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's own answer to Ctrl+C: sys.exit(1) after a graceful shutdown
+            for trial in s:
+                trainer(trial, tmp_path).fit(TinyModel(lr=0.01, interrupt_at_epoch=1), TinyData())
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl+C from its shutdown on
+    (rec,) = s.trials
+    assert rec.state is TrialState.FAILED and rec.error == "interrupted: KeyboardInterrupt"
+    said = [r.getMessage() for r in caplog.records if "recorded as interrupted" in r.getMessage()]
+    assert len(said) == 1 and "run the script again" in said[0] and "ckpt_path=trial.ckpt_path" in said[0]
+    again = search(tmp_path, n_trials=1)
+    for trial in again:
+        assert trial.number == 0 and trial.ckpt_path
+        trainer(trial, tmp_path).fit(TinyModel(lr=0.01), TinyData(), ckpt_path=trial.ckpt_path)
+    (rec,) = again.trials
+    assert rec.state is TrialState.COMPLETE and sorted(rec.intermediate) == [0, 1, 2]

@@ -29,7 +29,12 @@ from lightning_hpt import Categorical, Float, Int, SearchSpace, SearchSpaceError
         (lambda: Categorical([object()]), r"choices must be str, int, float, bool or None.*import path"),
         (lambda: Categorical([(0.9, 0.999), (0.8, 0.99)]), r"got \(0.9, 0.999\) of type tuple; a list or tuple"),
         (lambda: SearchSpace({}), r"space must not be empty"),
-        (lambda: SearchSpace({"model.lr": [0.1, 0.01]}), r"wrap it: Categorical"),
+        (lambda: SearchSpace({"model.lr": [0.1, 0.01]}), r"wrap it: Categorical\(\[0.1, 0.01\]\)$"),
+        (
+            lambda: SearchSpace({"lr": (1e-4, 1e-1)}),
+            r"Categorical\(\[0.0001, 0.1\]\) for these values, or Float\(0.0001, 0.1, log=True\) for the range",
+        ),
+        (lambda: SearchSpace({"hidden": (16, 64)}), r"or Int\(16, 64\) for the range between them$"),
         (lambda: SearchSpace({"model.lr": 0.1}), r"must be a Float, Int or Categorical"),
         (lambda: SearchSpace({"": Float(0, 1)}), r"must not be empty"),
         (lambda: SearchSpace({"../x": Float(0, 1)}), r"is invalid"),

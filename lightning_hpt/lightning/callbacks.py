@@ -73,3 +73,18 @@ def best_checkpoint(trainer: Any, monitor: str, mode: str) -> str | None:
         if path and getattr(cb, "monitor", None) == monitor and getattr(cb, "mode", mode) == mode:
             return str(path)
     return None
+
+
+def missing_checkpoint_hint(trainer: Any, monitor: str, mode: str) -> str:
+    """Why ``trainer`` kept no best checkpoint on ``monitor`` (in ``mode``), and the ModelCheckpoint that would."""
+    others = [
+        f"ModelCheckpoint(monitor={cb.monitor!r}, mode={getattr(cb, 'mode', None)!r})"
+        for cb in getattr(trainer, "checkpoint_callbacks", None) or []
+        if getattr(cb, "monitor", None) is not None
+    ]
+    has = f"its checkpoint callbacks are {', '.join(others)}" if others else "it has no ModelCheckpoint with a monitor"
+    return (
+        f"the Trainer kept no checkpoint of the best {monitor} ({mode}): {has}. Add"
+        f" ModelCheckpoint(monitor={monitor!r}, mode={mode!r}) to its callbacks so that the trial records its"
+        " best epoch's file (result.best_checkpoint)"
+    )

@@ -323,12 +323,18 @@ def search_callbacks(pl: Any, b: TrialBuild, job: TrialJob, monitor: Any) -> lis
 
 
 def _outcome(
-    job: TrialJob, monitor: Any, trainer: Any, error: BaseException | None, interrupted: str | None
+    job: TrialJob,
+    monitor: Any,
+    trainer: Any,
+    error: BaseException | None,
+    interrupted: str | None,
+    logged: Mapping[str, Any] | None = None,
 ) -> TrialOutcome:
+    """``logged``: the metrics the fit ended with, if the Trainer ran more since (a script's ``trainer.test``)."""
     values = monitor.curve.intermediate() if monitor is not None else {}
     metrics: dict[str, float] = {}
     if trainer is not None:
-        for k, v in trainer.callback_metrics.items():
+        for k, v in (trainer.callback_metrics if logged is None else logged).items():
             with contextlib.suppress(Exception):
                 metrics[k] = float(v)
     ckpt = os.path.join(job.trial_dir, "checkpoints", "best.ckpt")
