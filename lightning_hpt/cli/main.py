@@ -84,10 +84,11 @@ def _study_parser(command: str) -> argparse.ArgumentParser:
     if command == "best":
         p.add_argument(
             "--format",
-            choices=["config", "yaml", "json"],
+            choices=["config", "yaml", "json", "args"],
             default="config",
             help="config: the trial's full config for fit (studies run by lightning-hpt search); yaml, json: its"
-            " parameters",
+            " parameters; args: its parameters as command-line options (--lr 0.01 --model.hidden 64), for a"
+            " training script's argparse or LightningCLI: python train.py $(lightning-hpt best STUDY --format args)",
         )
         p.add_argument("--trial", type=int, default=None, help="this trial instead of the best (e.g. of the front)")
         p.add_argument(
@@ -158,7 +159,7 @@ def _best(args: argparse.Namespace, info: Any, result: Any, root: Any, out: IO[s
         err.write(
             f"lightning-hpt best: study {info.name!r} was made through the Python API, so its trials have no"
             f" config.yaml (a LightningCLI config) to print; here are trial {best.number}'s parameters as YAML instead"
-            " (--format json for JSON)\n"
+            " (--format json for JSON, --format args for command-line options)\n"
         )
         fmt = "yaml"
     text = best_config(root, info.name, best, info.objectives) if fmt == "config" else best_params(info, best, fmt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -131,7 +132,8 @@ def best_config(root: Path, study: str, trial: TrialRecord, objectives: Sequence
 
 
 def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
-    """The best trial's parameters, with the study, trial and value, as YAML (``fmt="yaml"``) or JSON.
+    """The best trial's parameters, with the study, trial and value, as YAML (``fmt="yaml"``) or JSON; or as
+    command-line options (``fmt="args"``: ``--lr 0.01 --hidden 64``, parameters only).
 
     This is what a study made through the Python API has to offer in place of a ``config.yaml``:
     ``params`` are the ``HyperparameterSearch`` space's names and values.
@@ -147,7 +149,14 @@ def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
         data["values"] = dict(zip((o.name for o in info.objectives), trial.values, strict=False))
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
+    if fmt == "args":  # one line of options, quoted for a shell: python train.py $(lightning-hpt best ...)
+        return " ".join(f"--{name} {shlex.quote(_arg(value))}" for name, value in trial.params.items()) + "\n"
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def _arg(value: Any) -> str:
+    """A parameter's value as a command-line option's text: a string as it is, other values as JSON (0.01, true)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
