@@ -18,6 +18,7 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import pytest
+import torch
 from conftest import FAST, TinyData, TinyModel
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -226,3 +227,66 @@ def test_a_damaged_checkpoint_that_is_still_a_zip_file_starts_the_trial_over(tmp
     assert t.state is TrialState.COMPLETE and t.attempt == 2 and "resumed_at_step" not in t.attrs, t.error
     assert f"its checkpoint {ckpt} is damaged" in caplog.text and "it starts over" in caplog.text
     assert min(k for k in _records(probe) if k != "end") == 0
+
+
+ADAM = functools.partial(torch.optim.Adam, lr=0.05)
+
+
+class PartialOptimizer(FailOnce):
+    """The lightning-hydra-template's module: ``save_hyperparameters()`` keeps its optimizer, a ``functools.partial``
+    (Hydra's ``_partial_: true``), which ``torch.load(weights_only=True)`` refuses."""
+
+    def __init__(self, fail_marker: str, optimizer=ADAM, **kwargs) -> None:
+        super().__init__(fail_marker, **kwargs)
+        self.save_hyperparameters()
+
+    def configure_optimizers(self):
+        return self.hparams.optimizer(self.parameters())
+
+
+DATA_DIR = Path("data")
+
+
+class PathData(TinyData):
+    """A DataModule whose ``save_hyperparameters()`` keeps a ``pathlib.Path``, refused as well."""
+
+    def __init__(self, data_dir: Path = DATA_DIR, batch_size: int = 32) -> None:
+        super().__init__(batch_size=batch_size)
+        self.save_hyperparameters()
+
+
+def test_a_trial_whose_hyperparameters_torch_refuses_continues_from_its_checkpoint(tmp_path, caplog):
+    """A module keeping a functools.partial and a DataModule keeping a Path in their hyper-parameters: the rerun
+    continued from the resumable checkpoint with Lightning's weights_only=True load, which refused the whole
+    file (the trial FAILED with UnpicklingError). The resumable checkpoint leaves them out; the best-step
+    checkpoint keeps them."""
+    import logging
+
+    root, marker = tmp_path / "run", str(tmp_path / "failed_once")
+
+    def search(**kw) -> HyperparameterSearch:
+        return HyperparameterSearch(
+            functools.partial(PartialOptimizer, marker),
+            PathData,
+            {"model.lr": Float(0.01, 0.1, log=True)},
+            root=str(root),
+            n_trials=1,
+            seed=0,
+            resume=Resume(failed=True),
+            trainer_kwargs={**FAST, "max_epochs": K + 2},
+            verbose=False,
+            **kw,
+        )
+
+    with pytest.raises(SearchFailedError):
+        search().run()
+    ckpt = root / "default" / "trial_0" / "resume" / "latest.ckpt"
+    state = torch.load(ckpt, weights_only=True)  # what Lightning's fit(ckpt_path=...) does
+    assert "hyper_parameters" not in state and "datamodule_hyper_parameters" not in state and state["epoch"] == K - 1
+    with caplog.at_level(logging.INFO, logger="lightning_hpt"):
+        t = search(retry_failed=True).run().trials[0]
+    assert t.state is TrialState.COMPLETE and t.attempt == 2 and t.attrs["resumed_at_step"] == K, t.error
+    assert "leaves out hyper_parameters (functools.partial) and datamodule_hyper_parameters" in caplog.text
+    best = torch.load(t.checkpoint, weights_only=False)  # the project's file to load: as Lightning wrote it
+    assert isinstance(best["hyper_parameters"]["optimizer"], functools.partial)
+    assert isinstance(best["datamodule_hyper_parameters"]["data_dir"], Path)

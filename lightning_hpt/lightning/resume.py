@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import shutil
 import zipfile
 import zlib
@@ -113,8 +114,19 @@ class InterruptCheckpoint(L.Callback):
         if trainer.validating:
             log.info("the trial was interrupted during a validation run: it continues from its last checkpoint")
             return
-        trainer.save_checkpoint(self.path, weights_only=False)
+        self.writing = True
+        try:
+            trainer.save_checkpoint(self.path, weights_only=False)
+        finally:
+            self.writing = False
         log.info("the trial was interrupted: its state is saved in %s", self.path)
+
+    writing = False
+
+    @override
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        if self.writing:
+            _leave_out_hparams(self, checkpoint)
 
 
 class ResumeCheckpoint(L.callbacks.ModelCheckpoint):
@@ -125,7 +137,80 @@ class ResumeCheckpoint(L.callbacks.ModelCheckpoint):
     project's ``ModelCheckpoint()`` without a monitor would have the key of the trial's resumable
     checkpoint (and replace it, as the project's callbacks win: ``lightning.callbacks``). This
     class's name makes its key ``ResumeCheckpoint{...}``: both are kept, each with its own state.
+
+    Its files leave out hyper-parameters that ``torch.load(weights_only=True)`` refuses (see
+    :func:`readable_hparams`), so that ``trainer.fit(ckpt_path=...)`` can continue from them.
     """
+
+    writing = False
+
+    @override
+    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:  # where a ModelCheckpoint writes its file
+        self.writing = True
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            self.writing = False
+
+    @override
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        if self.writing:  # every callback sees every checkpoint: only this one's own file is changed
+            _leave_out_hparams(self, checkpoint)
+
+
+def _leave_out_hparams(callback: Any, checkpoint: dict[str, Any]) -> None:
+    """:func:`readable_hparams` for ``callback``'s file, said once per trial (a callback is the trial's own)."""
+    left = readable_hparams(checkpoint)
+    if left and not getattr(callback, "told", False):
+        callback.told = True
+        log.info(
+            "the resumable checkpoint leaves out %s, which torch.load(weights_only=True) refuses; continuing the"
+            " trial does not need them",
+            " and ".join(left),
+        )
+
+
+#: the hyper-parameter entries Lightning writes for the module and for the DataModule: (values, name, type)
+_HPARAMS = (
+    ("hyper_parameters", "hparams_name", "hparams_type"),
+    ("datamodule_hyper_parameters", "datamodule_hparams_name", "datamodule_hparams_type"),
+)
+
+
+def readable_hparams(checkpoint: dict[str, Any]) -> list[str]:
+    """Leave out of a resumable ``checkpoint`` the hyper-parameters that ``torch.load(weights_only=True)`` refuses.
+
+    ``save_hyperparameters()`` stores the init arguments as they are: an optimizer given as
+    ``functools.partial`` (as Hydra's ``_partial_: true`` makes it), a ``pathlib.Path``, an OmegaConf
+    ``DictConfig``. Lightning then loads the checkpoint with ``weights_only=True`` and refuses the
+    whole file, so the trial could not continue. Continuing never reads the hyper-parameters (the
+    trial's model is built from its configuration), so those that cannot be read are left out of
+    this file, whole; the best-step checkpoint keeps them. Returns what was left out, with the
+    first type refused (``["hyper_parameters (functools.partial)"]``).
+    """
+    import io
+    import pickle
+
+    import torch
+
+    left: list[str] = []
+    for keys in _HPARAMS:
+        entry = {k: checkpoint[k] for k in keys if k in checkpoint}
+        if keys[0] not in entry:
+            continue
+        buffer = io.BytesIO()
+        try:
+            torch.save(entry, buffer)
+            buffer.seek(0)
+            torch.load(buffer, weights_only=True)
+        except pickle.UnpicklingError as e:
+            for k in keys:
+                checkpoint.pop(k, None)
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            left.append(f"{keys[0]} ({found.group(1) if found else type(e).__name__})")
+        except Exception:  # not picklable at all: Lightning's own save says so
+            continue
+    return left
 
 
 def resume_callbacks(pl: Any, resume: Resume, trial_dir: str) -> list[Any]:
