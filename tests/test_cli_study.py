@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import FAST, TinyModel
+from conftest import FAST, TinyData, TinyModel
 
 from lightning_hpt.cli import main
+from lightning_hpt.lightning.runner import trial_seed
 from lightning_hpt.storage import SQLStorage, open_storage
 from lightning_hpt.testing.storage import PARAMS, study_info
 from lightning_hpt.trial import TrialState
@@ -90,10 +91,51 @@ def test_best_of_a_python_api_study_says_why_and_writes_its_parameters(tmp_path)
     storage.finish_trial("api", t.number, state=TrialState.COMPLETE, value=0.9)
     code, out, err = run("best", "api", "--storage", str(db))
     assert code == 0 and "made through the Python API" in err and "no config.yaml" in err and "--format json" in err
-    assert yaml.safe_load(out) == {"study": "api", "trial": 0, "monitor": "val_acc", "value": 0.9, "params": PARAMS}
+    seed = trial_seed(7, 0)  # the study's seed is 7
+    assert yaml.safe_load(out) == {
+        "study": "api",
+        "trial": 0,
+        "monitor": "val_acc",
+        "value": 0.9,
+        "seed": seed,
+        "params": PARAMS,
+    }
     code, out, _ = run("best", "api", "--storage", str(db), "--format", "json", "-o", str(tmp_path / "best.json"))
     assert code == 0 and "best parameters (trial 0)" in out
     assert json.loads((tmp_path / "best.json").read_text())["params"] == PARAMS
+
+
+def test_best_of_a_script_study_gives_the_seed_and_hydra_overrides_that_train_its_value_again(tmp_path):
+    """Issue: best of a ScriptSearch study gave the parameters but not the trial's seed, so the project's own
+    training (a Hydra train.py) could not reproduce the value; and a Hydra project had to turn the YAML into
+    name=value overrides by hand."""
+    import lightning.pytorch as L
+
+    from lightning_hpt import Categorical, Float, ScriptSearch
+
+    space = {"model.lr": Float(0.01, 0.1, log=True), "model.act": Categorical(["it's relu", None, True])}
+
+    def fit(lr: float, seed: int) -> float:
+        L.seed_everything(seed, workers=True)
+        trainer = L.Trainer(**{**FAST, "max_epochs": 1}, callbacks=callbacks, default_root_dir=str(tmp_path / "fit"))
+        trainer.fit(TinyModel(lr=lr), TinyData())
+        return float(trainer.callback_metrics["val_loss"])
+
+    search = ScriptSearch(space=space, monitor="val_loss", root=str(tmp_path), n_trials=1, seed=3, verbose=False)
+    for trial in search:
+        callbacks = [trial.callback()]
+        fit(trial.params["model.lr"], trial.seed)
+    db = str(tmp_path / "studies.db")
+    code, out, err = run("best", "--storage", db, "--format", "json")
+    best = json.loads(out)
+    assert code == 0 and best["seed"] == trial_seed(3, 0), err
+    callbacks = []
+    assert fit(best["params"]["model.lr"], best["seed"]) == best["value"]
+    code, out, _ = run("best", "--storage", db, "--format", "overrides")
+    lines = dict(line.split("=", 1) for line in out.splitlines())
+    assert code == 0 and float(lines["model.lr"]) == best["params"]["model.lr"]
+    act = {"it's relu": "'it\\'s relu'", None: "null", True: "true"}[best["params"]["model.act"]]
+    assert lines["model.act"] == act
 
 
 def test_an_output_path_that_cannot_be_written_is_an_error_naming_it(tmp_path):

@@ -84,11 +84,12 @@ def _study_parser(command: str) -> argparse.ArgumentParser:
     if command == "best":
         p.add_argument(
             "--format",
-            choices=["config", "yaml", "json", "args"],
+            choices=["config", "yaml", "json", "args", "overrides"],
             default="config",
             help="config: the trial's full config for fit (studies run by lightning-hpt search); yaml, json: its"
-            " parameters; args: its parameters as command-line options (--lr 0.01 --model.hidden 64), for a"
-            " training script's argparse or LightningCLI: python train.py $(lightning-hpt best STUDY --format args)",
+            " parameters and seed; args: its parameters as command-line options (--lr 0.01 --model.hidden 64), for"
+            " a training script's argparse or LightningCLI: python train.py $(lightning-hpt best STUDY --format"
+            " args); overrides: its parameters as name=value lines, for a Hydra train.py",
         )
         p.add_argument("--trial", type=int, default=None, help="this trial instead of the best (e.g. of the front)")
         p.add_argument(
@@ -157,9 +158,10 @@ def _best(args: argparse.Namespace, info: Any, result: Any, root: Any, out: IO[s
     fmt = args.format
     if fmt == "config" and "cli_config" not in info.attrs:
         err.write(
-            f"lightning-hpt best: study {info.name!r} was made through the Python API, so its trials have no"
-            f" config.yaml (a LightningCLI config) to print; here are trial {best.number}'s parameters as YAML instead"
-            " (--format json for JSON, --format args for command-line options)\n"
+            f"lightning-hpt best: study {info.name!r} was made through the Python API or a ScriptSearch, so its"
+            f" trials have no config.yaml (a LightningCLI config) to print; here are trial {best.number}'s parameters"
+            " and seed as YAML instead (--format json for JSON, --format args for command-line options, --format"
+            " overrides for name=value lines)\n"
         )
         fmt = "yaml"
     text = best_config(root, info.name, best, info.objectives) if fmt == "config" else best_params(info, best, fmt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -132,31 +133,51 @@ def best_config(root: Path, study: str, trial: TrialRecord, objectives: Sequence
 
 
 def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
-    """The best trial's parameters, with the study, trial and value, as YAML (``fmt="yaml"``) or JSON; or as
-    command-line options (``fmt="args"``: ``--lr 0.01 --hidden 64``, parameters only).
+    """The best trial's parameters, with the study, trial, value and seed, as YAML (``fmt="yaml"``) or JSON.
 
-    This is what a study made through the Python API has to offer in place of a ``config.yaml``:
-    ``params`` are the ``HyperparameterSearch`` space's names and values.
+    This is what a study made through the Python API or a ``ScriptSearch`` has to offer in place of a
+    ``config.yaml``: ``params`` are the space's names and values, ``seed`` the one the trial was seeded
+    with. The parameters only: ``fmt="args"``, command-line options on one line (``--lr 0.01 --hidden 64``),
+    as argparse and LightningCLI take them; ``fmt="overrides"``, one ``name=value`` a line, as Hydra does.
     """
+    from lightning_hpt.lightning.runner import trial_seed
+
+    if fmt == "overrides":
+        return "".join(f"{name}={_override_value(v)}\n" for name, v in trial.params.items())
+    if fmt == "args":  # quoted for a shell: python train.py $(lightning-hpt best ...)
+        return " ".join(f"--{name} {shlex.quote(_arg(value))}" for name, value in trial.params.items()) + "\n"
     data = {
         "study": info.name,
         "trial": trial.number,
         "monitor": info.monitor,
         "value": trial.value,
+        "seed": trial_seed(info.seed, trial.number),  # what the trial gave seed_everything: its value again
         "params": dict(trial.params),
     }
     if trial.values is not None:  # several objectives: every one's value
         data["values"] = dict(zip((o.name for o in info.objectives), trial.values, strict=False))
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
-    if fmt == "args":  # one line of options, quoted for a shell: python train.py $(lightning-hpt best ...)
-        return " ".join(f"--{name} {shlex.quote(_arg(value))}" for name, value in trial.params.items()) + "\n"
     return yaml.safe_dump(data, sort_keys=False)
 
 
 def _arg(value: Any) -> str:
     """A parameter's value as a command-line option's text: a string as it is, other values as JSON (0.01, true)."""
     return value if isinstance(value, str) else json.dumps(value)
+
+
+_PLAIN = re.compile(r"[A-Za-z_][\w.:/-]*")
+
+
+def _override_value(value: Any) -> str:
+    """``value`` as a Hydra override writes it: ``true``, ``null``, ``0.001``, ``relu``, ``'a b'``."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, str):
+        if _PLAIN.fullmatch(value) and value.lower() not in ("true", "false", "null", "nan", "inf"):
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return repr(value)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
