@@ -126,7 +126,7 @@ class InterruptCheckpoint(L.Callback):
     @override
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         if self.writing:
-            _leave_out_hparams(self, checkpoint)
+            _leave_out_hparams(checkpoint)
 
 
 class ResumeCheckpoint(L.callbacks.ModelCheckpoint):
@@ -155,18 +155,22 @@ class ResumeCheckpoint(L.callbacks.ModelCheckpoint):
     @override
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         if self.writing:  # every callback sees every checkpoint: only this one's own file is changed
-            _leave_out_hparams(self, checkpoint)
+            _leave_out_hparams(checkpoint)
 
 
-def _leave_out_hparams(callback: Any, checkpoint: dict[str, Any]) -> None:
-    """:func:`readable_hparams` for ``callback``'s file, said once per trial (a callback is the trial's own)."""
-    left = readable_hparams(checkpoint)
-    if left and not getattr(callback, "told", False):
-        callback.told = True
+#: what the resumable checkpoints of this process left out, said once (every trial of a project leaves out the same)
+_TOLD: set[str] = set()
+
+
+def _leave_out_hparams(checkpoint: dict[str, Any]) -> None:
+    """:func:`readable_hparams` for a resumable checkpoint, with a log line the first time in the process."""
+    left = " and ".join(readable_hparams(checkpoint))
+    if left and left not in _TOLD:
+        _TOLD.add(left)
         log.info(
-            "the resumable checkpoint leaves out %s, which torch.load(weights_only=True) refuses; continuing the"
-            " trial does not need them",
-            " and ".join(left),
+            "resumable checkpoints leave out %s, which torch.load(weights_only=True) refuses; continuing a trial"
+            " does not need them",
+            left,
         )
 
 
