@@ -121,6 +121,26 @@ def test_a_failing_fit_is_recorded_failed_and_the_loop_goes_on(tmp_path):
     assert second.state is TrialState.COMPLETE
 
 
+def test_the_loop_stops_when_every_trial_would_fail_as_a_search_does(tmp_path):
+    """Issue: a misspelt monitor (``val_acc`` for a template's ``val/acc``) failed every trial of a ScriptSearch
+    one after the other, each training an epoch, and the script ended without an error; a search stops after
+    the first. One error over different configurations stops it after three, with the error and its fix."""
+    from lightning_hpt.exceptions import MetricNotFoundError, SearchFailedError
+
+    s = search(tmp_path, monitor="val/loss", n_trials=5)
+    with pytest.raises(MetricNotFoundError, match=r"'val/loss' was not logged \(did you mean 'val_loss'\?\)"):
+        for trial in s:
+            trainer(trial, tmp_path, epochs=1).fit(TinyModel(lr=trial.params["lr"]), TinyData())
+    assert len(s.trials) == 1 and s.trials[0].state is TrialState.FAILED
+
+    s = search(tmp_path, n_trials=5, study_name="bug")
+    with pytest.raises(SearchFailedError, match="trials 0, 1, 2 failed with this error and no trial has completed"):
+        for trial in s:
+            with contextlib.suppress(RuntimeError):
+                trainer(trial, tmp_path).fit(TinyModel(lr=trial.params["lr"], fail_at_epoch=0), TinyData())
+    assert [t.state for t in s.trials] == [TrialState.FAILED] * 3
+
+
 def test_a_trial_trained_without_its_callback_fails_with_the_fix(tmp_path):
     s = search(tmp_path, n_trials=1)
     for _trial in s:
