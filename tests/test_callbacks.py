@@ -84,3 +84,20 @@ def test_combine_keeps_the_projects_and_drops_only_the_searchs_clashing_ones():
     out = combine_callbacks(L, mine, ours)
     assert out[0] is ours[0] and out[1:3] == mine and out[3:] == [ours[2]]
     assert combine_callbacks(L, [], ours, checkpointing=False)[1:] == [ours[1]]
+
+
+def test_a_project_checkpoint_with_a_dirpath_of_its_own_writes_in_each_trials_directory(tmp_path):
+    """A template's ModelCheckpoint(dirpath="logs/checkpoints") made every trial write into one directory:
+    ``epoch_002-v1.ckpt`` names, pruned trials' files left behind, and parallel trials' version counters racing."""
+    shared = tmp_path / "logs" / "checkpoints"
+    ckpt = ModelCheckpoint(dirpath=str(shared), filename="epoch_{epoch:03d}", monitor="val_loss", save_last=True)
+    search = one_trial(tmp_path / "runs", [ckpt])
+    search.n_trials = 2
+    result = search.run()
+    assert [t.state for t in result.trials] == [TrialState.COMPLETE] * 2
+    assert not shared.exists() and ckpt.dirpath == str(shared)  # the project's object is left as it was given
+    for t in result.trials:
+        files = sorted(p.name for p in (tmp_path / "runs" / "default" / f"trial_{t.number}" / "checkpoints").iterdir())
+        assert "last.ckpt" in files and any(f.startswith("epoch_") for f in files), files
+        assert not any("-v" in f for f in files)  # no version counter: each trial writes alone
+        assert Path(t.checkpoint).parent == tmp_path / "runs" / "default" / f"trial_{t.number}" / "checkpoints"

@@ -238,3 +238,20 @@ def test_show_top_must_be_a_count_and_is_refused_before_any_output(tmp_path, top
     code, out, err = run("show", "s", "--root", str(tmp_path), "--top", top)
     err += capsys.readouterr().err  # argparse's own refusal goes to sys.stderr
     assert code == 2 and out == "" and f"argument --top: must be a whole number of at least 1, got '{top}'" in err, err
+
+
+def test_a_configs_checkpoint_with_a_dirpath_of_its_own_writes_in_each_trials_directory(tmp_path):
+    """The CLI route: trainer.callbacks' ModelCheckpoint(dirpath=...) of the config writes into each trial's directory."""
+    args = configs(tmp_path, tmp_path / "no-bug", n_trials=2)
+    fit = yaml.safe_load((tmp_path / "fit.yaml").read_text())
+    shared = tmp_path / "logs" / "ckpts"
+    ckpt = {"dirpath": str(shared), "monitor": "val_loss", "filename": "best_{epoch}", "save_last": True}
+    fit["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": ckpt}]
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(fit))
+    code, _, err = run("search", *args)
+    assert code == 0, err
+    assert not shared.exists()
+    for t in open_storage(tmp_path / "runs" / "studies.db", create=False).trials("default"):
+        trial_dir = tmp_path / "runs" / "default" / f"trial_{t.number}"
+        assert {"last.ckpt", Path(t.checkpoint).name} <= {p.name for p in (trial_dir / "ckpts").iterdir()}
+        assert Path(t.checkpoint).parent == trial_dir / "ckpts" and Path(t.checkpoint).name.startswith("best_epoch=")

@@ -210,7 +210,11 @@ def _trial_cli(
             # callbacks the CLI adds itself (parser.add_lightning_class_args(EarlyStopping, ...)) count as the user's
             added = [self.config_init.get(k) for k in getattr(self.parser, "callback_keys", [])]
             monitor, *ours = combine_callbacks(
-                pl, [*user, *added], list(callbacks), checkpointing=trainer_cfg.get("enable_checkpointing")
+                pl,
+                [*user, *added],
+                list(callbacks),
+                checkpointing=trainer_cfg.get("enable_checkpointing"),
+                trial_dir=os.fspath(trial_dir),
             )
             kwargs["callbacks"] = [monitor, *user, *ours[len(user) + len(added) :]]
             kwargs["default_root_dir"] = os.fspath(trial_dir)

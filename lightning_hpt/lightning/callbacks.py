@@ -9,12 +9,14 @@ checkpoint is that callback's ``best_model_path``. The trial's resumable checkpo
 kept beside the project's callbacks. The search's checkpoints (the best step's, the resumable one
 and its writer on interruption) are left out when the project turns checkpointing off
 (``enable_checkpointing=False``): such a trial starts over when interrupted. Quiet trials keep a
-progress bar the project put in its callbacks.
+progress bar the project put in its callbacks. A project ``ModelCheckpoint`` with a ``dirpath`` outside the
+trial's directory writes into it (``<trial_dir>/<last part of dirpath>``), as the project's loggers do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,7 +32,7 @@ def _state_key(callback: Any) -> str | None:
 
 
 def combine_callbacks(
-    pl: Any, user: Iterable[Any], ours: Sequence[Any], *, checkpointing: bool | None = None
+    pl: Any, user: Iterable[Any], ours: Sequence[Any], *, checkpointing: bool | None = None, trial_dir: str = ""
 ) -> list[Any]:
     """The trial's callbacks: the search's monitor first, the project's, then the search's others that do not clash.
 
@@ -39,8 +41,13 @@ def combine_callbacks(
         user: the project's callbacks for this trial (already its own copies).
         ours: the search's callbacks, its monitor first.
         checkpointing: the project's ``enable_checkpointing``; ``False`` leaves out the search's checkpoints.
+        trial_dir: the trial's directory: a project ``ModelCheckpoint`` with a ``dirpath`` of its own writes in
+            it (``<trial_dir>/<last part of dirpath>``), as its loggers do, not where every trial would.
     """
     user = list(user)
+    for cb in user:
+        if trial_dir and isinstance(cb, pl.callbacks.ModelCheckpoint):
+            _into_trial_dir(cb, trial_dir)
     taken = {k for k in map(_state_key, user) if k is not None}
     monitor, *rest = ours
     kept = []
@@ -51,6 +58,17 @@ def combine_callbacks(
             continue
         kept.append(cb)
     return [monitor, *user, *kept]
+
+
+def _into_trial_dir(cb: Any, trial_dir: str) -> None:
+    """A project ``ModelCheckpoint`` whose ``dirpath`` is outside the trial's directory writes inside it instead:
+    files of concurrent trials in one directory would take each other's names (``epoch=2-v1.ckpt``)."""
+    dirpath = getattr(cb, "dirpath", None)
+    if not dirpath:
+        return  # Lightning puts it under the Trainer's default_root_dir or logger: the trial's directory
+    root = os.path.realpath(trial_dir)
+    if os.path.commonpath([root, os.path.realpath(os.fspath(dirpath))]) != root:
+        cb.dirpath = os.path.join(root, os.path.basename(os.path.normpath(os.fspath(dirpath))) or "checkpoints")
 
 
 def quiet_flags(pl: Any, user: Iterable[Any], quiet: bool) -> dict[str, bool]:

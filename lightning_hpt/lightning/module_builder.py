@@ -6,6 +6,7 @@ import copy
 import difflib
 import functools
 import inspect
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,7 +241,9 @@ class ModuleTrialBuilder(TrialBuilder):
         user = copy.deepcopy(list(user) if isinstance(user, (list, tuple)) else [user])
         kwargs = {**quiet_flags(pl, user, self.quiet), **kwargs}
         checkpointing = kwargs.get("enable_checkpointing")
-        kwargs["callbacks"] = combine_callbacks(pl, user, callbacks(pl), checkpointing=checkpointing)
+        kwargs["callbacks"] = combine_callbacks(
+            pl, user, callbacks(pl), checkpointing=checkpointing, trial_dir=os.fspath(trial_dir)
+        )
         kwargs.setdefault(
             "enable_checkpointing", any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in kwargs["callbacks"])
         )
