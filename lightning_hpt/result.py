@@ -11,6 +11,7 @@ from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.lightning.builder import TrialBuilder
+from lightning_hpt.lightning.loading import load_first
 from lightning_hpt.lightning.quiet import quiet_lightning
 from lightning_hpt.lightning.schedule import validation_schedule
 from lightning_hpt.masking import get_logger
@@ -234,30 +235,7 @@ class SearchResult:
         return self._load([self._best(trial)], self._builder("load_model"), map_location)
 
     def _load(self, candidates: Any, builder: TrialBuilder, map_location: str) -> Any:
-        """The first of ``candidates`` whose checkpoint loads, in eval mode."""
-        import torch
-
-        problems = []
-        for t in candidates:
-            if not t.checkpoint:
-                problems.append(f"trial {t.number}: no checkpoint kept")
-                continue
-            try:
-                ckpt = torch.load(t.checkpoint, map_location=map_location, weights_only=True)
-                model = builder.build_model(t.params)
-                model.load_state_dict(ckpt["state_dict"])
-            except ConfigurationError:  # the builder cannot build models (a ScriptSearch's): no trial's file would do
-                raise
-            except Exception as e:
-                problems.append(f"trial {t.number}: cannot load {t.checkpoint!r}: {type(e).__name__}: {e}")
-                log.warning("%s; falling back to the next best trial", problems[-1])
-                continue
-            return model.eval()
-        raise HPTError(
-            "no COMPLETE trial has a readable checkpoint: "
-            + "; ".join(problems)
-            + ". Keep checkpoints with checkpoint=True, or rebuild the winner with result.refit()"
-        )
+        return load_first(candidates, builder, map_location)
 
     def _epochs(self, builder: TrialBuilder, best: TrialRecord) -> int:
         """Epochs that reached the best trial's best score (the mean over folds with cross-validation)."""

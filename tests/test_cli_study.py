@@ -241,7 +241,7 @@ def test_show_top_must_be_a_count_and_is_refused_before_any_output(tmp_path, top
 
 
 def test_a_configs_checkpoint_with_a_dirpath_of_its_own_writes_in_each_trials_directory(tmp_path):
-    """The CLI route: trainer.callbacks' ModelCheckpoint(dirpath=...) of the config writes into each trial's directory."""
+    """The CLI route: the config's ModelCheckpoint(dirpath=...) writes into each trial's directory."""
     args = configs(tmp_path, tmp_path / "no-bug", n_trials=2)
     fit = yaml.safe_load((tmp_path / "fit.yaml").read_text())
     shared = tmp_path / "logs" / "ckpts"
