@@ -36,8 +36,8 @@ from typing import Any
 
 from lightning_hpt.checks import check_bool
 from lightning_hpt.driver import show_finished
-from lightning_hpt.exceptions import ConfigurationError, HPTError, StorageError
-from lightning_hpt.failures import fail_fast
+from lightning_hpt.exceptions import ConfigurationError, HPTError, SearchFailedError, StorageError
+from lightning_hpt.failures import fail_fast, no_complete_trial
 from lightning_hpt.lightning.builder import TrialBuilder, TrialParts
 from lightning_hpt.lightning.runner import TrialJob, _describe
 from lightning_hpt.masking import get_logger
@@ -49,7 +49,7 @@ from lightning_hpt.run_scope import heartbeat
 from lightning_hpt.script_trial import ScriptTrial, TrialRecorder, rank
 from lightning_hpt.search import HyperparameterSearch
 from lightning_hpt.space import Domain, SearchSpace
-from lightning_hpt.trial import TrialRecord
+from lightning_hpt.trial import TrialRecord, TrialState
 
 __all__ = ["ScriptSearch", "ScriptTrial"]
 
@@ -181,15 +181,29 @@ class ScriptSearch(HyperparameterSearch):
                     trial.finish()
                 try:
                     trial = self.ask()
-                except _Exhausted:
-                    return
-                yield trial
+                except _Exhausted as ended:
+                    reason = str(ended).removeprefix("no trial to ask for: ")
+                else:
+                    yield trial
+                    continue
+                self._check_ended(reason)  # outside the except: the error is not "during handling" of the end
+                return
         finally:
             # the loop stopped (a break, or an exception in its body, which a generator cannot see): a trial
             # that trained is recorded now; one that did not is recorded when the script ends, with the
             # exception that ended it, if one did (see _finish_open)
             if trial is not None and trial.trained:
                 trial.finish()
+
+    def _check_ended(self, reason: str) -> None:
+        """At the loop's end, as a search's: :class:`SearchFailedError` if the study has no COMPLETE trial (rank 0;
+        not while another copy of the script still runs or holds queued trials of it)."""
+        trials = self.trials if self._leader else []
+        if any(t.state in (TrialState.RUNNING, TrialState.QUEUED) for t in trials):
+            return
+        failed = no_complete_trial(trials, reason) if trials else None
+        if failed is not None:
+            raise SearchFailedError(failed, self.result(reason))
 
     def ask(self) -> ScriptTrial:  # type: ignore[override]
         """Start the next trial: queued configurations first, then the strategy's proposal.

@@ -16,7 +16,7 @@ from conftest import TinyData, TinyModel
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from lightning_hpt import Float, Int, ScriptSearch
-from lightning_hpt.exceptions import ConfigurationError
+from lightning_hpt.exceptions import ConfigurationError, SearchFailedError
 from lightning_hpt.pruners import Pruner
 from lightning_hpt.storage import open_storage
 from lightning_hpt.trial import TrialState
@@ -125,7 +125,7 @@ def test_the_loop_stops_when_every_trial_would_fail_as_a_search_does(tmp_path):
     """Issue: a misspelt monitor (``val_acc`` for a template's ``val/acc``) failed every trial of a ScriptSearch
     one after the other, each training an epoch, and the script ended without an error; a search stops after
     the first. One error over different configurations stops it after three, with the error and its fix."""
-    from lightning_hpt.exceptions import MetricNotFoundError, SearchFailedError
+    from lightning_hpt.exceptions import MetricNotFoundError
 
     s = search(tmp_path, monitor="val/loss", n_trials=5)
     with pytest.raises(MetricNotFoundError, match=r"'val/loss' was not logged \(did you mean 'val_loss'\?\)"):
@@ -143,8 +143,9 @@ def test_the_loop_stops_when_every_trial_would_fail_as_a_search_does(tmp_path):
 
 def test_a_trial_trained_without_its_callback_fails_with_the_fix(tmp_path):
     s = search(tmp_path, n_trials=1)
-    for _trial in s:
-        pass
+    with pytest.raises(SearchFailedError, match=r"ended \(n_trials reached\) with no COMPLETE trial \(1 FAILED\)"):
+        for _trial in s:
+            pass  # the loop ends as a search does: with no COMPLETE trial, SearchFailedError naming each error
     (t,) = s.trials
     assert t.state is TrialState.FAILED and "trial.callback()" in t.error
 
@@ -152,16 +153,18 @@ def test_a_trial_trained_without_its_callback_fails_with_the_fix(tmp_path):
 def test_a_trainer_given_the_callback_method_uncalled_fails_the_trial_with_the_fix(tmp_path):
     """``callbacks=[trial.callback]`` (no call): Lightning's own error says nothing of it; the trial's does."""
     s = search(tmp_path, n_trials=1)
-    for trial in s:
-        t = L.Trainer(max_epochs=1, callbacks=[trial.callback], logger=False, enable_progress_bar=False)
-        with pytest.raises(AttributeError) as raised:
-            t.fit(TinyModel(), TinyData())
-        trial.finish(error=raised.value)  # what the script's exit records, when the exception ends it
+    with pytest.raises(SearchFailedError, match="with no COMPLETE trial"):
+        for trial in s:
+            t = L.Trainer(max_epochs=1, callbacks=[trial.callback], logger=False, enable_progress_bar=False)
+            with pytest.raises(AttributeError) as raised:
+                t.fit(TinyModel(), TinyData())
+            trial.finish(error=raised.value)  # what the script's exit records, when the exception ends it
     (t,) = s.trials
     assert t.state is TrialState.FAILED and "raised AttributeError: 'function' object has no attribute" in t.error
     assert "trial.callback() was never called" in t.error and "pass callbacks=[trial.callback(), ...]" in t.error
-    for failed in search(tmp_path, study_name="own", n_trials=1):  # an error of the script's own, no Trainer
-        failed.finish(error=ValueError("bad width"))
+    with pytest.raises(SearchFailedError, match="trial 0: ValueError: bad width"):
+        for failed in search(tmp_path, study_name="own", n_trials=1):  # an error of the script's own, no Trainer
+            failed.finish(error=ValueError("bad width"))
     assert search(tmp_path, study_name="own").trials[0].error == "ValueError: bad width"
 
 
