@@ -82,13 +82,19 @@ def test_a_missing_study_is_named_for_a_command_line_user(tmp_path):
     assert "open_study" not in err
 
 
-def test_best_of_a_python_api_study_says_why_and_writes_its_parameters(tmp_path):
-    """Issue: best on a study made through the Python API blamed a missing directory; it has no config.yaml."""
+def one_complete_trial(tmp_path: Path) -> Path:
+    """A study database with study "api" made through the Python API and one COMPLETE trial of PARAMS."""
     db = tmp_path / "studies.db"
     storage = SQLStorage(f"sqlite:///{db}")
     storage.open_study(study_info("api"))
     t = storage.create_trial("api", PARAMS)
     storage.finish_trial("api", t.number, state=TrialState.COMPLETE, value=0.9)
+    return db
+
+
+def test_best_of_a_python_api_study_says_why_and_writes_its_parameters(tmp_path):
+    """Issue: best on a study made through the Python API blamed a missing directory; it has no config.yaml."""
+    db = one_complete_trial(tmp_path)
     code, out, err = run("best", "api", "--storage", str(db))
     assert code == 0 and "made through the Python API" in err and "no config.yaml" in err and "--format json" in err
     seed = trial_seed(7, 0)  # the study's seed is 7
@@ -140,11 +146,7 @@ def test_best_of_a_script_study_gives_the_seed_and_hydra_overrides_that_train_it
 
 def test_an_output_path_that_cannot_be_written_is_an_error_naming_it(tmp_path):
     """Issue: report/best -o DIR and export -o FILE/x.csv ended with an IsADirectoryError (NotADirectoryError)."""
-    db = tmp_path / "studies.db"
-    storage = SQLStorage(f"sqlite:///{db}")
-    storage.open_study(study_info("api"))
-    t = storage.create_trial("api", PARAMS)
-    storage.finish_trial("api", t.number, state=TrialState.COMPLETE, value=0.9)
+    db = one_complete_trial(tmp_path)
     (tmp_path / "out").mkdir()
     (tmp_path / "afile").write_text("mine")
     before = sorted(tmp_path.rglob("*"))
