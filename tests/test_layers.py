@@ -27,6 +27,7 @@ FLOORS = {
             "checks",
             "failures",
             "surrogate",
+            "masking",
         ),
         0,
     ),

@@ -19,11 +19,12 @@ def load_first(candidates: Iterable[Any], builder: Any, map_location: str) -> An
 
     The checkpoint is read with ``torch.load(weights_only=True)``: checkpoints are pickles, and nothing but
     tensors and plain data is ever unpickled. A missing or unreadable file falls back to the next trial, with
-    a warning; an object the weights-only reader refuses is the project's, in every trial's file: refused at once.
+    a warning; when every file holds an object that reader refuses (the project's hyper-parameters, usually),
+    the error says so once, with the choices.
     """
     import torch
 
-    problems = []
+    problems, refused = [], None
     for t in candidates:
         if not t.checkpoint:
             problems.append(f"trial {t.number}: no checkpoint kept")
@@ -34,13 +35,18 @@ def load_first(candidates: Iterable[Any], builder: Any, map_location: str) -> An
             model.load_state_dict(ckpt["state_dict"])
         except ConfigurationError:  # the builder cannot build models (a ScriptSearch's): no trial's file would do
             raise
-        except pickle.UnpicklingError as e:  # the project's hyper-parameters: every trial's file holds the same
-            raise HPTError(_refused(t.checkpoint, e)) from None
+        except pickle.UnpicklingError as e:  # torch's message is long: said once, at the end, if none loads
+            refused = refused or (t.checkpoint, e)
+            problems.append(f"trial {t.number}: {t.checkpoint!r} holds an object the weights-only reader refuses")
+            log.warning("%s; falling back to the next best trial", problems[-1])
+            continue
         except Exception as e:
             problems.append(f"trial {t.number}: cannot load {t.checkpoint!r}: {type(e).__name__}: {e}")
             log.warning("%s; falling back to the next best trial", problems[-1])
             continue
         return model.eval()
+    if refused is not None and all("weights-only reader refuses" in p for p in problems):
+        raise HPTError(_refused(*refused))
     raise HPTError(
         "no COMPLETE trial has a readable checkpoint: "
         + "; ".join(problems)
@@ -52,10 +58,10 @@ def _refused(path: str, error: Exception) -> str:
     """Why a trial's checkpoint is not loaded: ``torch.load(weights_only=True)`` refused an object in it."""
     reason = next((ln.strip() for ln in str(error).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
     return (
-        f"the checkpoint {path!r} holds an object torch.load(weights_only=True) refuses"
-        f"{f' ({reason})' if reason else ''}: the project's hyper-parameters (save_hyperparameters) keep one, such"
-        " as a functools.partial optimizer or a Path, and every trial's checkpoint holds the same. Checkpoints are"
-        " never unpickled whole here; for a file you trust, load its weights yourself:"
+        f"no COMPLETE trial's checkpoint loads: {path!r} (the best) holds an object torch.load(weights_only=True)"
+        f" refuses{f' ({reason})' if reason else ''}, and so does every other trial's. Usually the project's"
+        " hyper-parameters (save_hyperparameters) keep one, such as a functools.partial optimizer or a Path."
+        " Checkpoints are never unpickled whole here; for a file you trust, load its weights yourself:"
         " model.load_state_dict(torch.load(result.best_checkpoint, weights_only=False)['state_dict']), or keep"
         " such values out of the checkpoint (save_hyperparameters(ignore=[...])), or allow the class with"
         " torch.serialization.add_safe_globals([...])"
