@@ -150,6 +150,18 @@ def test_a_trial_trained_without_its_callback_fails_with_the_fix(tmp_path):
     assert t.state is TrialState.FAILED and "trial.callback()" in t.error
 
 
+def test_a_loop_ending_while_another_copy_runs_a_trial_of_the_study_does_not_call_it_failed(tmp_path):
+    """No COMPLETE trial yet, but another copy of the script still runs one: the loop ends quietly, as it may
+    complete; the copy whose loop ends last with none COMPLETE raises."""
+    other = search(tmp_path, n_trials=2)
+    running = other.ask()  # another copy's trial, RUNNING
+    for trial in search(tmp_path, n_trials=2):  # takes the study's last trial, which fails: n_trials reached
+        trial.finish(error=ValueError("bad width"))
+    running.finish(error=ValueError("bad width"))
+    with pytest.raises(SearchFailedError, match=r"with no COMPLETE trial \(2 FAILED\)"):
+        other._check_ended("n_trials reached")  # what that copy's loop does when it asks again
+
+
 def test_a_trainer_given_the_callback_method_uncalled_fails_the_trial_with_the_fix(tmp_path):
     """``callbacks=[trial.callback]`` (no call): Lightning's own error says nothing of it; the trial's does."""
     s = search(tmp_path, n_trials=1)
