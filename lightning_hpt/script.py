@@ -182,7 +182,7 @@ class ScriptSearch(HyperparameterSearch):
                 try:
                     trial = self.ask()
                 except _Exhausted as ended:
-                    reason = str(ended).removeprefix("no trial to ask for: ")
+                    reason = ended.reason
                 else:
                     yield trial
                     continue
@@ -230,12 +230,12 @@ class ScriptSearch(HyperparameterSearch):
             storage.set_study_attrs(self.study_name, {f"script_end.{self._group}": None})  # a reused torchrun id
         if self.timeout is not None and time.monotonic() - self._t0 > self.timeout:
             self._end(index)
-            raise _Exhausted("no trial to ask for: timeout")
+            raise _Exhausted("timeout")
         read = functools.partial(self._history, storage)
         recs, reason = next_trials(storage, self.study_name, self.strategy, self.n_trials, 1, read)
         if not recs:
             self._end(index)
-            raise _Exhausted(f"no trial to ask for: {reason}")
+            raise _Exhausted(reason)
         rec = recs[0]
         storage.set_trial_attrs(self.study_name, rec.number, {"script_group": self._group, "script_index": index})
         reporter = StudyReporter(storage, self.study_name, self.pruner, read, rec.number)
@@ -287,7 +287,7 @@ class ScriptSearch(HyperparameterSearch):
                     return t
             end = attrs.get(f"script_end.{self._group}")
             if end is not None and end <= index:
-                raise _Exhausted("no trial to ask for: rank 0 has no more trials")
+                raise _Exhausted("rank 0 has no more trials")
             time.sleep(0.2)
         raise ConfigurationError(f"rank {rank()} waited {timeout:.0f} s for rank 0's trial {index}; is rank 0 running?")
 
@@ -313,7 +313,11 @@ class ScriptSearch(HyperparameterSearch):
 
 
 class _Exhausted(ConfigurationError):
-    """No trial to ask for (``n_trials`` reached, strategy exhausted, time up, or rank 0 done)."""
+    """No trial to ask for (``n_trials`` reached, strategy exhausted, time up, rank 0 done): ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"no trial to ask for: {reason}")
+        self.reason = reason
 
 
 def _torchrun_group() -> str | None:
