@@ -215,7 +215,10 @@ class ScriptSearch(HyperparameterSearch):
         """
         index, self._asked = self._asked, self._asked + 1
         if not self._leader:
-            return self._trial(self._follow(index), None)
+            try:
+                return self._trial(self._follow(index), None)
+            except NotADirectoryError:  # rank 0 recorded it FAILED and went on to the next one
+                return self.ask()
         if self._stop is not None:
             self._end(index)
             raise self._stop
@@ -239,7 +242,11 @@ class ScriptSearch(HyperparameterSearch):
         rec = recs[0]
         storage.set_trial_attrs(self.study_name, rec.number, {"script_group": self._group, "script_index": index})
         reporter = StudyReporter(storage, self.study_name, self.pruner, read, rec.number)
-        trial = self._trial(rec, reporter)
+        try:
+            trial = self._trial(rec, reporter)
+        except NotADirectoryError as e:  # a file where the trial's directory goes: that trial fails, the loop goes on
+            self._recorder(rec, reporter).finish(None, e)
+            return self.ask()
         self._open_trials[rec.number] = trial
         ACTIVE.add(storage, self.study_name, rec.number)
         if not self._live:
@@ -248,9 +255,12 @@ class ScriptSearch(HyperparameterSearch):
         return trial
 
     def _trial(self, rec: TrialRecord, reporter: StudyReporter | None) -> ScriptTrial:
+        return ScriptTrial(self._recorder(rec, reporter), self.space)
+
+    def _recorder(self, rec: TrialRecord, reporter: StudyReporter | None) -> TrialRecorder:
         trial_dir = str(self.root / self.study_name / f"trial_{rec.number}")
         job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir, attempt=rec.attempt)
-        return ScriptTrial(TrialRecorder(job, rec, self.study_name, reporter, self._record, self._close), self.space)
+        return TrialRecorder(job, rec, self.study_name, reporter, self._record, self._close)
 
     def _record(self, rec: TrialRecord, reporter: StudyReporter, outcome: Any, hint: str | None = None) -> TrialRecord:
         """Store a finished trial, then write its line; ``hint``: why it has no checkpoint (said once per script)."""

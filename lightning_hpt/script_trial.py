@@ -18,7 +18,7 @@ from lightning_hpt.lightning.callbacks import missing_checkpoint_hint
 from lightning_hpt.lightning.loggers import TrialContext, make_logger
 from lightning_hpt.lightning.monitor import monitor_class
 from lightning_hpt.lightning.resume import checkpoint_to_resume, claim, discard, resume_callbacks
-from lightning_hpt.lightning.runner import TrialJob, _outcome, end_resume, trial_seed
+from lightning_hpt.lightning.runner import TrialJob, _outcome, check_trial_dir, end_resume, trial_seed
 from lightning_hpt.masking import get_logger
 from lightning_hpt.space import Domain, SearchSpace
 from lightning_hpt.trial import INTERRUPTED, PREEMPTED, Direction, TrialRecord, TrialState
@@ -63,6 +63,7 @@ class ScriptTrial:
         self.dir = Path(recorder.dir)
         self.seed = trial_seed(job.seed, rec.number)
         self.finished = False
+        check_trial_dir(recorder.dir)
         self._recorder = recorder
         self._callback: Any = None
         self._resume = job.build.resume

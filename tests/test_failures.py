@@ -289,6 +289,16 @@ def test_a_trials_directory_that_cannot_be_made_is_refused_before_any_record(tmp
     assert not (tmp_path / "runs" / "studies.db").exists()  # no study, no trial record
 
 
+def test_a_file_where_a_trials_directory_goes_fails_that_trial_leaves_the_file_and_the_search_goes_on(tmp_path):
+    """Issue: a file named trial_0 failed the trial with a logged traceback (NotADirectoryError in a clean-up)."""
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "trial_0").write_text("the user's file")
+    trials = search(tmp_path, n_trials=2).run().trials
+    assert [t.state for t in trials] == [TrialState.FAILED, TrialState.COMPLETE]
+    assert "trial_0 is a file, not a directory; move or delete that file" in trials[0].error
+    assert (tmp_path / "default" / "trial_0").read_text() == "the user's file"
+
+
 def test_the_report_shows_a_failed_trials_error_whole():
     error = "RuntimeError: " + " ".join(f"word{i}" for i in range(120))  # ~900 characters
     info = StudyInfo("s", SearchSpace(SPACE), Direction.MINIMIZE, "val_loss", "random")

@@ -121,6 +121,21 @@ def test_a_failing_fit_is_recorded_failed_and_the_loop_goes_on(tmp_path):
     assert second.state is TrialState.COMPLETE
 
 
+def test_a_file_where_a_trials_directory_goes_fails_that_trial_and_the_loop_goes_on(tmp_path):
+    """Issue: a file named trial_0 ended the script with FileExistsError, the trial left RUNNING."""
+    (tmp_path / "runs" / "default").mkdir(parents=True)
+    (tmp_path / "runs" / "default" / "trial_0").write_text("the user's file")
+    s = search(tmp_path, n_trials=2)
+    handed = []
+    for trial in s:
+        handed.append(trial.number)
+        trainer(trial, tmp_path, epochs=1).fit(TinyModel(lr=trial.params["lr"]), TinyData())
+    assert handed == [1]
+    assert [t.state for t in s.trials] == [TrialState.FAILED, TrialState.COMPLETE]
+    assert "trial_0 is a file, not a directory" in s.trials[0].error
+    assert (tmp_path / "runs" / "default" / "trial_0").read_text() == "the user's file"
+
+
 def test_the_loop_stops_when_every_trial_would_fail_as_a_search_does(tmp_path):
     """Issue: a misspelt monitor (``val_acc`` for a template's ``val/acc``) failed every trial of a ScriptSearch
     one after the other, each training an epoch, and the script ended without an error; a search stops after

@@ -327,6 +327,8 @@ def _has_files(folder: str) -> bool:
 
 def discard(trial_dir: str) -> None:
     """Remove the trial's resumable checkpoint and what says whose it is (the trial ended)."""
+    if not os.path.isdir(trial_dir):  # never made, or a file in its place (left alone)
+        return
     shutil.rmtree(os.path.join(trial_dir, RESUME_DIR), ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(trial_dir, _OWNER))

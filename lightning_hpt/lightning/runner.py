@@ -179,12 +179,16 @@ def _keep_traceback(job: TrialJob, error: BaseException) -> dict[str, str]:
     the password fields of what they quote are masked.
     """
     path = os.path.join(job.trial_dir, ERROR_FILE)
+    if os.path.lexists(job.trial_dir) and not os.path.isdir(job.trial_dir):  # a file in its place: left alone
+        log.warning("trial %d failed with %s", job.number, _describe(error))
+        return {}
     try:
         os.makedirs(job.trial_dir, exist_ok=True)
         with open(path, "w") as f:
             f.write(mask_secrets("".join(traceback.format_exception(error))))
     except OSError as e:
-        log.warning("trial %d: its traceback could not be written to %s (%s)", job.number, path, e)
+        msg = "trial %d failed with %s; its traceback could not be written to %s (%s)"
+        log.warning(msg, job.number, _describe(error), path, e)
         return {}
     log.warning("trial %d failed with %s; its traceback is in %s", job.number, _describe(error), path)
     return {"traceback": path}
@@ -204,6 +208,7 @@ def _fit(job: TrialJob, reporter: TrialReporter | None, live: _Live) -> None:
     """Seed, build through the builder (with the search's callbacks), and fit one run of a trial."""
     from lightning.fabric.utilities.seed import seed_everything
 
+    check_trial_dir(job.trial_dir)
     b = job.build
     ckpt = checkpoint_to_resume(job) if b.resume is not None else None
     if ckpt is None:
@@ -288,6 +293,15 @@ def end_resume(job: TrialJob, outcome: TrialOutcome) -> None:
         return
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
         discard(job.trial_dir)
+
+
+def check_trial_dir(trial_dir: str) -> None:
+    """A trial's directory may be missing or a directory; a file in its place is left alone, and the trial fails."""
+    if os.path.lexists(trial_dir) and not os.path.isdir(trial_dir):
+        raise NotADirectoryError(
+            f"the trial's directory {trial_dir} is a file, not a directory; move or delete that file"
+            " (it is left as it is); retry_failed=True runs the trial again"
+        )
 
 
 def _clean_dir(trial_dir: str) -> None:
