@@ -6,16 +6,22 @@ the fix, and writes nothing.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import numbers
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from lightning_hpt.exceptions import ConfigurationError, HPTError
 
-__all__ = ["MAX_SEED", "check_bool", "check_int", "check_seed", "check_writable_dir"]
+__all__ = ["MAX_SEED", "check_bool", "check_int", "check_seed", "check_writable_dir", "known_keywords"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 #: seeds are 32-bit: numpy's and Lightning's ``seed_everything`` range, and what every derived seed keeps.
 MAX_SEED = 2**32 - 1
@@ -100,3 +106,29 @@ def check_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
             " you can write to, or fix its permissions"
         )
     return path
+
+
+def known_keywords(owner: str, hints: Mapping[str, str]) -> Callable[[_F], _F]:
+    """Refuse a keyword ``init`` does not take with what to write instead, before it runs.
+
+    ``hints`` maps words other tools use (``direction``, ``sampler``) to this one's; any other unknown
+    keyword gets its nearest names. Python's own ``TypeError`` names neither. The signature stays the
+    function's own (``functools.wraps``), for editors and ``inspect``.
+    """
+
+    def wrap(init: _F) -> _F:
+        names = [n for n in inspect.signature(init).parameters if n != "self"]
+
+        @functools.wraps(init)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            unknown = [k for k in kwargs if k not in names]  # their values are not quoted: a secret may be one
+            if unknown:
+                key = unknown[0]
+                close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+                fix = f"; use {hints[key]}" if key in hints else f"; did you mean {close[0]}?" if close else ""
+                raise ConfigurationError(f"{owner} takes no argument {key!r}{fix} (its arguments: {', '.join(names)})")
+            return init(*args, **kwargs)
+
+        return checked  # type: ignore[return-value]
+
+    return wrap

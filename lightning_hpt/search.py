@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_hpt.checks import check_bool, check_seed, check_writable_dir
+from lightning_hpt.checks import check_bool, check_seed, check_writable_dir, known_keywords
 from lightning_hpt.constraints import outcome_constraints
 from lightning_hpt.constraints import param_constraints as param_constraints_of
 from lightning_hpt.driver import StudyDriver
@@ -31,6 +31,7 @@ from lightning_hpt.report.table import trials_table
 from lightning_hpt.result import SearchResult
 from lightning_hpt.run_scope import frozen_gc, heartbeat, sigterm_raises
 from lightning_hpt.search_args import (
+    PEER_WORDS,
     check_feasible,
     check_function_kept,
     check_params,
@@ -127,6 +128,7 @@ class HyperparameterSearch:
         >>> result = search.run()  # doctest: +SKIP
     """
 
+    @known_keywords("HyperparameterSearch", PEER_WORDS)
     def __init__(
         self,
         model: Any = None,

@@ -24,6 +24,7 @@ from lightning_hpt.strategies import make_strategy
 log = get_logger(__name__)
 
 __all__ = [
+    "PEER_WORDS",
     "adopt",
     "check_feasible",
     "check_params",
@@ -35,6 +36,24 @@ __all__ = [
     "told",
     "trial_builder",
 ]
+
+
+#: what other tools call a search's arguments, and the argument that does it here
+PEER_WORDS = {
+    "trainer": "trainer_kwargs={'max_epochs': 10, ...}: the Trainer's arguments as a dict (each trial builds its own)",
+    "max_epochs": "trainer_kwargs={'max_epochs': ...}",
+    "direction": "mode='min' or mode='max'",
+    "directions": "mode=['max', 'min'], one per objective of monitor",
+    "metric": "monitor='val_loss' (the name the model logs with self.log)",
+    "objective": "monitor='val_loss' (the name the model logs with self.log)",
+    "sampler": "strategy='random', 'sobol', 'grid', 'bayes' or a Strategy",
+    "search_alg": "strategy='random', 'sobol', 'grid', 'bayes' or a Strategy",
+    "scheduler": "pruner='median', 'asha', 'hyperband' or a Pruner",
+    "num_samples": "n_trials=",
+    "max_trials": "n_trials=",
+    "n_jobs": "executor=ProcessExecutor(workers=N) (from lightning_hpt.executors)",
+    "callbacks": "trainer_kwargs={'callbacks': [...]}",
+}
 
 
 def require_positive(

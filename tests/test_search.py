@@ -439,6 +439,10 @@ def test_trainer_parameters_and_loggers(tmp_path, fast_trainer):
         ({"executor": object()}, ConfigurationError, "executor must be an Executor"),
         ({"stale_after": "x"}, ConfigurationError, "stale_after must be a positive number"),
         ({"timeout": True}, ConfigurationError, "timeout must be a positive number"),
+        # other tools' words, and a misspelling: Python's own TypeError named no fix
+        ({"trainer": object()}, ConfigurationError, r"takes no argument 'trainer'; use trainer_kwargs=\{'max_epochs'"),
+        ({"direction": "maximize"}, ConfigurationError, r"takes no argument 'direction'; use mode='min' or mode='max'"),
+        ({"n_trails": 5}, ConfigurationError, r"'n_trails'; did you mean n_trials\? \(its arguments: "),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, kwargs, error, match):
