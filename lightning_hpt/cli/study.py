@@ -227,15 +227,23 @@ def chosen_trial(result: Any, number: int | None, weights: str | None) -> TrialR
 def _weights(text: str, names: list[str]) -> dict[str, float]:
     """``--weights val_acc=1,n_params=0.5`` as a dict, checked against the study's objectives in the CLI's words."""
     example = ",".join(f"{n}=1" for n in names)
-    out = {}
+    out: dict[str, float] = {}
+    twice = []
     for part in text.split(","):
         name, sep, value = part.partition("=")
+        name = name.strip()
+        twice += [name] if name in out else []
         try:
-            out[name.strip()] = float(value)
+            out[name] = float(value)
         except ValueError:
             sep = ""
         if not sep:
             raise ConfigurationError(f"--weights must read name=number,...; got {text!r}; e.g. --weights {example}")
+    if twice:
+        raise ConfigurationError(
+            f"--weights names {sorted(set(twice))} more than once in {text!r}; give each objective one weight,"
+            f" e.g. --weights {example}"
+        )
     unknown = sorted(set(out) - set(names))
     if unknown:
         raise ConfigurationError(
