@@ -140,8 +140,6 @@ def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
     with. The parameters only: ``fmt="args"``, command-line options on one line (``--lr 0.01 --hidden 64``),
     as argparse and LightningCLI take them; ``fmt="overrides"``, one ``name=value`` a line, as Hydra does.
     """
-    from lightning_hpt.lightning.runner import trial_seed
-
     if fmt == "overrides":
         return "".join(f"{name}={_override_value(v)}\n" for name, v in trial.params.items())
     if fmt == "args":  # quoted for a shell: python train.py $(lightning-hpt best ...)
@@ -151,7 +149,7 @@ def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
         "trial": trial.number,
         "monitor": info.monitor,
         "value": trial.value,
-        "seed": trial_seed(info.seed, trial.number),  # what the trial gave seed_everything: its value again
+        "seed": _seed_of(info, trial.number),  # what the trial gave seed_everything: its value again
         "params": dict(trial.params),
     }
     if trial.values is not None:  # several objectives: every one's value
@@ -159,6 +157,21 @@ def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def _seed_of(info: StudyInfo, number: int) -> int | None:
+    """The seed trial ``number`` gave ``seed_everything``: the one derived for it, or its LightningCLI config's.
+
+    A config with ``seed_everything`` an integer runs every trial with it (``false``: unseeded, ``None``);
+    only ``true`` or no value takes the trial's own, as the CLI's builder does.
+    """
+    from lightning_hpt.lightning.runner import trial_seed
+
+    config = info.attrs.get("cli_config")
+    fixed = config.get("seed_everything", True) if isinstance(config, dict) else True
+    if fixed is True:
+        return trial_seed(info.seed, number)
+    return fixed if isinstance(fixed, int) and not isinstance(fixed, bool) else None
 
 
 def _arg(value: Any) -> str:
