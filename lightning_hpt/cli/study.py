@@ -17,8 +17,9 @@ from lightning_hpt.cli.builder import TRIAL_CONFIG
 from lightning_hpt.cli.parsing import load_yaml, short_key
 from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.report.export import write_text_atomic
+from lightning_hpt.result import unscored
 from lightning_hpt.storage import Storage, StudyInfo, open_storage
-from lightning_hpt.trial import TrialRecord, TrialState
+from lightning_hpt.trial import TrialRecord
 
 __all__ = [
     "StudyLocation",
@@ -198,19 +199,6 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_text_atomic(path, text)
 
 
-def _unscored(result: Any, trial: TrialRecord | None, number: int) -> str:
-    """Why trial ``number`` of ``result`` counts for no best: absent, not COMPLETE, infeasible or not finite."""
-    if trial is None:
-        return f"study {result.study!r} has no trial {number} (it has {len(result.trials)})"
-    if trial.state is not TrialState.COMPLETE:
-        return f"trial {number} of study {result.study!r} is {trial.state.value}"
-    if not trial.feasible:
-        broken = trial.attrs.get("infeasible")
-        why = f" ({'; '.join(broken)})" if isinstance(broken, list) and broken else ""
-        return f"trial {number} of study {result.study!r} is COMPLETE but infeasible{why}"
-    return f"trial {number} of study {result.study!r} is COMPLETE without finite values ({trial.objective_values})"
-
-
 def chosen_trial(result: Any, number: int | None, weights: str | None) -> TrialRecord | None:
     """The trial ``lightning-hpt best`` prints: ``--trial N``, the Pareto trial ``--weights`` prefers, or the best.
 
@@ -221,7 +209,7 @@ def chosen_trial(result: Any, number: int | None, weights: str | None) -> TrialR
         found = [t for t in result.trials if t.number == number]
         if not found or not found[0].scored:
             raise HPTError(
-                f"--trial {number}: {_unscored(result, found[0] if found else None, number)}, so it has no"
+                f"--trial {number}: {unscored(result, found[0] if found else None, number)}, so it has no"
                 f" result to print; lightning-hpt show {result.study} lists the COMPLETE feasible trials"
             )
         return found[0]
