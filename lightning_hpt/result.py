@@ -153,15 +153,23 @@ class SearchResult:
             " result.refit(trial=trial) or result.test(trial=trial)"
         )
 
-    def _best(self, trial: TrialRecord | None = None) -> TrialRecord:
-        """``trial`` if given (it must be scored), else the best trial."""
+    def _best(self, trial: TrialRecord | int | None = None) -> TrialRecord:
+        """``trial`` (a record or a trial number) if given (it must be scored), else the best trial."""
         if trial is not None:
-            if not isinstance(trial, TrialRecord) or not trial.scored:
-                raise ConfigurationError(
-                    f"trial must be a COMPLETE, feasible TrialRecord of this study (one of result.pareto_trials),"
-                    f" got {trial!r}"
+            number = trial if isinstance(trial, int) and not isinstance(trial, bool) else None
+            found = trial if number is None else next((t for t in self.trials if t.number == number), None)
+            if not isinstance(found, TrialRecord) or not found.scored:
+                why = (
+                    f"got {trial!r}"
+                    if number is None and not isinstance(trial, TrialRecord)
+                    else unscored(self, found, found.number if found is not None else number)
                 )
-            return trial
+                front = f" (trials {[t.number for t in self.pareto_trials]})" if self.multi else ""
+                raise ConfigurationError(
+                    f"trial must be a COMPLETE, feasible trial of this study, a TrialRecord or its number: {why};"
+                    f" take one of result.pareto_trials{front} or of result.trials that is COMPLETE and feasible"
+                )
+            return found
         best = self.best_trial
         if best is None:
             broke = any(t.state.value == "COMPLETE" and not t.feasible for t in self.trials)
@@ -227,8 +235,8 @@ class SearchResult:
         self._best()
         return self._load((t for t in rank_trials(self.trials, self.direction) if t.scored), builder, map_location)
 
-    def load_model(self, trial: TrialRecord, map_location: str = "cpu") -> Any:
-        """Rebuild ``trial``'s model (e.g. one of :attr:`pareto_trials`) and load its best-step checkpoint.
+    def load_model(self, trial: TrialRecord | int, map_location: str = "cpu") -> Any:
+        """Rebuild ``trial``'s model (one of :attr:`pareto_trials`, say, or its number) and load its best checkpoint.
 
         The checkpoint is read with ``torch.load(weights_only=True)``, as :meth:`load_best_model` reads it.
         """
@@ -244,7 +252,7 @@ class SearchResult:
         every, per_epoch = validation_schedule(builder.trainer_settings(best.params)) or (1, 1)
         return max(1, math.ceil(steps * every / per_epoch))
 
-    def refit(self, max_epochs: int | None = None, trial: TrialRecord | None = None) -> Any:
+    def refit(self, max_epochs: int | None = None, trial: TrialRecord | int | None = None) -> Any:
         """Retrain the best configuration on training plus validation data and return the model.
 
         The DataModule must have ``cv_dataset()`` (the train+validation data; see
@@ -284,7 +292,7 @@ class SearchResult:
         self._extra["refit"] = (best.number, epochs, path)
         return model
 
-    def test(self, model: Any = None, trial: TrialRecord | None = None) -> dict[str, float]:
+    def test(self, model: Any = None, trial: TrialRecord | int | None = None) -> dict[str, float]:
         """Run ``Trainer.test`` with the DataModule's test split and store the metrics with the best trial.
 
         Args:
@@ -428,3 +436,16 @@ class SearchResult:
         elif self.test_metrics:
             lines.append("  test: " + ", ".join(f"{k}={v:.4g}" for k, v in self.test_metrics.items()))
         return "\n".join(lines)
+
+
+def unscored(result: Any, trial: TrialRecord | None, number: int) -> str:
+    """Why trial ``number`` of ``result`` counts for no best: absent, not COMPLETE, infeasible or not finite."""
+    if trial is None:
+        return f"study {result.study!r} has no trial {number} (it has {len(result.trials)})"
+    if trial.state is not TrialState.COMPLETE:
+        return f"trial {number} of study {result.study!r} is {trial.state.value}"
+    if not trial.feasible:
+        broken = trial.attrs.get("infeasible")
+        why = f" ({'; '.join(broken)})" if isinstance(broken, list) and broken else ""
+        return f"trial {number} of study {result.study!r} is COMPLETE but infeasible{why}"
+    return f"trial {number} of study {result.study!r} is COMPLETE without finite values ({trial.objective_values})"

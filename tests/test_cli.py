@@ -104,6 +104,8 @@ def test_search_builds_trials_with_lightning_cli_and_writes_their_configs(tmp_pa
         assert saved["data"]["init_args"]["batch_size"] == t.params["data.init_args.batch_size"]
         assert saved["model"]["init_args"]["hidden"] == 8  # the rest of the user's config is kept
         assert saved["seed_everything"] == trial_seed(0, t.number)  # no seed in the config: the trial's own
+        shown = run("best", "--root", str(tmp_path / "runs"), "--trial", str(t.number), "--format", "yaml")
+        assert shown[0] == 0 and yaml.safe_load(shown[1])["seed"] == trial_seed(0, t.number), shown[2]
         assert saved["trainer"]["default_root_dir"] is None  # the saved config is the user's, ready for fit
         ckpt = torch.load(t.checkpoint, weights_only=True)
         assert ckpt["hyper_parameters"]["lr"] == t.params["model.init_args.lr"]
@@ -145,6 +147,9 @@ def test_user_callbacks_loggers_and_fixed_seed_are_kept(tmp_path):
         assert saved["seed_everything"] == 123  # an integer seed in the config is the user's choice: kept
         assert saved["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path / "csv")  # as the project has it
         assert (tmp_path / "runs" / "default" / f"trial_{n}" / "csv" / "metrics.csv").exists()
+        # best --format json names the seed the trial ran with: the config's, not the one derived for the trial
+        code, out, err = run("best", "--root", str(tmp_path / "runs"), "--trial", str(n), "--format", "json")
+        assert code == 0 and yaml.safe_load(out)["seed"] == 123, err
 
 
 @pytest.mark.parametrize("logger", [None, True])

@@ -88,6 +88,17 @@ def test_infeasible_trials_are_never_on_the_front(tmp_path, fast_trainer):
     ).run()
     assert any(not t.feasible for t in result.trials)
     assert result.pareto_trials and all(t.feasible for t in result.pareto_trials)
+    # load_model takes a trial or its number, and says why a trial it refuses is not one to load
+    chosen = result.pareto_trials[0]
+    assert result.load_model(chosen.number).hparams.hidden == chosen.params["model.hidden"]
+    broke = next(t for t in result.trials if not t.feasible)
+    why = rf"trial {broke.number} of study 'default' is COMPLETE but infeasible \(neg_size = -\d+, not >= -73\)"
+    for given in (broke, broke.number):
+        with pytest.raises(ConfigurationError, match=why + r".*one of result\.pareto_trials \(trials \[") as err:
+            result.load_model(given)
+        assert "TrialRecord(" not in str(err.value)  # the trial's reason, not its whole record
+    with pytest.raises(ConfigurationError, match="study 'default' has no trial 99"):
+        result.test(trial=99)
 
 
 def test_a_missing_constraint_metric_stops_the_search(tmp_path, fast_trainer):

@@ -104,7 +104,7 @@ def run_cli(*argv):
     return main(list(argv), stdout=out, stderr=err), out.getvalue(), err.getvalue()
 
 
-def test_show_best_and_report_list_the_front(tmp_path, fast_trainer):
+def test_show_best_and_report_list_the_front(tmp_path, fast_trainer, capsys):
     _, result = run_study(tmp_path, fast_trainer)
     front = [t.number for t in result.pareto_trials]
     code, out, err = run_cli("show", "--root", str(tmp_path))
@@ -130,9 +130,13 @@ def test_show_best_and_report_list_the_front(tmp_path, fast_trainer):
     assert str(smallest.params["model.hidden"]) in out
     for bad, words in [("acc=1", "--weights names ['acc'], which are not objectives of the study (['val_loss',"),
                        ("n_params=-1", "--weights must be numbers >= 0, not all 0; got 'n_params=-1'"),
-                       ("n_params", "--weights must read name=number,...; got 'n_params'")]:  # fmt: skip
+                       ("n_params", "--weights must read name=number,...; got 'n_params'"),
+                       ("n_params=1,n_params=0", "--weights names ['n_params'] more than once")]:  # fmt: skip
         code, out, err = run_cli("best", "--root", str(tmp_path), "--weights", bad)
         assert code == 2 and words in err and "e.g. --weights val_loss=1,n_params=1" in err and "{" not in err, err
+    code, out, err = run_cli("best", "--root", str(tmp_path), "--trial", str(front[-1]), "--weights", "n_params=1")
+    err += capsys.readouterr().err  # argparse's own refusal goes to sys.stderr
+    assert code == 2 and out == "" and "argument --weights: not allowed with argument --trial" in err, err
     code, out, err = run_cli("export", "--root", str(tmp_path))  # a CLI user has no result to pass objectives
     assert code == 0 and out == f"{len(result.trials)} trials: {tmp_path / 'default' / 'trials.csv'}\n", err
     header = (tmp_path / "default" / "trials.csv").read_text().splitlines()[0].split(",")

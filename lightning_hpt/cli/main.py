@@ -91,8 +91,9 @@ def _study_parser(command: str) -> argparse.ArgumentParser:
             " a training script's argparse or LightningCLI: python train.py $(lightning-hpt best STUDY --format"
             " args); overrides: its parameters as name=value lines, for a Hydra train.py",
         )
-        p.add_argument("--trial", type=int, default=None, help="this trial instead of the best (e.g. of the front)")
-        p.add_argument(
+        which = p.add_mutually_exclusive_group()
+        which.add_argument("--trial", type=int, default=None, help="this trial instead of the best (e.g. of the front)")
+        which.add_argument(
             "--weights",
             default=None,
             help="several objectives: the Pareto trial with the largest weighted sum, e.g. val_acc=1,n_params=0.5",

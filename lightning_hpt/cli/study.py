@@ -17,8 +17,9 @@ from lightning_hpt.cli.builder import TRIAL_CONFIG
 from lightning_hpt.cli.parsing import load_yaml, short_key
 from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.report.export import write_text_atomic
+from lightning_hpt.result import unscored
 from lightning_hpt.storage import Storage, StudyInfo, open_storage
-from lightning_hpt.trial import TrialRecord, TrialState
+from lightning_hpt.trial import TrialRecord
 
 __all__ = [
     "StudyLocation",
@@ -140,8 +141,6 @@ def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
     with. The parameters only: ``fmt="args"``, command-line options on one line (``--lr 0.01 --hidden 64``),
     as argparse and LightningCLI take them; ``fmt="overrides"``, one ``name=value`` a line, as Hydra does.
     """
-    from lightning_hpt.lightning.runner import trial_seed
-
     if fmt == "overrides":
         return "".join(f"{name}={_override_value(v)}\n" for name, v in trial.params.items())
     if fmt == "args":  # quoted for a shell: python train.py $(lightning-hpt best ...)
@@ -151,7 +150,7 @@ def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
         "trial": trial.number,
         "monitor": info.monitor,
         "value": trial.value,
-        "seed": trial_seed(info.seed, trial.number),  # what the trial gave seed_everything: its value again
+        "seed": _seed_of(info, trial.number),  # what the trial gave seed_everything: its value again
         "params": dict(trial.params),
     }
     if trial.values is not None:  # several objectives: every one's value
@@ -159,6 +158,21 @@ def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def _seed_of(info: StudyInfo, number: int) -> int | None:
+    """The seed trial ``number`` gave ``seed_everything``: the one derived for it, or its LightningCLI config's.
+
+    A config with ``seed_everything`` an integer runs every trial with it (``false``: unseeded, ``None``);
+    only ``true`` or no value takes the trial's own, as the CLI's builder does.
+    """
+    from lightning_hpt.lightning.runner import trial_seed
+
+    config = info.attrs.get("cli_config")
+    fixed = config.get("seed_everything", True) if isinstance(config, dict) else True
+    if fixed is True:
+        return trial_seed(info.seed, number)
+    return fixed if isinstance(fixed, int) and not isinstance(fixed, bool) else None
 
 
 def _arg(value: Any) -> str:
@@ -185,19 +199,6 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_text_atomic(path, text)
 
 
-def _unscored(result: Any, trial: TrialRecord | None, number: int) -> str:
-    """Why trial ``number`` of ``result`` counts for no best: absent, not COMPLETE, infeasible or not finite."""
-    if trial is None:
-        return f"study {result.study!r} has no trial {number} (it has {len(result.trials)})"
-    if trial.state is not TrialState.COMPLETE:
-        return f"trial {number} of study {result.study!r} is {trial.state.value}"
-    if not trial.feasible:
-        broken = trial.attrs.get("infeasible")
-        why = f" ({'; '.join(broken)})" if isinstance(broken, list) and broken else ""
-        return f"trial {number} of study {result.study!r} is COMPLETE but infeasible{why}"
-    return f"trial {number} of study {result.study!r} is COMPLETE without finite values ({trial.objective_values})"
-
-
 def chosen_trial(result: Any, number: int | None, weights: str | None) -> TrialRecord | None:
     """The trial ``lightning-hpt best`` prints: ``--trial N``, the Pareto trial ``--weights`` prefers, or the best.
 
@@ -208,7 +209,7 @@ def chosen_trial(result: Any, number: int | None, weights: str | None) -> TrialR
         found = [t for t in result.trials if t.number == number]
         if not found or not found[0].scored:
             raise HPTError(
-                f"--trial {number}: {_unscored(result, found[0] if found else None, number)}, so it has no"
+                f"--trial {number}: {unscored(result, found[0] if found else None, number)}, so it has no"
                 f" result to print; lightning-hpt show {result.study} lists the COMPLETE feasible trials"
             )
         return found[0]
@@ -227,15 +228,23 @@ def chosen_trial(result: Any, number: int | None, weights: str | None) -> TrialR
 def _weights(text: str, names: list[str]) -> dict[str, float]:
     """``--weights val_acc=1,n_params=0.5`` as a dict, checked against the study's objectives in the CLI's words."""
     example = ",".join(f"{n}=1" for n in names)
-    out = {}
+    out: dict[str, float] = {}
+    twice = []
     for part in text.split(","):
         name, sep, value = part.partition("=")
+        name = name.strip()
+        twice += [name] if name in out else []
         try:
-            out[name.strip()] = float(value)
+            out[name] = float(value)
         except ValueError:
             sep = ""
         if not sep:
             raise ConfigurationError(f"--weights must read name=number,...; got {text!r}; e.g. --weights {example}")
+    if twice:
+        raise ConfigurationError(
+            f"--weights names {sorted(set(twice))} more than once in {text!r}; give each objective one weight,"
+            f" e.g. --weights {example}"
+        )
     unknown = sorted(set(out) - set(names))
     if unknown:
         raise ConfigurationError(

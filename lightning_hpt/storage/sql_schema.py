@@ -297,9 +297,16 @@ def differences(stored: StudyInfo, given: StudyInfo) -> list[str]:
     for field in ("monitor", "direction", "objectives", "constraints", "strategy", "seed"):
         a, b = getattr(stored, field), getattr(given, field)
         if a != b:
-            a, b = _shown(a), _shown(b)
+            a, b = (_objectives(stored), _objectives(given)) if field == "objectives" else (_shown(a), _shown(b))
             diffs.append(f"{field} changed from {a!r} to {b!r}")
     return diffs
+
+
+def _objectives(info: StudyInfo) -> list[str]:
+    """The study's objectives as the mismatch message shows them; one objective (stored as ``()``) is its monitor."""
+    if info.objectives:
+        return [str(o) for o in info.objectives]
+    return [f"{info.monitor} ({info.direction.value})"]
 
 
 def _shown(value: Any) -> Any:
