@@ -376,12 +376,17 @@ class SearchResult:
         return lines
 
     def to_dataframe(self) -> Any:
-        """One row per trial: number, state, value, duration, params (``params.<name>``), error. Needs pandas."""
+        """One row per trial: number, state, value, duration, params (``params.<name>``), error. Needs pandas.
+
+        With several objectives, ``values.<name>`` per objective and ``pareto`` (on the front); with outcome
+        constraints, ``feasible``.
+        """
         try:
             import pandas as pd
         except ImportError:
             raise ImportError("to_dataframe needs pandas: pip install 'lightning-hpt[pandas]'") from None
         rows = []
+        front = {t.number for t in self.pareto_trials} if self.multi else set()
         for t in self.trials:
             row = {
                 "number": t.number,
@@ -393,6 +398,7 @@ class SearchResult:
             }
             if self.multi:
                 row.update({f"values.{o.name}": v for o, v in zip(self.objectives, t.values or (), strict=False)})
+                row["pareto"] = t.number in front
             if not t.feasible or "infeasible" in t.attrs:
                 row["feasible"] = t.feasible
             row.update({f"params.{k}": v for k, v in t.params.items()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
 import json
@@ -92,6 +93,7 @@ def test_result_has_a_front_and_best_asks_which_point(tmp_path, fast_trainer):
     assert f"Pareto front ({len(front)} trials) of val_loss, n_params:" in text and "result.best(weights" in text
     df = result.to_dataframe()
     assert list(df["values.n_params"]) == [t.values[1] for t in result.trials]
+    assert list(df["pareto"]) == [t in front for t in result.trials]
 
 
 def test_refit_needs_a_chosen_point(tmp_path, fast_trainer):
@@ -140,7 +142,9 @@ def test_show_best_and_report_list_the_front(tmp_path, fast_trainer, capsys):
     code, out, err = run_cli("export", "--root", str(tmp_path))  # a CLI user has no result to pass objectives
     assert code == 0 and out == f"{len(result.trials)} trials: {tmp_path / 'default' / 'trials.csv'}\n", err
     header = (tmp_path / "default" / "trials.csv").read_text().splitlines()[0].split(",")
-    assert {"values.val_loss", "values.n_params", "params.model.hidden"} <= set(header)
+    assert {"values.val_loss", "values.n_params", "pareto", "params.model.hidden"} <= set(header)
+    rows = list(csv.DictReader((tmp_path / "default" / "trials.csv").open()))
+    assert [int(r["number"]) for r in rows if r["pareto"] == "True"] == sorted(front)
     code, out, err = run_cli("export", "--root", str(tmp_path), "-o", str(tmp_path / "t.json"))
     assert code == 0 and [t["number"] for t in json.loads((tmp_path / "t.json").read_text())] == [
         t.number for t in result.trials
@@ -240,6 +244,8 @@ def test_exports_name_the_objectives_and_say_which_trials_are_feasible(tmp_path)
     data = json.loads(export_trials(trials, tmp_path / "t.json", objectives=MIN_MIN).read_text())
     assert data[1]["objective_values"] == {"a": 0.2, "b": 3.0}
     assert [d["feasible"] for d in data] == [False, True]
+    assert [d["pareto"] for d in data] == [False, True]  # Objective objects give directions: the front is known
+    assert "pareto" not in rows[0]  # names alone do not
     with pytest.raises(ConfigurationError, match=r"objectives=\['val_acc', 'n_params'\]"):
         export_trials(trials, tmp_path / "u.csv", objectives=[1, 2])
     assert not (tmp_path / "u.csv").exists()

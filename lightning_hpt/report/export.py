@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_hpt.exceptions import ConfigurationError, OutputError
+from lightning_hpt.objectives import Objective
+from lightning_hpt.pareto import pareto_front
 from lightning_hpt.trial import TrialRecord
 
 __all__ = ["export_trials", "trial_to_dict", "write_text_atomic"]
@@ -44,13 +46,13 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def trial_to_dict(t: TrialRecord, objectives: Sequence[str] = ()) -> dict[str, Any]:
+def trial_to_dict(t: TrialRecord, objectives: Sequence[str] = (), pareto: bool | None = None) -> dict[str, Any]:
     """One trial as plain JSON data; ``intermediate`` maps the step (as text) to its value.
 
     Non-finite numbers (a NaN loss, say) are ``None``: strict JSON has no NaN. With several objectives
     it also has ``values`` (every objective's value) and ``intermediate_values`` (per step), and with
     their names given (``objectives``) ``objective_values`` (name -> value). A trial judged against
-    outcome constraints has ``feasible``.
+    outcome constraints has ``feasible``; ``pareto`` (given with several objectives) is ``pareto``.
     """
     out = {
         "number": t.number,
@@ -78,6 +80,8 @@ def trial_to_dict(t: TrialRecord, objectives: Sequence[str] = ()) -> dict[str, A
             out["objective_values"] = {n: _finite(v) for n, v in zip(objectives, t.values, strict=False)}
     if "infeasible" in t.attrs:
         out["feasible"] = t.feasible
+    if pareto is not None:
+        out["pareto"] = pareto
     return out
 
 
@@ -117,7 +121,7 @@ def _cannot_write(path: Path, error: OSError) -> OutputError:
     return OutputError(f"cannot write {str(path)!r}: {why}; give a file path in a directory you can write")
 
 
-def _csv_text(trials: Sequence[TrialRecord], objectives: Sequence[str]) -> str:
+def _csv_text(trials: Sequence[TrialRecord], objectives: Sequence[str], front: set[int] | None) -> str:
     names: list[str] = []
     steps: set[int] = set()
     for t in trials:
@@ -132,6 +136,7 @@ def _csv_text(trials: Sequence[TrialRecord], objectives: Sequence[str]) -> str:
         "state",
         "value",
         *(f"values.{label}" for label in labels),
+        *(["pareto"] if front is not None else []),
         *(["feasible"] if judged else []),
         "best_step",
         "epochs",
@@ -152,6 +157,7 @@ def _csv_text(trials: Sequence[TrialRecord], objectives: Sequence[str]) -> str:
                 t.state.value,
                 _cell(t.value),
                 *(_cell(v) for v in (t.values or (None,) * width)),
+                *([t.number in front] if front is not None else []),
                 *([t.feasible] if judged else []),
                 _cell(t.best_step),
                 len(t.intermediate),
@@ -182,7 +188,8 @@ def export_trials(trials: Sequence[TrialRecord], path: str | os.PathLike[str], o
       started_at, finished_at``, one ``params.<name>`` column per parameter, one ``step_<k>`` column
       per validation run ``k`` (empty where a trial has no value at that step, e.g. pruned early; the
       first objective's), and ``error``. With several objectives, ``values.<name>`` per objective
-      (``values.0``, ``values.1``, ... without ``objectives``); with outcome constraints, ``feasible``.
+      (``values.0``, ``values.1``, ... without ``objectives``) and, given the study's ``Objective`` objects
+      (``result.objectives``), ``pareto`` (``True`` on the front); with outcome constraints, ``feasible``.
       Empty cells mean "none"; non-finite values are written ``nan``/``inf``.
     - ``.json``: a list of objects (see :func:`trial_to_dict`): params and ``intermediate``
       (``{"<step>": value}``) are nested; non-finite values are ``null`` (strict JSON).
@@ -215,9 +222,13 @@ def export_trials(trials: Sequence[TrialRecord], path: str | os.PathLike[str], o
             " e.g. objectives=['val_acc', 'n_params'] or objectives=result.objectives"
         )
     ordered = sorted(trials, key=lambda t: t.number)
+    front = None  # the front needs each objective's direction: Objective objects, not names
+    if len(objectives) > 1 and all(isinstance(o, Objective) for o in objectives):
+        front = {t.number for t in pareto_front(ordered, objectives)}
     if suffix == ".csv":
-        text = _csv_text(ordered, names)
+        text = _csv_text(ordered, names, front)
     else:
-        text = json.dumps([trial_to_dict(t, names) for t in ordered], indent=2, allow_nan=False) + "\n"
+        dicts = [trial_to_dict(t, names, None if front is None else t.number in front) for t in ordered]
+        text = json.dumps(dicts, indent=2, allow_nan=False) + "\n"
     write_text_atomic(target, text)
     return target
