@@ -72,16 +72,27 @@ class ParamConstraint:
     text: str
     check: Callable[[Mapping[str, Any]], bool] = field(compare=False, repr=False)
 
-    def holds(self, params: Mapping[str, Any]) -> bool:
-        """Whether ``params`` is allowed; an error of the rule itself is raised as a ConfigurationError."""
+    def holds(self, params: Mapping[str, Any], space: Mapping[str, Any] | None = None) -> bool:
+        """Whether ``params`` is allowed; an error of the rule itself is raised as a ConfigurationError.
+
+        ``space`` (the search space) lets the error for an absent conditional parameter show this rule
+        with that parameter's condition tested first.
+        """
         try:
             return bool(self.check(params))
         except KeyError as e:
+            missing = e.args[0]
+            when = getattr(space.get(missing), "when", None) if space is not None else None
+            example = (
+                f"'{_absent(when)} or {self.text}', true where {missing} is absent"
+                if when
+                else "'model.num_layers == 1 or model.width1 * model.width2 <= 2048', where width2 has"
+                " when={model.num_layers: [2, 3]}"
+            )
             raise ConfigurationError(
-                f"param_constraints: {self.text!r} reads {e.args[0]!r}, which the configuration {dict(params)} does"
+                f"param_constraints: {self.text!r} reads {missing!r}, which the configuration {dict(params)} does"
                 f" not have: a conditional parameter is absent where its when= does not hold; make the rule hold"
-                f" without it by testing first, with or, what is true where it is absent (e.g. 'model.num_layers == 1"
-                f" or model.width1 * model.width2 <= 2048', where width2 has when={{model.num_layers: [2, 3]}})"
+                f" without it by testing first, with or, what is true where it is absent (e.g. {example})"
             ) from None
         except Exception as e:
             raise ConfigurationError(
@@ -91,6 +102,12 @@ class ParamConstraint:
 
     def __str__(self) -> str:
         return self.text
+
+
+def _absent(when: Mapping[str, Sequence[Any]]) -> str:
+    """A rule's text that is true exactly where ``when`` does not hold: ``model.num_layers != 1``."""
+    parts = [" and ".join(f"{parent} != {v!r}" for v in values) for parent, values in when.items()]
+    return " or ".join(f"({p})" if " and " in p and len(parts) > 1 else p for p in parts)
 
 
 def outcome_constraints(spec: Any, objectives: Sequence[str] = ()) -> tuple[OutcomeConstraint, ...]:

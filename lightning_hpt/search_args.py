@@ -199,7 +199,7 @@ def check_feasible(space: Any, rules: Sequence[ParamConstraint]) -> None:
     )
     kept = False
     for params in candidates:  # every rule on every candidate: one that reads an absent parameter is refused now
-        kept = all([r.holds(params) for r in rules]) or kept  # noqa: C419 (no short cut)
+        kept = all([r.holds(params, space) for r in rules]) or kept  # noqa: C419 (no short cut)
     if not kept:
         what = (
             f"any of its {total} configurations" if total is not None and total <= MAX_DRAWS else f"{MAX_DRAWS} draws"
@@ -256,7 +256,7 @@ def record_told(
 def check_params(space: Any, rules: Sequence[ParamConstraint], params: Mapping[str, Any]) -> None:
     """Refuse a configuration outside the space or breaking a parameter constraint (it would never run)."""
     space.validate(params)
-    broken = [str(r) for r in rules if not r.holds(params)]
+    broken = [str(r) for r in rules if not r.holds(params, space)]
     if broken:
         raise ConfigurationError(
             f"the configuration {dict(params)} breaks param_constraints {broken}: it would never run; fix it or drop it"
