@@ -237,7 +237,8 @@ def check_ref_point(ref_point: Sequence[float] | None) -> list[float] | None:
         not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in ref_point
     ):
         raise ConfigurationError(
-            "BayesianStrategy: ref_point must be one finite number per objective (in its own units, e.g."
+            "BayesianStrategy: ref_point must be one finite number per objective, two or more (it is the"
+            " hypervolume's corner with several objectives; one objective takes none), in each one's units (e.g."
             f" [0.5, 2e6] for val_acc and n_params), or None to infer it; got ref_point={ref_point!r}"
         )
     return [float(v) for v in ref_point]
