@@ -262,8 +262,11 @@ class ScriptSearch(HyperparameterSearch):
         job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir, attempt=rec.attempt)
         return TrialRecorder(job, rec, self.study_name, reporter, self._record, self._close)
 
-    def _record(self, rec: TrialRecord, reporter: StudyReporter, outcome: Any, hint: str | None = None) -> TrialRecord:
-        """Store a finished trial, then write its line; ``hint``: why it has no checkpoint (said once per script)."""
+    def _record(
+        self, rec: TrialRecord, reporter: StudyReporter, outcome: Any, hint: str | None = None, no_resume: bool = False
+    ) -> TrialRecord:
+        """Store a finished trial, then write its line; ``hint``: why it has no checkpoint (said once per script);
+        ``no_resume``: its Trainer had ``enable_checkpointing=False``, so an interrupted trial starts over."""
         final = record_outcome(self.storage, self.study_name, rec, reporter, outcome)
         if hint is not None and not self._told_checkpoint:
             self._told_checkpoint = True
@@ -273,12 +276,12 @@ class ScriptSearch(HyperparameterSearch):
             show_finished(self._lines, history, final, self.build, self._planned)
         self._stop = self._stop or fail_fast(history.space, history.trials, final)
         if outcome.interrupted and self.retry_interrupted:
-            log.warning(
-                "trial %d is recorded as %s: run the script again to continue it (from its resumable checkpoint"
-                " when trainer.fit gets ckpt_path=trial.ckpt_path)",
-                final.number,
-                outcome.interrupted,
+            how = (
+                "; it starts over: its Trainer has enable_checkpointing=False, so no resumable checkpoint was written"
+                if no_resume
+                else " to continue it (from its resumable checkpoint when trainer.fit gets ckpt_path=trial.ckpt_path)"
             )
+            log.warning("trial %d is recorded as %s: run the script again%s", final.number, outcome.interrupted, how)
         return final
 
     def _end(self, index: int) -> None:

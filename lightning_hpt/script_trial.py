@@ -14,7 +14,7 @@ from typing import Any
 from lightning_hpt.define_by_run import answer
 from lightning_hpt.exceptions import ConfigurationError, SearchPreempted
 from lightning_hpt.lightning import compat
-from lightning_hpt.lightning.callbacks import missing_checkpoint_hint
+from lightning_hpt.lightning.callbacks import checkpointing_off, missing_checkpoint_hint
 from lightning_hpt.lightning.loggers import TrialContext, make_logger
 from lightning_hpt.lightning.monitor import monitor_class
 from lightning_hpt.lightning.resume import checkpoint_to_resume, claim, discard, resume_callbacks
@@ -256,4 +256,4 @@ class TrialRecorder:
             mode = "min" if self.job.build.direction is Direction.MINIMIZE else "max"
             hint = missing_checkpoint_hint(trainer, self.job.build.monitor, mode)
         end_resume(self.job, outcome)
-        return self._write(self.record, self.reporter, outcome, hint)
+        return self._write(self.record, self.reporter, outcome, hint, checkpointing_off(trainer))

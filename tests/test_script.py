@@ -453,10 +453,52 @@ def test_an_interrupted_trial_says_how_to_continue_it_and_continues_when_the_scr
     (rec,) = s.trials
     assert rec.state is TrialState.FAILED and rec.error == "interrupted: KeyboardInterrupt"
     said = [r.getMessage() for r in caplog.records if "recorded as interrupted" in r.getMessage()]
-    assert len(said) == 1 and "run the script again" in said[0] and "ckpt_path=trial.ckpt_path" in said[0]
+    assert len(said) == 1 and "run the script again to continue it" in said[0], said
+    assert "ckpt_path=trial.ckpt_path" in said[0]
     again = search(tmp_path, n_trials=1)
     for trial in again:
         assert trial.number == 0 and trial.ckpt_path
         trainer(trial, tmp_path).fit(TinyModel(lr=0.01), TinyData(), ckpt_path=trial.ckpt_path)
     (rec,) = again.trials
     assert rec.state is TrialState.COMPLETE and sorted(rec.intermediate) == [0, 1, 2]
+
+
+def test_a_trainer_with_checkpointing_off_is_told_to_drop_that_flag_and_its_interrupted_trial_starts_over(
+    tmp_path, caplog
+):
+    """Optuna's Lightning example builds its Trainer with enable_checkpointing=False. The hint for the missing
+    best checkpoint names that flag (Lightning refuses a ModelCheckpoint beside it, so "add a ModelCheckpoint"
+    alone would fail), and an interrupted trial is said to start over, not to continue from a checkpoint."""
+
+    def optuna_style(trial, **model):
+        return L.Trainer(
+            max_epochs=3,
+            accelerator="cpu",
+            enable_checkpointing=False,
+            callbacks=[trial.callback()],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        ).fit(TinyModel(lr=0.01, **model), TinyData())
+
+    s = search(tmp_path, n_trials=1)
+    for trial in s:
+        optuna_style(trial)
+    told = [r.getMessage() for r in caplog.records if "has no checkpoint" in r.getMessage()]
+    assert len(told) == 1 and "enable_checkpointing=False" in told[0], told
+    assert "leave enable_checkpointing=False out and add ModelCheckpoint(monitor='val_loss', mode='min')" in told[0]
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            for trial in search(tmp_path, n_trials=2):
+                optuna_style(trial, interrupt_at_epoch=1)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    said = [r.getMessage() for r in caplog.records if "recorded as interrupted" in r.getMessage()]
+    assert len(said) == 1 and "run the script again; it starts over" in said[0], said
+    assert "enable_checkpointing=False" in said[0]
+    assert "from its resumable checkpoint" not in said[0]
+    for trial in search(tmp_path, n_trials=2):
+        assert trial.number == 1 and trial.ckpt_path is None
+        optuna_style(trial)
