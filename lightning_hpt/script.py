@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from lightning_hpt.checks import check_bool
+from lightning_hpt.checks import check_bool, refuse_unknown_keywords
 from lightning_hpt.driver import show_finished
 from lightning_hpt.exceptions import ConfigurationError, HPTError, SearchFailedError, StorageError
 from lightning_hpt.failures import fail_fast, no_complete_trial
@@ -48,6 +48,7 @@ from lightning_hpt.reporting import StudyReporter, record_outcome
 from lightning_hpt.run_scope import heartbeat
 from lightning_hpt.script_trial import ScriptTrial, TrialRecorder, rank
 from lightning_hpt.search import HyperparameterSearch
+from lightning_hpt.search_args import SCRIPT_WORDS
 from lightning_hpt.space import Domain, SearchSpace
 from lightning_hpt.trial import TrialRecord, TrialState
 
@@ -129,12 +130,8 @@ class ScriptSearch(HyperparameterSearch):
         verbose: bool = True,
         **kwargs: Any,
     ) -> None:
-        unknown = sorted(set(kwargs) - set(self._SETTINGS))
-        if unknown:
-            raise ConfigurationError(
-                f"ScriptSearch does not take {unknown}: the script builds its own Trainer;"
-                f" it takes {list(self._SETTINGS)}"
-            )
+        names = ("space", "monitor", "mode", "max_epochs", "verbose", *self._SETTINGS)
+        refuse_unknown_keywords("ScriptSearch", kwargs, names, SCRIPT_WORDS)
         super().__init__(
             space=space,
             builder=ScriptBuilder(),

@@ -202,6 +202,30 @@ def test_script_search_refuses_run_and_trainer_arguments(tmp_path):
         search(tmp_path).run()
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "fix"),
+    [
+        ({"direction": "maximize"}, "use mode='min' or mode='max'"),  # Optuna's create_study
+        ({"num_samples": 10}, "use n_trials="),  # Ray Tune's TuneConfig
+        ({"scheduler": object()}, "use pruner='median', 'asha', 'hyperband' or a Pruner"),
+        ({"sampler": object()}, "use strategy='random', 'sobol', 'grid', 'bayes' or a Strategy"),
+        ({"n_jobs": 2}, "run the script several times"),
+        ({"trainer_kwargs": {"max_epochs": 2}}, "your script builds its own Trainer: give trainer_kwargs to it"),
+        ({"callbacks": []}, "your script builds its own Trainer: give callbacks to it"),
+        ({"n_trial": 3}, "did you mean n_trials?"),
+    ],
+)
+def test_script_search_refuses_other_tools_words_with_its_own(tmp_path, kwargs, fix):
+    """An Optuna or Ray Tune user's words get the ScriptSearch argument that does it (not a Trainer's, which the
+    script builds), and the list of its arguments includes monitor, mode and max_epochs; nothing is written."""
+    with pytest.raises(ConfigurationError) as err:
+        search(tmp_path, **kwargs)
+    key = next(iter(kwargs))
+    assert str(err.value).startswith(f"ScriptSearch takes no argument {key!r}; {fix}"), str(err.value)
+    assert "(its arguments: space, monitor, mode, max_epochs, verbose, constraints," in str(err.value)
+    assert not any(tmp_path.iterdir())
+
+
 SCRIPT = textwrap.dedent(
     """
     import sys
