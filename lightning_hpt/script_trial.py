@@ -8,6 +8,7 @@ ended with, and records the trial from that when the loop moves on (:class:`Tria
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -207,8 +208,11 @@ class _FitEnd:
         if stage != "fit" or not writers or not trainer.checkpoint_callbacks:
             return
         trainer.callbacks = [*trainer.callbacks, *writers]  # a new list: Lightning's loop over the old one goes on
-        for cb in writers:
-            cb.setup(trainer, pl_module, stage)
+        with warnings.catch_warnings():
+            # a continued trial's resume/ holds the checkpoint it continues from: Lightning's warning is no news
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+            for cb in writers:
+                cb.setup(trainer, pl_module, stage)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_start(trainer, pl_module)  # type: ignore[misc]
