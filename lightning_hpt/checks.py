@@ -11,7 +11,7 @@ import functools
 import inspect
 import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,6 +108,19 @@ def check_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
     return path
 
 
+def refuse_unknown_keywords(
+    owner: str, kwargs: Mapping[str, Any], names: Sequence[str], hints: Mapping[str, str]
+) -> None:
+    """Raise for the first of ``kwargs`` not in ``names``: ``hints[key]`` (what to do instead), else its nearest
+    name. The values are not quoted: a secret may be one."""
+    unknown = [k for k in kwargs if k not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        fix = f"; {hints[key]}" if key in hints else f"; did you mean {close[0]}?" if close else ""
+        raise ConfigurationError(f"{owner} takes no argument {key!r}{fix} (its arguments: {', '.join(names)})")
+
+
 def known_keywords(owner: str, hints: Mapping[str, str]) -> Callable[[_F], _F]:
     """Refuse a keyword ``init`` does not take with what to write instead, before it runs.
 
@@ -116,17 +129,14 @@ def known_keywords(owner: str, hints: Mapping[str, str]) -> Callable[[_F], _F]:
     function's own (``functools.wraps``), for editors and ``inspect``.
     """
 
+    uses = {key: f"use {word}" for key, word in hints.items()}
+
     def wrap(init: _F) -> _F:
         names = [n for n in inspect.signature(init).parameters if n != "self"]
 
         @functools.wraps(init)
         def checked(*args: Any, **kwargs: Any) -> Any:
-            unknown = [k for k in kwargs if k not in names]  # their values are not quoted: a secret may be one
-            if unknown:
-                key = unknown[0]
-                close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-                fix = f"; use {hints[key]}" if key in hints else f"; did you mean {close[0]}?" if close else ""
-                raise ConfigurationError(f"{owner} takes no argument {key!r}{fix} (its arguments: {', '.join(names)})")
+            refuse_unknown_keywords(owner, kwargs, names, uses)
             return init(*args, **kwargs)
 
         return checked  # type: ignore[return-value]

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from lightning_hpt.checks import check_bool
+from lightning_hpt.checks import check_bool, refuse_unknown_keywords
 from lightning_hpt.driver import show_finished
 from lightning_hpt.exceptions import ConfigurationError, HPTError, SearchFailedError, StorageError
 from lightning_hpt.failures import fail_fast, no_complete_trial
@@ -48,6 +48,7 @@ from lightning_hpt.reporting import StudyReporter, record_outcome
 from lightning_hpt.run_scope import heartbeat
 from lightning_hpt.script_trial import ScriptTrial, TrialRecorder, rank
 from lightning_hpt.search import HyperparameterSearch
+from lightning_hpt.search_args import SCRIPT_WORDS
 from lightning_hpt.space import Domain, SearchSpace
 from lightning_hpt.trial import TrialRecord, TrialState
 
@@ -129,12 +130,8 @@ class ScriptSearch(HyperparameterSearch):
         verbose: bool = True,
         **kwargs: Any,
     ) -> None:
-        unknown = sorted(set(kwargs) - set(self._SETTINGS))
-        if unknown:
-            raise ConfigurationError(
-                f"ScriptSearch does not take {unknown}: the script builds its own Trainer;"
-                f" it takes {list(self._SETTINGS)}"
-            )
+        names = ("space", "monitor", "mode", "max_epochs", "verbose", *self._SETTINGS)
+        refuse_unknown_keywords("ScriptSearch", kwargs, names, SCRIPT_WORDS)
         super().__init__(
             space=space,
             builder=ScriptBuilder(),
@@ -262,8 +259,11 @@ class ScriptSearch(HyperparameterSearch):
         job = TrialJob(self.build, rec.number, dict(rec.params), self.seed, trial_dir, attempt=rec.attempt)
         return TrialRecorder(job, rec, self.study_name, reporter, self._record, self._close)
 
-    def _record(self, rec: TrialRecord, reporter: StudyReporter, outcome: Any, hint: str | None = None) -> TrialRecord:
-        """Store a finished trial, then write its line; ``hint``: why it has no checkpoint (said once per script)."""
+    def _record(
+        self, rec: TrialRecord, reporter: StudyReporter, outcome: Any, hint: str | None = None, no_resume: bool = False
+    ) -> TrialRecord:
+        """Store a finished trial, then write its line; ``hint``: why it has no checkpoint (said once per script);
+        ``no_resume``: its Trainer had ``enable_checkpointing=False``, so an interrupted trial starts over."""
         final = record_outcome(self.storage, self.study_name, rec, reporter, outcome)
         if hint is not None and not self._told_checkpoint:
             self._told_checkpoint = True
@@ -273,12 +273,12 @@ class ScriptSearch(HyperparameterSearch):
             show_finished(self._lines, history, final, self.build, self._planned)
         self._stop = self._stop or fail_fast(history.space, history.trials, final)
         if outcome.interrupted and self.retry_interrupted:
-            log.warning(
-                "trial %d is recorded as %s: run the script again to continue it (from its resumable checkpoint"
-                " when trainer.fit gets ckpt_path=trial.ckpt_path)",
-                final.number,
-                outcome.interrupted,
+            how = (
+                "; it starts over: its Trainer has enable_checkpointing=False, so no resumable checkpoint was written"
+                if no_resume
+                else " to continue it (from its resumable checkpoint when trainer.fit gets ckpt_path=trial.ckpt_path)"
             )
+            log.warning("trial %d is recorded as %s: run the script again%s", final.number, outcome.interrupted, how)
         return final
 
     def _end(self, index: int) -> None:

@@ -8,13 +8,14 @@ ended with, and records the trial from that when the loop moves on (:class:`Tria
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 from lightning_hpt.define_by_run import answer
 from lightning_hpt.exceptions import ConfigurationError, SearchPreempted
 from lightning_hpt.lightning import compat
-from lightning_hpt.lightning.callbacks import missing_checkpoint_hint
+from lightning_hpt.lightning.callbacks import checkpointing_off, missing_checkpoint_hint
 from lightning_hpt.lightning.loggers import TrialContext, make_logger
 from lightning_hpt.lightning.monitor import monitor_class
 from lightning_hpt.lightning.resume import checkpoint_to_resume, claim, discard, resume_callbacks
@@ -207,8 +208,11 @@ class _FitEnd:
         if stage != "fit" or not writers or not trainer.checkpoint_callbacks:
             return
         trainer.callbacks = [*trainer.callbacks, *writers]  # a new list: Lightning's loop over the old one goes on
-        for cb in writers:
-            cb.setup(trainer, pl_module, stage)
+        with warnings.catch_warnings():
+            # a continued trial's resume/ holds the checkpoint it continues from: Lightning's warning is no news
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+            for cb in writers:
+                cb.setup(trainer, pl_module, stage)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_start(trainer, pl_module)  # type: ignore[misc]
@@ -256,4 +260,4 @@ class TrialRecorder:
             mode = "min" if self.job.build.direction is Direction.MINIMIZE else "max"
             hint = missing_checkpoint_hint(trainer, self.job.build.monitor, mode)
         end_resume(self.job, outcome)
-        return self._write(self.record, self.reporter, outcome, hint)
+        return self._write(self.record, self.reporter, outcome, hint, checkpointing_off(trainer))

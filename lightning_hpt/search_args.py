@@ -25,6 +25,7 @@ log = get_logger(__name__)
 
 __all__ = [
     "PEER_WORDS",
+    "SCRIPT_WORDS",
     "adopt",
     "check_feasible",
     "check_params",
@@ -53,6 +54,18 @@ PEER_WORDS = {
     "max_trials": "n_trials=",
     "n_jobs": "executor=ProcessExecutor(workers=N) (from lightning_hpt.executors)",
     "callbacks": "trainer_kwargs={'callbacks': [...]}",
+}
+
+_TRAINER = "your script builds its own Trainer"
+_OWN = "is HyperparameterSearch's: your script builds and trains each trial itself"
+#: the same for a ScriptSearch, whose script builds the Trainer, model and data (``max_epochs`` is its own)
+SCRIPT_WORDS = {
+    **{key: f"use {word}" for key, word in PEER_WORDS.items() if key not in ("trainer", "max_epochs", "callbacks")},
+    **{key: f"{_TRAINER}: give {key} to it" for key in ("trainer", "trainer_kwargs", "callbacks")},
+    "patience": f"{_TRAINER}: add EarlyStopping(monitor=..., patience=...) to its callbacks",
+    "checkpoint": f"{_TRAINER}: add ModelCheckpoint(monitor=..., mode=...) to its callbacks",
+    **{key: f"{key} {_OWN}" for key in ("model", "datamodule", "builder", "executor", "cv", "repeats", "refit")},
+    "n_jobs": "run the script several times (terminals, a SLURM array, machines): the copies share the study",
 }
 
 

@@ -439,9 +439,12 @@ def test_a_test_run_after_the_fit_leaves_the_trials_recorded_metrics_those_of_th
     assert rec.attrs["metrics"]["val_loss"] == pytest.approx(rec.intermediate[2])
 
 
-def test_an_interrupted_trial_says_how_to_continue_it_and_continues_when_the_script_runs_again(tmp_path, caplog):
+def test_an_interrupted_trial_says_how_to_continue_it_and_continues_when_the_script_runs_again(
+    tmp_path, caplog, recwarn
+):
     """Ctrl+C in a fit: Lightning exits the script with status 1 and no word of the study; the trial is recorded
-    as interrupted with a line saying to run the script again, and the next run continues it from its checkpoint."""
+    as interrupted with a line saying to run the script again, and the next run continues it from its checkpoint,
+    without Lightning's warning that the trial's resume/ directory (which holds that checkpoint) is not empty."""
     s = search(tmp_path, n_trials=1)
     handler = signal.getsignal(signal.SIGINT)
     try:
@@ -453,10 +456,14 @@ def test_an_interrupted_trial_says_how_to_continue_it_and_continues_when_the_scr
     (rec,) = s.trials
     assert rec.state is TrialState.FAILED and rec.error == "interrupted: KeyboardInterrupt"
     said = [r.getMessage() for r in caplog.records if "recorded as interrupted" in r.getMessage()]
-    assert len(said) == 1 and "run the script again" in said[0] and "ckpt_path=trial.ckpt_path" in said[0]
+    assert len(said) == 1 and "run the script again to continue it" in said[0], said
+    assert "ckpt_path=trial.ckpt_path" in said[0]
     again = search(tmp_path, n_trials=1)
+    recwarn.clear()
     for trial in again:
         assert trial.number == 0 and trial.ckpt_path
         trainer(trial, tmp_path).fit(TinyModel(lr=0.01), TinyData(), ckpt_path=trial.ckpt_path)
     (rec,) = again.trials
     assert rec.state is TrialState.COMPLETE and sorted(rec.intermediate) == [0, 1, 2]
+    resume_dir = str(tmp_path / "runs" / "default" / "trial_0" / "resume")
+    assert not [str(w.message) for w in recwarn if resume_dir in str(w.message)]

@@ -93,8 +93,22 @@ def best_checkpoint(trainer: Any, monitor: str, mode: str) -> str | None:
     return None
 
 
+def checkpointing_off(trainer: Any) -> bool:
+    """Whether ``trainer`` was made with ``enable_checkpointing=False``: Lightning then has no checkpoint callback at
+    all (else it adds its own ``ModelCheckpoint``), and refuses one in ``callbacks``."""
+    return trainer is not None and not getattr(trainer, "checkpoint_callbacks", None)
+
+
 def missing_checkpoint_hint(trainer: Any, monitor: str, mode: str) -> str:
     """Why ``trainer`` kept no best checkpoint on ``monitor`` (in ``mode``), and the ModelCheckpoint that would."""
+    add = f"ModelCheckpoint(monitor={monitor!r}, mode={mode!r})"
+    if checkpointing_off(trainer):
+        return (
+            f"the Trainer has enable_checkpointing=False, so it kept no checkpoint of the best {monitor} ({mode}) and"
+            " none to continue an interrupted trial from. For the best epoch's file (result.best_checkpoint), leave"
+            f" enable_checkpointing=False out and add {add} to its callbacks (Lightning refuses a ModelCheckpoint"
+            " beside enable_checkpointing=False)"
+        )
     others = [
         f"ModelCheckpoint(monitor={cb.monitor!r}, mode={getattr(cb, 'mode', None)!r})"
         for cb in getattr(trainer, "checkpoint_callbacks", None) or []
@@ -102,7 +116,6 @@ def missing_checkpoint_hint(trainer: Any, monitor: str, mode: str) -> str:
     ]
     has = f"its checkpoint callbacks are {', '.join(others)}" if others else "it has no ModelCheckpoint with a monitor"
     return (
-        f"the Trainer kept no checkpoint of the best {monitor} ({mode}): {has}. Add"
-        f" ModelCheckpoint(monitor={monitor!r}, mode={mode!r}) to its callbacks so that the trial records its"
-        " best epoch's file (result.best_checkpoint)"
+        f"the Trainer kept no checkpoint of the best {monitor} ({mode}): {has}. Add {add} to its callbacks so"
+        " that the trial records its best epoch's file (result.best_checkpoint)"
     )
