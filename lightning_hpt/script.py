@@ -160,6 +160,7 @@ class ScriptSearch(HyperparameterSearch):
         self._beating = contextlib.ExitStack()
         self._live: set[int] = set()  # the numbers the heartbeat keeps alive
         self._told_checkpoint = False
+        self._ended = ""  # why the last loop ended ("n_trials reached", "timeout"): result() says it
         self._stop: HPTError | None = None  # why every trial would fail: the next ask() raises it
         atexit.register(self._finish_open)
 
@@ -179,7 +180,7 @@ class ScriptSearch(HyperparameterSearch):
                 try:
                     trial = self.ask()
                 except _Exhausted as ended:
-                    reason = ended.reason
+                    reason = self._ended = ended.reason
                 else:
                     yield trial
                     continue
@@ -191,6 +192,10 @@ class ScriptSearch(HyperparameterSearch):
             # exception that ended it, if one did (see _finish_open)
             if trial is not None and trial.trained:
                 trial.finish()
+
+    def result(self, stopped_reason: str = "") -> Any:
+        """The study's current result; after a loop, it says why the loop ended (``n_trials reached``, ``timeout``)."""
+        return super().result(stopped_reason or self._ended)
 
     def _check_ended(self, reason: str) -> None:
         """At the loop's end, as a search's: :class:`SearchFailedError` if the study has no COMPLETE trial (rank 0;

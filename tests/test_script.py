@@ -81,6 +81,7 @@ def test_loop_records_each_trial_with_its_steps_and_the_scripts_checkpoint(tmp_p
         assert (Path(tmp_path / "runs" / "default" / f"trial_{t.number}") / "csv" / "metrics.csv").is_file()
     result = s.result()
     assert "at step None" not in str(result) and f"at step {result.best_trial.best_step}" in str(result)
+    assert str(result).splitlines()[0] == "Study 'default': 3 trials (3 complete); n_trials reached"  # why it ended
 
 
 def test_a_trial_seeded_with_its_seed_gives_the_same_value_in_another_study(tmp_path, capsys):
