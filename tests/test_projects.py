@@ -61,8 +61,8 @@ def hpt(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProces
     )
 
 
-def script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(cwd)])}
+def script(*args: str, cwd: Path, timeout: int = 300, path: tuple[str, ...] = ()) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(ROOT), str(cwd)])}
     return subprocess.Popen(
         [sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -297,9 +297,20 @@ def test_api_every_logger_gets_one_run_per_trial(project, tmp_path):
 def test_script_route_two_copies_on_one_study_with_pruning(project):
     """tune.py (ScriptSearch) started twice at once, as a SLURM array or two terminals would."""
     where = project("trainer_script")
-    procs = [script("tune.py", "--trials", "6", "--max_epochs", "3", cwd=where) for _ in range(2)]
+    # both copies import torch and Lightning, then wait for each other: on a loaded machine one copy's start-up
+    # took as long as the other's six trials, and it found the study done (the test's barrier, not the project's)
+    barrier = where / "barrier"
+    barrier.mkdir()
+    (barrier / "sitecustomize.py").write_text(
+        "import os, pathlib, time\nimport lightning.pytorch\nimport lightning_hpt\n"
+        f"here = pathlib.Path({str(barrier)!r})\n(here / f'ready_{{os.getpid()}}').touch()\n"
+        "end = time.monotonic() + 120\n"
+        "while len(list(here.glob('ready_*'))) < 2 and time.monotonic() < end:\n    time.sleep(0.05)\n"
+    )
+    procs = [script("tune.py", "--trials", "6", "--max_epochs", "3", cwd=where, path=(str(barrier),)) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outs]
+    assert len(list(barrier.glob("ready_*"))) == 2  # the barrier ran in both
     trials = open_storage(str(where / "tune" / "studies.db")).trials("shift")
     assert len(trials) == 6 and {t.number for t in trials} == set(range(6))
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [
