@@ -179,7 +179,7 @@ def _keep_traceback(job: TrialJob, error: BaseException) -> dict[str, str]:
     the password fields of what they quote are masked.
     """
     path = os.path.join(job.trial_dir, ERROR_FILE)
-    if os.path.lexists(job.trial_dir) and not os.path.isdir(job.trial_dir):  # a file in its place: left alone
+    if _file_in_place(job.trial_dir):  # left alone: no error.txt
         log.warning("trial %d failed with %s", job.number, _describe(error))
         return {}
     try:
@@ -295,9 +295,14 @@ def end_resume(job: TrialJob, outcome: TrialOutcome) -> None:
         discard(job.trial_dir)
 
 
+def _file_in_place(trial_dir: str) -> bool:
+    """Something other than a directory stands where the trial's directory goes (the user's file: left alone)."""
+    return os.path.lexists(trial_dir) and not os.path.isdir(trial_dir)
+
+
 def check_trial_dir(trial_dir: str) -> None:
     """A trial's directory may be missing or a directory; a file in its place is left alone, and the trial fails."""
-    if os.path.lexists(trial_dir) and not os.path.isdir(trial_dir):
+    if _file_in_place(trial_dir):
         raise NotADirectoryError(
             f"the trial's directory {trial_dir} is a file, not a directory; move or delete that file"
             " (it is left as it is); retry_failed=True runs the trial again"
