@@ -24,7 +24,8 @@ def load_first(candidates: Iterable[Any], builder: Any, map_location: str) -> An
     """
     import torch
 
-    problems, refused = [], None
+    problems: list[str] = []
+    refused: list[tuple[str, Exception]] = []  # (file, error) of each the weights-only reader refused
     for t in candidates:
         if not t.checkpoint:
             problems.append(f"trial {t.number}: no checkpoint kept")
@@ -36,7 +37,7 @@ def load_first(candidates: Iterable[Any], builder: Any, map_location: str) -> An
         except ConfigurationError:  # the builder cannot build models (a ScriptSearch's): no trial's file would do
             raise
         except pickle.UnpicklingError as e:  # torch's message is long: said once, at the end, if none loads
-            refused = refused or (t.checkpoint, e)
+            refused.append((t.checkpoint, e))
             problems.append(f"trial {t.number}: {t.checkpoint!r} holds an object the weights-only reader refuses")
             log.warning("%s; falling back to the next best trial", problems[-1])
             continue
@@ -45,8 +46,8 @@ def load_first(candidates: Iterable[Any], builder: Any, map_location: str) -> An
             log.warning("%s; falling back to the next best trial", problems[-1])
             continue
         return model.eval()
-    if refused is not None and all("weights-only reader refuses" in p for p in problems):
-        raise HPTError(_refused(*refused))
+    if refused and len(refused) == len(problems):  # every file, none missing or damaged otherwise
+        raise HPTError(_refused(*refused[0]))
     raise HPTError(
         "no COMPLETE trial has a readable checkpoint: "
         + "; ".join(problems)
