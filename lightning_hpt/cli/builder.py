@@ -27,12 +27,25 @@ from lightning_hpt.lightning.config import namespace_of
 from lightning_hpt.lightning.loggers import TrialContext, config_loggers, trial_loggers
 from lightning_hpt.space import SearchSpace
 
-__all__ = ["TRIAL_CONFIG", "CLITrialBuilder"]
+__all__ = ["TRIAL_CONFIG", "CLITrialBuilder", "seed_of_trial"]
 
 #: each trial's fully resolved config, in its directory; ``fit --config`` runs it as it is.
 TRIAL_CONFIG = "config.yaml"
 #: what a trial CLI instantiates: the whole ``fit`` run, the model and data only, or them and a refit/test Trainer.
 _TRIAL, _PARTS, _EVALUATION = "trial", "parts", "evaluation"
+
+
+def seed_of_trial(config: Mapping[str, Any], seed: int) -> int | None:
+    """The ``seed_everything`` a trial seeded ``seed`` runs with under ``config``: its own seed where the config has
+    ``true`` or none (a random seed), else the config's (an integer, kept for every trial; ``None`` for false).
+
+    An integer in the config is the user's choice for every run, so it is kept (every trial then
+    starts from the same seed).
+    """
+    fixed = config.get("seed_everything", True)
+    if fixed is True:
+        return seed
+    return fixed if isinstance(fixed, int) and not isinstance(fixed, bool) else None
 
 
 def _instantiate(value: Any) -> Any:
@@ -101,14 +114,6 @@ class CLITrialBuilder(TrialBuilder):
                     " (write space keys as the config's own paths, e.g. model.init_args.lr)"
                 )
 
-    def _seed(self, seed: int) -> int | None:
-        """The ``seed_everything`` of a trial seeded ``seed``: ``None`` keeps the config's (an integer, or false).
-
-        An integer in the config is the user's choice for every run, so it is kept (every trial
-        then starts from the same seed); ``true`` (a random seed) becomes the trial's own seed.
-        """
-        return seed if self.config.get("seed_everything", True) is True else None
-
     def _cli(self, params: Mapping[str, Any], mode: str, **options: Any) -> Any:
         """The project's CLI for one trial (or its parts), built as ``fit`` would build it.
 
@@ -135,7 +140,13 @@ class CLITrialBuilder(TrialBuilder):
 
         The trial's resolved config is written to ``<trial_dir>/config.yaml``.
         """
-        cli = self._cli(params, _TRIAL, seed=self._seed(seed), callbacks=callbacks(self.namespace), trial_dir=trial_dir)
+        cli = self._cli(
+            params,
+            _TRIAL,
+            seed=seed_of_trial(self.config, seed),
+            callbacks=callbacks(self.namespace),
+            trial_dir=trial_dir,
+        )
         # the project's loggers as configured, not the trial's runs: `fit --config best.yaml` logs where fit does
         Path(trial_dir, TRIAL_CONFIG).write_text(dump_config(cli.parser, cli.project_config))
         return TrialParts(cli.model, cli.datamodule, cli.trainer)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from lightning_hpt.cli.builder import TRIAL_CONFIG
+from lightning_hpt.cli.builder import TRIAL_CONFIG, seed_of_trial
 from lightning_hpt.cli.parsing import load_yaml, short_key
 from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.report.export import write_text_atomic
@@ -161,18 +161,11 @@ def best_params(info: StudyInfo, trial: TrialRecord, fmt: str) -> str:
 
 
 def _seed_of(info: StudyInfo, number: int) -> int | None:
-    """The seed trial ``number`` gave ``seed_everything``: the one derived for it, or its LightningCLI config's.
-
-    A config with ``seed_everything`` an integer runs every trial with it (``false``: unseeded, ``None``);
-    only ``true`` or no value takes the trial's own, as the CLI's builder does.
-    """
+    """The seed trial ``number`` gave ``seed_everything``: the one derived for it, or its LightningCLI config's."""
     from lightning_hpt.lightning.runner import trial_seed
 
     config = info.attrs.get("cli_config")
-    fixed = config.get("seed_everything", True) if isinstance(config, dict) else True
-    if fixed is True:
-        return trial_seed(info.seed, number)
-    return fixed if isinstance(fixed, int) and not isinstance(fixed, bool) else None
+    return seed_of_trial(config if isinstance(config, dict) else {}, trial_seed(info.seed, number))
 
 
 def _arg(value: Any) -> str:
