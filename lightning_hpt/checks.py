@@ -124,19 +124,17 @@ def refuse_unknown_keywords(
 def known_keywords(owner: str, hints: Mapping[str, str]) -> Callable[[_F], _F]:
     """Refuse a keyword ``init`` does not take with what to write instead, before it runs.
 
-    ``hints`` maps words other tools use (``direction``, ``sampler``) to this one's; any other unknown
+    ``hints`` maps words other tools use (``direction``, ``sampler``) to what to write instead; any other unknown
     keyword gets its nearest names. Python's own ``TypeError`` names neither. The signature stays the
     function's own (``functools.wraps``), for editors and ``inspect``.
     """
-
-    uses = {key: f"use {word}" for key, word in hints.items()}
 
     def wrap(init: _F) -> _F:
         names = [n for n in inspect.signature(init).parameters if n != "self"]
 
         @functools.wraps(init)
         def checked(*args: Any, **kwargs: Any) -> Any:
-            refuse_unknown_keywords(owner, kwargs, names, uses)
+            refuse_unknown_keywords(owner, kwargs, names, hints)
             return init(*args, **kwargs)
 
         return checked  # type: ignore[return-value]

@@ -39,28 +39,29 @@ __all__ = [
 ]
 
 
-#: what other tools call a search's arguments, and the argument that does it here
+#: what other tools call a search's arguments, and what to write here instead
 PEER_WORDS = {
-    "trainer": "trainer_kwargs={'max_epochs': 10, ...}: the Trainer's arguments as a dict (each trial builds its own)",
-    "max_epochs": "trainer_kwargs={'max_epochs': ...}",
-    "direction": "mode='min' or mode='max'",
-    "directions": "mode=['max', 'min'], one per objective of monitor",
-    "metric": "monitor='val_loss' (the name the model logs with self.log)",
-    "objective": "monitor='val_loss' (the name the model logs with self.log)",
-    "sampler": "strategy='random', 'sobol', 'grid', 'bayes' or a Strategy",
-    "search_alg": "strategy='random', 'sobol', 'grid', 'bayes' or a Strategy",
-    "scheduler": "pruner='median', 'asha', 'hyperband' or a Pruner",
-    "num_samples": "n_trials=",
-    "max_trials": "n_trials=",
-    "n_jobs": "executor=ProcessExecutor(workers=N) (from lightning_hpt.executors)",
-    "callbacks": "trainer_kwargs={'callbacks': [...]}",
+    "trainer": "use trainer_kwargs={'max_epochs': 10, ...}: the Trainer's arguments as a dict"
+    " (each trial builds its own)",
+    "max_epochs": "use trainer_kwargs={'max_epochs': ...}",
+    "direction": "use mode='min' or mode='max'",
+    "directions": "use mode=['max', 'min'], one per objective of monitor",
+    "metric": "use monitor='val_loss' (the name the model logs with self.log)",
+    "objective": "use monitor='val_loss' (the name the model logs with self.log)",
+    "sampler": "use strategy='random', 'sobol', 'grid', 'bayes' or a Strategy",
+    "search_alg": "use strategy='random', 'sobol', 'grid', 'bayes' or a Strategy",
+    "scheduler": "use pruner='median', 'asha', 'hyperband' or a Pruner",
+    "num_samples": "use n_trials=",
+    "max_trials": "use n_trials=",
+    "n_jobs": "use executor=ProcessExecutor(workers=N) (from lightning_hpt.executors)",
+    "callbacks": "use trainer_kwargs={'callbacks': [...]}",
 }
 
 _TRAINER = "your script builds its own Trainer"
 _OWN = "is HyperparameterSearch's: your script builds and trains each trial itself"
 #: the same for a ScriptSearch, whose script builds the Trainer, model and data (``max_epochs`` is its own)
 SCRIPT_WORDS = {
-    **{key: f"use {word}" for key, word in PEER_WORDS.items() if key not in ("trainer", "max_epochs", "callbacks")},
+    **{key: fix for key, fix in PEER_WORDS.items() if key not in ("trainer", "max_epochs", "callbacks")},
     **{key: f"{_TRAINER}: give {key} to it" for key in ("trainer", "trainer_kwargs", "callbacks")},
     "patience": f"{_TRAINER}: add EarlyStopping(monitor=..., patience=...) to its callbacks",
     "checkpoint": f"{_TRAINER}: add ModelCheckpoint(monitor=..., mode=...) to its callbacks",
