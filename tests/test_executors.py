@@ -389,6 +389,13 @@ def test_ray_a_trial_that_ends_as_ctrl_c_comes_is_recorded_as_it_ended(tmp_path,
     from lightning_hpt.executors import RayExecutor
 
     monkeypatch.setattr(ray_executor, "HALT_WAIT", 30.0)  # the mechanism, with room on a loaded machine
+    read = RayExecutor._outcome
+
+    def slow_read(self, *args):  # a loaded machine: the thread collecting the outcome is slow to read it
+        time.sleep(2.0)
+        return read(self, *args)
+
+    monkeypatch.setattr(RayExecutor, "_outcome", slow_read)
     executor = RayExecutor({"cpu": 1}, max_concurrency=1)
     assert _ends_as_ctrl_c_comes(tmp_path, executor) == [(0, TrialState.COMPLETE, None)]
 

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -359,17 +359,12 @@ class RayExecutor(Executor):
         """
         if not self._started or self._closed.is_set():
             return
-        ray = _import_ray()
+        # the collector thread completes the futures: waiting on them, not on Ray's refs, also covers a
+        # trial the collector has taken off the running list and is still reading the outcome of
         with self._lock:
-            refs = list(self._running)
-        if not refs:
-            return
-        try:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=HALT_WAIT)
-        except Exception:  # Ray is shutting down: shutdown() ends the futures
-            return
-        for ref in ready:
-            self._finish(ray, ref)
+            futures = [run.future for run in self._running.values()]
+        if futures:
+            wait(futures, timeout=HALT_WAIT)
 
     def _outcome(self, ray: Any, ref: Any, run: _Running) -> TrialOutcome:
         try:
