@@ -258,3 +258,12 @@ def test_progress_lines_show_every_objective_and_infeasibility():
     assert outcome_text(record(0, 0.5, 10.0, attrs={"infeasible": ["x"]}), "a, b") == "a=0.5, b=10 infeasible"
     assert outcome_text(TrialRecord(1, {}, TrialState.COMPLETE, value=0.25), "val_loss") == "val_loss=0.25"
     assert outcome_text(TrialRecord(2, {}, TrialState.FAILED), "val_loss") is None
+
+
+def test_modes_take_optunas_words_in_any_case_and_refuse_others_naming_the_objective():
+    objectives = parse_objectives(["val_acc", "n_params"], ["Maximize", "minimize"])
+    assert [str(o) for o in objectives] == ["val_acc (max)", "n_params (min)"]
+    with pytest.raises(
+        ConfigurationError, match=r"mode\[1\] \(for objective 'n_params'\).*'min' or 'max'.*got mode='down'"
+    ):
+        parse_objectives(["val_acc", "n_params"], ["max", "down"])
