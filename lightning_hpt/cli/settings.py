@@ -26,7 +26,8 @@ class SearchSettings:
             short forms without ``init_args`` (``model.lr``) are accepted where they name one path.
         monitor: the validation metric to optimize, as logged with ``self.log``; or a list of them
             (several objectives: ``[val_acc, val_latency_ms]``).
-        mode: ``min`` or ``max``; a list of them, one per objective, with several.
+        mode: ``min`` or ``max`` (also ``minimize`` or ``maximize``, in any case); a list of them, one
+            per objective, with several.
         constraints: bounds on metrics the trials log: ``{n_params: ["<=", 2.0e6]}``; a trial that
             breaks one is recorded infeasible.
         param_constraints: rules on the parameters checked before a trial runs, naming the space's keys
@@ -53,7 +54,8 @@ class SearchSettings:
             or base config differ.
         enqueue: configurations to run first, keys as in ``space``.
         quiet: hide Lightning's progress bar and model summary inside trials.
-        verbose: print a line per finished trial and a summary.
+        verbose: show the progress (a live display on a terminal, a line per finished trial otherwise)
+            and a summary.
     """
 
     space: dict[str, Any] | None = None
