@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import lightning.pytorch as L
 import pytest
@@ -33,13 +34,32 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HPT_TEST_POSTGRES_URL"] = base.set(database=name).render_as_string(hide_password=False)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadgroup``, set in pyproject.toml), every test that starts Ray runs on one
-    worker, one at a time: two Ray clusters starting at once on a small machine make each other's health
-    checks late, and the module's local Ray is then started once."""
-    for item in items:
-        if "local_ray" in getattr(item, "fixturenames", ()) or item.name.startswith(("test_ray_", "test_dead_ray_")):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+RAY_TESTS = ("::TestRay", "::test_ray_", "::test_dead_ray_")  # how a test that starts Ray is named
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist (``--dist loadgroup``, set in pyproject.toml): every test that starts Ray (named as
+    :data:`RAY_TESTS` says) runs on one worker, one at a time, and a test class's tests run together.
+
+    Two Ray clusters starting at once on a small machine make each other's health checks late; a class's
+    (or module's) fixture, such as a started executor or Ray, is then set up once, not again each time
+    another test ran between two of its tests. pytest-xdist's own ``xdist_group`` marks do not group with
+    pytest 9 (xdist renames the tests' ids, which pytest 9 no longer reads), so the grouping is done here,
+    where the controller splits the tests into units, from the tests' ids.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class Grouped(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if any(name in nodeid for name in RAY_TESTS):
+                return "ray"
+            path, _, rest = nodeid.partition("::")
+            cls, sep, _ = rest.partition("::")
+            return f"{path}::{cls}" if sep else super()._split_scope(nodeid)
+
+    return Grouped(config, log)
 
 
 class TinyData(L.LightningDataModule):
