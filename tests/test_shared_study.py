@@ -113,28 +113,29 @@ def shared(request, tmp_path_factory):
     return storage.trials(f"{study}_random"), storage.trials(f"{study}_grid")
 
 
-def test_numbers_are_unique_and_n_trials_is_global(shared):
-    random_trials, grid_trials = shared
-    seen = [(t.number, t.state.value, t.pid, t.error) for t in random_trials + grid_trials]  # shown on failure
-    assert [t.number for t in random_trials] == list(range(N_RANDOM)), seen  # n_trials counts every driver's trials
-    assert [t.number for t in grid_trials] == list(range(len(grid_trials))), seen
-    for trials in (random_trials, grid_trials):
-        assert all(t.state is TrialState.COMPLETE for t in trials), seen
-    assert len({t.pid for t in random_trials + grid_trials}) > 1, seen  # more than one driver did run trials
+class TestSharedStudy:
+    """One class: the tests share the drivers' runs, made once per backend on one pytest-xdist worker."""
 
+    def test_numbers_are_unique_and_n_trials_is_global(self, shared):
+        random_trials, grid_trials = shared
+        seen = [(t.number, t.state.value, t.pid, t.error) for t in random_trials + grid_trials]  # shown on failure
+        assert [t.number for t in random_trials] == list(range(N_RANDOM)), seen  # n_trials counts every driver's trials
+        assert [t.number for t in grid_trials] == list(range(len(grid_trials))), seen
+        for trials in (random_trials, grid_trials):
+            assert all(t.state is TrialState.COMPLETE for t in trials), seen
+        assert len({t.pid for t in random_trials + grid_trials}) > 1, seen  # more than one driver did run trials
 
-def test_no_grid_point_runs_twice(shared):
-    _, grid_trials = shared
-    points = Counter((t.params["model.hidden"], t.params["model.lr"]) for t in grid_trials)
-    assert set(points) == {(h, lr) for h in (4, 5, 6) for lr in (0.02, 0.05)}
-    assert max(points.values()) == 1, points
+    def test_no_grid_point_runs_twice(self, shared):
+        _, grid_trials = shared
+        points = Counter((t.params["model.hidden"], t.params["model.lr"]) for t in grid_trials)
+        assert set(points) == {(h, lr) for h in (4, 5, 6) for lr in (0.02, 0.05)}
+        assert max(points.values()) == 1, points
 
-
-def test_seeded_random_trials_are_distinct_and_follow_the_seed(shared):
-    # a proposal made for a number another driver took first is made again: trial k gets draw k
-    random_trials, _ = shared
-    space = SearchSpace({"model.lr": Float(0.01, 0.1, log=True)})
-    assert [dict(t.params) for t in random_trials] == [space.sample(trial_rng(0, k)) for k in range(N_RANDOM)]
+    def test_seeded_random_trials_are_distinct_and_follow_the_seed(self, shared):
+        # a proposal made for a number another driver took first is made again: trial k gets draw k
+        random_trials, _ = shared
+        space = SearchSpace({"model.lr": Float(0.01, 0.1, log=True)})
+        assert [dict(t.params) for t in random_trials] == [space.sample(trial_rng(0, k)) for k in range(N_RANDOM)]
 
 
 if __name__ == "__main__":
