@@ -194,6 +194,27 @@ def test_refit_refuses_a_bad_max_epochs_before_training_or_recording(tmp_path, f
     assert "refit" not in result.storage.load_study("default").attrs
 
 
+def test_an_iterable_cv_dataset_is_refused_with_the_rule_and_the_fix(tmp_path, fast_trainer):
+    """Folds and refit index the items: a streaming dataset failed with a bare "has no len()" TypeError."""
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([])
+
+    class Streaming(TinyData):
+        def cv_dataset(self):
+            return Stream()
+
+    rule = r"cv_dataset\(\) must return a map-style dataset \(with __len__ and __getitem__\), got Stream"
+    with pytest.raises(ConfigurationError, match=rule + r".*TensorDataset"):
+        fold_view(Streaming(), 0, CrossValidation(k=3))
+    result = HyperparameterSearch(
+        TinyModel, Streaming, SPACE, root=tmp_path, n_trials=1, trainer_kwargs=fast_trainer, verbose=False
+    ).run()
+    with pytest.raises(ConfigurationError, match=rule):
+        result.refit()
+
+
 def test_refit_needs_cv_dataset(tmp_path, fast_trainer):
     class NoCV(TinyData):
         cv_dataset = None
