@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_hpt.checks import check_int
 from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.loading import load_first
@@ -257,7 +258,7 @@ class SearchResult:
 
         The DataModule must have ``cv_dataset()`` (the train+validation data; see
         :class:`~lightning_hpt.KFoldDataModule`). It trains for as many epochs as the best trial
-        needed to reach its best score, unless ``max_epochs`` is given, with no validation; the
+        needed to reach its best score, unless ``max_epochs`` (an integer >= 1) is given, with no validation; the
         model is saved to ``<root>/<study>/refit/model.ckpt`` and recorded in the study. ``trial``:
         retrain that trial's configuration instead (one of :attr:`pareto_trials` with several objectives).
         """
@@ -266,6 +267,14 @@ class SearchResult:
         from lightning_hpt.lightning.folds import full_view
         from lightning_hpt.lightning.runner import trial_seed
 
+        if max_epochs is not None:  # 0 would save an untrained model, -1 (Lightning's "no limit") never end
+            check_int(
+                "refit",
+                "max_epochs",
+                max_epochs,
+                1,
+                "give max_epochs=None to train as many epochs as the best trial needed",
+            )
         builder = self._builder("refit")
         best = self._best(trial)
         model, dm = builder.build_model(best.params), builder.build_datamodule(best.params)

@@ -182,6 +182,39 @@ def test_refit_and_test_keep_working_with_the_projects_checkpoint_and_early_stop
     assert result.test()["test_loss"] >= 0  # the refit model
 
 
+@pytest.mark.parametrize("epochs", [0, -1, 2.5, True, "3"])
+def test_refit_refuses_a_bad_max_epochs_before_training_or_recording(tmp_path, fast_trainer, epochs):
+    """0 would save an untrained model as the refit, -1 train forever (no validation stops it), 2.5 a bare assert."""
+    result = HyperparameterSearch(
+        TinyModel, TinyData, SPACE, root=tmp_path, n_trials=1, trainer_kwargs=fast_trainer, verbose=False
+    ).run()
+    with pytest.raises(ConfigurationError, match=r"refit: max_epochs must be an integer >= 1, got max_epochs=.*; "):
+        result.refit(max_epochs=epochs)
+    assert not (tmp_path / "default" / "refit").exists() and result.refit_model is None
+    assert "refit" not in result.storage.load_study("default").attrs
+
+
+def test_an_iterable_cv_dataset_is_refused_with_the_rule_and_the_fix(tmp_path, fast_trainer):
+    """Folds and refit index the items: a streaming dataset failed with a bare "has no len()" TypeError."""
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([])
+
+    class Streaming(TinyData):
+        def cv_dataset(self):
+            return Stream()
+
+    rule = r"cv_dataset\(\) must return a map-style dataset \(with __len__ and __getitem__\), got Stream"
+    with pytest.raises(ConfigurationError, match=rule + r".*TensorDataset"):
+        fold_view(Streaming(), 0, CrossValidation(k=3))
+    result = HyperparameterSearch(
+        TinyModel, Streaming, SPACE, root=tmp_path, n_trials=1, trainer_kwargs=fast_trainer, verbose=False
+    ).run()
+    with pytest.raises(ConfigurationError, match=rule):
+        result.refit()
+
+
 def test_refit_needs_cv_dataset(tmp_path, fast_trainer):
     class NoCV(TinyData):
         cv_dataset = None

@@ -161,6 +161,18 @@ def require_cv(dm: Any, what: str) -> None:
         )
 
 
+def cv_items(base: Any) -> Dataset:
+    """``base.cv_dataset()``, refused unless it is map-style: folds and the refit index its items."""
+    ds = base.cv_dataset()
+    if not (callable(getattr(ds, "__len__", None)) and callable(getattr(ds, "__getitem__", None))):
+        raise ConfigurationError(
+            f"{type(base).__name__}.cv_dataset() must return a map-style dataset (with __len__ and __getitem__),"
+            f" got {type(ds).__name__}: cross-validation and refit index its items; return the items of the"
+            " training and validation splits (a TensorDataset, a Subset or a ConcatDataset of them)"
+        )
+    return ds
+
+
 def _view(base: Any, train_idx: list[int] | None, val_idx: list[int] | None, ready: bool = False) -> Any:
     """A DataModule of the same Lightning flavour as ``base`` that serves subsets of ``base.cv_dataset()``."""
     from lightning_hpt.lightning.config import namespace_of
@@ -178,7 +190,7 @@ def _view(base: Any, train_idx: list[int] | None, val_idx: list[int] | None, rea
                 base.setup(stage)
 
         def _loader(self, idx: list[int] | None, shuffle: bool) -> DataLoader:
-            ds = base.cv_dataset()
+            ds = cv_items(base)
             return DataLoader(
                 ds if idx is None else Subset(ds, idx),
                 batch_size=getattr(base, "batch_size", 32),
@@ -207,7 +219,7 @@ def fold_view(base: Any, fold: int, cv: CrossValidation) -> Any:
     require_cv(base, "cross-validation (cv=...)")
     base.prepare_data()
     base.setup("fit")
-    ds = base.cv_dataset()
+    ds = cv_items(base)
     targets = base.cv_targets() if callable(getattr(base, "cv_targets", None)) else None
     if cv.stratify and targets is None:
         targets = [ds[i][1] for i in range(len(ds))]
