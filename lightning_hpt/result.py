@@ -14,6 +14,7 @@ from lightning_hpt.exceptions import ConfigurationError, HPTError
 from lightning_hpt.lightning.builder import TrialBuilder
 from lightning_hpt.lightning.loading import load_first
 from lightning_hpt.lightning.quiet import quiet_lightning
+from lightning_hpt.lightning.refit import load_refit, train_refit
 from lightning_hpt.lightning.schedule import validation_schedule
 from lightning_hpt.masking import get_logger
 from lightning_hpt.objectives import Objective
@@ -200,8 +201,26 @@ class SearchResult:
 
     @property
     def refit_model(self) -> Any:
-        """The model of :meth:`refit` (a search created with ``refit=True`` calls it), else ``None``."""
-        return self._extra.get("refit_model")
+        """The model of :meth:`refit` (a search created with ``refit=True`` calls it), else ``None``.
+
+        A result read back later (:meth:`load`, or a search's ``result()``) loads the study's recorded
+        refit from its file, when it can rebuild models and the file is there.
+        """
+        if "refit_model" not in self._extra:
+            done = self._refit_done()
+            trial = None if done is None else next((t for t in self.trials if t.number == done[0]), None)
+            self._extra["refit_model"] = None if trial is None else load_refit(self.builder, trial, done[2])
+        return self._extra["refit_model"]
+
+    def _refit_done(self) -> tuple[int, int, str] | None:
+        """The study's refit as ``(trial, epochs, checkpoint)``: this result's, or the one recorded in the study."""
+        if "refit" not in self._extra:
+            stored = None
+            if self.storage is not None and self.study in self.storage.study_names():
+                stored = self.storage.load_study(self.study).attrs.get("refit")
+            ok = isinstance(stored, Mapping) and {"trial", "epochs", "checkpoint"} <= set(stored)
+            self._extra["refit"] = (stored["trial"], stored["epochs"], stored["checkpoint"]) if ok else None
+        return self._extra["refit"]
 
     def counts(self) -> dict[str, int]:
         """Number of trials per state."""
@@ -262,9 +281,6 @@ class SearchResult:
         model is saved to ``<root>/<study>/refit/model.ckpt`` and recorded in the study. ``trial``:
         retrain that trial's configuration instead (one of :attr:`pareto_trials` with several objectives).
         """
-        from lightning.fabric.utilities.seed import seed_everything
-
-        from lightning_hpt.lightning.folds import full_view
         from lightning_hpt.lightning.runner import trial_seed
 
         if max_epochs is not None:  # 0 would save an untrained model, -1 (Lightning's "no limit") never end
@@ -279,23 +295,9 @@ class SearchResult:
         best = self._best(trial)
         model, dm = builder.build_model(best.params), builder.build_datamodule(best.params)
         storage = self._record("refit")
-        seed_everything(trial_seed(self.seed, best.number), workers=True, verbose=False)
-        view = full_view(dm)
         epochs = max_epochs or self._epochs(builder, best)
-        out_dir = os.path.join(os.fspath(self.root), self.study, "refit")
-        path = os.path.join(out_dir, "model.ckpt")
-        with quiet_lightning(True):
-            trainer = builder.evaluation_trainer(
-                best.params,
-                max_epochs=epochs,
-                logger=False,
-                enable_checkpointing=False,
-                num_sanity_val_steps=0,
-                limit_val_batches=0,
-                default_root_dir=out_dir,
-            )
-            trainer.fit(model, datamodule=view)
-            trainer.save_checkpoint(path)
+        path = os.path.join(os.fspath(self.root), self.study, "refit", "model.ckpt")
+        train_refit(builder, best, model, dm, trial_seed(self.seed, best.number), epochs, path)
         storage.set_study_attrs(self.study, {"refit": {"trial": best.number, "epochs": epochs, "checkpoint": path}})
         self._extra["refit_model"] = model.eval()
         self._extra["refit"] = (best.number, epochs, path)
@@ -305,7 +307,8 @@ class SearchResult:
         """Run ``Trainer.test`` with the DataModule's test split and store the metrics with the best trial.
 
         Args:
-            model: the model to test; by default the refit model if there is one, else the best
+            model: the model to test; by default the trial's refit model if there is one (also one
+                recorded by an earlier session), else the best
                 trial's best checkpoint (:meth:`load_best_model`).
             trial: the trial the metrics are stored with, and whose checkpoint is tested without a
                 model (one of :attr:`pareto_trials` with several objectives); default: the best trial.
@@ -318,13 +321,11 @@ class SearchResult:
         best = self._best(trial)
         dm = builder.build_datamodule(best.params)  # before the storage: a builder that cannot test says so first
         storage = self._record("test")
-        which = (
-            "given model"
-            if model is not None
-            else ("refit model" if self.refit_model is not None else "best checkpoint")
-        )
+        done = self._refit_done()
+        refit = self.refit_model if done is not None and done[0] == best.number else None  # of this trial only
+        which = "given model" if model is not None else ("refit model" if refit is not None else "best checkpoint")
         if model is None:
-            model = self.refit_model or (self.load_model(best) if trial is not None else self.load_best_model())
+            model = refit or (self.load_model(best) if trial is not None else self.load_best_model())
         if dm is None or not callable(getattr(dm, "test_dataloader", None)):
             raise ConfigurationError("test() needs a datamodule with a test_dataloader() (the held-out test split)")
         with quiet_lightning(True):
@@ -440,8 +441,10 @@ class SearchResult:
         lines += [f"  {k} = {v!r}" for k, v in best.params.items()]
         if best.checkpoint:
             lines.append(f"  checkpoint: {best.checkpoint}")
-        if "refit" in self._extra:
-            lines.append("  refit of trial #{} on train+validation, {} epochs: {}".format(*self._extra["refit"]))
+        done = self._refit_done()
+        if done is not None:
+            number, epochs, path = done
+            lines.append(f"  refit of trial #{number} on train+validation, {epochs} epoch{'s' * (epochs != 1)}: {path}")
         twin, tested = self._test_twin(), self._extra.get("tested") or best.attrs.get("tested")
         if twin is not None:
             on = f" ({tested})" if tested else ""

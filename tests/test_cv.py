@@ -158,9 +158,26 @@ def test_refit_on_train_plus_validation(tmp_path, fast_trainer):
     # the summary says that a refit model exists, where, and that the test score is that model's
     summary = str(result)
     best = result.best_trial
-    assert f"refit of trial #{best.number} on train+validation, {best.best_step + 1} epochs: " in summary
+    epochs = best.best_step + 1
+    assert f"refit of trial #{best.number} on train+validation, {epochs} epoch{'s' * (epochs != 1)}: " in summary
     assert str(tmp_path / "default" / "refit" / "model.ckpt") in summary
     assert f"test test_loss={result.test_metrics['test_loss']:.4g} (refit model)" in summary
+
+
+def test_a_later_sessions_result_has_the_studys_refit_and_tests_that_model(tmp_path, fast_trainer):
+    """Read back later, the study's refit is in the summary, loaded as refit_model, and what test() tests."""
+    kw = {"root": tmp_path, "n_trials": 2, "trainer_kwargs": fast_trainer, "verbose": False}
+    HyperparameterSearch(TinyModel, TinyData, SPACE, refit=True, **kw).run()
+    later = HyperparameterSearch(TinyModel, TinyData, SPACE, **kw).result()  # another session: nothing runs
+    best = later.best_trial
+    assert f"refit of trial #{best.number} on train+validation" in str(later)
+    saved = torch.load(tmp_path / "default" / "refit" / "model.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, later.refit_model.state_dict()[k]) for k, v in saved.items())
+    later.test()
+    other = next(t for t in later.trials if t.number != best.number)
+    later.test(trial=other.number)  # the refit is of the best trial: another trial's test is of its checkpoint
+    tested = {t.number: t.attrs["tested"] for t in HyperparameterSearch(TinyModel, TinyData, SPACE, **kw).trials}
+    assert tested == {best.number: "refit model", other.number: "best checkpoint"}
 
 
 def test_refit_and_test_keep_working_with_the_projects_checkpoint_and_early_stopping(tmp_path, fast_trainer):
