@@ -29,6 +29,9 @@ def test_each_known_logger_gets_the_trials_own_run_and_keeps_the_rest():
     m = logger_kwargs(mlflow, {"tracking_uri": "sqlite:///m.db", "tags": {"a": "1"}}, ctx)
     assert m["experiment_name"] == "mnist" and m["run_name"] == "trial_4"
     assert m["tags"] == {"a": "1", "study": "mnist", "trial": "4"} and m["tracking_uri"] == "sqlite:///m.db"
+    # the project's experiment is kept (as W&B's project); Lightning's default name (a dumped config has it) is not
+    assert logger_kwargs(mlflow, {"experiment_name": "cancer"}, ctx)["experiment_name"] == "cancer"
+    assert logger_kwargs(mlflow, {"experiment_name": "lightning_logs"}, ctx)["experiment_name"] == "mnist"
 
 
 def test_a_logger_instance_is_refused_with_what_to_pass(tmp_path):

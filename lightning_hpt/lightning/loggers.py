@@ -92,7 +92,8 @@ def logger_kwargs(cls: Any, kwargs: Mapping[str, Any], ctx: TrialContext, index:
 
     TensorBoard and CSV write under the trial's directory (``tb/`` and ``csv/``); W&B
     starts a run named ``trial_<n>`` in the group ``<study>``, its files under the trial's
-    directory; MLflow starts a run ``trial_<n>`` in the experiment ``<study>``, tagged with both.
+    directory; MLflow starts a run ``trial_<n>`` tagged with the study and trial, in the project's
+    ``experiment_name`` if it gives one, else in the experiment ``<study>``.
     Any other logger gets the trial's directory as ``save_dir`` and ``trial_<n>`` as ``version``
     when it takes them. The user's other settings are kept.
 
@@ -111,7 +112,9 @@ def logger_kwargs(cls: Any, kwargs: Mapping[str, Any], ctx: TrialContext, index:
         out.pop("id", None)
         out.pop("version", None)
     elif name == "MLFlowLogger":
-        out.update(experiment_name=ctx.study, run_name=ctx.run_name)
+        # the project's own experiment is kept, as W&B's project is; Lightning's default one is the study's
+        mine = kwargs.get("experiment_name")
+        out.update(experiment_name=ctx.study if mine in (None, "lightning_logs") else mine, run_name=ctx.run_name)
         out["tags"] = {**(kwargs.get("tags") or {}), "study": ctx.study, "trial": str(ctx.number)}
         out.pop("run_id", None)
     else:
