@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ from test_objectives import SizedModel, make
 from torch.utils.data import TensorDataset
 
 from lightning_hpt import ConfigurationError, Float, HyperparameterSearch, Int, TrialState
+from lightning_hpt.cli.main import main
 from lightning_hpt.lightning.folds import CrossValidation, KFoldDataModule, fold_view
 from lightning_hpt.lightning.module_builder import ModuleTrialBuilder
 from lightning_hpt.lightning.resume import Resume
@@ -178,6 +180,11 @@ def test_a_later_sessions_result_has_the_studys_refit_and_tests_that_model(tmp_p
     later.test(trial=other.number)  # the refit is of the best trial: another trial's test is of its checkpoint
     tested = {t.number: t.attrs["tested"] for t in HyperparameterSearch(TinyModel, TinyData, SPACE, **kw).trials}
     assert tested == {best.number: "refit model", other.number: "best checkpoint"}
+    out = io.StringIO()  # lightning-hpt show: the best trial's refit and test score too
+    assert main(["show", "--root", str(tmp_path)], stdout=out, stderr=io.StringIO()) == 0
+    shown = out.getvalue()
+    assert f"refit of trial #{best.number} on train+validation" in shown
+    assert re.search(r"validation val_loss=\S+ \| test test_loss=\S+ \(refit model\)", shown), shown
 
 
 def test_refit_and_test_keep_working_with_the_projects_checkpoint_and_early_stopping(tmp_path, fast_trainer):

@@ -105,7 +105,7 @@ def _study_command(command: str, argv: Sequence[str], out: IO[str], err: IO[str]
     from lightning_hpt.cli.study import locate, open_study, short_params
     from lightning_hpt.objectives import describe
     from lightning_hpt.report.table import trials_table
-    from lightning_hpt.result import SearchResult
+    from lightning_hpt.result import SearchResult, spread
 
     args = _study_parser(command).parse_args(list(argv))
     loc = locate(args.study, args.storage, args.root, args.config)
@@ -113,7 +113,8 @@ def _study_command(command: str, argv: Sequence[str], out: IO[str], err: IO[str]
     if command in ("retry", "delete"):
         return _change_study(command, args, storage, study, loc.root, out)
     info = storage.load_study(study)
-    result = SearchResult(study, info.monitor, info.direction, tuple(storage.trials(study)), objectives=info.objectives)
+    kept = {"storage": storage, "objectives": info.objectives}  # the storage: the study's refit is read back
+    result = SearchResult(study, info.monitor, info.direction, tuple(storage.trials(study)), **kept)
     if command == "show":
         counts = ", ".join(f"{n} {s.lower()}" for s, n in result.counts().items()) or "no trials"
         goal = describe(info.objectives) if result.multi else f"{info.monitor} ({info.direction.value})"
@@ -128,7 +129,8 @@ def _study_command(command: str, argv: Sequence[str], out: IO[str], err: IO[str]
             return 0
         best = result.best_trial
         if best is not None:
-            out.write(f"best: trial {best.number}, {info.monitor}={best.value:.6g}\n")
+            out.write(f"best: trial {best.number}, {info.monitor}={best.value:.6g}{spread(best)}\n")
+            out.write("".join(f"{line}\n" for line in result.held_out_lines()))
         return 0
     if command == "best":
         return _best(args, info, result, loc.root, out, err)
