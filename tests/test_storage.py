@@ -511,7 +511,8 @@ def test_delete_study_refuses_running_trials_unless_forced(backend: SQLStorage) 
         storage.delete_study("study")
     assert len(storage.trials("study")) == 2  # refused: nothing deleted
     assert storage.delete_study("study", force=True) == 2
-    assert storage.study_names() == ["other"]
+    names = storage.study_names()  # the PostgreSQL database may hold other tests' studies
+    assert "study" not in names and "other" in names
     with pytest.raises(StudyNotFoundError):  # a driver still running the study stops at its next write
         storage.finish_trial("study", running.number, state=TrialState.COMPLETE, value=1.0)
     trials, values, studies = sql_module.TRIALS, sql_module.VALUES, sql_module.STUDIES
