@@ -339,14 +339,22 @@ class RayExecutor(Executor):
                         ray.cancel(ref, force=True)
 
     def _finish(self, ray: Any, ref: Any) -> None:
-        """Complete the future of the ended task ``ref`` with its outcome (unless another thread took it)."""
+        """Complete the future of the ended task ``ref`` with its outcome (unless :meth:`shutdown` took it).
+
+        The trial stays on the running list while its outcome is read, and leaves it as its future
+        completes, both under the lock: :meth:`halt` sees every trial whose future is not done yet.
+        """
         with self._lock:
-            run = self._running.pop(ref, None)
-        if run is None:  # shutdown() or halt() took it meanwhile and ended its future
+            run = self._running.get(ref)
+        if run is None:  # shutdown() took it meanwhile and ended its future
             return
+        outcome = self._outcome(ray, ref, run)
+        with self._lock:
+            if self._running.pop(ref, None) is not run:  # shutdown() took it while its outcome was read
+                return
+            if not run.future.done():
+                run.future.set_result(outcome)
         self._registry.unregister(run.key)
-        if not run.future.done():
-            run.future.set_result(self._outcome(ray, ref, run))
 
     @override
     def halt(self) -> None:
@@ -359,8 +367,8 @@ class RayExecutor(Executor):
         """
         if not self._started or self._closed.is_set():
             return
-        # the collector thread completes the futures: waiting on them, not on Ray's refs, also covers a
-        # trial the collector has taken off the running list and is still reading the outcome of
+        # the collector thread completes the futures (see _finish): waiting on them, not on Ray's refs, also
+        # covers a trial whose outcome the collector is reading now
         with self._lock:
             futures = [run.future for run in self._running.values()]
         if futures:
