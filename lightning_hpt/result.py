@@ -428,10 +428,11 @@ class SearchResult:
         if done is not None:
             number, epochs, path = done
             lines.append(f"refit of trial #{number} on train+validation, {epochs} epoch{'s' * (epochs != 1)}: {path}")
-        twin, tested = self._test_twin(), self._extra.get("tested") or self._best().attrs.get("tested")
+        best = self._best()
+        twin, tested = self._test_twin(), self._extra.get("tested") or best.attrs.get("tested")
         if twin is not None:
             on = f" ({tested})" if tested else ""
-            lines.append(f"validation {self.monitor}={self._best().value:.4g} | test {twin[0]}={twin[1]:.4g}{on}")
+            lines.append(f"validation {self.monitor}={best.value:.4g} | test {twin[0]}={twin[1]:.4g}{on}")
             if self._overfit():
                 lines.append(self._gap_text())
         elif self.test_metrics:
